@@ -1,0 +1,166 @@
+#include "commands.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "eval/evaluate.h"
+#include "io/safetensors.h"
+#include "io/token_file.h"
+#include "model/checkpoint.h"
+
+namespace ttt::cli {
+namespace {
+
+const std::vector<std::string> kComputeDtypes = {"f32", "f64"};
+
+// Writes `text` to `path` through a temporary file, so a failure never leaves half a file.
+void write_text_file(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    require(out.good(), "cannot write '" + path + "'");
+    out << text;
+    out.close();
+    require(out.good(), "cannot write '" + path + "'");
+  }
+  require(std::rename(temporary.c_str(), path.c_str()) == 0, "cannot write '" + path + "'");
+}
+
+// A progress line on stderr when it is a terminal: long evaluations show they are alive.
+ProgressFn progress_reporter(const std::string& what) {
+  if (!isatty(STDERR_FILENO)) return {};
+  return [what](int64_t done, int64_t total) {
+    std::fprintf(stderr, "\r%s: chunk %lld/%lld", what.c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total));
+    if (done == total) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  };
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// What eval and grad share: a model, a token file and the compute precision.
+struct ModelInput {
+  std::string model_path, tokens_path, dtype = "f32";
+
+  void add_to(CLI::App* command) {
+    command->add_option("--model", model_path, "model checkpoint (.safetensors)")->required();
+    command->add_option("--tokens", tokens_path, "token file: raw little-endian uint32 ids, no header (.u32)")
+        ->required();
+    command->add_option("--dtype", dtype, "compute precision")->check(CLI::IsMember(kComputeDtypes))
+        ->capture_default_str();
+  }
+
+  // Loads both, checking the tokens against the model's vocabulary.
+  std::pair<Model, torch::Tensor> load() const {
+    Model model = load_model(model_path, parse_dtype(dtype));
+    const std::vector<int64_t> ids = io::read_token_file(tokens_path);
+    torch::Tensor tokens;
+    try {
+      tokens = checked_tokens(model.config, ids);
+    } catch (const Error& e) {
+      throw Error(tokens_path + ": " + e.what());
+    }
+    return {std::move(model), tokens};
+  }
+};
+
+}  // namespace
+
+void add_init_command(CLI::App& app) {
+  struct Options {
+    std::string config_path, out_path, dtype = "f32";
+    uint64_t seed = 0;
+  };
+  auto options = std::make_shared<Options>();
+  CLI::App* command = app.add_subcommand(
+      "init", "Create a model from a config, initialised per the spec: N(0, 0.02^2) matrices, unit gains.");
+  command->add_option("--config", options->config_path, "model config (JSON, the keys of SPEC section 2)")->required();
+  command->add_option("--out", options->out_path, "checkpoint to write (.safetensors)")->required();
+  command->add_option("--seed", options->seed, "random seed")->capture_default_str();
+  command->add_option("--dtype", options->dtype, "storage dtype")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->capture_default_str();
+  command->callback([options] {
+    Model model;
+    model.config = ModelConfig::from_file(options->config_path);
+    model.params = init_params(model.config, options->seed);
+    save_model(options->out_path, model, parse_dtype(options->dtype));
+    std::cout << "wrote " << options->out_path << ": " << variant_name(model.config.variant) << " model, "
+              << count_params(model.config, model.params) << " parameters\n";
+  });
+}
+
+void add_info_command(CLI::App& app) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* command = app.add_subcommand("info", "Print a checkpoint's config and parameter count.");
+  command->add_option("--model", *path, "model checkpoint (.safetensors)")->required();
+  command->callback([path] {
+    const Model model = load_model(*path);
+    std::cout << model.config.to_json().dump(2) << "\nparameters: " << count_params(model.config, model.params)
+              << "\n";
+  });
+}
+
+void add_eval_command(CLI::App& app) {
+  struct Options {
+    ModelInput input;
+    std::string json_path;
+  };
+  auto options = std::make_shared<Options>();
+  CLI::App* command = app.add_subcommand(
+      "eval",
+      "Run a model over a token file by its own procedure (test-time training for ttt-e2e) and report the\n"
+      "loss: the mean over chunks of mini_batch tokens of each chunk's masked mean NLL (fa: the masked\n"
+      "mean over all targets). Targets equal to bos_id carry no loss.");
+  options->input.add_to(command);
+  command->add_option("--json", options->json_path, "write {\"loss\": L, \"nll\": [per target token]} here");
+  command->callback([options] {
+    const auto start = std::chrono::steady_clock::now();
+    const auto [model, tokens] = options->input.load();
+    const EvalResult result = evaluate(model.config, model.params, tokens, progress_reporter("eval"));
+    if (!options->json_path.empty()) {
+      write_text_file(options->json_path, nlohmann::json{{"loss", result.loss}, {"nll", result.nll}}.dump() + "\n");
+    }
+    const double seconds = seconds_since(start);
+    std::printf("loss %.6f over %zu targets, %lld inner steps, %.2f s (%.0f tokens/s)\n", result.loss,
+                result.nll.size(), static_cast<long long>(result.inner_steps), seconds,
+                static_cast<double>(result.nll.size()) / seconds);
+  });
+}
+
+void add_grad_command(CLI::App& app) {
+  struct Options {
+    ModelInput input;
+    std::string out_path;
+  };
+  auto options = std::make_shared<Options>();
+  CLI::App* command = app.add_subcommand(
+      "grad",
+      "Write the gradient of `ttt eval`'s loss w.r.t. every parameter, under the parameter's name, with\n"
+      "__metadata__[\"loss\"]. For ttt-e2e this is the exact meta-gradient: through every inner step\n"
+      "(second order) and through the KV cache carried between chunks.");
+  options->input.add_to(command);
+  command->add_option("--out", options->out_path, "gradient file to write (.safetensors)")->required();
+  command->callback([options] {
+    const auto start = std::chrono::steady_clock::now();
+    const auto [model, tokens] = options->input.load();
+    const GradResult result = gradient(model.config, model.params, tokens, progress_reporter("grad"));
+    char loss_text[64];
+    std::snprintf(loss_text, sizeof loss_text, "%.17g", result.loss);
+    io::write_safetensors(options->out_path, result.grads, {{"loss", loss_text}});
+    std::printf("loss %.6f, gradient of %zu tensors written to %s, %.2f s\n", result.loss, result.grads.size(),
+                options->out_path.c_str(), seconds_since(start));
+  });
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,45 @@
+// `ttt`: the command-line program of the ttt-e2e engine.
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include "commands.h"
+#include "common/blas.h"
+#include "common/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "ttt: long-context language models that learn while they read (TTT-E2E).\n"
+      "Models are fa (full attention), swa (sliding window) or ttt-e2e (sliding window plus\n"
+      "test-time training of the last blocks' prime MLPs), stored as safetensors checkpoints."};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "CPU threads for tensor math (default: all cores)")->check(CLI::NonNegativeNumber);
+  ttt::cli::add_init_command(app);
+  ttt::cli::add_info_command(app);
+  ttt::cli::add_eval_command(app);
+  ttt::cli::add_grad_command(app);
+  app.parse_complete_callback([&] {
+    if (threads > 0) torch::set_num_threads(threads);
+    if (const auto blas = ttt::blas_info(); !blas.optimized) {
+      std::cerr << "ttt: warning: libtorch runs on an unoptimised BLAS (" << blas.library
+                << "); install libopenblas-dev (scripts/setup.sh) for ~25x faster CPU math\n";
+    }
+  });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "ttt: error: " << e.what() << " (see ttt --help)\n";
+    return e.get_exit_code();
+  } catch (const std::exception& e) {
+    std::cerr << "ttt: error: " << ttt::describe(e) << "\n";
+    return 1;
+  }
+  return 0;
+}

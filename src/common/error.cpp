@@ -1,0 +1,19 @@
+#include "common/error.h"
+
+#include <c10/util/Exception.h>
+
+namespace ttt {
+
+std::string describe(const std::exception& e) {
+  std::string text;
+  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) {
+    text = torch_error->what_without_backtrace();
+  } else {
+    text = e.what();
+  }
+  // Keep the first line only: libtorch appends context and traces on later lines.
+  if (const auto newline = text.find('\n'); newline != std::string::npos) text.resize(newline);
+  return text;
+}
+
+}  // namespace ttt

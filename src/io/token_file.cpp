@@ -1,0 +1,61 @@
+#include "io/token_file.h"
+
+#include <bit>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "common/error.h"
+
+namespace ttt::io {
+namespace {
+
+// Token ids are stored little-endian and copied as they are.
+static_assert(std::endian::native == std::endian::little, "token file I/O assumes a little-endian host");
+
+std::string prefix_for(const std::string& path) { return "token file '" + path + "': "; }
+
+}  // namespace
+
+std::vector<int64_t> read_token_file(const std::string& path) {
+  const std::string prefix = prefix_for(path);
+  std::error_code error;
+  const auto status = std::filesystem::status(path, error);
+  require(status.type() != std::filesystem::file_type::not_found, prefix + "no such file");
+  require(error || std::filesystem::is_regular_file(status), prefix + "not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  require(in.is_open(), prefix + "cannot open the file for reading");
+
+  in.seekg(0, std::ios::end);
+  const auto size = uint64_t(in.tellg());
+  in.seekg(0);
+  require(in.good(), prefix + "cannot read the file");
+  require(size > 0, prefix + "the file is empty");
+  require(size % 4 == 0, prefix + "size " + std::to_string(size) +
+                             " bytes is not a multiple of 4 (tokens are uint32)");
+
+  std::vector<uint32_t> ids(size / 4);
+  in.read(reinterpret_cast<char*>(ids.data()), std::streamsize(size));
+  require(in.good(), prefix + "cannot read the file");
+  return {ids.begin(), ids.end()};
+}
+
+void write_token_file(const std::string& path, const std::vector<int64_t>& tokens) {
+  const std::string prefix = prefix_for(path);
+  std::vector<uint32_t> ids(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    // Checked before the file is opened, so a bad token leaves nothing behind.
+    if (tokens[i] < 0 || tokens[i] > int64_t(std::numeric_limits<uint32_t>::max())) {
+      throw Error(prefix + "token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                  " is outside [0, 2^32)");
+    }
+    ids[i] = uint32_t(tokens[i]);
+  }
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  require(out.is_open(), prefix + "cannot open the file for writing");
+  out.write(reinterpret_cast<const char*>(ids.data()), std::streamsize(ids.size() * 4));
+  out.close();
+  require(out.good(), prefix + "cannot write the file");
+}
+
+}  // namespace ttt::io

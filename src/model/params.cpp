@@ -1,0 +1,123 @@
+#include "model/params.h"
+
+#include "common/error.h"
+
+namespace ttt {
+namespace {
+
+std::string shape_text(c10::IntArrayRef shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+}  // namespace
+
+void visit_params(const ModelConfig& c, Params& p, const ParamVisitor& visit) {
+  const int64_t V = c.vocab_size, D = c.d_model, F = c.d_ff, d = c.head_dim();
+  const auto matrix = ParamKind::kMatrix;
+  const auto gain = ParamKind::kGain;
+  p.blocks.resize(c.n_layers);
+
+  visit("embed.weight", {V, D}, matrix, p.embed);
+  visit("final_norm", {D}, gain, p.final_norm);
+  if (!c.tie_embeddings) visit("lm_head", {D, V}, matrix, p.lm_head);
+
+  const auto visit_mlp = [&](const std::string& prefix, MlpParams& mlp) {
+    visit(prefix + ".w1", {D, F}, matrix, mlp.w1);
+    visit(prefix + ".w2", {F, D}, matrix, mlp.w2);
+    visit(prefix + ".w3", {D, F}, matrix, mlp.w3);
+  };
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    BlockParams& b = p.blocks[i];
+    const std::string prefix = "blocks." + std::to_string(i);
+    visit(prefix + ".attn_norm", {D}, gain, b.attn_norm);
+    visit(prefix + ".attn_post_norm", {D}, gain, b.attn_post_norm);
+    visit(prefix + ".attn.wq", {D, D}, matrix, b.attn.wq);
+    visit(prefix + ".attn.wk", {D, D}, matrix, b.attn.wk);
+    visit(prefix + ".attn.wv", {D, D}, matrix, b.attn.wv);
+    visit(prefix + ".attn.wo", {D, D}, matrix, b.attn.wo);
+    if (c.qk_norm) {
+      visit(prefix + ".attn.q_norm", {d}, gain, b.attn.q_norm);
+      visit(prefix + ".attn.k_norm", {d}, gain, b.attn.k_norm);
+    }
+    if (c.has_prime(i)) {
+      visit(prefix + ".prime_norm", {D}, gain, b.prime_norm);
+      visit(prefix + ".prime_post_norm", {D}, gain, b.prime_post_norm);
+      visit_mlp(prefix + ".prime", b.prime);
+    }
+    visit(prefix + ".mlp_norm", {D}, gain, b.mlp_norm);
+    visit(prefix + ".mlp_post_norm", {D}, gain, b.mlp_post_norm);
+    visit_mlp(prefix + ".mlp", b.mlp);
+  }
+}
+
+Params init_params(const ModelConfig& config, uint64_t seed, torch::Dtype dtype) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  Params params;
+  visit_params(config, params, [&](const std::string&, const std::vector<int64_t>& shape, ParamKind kind,
+                                   torch::Tensor& slot) {
+    if (kind == ParamKind::kGain) {
+      slot = torch::ones(shape, torch::dtype(dtype));
+    } else {
+      // Drawn in fp32 whatever the dtype, so a seed gives the same model in every precision.
+      slot = at::normal(0.0, 0.02, shape, generator, torch::dtype(torch::kFloat32)).to(dtype);
+    }
+  });
+  return params;
+}
+
+std::map<std::string, torch::Tensor> named_params(const ModelConfig& config, const Params& params) {
+  std::map<std::string, torch::Tensor> named;
+  Params view = params;  // shares storage; visit_params needs mutable slots
+  visit_params(config, view, [&](const std::string& name, const std::vector<int64_t>&, ParamKind,
+                                 torch::Tensor& slot) { named.emplace(name, slot); });
+  return named;
+}
+
+Params params_from_named(const ModelConfig& config, const std::map<std::string, torch::Tensor>& named,
+                         torch::Dtype dtype) {
+  Params params;
+  size_t used = 0;
+  visit_params(config, params, [&](const std::string& name, const std::vector<int64_t>& shape, ParamKind,
+                                   torch::Tensor& slot) {
+    const auto found = named.find(name);
+    require(found != named.end(), "missing tensor '" + name + "' (expected shape " + shape_text(shape) + ")");
+    const torch::Tensor& tensor = found->second;
+    require(tensor.sizes() == c10::IntArrayRef(shape),
+            "tensor '" + name + "' has shape " + shape_text(tensor.sizes()) + ", expected " + shape_text(shape));
+    slot = tensor.to(dtype).contiguous();
+    ++used;
+  });
+  if (used != named.size()) {
+    const auto expected = named_params(config, params);
+    for (const auto& [name, tensor] : named) {
+      require(expected.count(name) > 0, "unknown tensor '" + name + "' for a " + variant_name(config.variant) +
+                                            " model with this config");
+    }
+  }
+  return params;
+}
+
+FastWeights initial_fast_weights(const ModelConfig& config, const Params& params) {
+  FastWeights weights;
+  for (int64_t i = config.first_suffix_block(); i < config.n_layers; ++i) weights.push_back(params.blocks[i].prime);
+  return weights;
+}
+
+Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype, bool requires_grad) {
+  Params converted = params;
+  visit_params(config, converted, [&](const std::string&, const std::vector<int64_t>&, ParamKind,
+                                      torch::Tensor& slot) {
+    slot = slot.detach().to(dtype).clone().set_requires_grad(requires_grad);
+  });
+  return converted;
+}
+
+int64_t count_params(const ModelConfig& config, const Params& params) {
+  int64_t total = 0;
+  for (const auto& [name, tensor] : named_params(config, params)) total += tensor.numel();
+  return total;
+}
+
+}  // namespace ttt

@@ -1,0 +1,73 @@
+// The model's parameters (SPEC sections 3 and 7), with their canonical checkpoint names.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "config/model_config.h"
+
+namespace ttt {
+
+// A SwiGLU MLP: (silu(x @ w1) * (x @ w3)) @ w2, with w1, w3: [D, F] and w2: [F, D].
+struct MlpParams {
+  torch::Tensor w1, w2, w3;
+};
+
+struct AttentionParams {
+  torch::Tensor wq, wk, wv, wo;  // [D, D]
+  torch::Tensor q_norm, k_norm;  // [head_dim]; undefined without qk_norm
+};
+
+struct BlockParams {
+  torch::Tensor attn_norm, attn_post_norm;
+  AttentionParams attn;
+  torch::Tensor prime_norm, prime_post_norm;  // suffix blocks of ttt-e2e only
+  MlpParams prime;                            // suffix blocks of ttt-e2e only
+  torch::Tensor mlp_norm, mlp_post_norm;
+  MlpParams mlp;
+};
+
+struct Params {
+  torch::Tensor embed;       // [V, D]
+  torch::Tensor final_norm;  // [D]
+  torch::Tensor lm_head;     // [D, V]; undefined with tie_embeddings
+  std::vector<BlockParams> blocks;
+};
+
+// The fast weights of test-time training: the prime MLP of every suffix block, in order.
+using FastWeights = std::vector<MlpParams>;
+
+enum class ParamKind { kMatrix, kGain };
+
+// Calls `visit(name, shape, kind, tensor)` for every parameter the config defines, in a
+// fixed order, with the tensor's slot in `params` (resized to the config). This is the
+// single list of names and shapes that initialisation, checkpoints and gradients share.
+using ParamVisitor = std::function<void(const std::string& name, const std::vector<int64_t>& shape,
+                                        ParamKind kind, torch::Tensor& tensor)>;
+void visit_params(const ModelConfig& config, Params& params, const ParamVisitor& visit);
+
+// SPEC initialisation: every matrix and the embedding ~ N(0, 0.02^2), every gain = 1.
+Params init_params(const ModelConfig& config, uint64_t seed, torch::Dtype dtype = torch::kFloat32);
+
+// Name -> tensor view of all parameters (sharing storage with `params`).
+std::map<std::string, torch::Tensor> named_params(const ModelConfig& config, const Params& params);
+
+// Builds Params from named tensors, converted to `dtype`; throws ttt::Error naming any
+// missing or unknown tensor or a shape mismatch.
+Params params_from_named(const ModelConfig& config, const std::map<std::string, torch::Tensor>& named,
+                         torch::Dtype dtype);
+
+// The prime MLPs of the suffix blocks as stored in `params` (W_0 of the inner loop).
+FastWeights initial_fast_weights(const ModelConfig& config, const Params& params);
+
+// Every parameter converted to `dtype`, optionally as fresh leaves that require grad.
+Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype,
+                      bool requires_grad = false);
+
+int64_t count_params(const ModelConfig& config, const Params& params);
+
+}  // namespace ttt

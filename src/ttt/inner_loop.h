@@ -1,0 +1,48 @@
+// Test-time training (SPEC section 5): a model reads a sequence chunk by chunk and, for
+// ttt-e2e, takes one SGD step on its fast weights after each chunk. The same procedure
+// serves evaluation and, kept differentiable, meta-learning (SPEC section 6).
+#pragma once
+#include <functional>
+
+#include <torch/types.h>
+
+#include "config/model_config.h"
+#include "model/params.h"
+
+namespace ttt {
+
+// What the returned loss can be differentiated for (w.r.t. all parameters).
+enum class OuterGradient {
+  kNone,        // evaluation: each chunk's graph is dropped once its inner step is taken
+  kExact,       // meta-learning: through every inner step (second order) and the KV cache
+  kFirstOrder,  // inner gradients treated as constants; for comparison, never the default
+};
+
+struct SequenceOptions {
+  // Multiplier of inner_lr (the inner-LR warm-up of pre-training); 1 at evaluation.
+  double ilr_mult = 1.0;
+  OuterGradient outer_gradient = OuterGradient::kNone;
+  // Called after each chunk with (chunks done, chunks in all), for progress reports.
+  std::function<void(int64_t, int64_t)> on_chunk;
+};
+
+struct SequenceResult {
+  torch::Tensor loss;  // scalar; fa: masked mean over all targets; swa, ttt-e2e: mean of chunk losses
+  torch::Tensor nll;   // [n - 1] per-target NLL, detached
+  int64_t inner_steps = 0;
+};
+
+// Runs the model's own procedure over `tokens` ([n] int64 ids, n >= 2): inputs
+// tokens[0..n-2] predict targets tokens[1..n-1] in chunks of mini_batch positions, each
+// chunk's loss recorded before its update; the trailing partial chunk is scored, not trained on.
+SequenceResult run_sequence(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
+                            const SequenceOptions& options = {});
+
+// One inner SGD step: W - inner_lr * ilr_mult * s * dloss/dW, s = min(1, inner_clip / ||g||)
+// over all fast weights together (s = 1 when inner_clip = 0). Unless `outer` is kNone,
+// the graph of `loss` is kept for the outer backward pass, and the result stays
+// differentiable w.r.t. `weights` (and, for kExact, through g and s too).
+FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
+                       double ilr_mult, OuterGradient outer);
+
+}  // namespace ttt

@@ -1,0 +1,179 @@
+// `ttt` driven as a user drives it: files in, files out, exit codes and messages.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "eval/evaluate.h"
+#include "io/safetensors.h"
+#include "io/token_file.h"
+#include "model/checkpoint.h"
+#include "model/layers.h"
+#include "test_util.h"
+
+namespace ttt {
+namespace {
+
+using test::temp_path;
+
+struct CliRun {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+CliRun run_ttt(const std::string& args) {
+  const std::string log = temp_path("out.txt");
+  const int status = std::system((std::string(TTT_BINARY) + " " + args + " >" + log + " 2>&1").c_str());
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  return {WEXITSTATUS(status), text.str()};
+}
+
+std::string write_config(Variant variant) {
+  ModelConfig c = test::tiny_config(variant);
+  c.vocab_size = 50;
+  const std::string path = temp_path("config.json");
+  std::ofstream(path) << c.to_json().dump(2);
+  return path;
+}
+
+std::string init_model(Variant variant, const std::string& dtype = "f32") {
+  const std::string path = temp_path("model.safetensors");
+  const CliRun run = run_ttt("init --config " + write_config(variant) + " --out " + path + " --seed 3 --dtype " + dtype);
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  return path;
+}
+
+std::string write_tokens(const std::vector<int64_t>& tokens) {
+  const std::string path = temp_path("tokens.u32");
+  io::write_token_file(path, tokens);
+  return path;
+}
+
+std::vector<int64_t> sample_tokens(int64_t n) {
+  std::vector<int64_t> tokens;
+  for (int64_t i = 0; i < n; ++i) tokens.push_back(i % 17 == 0 ? 1 : 3 + (i * 7) % 40);  // bos every 17
+  return tokens;
+}
+
+// A bad input fails with one clear line, never a crash or a stack trace.
+void expect_clean_failure(const CliRun& run, const std::string& fragment) {
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_EQ(run.output.rfind("ttt: error: ", 0), 0u) << run.output;
+  EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
+  EXPECT_NE(run.output.find(fragment), std::string::npos) << run.output;
+}
+
+TEST(Cli, HelpDescribesEveryCommand) {
+  const CliRun help = run_ttt("--help");
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* command : {"init", "info", "eval", "grad"}) {
+    EXPECT_NE(help.output.find(command), std::string::npos) << command;
+    const CliRun sub = run_ttt(std::string(command) + " --help");
+    EXPECT_EQ(sub.exit_code, 0) << command;
+    EXPECT_NE(sub.output.find("--"), std::string::npos) << sub.output;
+  }
+}
+
+class CliVariant : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(CliVariant, EvalAndGradFollowTheSpec) {
+  const std::string model_path = init_model(GetParam());
+  const std::vector<int64_t> ids = sample_tokens(40);
+  const std::string tokens_path = write_tokens(ids);
+  const std::string json_path = temp_path("eval.json");
+  const CliRun eval = run_ttt("eval --model " + model_path + " --tokens " + tokens_path + " --json " + json_path);
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+
+  const nlohmann::json out = nlohmann::json::parse(std::ifstream(json_path));
+  ASSERT_EQ(out.size(), 2u);  // exactly {"loss", "nll"}
+  const std::vector<double> nll = out.at("nll").get<std::vector<double>>();
+  ASSERT_EQ(nll.size(), ids.size() - 1);
+
+  // The loss follows from the per-token NLLs as SPEC section 8 defines it.
+  const Model model = load_model(model_path);
+  const torch::Tensor nll_t = torch::tensor(nll, torch::kFloat64);
+  const torch::Tensor targets = torch::tensor(std::vector<int64_t>(ids.begin() + 1, ids.end()));
+  double expected = 0;
+  if (GetParam() == Variant::kFullAttention) {
+    expected = masked_mean_loss(nll_t, targets, model.config.bos_id).item<double>();
+  } else {
+    const int64_t b = model.config.mini_batch, n = targets.size(0), chunks = (n + b - 1) / b;
+    for (int64_t s = 0; s < n; s += b) {
+      const int64_t len = std::min(b, n - s);
+      expected += masked_mean_loss(nll_t.narrow(0, s, len), targets.narrow(0, s, len), model.config.bos_id)
+                      .item<double>() / static_cast<double>(chunks);
+    }
+  }
+  EXPECT_NEAR(out.at("loss").get<double>(), expected, 1e-6);
+  const EvalResult direct = evaluate(model.config, model.params, checked_tokens(model.config, ids));
+  EXPECT_NEAR(out.at("loss").get<double>(), direct.loss, 1e-9);
+
+  const std::string grad_path = temp_path("grad.safetensors");
+  const CliRun grad = run_ttt("grad --model " + model_path + " --tokens " + tokens_path + " --out " + grad_path);
+  ASSERT_EQ(grad.exit_code, 0) << grad.output;
+  const io::SafetensorsFile grads = io::read_safetensors(grad_path);
+  EXPECT_NEAR(std::stod(grads.metadata.at("loss")), direct.loss, 1e-6);
+  const GradResult reference = gradient(model.config, model.params, checked_tokens(model.config, ids));
+  ASSERT_EQ(grads.tensors.size(), reference.grads.size());
+  for (const auto& [name, g] : reference.grads) {
+    ASSERT_TRUE(grads.tensors.count(name)) << name;
+    EXPECT_TRUE(torch::allclose(grads.tensors.at(name), g, 1e-5, 1e-7)) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, CliVariant,
+                         ::testing::Values(Variant::kFullAttention, Variant::kSlidingWindow, Variant::kTttE2E));
+
+TEST(Cli, InitStoresEveryDtypeAndInfoReadsIt) {
+  for (const char* dtype : {"f32", "bf16", "f16"}) {
+    const std::string path = init_model(Variant::kTttE2E, dtype);
+    const CliRun info = run_ttt("info --model " + path);
+    EXPECT_EQ(info.exit_code, 0) << info.output;
+    EXPECT_NE(info.output.find("\"ttt-e2e\""), std::string::npos) << info.output;
+    EXPECT_EQ(io::read_safetensors(path).tensors.at("embed.weight").scalar_type(), parse_dtype(dtype));
+  }
+}
+
+TEST(Cli, BadInputGetsAClearError) {
+  const std::string model = init_model(Variant::kTttE2E);
+  const std::string tokens = write_tokens(sample_tokens(20));
+  const std::string out = temp_path("out.json");
+
+  expect_clean_failure(run_ttt("eval --model /nonexistent.safetensors --tokens " + tokens), "/nonexistent.safetensors");
+  expect_clean_failure(run_ttt("eval --model " + model + " --tokens /nonexistent.u32"), "/nonexistent.u32");
+
+  const std::string garbage = temp_path("garbage.safetensors");
+  std::ofstream(garbage) << "this is not a checkpoint at all";
+  expect_clean_failure(run_ttt("eval --model " + garbage + " --tokens " + tokens), garbage);
+
+  const std::string empty = temp_path("empty.u32");
+  std::ofstream(empty).close();
+  expect_clean_failure(run_ttt("eval --model " + model + " --tokens " + empty), "empty");
+
+  const std::string odd = temp_path("odd.u32");
+  std::ofstream(odd) << "12345";
+  expect_clean_failure(run_ttt("grad --model " + model + " --tokens " + odd + " --out " + out), "multiple of 4");
+
+  const std::string too_large = write_tokens({3, 4, 50, 5});
+  expect_clean_failure(run_ttt("eval --model " + model + " --tokens " + too_large), "outside the model's vocabulary");
+
+  expect_clean_failure(run_ttt("eval --model " + model + " --tokens " + write_tokens({3})), "at least 2 tokens");
+  expect_clean_failure(run_ttt("eval --tokens " + tokens), "--model");
+  expect_clean_failure(run_ttt("eval --model " + model + " --tokens " + tokens + " --bogus"), "--bogus");
+  expect_clean_failure(run_ttt("eval --model " + model + " --tokens " + tokens + " --dtype f8"), "f8");
+
+  const std::string bad_config = temp_path("bad.json");
+  std::ofstream(bad_config) << R"({"variant": "swa"})";
+  expect_clean_failure(run_ttt("init --config " + bad_config + " --out " + temp_path("m.safetensors")), "missing");
+
+  // Nothing is written on failure.
+  EXPECT_FALSE(std::ifstream(out).good());
+}
+
+}  // namespace
+}  // namespace ttt

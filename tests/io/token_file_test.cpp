@@ -1,0 +1,89 @@
+#include "io/token_file.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace ttt::io {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Expects `action` to throw ttt::Error with a one-line message containing every one of `parts`.
+template <typename Action>
+void expect_error(Action action, const std::vector<std::string>& parts) {
+  EXPECT_THROW(
+      {
+        try {
+          action();
+        } catch (const Error& e) {
+          const std::string message = e.what();
+          EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+          for (const std::string& part : parts) {
+            EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' is not in: " << message;
+          }
+          throw;
+        }
+      },
+      Error);
+}
+
+class TokenFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::path(::testing::TempDir()) / ("ttt_tokens_" + std::to_string(::getpid()) + "_" + test->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  std::string write_bytes(const std::string& name, const std::string& bytes) const {
+    std::ofstream(path(name), std::ios::binary) << bytes;
+    return path(name);
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(TokenFileTest, RoundTrips) {
+  const std::vector<int64_t> tokens = {0, 1, 50256, 65536, 4294967295};
+  write_token_file(path("t.u32"), tokens);
+  EXPECT_EQ(fs::file_size(path("t.u32")), 4 * tokens.size());
+  EXPECT_EQ(read_token_file(path("t.u32")), tokens);
+}
+
+TEST_F(TokenFileTest, UsesLittleEndianUint32) {
+  write_token_file(path("w.u32"), {1, 0x01020304});
+  std::ifstream in(path("w.u32"), std::ios::binary);
+  const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  EXPECT_EQ(bytes, std::string("\x01\x00\x00\x00\x04\x03\x02\x01", 8));
+
+  const std::string file = write_bytes("r.u32", std::string("\x07\x00\x00\x00\xff\xff\xff\xff", 8));
+  EXPECT_EQ(read_token_file(file), (std::vector<int64_t>{7, 4294967295}));
+}
+
+TEST_F(TokenFileTest, RejectsBadFiles) {
+  expect_error([&] { read_token_file(path("absent.u32")); }, {"absent.u32", "no such file"});
+  expect_error([&] { read_token_file(write_bytes("empty.u32", "")); }, {"empty.u32", "empty"});
+  expect_error([&] { read_token_file(write_bytes("odd.u32", "abcdef")); }, {"odd.u32", "size 6", "multiple of 4"});
+  expect_error([&] { read_token_file(dir_.string()); }, {"not a regular file"});
+}
+
+TEST_F(TokenFileTest, RejectsOutOfRangeTokensAndWritesNothing) {
+  expect_error([&] { write_token_file(path("neg.u32"), {5, -1}); }, {"neg.u32", "token -1", "position 1"});
+  expect_error([&] { write_token_file(path("big.u32"), {4294967296}); }, {"big.u32", "token 4294967296"});
+  EXPECT_TRUE(fs::is_empty(dir_));
+}
+
+}  // namespace
+}  // namespace ttt::io

@@ -1,0 +1,147 @@
+// Every layer against an independent scalar formula, written out element by element.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "model/layers.h"
+
+namespace ttt {
+namespace {
+
+torch::Tensor randn(std::vector<int64_t> shape) { return torch::randn(shape, torch::kFloat64); }
+
+TEST(Layers, RmsNormMatchesFormula) {
+  torch::manual_seed(1);
+  const torch::Tensor x = randn({5, 7}), gain = randn({7});
+  const double eps = 1e-3;
+  const torch::Tensor y = rms_norm(x, gain, eps);
+  auto xa = x.accessor<double, 2>();
+  auto ga = gain.accessor<double, 1>();
+  auto ya = y.accessor<double, 2>();
+  for (int r = 0; r < 5; ++r) {
+    double mean_square = 0;
+    for (int j = 0; j < 7; ++j) mean_square += xa[r][j] * xa[r][j] / 7;
+    for (int j = 0; j < 7; ++j) EXPECT_NEAR(ya[r][j], xa[r][j] / std::sqrt(mean_square + eps) * ga[j], 1e-12);
+  }
+}
+
+TEST(Layers, SwigluMatchesFormula) {
+  torch::manual_seed(2);
+  const int D = 4, F = 6;
+  const torch::Tensor x = randn({3, D});
+  const MlpParams mlp{randn({D, F}), randn({F, D}), randn({D, F})};
+  const torch::Tensor y = swiglu(x, mlp);
+  auto xa = x.accessor<double, 2>();
+  auto w1 = mlp.w1.accessor<double, 2>(), w2 = mlp.w2.accessor<double, 2>(), w3 = mlp.w3.accessor<double, 2>();
+  for (int t = 0; t < 3; ++t) {
+    std::vector<double> inner(F);
+    for (int f = 0; f < F; ++f) {
+      double a = 0, b = 0;
+      for (int i = 0; i < D; ++i) a += xa[t][i] * w1[i][f], b += xa[t][i] * w3[i][f];
+      inner[f] = a / (1 + std::exp(-a)) * b;  // silu(a) * b
+    }
+    for (int o = 0; o < D; ++o) {
+      double expected = 0;
+      for (int f = 0; f < F; ++f) expected += inner[f] * w2[f][o];
+      EXPECT_NEAR(y[t][o].item<double>(), expected, 1e-12);
+    }
+  }
+}
+
+TEST(Layers, RopeRotatesAdjacentPairsByAbsolutePosition) {
+  torch::manual_seed(3);
+  const int T = 4, H = 2, d = 6;
+  const double theta = 100.0;
+  const torch::Tensor x = randn({T, H, d});
+  const torch::Tensor positions = torch::tensor(std::vector<int64_t>{0, 5, 17, 1000});
+  const torch::Tensor y = rope(x, positions, theta);
+  auto xa = x.accessor<double, 3>();
+  auto ya = y.accessor<double, 3>();
+  for (int t = 0; t < T; ++t) {
+    for (int h = 0; h < H; ++h) {
+      for (int j = 0; j < d / 2; ++j) {
+        const double angle = positions[t].item<int64_t>() * std::pow(theta, -2.0 * j / d);
+        const double a = xa[t][h][2 * j], b = xa[t][h][2 * j + 1];
+        EXPECT_NEAR(ya[t][h][2 * j], a * std::cos(angle) - b * std::sin(angle), 1e-12);
+        EXPECT_NEAR(ya[t][h][2 * j + 1], a * std::sin(angle) + b * std::cos(angle), 1e-12);
+      }
+    }
+  }
+}
+
+TEST(Layers, RopeScoresDependOnlyOnRelativePosition) {
+  torch::manual_seed(4);
+  const torch::Tensor q = randn({1, 1, 8}), k = randn({1, 1, 8});
+  const auto score = [&](int64_t tq, int64_t tk) {
+    return (rope(q, torch::tensor({tq}), 500000.0) * rope(k, torch::tensor({tk}), 500000.0)).sum().item<double>();
+  };
+  EXPECT_NEAR(score(7, 3), score(1007, 1003), 1e-9);
+  EXPECT_GT(std::abs(score(7, 3) - score(7, 5)), 1e-6);  // and it does depend on it
+}
+
+TEST(Layers, AttentionMaskIsCausalAndWindowed) {
+  const torch::Tensor q_pos = torch::arange(10, 14), k_pos = torch::arange(4, 14);
+  for (int64_t window : {0, 3, 6}) {
+    const torch::Tensor mask = attention_mask(q_pos, k_pos, window);
+    ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{4, 10}));
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < 10; ++j) {
+        const int64_t t = 10 + i, s = 4 + j;
+        const bool expected = s <= t && (window == 0 || t - s < window);
+        EXPECT_EQ(mask[i][j].item<bool>(), expected) << "window " << window << " t " << t << " s " << s;
+      }
+    }
+  }
+}
+
+TEST(Layers, AttendMatchesNaiveSoftmaxAttention) {
+  torch::manual_seed(5);
+  const int Tq = 3, Tk = 5, H = 2, d = 4;
+  const torch::Tensor q = randn({Tq, H, d}), k = randn({Tk, H, d}), v = randn({Tk, H, d});
+  const torch::Tensor mask = attention_mask(torch::arange(2, 5), torch::arange(0, 5), 3);
+  const torch::Tensor out = attend(q, k, v, mask);
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{Tq, H * d}));
+  for (int t = 0; t < Tq; ++t) {
+    for (int h = 0; h < H; ++h) {
+      std::vector<double> weights(Tk, 0.0);
+      double total = 0;
+      for (int s = 0; s < Tk; ++s) {
+        if (!mask[t][s].item<bool>()) continue;
+        weights[s] = std::exp((q[t][h] * k[s][h]).sum().item<double>() / std::sqrt(d));
+        total += weights[s];
+      }
+      for (int j = 0; j < d; ++j) {
+        double expected = 0;
+        for (int s = 0; s < Tk; ++s) expected += weights[s] / total * v[s][h][j].item<double>();
+        EXPECT_NEAR(out[t][h * d + j].item<double>(), expected, 1e-12);
+      }
+    }
+  }
+}
+
+TEST(Layers, TokenNllAndMaskedMeanLoss) {
+  torch::manual_seed(6);
+  const torch::Tensor logits = randn({4, 5});
+  const torch::Tensor targets = torch::tensor(std::vector<int64_t>{3, 1, 0, 1});
+  const torch::Tensor nll = token_nll(logits, targets);
+  double valid_sum = 0;
+  for (int t = 0; t < 4; ++t) {
+    double log_sum = 0;
+    for (int v = 0; v < 5; ++v) log_sum += std::exp(logits[t][v].item<double>());
+    const double expected = std::log(log_sum) - logits[t][targets[t].item<int64_t>()].item<double>();
+    EXPECT_NEAR(nll[t].item<double>(), expected, 1e-12);
+    if (targets[t].item<int64_t>() != 1) valid_sum += expected;
+  }
+  // Targets equal to bos (1 here) carry no loss.
+  EXPECT_NEAR(masked_mean_loss(nll, targets, 1).item<double>(), valid_sum / 2, 1e-12);
+  // A span with no valid target has loss 0, not NaN.
+  EXPECT_EQ(masked_mean_loss(nll, torch::ones({4}, torch::kInt64), 1).item<double>(), 0.0);
+}
+
+TEST(Layers, LossIsComputedInAtLeastFp32) {
+  const torch::Tensor logits = torch::randn({2, 50}).to(torch::kBFloat16);
+  EXPECT_EQ(token_nll(logits, torch::tensor(std::vector<int64_t>{0, 1})).scalar_type(), torch::kFloat32);
+}
+
+}  // namespace
+}  // namespace ttt

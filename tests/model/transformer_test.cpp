@@ -1,0 +1,94 @@
+// The decoder over whole sequences and over chunks with a KV cache.
+#include <gtest/gtest.h>
+
+#include "model/transformer.h"
+#include "test_util.h"
+
+namespace ttt {
+namespace {
+
+using test::random_params;
+using test::random_tokens;
+using test::tiny_config;
+
+torch::Tensor whole_sequence_logits(const ModelConfig& c, const Params& p, const torch::Tensor& tokens,
+                                    const FastWeights* prime = nullptr) {
+  KvCache cache(c.n_layers);
+  return forward_span(c, p, tokens, torch::arange(tokens.size(0)), cache, prime);
+}
+
+torch::Tensor chunked_logits(const ModelConfig& c, const Params& p, const torch::Tensor& tokens,
+                             const std::vector<int64_t>& chunk_sizes, const FastWeights* prime = nullptr) {
+  KvCache cache(c.n_layers);
+  std::vector<torch::Tensor> parts;
+  int64_t start = 0;
+  for (int64_t size : chunk_sizes) {
+    parts.push_back(forward_span(c, p, tokens.narrow(0, start, size), torch::arange(start, start + size), cache,
+                                 prime));
+    start += size;
+    for (const LayerCache& layer : cache.layers) {
+      const int64_t bound = c.attention_window() > 0 ? c.attention_window() - 1 : start;
+      EXPECT_EQ(layer.keys.size(0), std::min(start, bound)) << "cache after " << start << " tokens";
+    }
+  }
+  EXPECT_EQ(start, tokens.size(0));
+  return torch::cat(parts);
+}
+
+class ChunkedEqualsWhole : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(ChunkedEqualsWhole, ForEveryChunking) {
+  const ModelConfig c = tiny_config(GetParam());
+  const Params p = random_params(c, 11, 0.3);
+  const FastWeights prime = initial_fast_weights(c, p);
+  const torch::Tensor tokens = random_tokens(17, c.vocab_size, 12);
+  const torch::Tensor whole = whole_sequence_logits(c, p, tokens, &prime);
+  for (const auto& sizes : std::vector<std::vector<int64_t>>{{3, 3, 3, 3, 3, 2}, {1, 5, 2, 7, 1, 1}, {16, 1}}) {
+    EXPECT_TRUE(torch::allclose(chunked_logits(c, p, tokens, sizes, &prime), whole, 1e-10, 1e-10));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, ChunkedEqualsWhole,
+                         ::testing::Values(Variant::kFullAttention, Variant::kSlidingWindow, Variant::kTttE2E));
+
+TEST(Transformer, WindowLimitsWhatAttentionSees) {
+  const ModelConfig fa = tiny_config(Variant::kFullAttention);
+  ModelConfig swa = tiny_config(Variant::kSlidingWindow);
+  const Params p = random_params(fa, 21, 0.3);  // fa and swa share every tensor
+  const torch::Tensor tokens = random_tokens(12, fa.vocab_size, 22);
+  const torch::Tensor full = whole_sequence_logits(fa, p, tokens);
+  const torch::Tensor windowed = whole_sequence_logits(swa, p, tokens);
+  // Positions before the window fills see the same keys; later ones do not.
+  EXPECT_TRUE(torch::allclose(windowed.narrow(0, 0, swa.window), full.narrow(0, 0, swa.window), 1e-12, 1e-12));
+  EXPECT_FALSE(torch::allclose(windowed.narrow(0, swa.window, 1), full.narrow(0, swa.window, 1), 1e-6, 1e-6));
+  // A window as long as the sequence is full attention.
+  swa.window = 12;
+  EXPECT_TRUE(torch::allclose(whole_sequence_logits(swa, p, tokens), full, 1e-12, 1e-12));
+}
+
+TEST(Transformer, EarlierTokensAreUnaffectedByLaterOnes) {
+  const ModelConfig c = tiny_config(Variant::kSlidingWindow);
+  const Params p = random_params(c, 31, 0.3);
+  torch::Tensor tokens = random_tokens(10, c.vocab_size, 32);
+  const torch::Tensor before = whole_sequence_logits(c, p, tokens);
+  tokens[7] = (tokens[7].item<int64_t>() + 1) % c.vocab_size;
+  const torch::Tensor after = whole_sequence_logits(c, p, tokens);
+  EXPECT_TRUE(torch::equal(before.narrow(0, 0, 7), after.narrow(0, 0, 7)));
+  EXPECT_FALSE(torch::allclose(before.narrow(0, 7, 1), after.narrow(0, 7, 1)));
+}
+
+TEST(Transformer, UntiedHeadUsesLmHead) {
+  ModelConfig c = tiny_config(Variant::kSlidingWindow);
+  c.tie_embeddings = false;
+  c.qk_norm = false;
+  const Params p = random_params(c, 41, 0.3);
+  ASSERT_TRUE(p.lm_head.defined());
+  ASSERT_FALSE(p.blocks[0].attn.q_norm.defined());
+  const torch::Tensor h = torch::randn({2, c.d_model}, torch::kFloat64);
+  const torch::Tensor expected = torch::matmul(h * torch::rsqrt(h.pow(2).mean(-1, true) + c.rms_eps) * p.final_norm,
+                                               p.lm_head);
+  EXPECT_TRUE(torch::allclose(lm_logits(c, p, h), expected, 1e-12, 1e-12));
+}
+
+}  // namespace
+}  // namespace ttt
