@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine: install, build, run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/build.sh
+ctest --test-dir build --output-on-failure --parallel "$(nproc)" --timeout 600
