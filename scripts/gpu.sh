@@ -14,5 +14,5 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
   time cmake --build build-gpu --parallel "$(nproc)"
 } >"$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 tail -3 "$out/build.log"
-ctest --test-dir build-gpu --output-on-failure --parallel 8 --timeout 600 >"$out/test.log" 2>&1 || true
+ctest --test-dir build-gpu --output-on-failure --parallel "$(nproc)" --timeout 600 >"$out/test.log" 2>&1 || true
 tail -15 "$out/test.log"
