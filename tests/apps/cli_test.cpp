@@ -26,7 +26,7 @@ struct CliRun {
 
 CliRun run_ttt(const std::string& args) {
   const std::string log = temp_path("out.txt");
-  const int status = std::system((std::string(TTT_BINARY) + " " + args + " >" + log + " 2>&1").c_str());
+  const int status = std::system(("OMP_NUM_THREADS=1 " + std::string(TTT_BINARY) + " " + args + " >" + log + " 2>&1").c_str());
   std::ifstream in(log);
   std::stringstream text;
   text << in.rdbuf();
