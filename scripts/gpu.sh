@@ -11,7 +11,7 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 {
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
     -DCMAKE_INCLUDE_PATH="$PWD/.deps/include" -DTTT_GTEST_SOURCE_DIR="$PWD/.deps/googletest"
-  time cmake --build build-gpu --parallel "$(nproc)"
+  time cmake --build build-gpu --parallel "$(nproc)" -- -v
 } >"$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 tail -3 "$out/build.log"
 ctest --test-dir build-gpu --output-on-failure --parallel "$(nproc)" --timeout 600 >"$out/test.log" 2>&1 || true
