@@ -3,18 +3,16 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
+#include "test_util.h"
 
 namespace ttt::io {
 namespace {
-
-namespace fs = std::filesystem;
 
 // Little-endian bytes of `value`, built arithmetically so the test does not share the
 // implementation's assumption about the host.
@@ -51,16 +49,8 @@ void expect_error(Action action, const std::vector<std::string>& parts) {
 // Each test gets a fresh directory of its own, so it can also check what is left in it.
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           ("ttt_safetensors_" + std::to_string(::getpid()) + "_" + test->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string path(const std::string& name) const { return dir_.path(name); }
 
   std::string write_bytes(const std::string& name, const std::string& bytes) const {
     std::ofstream(path(name), std::ios::binary) << bytes;
@@ -72,17 +62,13 @@ class SafetensorsTest : public ::testing::Test {
     return write_bytes("raw.safetensors", le_bytes(header.size(), 8) + header + data);
   }
 
-  std::vector<std::string> files() const {
-    std::vector<std::string> names;
-    for (const auto& entry : fs::directory_iterator(dir_)) names.push_back(entry.path().filename().string());
-    return names;
-  }
+  std::vector<std::string> files() const { return dir_.files(); }
 
   void expect_read_error(const std::string& file, const std::vector<std::string>& parts) const {
     expect_error([&] { read_safetensors(file); }, parts);
   }
 
-  fs::path dir_;
+  test::ScratchDir dir_;
 };
 
 TEST_F(SafetensorsTest, RoundTripsEveryDtypeShapeAndMetadata) {
@@ -184,7 +170,7 @@ TEST_F(SafetensorsTest, WritesTheExactByteLayout) {
 
 TEST_F(SafetensorsTest, RejectsMissingOrShortFiles) {
   expect_read_error(path("absent.safetensors"), {"absent.safetensors", "no such file"});
-  expect_read_error(dir_.string(), {"not a regular file"});
+  expect_read_error(dir_.path("."), {"not a regular file"});
   expect_read_error(write_bytes("short.safetensors", "abc"), {"short.safetensors", "shorter than the 8-byte"});
   expect_read_error(write_bytes("long.safetensors", le_bytes(100, 8) + "{}"), {"header length 100"});
 }
@@ -232,7 +218,7 @@ TEST_F(SafetensorsTest, RejectsBadDataOffsets) {
 TEST_F(SafetensorsTest, RejectsTruncatedFiles) {
   const std::string file = path("cut.safetensors");
   write_safetensors(file, {{"first", torch::ones({4})}, {"second", torch::ones({4})}});
-  fs::resize_file(file, fs::file_size(file) - 1);
+  ASSERT_EQ(::truncate(file.c_str(), test::file_size(file) - 1), 0);
   expect_read_error(file, {"cut.safetensors", "\"second\"", "truncated"});
 }
 

@@ -3,18 +3,16 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
+#include "test_util.h"
 
 namespace ttt::io {
 namespace {
-
-namespace fs = std::filesystem;
 
 // Expects `action` to throw ttt::Error with a one-line message containing every one of `parts`.
 template <typename Action>
@@ -37,28 +35,21 @@ void expect_error(Action action, const std::vector<std::string>& parts) {
 
 class TokenFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) / ("ttt_tokens_" + std::to_string(::getpid()) + "_" + test->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string path(const std::string& name) const { return dir_.path(name); }
 
   std::string write_bytes(const std::string& name, const std::string& bytes) const {
     std::ofstream(path(name), std::ios::binary) << bytes;
     return path(name);
   }
 
-  fs::path dir_;
+  test::ScratchDir dir_;
 };
 
 TEST_F(TokenFileTest, RoundTrips) {
   const std::vector<int64_t> tokens = {0, 1, 50256, 65536, 4294967295};
   write_token_file(path("t.u32"), tokens);
-  EXPECT_EQ(fs::file_size(path("t.u32")), 4 * tokens.size());
+  EXPECT_EQ(test::file_size(path("t.u32")), static_cast<int64_t>(4 * tokens.size()));
   EXPECT_EQ(read_token_file(path("t.u32")), tokens);
 }
 
@@ -76,13 +67,13 @@ TEST_F(TokenFileTest, RejectsBadFiles) {
   expect_error([&] { read_token_file(path("absent.u32")); }, {"absent.u32", "no such file"});
   expect_error([&] { read_token_file(write_bytes("empty.u32", "")); }, {"empty.u32", "empty"});
   expect_error([&] { read_token_file(write_bytes("odd.u32", "abcdef")); }, {"odd.u32", "size 6", "multiple of 4"});
-  expect_error([&] { read_token_file(dir_.string()); }, {"not a regular file"});
+  expect_error([&] { read_token_file(dir_.path(".")); }, {"not a regular file"});
 }
 
 TEST_F(TokenFileTest, RejectsOutOfRangeTokensAndWritesNothing) {
   expect_error([&] { write_token_file(path("neg.u32"), {5, -1}); }, {"neg.u32", "token -1", "position 1"});
   expect_error([&] { write_token_file(path("big.u32"), {4294967296}); }, {"big.u32", "token 4294967296"});
-  EXPECT_TRUE(fs::is_empty(dir_));
+  EXPECT_TRUE(dir_.files().empty());
 }
 
 }  // namespace
