@@ -1,5 +1,7 @@
 // `ttt`: the command-line program of the ttt-e2e engine.
+#include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
@@ -15,12 +17,16 @@ int main(int argc, char** argv) {
       "test-time training of the last blocks' prime MLPs), stored as safetensors checkpoints."};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "CPU threads for tensor math (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "CPU threads for tensor math (default: $OMP_NUM_THREADS, else all cores)")
+      ->check(CLI::NonNegativeNumber);
   ttt::cli::add_init_command(app);
   ttt::cli::add_info_command(app);
   ttt::cli::add_eval_command(app);
   ttt::cli::add_grad_command(app);
   app.parse_complete_callback([&] {
+    // libtorch may start with a single intra-op thread; use every core unless told otherwise.
+    const char* omp_threads = std::getenv("OMP_NUM_THREADS");
+    if (threads == 0 && !(omp_threads && *omp_threads)) threads = static_cast<int>(std::thread::hardware_concurrency());
     if (threads > 0) torch::set_num_threads(threads);
     if (const auto blas = ttt::blas_info(); !blas.optimized) {
       std::cerr << "ttt: warning: libtorch runs on an unoptimised BLAS (" << blas.library
