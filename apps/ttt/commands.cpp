@@ -132,9 +132,9 @@ void add_eval_command(CLI::App& app) {
       write_text_file(options->json_path, nlohmann::json{{"loss", result.loss}, {"nll", result.nll}}.dump() + "\n");
     }
     const double seconds = seconds_since(start);
-    std::printf("loss %.6f over %zu targets, %lld inner steps, %.2f s (%.0f tokens/s, %d threads)\n", result.loss,
+    std::printf("loss %.6f over %zu targets, %lld inner steps, %.2f s (%.0f tokens/s)\n", result.loss,
                 result.nll.size(), static_cast<long long>(result.inner_steps), seconds,
-                static_cast<double>(result.nll.size()) / seconds, torch::get_num_threads());
+                static_cast<double>(result.nll.size()) / seconds);
   });
 }
 

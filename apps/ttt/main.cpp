@@ -1,4 +1,5 @@
 // `ttt`: the command-line program of the ttt-e2e engine.
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <thread>
@@ -24,10 +25,12 @@ int main(int argc, char** argv) {
   ttt::cli::add_eval_command(app);
   ttt::cli::add_grad_command(app);
   app.parse_complete_callback([&] {
-    // libtorch may start with a single intra-op thread; use every core unless told otherwise.
-    const char* omp_threads = std::getenv("OMP_NUM_THREADS");
-    if (threads == 0 && !(omp_threads && *omp_threads)) threads = static_cast<int>(std::thread::hardware_concurrency());
-    if (threads > 0) torch::set_num_threads(threads);
+    if (threads == 0) {
+      const char* omp_threads = std::getenv("OMP_NUM_THREADS");
+      threads = omp_threads && std::atoi(omp_threads) > 0 ? std::atoi(omp_threads)
+                                                          : static_cast<int>(std::thread::hardware_concurrency());
+    }
+    ttt::set_cpu_threads(std::max(threads, 1));
     if (const auto blas = ttt::blas_info(); !blas.optimized) {
       std::cerr << "ttt: warning: libtorch runs on an unoptimised BLAS (" << blas.library
                 << "); install libopenblas-dev (scripts/setup.sh) for ~25x faster CPU math\n";

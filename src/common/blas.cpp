@@ -1,5 +1,7 @@
 #include "common/blas.h"
 
+#include <dlfcn.h>
+
 #include <fstream>
 
 #include <ATen/Context.h>
@@ -27,6 +29,16 @@ BlasInfo blas_info() {
     }
   }
   return info;
+}
+
+void set_cpu_threads(int threads) {
+  using SetThreads = void (*)(int);
+  if (auto* openblas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    openblas(threads);
+    torch::set_num_threads(1);
+  } else {
+    torch::set_num_threads(threads);
+  }
 }
 
 }  // namespace ttt

@@ -12,4 +12,9 @@ struct BlasInfo {
 
 BlasInfo blas_info();
 
+// Uses `threads` CPU threads for tensor math. With OpenBLAS, whose own thread pool would
+// fight libtorch's OpenMP threads for the cores (2.4x slower than one thread on 2 cores,
+// measured), the GEMMs get the threads and libtorch's elementwise ops run on one.
+void set_cpu_threads(int threads);
+
 }  // namespace ttt
