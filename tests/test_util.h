@@ -15,6 +15,9 @@
 
 #include <torch/torch.h>
 
+#include <gtest/gtest.h>
+
+#include "common/error.h"
 #include "config/model_config.h"
 #include "model/params.h"
 
@@ -115,6 +118,25 @@ inline std::string temp_path(const std::string& name) {
   static ScratchDir dir;
   static int counter = 0;
   return dir.path(std::to_string(counter++) + "_" + name);
+}
+
+// Expects `action` to throw ttt::Error with a one-line message containing every one of `parts`.
+template <typename Action>
+void expect_error(Action action, const std::vector<std::string>& parts) {
+  EXPECT_THROW(
+      {
+        try {
+          action();
+        } catch (const ttt::Error& e) {
+          const std::string message = e.what();
+          EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+          for (const std::string& part : parts) {
+            EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' is not in: " << message;
+          }
+          throw;
+        }
+      },
+      ttt::Error);
 }
 
 }  // namespace ttt::test

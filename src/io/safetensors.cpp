@@ -10,7 +10,6 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <utility>
@@ -19,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/input_file.h"
 
 namespace ttt::io {
 namespace {
@@ -182,19 +182,12 @@ class AtomicFile {
 
 SafetensorsFile read_safetensors(const std::string& path) {
   const std::string prefix = prefix_for(path);
-  std::error_code error;
-  const auto status = std::filesystem::status(path, error);
-  require(status.type() != std::filesystem::file_type::not_found, prefix + "no such file");
-  require(error || std::filesystem::is_regular_file(status), prefix + "not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  require(in.is_open(), prefix + "cannot open the file for reading");
+  InputFile input = open_input_file(path, prefix);
+  std::ifstream& in = input.stream;
+  const uint64_t file_size = input.size;
 
   // The header is validated in full before any tensor memory is allocated, and tensor bytes are
   // then read straight into their tensors: no second copy of a large checkpoint in memory.
-  in.seekg(0, std::ios::end);
-  const auto file_size = uint64_t(in.tellg());
-  in.seekg(0);
-  require(in.good(), prefix + "cannot read the file");
   require(file_size >= 8, prefix + "file is " + std::to_string(file_size) +
                               " bytes, shorter than the 8-byte header length");
   uint64_t header_size = 0;

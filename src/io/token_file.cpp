@@ -1,11 +1,11 @@
 #include "io/token_file.h"
 
 #include <bit>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 
 #include "common/error.h"
+#include "io/input_file.h"
 
 namespace ttt::io {
 namespace {
@@ -19,17 +19,9 @@ std::string prefix_for(const std::string& path) { return "token file '" + path +
 
 std::vector<int64_t> read_token_file(const std::string& path) {
   const std::string prefix = prefix_for(path);
-  std::error_code error;
-  const auto status = std::filesystem::status(path, error);
-  require(status.type() != std::filesystem::file_type::not_found, prefix + "no such file");
-  require(error || std::filesystem::is_regular_file(status), prefix + "not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  require(in.is_open(), prefix + "cannot open the file for reading");
-
-  in.seekg(0, std::ios::end);
-  const auto size = uint64_t(in.tellg());
-  in.seekg(0);
-  require(in.good(), prefix + "cannot read the file");
+  InputFile file = open_input_file(path, prefix);
+  std::ifstream& in = file.stream;
+  const uint64_t size = file.size;
   require(size > 0, prefix + "the file is empty");
   require(size % 4 == 0, prefix + "size " + std::to_string(size) +
                              " bytes is not a multiple of 4 (tokens are uint32)");

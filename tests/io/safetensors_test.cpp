@@ -27,24 +27,6 @@ std::string read_bytes(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-// Expects `action` to throw ttt::Error with a one-line message containing every one of `parts`.
-template <typename Action>
-void expect_error(Action action, const std::vector<std::string>& parts) {
-  EXPECT_THROW(
-      {
-        try {
-          action();
-        } catch (const Error& e) {
-          const std::string message = e.what();
-          EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-          for (const std::string& part : parts) {
-            EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' is not in: " << message;
-          }
-          throw;
-        }
-      },
-      Error);
-}
 
 // Each test gets a fresh directory of its own, so it can also check what is left in it.
 class SafetensorsTest : public ::testing::Test {
@@ -65,7 +47,7 @@ class SafetensorsTest : public ::testing::Test {
   std::vector<std::string> files() const { return dir_.files(); }
 
   void expect_read_error(const std::string& file, const std::vector<std::string>& parts) const {
-    expect_error([&] { read_safetensors(file); }, parts);
+    test::expect_error([&] { read_safetensors(file); }, parts);
   }
 
   test::ScratchDir dir_;
@@ -254,23 +236,23 @@ TEST_F(SafetensorsTest, WriteLeavesOnlyTheTargetFile) {
 
 TEST_F(SafetensorsTest, UnsupportedDtypeThrowsAndWritesNothing) {
   const std::string file = path("model.safetensors");
-  expect_error([&] { write_safetensors(file, {{"ids", torch::arange(3, torch::kInt32)}}); },
+  test::expect_error([&] { write_safetensors(file, {{"ids", torch::arange(3, torch::kInt32)}}); },
                {"model.safetensors", "\"ids\"", "Int", "cannot be stored"});
   EXPECT_TRUE(files().empty());
 
   // A failed write leaves an existing file as it was.
   write_safetensors(file, {{"w", torch::ones({2})}});
   const std::string before = read_bytes(file);
-  expect_error([&] { write_safetensors(file, {{"w", torch::ones({2})}, {"x", torch::ones({2}, torch::kInt64)}}); },
+  test::expect_error([&] { write_safetensors(file, {{"w", torch::ones({2})}, {"x", torch::ones({2}, torch::kInt64)}}); },
                {"\"x\"", "Long"});
   EXPECT_EQ(read_bytes(file), before);
   EXPECT_EQ(files(), std::vector<std::string>{"model.safetensors"});
 }
 
 TEST_F(SafetensorsTest, RejectsReservedNameAndMissingDirectory) {
-  expect_error([&] { write_safetensors(path("m.safetensors"), {{"__metadata__", torch::ones({1})}}); },
+  test::expect_error([&] { write_safetensors(path("m.safetensors"), {{"__metadata__", torch::ones({1})}}); },
                {"\"__metadata__\"", "reserved"});
-  expect_error([&] { write_safetensors(path("no/such/dir/m.safetensors"), {{"w", torch::ones({1})}}); },
+  test::expect_error([&] { write_safetensors(path("no/such/dir/m.safetensors"), {{"w", torch::ones({1})}}); },
                {"no/such/dir/m.safetensors", "cannot create temporary file"});
   EXPECT_TRUE(files().empty());
 }

@@ -14,25 +14,6 @@
 namespace ttt::io {
 namespace {
 
-// Expects `action` to throw ttt::Error with a one-line message containing every one of `parts`.
-template <typename Action>
-void expect_error(Action action, const std::vector<std::string>& parts) {
-  EXPECT_THROW(
-      {
-        try {
-          action();
-        } catch (const Error& e) {
-          const std::string message = e.what();
-          EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-          for (const std::string& part : parts) {
-            EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' is not in: " << message;
-          }
-          throw;
-        }
-      },
-      Error);
-}
-
 class TokenFileTest : public ::testing::Test {
  protected:
 
@@ -64,15 +45,15 @@ TEST_F(TokenFileTest, UsesLittleEndianUint32) {
 }
 
 TEST_F(TokenFileTest, RejectsBadFiles) {
-  expect_error([&] { read_token_file(path("absent.u32")); }, {"absent.u32", "no such file"});
-  expect_error([&] { read_token_file(write_bytes("empty.u32", "")); }, {"empty.u32", "empty"});
-  expect_error([&] { read_token_file(write_bytes("odd.u32", "abcdef")); }, {"odd.u32", "size 6", "multiple of 4"});
-  expect_error([&] { read_token_file(dir_.path(".")); }, {"not a regular file"});
+  test::expect_error([&] { read_token_file(path("absent.u32")); }, {"absent.u32", "no such file"});
+  test::expect_error([&] { read_token_file(write_bytes("empty.u32", "")); }, {"empty.u32", "empty"});
+  test::expect_error([&] { read_token_file(write_bytes("odd.u32", "abcdef")); }, {"odd.u32", "size 6", "multiple of 4"});
+  test::expect_error([&] { read_token_file(dir_.path(".")); }, {"not a regular file"});
 }
 
 TEST_F(TokenFileTest, RejectsOutOfRangeTokensAndWritesNothing) {
-  expect_error([&] { write_token_file(path("neg.u32"), {5, -1}); }, {"neg.u32", "token -1", "position 1"});
-  expect_error([&] { write_token_file(path("big.u32"), {4294967296}); }, {"big.u32", "token 4294967296"});
+  test::expect_error([&] { write_token_file(path("neg.u32"), {5, -1}); }, {"neg.u32", "token -1", "position 1"});
+  test::expect_error([&] { write_token_file(path("big.u32"), {4294967296}); }, {"big.u32", "token 4294967296"});
   EXPECT_TRUE(dir_.files().empty());
 }
 
