@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "eval/evaluate.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/token_file.h"
 #include "model/checkpoint.h"
@@ -19,19 +20,6 @@ namespace ttt::cli {
 namespace {
 
 const std::vector<std::string> kComputeDtypes = {"f32", "f64"};
-
-// Writes `text` to `path` through a temporary file, so a failure never leaves half a file.
-void write_text_file(const std::string& path, const std::string& text) {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    require(out.good(), "cannot write '" + path + "'");
-    out << text;
-    out.close();
-    require(out.good(), "cannot write '" + path + "'");
-  }
-  require(std::rename(temporary.c_str(), path.c_str()) == 0, "cannot write '" + path + "'");
-}
 
 // A progress line on stderr when it is a terminal: long evaluations show they are alive.
 ProgressFn progress_reporter(const std::string& what) {
@@ -129,7 +117,7 @@ void add_eval_command(CLI::App& app) {
     const auto [model, tokens] = options->input.load();
     const EvalResult result = evaluate(model.config, model.params, tokens, progress_reporter("eval"));
     if (!options->json_path.empty()) {
-      write_text_file(options->json_path, nlohmann::json{{"loss", result.loss}, {"nll", result.nll}}.dump() + "\n");
+      io::write_text_file(options->json_path, nlohmann::json{{"loss", result.loss}, {"nll", result.nll}}.dump() + "\n");
     }
     const double seconds = seconds_since(start);
     std::printf("loss %.6f over %zu targets, %lld inner steps, %.2f s (%.0f tokens/s)\n", result.loss,

@@ -1,11 +1,8 @@
 #include "io/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstdint>
@@ -18,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/atomic_file.h"
 #include "io/input_file.h"
 
 namespace ttt::io {
@@ -128,55 +126,6 @@ std::map<std::string, std::string> parse_metadata(const json& value, const std::
   }
   return metadata;
 }
-
-// A temporary file beside the target that commit() renames over it. Until then the target is
-// untouched, and if commit() is never reached (an error, an exception) the temporary is removed.
-class AtomicFile {
- public:
-  AtomicFile(const std::string& path, std::string prefix) : path_(path), prefix_(std::move(prefix)) {
-    // pid and counter keep concurrent writers of the same path off each other's temporaries.
-    static std::atomic<uint64_t> counter{0};
-    temp_path_ = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-    fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail("cannot create temporary file '" + temp_path_ + "'");
-  }
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-  ~AtomicFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(temp_path_.c_str());
-  }
-
-  void write(const void* data, uint64_t size) {
-    const char* cursor = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t written = ::write(fd_, cursor, size);
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        fail("cannot write temporary file '" + temp_path_ + "'");
-      }
-      cursor += written;
-      size -= uint64_t(written);
-    }
-  }
-
-  void commit() {
-    // Sync before the rename, or a power loss could leave the new name on unwritten blocks.
-    if (::fsync(fd_) != 0) fail("cannot sync temporary file '" + temp_path_ + "'");
-    if (::close(std::exchange(fd_, -1)) != 0) fail("cannot close temporary file '" + temp_path_ + "'");
-    if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("cannot rename '" + temp_path_ + "' over it");
-    committed_ = true;
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) const { throw Error(prefix_ + what + ": " + std::strerror(errno)); }
-
-  std::string path_;
-  std::string prefix_;
-  std::string temp_path_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "io/atomic_file.h"
 #include "io/input_file.h"
 
 namespace ttt::io {
@@ -43,11 +44,9 @@ void write_token_file(const std::string& path, const std::vector<int64_t>& token
     }
     ids[i] = uint32_t(tokens[i]);
   }
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  require(out.is_open(), prefix + "cannot open the file for writing");
-  out.write(reinterpret_cast<const char*>(ids.data()), std::streamsize(ids.size() * 4));
-  out.close();
-  require(out.good(), prefix + "cannot write the file");
+  AtomicFile out(path, prefix);
+  out.write(ids.data(), ids.size() * 4);
+  out.commit();
 }
 
 }  // namespace ttt::io

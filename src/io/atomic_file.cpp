@@ -1,0 +1,57 @@
+#include "io/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "common/error.h"
+
+namespace ttt::io {
+
+AtomicFile::AtomicFile(const std::string& path, std::string prefix) : path_(path), prefix_(std::move(prefix)) {
+  // pid and counter keep concurrent writers of the same path off each other's temporaries.
+  static std::atomic<uint64_t> counter{0};
+  temp_path_ = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("cannot create temporary file '" + temp_path_ + "'");
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(temp_path_.c_str());
+}
+
+void AtomicFile::write(const void* data, uint64_t size) {
+  const char* cursor = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t written = ::write(fd_, cursor, size);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      fail("cannot write temporary file '" + temp_path_ + "'");
+    }
+    cursor += written;
+    size -= uint64_t(written);
+  }
+}
+
+void AtomicFile::commit() {
+  // Sync before the rename, or a power loss could leave the new name on unwritten blocks.
+  if (::fsync(fd_) != 0) fail("cannot sync temporary file '" + temp_path_ + "'");
+  if (::close(std::exchange(fd_, -1)) != 0) fail("cannot close temporary file '" + temp_path_ + "'");
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("cannot rename '" + temp_path_ + "' over it");
+  committed_ = true;
+}
+
+void AtomicFile::fail(const std::string& what) const { throw Error(prefix_ + what + ": " + std::strerror(errno)); }
+
+void write_text_file(const std::string& path, const std::string& text) {
+  AtomicFile out(path, "'" + path + "': ");
+  out.write(text.data(), text.size());
+  out.commit();
+}
+
+}  // namespace ttt::io
