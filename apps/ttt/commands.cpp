@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -33,7 +35,14 @@ ProgressFn progress_reporter(const std::string& what) {
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+// JSON has no NaN or infinity, and neither is a usable result: fail instead of writing one.
+void require_finite_loss(double loss) {
+  require(std::isfinite(loss), "the loss is " + std::to_string(loss) +
+                                   ": the checkpoint holds non-finite weights or the inner steps diverged"
+                                   " (try a smaller inner_lr, or inner_clip > 0)");
 }
 
 // What eval and grad share: a model, a token file and the compute precision.
@@ -74,7 +83,7 @@ void add_init_command(CLI::App& app) {
       "init", "Create a model from a config, initialised per the spec: N(0, 0.02^2) matrices, unit gains.");
   command->add_option("--config", options->config_path, "model config (JSON, the keys of SPEC section 2)")->required();
   command->add_option("--out", options->out_path, "checkpoint to write (.safetensors)")->required();
-  command->add_option("--seed", options->seed, "random seed")->capture_default_str();
+  command->add_option("--seed", options->seed, "random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
   command->add_option("--dtype", options->dtype, "storage dtype")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->capture_default_str();
@@ -116,6 +125,7 @@ void add_eval_command(CLI::App& app) {
     const auto start = std::chrono::steady_clock::now();
     const auto [model, tokens] = options->input.load();
     const EvalResult result = evaluate(model.config, model.params, tokens, progress_reporter("eval"));
+    require_finite_loss(result.loss);
     if (!options->json_path.empty()) {
       io::write_text_file(options->json_path, nlohmann::json{{"loss", result.loss}, {"nll", result.nll}}.dump() + "\n");
     }
@@ -143,6 +153,7 @@ void add_grad_command(CLI::App& app) {
     const auto start = std::chrono::steady_clock::now();
     const auto [model, tokens] = options->input.load();
     const GradResult result = gradient(model.config, model.params, tokens, progress_reporter("grad"));
+    require_finite_loss(result.loss);
     char loss_text[64];
     std::snprintf(loss_text, sizeof loss_text, "%.17g", result.loss);
     io::write_safetensors(options->out_path, result.grads, {{"loss", loss_text}});

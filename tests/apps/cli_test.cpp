@@ -171,6 +171,20 @@ TEST(Cli, BadInputGetsAClearError) {
   std::ofstream(bad_config) << R"({"variant": "swa"})";
   expect_clean_failure(run_ttt("init --config " + bad_config + " --out " + temp_path("m.safetensors")), "missing");
 
+  // Diverging inner steps give a non-finite loss: an error, not a JSON null.
+  const std::string diverging_config = temp_path("diverging.json");
+  ModelConfig diverging = test::tiny_config(Variant::kTttE2E);
+  diverging.vocab_size = 50;
+  diverging.inner_lr = 1e30;
+  diverging.inner_clip = 0;
+  std::ofstream(diverging_config) << diverging.to_json().dump();
+  const std::string diverging_model = temp_path("diverging.safetensors");
+  ASSERT_EQ(run_ttt("init --config " + diverging_config + " --out " + diverging_model).exit_code, 0);
+  expect_clean_failure(run_ttt("eval --model " + diverging_model + " --tokens " + tokens + " --json " + out),
+                       "diverged");
+  expect_clean_failure(run_ttt("init --config " + diverging_config + " --out " + temp_path("m.safetensors") +
+                               " --seed -1"), "--seed");
+
   // Nothing is written on failure.
   EXPECT_FALSE(std::ifstream(out).good());
 }

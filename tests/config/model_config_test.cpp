@@ -88,11 +88,13 @@ TEST(ModelConfig, RejectsBadInput) {
   expect_rejected(with("d_model", "768"), "must be an integer");
   expect_rejected(with("qk_norm", 1), "must be true or false");
   expect_rejected(with("rms_eps", 0), "'rms_eps' must be positive");
-  expect_rejected(with("bos_id", 128256), "outside the vocabulary");
+  expect_rejected(with("bos_id", -1), "'bos_id' must not be negative");
   expect_rejected(with("inner_lr", -1), "must not be negative");
   expect_rejected(with("inner_clip", -1), "must not be negative");
   json swa = with("variant", "swa");
   expect_rejected(swa, "'suffix_len' is only for variant \"ttt-e2e\"");
+  swa["suffix_len"] = 0;  // a config listing every key says "no suffix" this way
+  EXPECT_FALSE(ModelConfig::from_json(swa).has_prime(11));
   expect_rejected(json::array(), "expected a JSON object");
   EXPECT_THROW(ModelConfig::from_json_text("{\"variant\": "), Error);
   EXPECT_THROW(ModelConfig::from_file("/nonexistent/config.json"), Error);
