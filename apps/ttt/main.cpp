@@ -27,8 +27,8 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] {
     if (threads == 0) {
       const char* omp_threads = std::getenv("OMP_NUM_THREADS");
-      threads = omp_threads && std::atoi(omp_threads) > 0 ? std::atoi(omp_threads)
-                                                          : static_cast<int>(std::thread::hardware_concurrency());
+      threads = omp_threads ? std::atoi(omp_threads) : 0;
+      if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
     }
     ttt::set_cpu_threads(std::max(threads, 1));
     if (const auto blas = ttt::blas_info(); !blas.optimized) {

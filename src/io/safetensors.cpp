@@ -1,12 +1,9 @@
 #include "io/safetensors.h"
 
-
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <fstream>
 #include <limits>
 #include <utility>
