@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "ttt/inner_loop.h"
+#include "ttt/sequence_gradient.h"
 
 namespace ttt {
 
@@ -32,14 +33,12 @@ EvalResult evaluate(const ModelConfig& config, const Params& params, const torch
 GradResult gradient(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                     const ProgressFn& progress) {
   const Params leaves = convert_params(config, params, params.embed.scalar_type(), /*requires_grad=*/true);
-  SequenceOptions options;
-  options.outer_gradient = OuterGradient::kExact;
+  GradientOptions options;
   options.on_chunk = progress;
-  const SequenceResult run = run_sequence(config, leaves, tokens, options);
-  run.loss.backward();
+  const torch::Tensor loss = accumulate_sequence_gradient(config, leaves, tokens, options);
 
   GradResult result;
-  result.loss = run.loss.item<double>();
+  result.loss = loss.item<double>();
   for (const auto& [name, tensor] : named_params(config, leaves)) {
     result.grads.emplace(name, tensor.grad().defined() ? tensor.grad() : torch::zeros_like(tensor));
   }

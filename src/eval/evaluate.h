@@ -34,7 +34,9 @@ struct GradResult {
 };
 
 // For ttt-e2e the exact meta-gradient: through every inner step (second order) and the KV
-// cache carried between chunks. Computed in the dtype of `params`.
+// cache carried between chunks. Computed in the dtype of `params`, by per-chunk
+// recomputation (ttt/sequence_gradient.h): memory does not grow with the sequence. The
+// progress callback counts the forward chunks, then the reverse scan's.
 GradResult gradient(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                     const ProgressFn& progress = {});
 

@@ -52,52 +52,70 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
   return updated;
 }
 
+ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& inputs,
+                    const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
+                    bool update, double ilr_mult, OuterGradient outer) {
+  // Without an outer graph the inner gradient needs leaves of its own.
+  const FastWeights chunk_weights = update && outer == OuterGradient::kNone ? as_leaves(weights) : weights;
+  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(inputs.device());
+  const torch::Tensor positions = torch::arange(start, start + inputs.size(0), index_options);
+  const torch::Tensor logits = forward_span(config, params, inputs, positions, cache, &chunk_weights);
+  ChunkStep step;
+  step.nll = token_nll(logits, targets);
+  step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
+  step.next_weights = update ? inner_step(config, chunk_weights, step.loss, ilr_mult, outer) : chunk_weights;
+  return step;
+}
+
+std::vector<double> chunk_loss_weights(const ModelConfig& config, const torch::Tensor& targets) {
+  const int64_t n = targets.size(0);
+  const int64_t n_chunks = (n + config.mini_batch - 1) / config.mini_batch;
+  std::vector<double> weights(n_chunks, 1.0 / static_cast<double>(n_chunks));
+  if (config.variant == Variant::kFullAttention) {
+    const torch::Tensor valid = (targets != config.bos_id).to(torch::kFloat64).cpu();
+    const double total = std::max(valid.sum().item<double>(), 1e-10);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t start = c * config.mini_batch;
+      weights[c] = valid.narrow(0, start, std::min(config.mini_batch, n - start)).sum().item<double>() / total;
+    }
+  }
+  return weights;
+}
+
 SequenceResult run_sequence(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                             const SequenceOptions& options) {
   const int64_t n = tokens.size(0) - 1;
   require(n >= 1, "need at least 2 tokens (one input and one target), got " + std::to_string(tokens.size(0)));
   const torch::Tensor inputs = tokens.narrow(0, 0, n);
   const torch::Tensor targets = tokens.narrow(0, 1, n);
-  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(tokens.device());
+  const bool differentiable = options.outer_gradient != OuterGradient::kNone;
+  const std::vector<double> loss_weights = chunk_loss_weights(config, targets);
+  const int64_t n_chunks = static_cast<int64_t>(loss_weights.size());
 
   KvCache cache(config.n_layers);
   FastWeights weights = initial_fast_weights(config, params);
-  std::vector<torch::Tensor> chunk_losses, chunk_nlls;
+  std::vector<torch::Tensor> weighted_losses, chunk_nlls;
   SequenceResult result;
-  const int64_t n_chunks = (n + config.mini_batch - 1) / config.mini_batch;
-  for (int64_t start = 0; start < n; start += config.mini_batch) {
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t start = c * config.mini_batch;
     const int64_t length = std::min(config.mini_batch, n - start);
     // Every chunk but the last is full; the last one's update would never be used.
-    const bool update = config.is_ttt() && start + length < n;
-    const bool differentiable = options.outer_gradient != OuterGradient::kNone;
-    const FastWeights chunk_weights = update && !differentiable ? as_leaves(weights) : weights;
-
-    const torch::Tensor positions = torch::arange(start, start + length, index_options);
-    const torch::Tensor chunk_targets = targets.narrow(0, start, length);
-    const torch::Tensor logits =
-        forward_span(config, params, inputs.narrow(0, start, length), positions, cache, &chunk_weights);
-    torch::Tensor nll = token_nll(logits, chunk_targets);
-    torch::Tensor loss = masked_mean_loss(nll, chunk_targets, config.bos_id);
-
-    if (update) {
-      weights = inner_step(config, chunk_weights, loss, options.ilr_mult, options.outer_gradient);
-      ++result.inner_steps;
-    }
+    const bool update = config.is_ttt() && c + 1 < n_chunks;
+    ChunkStep step = run_chunk(config, params, inputs.narrow(0, start, length), targets.narrow(0, start, length),
+                               start, cache, weights, update, options.ilr_mult, options.outer_gradient);
+    weights = std::move(step.next_weights);
+    result.inner_steps += update ? 1 : 0;
     if (!differentiable) {
       for (auto& w : weights) w = {w.w1.detach(), w.w2.detach(), w.w3.detach()};
       cache.detach();
-      loss = loss.detach();
-      nll = nll.detach();
     }
-    chunk_losses.push_back(loss);
-    chunk_nlls.push_back(nll);
-    if (options.on_chunk) options.on_chunk(static_cast<int64_t>(chunk_losses.size()), n_chunks);
+    const torch::Tensor loss = step.loss * loss_weights[c];
+    weighted_losses.push_back(differentiable ? loss : loss.detach());
+    chunk_nlls.push_back(step.nll.detach());
+    if (options.on_chunk) options.on_chunk(c + 1, n_chunks);
   }
-
-  const torch::Tensor nll = torch::cat(chunk_nlls);
-  result.loss = config.variant == Variant::kFullAttention ? masked_mean_loss(nll, targets, config.bos_id)
-                                                          : torch::stack(chunk_losses).mean();
-  result.nll = nll.detach();
+  result.loss = torch::stack(weighted_losses).sum();
+  result.nll = torch::cat(chunk_nlls);
   return result;
 }
 

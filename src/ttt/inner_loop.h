@@ -8,6 +8,7 @@
 
 #include "config/model_config.h"
 #include "model/params.h"
+#include "model/transformer.h"
 
 namespace ttt {
 
@@ -31,6 +32,22 @@ struct SequenceResult {
   torch::Tensor nll;   // [n - 1] per-target NLL, detached
   int64_t inner_steps = 0;
 };
+
+// One chunk of the inner loop: the model runs on `inputs` (at absolute positions from
+// `start`, attending through `cache`, which it extends) with fast weights `weights`; the
+// chunk's loss is recorded, then, if `update`, one inner step gives the next weights.
+struct ChunkStep {
+  torch::Tensor nll;           // [length] per-target NLL
+  torch::Tensor loss;          // masked mean of nll (SPEC section 4)
+  FastWeights next_weights;    // after the inner step; `weights` itself without an update
+};
+ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& inputs,
+                    const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
+                    bool update, double ilr_mult, OuterGradient outer);
+
+// How much chunk c's loss weighs in the sequence loss: 1/C for swa and ttt-e2e (mean of
+// chunk losses), valid_c / valid for fa (masked mean over all targets).
+std::vector<double> chunk_loss_weights(const ModelConfig& config, const torch::Tensor& targets);
 
 // Runs the model's own procedure over `tokens` ([n] int64 ids, n >= 2): inputs
 // tokens[0..n-2] predict targets tokens[1..n-1] in chunks of mini_batch positions, each

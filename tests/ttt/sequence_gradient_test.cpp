@@ -1,0 +1,121 @@
+// Per-chunk recomputation (remat) against differentiating the whole inner loop at once
+// (run_sequence with an outer graph through every chunk): the same loss and gradients.
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+#include "ttt/inner_loop.h"
+#include "ttt/sequence_gradient.h"
+
+namespace ttt {
+namespace {
+
+using test::random_params;
+using test::random_tokens;
+using test::tiny_config;
+
+struct Case {
+  std::string name;
+  Variant variant;
+  int64_t n_tokens;
+  int64_t window;       // 0: the tiny config's
+  int64_t suffix_len;   // ttt-e2e only; 0: the tiny config's
+  double inner_clip;    // ttt-e2e only
+  bool tie_embeddings;
+  bool first_order;
+};
+
+std::ostream& operator<<(std::ostream& out, const Case& c) { return out << c.name; }
+
+class SequenceGradient : public ::testing::TestWithParam<Case> {};
+
+std::map<std::string, torch::Tensor> grads_of(const ModelConfig& c, const Params& leaves) {
+  std::map<std::string, torch::Tensor> grads;
+  for (const auto& [name, tensor] : named_params(c, leaves)) {
+    grads.emplace(name, tensor.grad().defined() ? tensor.grad().clone() : torch::zeros_like(tensor));
+  }
+  return grads;
+}
+
+TEST_P(SequenceGradient, EqualsDifferentiatingTheWholeLoop) {
+  const Case& k = GetParam();
+  ModelConfig c = tiny_config(k.variant);
+  c.tie_embeddings = k.tie_embeddings;
+  if (k.window > 0) c.window = k.window;
+  if (c.is_ttt()) {
+    if (k.suffix_len > 0) c.suffix_len = k.suffix_len;
+    c.inner_clip = k.inner_clip;
+  }
+  c.validate();
+  const Params params = random_params(c, 201, 0.4);
+  // Two bos targets in a row where the sequence is long enough: a chunk may lose its loss.
+  const torch::Tensor tokens =
+      random_tokens(k.n_tokens, c.vocab_size, 202, k.n_tokens > 6 ? std::vector<int64_t>{5, 6} : std::vector<int64_t>{});
+  const double ilr_mult = 0.7;
+
+  const Params reference = convert_params(c, params, torch::kFloat64, true);
+  SequenceOptions whole;
+  whole.ilr_mult = ilr_mult;
+  whole.outer_gradient = k.first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact;
+  const torch::Tensor reference_loss = run_sequence(c, reference, tokens, whole).loss;
+  reference_loss.backward();
+
+  const Params remat = convert_params(c, params, torch::kFloat64, true);
+  GradientOptions options;
+  options.ilr_mult = ilr_mult;
+  options.first_order = k.first_order;
+  int64_t reports = 0;
+  options.on_chunk = [&](int64_t, int64_t) { ++reports; };
+  const torch::Tensor loss = accumulate_sequence_gradient(c, remat, tokens, options);
+
+  const int64_t n_chunks = (k.n_tokens - 1 + c.mini_batch - 1) / c.mini_batch;
+  EXPECT_EQ(reports, 2 * n_chunks);
+  EXPECT_NEAR(loss.item<double>(), reference_loss.item<double>(), 1e-13);
+  const auto expected = grads_of(c, reference), actual = grads_of(c, remat);
+  for (const auto& [name, grad] : expected) {
+    const double scale = grad.abs().max().item<double>();
+    EXPECT_GT(scale, 0) << name << ": the reference gradient is zero, the comparison is void";
+    const double error = (actual.at(name) - grad).abs().max().item<double>();
+    EXPECT_LE(error, 1e-12 * std::max(1.0, scale)) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, SequenceGradient,
+    ::testing::Values(
+        // name, variant, tokens, window, suffix, clip, tied, first order
+        Case{"ttt_clip_active", Variant::kTttE2E, 17, 0, 0, 0.05, true, false},
+        Case{"ttt_clip_off", Variant::kTttE2E, 17, 0, 0, 0.0, true, false},
+        Case{"ttt_untied", Variant::kTttE2E, 16, 0, 0, 1.0, false, false},
+        Case{"ttt_window_equals_chunk", Variant::kTttE2E, 17, 3, 0, 1.0, true, false},
+        Case{"ttt_window_spans_chunks", Variant::kTttE2E, 17, 8, 0, 1.0, true, false},
+        Case{"ttt_every_block_a_suffix", Variant::kTttE2E, 13, 0, 4, 1.0, true, false},
+        Case{"ttt_one_chunk", Variant::kTttE2E, 3, 0, 0, 1.0, true, false},
+        Case{"ttt_first_order", Variant::kTttE2E, 17, 0, 0, 1.0, true, true},
+        Case{"swa", Variant::kSlidingWindow, 17, 0, 0, 0.0, true, false},
+        Case{"fa", Variant::kFullAttention, 17, 0, 0, 0.0, false, false}),
+    [](const auto& info) { return info.param.name; });
+
+// Gradients of several sequences add up, each scaled: what a batch with accumulation needs.
+TEST(SequenceGradientAccumulation, AddsScaledGradients) {
+  const ModelConfig c = tiny_config(Variant::kTttE2E);
+  const Params params = random_params(c, 211, 0.4);
+  const torch::Tensor a = random_tokens(10, c.vocab_size, 212), b = random_tokens(10, c.vocab_size, 213);
+
+  const Params both = convert_params(c, params, torch::kFloat64, true);
+  GradientOptions half;
+  half.loss_scale = 0.5;
+  accumulate_sequence_gradient(c, both, a, half);
+  accumulate_sequence_gradient(c, both, b, half);
+
+  const Params single_a = convert_params(c, params, torch::kFloat64, true);
+  const Params single_b = convert_params(c, params, torch::kFloat64, true);
+  accumulate_sequence_gradient(c, single_a, a);
+  accumulate_sequence_gradient(c, single_b, b);
+  const auto ga = grads_of(c, single_a), gb = grads_of(c, single_b), sum = grads_of(c, both);
+  for (const auto& [name, g] : sum) {
+    EXPECT_TRUE(torch::allclose(g, 0.5 * (ga.at(name) + gb.at(name)), 1e-12, 1e-14)) << name;
+  }
+}
+
+}  // namespace
+}  // namespace ttt
