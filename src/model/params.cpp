@@ -114,6 +114,13 @@ Params convert_params(const ModelConfig& config, const Params& params, torch::Dt
   return converted;
 }
 
+Params detach_params(const ModelConfig& config, const Params& params) {
+  Params detached = params;
+  visit_params(config, detached, [](const std::string&, const std::vector<int64_t>&, ParamKind,
+                                    torch::Tensor& slot) { slot = slot.detach(); });
+  return detached;
+}
+
 int64_t count_params(const ModelConfig& config, const Params& params) {
   int64_t total = 0;
   for (const auto& [name, tensor] : named_params(config, params)) total += tensor.numel();

@@ -68,6 +68,9 @@ FastWeights initial_fast_weights(const ModelConfig& config, const Params& params
 Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype,
                       bool requires_grad = false);
 
+// Every parameter detached from any graph, sharing storage with `params`.
+Params detach_params(const ModelConfig& config, const Params& params);
+
 int64_t count_params(const ModelConfig& config, const Params& params);
 
 }  // namespace ttt

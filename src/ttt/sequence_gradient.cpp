@@ -68,15 +68,6 @@ KvCache cache_before(const ModelConfig& config, const std::vector<SavedChunk>& s
   return cache;
 }
 
-// Parameters sharing storage with `params` but outside any graph.
-Params detached_params(const ModelConfig& config, const Params& params) {
-  Params out = params;
-  visit_params(config, out, [](const std::string&, const std::vector<int64_t>&, ParamKind, torch::Tensor& slot) {
-    slot = slot.detach();
-  });
-  return out;
-}
-
 void accumulate_grad(const torch::Tensor& leaf, const torch::Tensor& grad) {
   if (!grad.defined()) return;
   if (leaf.grad().defined()) {
@@ -107,7 +98,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
   std::vector<SavedChunk> saved(n_chunks);
   torch::Tensor loss;
   {
-    const Params frozen = detached_params(config, params);
+    const Params frozen = detach_params(config, params);
     // Only the inner gradients of ttt-e2e need a graph here.
     torch::AutoGradMode grad_mode(config.is_ttt());
     KvCache cache(config.n_layers);

@@ -1,0 +1,206 @@
+// `ttt train`: flags generated from the training config's single list of keys.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "common/error.h"
+#include "train/trainer.h"
+
+namespace ttt::cli {
+namespace {
+
+using nlohmann::json;
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int signal) { g_stop_signal = signal; }
+
+// The first Ctrl-C (or SIGTERM) asks the trainer to save and stop; the handler then
+// resets, so a second one ends the process at once.
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+std::string flag_name(const std::string& key) {
+  std::string flag = "--" + key;
+  for (char& c : flag) c = c == '_' ? '-' : c;
+  return flag;
+}
+
+std::string duration(double seconds) {
+  const auto s = static_cast<int64_t>(std::llround(std::max(0.0, seconds)));
+  char text[32];
+  if (s >= 3600) {
+    std::snprintf(text, sizeof text, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  } else {
+    std::snprintf(text, sizeof text, "%lld:%02lld", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  }
+  return text;
+}
+
+json read_json_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path);
+  require(in.good(), path + ": cannot open the " + what);
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    return json::parse(text.str());
+  } catch (const json::parse_error& e) {
+    throw Error(path + ": not valid JSON: " + e.what());
+  }
+}
+
+// Progress: a redrawn line on a terminal, plain lines every log_every steps otherwise.
+class ProgressPrinter {
+ public:
+  ProgressPrinter(int64_t first_step, int64_t log_every)
+      : first_step_(first_step), log_every_(log_every), terminal_(isatty(STDERR_FILENO)) {}
+
+  void operator()(const StepReport& r) {
+    const double session = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double per_step = session / static_cast<double>(r.step - first_step_);
+    const double eta = per_step * static_cast<double>(r.total_steps - r.step);
+    const int bar_width = 24;
+    const int filled = static_cast<int>(bar_width * r.step / r.total_steps);
+    char line[256];
+    std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f%s | %.0f tok/s | lr %.2e | elapsed %s ETA %s",
+                  static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss,
+                  r.val_loss ? (" val " + format(*r.val_loss)).c_str() : "", r.tokens_per_s, r.lr,
+                  duration(r.elapsed_s).c_str(), duration(eta).c_str());
+    if (terminal_) {
+      std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(filled, '#').c_str(),
+                   std::string(bar_width - filled, '.').c_str(), line);
+      if (r.val_loss || r.step == r.total_steps) std::fprintf(stderr, "\n");
+    } else if (r.step % log_every_ == 0 || r.step == r.total_steps || r.val_loss) {
+      std::fprintf(stderr, "%s\n", line);
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  static std::string format(double x) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.4f", x);
+    return text;
+  }
+  int64_t first_step_, log_every_;
+  bool terminal_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  struct Options {
+    std::string config_path, model_config_path, out_dir, resume_dir;
+    std::map<std::string, std::string> values;  // key -> text given on the command line
+  };
+  auto options = std::make_shared<Options>();
+  CLI::App* command = app.add_subcommand(
+      "train",
+      "Train a model on token files: fa and swa by next-token loss, ttt-e2e by meta-learning through its\n"
+      "test-time training (exact second-order gradients, per-chunk recomputation). Every key of the\n"
+      "training config (JSON, --config) can be set by its flag, which wins over the file. A run\n"
+      "directory holds config.json, checkpoint.safetensors (model + optimiser state, written atomically),\n"
+      "model.safetensors and metrics.jsonl. Ctrl-C saves a checkpoint and stops; --resume continues\n"
+      "exactly where it stopped.");
+  command->add_option("--config", options->config_path, "training config (JSON); may hold the model config under \"model\"");
+  command->add_option("--model-config", options->model_config_path,
+                      "model config (JSON, as for ttt init) to train from scratch");
+  command->add_option("--out", options->out_dir, "run directory for a new run");
+  command->add_option("--resume", options->resume_dir, "continue the run in this directory")
+      ->excludes(command->get_option("--out"))
+      ->excludes(command->get_option("--model-config"));
+  for (const TrainConfig::Field& field : TrainConfig::fields()) {
+    const std::string key = field.key;
+    TrainConfig defaults;
+    const std::string default_text = std::visit(
+        [&](auto member) { return json(defaults.*member).dump(); }, field.member);
+    CLI::Option* option = command->add_option_function<std::string>(
+        flag_name(key), [options, key](const std::string& text) { options->values[key] = text; },
+        std::string(field.help) + " (default " + default_text + ")");
+    if (std::holds_alternative<bool TrainConfig::*>(field.member)) option->check(CLI::IsMember({"true", "false"}));
+  }
+
+  command->callback([options] {
+    // What the user set: the config file, then --model-config, then the flags.
+    json requested = options->config_path.empty() ? json::object()
+                                                  : read_json_file(options->config_path, "training config");
+    require(requested.is_object(), options->config_path + ": the training config must be a JSON object");
+    if (!options->model_config_path.empty()) {
+      requested["model"] = read_json_file(options->model_config_path, "model config");
+    }
+    for (const auto& [key, text] : options->values) {
+      const TrainConfig::Field* field = nullptr;
+      for (const auto& f : TrainConfig::fields()) {
+        if (key == f.key) field = &f;
+      }
+      if (std::holds_alternative<std::string TrainConfig::*>(field->member)) {
+        requested[key] = text;
+      } else {
+        try {
+          requested[key] = json::parse(text);
+        } catch (const json::parse_error&) {
+          throw Error(flag_name(key) + ": not a number: '" + text + "'");
+        }
+      }
+    }
+
+    std::unique_ptr<Trainer> trainer;
+    if (!options->resume_dir.empty()) {
+      trainer = Trainer::resume(options->resume_dir, requested);
+      std::cerr << "resuming " << options->resume_dir << " at step " << trainer->steps_done() << "/"
+                << trainer->config().steps << "\n";
+    } else {
+      require(!options->out_dir.empty(), "--out (a directory for the new run) or --resume DIR is required");
+      TrainConfig config;
+      try {
+        config = TrainConfig::from_json(requested);
+      } catch (const Error& e) {
+        throw Error((options->config_path.empty() ? std::string() : options->config_path + ": ") + e.what());
+      }
+      trainer = Trainer::start(config, options->out_dir);
+      const Model& model = trainer->model();
+      std::cerr << "training " << model.config.to_json().at("variant").get<std::string>() << " ("
+                << count_params(model.config, model.params) << " parameters) for " << config.steps << " steps of "
+                << config.batch_size << " x " << config.seq_len << " tokens into " << options->out_dir << "\n";
+    }
+
+    install_stop_handlers();
+    ProgressPrinter progress(trainer->steps_done(), trainer->config().log_every);
+    StepReport last;
+    const auto outcome = trainer->run(
+        [&](const StepReport& r) {
+          last = r;
+          progress(r);
+        },
+        [] { return g_stop_signal != 0; });
+    const std::string dir = trainer->out_dir();
+    if (outcome == Trainer::Outcome::kStopped) {
+      std::cerr << "\nttt: stopped by signal " << g_stop_signal << "; checkpoint at step " << trainer->steps_done()
+                << " saved in " << dir << "; continue with: ttt train --resume " << dir << "\n";
+      std::exit(130);
+    }
+    std::cout << "trained " << trainer->steps_done() << " steps";
+    if (last.step > 0) std::cout << ": loss " << last.loss;
+    if (last.val_loss) std::cout << ", validation loss " << *last.val_loss;
+    std::cout << "; model in " << dir << "/model.safetensors, metrics in " << dir << "/metrics.jsonl\n";
+  });
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,37 @@
+// AdamW with decoupled weight decay (the optax form the reference uses):
+//   m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,
+//   p -= lr * (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay * p).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include <torch/types.h>
+
+namespace ttt {
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  // `params` are the tensors to update in place (by name); their .grad is the gradient.
+  AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options);
+
+  // One update with learning rate `lr`; a parameter without a gradient counts as g = 0.
+  void step(double lr);
+  int64_t steps_taken() const { return steps_; }
+
+  // The moments by name ("m.<param>", "v.<param>"), for checkpoints.
+  std::map<std::string, torch::Tensor> state() const;
+  // Restores state() and the step count; throws ttt::Error naming a missing or misshapen moment.
+  void load_state(const std::map<std::string, torch::Tensor>& state, int64_t steps);
+
+ private:
+  std::map<std::string, torch::Tensor> params_, m_, v_;
+  AdamWOptions options_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace ttt

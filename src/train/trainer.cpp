@@ -1,0 +1,304 @@
+#include "train/trainer.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "ttt/inner_loop.h"
+#include "ttt/sequence_gradient.h"
+
+namespace ttt {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kCheckpointFormat = "ttt-train-checkpoint/1";
+constexpr const char* kOptimizerPrefix = "optimizer.";
+
+std::string checkpoint_path(const std::string& dir) { return dir + "/checkpoint.safetensors"; }
+std::string metrics_path(const std::string& dir) { return dir + "/metrics.jsonl"; }
+
+bool exists(const std::string& path) {
+  struct stat info {};
+  return ::stat(path.c_str(), &info) == 0;
+}
+
+// mkdir -p (POSIX: see docs/ARCHITECTURE.md on std::filesystem).
+void make_directories(const std::string& path) {
+  for (size_t slash = path.find('/', 1); ; slash = path.find('/', slash + 1)) {
+    const std::string prefix = path.substr(0, slash);
+    if (!prefix.empty() && ::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      throw Error(prefix + ": cannot create the directory: " + std::strerror(errno));
+    }
+    if (slash == std::string::npos) break;
+  }
+  struct stat info {};
+  require(::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode), path + ": not a directory");
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The parameters as fresh leaves of the training dtype.
+Params trainable(const Model& model, torch::Dtype dtype) {
+  return convert_params(model.config, model.params, dtype, /*requires_grad=*/true);
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainConfig config, Model model, std::string out_dir)
+    : config_(std::move(config)), model_(std::move(model)), out_dir_(std::move(out_dir)) {
+  config_.validate_for(model_.config);
+  open_data();
+  const AdamWOptions adam{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
+  optimizer_ = std::make_unique<AdamW>(named_params(model_.config, model_.params), adam);
+}
+
+std::unique_ptr<Trainer> Trainer::start(const TrainConfig& config, const std::string& out_dir) {
+  config.validate();
+  require(config.model || !config.init.empty(),
+          "train config: give the model, as 'model' (a config to start from scratch) or 'init' (a checkpoint)");
+  require(!config.train_tokens.empty(), "train config: 'train_tokens' (the training token file) is required");
+  require(!exists(checkpoint_path(out_dir)),
+          out_dir + " already holds a training run: resume it (--resume) or choose another directory");
+  const torch::Dtype dtype = parse_dtype(config.dtype);
+  Model model;
+  if (config.model) {
+    model.config = *config.model;
+    model.params = init_params(model.config, static_cast<uint64_t>(config.init_seed), dtype);
+  } else {
+    model = load_model(config.init, dtype);
+  }
+  model.params = trainable(model, dtype);
+  std::unique_ptr<Trainer> trainer(new Trainer(config, std::move(model), out_dir));
+  make_directories(out_dir);
+  io::write_text_file(out_dir + "/config.json", config.to_json().dump(2) + "\n");
+  io::write_text_file(metrics_path(out_dir), "");
+  return trainer;
+}
+
+std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json& overrides) {
+  const std::string path = checkpoint_path(out_dir);
+  require(exists(path), out_dir + ": no training run to resume (" + path + " is missing)");
+  io::SafetensorsFile file = io::read_safetensors(path);
+  const auto meta = [&](const std::string& key) {
+    const auto it = file.metadata.find(key);
+    require(it != file.metadata.end(), path + ": not a training checkpoint (no '" + key + "' in its metadata)");
+    return it->second;
+  };
+  require(meta("format") == kCheckpointFormat,
+          path + ": unsupported checkpoint format '" + meta("format") + "' (expected " + kCheckpointFormat + ")");
+  const TrainConfig saved = TrainConfig::from_json(json::parse(meta("train_config")));
+  json merged = saved.to_json();
+  require(overrides.is_object(), "internal: resume overrides must be a JSON object");
+  for (const auto& [key, value] : overrides.items()) merged[key] = value;
+  const TrainConfig requested = TrainConfig::from_json(merged);
+  const std::vector<std::string> differences = saved.training_differences(requested);
+  if (!differences.empty()) {
+    std::string list;
+    for (const std::string& key : differences) {
+      list += (list.empty() ? "" : ", ") + key;
+      if (key != "model") list += " (saved " + saved.to_json().at(key).dump() + ", now " + merged.at(key).dump() + ")";
+    }
+    throw Error(out_dir + " was trained with a different config: " + list +
+                ". Resume with the saved config (" + out_dir + "/config.json), or start a new run elsewhere");
+  }
+
+  std::map<std::string, torch::Tensor> model_tensors, optimizer_state;
+  for (auto& [name, tensor] : file.tensors) {
+    if (name.rfind(kOptimizerPrefix, 0) == 0) {
+      optimizer_state.emplace(name.substr(std::strlen(kOptimizerPrefix)), tensor);
+    } else {
+      model_tensors.emplace(name, tensor);
+    }
+  }
+  const torch::Dtype dtype = parse_dtype(saved.dtype);
+  Model model;
+  try {
+    model.config = ModelConfig::from_json_text(meta("config"));
+    model.params = params_from_named(model.config, model_tensors, dtype);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  model.params = trainable(model, dtype);
+  std::unique_ptr<Trainer> trainer(new Trainer(requested, std::move(model), out_dir));
+  trainer->step_ = std::stoll(meta("step"));
+  trainer->elapsed_before_ = std::stod(meta("elapsed_s"));
+  trainer->optimizer_->load_state(optimizer_state, trainer->step_);
+  io::write_text_file(out_dir + "/config.json", requested.to_json().dump(2) + "\n");
+
+  // Steps after the checkpoint will be taken again: their metrics go.
+  std::istringstream lines(exists(metrics_path(out_dir)) ? read_text(metrics_path(out_dir)) : "");
+  std::string kept;
+  for (std::string line; std::getline(lines, line);) {
+    try {
+      if (json::parse(line).at("step").get<int64_t>() <= trainer->step_) kept += line + "\n";
+    } catch (const json::exception&) {
+      // A line torn by a crash mid-write: dropped with the steps after the checkpoint.
+    }
+  }
+  io::write_text_file(metrics_path(out_dir), kept);
+  return trainer;
+}
+
+void Trainer::open_data() {
+  const int64_t need = config_.seq_len + 1;
+  train_data_ = std::make_unique<TokenDataset>(config_.train_tokens, model_.config.vocab_size, need);
+  if (!config_.val_tokens.empty() && config_.val_sequences > 0) {
+    val_data_ = std::make_unique<TokenDataset>(config_.val_tokens, model_.config.vocab_size, need);
+  }
+}
+
+std::vector<torch::Tensor> Trainer::batch(int64_t step) const {
+  const int64_t length = config_.seq_len + 1;
+  std::vector<torch::Tensor> sequences;
+  for (int64_t j = 0; j < config_.batch_size; ++j) {
+    const int64_t offset =
+        sequence_offset(static_cast<uint64_t>(config_.seed), step, j, train_data_->size() - length);
+    sequences.push_back(train_data_->slice(offset, length));
+  }
+  return sequences;
+}
+
+std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::function<bool()>& stop_requested) {
+  const auto params = named_params(model_.config, model_.params);
+  for (const auto& [name, p] : params) p.mutable_grad() = torch::Tensor();
+  const double scale = 1.0 / static_cast<double>(config_.batch_size);
+  const double ilr_mult = inner_lr_multiplier(config_, step);
+  double total = 0;
+  for (const torch::Tensor& tokens : batch(step)) {
+    if (stop_requested && stop_requested()) return std::nullopt;
+    if (config_.remat) {
+      GradientOptions options;
+      options.ilr_mult = ilr_mult;
+      options.loss_scale = scale;
+      options.first_order = config_.first_order;
+      total += accumulate_sequence_gradient(model_.config, model_.params, tokens, options).item<double>();
+    } else {
+      SequenceOptions options;
+      options.ilr_mult = ilr_mult;
+      options.outer_gradient = config_.first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact;
+      const torch::Tensor loss = run_sequence(model_.config, model_.params, tokens, options).loss;
+      (loss * scale).backward();
+      total += loss.item<double>();
+    }
+  }
+  return total * scale;
+}
+
+double Trainer::validation_loss() const {
+  require(val_data_ != nullptr, "internal: no validation data");
+  const Params frozen = detach_params(model_.config, model_.params);
+  const int64_t length = config_.seq_len + 1, count = config_.val_sequences;
+  const int64_t span = val_data_->size() - length;
+  double total = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t offset = count > 1 ? span * i / (count - 1) : 0;
+    total += run_sequence(model_.config, frozen, val_data_->slice(offset, length)).loss.item<double>();
+  }
+  return total / static_cast<double>(count);
+}
+
+double Trainer::clip_and_update(double lr) {
+  torch::NoGradGuard no_grad;
+  const auto params = named_params(model_.config, model_.params);
+  torch::Tensor squares = torch::zeros({}, model_.params.embed.options());
+  for (const auto& [name, p] : params) {
+    if (p.grad().defined()) squares += p.grad().pow(2).sum();
+  }
+  const double grad_norm = std::sqrt(squares.item<double>());
+  require(std::isfinite(grad_norm), "training diverged at step " + std::to_string(step_ + 1) +
+                                        " (the gradient is not finite); the last checkpoint in " + out_dir_ +
+                                        " is intact; a smaller lr may help");
+  if (config_.grad_clip > 0 && grad_norm > config_.grad_clip) {
+    for (const auto& [name, p] : params) {
+      if (p.grad().defined()) p.mutable_grad().mul_(config_.grad_clip / grad_norm);
+    }
+  }
+  optimizer_->step(lr);
+  return grad_norm;
+}
+
+double Trainer::elapsed_s() const {
+  return elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - session_start_).count();
+}
+
+void Trainer::save_checkpoint() const {
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& [name, p] : named_params(model_.config, model_.params)) tensors.emplace(name, p.detach());
+  for (const auto& [name, moment] : optimizer_->state()) tensors.emplace(kOptimizerPrefix + name, moment);
+  std::ostringstream elapsed;
+  elapsed.precision(17);
+  elapsed << elapsed_s();
+  io::write_safetensors(checkpoint_path(out_dir_), tensors,
+                        {{"format", kCheckpointFormat},
+                         {"config", model_.config.to_json_text()},
+                         {"train_config", config_.to_json().dump()},
+                         {"step", std::to_string(step_)},
+                         {"elapsed_s", elapsed.str()}});
+  save_model(out_dir_ + "/model.safetensors", model_, torch::kFloat32);
+}
+
+void Trainer::append_metrics(const StepReport& r) const {
+  json line = {{"step", r.step},           {"loss", r.loss},       {"lr", r.lr},
+               {"ilr_mult", r.ilr_mult},   {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+               {"elapsed_s", r.elapsed_s}};
+  if (r.val_loss) line["val_loss"] = *r.val_loss;
+  std::ofstream out(metrics_path(out_dir_), std::ios::app);
+  out << line.dump() << "\n";
+  out.flush();
+  require(out.good(), metrics_path(out_dir_) + ": cannot append the metrics");
+}
+
+Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_step,
+                              const std::function<bool()>& stop_requested) {
+  const auto stop = [&] { return stop_requested && stop_requested(); };
+  while (step_ < config_.steps) {
+    const auto step_start = std::chrono::steady_clock::now();
+    const std::optional<double> loss = stop() ? std::nullopt : accumulate_gradients(step_, stop_requested);
+    if (!loss) {
+      save_checkpoint();
+      return Outcome::kStopped;
+    }
+    require(std::isfinite(*loss), "training diverged at step " + std::to_string(step_ + 1) + " (loss " +
+                                      std::to_string(*loss) + "); the last checkpoint in " + out_dir_ +
+                                      " is intact; a smaller lr may help");
+
+    StepReport report;
+    report.lr = learning_rate(config_, step_);
+    report.ilr_mult = inner_lr_multiplier(config_, step_);
+    report.grad_norm = clip_and_update(report.lr);
+    ++step_;
+
+    report.step = step_;
+    report.total_steps = config_.steps;
+    report.loss = *loss;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    report.tokens_per_s = static_cast<double>(config_.batch_size * config_.seq_len) / std::max(seconds, 1e-9);
+    const bool last = step_ == config_.steps;
+    if (val_data_ && (last || (config_.eval_every > 0 && step_ % config_.eval_every == 0))) {
+      report.val_loss = validation_loss();
+    }
+    report.elapsed_s = elapsed_s();
+    append_metrics(report);
+    if (on_step) on_step(report);
+    if (last || (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0)) save_checkpoint();
+  }
+  return Outcome::kFinished;
+}
+
+}  // namespace ttt

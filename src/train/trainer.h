@@ -1,0 +1,90 @@
+// `ttt train`: pre-training (fa, swa) and meta-learning (ttt-e2e) on token files, with
+// AdamW, checkpoints that hold everything a run needs to continue exactly, a JSONL metrics
+// log and validation.
+//
+// A run lives in one directory:
+//   config.json              the training config (the model config under "model")
+//   checkpoint.safetensors   parameters, AdamW moments, step, elapsed time, configs; one
+//                            file written atomically, so a crash never tears it
+//   model.safetensors        the parameters alone, for `ttt eval` and friends
+//   metrics.jsonl            one JSON object per step (validation loss where measured)
+#pragma once
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+#include <torch/types.h>
+
+#include "data/token_dataset.h"
+#include "model/checkpoint.h"
+#include "train/adamw.h"
+#include "train/train_config.h"
+
+namespace ttt {
+
+struct StepReport {
+  int64_t step = 0;  // steps done, this one included
+  int64_t total_steps = 0;
+  double loss = 0;   // mean training loss of the batch (before the update)
+  double lr = 0;
+  double ilr_mult = 1;
+  double grad_norm = 0;  // before clipping
+  double tokens_per_s = 0;
+  double elapsed_s = 0;  // since the run began, across resumes
+  std::optional<double> val_loss;
+};
+
+class Trainer {
+ public:
+  // A new run in `out_dir` (created if missing). A directory that already holds a
+  // checkpoint is an error: resume it, or choose another.
+  static std::unique_ptr<Trainer> start(const TrainConfig& config, const std::string& out_dir);
+  // Continues the run in `out_dir`. `overrides` holds the training keys the user set again
+  // (a JSON object, possibly empty): those that shape training must keep their saved values
+  // (an error lists the ones that differ); reporting keys (log_every, eval_every,
+  // val_sequences, val_tokens, checkpoint_every) may change.
+  static std::unique_ptr<Trainer> resume(const std::string& out_dir, const nlohmann::json& overrides);
+
+  enum class Outcome { kFinished, kStopped };
+  // Trains up to config().steps, reporting every step; checkpoints every checkpoint_every
+  // steps and at the end. `stop_requested` is polled between sequences: when it returns
+  // true the step in flight is dropped, a checkpoint is saved and kStopped returned.
+  Outcome run(const std::function<void(const StepReport&)>& on_step, const std::function<bool()>& stop_requested);
+
+  // The pieces of a step, public for tests.
+  std::vector<torch::Tensor> batch(int64_t step) const;
+  // Zeroes the gradients, then accumulates the batch-mean loss's gradient of `step` into the
+  // parameters' .grad; returns the mean loss, or nothing if `stop_requested` fired.
+  std::optional<double> accumulate_gradients(int64_t step, const std::function<bool()>& stop_requested = {});
+  // Mean loss of the validation sequences by the model's own procedure (inner LR multiplier 1).
+  double validation_loss() const;
+  void save_checkpoint() const;
+
+  const TrainConfig& config() const { return config_; }
+  const Model& model() const { return model_; }
+  int64_t steps_done() const { return step_; }
+  const std::string& out_dir() const { return out_dir_; }
+
+ private:
+  Trainer(TrainConfig config, Model model, std::string out_dir);
+  void open_data();
+  void append_metrics(const StepReport& report) const;
+  double elapsed_s() const;
+  // Clips the accumulated gradient to grad_clip, takes the AdamW step; returns the norm before clipping.
+  double clip_and_update(double lr);
+
+  TrainConfig config_;
+  Model model_;
+  std::string out_dir_;
+  std::unique_ptr<TokenDataset> train_data_, val_data_;
+  std::unique_ptr<AdamW> optimizer_;
+  int64_t step_ = 0;
+  double elapsed_before_ = 0;  // seconds spent by earlier sessions of this run
+  std::chrono::steady_clock::time_point session_start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace ttt
