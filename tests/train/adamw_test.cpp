@@ -1,0 +1,66 @@
+// AdamW against the update written out by hand, entry by entry, and its state round trip.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "test_util.h"
+#include "train/adamw.h"
+
+namespace ttt {
+namespace {
+
+TEST(AdamW, MatchesTheUpdateWrittenOut) {
+  const AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  torch::Tensor p = torch::tensor({0.5, -1.0, 2.0}, torch::kFloat64).requires_grad_();
+  AdamW adam({{"p", p}}, o);
+  std::vector<double> value = {0.5, -1.0, 2.0}, m(3, 0), v(3, 0);
+  const std::vector<std::vector<double>> grads = {{0.1, -0.2, 0.0}, {0.3, 0.1, -0.5}, {-0.2, 0.0, 1e-3}};
+  const std::vector<double> lrs = {1e-2, 5e-3, 2e-3};
+  for (size_t t = 0; t < grads.size(); ++t) {
+    p.mutable_grad() = torch::tensor(grads[t], torch::kFloat64);
+    adam.step(lrs[t]);
+    for (int i = 0; i < 3; ++i) {
+      const double g = grads[t][i];
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g;
+      v[i] = o.beta2 * v[i] + (1 - o.beta2) * g * g;
+      const double m_hat = m[i] / (1 - std::pow(o.beta1, t + 1)), v_hat = v[i] / (1 - std::pow(o.beta2, t + 1));
+      value[i] -= lrs[t] * (m_hat / (std::sqrt(v_hat) + o.eps) + o.weight_decay * value[i]);
+      EXPECT_NEAR(p[i].item<double>(), value[i], 1e-15) << "step " << t << " entry " << i;
+    }
+  }
+  EXPECT_EQ(adam.steps_taken(), 3);
+}
+
+TEST(AdamW, RestoredStateContinuesIdentically) {
+  const AdamWOptions o;
+  torch::Tensor a = torch::randn({4, 3}, torch::kFloat64).requires_grad_();
+  torch::Tensor b = a.detach().clone().requires_grad_();
+  AdamW first({{"w", a}}, o);
+  a.mutable_grad() = torch::randn({4, 3}, torch::kFloat64);
+  first.step(1e-2);
+
+  AdamW second({{"w", b}}, o);
+  {
+    torch::NoGradGuard no_grad;
+    b.copy_(a);
+  }
+  second.load_state(first.state(), first.steps_taken());
+  const torch::Tensor g = torch::randn({4, 3}, torch::kFloat64);
+  a.mutable_grad() = g.clone();
+  b.mutable_grad() = g.clone();
+  first.step(3e-3);
+  second.step(3e-3);
+  EXPECT_TRUE(torch::equal(a, b));
+
+  auto state = first.state();
+  state.erase("v.w");
+  test::expect_error([&] { second.load_state(state, 1); }, {"'v.w'", "missing"});
+  state = first.state();
+  state["m.w"] = torch::zeros({2}, torch::kFloat64);
+  test::expect_error([&] { second.load_state(state, 1); }, {"'m.w'", "shape"});
+}
+
+}  // namespace
+}  // namespace ttt
