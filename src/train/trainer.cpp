@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -46,6 +47,18 @@ void make_directories(const std::string& path) {
   require(::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode), path + ": not a directory");
 }
 
+// Paths in a run's config are stored absolute, so it resumes from any working directory.
+TrainConfig with_absolute_paths(TrainConfig config) {
+  for (std::string* path : {&config.init, &config.train_tokens, &config.val_tokens}) {
+    if (path->empty()) continue;
+    if (char* resolved = ::realpath(path->c_str(), nullptr)) {
+      *path = resolved;
+      std::free(resolved);
+    }
+  }
+  return config;
+}
+
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;
@@ -68,7 +81,8 @@ Trainer::Trainer(TrainConfig config, Model model, std::string out_dir)
   optimizer_ = std::make_unique<AdamW>(named_params(model_.config, model_.params), adam);
 }
 
-std::unique_ptr<Trainer> Trainer::start(const TrainConfig& config, const std::string& out_dir) {
+std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std::string& out_dir) {
+  const TrainConfig config = with_absolute_paths(requested);
   config.validate();
   require(config.model || !config.init.empty(),
           "train config: give the model, as 'model' (a config to start from scratch) or 'init' (a checkpoint)");
@@ -106,13 +120,13 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   json merged = saved.to_json();
   require(overrides.is_object(), "internal: resume overrides must be a JSON object");
   for (const auto& [key, value] : overrides.items()) merged[key] = value;
-  const TrainConfig requested = TrainConfig::from_json(merged);
+  const TrainConfig requested = with_absolute_paths(TrainConfig::from_json(merged));
   const std::vector<std::string> differences = saved.training_differences(requested);
   if (!differences.empty()) {
     std::string list;
     for (const std::string& key : differences) {
       list += (list.empty() ? "" : ", ") + key;
-      if (key != "model") list += " (saved " + saved.to_json().at(key).dump() + ", now " + merged.at(key).dump() + ")";
+      if (key != "model") list += " (saved " + saved.to_json().at(key).dump() + ", now " + requested.to_json().at(key).dump() + ")";
     }
     throw Error(out_dir + " was trained with a different config: " + list +
                 ". Resume with the saved config (" + out_dir + "/config.json), or start a new run elsewhere");
