@@ -18,6 +18,7 @@
 #include <torch/torch.h>
 
 #include "common/blas.h"
+#include "common/malloc_tuning.h"
 #include "config/model_config.h"
 #include "model/params.h"
 #include "ttt/inner_loop.h"
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
   app.add_option("--d-model", d_model, "model width")->capture_default_str();
   app.add_option("--remat", remat, "1: per-chunk recomputation; 0: one graph through all chunks")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  ttt::tune_malloc_for_tensors();
   ttt::set_cpu_threads(1);
 
   const ttt::ModelConfig config = ttt::ModelConfig::from_json(

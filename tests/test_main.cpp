@@ -1,7 +1,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "common/malloc_tuning.h"
+
 int main(int argc, char** argv) {
+  ttt::tune_malloc_for_tensors();  // as in the ttt program
   ::testing::InitGoogleTest(&argc, argv);
   // The tests use tiny tensors and ctest runs them in parallel processes: intra-op
   // threads would only oversubscribe the cores.
