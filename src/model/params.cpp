@@ -114,6 +114,21 @@ Params convert_params(const ModelConfig& config, const Params& params, torch::Dt
   return converted;
 }
 
+std::vector<torch::Tensor> flatten(const FastWeights& weights) {
+  std::vector<torch::Tensor> flat;
+  for (const MlpParams& w : weights) flat.insert(flat.end(), {w.w1, w.w2, w.w3});
+  return flat;
+}
+
+FastWeights detach_fast_weights(const FastWeights& weights, bool requires_grad) {
+  FastWeights out;
+  for (const MlpParams& w : weights) {
+    out.push_back({w.w1.detach().requires_grad_(requires_grad), w.w2.detach().requires_grad_(requires_grad),
+                   w.w3.detach().requires_grad_(requires_grad)});
+  }
+  return out;
+}
+
 Params detach_params(const ModelConfig& config, const Params& params) {
   Params detached = params;
   visit_params(config, detached, [](const std::string&, const std::vector<int64_t>&, ParamKind,

@@ -64,6 +64,12 @@ Params params_from_named(const ModelConfig& config, const std::map<std::string, 
 // The prime MLPs of the suffix blocks as stored in `params` (W_0 of the inner loop).
 FastWeights initial_fast_weights(const ModelConfig& config, const Params& params);
 
+// The fast weights' tensors in order (w1, w2, w3 of each suffix block).
+std::vector<torch::Tensor> flatten(const FastWeights& weights);
+
+// The fast weights cut from any graph (sharing storage), as fresh leaves if `requires_grad`.
+FastWeights detach_fast_weights(const FastWeights& weights, bool requires_grad);
+
 // Every parameter converted to `dtype`, optionally as fresh leaves that require grad.
 Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype,
                       bool requires_grad = false);

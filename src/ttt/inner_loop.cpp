@@ -7,24 +7,6 @@
 #include "model/transformer.h"
 
 namespace ttt {
-namespace {
-
-std::vector<torch::Tensor> flatten(const FastWeights& weights) {
-  std::vector<torch::Tensor> flat;
-  for (const MlpParams& w : weights) flat.insert(flat.end(), {w.w1, w.w2, w.w3});
-  return flat;
-}
-
-// Fresh leaves that require grad, so an inner gradient can be taken without an outer graph.
-FastWeights as_leaves(const FastWeights& weights) {
-  FastWeights leaves;
-  for (const MlpParams& w : weights) {
-    leaves.push_back({w.w1.detach().requires_grad_(), w.w2.detach().requires_grad_(), w.w3.detach().requires_grad_()});
-  }
-  return leaves;
-}
-
-}  // namespace
 
 FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
                        double ilr_mult, OuterGradient outer) {
@@ -56,7 +38,8 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
                     const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
                     bool update, double ilr_mult, OuterGradient outer) {
   // Without an outer graph the inner gradient needs leaves of its own.
-  const FastWeights chunk_weights = update && outer == OuterGradient::kNone ? as_leaves(weights) : weights;
+  const FastWeights chunk_weights =
+      update && outer == OuterGradient::kNone ? detach_fast_weights(weights, /*requires_grad=*/true) : weights;
   const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(inputs.device());
   const torch::Tensor positions = torch::arange(start, start + inputs.size(0), index_options);
   const torch::Tensor logits = forward_span(config, params, inputs, positions, cache, &chunk_weights);
@@ -106,7 +89,7 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
     weights = std::move(step.next_weights);
     result.inner_steps += update ? 1 : 0;
     if (!differentiable) {
-      for (auto& w : weights) w = {w.w1.detach(), w.w2.detach(), w.w3.detach()};
+      weights = detach_fast_weights(weights, /*requires_grad=*/false);
       cache.detach();
     }
     const torch::Tensor loss = step.loss * loss_weights[c];

@@ -15,21 +15,6 @@ struct SavedChunk {
   std::vector<LayerCache> entries;  // per block, the cache rows the chunk added
 };
 
-FastWeights detached(const FastWeights& weights, bool requires_grad) {
-  FastWeights out;
-  for (const MlpParams& w : weights) {
-    out.push_back({w.w1.detach().requires_grad_(requires_grad), w.w2.detach().requires_grad_(requires_grad),
-                   w.w3.detach().requires_grad_(requires_grad)});
-  }
-  return out;
-}
-
-std::vector<torch::Tensor> flatten(const FastWeights& weights) {
-  std::vector<torch::Tensor> flat;
-  for (const MlpParams& w : weights) flat.insert(flat.end(), {w.w1, w.w2, w.w3});
-  return flat;
-}
-
 // The cache rows a chunk of `length` tokens added: the last ones (windowed caches may have
 // kept only the last window-1 of them).
 LayerCache own_entries(const LayerCache& layer, int64_t length) {
@@ -102,7 +87,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     // Only the inner gradients of ttt-e2e need a graph here.
     torch::AutoGradMode grad_mode(config.is_ttt());
     KvCache cache(config.n_layers);
-    FastWeights weights = detached(initial_fast_weights(config, params), false);
+    FastWeights weights = detach_fast_weights(initial_fast_weights(config, params), false);
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t start = chunk_start(c), length = chunk_length(c);
       saved[c].weights = weights;
@@ -110,7 +95,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
                                  start, cache, weights, updates(c), options.ilr_mult, OuterGradient::kNone);
       const torch::Tensor weighted = step.loss.detach() * loss_weights[c];
       loss = loss.defined() ? loss + weighted : weighted;
-      weights = detached(step.next_weights, false);
+      weights = detach_fast_weights(step.next_weights, false);
       cache.detach();
       for (const LayerCache& layer : cache.layers) saved[c].entries.push_back(own_entries(layer, length));
       report(c + 1);
@@ -124,7 +109,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
   std::vector<LayerCache> cache_adjoints(config.n_layers);  // d/d KV_c (keys, values)
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
     const int64_t start = chunk_start(c), length = chunk_length(c);
-    const FastWeights weights = detached(saved[c].weights, true);
+    const FastWeights weights = detach_fast_weights(saved[c].weights, true);
     KvCache cache = cache_before(config, saved, c);
     const std::vector<LayerCache> cache_leaves = cache.layers;
     ChunkStep step = run_chunk(config, params, inputs.narrow(0, start, length), targets.narrow(0, start, length),
