@@ -25,9 +25,7 @@ int main(int argc, char** argv) {
   ttt::cli::add_eval_command(app);
   ttt::cli::add_grad_command(app);
 #ifdef TTT_WITH_TEXT
-  ttt::cli::add_tokenize_command(app);
-  ttt::cli::add_detokenize_command(app);
-  ttt::cli::add_data_command(app);
+  ttt::cli::add_text_commands(app);
 #endif
   app.parse_complete_callback([&] {
     if (threads == 0) {

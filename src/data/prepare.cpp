@@ -88,7 +88,7 @@ std::string PrepareSummary::to_json() const {
   nlohmann::json splits_json = nlohmann::json::array();
   for (const SplitSummary& s : splits) {
     splits_json.push_back({{"name", s.name},
-                           {"file", s.file},
+                           {"file", s.file.substr(s.file.rfind('/') + 1)},  // beside prepare.json
                            {"documents", s.documents},
                            {"bytes", s.bytes},
                            {"tokens", s.tokens},
