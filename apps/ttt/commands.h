@@ -10,4 +10,12 @@ void add_eval_command(CLI::App& app);
 void add_grad_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 
+// Tokenizers and corpora (apps/ttt/data_commands.cpp), built into `ttt-data`, a program without
+// libtorch (see apps/ttt/data_main.cpp for why), where PCRE2 and SentencePiece are installed.
+void add_tokenize_command(CLI::App& app);
+void add_detokenize_command(CLI::App& app);
+void add_data_command(CLI::App& app);
+// In `ttt`: tokenize, detokenize and data, run by `ttt-data` (apps/ttt/forward_commands.cpp).
+void add_text_commands(CLI::App& app);
+
 }  // namespace ttt::cli

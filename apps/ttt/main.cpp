@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
   ttt::cli::add_eval_command(app);
   ttt::cli::add_grad_command(app);
   ttt::cli::add_train_command(app);
+#ifdef TTT_WITH_TEXT
+  ttt::cli::add_text_commands(app);
+#endif
   app.parse_complete_callback([&] {
     if (threads == 0) {
       const char* omp_threads = std::getenv("OMP_NUM_THREADS");

