@@ -7,6 +7,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include <torch/torch.h>
 
@@ -70,6 +74,34 @@ torch::Tensor TokenDataset::slice(int64_t offset, int64_t length) const {
   int64_t* data = out.data_ptr<int64_t>();
   for (int64_t i = 0; i < length; ++i) data[i] = tokens_[offset + i];
   return out;
+}
+
+void check_tokenizer_fits_model(const std::string& path, int64_t vocab_size, int64_t bos_id) {
+  const std::filesystem::path file(path);
+  const std::filesystem::path manifest_path = file.parent_path() / "prepare.json";
+  std::ifstream in(manifest_path);
+  if (!in) return;
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(in);
+    bool lists_file = false;
+    for (const auto& split : manifest.at("splits")) {
+      if (split.at("file").get<std::string>() == file.filename().string()) lists_file = true;
+    }
+    if (!lists_file) return;
+    const auto tokenizer = manifest.at("tokenizer").get<std::string>();
+    const auto tokenizer_vocab = manifest.at("vocab_size").get<int64_t>();
+    const auto tokenizer_bos = manifest.at("bos_id").get<int64_t>();
+    require(tokenizer_vocab <= vocab_size,
+            path + ": prepared with tokenizer " + tokenizer + " of " + std::to_string(tokenizer_vocab) +
+                " tokens, more than the model's vocab_size " + std::to_string(vocab_size) +
+                " (`ttt data tokenizer-info` gives the vocab_size a model needs)");
+    require(tokenizer_bos == bos_id, path + ": prepared with tokenizer " + tokenizer + " whose bos id is " +
+                                         std::to_string(tokenizer_bos) + ", but the model's bos_id is " +
+                                         std::to_string(bos_id));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(manifest_path.string() + ": not a valid prepare manifest: " + e.what());
+  }
 }
 
 int64_t sequence_offset(uint64_t seed, int64_t step, int64_t index, int64_t max_offset) {

@@ -27,6 +27,14 @@ class TokenDataset {
   size_t mapped_bytes_ = 0;
 };
 
+// Token files written by `ttt data prepare` have a prepare.json beside them naming the
+// tokenizer, its vocabulary size and its bos id. Where it lists `path`'s file, throws a
+// ttt::Error unless that tokenizer fits the model: vocabulary no larger than `vocab_size`
+// (a larger one could emit ids the model cannot embed, even if this file happens not to)
+// and the same `bos_id` (else documents would not be separated as the model expects).
+// Files without a manifest are checked by their contents alone.
+void check_tokenizer_fits_model(const std::string& path, int64_t vocab_size, int64_t bos_id);
+
 // Where sequence `index` of optimiser step `step` starts: uniform in [0, max_offset], a pure
 // function of (seed, step, index), so a resumed run draws exactly the batches it would have.
 int64_t sequence_offset(uint64_t seed, int64_t step, int64_t index, int64_t max_offset);

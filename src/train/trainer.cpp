@@ -171,8 +171,10 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
 
 void Trainer::open_data() {
   const int64_t need = config_.seq_len + 1;
+  check_tokenizer_fits_model(config_.train_tokens, model_.config.vocab_size, model_.config.bos_id);
   train_data_ = std::make_unique<TokenDataset>(config_.train_tokens, model_.config.vocab_size, need);
   if (!config_.val_tokens.empty() && config_.val_sequences > 0) {
+    check_tokenizer_fits_model(config_.val_tokens, model_.config.vocab_size, model_.config.bos_id);
     val_data_ = std::make_unique<TokenDataset>(config_.val_tokens, model_.config.vocab_size, need);
   }
 }

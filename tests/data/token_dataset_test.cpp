@@ -43,6 +43,25 @@ TEST(TokenDataset, BadFilesGetClearErrors) {
                {"token 60 at index 2", "vocabulary (vocab_size 50)"});
 }
 
+TEST(TokenDataset, PrepareManifestMustFitTheModel) {
+  test::ScratchDir dir;
+  io::write_token_file(dir.path("train.u32"), {0, 5, 6});
+  io::write_token_file(dir.path("other.u32"), {0, 5, 6});
+  std::ofstream(dir.path("prepare.json"))
+      << R"({"tokenizer": "tok.model", "vocab_size": 100, "bos_id": 1,
+             "splits": [{"name": "train", "file": "train.u32"}]})";
+  check_tokenizer_fits_model(dir.path("train.u32"), 100, 1);
+  check_tokenizer_fits_model(dir.path("train.u32"), 128, 1);
+  expect_error([&] { check_tokenizer_fits_model(dir.path("train.u32"), 50, 1); },
+               {"train.u32", "tok.model of 100 tokens", "vocab_size 50"});
+  expect_error([&] { check_tokenizer_fits_model(dir.path("train.u32"), 100, 0); },
+               {"bos id is 1", "bos_id is 0"});
+  check_tokenizer_fits_model(dir.path("other.u32"), 50, 0);  // not listed: contents decide
+  std::ofstream(dir.path("prepare.json")) << R"({"splits": [{"file": "train.u32"}]})";
+  expect_error([&] { check_tokenizer_fits_model(dir.path("train.u32"), 100, 1); },
+               {"prepare.json", "not a valid prepare manifest"});
+}
+
 TEST(TokenDataset, OffsetsAreDeterministicInRangeAndSpread) {
   std::set<int64_t> seen;
   for (int64_t step = 0; step < 20; ++step) {
