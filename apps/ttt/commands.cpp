@@ -1,50 +1,20 @@
-#include "commands.h"
-
-#include <unistd.h>
-
-#include <algorithm>
+// `ttt init`, `info` and `grad`.
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
 
-#include "common/error.h"
+#include "cli_support.h"
+#include "commands.h"
 #include "eval/evaluate.h"
-#include "io/atomic_file.h"
 #include "io/safetensors.h"
-#include "io/token_file.h"
 #include "model/checkpoint.h"
 
 namespace ttt::cli {
 namespace {
 
-const std::vector<std::string> kComputeDtypes = {"f32", "f64"};
-
-// A progress line on stderr when it is a terminal: long evaluations show they are alive.
-ProgressFn progress_reporter(const std::string& what) {
-  if (!isatty(STDERR_FILENO)) return {};
-  return [what](int64_t done, int64_t total) {
-    std::fprintf(stderr, "\r%s: chunk %lld/%lld", what.c_str(), static_cast<long long>(done),
-                 static_cast<long long>(total));
-    if (done == total) std::fprintf(stderr, "\n");
-    std::fflush(stderr);
-  };
-}
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-}
-
-// JSON has no NaN or infinity, and neither is a usable result: fail instead of writing one.
-void require_finite_loss(double loss) {
-  require(std::isfinite(loss), "the loss is " + std::to_string(loss) +
-                                   ": the checkpoint holds non-finite weights or the inner steps diverged"
-                                   " (try a smaller inner_lr, or inner_clip > 0)");
-}
-
-// What eval and grad share: a model, a token file and the compute precision.
+// What grad takes: a model, a token file and the compute precision.
 struct ModelInput {
   std::string model_path, tokens_path, dtype = "f32";
 
@@ -52,20 +22,14 @@ struct ModelInput {
     command->add_option("--model", model_path, "model checkpoint (.safetensors)")->required();
     command->add_option("--tokens", tokens_path, "token file: raw little-endian uint32 ids, no header (.u32)")
         ->required();
-    command->add_option("--dtype", dtype, "compute precision")->check(CLI::IsMember(kComputeDtypes))
+    command->add_option("--dtype", dtype, "compute precision")->check(CLI::IsMember({"f32", "f64"}))
         ->capture_default_str();
   }
 
   // Loads both, checking the tokens against the model's vocabulary.
   std::pair<Model, torch::Tensor> load() const {
     Model model = load_model(model_path, parse_dtype(dtype));
-    const std::vector<int64_t> ids = io::read_token_file(tokens_path);
-    torch::Tensor tokens;
-    try {
-      tokens = checked_tokens(model.config, ids);
-    } catch (const Error& e) {
-      throw Error(tokens_path + ": " + e.what());
-    }
+    torch::Tensor tokens = load_tokens_for(model.config, tokens_path);
     return {std::move(model), tokens};
   }
 };
@@ -104,34 +68,6 @@ void add_info_command(CLI::App& app) {
     const Model model = load_model(*path);
     std::cout << model.config.to_json().dump(2) << "\nparameters: " << count_params(model.config, model.params)
               << "\n";
-  });
-}
-
-void add_eval_command(CLI::App& app) {
-  struct Options {
-    ModelInput input;
-    std::string json_path;
-  };
-  auto options = std::make_shared<Options>();
-  CLI::App* command = app.add_subcommand(
-      "eval",
-      "Run a model over a token file by its own procedure (test-time training for ttt-e2e) and report the\n"
-      "loss: the mean over chunks of mini_batch tokens of each chunk's masked mean NLL (fa: the masked\n"
-      "mean over all targets). Targets equal to bos_id carry no loss.");
-  options->input.add_to(command);
-  command->add_option("--json", options->json_path, "write {\"loss\": L, \"nll\": [per target token]} here");
-  command->callback([options] {
-    const auto start = std::chrono::steady_clock::now();
-    const auto [model, tokens] = options->input.load();
-    const EvalResult result = evaluate(model.config, model.params, tokens, progress_reporter("eval"));
-    require_finite_loss(result.loss);
-    if (!options->json_path.empty()) {
-      io::write_text_file(options->json_path, nlohmann::json{{"loss", result.loss}, {"nll", result.nll}}.dump() + "\n");
-    }
-    const double seconds = seconds_since(start);
-    std::printf("loss %.6f over %zu targets, %lld inner steps, %.2f s (%.0f tokens/s)\n", result.loss,
-                result.nll.size(), static_cast<long long>(result.inner_steps), seconds,
-                static_cast<double>(result.nll.size()) / seconds);
   });
 }
 

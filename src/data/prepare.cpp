@@ -1,12 +1,10 @@
 #include "data/prepare.h"
 
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -16,21 +14,13 @@
 
 #include "common/error.h"
 #include "io/atomic_file.h"
+#include "io/paths.h"
 
 namespace ttt::data {
 namespace {
 
 bool blank(const std::string& text) {
   return std::all_of(text.begin(), text.end(), [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; });
-}
-
-void make_directory(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST) {
-    struct stat info {};
-    require(::stat(dir.c_str(), &info) == 0 && S_ISDIR(info.st_mode), "output '" + dir + "' is not a directory");
-    return;
-  }
-  throw Error("cannot create output directory '" + dir + "': " + std::strerror(errno));
 }
 
 struct Encoded {
@@ -103,7 +93,7 @@ PrepareSummary prepare_documents(const std::vector<Document>& documents, const t
   require(!options.out_dir.empty(), "no output directory given");
   const auto start = std::chrono::steady_clock::now();
   const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-  make_directory(options.out_dir);
+  io::make_directories(options.out_dir);
 
   PrepareSummary summary;
   summary.tokenizer = tokenizer.name();

@@ -7,14 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
 
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "data/prepare_manifest.h"
+#include "io/paths.h"
 
 namespace ttt {
 namespace {
@@ -77,30 +75,12 @@ torch::Tensor TokenDataset::slice(int64_t offset, int64_t length) const {
 }
 
 void check_tokenizer_fits_model(const std::string& path, int64_t vocab_size, int64_t bos_id) {
-  const std::filesystem::path file(path);
-  const std::filesystem::path manifest_path = file.parent_path() / "prepare.json";
-  std::ifstream in(manifest_path);
-  if (!in) return;
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(in);
-    bool lists_file = false;
-    for (const auto& split : manifest.at("splits")) {
-      if (split.at("file").get<std::string>() == file.filename().string()) lists_file = true;
+  const std::optional<PrepareManifest> manifest = PrepareManifest::read(io::parent_directory(path));
+  if (!manifest) return;
+  for (const PrepareManifest::Entry& entry : manifest->entries) {
+    if (io::file_name(entry.path) == io::file_name(path)) {
+      manifest->check_fits_model(path, vocab_size, bos_id);
     }
-    if (!lists_file) return;
-    const auto tokenizer = manifest.at("tokenizer").get<std::string>();
-    const auto tokenizer_vocab = manifest.at("vocab_size").get<int64_t>();
-    const auto tokenizer_bos = manifest.at("bos_id").get<int64_t>();
-    require(tokenizer_vocab <= vocab_size,
-            path + ": prepared with tokenizer " + tokenizer + " of " + std::to_string(tokenizer_vocab) +
-                " tokens, more than the model's vocab_size " + std::to_string(vocab_size) +
-                " (`ttt data tokenizer-info` gives the vocab_size a model needs)");
-    require(tokenizer_bos == bos_id, path + ": prepared with tokenizer " + tokenizer + " whose bos id is " +
-                                         std::to_string(tokenizer_bos) + ", but the model's bos_id is " +
-                                         std::to_string(bos_id));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(manifest_path.string() + ": not a valid prepare manifest: " + e.what());
   }
 }
 

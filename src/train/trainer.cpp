@@ -2,7 +2,6 @@
 
 #include <sys/stat.h>
 
-#include <cerrno>
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
@@ -14,6 +13,7 @@
 
 #include "common/error.h"
 #include "io/atomic_file.h"
+#include "io/paths.h"
 #include "io/safetensors.h"
 #include "ttt/inner_loop.h"
 #include "ttt/sequence_gradient.h"
@@ -32,19 +32,6 @@ std::string metrics_path(const std::string& dir) { return dir + "/metrics.jsonl"
 bool exists(const std::string& path) {
   struct stat info {};
   return ::stat(path.c_str(), &info) == 0;
-}
-
-// mkdir -p (POSIX: see docs/ARCHITECTURE.md on std::filesystem).
-void make_directories(const std::string& path) {
-  for (size_t slash = path.find('/', 1); ; slash = path.find('/', slash + 1)) {
-    const std::string prefix = path.substr(0, slash);
-    if (!prefix.empty() && ::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      throw Error(prefix + ": cannot create the directory: " + std::strerror(errno));
-    }
-    if (slash == std::string::npos) break;
-  }
-  struct stat info {};
-  require(::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode), path + ": not a directory");
 }
 
 // Paths in a run's config are stored absolute, so it resumes from any working directory.
@@ -99,7 +86,7 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   }
   model.params = trainable(model, dtype);
   std::unique_ptr<Trainer> trainer(new Trainer(config, std::move(model), out_dir));
-  make_directories(out_dir);
+  io::make_directories(out_dir);
   io::write_text_file(out_dir + "/config.json", config.to_json().dump(2) + "\n");
   io::write_text_file(metrics_path(out_dir), "");
   return trainer;

@@ -1,0 +1,49 @@
+// Small pieces the model commands share.
+#pragma once
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "common/error.h"
+#include "eval/evaluate.h"
+#include "io/token_file.h"
+
+namespace ttt::cli {
+
+// A progress line on stderr when it is a terminal: long evaluations show they are alive.
+inline ProgressFn progress_reporter(const std::string& what) {
+  if (!isatty(STDERR_FILENO)) return {};
+  return [what](int64_t done, int64_t total) {
+    std::fprintf(stderr, "\r%s: chunk %lld/%lld", what.c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total));
+    if (done == total) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  };
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+// JSON has no NaN or infinity, and neither is a usable result: fail instead of writing one.
+inline void require_finite_loss(double loss) {
+  require(std::isfinite(loss), "the loss is " + std::to_string(loss) +
+                                   ": the checkpoint holds non-finite weights or the inner steps diverged"
+                                   " (try a smaller inner_lr, or inner_clip > 0)");
+}
+
+// A token file's ids checked against the model's vocabulary; errors name the file.
+inline torch::Tensor load_tokens_for(const ModelConfig& config, const std::string& path) {
+  const std::vector<int64_t> ids = io::read_token_file(path);
+  try {
+    return checked_tokens(config, ids);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,45 @@
+#include "data/prepare_manifest.h"
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "io/paths.h"
+
+namespace ttt {
+
+std::optional<PrepareManifest> PrepareManifest::read(const std::string& dir) {
+  const std::string path = dir + "/prepare.json";
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(in);
+    PrepareManifest manifest;
+    manifest.tokenizer = j.at("tokenizer").get<std::string>();
+    manifest.vocab_size = j.at("vocab_size").get<int64_t>();
+    manifest.bos_id = j.at("bos_id").get<int64_t>();
+    for (const auto& split : j.at("splits")) {
+      const auto file = split.at("file").get<std::string>();
+      require(!file.empty() && file.find('/') == std::string::npos, "a split's file is not a plain file name");
+      manifest.entries.push_back({split.at("name").get<std::string>(), dir + "/" + file});
+    }
+    return manifest;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": not a valid prepare manifest: " + e.what());
+  } catch (const Error& e) {
+    throw Error(path + ": not a valid prepare manifest: " + e.what());
+  }
+}
+
+void PrepareManifest::check_fits_model(const std::string& what, int64_t model_vocab_size, int64_t model_bos_id) const {
+  require(vocab_size <= model_vocab_size,
+          what + ": prepared with tokenizer " + tokenizer + " of " + std::to_string(vocab_size) +
+              " tokens, more than the model's vocab_size " + std::to_string(model_vocab_size) +
+              " (`ttt data tokenizer-info` gives the vocab_size a model needs)");
+  require(bos_id == model_bos_id, what + ": prepared with tokenizer " + tokenizer + " whose bos id is " +
+                                      std::to_string(bos_id) + ", but the model's bos_id is " +
+                                      std::to_string(model_bos_id));
+}
+
+}  // namespace ttt
