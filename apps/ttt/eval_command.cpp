@@ -128,12 +128,12 @@ void evaluate_report(const EvalOptions& options) {
     }
     documents.push_back({file.name, std::move(tokens), {}});
   }
+  require(!documents.empty(), "no document to evaluate: all " + std::to_string(too_short) +
+                                  " are shorter than --length " + std::to_string(options.length) + " tokens");
   if (too_short > 0) {
     std::printf("skipped %lld of %zu documents shorter than --length %lld tokens\n", static_cast<long long>(too_short),
                 files.size(), static_cast<long long>(options.length));
   }
-  require(!documents.empty(), "no document to evaluate" +
-                                  (too_short ? " (every one is shorter than --length)" : std::string()));
 
   const bool tty = isatty(STDERR_FILENO);
   for (size_t m = 0; m < models.size(); ++m) {

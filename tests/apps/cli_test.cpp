@@ -139,6 +139,67 @@ TEST(Cli, InitStoresEveryDtypeAndInfoReadsIt) {
   }
 }
 
+// Several models over a folder of documents: the report's numbers are those of evaluating
+// each document alone, bucketed by position.
+TEST(Cli, EvalReportsLossByPositionOverDocuments) {
+  const std::string swa = init_model(Variant::kSlidingWindow);
+  const std::string ttt = init_model(Variant::kTttE2E);
+  test::ScratchDir docs;
+  const std::vector<std::vector<int64_t>> contents = {sample_tokens(30), sample_tokens(25), sample_tokens(12)};
+  for (size_t d = 0; d < contents.size(); ++d) io::write_token_file(docs.path("doc" + std::to_string(d) + ".u32"), contents[d]);
+  std::ofstream(docs.path("prepare.json"))
+      << R"({"tokenizer": "t", "vocab_size": 50, "bos_id": 1, "splits": [{"name": "first", "file": "doc0.u32"},
+            {"name": "second", "file": "doc1.u32"}, {"name": "short", "file": "doc2.u32"}]})";
+  const std::string out = docs.path("report");
+  const CliRun run = run_ttt("eval --model " + swa + " --model " + ttt + " --documents " + docs.path("") +
+                             " --length 20 --buckets 0,3,6,19 --report " + out);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("skipped 1 of 3 documents shorter than --length 20"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("| ttt-e2e - swa |"), std::string::npos) << run.output;
+
+  const nlohmann::json report = nlohmann::json::parse(std::ifstream(out + "/report.json"));
+  ASSERT_EQ(report.at("documents").size(), 2u);
+  EXPECT_EQ(report.at("documents")[1].at("name"), "second");
+  const std::vector<int64_t> edges = {0, 3, 6, 19};
+  EXPECT_EQ(report.at("bucket_edges").get<std::vector<int64_t>>(), edges);
+  const std::vector<std::string> paths = {swa, ttt};
+  for (size_t m = 0; m < 2; ++m) {
+    const Model model = load_model(paths[m]);
+    const auto& reported = report.at("models")[m].at("document_buckets");
+    for (size_t d = 0; d < 2; ++d) {
+      const std::vector<int64_t> ids(contents[d].begin(), contents[d].begin() + 20);
+      const EvalResult direct = evaluate(model.config, model.params, checked_tokens(model.config, ids));
+      for (size_t b = 0; b + 1 < edges.size(); ++b) {
+        double sum = 0;
+        int count = 0;
+        for (int64_t t = edges[b]; t < edges[b + 1]; ++t) {
+          if (ids[t + 1] == model.config.bos_id) continue;
+          sum += direct.nll[t];
+          ++count;
+        }
+        EXPECT_NEAR(reported[d][b].get<double>(), sum / count, 1e-6) << m << " " << d << " " << b;
+      }
+    }
+  }
+}
+
+TEST(Cli, EvalReportInputErrors) {
+  const std::string swa = init_model(Variant::kSlidingWindow);
+  const std::string tokens = write_tokens(sample_tokens(20));
+  expect_clean_failure(run_ttt("eval --model " + swa + " --model " + swa + " --tokens " + tokens + " --json " +
+                               temp_path("x.json")), "--report");
+  expect_clean_failure(run_ttt("eval --model " + swa + " --tokens " + tokens + " --length 50"), "all 1 are shorter than --length 50");
+  expect_clean_failure(run_ttt("eval --model " + swa + " --tokens " + tokens + " --buckets 0,5"), "cover every target");
+  expect_clean_failure(run_ttt("eval --model " + swa + " --tokens " + tokens + " --buckets 0,x,40"), "'x'");
+  expect_clean_failure(run_ttt("eval --model " + swa + " --documents /nonexistent"), "not a directory");
+  expect_clean_failure(run_ttt("eval --model " + swa), "--tokens or --documents");
+  test::ScratchDir docs;
+  io::write_token_file(docs.path("a.u32"), sample_tokens(20));
+  std::ofstream(docs.path("prepare.json"))
+      << R"({"tokenizer": "big", "vocab_size": 4096, "bos_id": 1, "splits": [{"name": "a", "file": "a.u32"}]})";
+  expect_clean_failure(run_ttt("eval --model " + swa + " --documents " + docs.path("")), "big of 4096 tokens");
+}
+
 TEST(Cli, BadInputGetsAClearError) {
   const std::string model = init_model(Variant::kTttE2E);
   const std::string tokens = write_tokens(sample_tokens(20));

@@ -164,10 +164,15 @@ TEST(Prepare, ReportsProgressAndRejectsABadOutput) {
   corpus.add("a", "hello");
   const text::ByteTokenizer bytes;
   PrepareOptions options;
-  options.out_dir = "/nonexistent/dir/out";
-  test::expect_error([&] { prepare_documents(corpus.documents(), bytes, options); },
-                     {"cannot create output directory", "/nonexistent/dir/out"});
   test::ScratchDir out;
+  // Missing parents are created (mkdir -p); a parent that is a file is an error.
+  std::ofstream(out.path("file")) << "x";
+  options.out_dir = out.path("file/out");
+  test::expect_error([&] { prepare_documents(corpus.documents(), bytes, options); },
+                     {"cannot create the directory", "file"});
+  options.out_dir = out.path("new/parents/out");
+  prepare_documents(corpus.documents(), bytes, options);
+  EXPECT_EQ(test::file_size(out.path("new/parents/out/train.u32")), int64_t(4 * (1 + 5)));
   options.out_dir = out.path("o");
   int64_t last = -1;
   prepare_documents(corpus.documents(), bytes, options, [&](const PrepareProgress& p) {
