@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "run_app.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"ttt-data: tokenizers and corpora for ttt (run as `ttt tokenize|detokenize|data ...`)."};
@@ -16,20 +17,9 @@ int main(int argc, char** argv) {
   ttt::cli::add_tokenize_command(app);
   ttt::cli::add_detokenize_command(app);
   ttt::cli::add_data_command(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "ttt: error: " << e.what() << " (see ttt --help)\n";
-    return e.get_exit_code();
-  } catch (const std::exception& e) {
-    std::string text = e.what();
+  return ttt::cli::run_app(app, argc, argv, [](const std::exception& e) {
+    std::string text = e.what();  // the first line only
     if (const auto newline = text.find('\n'); newline != std::string::npos) text.resize(newline);
-    std::cerr << "ttt: error: " << text << "\n";
-    return 1;
-  }
-  return 0;
+    return text;
+  });
 }

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "commands.h"
+#include "run_app.h"
 #include "common/blas.h"
 #include "common/error.h"
 #include "common/malloc_tuning.h"
@@ -43,18 +44,5 @@ int main(int argc, char** argv) {
     }
   });
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "ttt: error: " << e.what() << " (see ttt --help)\n";
-    return e.get_exit_code();
-  } catch (const std::exception& e) {
-    std::cerr << "ttt: error: " << ttt::describe(e) << "\n";
-    return 1;
-  }
-  return 0;
+  return ttt::cli::run_app(app, argc, argv, ttt::describe);
 }
