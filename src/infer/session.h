@@ -1,0 +1,56 @@
+// Streaming inference (SPEC section 5, "Generation"): tokens are fed in any number at a
+// time and the model keeps its state between feeds: fast weights and a KV cache of the last
+// window - 1 tokens per block (fa keeps everything, as it must). For ttt-e2e, every full
+// mini-batch of inputs triggers one inner step once the token after it (its last target)
+// is known; a trailing partial mini-batch is attended but not trained on. The numbers are
+// those of `ttt eval`'s procedure however the tokens are split into feeds.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "config/model_config.h"
+#include "model/params.h"
+#include "model/transformer.h"
+
+namespace ttt {
+
+class Session {
+ public:
+  // `params` must outlive the session.
+  Session(const ModelConfig& config, const Params& params);
+
+  // Consumes `tokens` ([n] int64 ids, n >= 1, each inside the vocabulary) and returns the
+  // logits [V] at the last of them: the model's prediction of the next token. Throws
+  // ttt::Error for bad ids or an empty feed.
+  torch::Tensor feed(const torch::Tensor& tokens);
+  torch::Tensor feed(const std::vector<int64_t>& tokens);
+
+  // Back to the start: initial fast weights, empty cache.
+  void reset();
+
+  int64_t position() const { return position_; }  // tokens consumed so far
+  int64_t inner_steps() const { return inner_steps_; }
+  const torch::Tensor& last_logits() const { return last_logits_; }  // undefined before the first feed
+  // Bytes held by the session's state (fast weights, caches, pending chunk): constant in
+  // the number of tokens read for swa and ttt-e2e.
+  int64_t state_bytes() const;
+
+ private:
+  // The pending chunk is full and `next` is its last target: one inner step on it,
+  // recomputed from the cache as it was when the chunk began (as `ttt eval` computes it).
+  void train_on_pending(int64_t next);
+
+  const ModelConfig& config_;
+  const Params& params_;
+  FastWeights weights_;
+  KvCache cache_;
+  KvCache chunk_start_cache_;    // ttt-e2e: the cache before the pending chunk's first token
+  std::vector<int64_t> pending_;  // ttt-e2e: inputs of the current chunk, not yet trained on
+  int64_t position_ = 0;
+  int64_t inner_steps_ = 0;
+  torch::Tensor last_logits_;
+};
+
+}  // namespace ttt
