@@ -1,0 +1,40 @@
+// Choosing the next token from a model's logits: repetition penalty, temperature (0:
+// greedy), top-k, top-p, then a draw from a seeded generator of its own, so that a seed
+// gives the same text on every run and machine.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace ttt {
+
+struct SamplingOptions {
+  double temperature = 1.0;         // 0: always the most likely token
+  int64_t top_k = 0;                // keep the k most likely tokens (0: all)
+  double top_p = 1.0;               // keep the fewest most likely tokens whose mass reaches p
+  double repetition_penalty = 1.0;  // > 1 discourages tokens already in the context (CTRL's rule)
+  uint64_t seed = 0;
+
+  // Throws ttt::Error naming the option that is out of range.
+  void validate() const;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingOptions& options);
+
+  // The next token from `logits` [V]; `context` holds the tokens the penalty applies to.
+  int64_t sample(const torch::Tensor& logits, const std::vector<int64_t>& context);
+
+  // The distribution `sample` draws from (after penalty, temperature, top-k and top-p):
+  // probabilities over the vocabulary, zero outside the kept tokens. Greedy: one-hot.
+  std::vector<double> distribution(const torch::Tensor& logits, const std::vector<int64_t>& context) const;
+
+ private:
+  SamplingOptions options_;
+  std::mt19937_64 generator_;
+};
+
+}  // namespace ttt
