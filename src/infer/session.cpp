@@ -1,10 +1,14 @@
 #include "infer/session.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <map>
+#include <sstream>
 
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "io/safetensors.h"
 #include "ttt/inner_loop.h"
 
 namespace ttt {
@@ -18,6 +22,43 @@ int64_t cache_bytes(const KvCache& cache) {
     bytes += bytes_of(layer.keys) + bytes_of(layer.values) + bytes_of(layer.positions);
   }
   return bytes;
+}
+
+// A checksum of the model's weights: a restored session must run on the weights it was
+// saved with, not only on the same config.
+std::string model_fingerprint(const ModelConfig& config, const Params& params) {
+  double sum = 0, weighted = 0;
+  int64_t index = 0;
+  for (const auto& [name, tensor] : named_params(config, params)) {
+    const double s = tensor.detach().to(torch::kFloat64).sum().item<double>();
+    sum += s;
+    weighted += s * static_cast<double>(++index);
+  }
+  char text[80];
+  std::snprintf(text, sizeof text, "%.17g %.17g", sum, weighted);
+  return text;
+}
+
+void put_cache(std::map<std::string, torch::Tensor>& tensors, const std::string& prefix, const KvCache& cache) {
+  for (size_t l = 0; l < cache.layers.size(); ++l) {
+    if (!cache.layers[l].keys.defined()) continue;
+    tensors[prefix + std::to_string(l) + ".keys"] = cache.layers[l].keys;
+    tensors[prefix + std::to_string(l) + ".values"] = cache.layers[l].values;
+  }
+}
+
+// The cache's entries are the tokens just before `end`: their positions follow from that.
+KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, int64_t n_layers, int64_t end) {
+  KvCache cache(n_layers);
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const auto keys = file.tensors.find(prefix + std::to_string(l) + ".keys");
+    const auto values = file.tensors.find(prefix + std::to_string(l) + ".values");
+    if (keys == file.tensors.end() || values == file.tensors.end()) continue;
+    const int64_t length = keys->second.size(0);
+    require(values->second.sizes() == keys->second.sizes() && length <= end, "inconsistent cache " + prefix);
+    cache.layers[l] = {keys->second, values->second, torch::arange(end - length, end, torch::kInt64)};
+  }
+  return cache;
 }
 
 }  // namespace
@@ -95,6 +136,68 @@ void Session::train_on_pending(int64_t next) {
   cache_ = cache;
   pending_.clear();
   ++inner_steps_;
+}
+
+void Session::save(const std::string& path) const {
+  std::map<std::string, torch::Tensor> tensors;
+  const std::vector<torch::Tensor> weights = flatten(weights_);
+  for (size_t i = 0; i < weights.size(); ++i) tensors["fast." + std::to_string(i)] = weights[i];
+  put_cache(tensors, "cache.", cache_);
+  put_cache(tensors, "chunk_start_cache.", chunk_start_cache_);
+  if (last_logits_.defined()) tensors["last_logits"] = last_logits_;
+  std::string pending;
+  for (int64_t id : pending_) {
+    if (!pending.empty()) pending += ' ';
+    pending += std::to_string(id);
+  }
+  io::write_safetensors(path, tensors,
+                        {{"format", "ttt-session/1"},
+                         {"config", config_.to_json_text()},
+                         {"model_fingerprint", model_fingerprint(config_, params_)},
+                         {"position", std::to_string(position_)},
+                         {"inner_steps", std::to_string(inner_steps_)},
+                         {"pending", pending}});
+}
+
+void Session::restore(const std::string& path) {
+  const io::SafetensorsFile file = io::read_safetensors(path);
+  const auto meta = [&](const std::string& key) {
+    const auto it = file.metadata.find(key);
+    require(it != file.metadata.end(), path + ": not a saved session (no \"" + key + "\" in its metadata)");
+    return it->second;
+  };
+  require(meta("format") == "ttt-session/1", path + ": not a saved session (format " + meta("format") + ")");
+  require(meta("config") == config_.to_json_text() && meta("model_fingerprint") == model_fingerprint(config_, params_),
+          path + ": the session was saved with another model");
+  try {
+    const int64_t position = std::stoll(meta("position"));
+    std::vector<int64_t> pending;
+    std::istringstream ids(meta("pending"));
+    for (int64_t id; ids >> id;) pending.push_back(id);
+    FastWeights weights = initial_fast_weights(config_, params_);
+    std::vector<torch::Tensor*> slots;
+    for (MlpParams& m : weights) slots.insert(slots.end(), {&m.w1, &m.w2, &m.w3});
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const torch::Tensor& saved = file.tensors.at("fast." + std::to_string(i));
+      require(saved.sizes() == slots[i]->sizes(), "fast weight " + std::to_string(i) + " has the wrong shape");
+      *slots[i] = saved.to(slots[i]->scalar_type());
+    }
+    KvCache cache = get_cache(file, "cache.", config_.n_layers, position);
+    KvCache chunk_start_cache = get_cache(file, "chunk_start_cache.", config_.n_layers,
+                                          position - static_cast<int64_t>(pending.size()));
+    const auto logits = file.tensors.find("last_logits");
+    const int64_t inner_steps = std::stoll(meta("inner_steps"));
+    // Nothing changes unless everything was read.
+    last_logits_ = logits == file.tensors.end() ? torch::Tensor() : logits->second;
+    cache_ = std::move(cache);
+    chunk_start_cache_ = std::move(chunk_start_cache);
+    weights_ = std::move(weights);
+    pending_ = std::move(pending);
+    position_ = position;
+    inner_steps_ = inner_steps;
+  } catch (const std::exception& e) {
+    throw Error(path + ": a damaged session file: " + describe(e));
+  }
 }
 
 int64_t Session::state_bytes() const {

@@ -6,6 +6,7 @@
 // those of `ttt eval`'s procedure however the tokens are split into feeds.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <torch/types.h>
@@ -18,7 +19,7 @@ namespace ttt {
 
 class Session {
  public:
-  // `params` must outlive the session.
+  // Shares the parameters' storage (tensors are handles), copies nothing large.
   Session(const ModelConfig& config, const Params& params);
 
   // Consumes `tokens` ([n] int64 ids, n >= 1, each inside the vocabulary) and returns the
@@ -29,6 +30,12 @@ class Session {
 
   // Back to the start: initial fast weights, empty cache.
   void reset();
+
+  // The whole state in one safetensors file (atomic), so that a document read once can be
+  // queried many times: its adapted fast weights are its memory. `restore` reads it into a
+  // session of the same model (config and weights checked) and continues exactly.
+  void save(const std::string& path) const;
+  void restore(const std::string& path);
 
   int64_t position() const { return position_; }  // tokens consumed so far
   int64_t inner_steps() const { return inner_steps_; }
@@ -42,8 +49,8 @@ class Session {
   // recomputed from the cache as it was when the chunk began (as `ttt eval` computes it).
   void train_on_pending(int64_t next);
 
-  const ModelConfig& config_;
-  const Params& params_;
+  const ModelConfig config_;
+  const Params params_;
   FastWeights weights_;
   KvCache cache_;
   KvCache chunk_start_cache_;    // ttt-e2e: the cache before the pending chunk's first token

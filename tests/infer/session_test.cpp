@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "infer/session.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 #include "ttt/inner_loop.h"
 
@@ -67,6 +68,32 @@ TEST_P(SessionVariant, ResetStartsOver) {
   EXPECT_EQ(session.position(), 0);
   EXPECT_EQ(session.inner_steps(), 0);
   EXPECT_TRUE(torch::equal(session.feed(tokens), first));
+}
+
+TEST_P(SessionVariant, ASavedSessionContinuesIdentically) {
+  const ModelConfig config = tiny_config(GetParam());
+  const Params params = random_params(config, 5, 0.3);
+  const torch::Tensor document = random_tokens(14, config.vocab_size, 3);  // ends mid-chunk
+  const torch::Tensor question = random_tokens(9, config.vocab_size, 4);
+  Session reader(config, params);
+  reader.feed(document);
+  test::ScratchDir dir;
+  reader.save(dir.path("session.safetensors"));
+  const torch::Tensor expected = reader.feed(question).clone();
+  for (int round = 0; round < 2; ++round) {  // restore twice: the file is read, not consumed
+    Session restored(config, params);
+    restored.feed(random_tokens(5, config.vocab_size, 9));  // restore replaces any state
+    restored.restore(dir.path("session.safetensors"));
+    EXPECT_EQ(restored.position(), document.size(0));
+    EXPECT_TRUE(torch::equal(restored.feed(question), expected));
+    EXPECT_EQ(restored.inner_steps(), reader.inner_steps());
+  }
+  // Another model, or not a session at all: clear errors, the session unchanged.
+  Session other(config, random_params(config, 6, 0.3));
+  test::expect_error([&] { other.restore(dir.path("session.safetensors")); }, {"another model"});
+  io::write_safetensors(dir.path("model.safetensors"), named_params(config, params));
+  test::expect_error([&] { other.restore(dir.path("model.safetensors")); }, {"not a saved session"});
+  EXPECT_EQ(other.position(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, SessionVariant,
