@@ -135,6 +135,9 @@ for i in "${!pids[@]}"; do
 done
 ((failed)) && exit 1
 
+# `ttt generate --model $out/runs/VARIANT/model.safetensors` finds its tokenizer beside it.
+for variant in "${variants[@]}"; do cp "$out/tokenizer.model" "$out/runs/$variant/tokenizer.model"; done
+
 say "evaluating on the held-out documents (first $eval_length tokens of each)"
 models=()
 for variant in "${variants[@]}"; do models+=(--model "$out/runs/$variant/model.safetensors"); done

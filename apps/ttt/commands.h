@@ -17,5 +17,12 @@ void add_detokenize_command(CLI::App& app);
 void add_data_command(CLI::App& app);
 // In `ttt`: tokenize, detokenize and data, run by `ttt-data` (apps/ttt/forward_commands.cpp).
 void add_text_commands(CLI::App& app);
+// The `ttt-data` program beside `ttt`, and running it to completion with `args` (after the
+// program name); its error line becomes a ttt::Error. Built where TTT_WITH_TEXT is defined.
+std::string data_program();
+void run_data_program(const std::vector<std::string>& args);
+
+// `ttt generate` (apps/ttt/generate_command.cpp).
+void add_generate_command(CLI::App& app);
 
 }  // namespace ttt::cli

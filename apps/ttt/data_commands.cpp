@@ -21,6 +21,7 @@
 #include "io/atomic_file.h"
 #include "io/input_file.h"
 #include "io/token_file.h"
+#include "io/token_table.h"
 #include "text/load_tokenizer.h"
 
 namespace ttt::cli {
@@ -303,12 +304,33 @@ void add_data_command(CLI::App& app) {
   }
 
   {
-    auto spec = std::make_shared<std::string>();
+    struct Options {
+      std::string spec, pieces;
+    };
+    auto options = std::make_shared<Options>();
     CLI::App* info = data->add_subcommand(
         "tokenizer-info", "Print a tokenizer's name, vocabulary size (a model needs vocab_size >= it) and special ids as JSON.");
-    info->add_option("--tokenizer", *spec, kTokenizerHelp)->required();
-    info->callback([spec] {
-      const auto tokenizer = text::load_tokenizer(*spec);
+    info->add_option("--tokenizer", options->spec, kTokenizerHelp)->required();
+    info->add_option("--pieces", options->pieces,
+                     "also write every token's bytes to this file (a token table, read by `ttt generate`)");
+    info->callback([options] {
+      const auto tokenizer = text::load_tokenizer(options->spec);
+      if (!options->pieces.empty()) {
+        io::TokenTable table;
+        table.tokenizer = tokenizer->name();
+        table.bos_id = tokenizer->bos_id();
+        table.eos_id = tokenizer->eos_id();
+        table.pieces.resize(tokenizer->vocab_size());
+        table.special.assign(tokenizer->vocab_size(), 2);
+        for (text::TokenId id = 0; id < tokenizer->vocab_size(); ++id) {
+          if (tokenizer->token_bytes(id, table.pieces[id])) table.special[id] = 0;
+        }
+        for (const text::SpecialToken& s : tokenizer->special_tokens()) {
+          table.pieces[s.id] = s.text;
+          table.special[s.id] = 1;
+        }
+        table.write(options->pieces);
+      }
       nlohmann::json specials = nlohmann::json::object();
       for (const text::SpecialToken& s : tokenizer->special_tokens()) specials[s.text] = s.id;
       const nlohmann::json j = {{"name", tokenizer->name()},

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/evaluate.h"
+#include "infer/session.h"
 #include "io/safetensors.h"
 #include "io/token_file.h"
 #include "model/checkpoint.h"
@@ -198,6 +199,61 @@ TEST(Cli, EvalReportInputErrors) {
   std::ofstream(docs.path("prepare.json"))
       << R"({"tokenizer": "big", "vocab_size": 4096, "bos_id": 1, "splits": [{"name": "a", "file": "a.u32"}]})";
   expect_clean_failure(run_ttt("eval --model " + swa + " --documents " + docs.path("")), "big of 4096 tokens");
+}
+
+// `ttt generate` with token ids in and out: greedy decoding is the session's argmax chain,
+// and a saved session continued with the rest of the prompt gives what the whole prompt gives.
+TEST(Cli, GenerateFollowsTheSessionAndResumesSavedSessions) {
+  const std::string model_path = init_model(Variant::kTttE2E);
+  const Model model = load_model(model_path);
+  const std::vector<int64_t> first = {1, 5, 9, 12, 7, 30, 4}, second = {22, 8, 15, 40, 3};
+  std::vector<int64_t> whole = first;
+  whole.insert(whole.end(), second.begin(), second.end());
+  const auto ids_of = [](const std::string& text) {
+    std::vector<int64_t> ids;
+    std::istringstream in(text);
+    for (int64_t id; in >> id;) ids.push_back(id);
+    return ids;
+  };
+  const CliRun run = run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens(whole) +
+                             " --temperature 0 --max-tokens 12");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const std::vector<int64_t> generated = ids_of(run.output);
+
+  Session session(model.config, model.params);
+  torch::Tensor logits = session.feed(whole);
+  std::vector<int64_t> expected;
+  for (int i = 0; i < 12; ++i) {
+    const int64_t token = logits.argmax().item<int64_t>();
+    if (token == model.config.eos_id) break;
+    expected.push_back(token);
+    logits = session.feed(std::vector<int64_t>{token});
+  }
+  EXPECT_EQ(generated, expected);
+  EXPECT_FALSE(expected.empty());
+
+  const std::string saved = temp_path("session.safetensors");
+  ASSERT_EQ(run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens(first) +
+                    " --max-tokens 1 --save-session " + saved).exit_code, 0);
+  const CliRun resumed = run_ttt("generate --model " + model_path + " --load-session " + saved +
+                                 " --prompt-tokens " + write_tokens(second) + " --temperature 0 --max-tokens 12");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_EQ(ids_of(resumed.output), generated);
+
+  const CliRun stats = run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens(whole) +
+                               " --max-tokens 5 --seed 3 --stats");
+  ASSERT_EQ(stats.exit_code, 0) << stats.output;
+  EXPECT_NE(stats.output.find("inner steps"), std::string::npos) << stats.output;
+  EXPECT_NE(stats.output.find("tokens/s"), std::string::npos) << stats.output;
+
+  expect_clean_failure(run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens({3, 50})),
+                       "outside the model's vocabulary");
+  expect_clean_failure(run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens({3}) +
+                               " --max-tokens 0"), "--max-tokens");
+  expect_clean_failure(run_ttt("generate --model " + model_path), "give one prompt");
+  expect_clean_failure(run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens({3}) +
+                               " --top-p 2"), "top-p");
+  expect_clean_failure(run_ttt("generate --model " + model_path + " --prompt hello"), "no tokenizer");
 }
 
 TEST(Cli, BadInputGetsAClearError) {

@@ -116,6 +116,33 @@ TEST(DataCli, TrainTokenizerThenUseIt) {
   EXPECT_EQ(run_ttt("detokenize --tokenizer " + model + " --tokens " + ids).output, "Everyone is permitted to copy \xff\n");
 }
 
+// `ttt generate` with a real tokenizer: the prompt is encoded and the output decoded by
+// ttt-data's tokenizer (here raw bytes: every generated token is one byte of text).
+TEST(DataCli, GenerateEncodesThePromptAndStreamsText) {
+  const std::string config = write_file("config.json", R"({"variant": "ttt-e2e", "vocab_size": 258, "d_model": 16,
+    "n_layers": 2, "n_heads": 2, "d_ff": 32, "rms_eps": 1e-6, "rope_theta": 10000, "window": 16, "mini_batch": 8,
+    "suffix_len": 1, "inner_lr": 1.0, "inner_clip": 1.0, "tie_embeddings": true, "qk_norm": true,
+    "bos_id": 256, "eos_id": 257})");
+  const std::string model = temp_path("model.safetensors");
+  ASSERT_EQ(run_ttt("init --config " + config + " --out " + model).exit_code, 0);
+  const std::string args = "generate --model " + model + " --tokenizer bytes --prompt 'Call me Ishmael.' --seed 5";
+  const CliRun run = run_ttt(args + " --max-tokens 20");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  // Up to 20 bytes of text and a newline (fewer where eos or a special token was drawn).
+  EXPECT_LE(run.output.size(), 21u) << run.output;
+  EXPECT_EQ(run_ttt(args + " --max-tokens 20").output, run.output);  // the seed fixes the text
+  const CliRun stats = run_ttt(args + " --max-tokens 10 --stats");
+  EXPECT_NE(stats.output.find("prompt 17 tokens"), std::string::npos) << stats.output;  // bos + 16 bytes
+  // A tokenizer larger than the model's vocabulary is refused.
+  const CliRun too_big = run_ttt("generate --model " + model + " --tokenizer cl100k_base --prompt hi");
+  EXPECT_NE(too_big.exit_code, 0);
+  EXPECT_NE(too_big.output.find("more than the model's vocab_size 258"), std::string::npos) << too_big.output;
+  const CliRun empty = run_ttt("generate --model " + model + " --tokenizer bytes --prompt-file " +
+                               write_file("empty.txt", ""));
+  EXPECT_NE(empty.exit_code, 0);
+  EXPECT_NE(empty.output.find("the prompt is empty"), std::string::npos) << empty.output;
+}
+
 TEST(DataCli, BadInputsFailWithOneLine) {
   expect_clean_failure(run_ttt("tokenize --tokenizer nonsense --text hi"), "unknown tokenizer 'nonsense'");
   expect_clean_failure(run_ttt("tokenize --input /nonexistent.txt"), "no such file");
