@@ -17,9 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "common/blas.h"
-#include "common/malloc_tuning.h"
-#include "config/model_config.h"
+#include "bench_common.h"
 #include "model/params.h"
 #include "ttt/inner_loop.h"
 #include "ttt/sequence_gradient.h"
@@ -33,11 +31,6 @@ double resident_mb() {
   return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20);
 }
 
-double peak_resident_mb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024;  // KiB on Linux
-}
 
 }  // namespace
 
@@ -52,14 +45,8 @@ int main(int argc, char** argv) {
   app.add_option("--d-model", d_model, "model width")->capture_default_str();
   app.add_option("--remat", remat, "1: per-chunk recomputation; 0: one graph through all chunks")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  ttt::tune_malloc_for_tensors();
-  ttt::set_cpu_threads(1);
-
-  const ttt::ModelConfig config = ttt::ModelConfig::from_json(
-      {{"variant", variant}, {"vocab_size", 258}, {"d_model", d_model}, {"n_layers", 4}, {"n_heads", 4},
-       {"d_ff", 2 * d_model}, {"rms_eps", 1e-6}, {"rope_theta", 10000.0}, {"window", mini_batch},
-       {"mini_batch", mini_batch}, {"suffix_len", variant == "ttt-e2e" ? 1 : 0}, {"inner_lr", 1.0},
-       {"inner_clip", 1.0}, {"tie_embeddings", true}, {"qk_norm", true}, {"bos_id", 256}, {"eos_id", 257}});
+  ttt::bench::setup_process();
+  const ttt::ModelConfig config = ttt::bench::small_model(variant, 258, d_model, mini_batch, mini_batch);
   const ttt::Params params = ttt::convert_params(config, ttt::init_params(config, 1), torch::kFloat32, true);
   torch::manual_seed(2);
   const torch::Tensor tokens = torch::randint(0, 256, {chunks * mini_batch + 1}, torch::kInt64);
@@ -77,7 +64,7 @@ int main(int argc, char** argv) {
     loss = l.item<double>();
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double peak = peak_resident_mb();
+  const double peak = ttt::bench::peak_resident_mb();
   std::cout << nlohmann::json{{"variant", variant}, {"chunks", chunks}, {"mini_batch", mini_batch},
                               {"d_model", d_model}, {"remat", remat != 0}, {"loss", loss},
                               {"before_mb", before}, {"peak_mb", peak}, {"gradient_mb", peak - before},
