@@ -8,9 +8,13 @@
 #include <cstdio>
 #include <string>
 
+#include <CLI/CLI.hpp>
+
 #include "common/error.h"
 #include "eval/evaluate.h"
 #include "io/token_file.h"
+#include "model/checkpoint.h"
+#include "model/compute.h"
 
 namespace ttt::cli {
 
@@ -45,5 +49,34 @@ inline torch::Tensor load_tokens_for(const ModelConfig& config, const std::strin
     throw Error(path + ": " + e.what());
   }
 }
+
+// --device and --dtype, shared by every command that runs a model.
+struct ComputeFlags {
+  std::string device = "cpu", dtype = "auto";
+
+  void add_to(CLI::App* command) {
+    command->add_option("--device", device, "where to compute: cpu, cuda or cuda:N")->capture_default_str();
+    command->add_option("--dtype", dtype,
+                        "precision: bf16 (matmuls in bf16 on fp32 parameters; fast weights, softmax and losses\n"
+                        "in fp32), f32, f64 (the reference), or auto: bf16 on cuda, f32 on cpu")
+        ->check(CLI::IsMember({"auto", "bf16", "f32", "f64"}))
+        ->capture_default_str();
+  }
+
+  ComputeOptions compute() const {
+    ComputeOptions options;
+    options.device = parse_device(device);
+    if (dtype == "bf16" || (dtype == "auto" && options.device.is_cuda())) options.matmul_dtype = torch::kBFloat16;
+    return options;
+  }
+  torch::Dtype param_dtype() const { return dtype == "f64" ? torch::kFloat64 : torch::kFloat32; }
+
+  // A checkpoint ready for inference on the device (no gradients w.r.t. its weights).
+  Model load_for_inference(const std::string& path) const {
+    Model model = load_model(path, param_dtype());
+    model.params = params_for_inference(model.config, model.params, compute());
+    return model;
+  }
+};
 
 }  // namespace ttt::cli

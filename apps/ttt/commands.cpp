@@ -14,22 +14,24 @@
 namespace ttt::cli {
 namespace {
 
-// What grad takes: a model, a token file and the compute precision.
+// What grad takes: a model, a token file, the device and the precision.
 struct ModelInput {
-  std::string model_path, tokens_path, dtype = "f32";
+  std::string model_path, tokens_path;
+  ComputeFlags compute;
 
   void add_to(CLI::App* command) {
     command->add_option("--model", model_path, "model checkpoint (.safetensors)")->required();
     command->add_option("--tokens", tokens_path, "token file: raw little-endian uint32 ids, no header (.u32)")
         ->required();
-    command->add_option("--dtype", dtype, "compute precision")->check(CLI::IsMember({"f32", "f64"}))
-        ->capture_default_str();
+    compute.add_to(command);
   }
 
-  // Loads both, checking the tokens against the model's vocabulary.
+  // Loads both onto the device, checking the tokens against the model's vocabulary.
   std::pair<Model, torch::Tensor> load() const {
-    Model model = load_model(model_path, parse_dtype(dtype));
-    torch::Tensor tokens = load_tokens_for(model.config, tokens_path);
+    const torch::Device device = compute.compute().device;
+    Model model = load_model(model_path, compute.param_dtype());
+    model.params = convert_params(model.config, model.params, compute.param_dtype(), false, device);
+    torch::Tensor tokens = load_tokens_for(model.config, tokens_path).to(device);
     return {std::move(model), tokens};
   }
 };
@@ -86,6 +88,7 @@ void add_grad_command(CLI::App& app) {
   command->add_option("--out", options->out_path, "gradient file to write (.safetensors)")->required();
   command->callback([options] {
     const auto start = std::chrono::steady_clock::now();
+    const MatmulDtypeGuard precision(options->input.compute.compute().matmul_dtype);
     const auto [model, tokens] = options->input.load();
     const GradResult result = gradient(model.config, model.params, tokens, progress_reporter("grad"));
     require_finite_loss(result.loss);

@@ -9,6 +9,8 @@ void add_info_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_grad_command(CLI::App& app);
 void add_train_command(CLI::App& app);
+// `ttt bench` (apps/ttt/bench_command.cpp).
+void add_bench_command(CLI::App& app);
 
 // Tokenizers and corpora (apps/ttt/data_commands.cpp), built into `ttt-data`, a program without
 // libtorch (see apps/ttt/data_main.cpp for why), where PCRE2 and SentencePiece are installed.

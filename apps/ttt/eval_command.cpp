@@ -25,7 +25,8 @@ namespace {
 
 struct EvalOptions {
   std::vector<std::string> model_paths, token_paths;
-  std::string documents_dir, json_path, report_dir, buckets, dtype = "f32";
+  std::string documents_dir, json_path, report_dir, buckets;
+  ComputeFlags compute;
   int64_t length = 0, max_documents = 0;
 };
 
@@ -73,8 +74,10 @@ std::vector<int64_t> parse_edges(const std::string& text) {
 // One model over one token file: the loss line, and --json with every NLL.
 void evaluate_one(const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  const Model model = load_model(options.model_paths[0], parse_dtype(options.dtype));
-  const torch::Tensor tokens = load_tokens_for(model.config, options.token_paths[0]);
+  const ComputeOptions compute = options.compute.compute();
+  const MatmulDtypeGuard precision(compute.matmul_dtype);
+  const Model model = options.compute.load_for_inference(options.model_paths[0]);
+  const torch::Tensor tokens = load_tokens_for(model.config, options.token_paths[0]).to(compute.device);
   const EvalResult result = evaluate(model.config, model.params, tokens, progress_reporter("eval"));
   require_finite_loss(result.loss);
   if (!options.json_path.empty()) {
@@ -88,11 +91,13 @@ void evaluate_one(const EvalOptions& options) {
 
 // Several models and/or documents: loss by position, printed and optionally written out.
 void evaluate_report(const EvalOptions& options) {
+  const ComputeOptions compute = options.compute.compute();
+  const MatmulDtypeGuard precision(compute.matmul_dtype);
   std::vector<Model> models;
   std::vector<ReportModel> described;
   std::multiset<std::string> variants;
   for (const std::string& path : options.model_paths) {
-    models.push_back(load_model(path, parse_dtype(options.dtype)));
+    models.push_back(options.compute.load_for_inference(path));
     variants.insert(variant_name(models.back().config.variant));
   }
   for (size_t m = 0; m < models.size(); ++m) {
@@ -149,7 +154,7 @@ void evaluate_report(const EvalOptions& options) {
       } catch (const Error& e) {
         throw Error(documents[d].name + ": " + e.what());
       }
-      EvalResult result = evaluate(models[m].config, models[m].params, tokens);
+      EvalResult result = evaluate(models[m].config, models[m].params, tokens.to(compute.device));
       require_finite_loss(result.loss);
       documents[d].nll.push_back(std::move(result.nll));
     }
@@ -222,9 +227,7 @@ void add_eval_command(CLI::App& app) {
                       "write report.json, table.md, curve.dat, plot.gp and loss_by_position.png (gnuplot) here");
   command->add_option("--json", options->json_path,
                       "one model over one file: write {\"loss\": L, \"nll\": [per target token]} here");
-  command->add_option("--dtype", options->dtype, "compute precision")
-      ->check(CLI::IsMember({"f32", "f64"}))
-      ->capture_default_str();
+  options->compute.add_to(command);
   command->callback([options] {
     require(!options->token_paths.empty() || !options->documents_dir.empty(), "give --tokens or --documents");
     const bool single = options->model_paths.size() == 1 && options->token_paths.size() == 1 &&

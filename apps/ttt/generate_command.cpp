@@ -28,6 +28,7 @@ struct GenerateOptions {
   int64_t max_tokens = 200;
   bool no_bos = false, stats = false, special = false;
   SamplingOptions sampling{.temperature = 0.8, .top_k = 0, .top_p = 0.95, .repetition_penalty = 1.0, .seed = 0};
+  ComputeFlags compute;
 };
 
 // A scratch directory for the files exchanged with ttt-data, removed on exit.
@@ -67,7 +68,7 @@ void generate(const GenerateOptions& options) {
   const int given = !options.prompt.empty() + !options.prompt_file.empty() + !options.prompt_tokens.empty();
   require(given == 1 || (given == 0 && !options.load_session.empty()),
           "give one prompt: --prompt TEXT, --prompt-file F or --prompt-tokens X.u32");
-  const Model model = load_model(options.model_path);
+  const Model model = options.compute.load_for_inference(options.model_path);
   const std::string tokenizer = find_tokenizer(options);
 
   ScratchDir scratch;
@@ -162,6 +163,7 @@ void add_generate_command(CLI::App& app) {
       "full mini-batch of prompt or generated tokens takes one inner step (SPEC section 5). The tokenizer is\n"
       "--tokenizer or tokenizer.model beside the model; without one, --prompt-tokens in and ids out.");
   command->add_option("--model", options->model_path, "model checkpoint (.safetensors)")->required();
+  options->compute.add_to(command);
   command->add_option("--prompt", options->prompt, "the prompt text");
   command->add_option("--prompt-file", options->prompt_file, "read the prompt from this file");
   command->add_option("--prompt-tokens", options->prompt_tokens, "the prompt as a token file (.u32)");

@@ -22,7 +22,7 @@ EvalResult evaluate(const ModelConfig& config, const Params& params, const torch
   SequenceOptions options;
   options.on_chunk = progress;
   const SequenceResult run = run_sequence(config, params, tokens, options);
-  const torch::Tensor nll = run.nll.to(torch::kFloat64).contiguous();
+  const torch::Tensor nll = run.nll.to(torch::kCPU, torch::kFloat64).contiguous();
   EvalResult result;
   result.loss = run.loss.item<double>();
   result.nll.assign(nll.data_ptr<double>(), nll.data_ptr<double>() + nll.numel());
@@ -40,7 +40,7 @@ GradResult gradient(const ModelConfig& config, const Params& params, const torch
   GradResult result;
   result.loss = loss.item<double>();
   for (const auto& [name, tensor] : named_params(config, leaves)) {
-    result.grads.emplace(name, tensor.grad().defined() ? tensor.grad() : torch::zeros_like(tensor));
+    result.grads.emplace(name, (tensor.grad().defined() ? tensor.grad() : torch::zeros_like(tensor)).cpu());
   }
   return result;
 }

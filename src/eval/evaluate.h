@@ -25,12 +25,13 @@ struct EvalResult {
 
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
+// `params` and `tokens` on one device; matmuls in the thread's matmul dtype (model/compute.h).
 EvalResult evaluate(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                     const ProgressFn& progress = {});
 
 struct GradResult {
   double loss = 0;
-  std::map<std::string, torch::Tensor> grads;  // canonical parameter name -> gradient
+  std::map<std::string, torch::Tensor> grads;  // canonical parameter name -> gradient, on the CPU
 };
 
 // For ttt-e2e the exact meta-gradient: through every inner step (second order) and the KV

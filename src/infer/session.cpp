@@ -1,6 +1,7 @@
 #include "infer/session.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -9,6 +10,8 @@
 
 #include "common/error.h"
 #include "io/safetensors.h"
+#include "model/compute.h"
+#include "model/layers.h"
 #include "ttt/inner_loop.h"
 
 namespace ttt {
@@ -25,18 +28,32 @@ int64_t cache_bytes(const KvCache& cache) {
 }
 
 // A checksum of the model's weights: a restored session must run on the weights it was
-// saved with, not only on the same config.
-std::string model_fingerprint(const ModelConfig& config, const Params& params) {
+// saved with, not only on the same config. Taken over the weights rounded to bf16, so the
+// same model in fp32 or as params_for_inference cast it, on any device, gives it.
+std::pair<double, double> model_fingerprint(const ModelConfig& config, const Params& params) {
   double sum = 0, weighted = 0;
   int64_t index = 0;
   for (const auto& [name, tensor] : named_params(config, params)) {
-    const double s = tensor.detach().to(torch::kFloat64).sum().item<double>();
+    const double s = tensor.detach().to(torch::kBFloat16).to(torch::kFloat64).sum().item<double>();
     sum += s;
     weighted += s * static_cast<double>(++index);
   }
+  return {sum, weighted};
+}
+
+std::string fingerprint_text(const std::pair<double, double>& fingerprint) {
   char text[80];
-  std::snprintf(text, sizeof text, "%.17g %.17g", sum, weighted);
+  std::snprintf(text, sizeof text, "%.17g %.17g", fingerprint.first, fingerprint.second);
   return text;
+}
+
+// Sums on different devices differ in their last bits.
+bool same_fingerprint(const std::string& saved, const std::pair<double, double>& ours) {
+  std::istringstream in(saved);
+  double sum = 0, weighted = 0;
+  if (!(in >> sum >> weighted)) return false;
+  const auto close = [](double a, double b) { return std::abs(a - b) <= 1e-9 * std::max(1.0, std::abs(b)); };
+  return close(sum, ours.first) && close(weighted, ours.second);
 }
 
 void put_cache(std::map<std::string, torch::Tensor>& tensors, const std::string& prefix, const KvCache& cache) {
@@ -48,7 +65,9 @@ void put_cache(std::map<std::string, torch::Tensor>& tensors, const std::string&
 }
 
 // The cache's entries are the tokens just before `end`: their positions follow from that.
-KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, int64_t n_layers, int64_t end) {
+// Keys and values come in the dtype the session computes them in, on its device.
+KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, int64_t n_layers, int64_t end,
+                  const torch::TensorOptions& options) {
   KvCache cache(n_layers);
   for (int64_t l = 0; l < n_layers; ++l) {
     const auto keys = file.tensors.find(prefix + std::to_string(l) + ".keys");
@@ -56,7 +75,8 @@ KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, in
     if (keys == file.tensors.end() || values == file.tensors.end()) continue;
     const int64_t length = keys->second.size(0);
     require(values->second.sizes() == keys->second.sizes() && length <= end, "inconsistent cache " + prefix);
-    cache.layers[l] = {keys->second, values->second, torch::arange(end - length, end, torch::kInt64)};
+    cache.layers[l] = {keys->second.to(options), values->second.to(options),
+                       torch::arange(end - length, end, options.dtype(torch::kInt64))};
   }
   return cache;
 }
@@ -64,7 +84,12 @@ KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, in
 }  // namespace
 
 Session::Session(const ModelConfig& config, const Params& params)
-    : config_(config), params_(params), cache_(config.n_layers), chunk_start_cache_(config.n_layers) {
+    : config_(config),
+      params_(params),
+      device_(params.final_norm.device()),
+      matmul_dtype_(inference_matmul_dtype(params)),
+      cache_(config.n_layers),
+      chunk_start_cache_(config.n_layers) {
   reset();
 }
 
@@ -84,20 +109,24 @@ torch::Tensor Session::feed(const std::vector<int64_t>& tokens) {
 
 torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
   require(tokens_in.dim() == 1 && tokens_in.size(0) > 0, "nothing to feed: give at least one token");
-  const torch::Tensor tokens = tokens_in.to(torch::kInt64).contiguous();
-  const int64_t n = tokens.size(0);
-  const int64_t* ids = tokens.data_ptr<int64_t>();
+  const torch::Tensor host_tokens = tokens_in.to(torch::kCPU, torch::kInt64).contiguous();
+  const int64_t n = host_tokens.size(0);
+  const int64_t* ids = host_tokens.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
     require(ids[i] >= 0 && ids[i] < config_.vocab_size,
             "token " + std::to_string(ids[i]) + " is outside the model's vocabulary (vocab_size " +
                 std::to_string(config_.vocab_size) + ")");
   }
+  const MatmulDtypeGuard precision(matmul_dtype_);
+  const torch::Tensor tokens = host_tokens.to(device_);
   const int64_t b = config_.mini_batch;
   const FastWeights* prime = config_.is_ttt() ? &weights_ : nullptr;
   for (int64_t i = 0; i < n;) {
     if (config_.is_ttt() && static_cast<int64_t>(pending_.size()) == b) train_on_pending(ids[i]);
-    // Feed up to the end of the current chunk, so that no span crosses an inner step.
-    const int64_t length = std::min(n - i, b - static_cast<int64_t>(pending_.size()));
+    // Feed up to the end of the current chunk, so that no span crosses an inner step; fa on a
+    // fused kernel takes the whole feed at once (flash attention's causal square when fresh).
+    const bool whole = !config_.is_ttt() && config_.attention_window() == 0 && fused_attention_available(params_.final_norm);
+    const int64_t length = whole ? n - i : std::min(n - i, b - static_cast<int64_t>(pending_.size()));
     const torch::Tensor span = tokens.narrow(0, i, length);
     if (config_.is_ttt() && pending_.empty() && i + length < n && length == b) {
       // A whole chunk with its last target in this feed: one pass, as `ttt eval` takes it.
@@ -110,9 +139,12 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
     } else {
       if (config_.is_ttt() && pending_.empty()) chunk_start_cache_ = cache_;
       torch::NoGradGuard no_grad;
-      const torch::Tensor positions = torch::arange(position_, position_ + length, torch::kInt64);
-      const torch::Tensor logits = forward_span(config_, params_, span, positions, cache_, prime);
-      last_logits_ = logits[length - 1];
+      const torch::Tensor positions =
+          torch::arange(position_, position_ + length, torch::TensorOptions().dtype(torch::kInt64).device(device_));
+      // Only the last position's logits are wanted: the head runs on that one alone.
+      const torch::Tensor h =
+          run_blocks(config_, params_, embed_tokens(params_, span), positions, cache_, 0, config_.n_layers, prime);
+      last_logits_ = lm_logits(config_, params_, h.narrow(0, length - 1, 1))[0];
       if (config_.is_ttt()) pending_.insert(pending_.end(), ids + i, ids + i + length);
     }
     position_ += length;
@@ -122,12 +154,13 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
 }
 
 void Session::train_on_pending(int64_t next) {
+  const MatmulDtypeGuard precision(matmul_dtype_);
   std::vector<int64_t> targets(pending_.begin() + 1, pending_.end());
   targets.push_back(next);
   KvCache cache = chunk_start_cache_;
   const int64_t start = position_ - static_cast<int64_t>(pending_.size());
-  ChunkStep step = run_chunk(config_, params_, torch::tensor(pending_, torch::kInt64),
-                             torch::tensor(targets, torch::kInt64), start, cache, weights_, /*update=*/true,
+  ChunkStep step = run_chunk(config_, params_, torch::tensor(pending_, torch::kInt64).to(device_),
+                             torch::tensor(targets, torch::kInt64).to(device_), start, cache, weights_, /*update=*/true,
                              /*ilr_mult=*/1.0, OuterGradient::kNone);
   weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
   cache.detach();
@@ -153,7 +186,7 @@ void Session::save(const std::string& path) const {
   io::write_safetensors(path, tensors,
                         {{"format", "ttt-session/1"},
                          {"config", config_.to_json_text()},
-                         {"model_fingerprint", model_fingerprint(config_, params_)},
+                         {"model_fingerprint", fingerprint_text(model_fingerprint(config_, params_))},
                          {"position", std::to_string(position_)},
                          {"inner_steps", std::to_string(inner_steps_)},
                          {"pending", pending}});
@@ -167,7 +200,8 @@ void Session::restore(const std::string& path) {
     return it->second;
   };
   require(meta("format") == "ttt-session/1", path + ": not a saved session (format " + meta("format") + ")");
-  require(meta("config") == config_.to_json_text() && meta("model_fingerprint") == model_fingerprint(config_, params_),
+  require(meta("config") == config_.to_json_text() &&
+              same_fingerprint(meta("model_fingerprint"), model_fingerprint(config_, params_)),
           path + ": the session was saved with another model");
   try {
     const int64_t position = std::stoll(meta("position"));
@@ -180,15 +214,17 @@ void Session::restore(const std::string& path) {
     for (size_t i = 0; i < slots.size(); ++i) {
       const torch::Tensor& saved = file.tensors.at("fast." + std::to_string(i));
       require(saved.sizes() == slots[i]->sizes(), "fast weight " + std::to_string(i) + " has the wrong shape");
-      *slots[i] = saved.to(slots[i]->scalar_type());
+      *slots[i] = saved.to(slots[i]->options());
     }
-    KvCache cache = get_cache(file, "cache.", config_.n_layers, position);
+    const torch::TensorOptions cache_options =
+        torch::TensorOptions().device(device_).dtype(matmul_dtype_.value_or(params_.final_norm.scalar_type()));
+    KvCache cache = get_cache(file, "cache.", config_.n_layers, position, cache_options);
     KvCache chunk_start_cache = get_cache(file, "chunk_start_cache.", config_.n_layers,
-                                          position - static_cast<int64_t>(pending.size()));
+                                          position - static_cast<int64_t>(pending.size()), cache_options);
     const auto logits = file.tensors.find("last_logits");
     const int64_t inner_steps = std::stoll(meta("inner_steps"));
     // Nothing changes unless everything was read.
-    last_logits_ = logits == file.tensors.end() ? torch::Tensor() : logits->second;
+    last_logits_ = logits == file.tensors.end() ? torch::Tensor() : logits->second.to(device_);
     cache_ = std::move(cache);
     chunk_start_cache_ = std::move(chunk_start_cache);
     weights_ = std::move(weights);

@@ -6,6 +6,7 @@
 // those of `ttt eval`'s procedure however the tokens are split into feeds.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,11 +20,13 @@ namespace ttt {
 
 class Session {
  public:
-  // Shares the parameters' storage (tensors are handles), copies nothing large.
+  // Shares the parameters' storage (tensors are handles), copies nothing large. The session
+  // computes on the parameters' device, with matmuls in the dtype params_for_inference gave
+  // them, if any (model/compute.h).
   Session(const ModelConfig& config, const Params& params);
 
   // Consumes `tokens` ([n] int64 ids, n >= 1, each inside the vocabulary) and returns the
-  // logits [V] at the last of them: the model's prediction of the next token. Throws
+  // logits [V] (on the session's device) at the last of them: the model's prediction of the next token. Throws
   // ttt::Error for bad ids or an empty feed.
   torch::Tensor feed(const torch::Tensor& tokens);
   torch::Tensor feed(const std::vector<int64_t>& tokens);
@@ -51,6 +54,8 @@ class Session {
 
   const ModelConfig config_;
   const Params params_;
+  const torch::Device device_;
+  const std::optional<torch::Dtype> matmul_dtype_;
   FastWeights weights_;
   KvCache cache_;
   KvCache chunk_start_cache_;    // ttt-e2e: the cache before the pending chunk's first token

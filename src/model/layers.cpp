@@ -1,6 +1,11 @@
 #include "model/layers.h"
 
 #include <cmath>
+#include <optional>
+
+#include <torch/version.h>
+
+#include "model/compute.h"
 
 namespace ttt {
 namespace {
@@ -16,8 +21,14 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double
   return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * gain;
 }
 
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w) {
+  const std::optional<torch::Dtype> dtype = matmul_dtype();
+  if (!dtype || x.scalar_type() == torch::kFloat64) return torch::matmul(x, w);
+  return torch::matmul(x.to(*dtype), w.to(*dtype)).to(x.scalar_type());
+}
+
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp) {
-  return torch::matmul(torch::silu(torch::matmul(x, mlp.w1)) * torch::matmul(x, mlp.w3), mlp.w2);
+  return project(torch::silu(project(x, mlp.w1)) * project(x, mlp.w3), mlp.w2);
 }
 
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& positions, double theta) {
@@ -44,12 +55,41 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask) {
   const int64_t Tq = q.size(0), H = q.size(1), d = q.size(2);
+  const std::optional<torch::Dtype> dtype = q.scalar_type() == torch::kFloat64 ? std::nullopt : matmul_dtype();
+  const auto operand = [&](const torch::Tensor& t) { return dtype ? t.to(*dtype) : t; };
   // [H, Tq, Tk] scores, one batched GEMM over heads.
-  const torch::Tensor scores =
-      torch::matmul(q.transpose(0, 1), k.permute({1, 2, 0})) * (1.0 / std::sqrt(static_cast<double>(d)));
-  const torch::Tensor probs =
-      torch::softmax(at_least_fp32(scores).masked_fill(mask.logical_not(), -INFINITY), -1).to(v.scalar_type());
-  return torch::matmul(probs, v.transpose(0, 1)).transpose(0, 1).reshape({Tq, H * d});
+  const torch::Tensor scores = torch::matmul(operand(q).transpose(0, 1), operand(k).permute({1, 2, 0})) *
+                               (1.0 / std::sqrt(static_cast<double>(d)));
+  const torch::Tensor probs = torch::softmax(at_least_fp32(scores).masked_fill(mask.logical_not(), -INFINITY), -1);
+  return torch::matmul(operand(probs.to(v.scalar_type())), operand(v).transpose(0, 1))
+      .transpose(0, 1)
+      .reshape({Tq, H * d})
+      .to(q.scalar_type());
+}
+
+bool fused_attention_available(const torch::Tensor& like) {
+  return TORCH_VERSION_MAJOR >= 2 && like.is_cuda() && like.scalar_type() != torch::kFloat64 &&
+         fused_attention_allowed();
+}
+
+torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window) {
+#if TORCH_VERSION_MAJOR >= 2
+  if (fused_attention_available(q)) {
+    const int64_t Tq = q.size(0), Tk = k.size(0), H = q.size(1), d = q.size(2);
+    // From the sizes alone: keys are the cache (tokens just before the span) then the span.
+    const bool all_visible = Tq == 1 && (window == 0 || Tk <= window);
+    const bool causal_square = Tk == Tq && (window == 0 || Tq <= window);
+    const torch::Dtype dtype = matmul_dtype().value_or(q.scalar_type());
+    const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };  // [1, H, T, d]
+    std::optional<torch::Tensor> mask;
+    if (!all_visible && !causal_square) mask = attention_mask(query_positions, key_positions, window);
+    const torch::Tensor out = at::scaled_dot_product_attention(heads(q), heads(k), heads(v), mask, /*dropout_p=*/0.0,
+                                                               /*is_causal=*/causal_square && !all_visible);
+    return out.squeeze(0).transpose(0, 1).reshape({Tq, H * d}).to(q.scalar_type());
+  }
+#endif
+  return attend(q, k, v, attention_mask(query_positions, key_positions, window));
 }
 
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -1,5 +1,6 @@
 // The network's building blocks (SPEC section 3), as plain differentiable tensor functions.
-// Every function works in the dtype of its inputs (fp32 in the engine, fp64 in tests).
+// Every function works in the dtype of its inputs (fp32 in the engine, fp64 in tests),
+// except that matmuls run in the thread's matmul dtype when one is set (model/compute.h).
 #pragma once
 #include <torch/types.h>
 
@@ -9,6 +10,10 @@ namespace ttt {
 
 // x / sqrt(mean(x^2) + eps) * gain over the last axis.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps);
+
+// x @ w, in the matmul dtype if one is set (both operands cast to it), returned in x's
+// dtype. fp64 inputs ignore the setting: they are the reference.
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w);
 
 // (silu(x @ w1) * (x @ w3)) @ w2.
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp);
@@ -23,9 +28,22 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
                              int64_t window);
 
 // Softmax attention of q [Tq, H, d] over k, v [Tk, H, d] under `mask` [Tq, Tk], scaled by
-// 1/sqrt(d); scores and softmax in at least fp32. Returns the heads merged: [Tq, H * d].
+// 1/sqrt(d); scores and softmax in at least fp32. Returns the heads merged: [Tq, H * d],
+// in q's dtype. The composable reference: differentiable any number of times.
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask);
+
+// Attention of a span of Tq queries at consecutive positions over Tk = S + Tq keys: the S
+// cached tokens just before the span, then the span itself, with the visibility rule of
+// attention_mask for `window`. On CUDA with libtorch 2.x, unless a
+// ComposableAttentionGuard is held, it runs the fused scaled_dot_product_attention
+// (flash for a causal square or a single query, memory-efficient with the band mask
+// otherwise); elsewhere `attend`. The mask is only built where a kernel needs it.
+// Whether attend_span would run a fused kernel for tensors on `like`'s device.
+bool fused_attention_available(const torch::Tensor& like);
+
+torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window);
 
 // Per-token negative log-likelihood of `targets` [T] under `logits` [T, V], in at least fp32.
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets);

@@ -105,11 +105,12 @@ FastWeights initial_fast_weights(const ModelConfig& config, const Params& params
   return weights;
 }
 
-Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype, bool requires_grad) {
+Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype, bool requires_grad,
+                      std::optional<torch::Device> device) {
   Params converted = params;
   visit_params(config, converted, [&](const std::string&, const std::vector<int64_t>&, ParamKind,
                                       torch::Tensor& slot) {
-    slot = slot.detach().to(dtype).clone().set_requires_grad(requires_grad);
+    slot = slot.detach().to(device.value_or(slot.device()), dtype).clone().set_requires_grad(requires_grad);
   });
   return converted;
 }

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,9 +71,10 @@ std::vector<torch::Tensor> flatten(const FastWeights& weights);
 // The fast weights cut from any graph (sharing storage), as fresh leaves if `requires_grad`.
 FastWeights detach_fast_weights(const FastWeights& weights, bool requires_grad);
 
-// Every parameter converted to `dtype`, optionally as fresh leaves that require grad.
+// Every parameter converted to `dtype` (and moved to `device` if given), optionally as
+// fresh leaves that require grad.
 Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype,
-                      bool requires_grad = false);
+                      bool requires_grad = false, std::optional<torch::Device> device = std::nullopt);
 
 // Every parameter detached from any graph, sharing storage with `params`.
 Params detach_params(const ModelConfig& config, const Params& params);

@@ -1,38 +1,88 @@
 #include "model/transformer.h"
 
+#include <algorithm>
+
+#include <torch/torch.h>
+
 #include "common/error.h"
+#include "model/compute.h"
 #include "model/layers.h"
 
 namespace ttt {
 namespace {
 
+// Appends a span to an fa cache in its growing buffers (see LayerCache): amortised O(span)
+// instead of a copy of the whole cache per step.
+void append_in_place(LayerCache& cache, GrowingStore& store, const torch::Tensor& k, const torch::Tensor& v,
+                     const torch::Tensor& positions) {
+  const int64_t used = cache.keys.defined() ? cache.keys.size(0) : 0, T = k.size(0);
+  // In place only where the cache shows this store's rows, all of them, and there is room.
+  const bool writable = store.rows && *store.rows == used && used + T <= store.keys.size(0) &&
+                        (used == 0 || cache.keys.data_ptr() == store.keys.data_ptr());
+  if (!writable) {
+    // Room for as many rows again as the cache had: amortised O(1) per token when decoding,
+    // no slack for a prompt read in one span.
+    const int64_t capacity = std::max<int64_t>(2 * used + T, 256);
+    auto grown = [&](const torch::Tensor& like, const torch::Tensor& rows) {
+      std::vector<int64_t> shape = like.sizes().vec();
+      shape[0] = capacity;
+      torch::Tensor buffer = torch::empty(shape, like.options());
+      if (used > 0) buffer.narrow(0, 0, used).copy_(rows);
+      return buffer;
+    };
+    store = {grown(k, cache.keys), grown(v, cache.values), grown(positions, cache.positions),
+             std::make_shared<int64_t>(used)};
+  }
+  store.keys.narrow(0, used, T).copy_(k);
+  store.values.narrow(0, used, T).copy_(v);
+  store.positions.narrow(0, used, T).copy_(positions);
+  *store.rows = used + T;
+  cache.keys = store.keys.narrow(0, 0, used + T);
+  cache.values = store.values.narrow(0, 0, used + T);
+  cache.positions = store.positions.narrow(0, 0, used + T);
+}
+
 // Attention_i of SPEC section 3 for the span, extending the block's cache.
 torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const torch::Tensor& a,
-                        const torch::Tensor& positions, LayerCache& cache) {
+                        const torch::Tensor& positions, bool keep_entries, LayerCache& cache, GrowingStore& store) {
   const int64_t T = a.size(0), H = c.n_heads, d = c.head_dim();
-  torch::Tensor q = torch::matmul(a, p.wq).reshape({T, H, d});
-  torch::Tensor k = torch::matmul(a, p.wk).reshape({T, H, d});
-  const torch::Tensor v = torch::matmul(a, p.wv).reshape({T, H, d});
+  torch::Tensor q = project(a, p.wq).reshape({T, H, d});
+  torch::Tensor k = project(a, p.wk).reshape({T, H, d});
+  torch::Tensor v = project(a, p.wv).reshape({T, H, d});
   if (c.qk_norm) {
     q = rms_norm(q, p.q_norm, c.rms_eps);
     k = rms_norm(k, p.k_norm, c.rms_eps);
   }
   q = rope(q, positions, c.rope_theta);
   k = rope(k, positions, c.rope_theta);
+  // Keys and values are kept in the matmul dtype: half the memory of fp32 (fa at 128K).
+  if (const std::optional<torch::Dtype> dtype = matmul_dtype(); dtype && k.scalar_type() != torch::kFloat64) {
+    k = k.to(*dtype);
+    v = v.to(*dtype);
+  }
 
-  LayerCache all = cache.keys.defined()
-                       ? LayerCache{torch::cat({cache.keys, k}), torch::cat({cache.values, v}),
-                                    torch::cat({cache.positions, positions})}
-                       : LayerCache{k, v, positions};
   const int64_t window = c.attention_window();
-  const torch::Tensor out = attend(q, all.keys, all.values, attention_mask(positions, all.positions, window));
+  if (!keep_entries) {
+    require(!cache.keys.defined(), "internal: a cache that keeps nothing already holds entries");
+    return project(attend_span(q, k, v, positions, positions, window), p.wo);
+  }
+  if (window == 0 && !torch::GradMode::is_enabled()) {
+    append_in_place(cache, store, k, v, positions);
+    return project(attend_span(q, cache.keys, cache.values, positions, cache.positions, 0), p.wo);
+  }
+  // With autograd (meta-learning through the cache) or a window: new tensors each step.
+  const bool empty = !cache.keys.defined();
+  const torch::Tensor keys = empty ? k : torch::cat({cache.keys, k});
+  const torch::Tensor values = empty ? v : torch::cat({cache.values, v});
+  const torch::Tensor all_positions = empty ? positions : torch::cat({cache.positions, positions});
+  const torch::Tensor out = attend_span(q, keys, values, positions, all_positions, window);
 
   // A later query at position t needs keys down to t - (window - 1): keep window-1 tokens.
-  const int64_t keep = all.positions.size(0);
+  const int64_t keep = all_positions.size(0);
   const int64_t kept = window > 0 ? std::min(keep, window - 1) : keep;
-  cache = {all.keys.narrow(0, keep - kept, kept), all.values.narrow(0, keep - kept, kept),
-           all.positions.narrow(0, keep - kept, kept)};
-  return torch::matmul(out, p.wo);
+  cache = {keys.narrow(0, keep - kept, kept), values.narrow(0, keep - kept, kept),
+           all_positions.narrow(0, keep - kept, kept)};
+  return project(out, p.wo);
 }
 
 }  // namespace
@@ -46,7 +96,8 @@ void KvCache::detach() {
 }
 
 torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
-  return params.embed.index_select(0, tokens);
+  // The residual stream is in the gains' dtype, also where the embedding is stored for matmuls.
+  return params.embed.index_select(0, tokens).to(params.final_norm.scalar_type());
 }
 
 torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
@@ -55,7 +106,8 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
   for (int64_t i = first; i < last; ++i) {
     const BlockParams& b = params.blocks[i];
     const torch::Tensor a = rms_norm(h, b.attn_norm, eps);
-    h = h + rms_norm(attention(c, b.attn, a, positions, cache.layers[i]), b.attn_post_norm, eps);
+    h = h + rms_norm(attention(c, b.attn, a, positions, cache.keep_entries, cache.layers[i], cache.stores[i]),
+                     b.attn_post_norm, eps);
     if (c.has_prime(i)) {
       require(prime != nullptr, "internal: suffix block run without fast weights");
       const MlpParams& w = prime->at(i - c.first_suffix_block());
@@ -68,7 +120,7 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
 
 torch::Tensor lm_logits(const ModelConfig& c, const Params& params, const torch::Tensor& h) {
   const torch::Tensor normed = rms_norm(h, params.final_norm, c.rms_eps);
-  return c.tie_embeddings ? torch::matmul(normed, params.embed.t()) : torch::matmul(normed, params.lm_head);
+  return project(normed, c.tie_embeddings ? params.embed.t() : params.lm_head);
 }
 
 torch::Tensor forward_span(const ModelConfig& c, const Params& params, const torch::Tensor& tokens,

@@ -1,6 +1,7 @@
 // The decoder of SPEC section 3 run over a span of tokens with a per-block KV cache, so a
 // sequence can be processed whole or chunk by chunk with the same numbers.
 #pragma once
+#include <memory>
 #include <vector>
 
 #include <torch/types.h>
@@ -18,9 +19,22 @@ struct LayerCache {
   torch::Tensor positions;  // [S] int64
 };
 
+// fa without autograd (evaluation, generation): a block's keys, values and positions are
+// the first S rows of buffers with room to grow, so a step appends in place instead of
+// copying the whole cache. `rows` counts the rows written; a copy of the cache that is
+// behind it (another branch of the same history) gets buffers of its own before it writes.
+struct GrowingStore {
+  torch::Tensor keys, values, positions;
+  std::shared_ptr<int64_t> rows;
+};
+
 struct KvCache {
   std::vector<LayerCache> layers;  // one per block; empty tensors before the first token
-  explicit KvCache(int64_t n_layers) : layers(n_layers) {}
+  std::vector<GrowingStore> stores;  // one per block, used by fa without autograd
+  // false: nothing is kept, for one pass over a whole sequence that needs no cache after it
+  // (fa evaluation; the 3B model's keys at 128K would take half the GPU).
+  bool keep_entries = true;
+  explicit KvCache(int64_t n_layers) : layers(n_layers), stores(n_layers) {}
   // Cuts every entry's autograd history (keeps the values).
   void detach();
 };

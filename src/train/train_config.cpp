@@ -42,7 +42,8 @@ const std::vector<TrainConfig::Field>& TrainConfig::fields() {
       {"ilr_warmup_frac", &T::ilr_warmup_frac, "ttt-e2e: fraction of the steps over which the inner LR warms up", true},
       {"first_order", &T::first_order, "ttt-e2e: drop the second-order terms (for comparison only)", true},
       {"remat", &T::remat, "recompute each chunk in the backward pass (memory flat in the sequence length)", true},
-      {"dtype", &T::dtype, "training precision: f32 or f64", true},
+      {"dtype", &T::dtype, "training precision: f32, f64, or bf16 (matmuls in bf16 on fp32 parameters)", true},
+      {"device", &T::device, "where to train: cpu, cuda or cuda:N", false},
       {"log_every", &T::log_every, "steps between progress lines when not on a terminal", false},
       {"eval_every", &T::eval_every, "steps between validation losses (0: only at the end)", false},
       {"val_sequences", &T::val_sequences, "validation sequences of seq_len + 1 tokens, evenly spaced", false},
@@ -141,7 +142,8 @@ void TrainConfig::validate() const {
   require(eval_every >= 0, key_error("eval_every", "must be >= 0"));
   require(checkpoint_every >= 0, key_error("checkpoint_every", "must be >= 0"));
   require(val_sequences >= 0, key_error("val_sequences", "must be >= 0"));
-  require(dtype == "f32" || dtype == "f64", key_error("dtype", "must be \"f32\" or \"f64\", got \"" + dtype + "\""));
+  require(dtype == "f32" || dtype == "f64" || dtype == "bf16",
+          key_error("dtype", "must be \"f32\", \"f64\" or \"bf16\", got \"" + dtype + "\""));
   require(!(model && !init.empty()), "train config: give either 'model' (a fresh model) or 'init' (a checkpoint), not both");
 }
 

@@ -38,6 +38,7 @@ struct TrainConfig {
   bool first_order = false;
   bool remat = true;
   std::string dtype = "f32";
+  std::string device = "cpu";
 
   int64_t log_every = 10;
   int64_t eval_every = 100;

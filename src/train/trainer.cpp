@@ -15,6 +15,7 @@
 #include "io/atomic_file.h"
 #include "io/paths.h"
 #include "io/safetensors.h"
+#include "model/compute.h"
 #include "ttt/inner_loop.h"
 #include "ttt/sequence_gradient.h"
 
@@ -53,9 +54,19 @@ std::string read_text(const std::string& path) {
   return text.str();
 }
 
-// The parameters as fresh leaves of the training dtype.
-Params trainable(const Model& model, torch::Dtype dtype) {
-  return convert_params(model.config, model.params, dtype, /*requires_grad=*/true);
+// The parameters' dtype for a training precision: bf16 trains fp32 parameters.
+torch::Dtype param_dtype(const TrainConfig& config) {
+  return config.dtype == "f64" ? torch::kFloat64 : torch::kFloat32;
+}
+
+std::optional<torch::Dtype> matmul_dtype(const TrainConfig& config) {
+  return config.dtype == "bf16" ? std::optional<torch::Dtype>(torch::kBFloat16) : std::nullopt;
+}
+
+// The parameters as fresh leaves of the training dtype, on the training device.
+Params trainable(const Model& model, const TrainConfig& config) {
+  return convert_params(model.config, model.params, param_dtype(config), /*requires_grad=*/true,
+                        parse_device(config.device));
 }
 
 }  // namespace
@@ -76,7 +87,8 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   require(!config.train_tokens.empty(), "train config: 'train_tokens' (the training token file) is required");
   require(!exists(checkpoint_path(out_dir)),
           out_dir + " already holds a training run: resume it (--resume) or choose another directory");
-  const torch::Dtype dtype = parse_dtype(config.dtype);
+  const torch::Dtype dtype = param_dtype(config);
+  parse_device(config.device);  // an unusable device fails before anything is written
   Model model;
   if (config.model) {
     model.config = *config.model;
@@ -84,7 +96,7 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   } else {
     model = load_model(config.init, dtype);
   }
-  model.params = trainable(model, dtype);
+  model.params = trainable(model, config);
   std::unique_ptr<Trainer> trainer(new Trainer(config, std::move(model), out_dir));
   io::make_directories(out_dir);
   io::write_text_file(out_dir + "/config.json", config.to_json().dump(2) + "\n");
@@ -127,7 +139,7 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
       model_tensors.emplace(name, tensor);
     }
   }
-  const torch::Dtype dtype = parse_dtype(saved.dtype);
+  const torch::Dtype dtype = param_dtype(saved);
   Model model;
   try {
     model.config = ModelConfig::from_json_text(meta("config"));
@@ -135,7 +147,7 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
-  model.params = trainable(model, dtype);
+  model.params = trainable(model, requested);
   std::unique_ptr<Trainer> trainer(new Trainer(requested, std::move(model), out_dir));
   trainer->step_ = std::stoll(meta("step"));
   trainer->elapsed_before_ = std::stod(meta("elapsed_s"));
@@ -172,7 +184,7 @@ std::vector<torch::Tensor> Trainer::batch(int64_t step) const {
   for (int64_t j = 0; j < config_.batch_size; ++j) {
     const int64_t offset =
         sequence_offset(static_cast<uint64_t>(config_.seed), step, j, train_data_->size() - length);
-    sequences.push_back(train_data_->slice(offset, length));
+    sequences.push_back(train_data_->slice(offset, length).to(model_.params.embed.device()));
   }
   return sequences;
 }
@@ -182,6 +194,7 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
   for (const auto& [name, p] : params) p.mutable_grad() = torch::Tensor();
   const double scale = 1.0 / static_cast<double>(config_.batch_size);
   const double ilr_mult = inner_lr_multiplier(config_, step);
+  const MatmulDtypeGuard precision(matmul_dtype(config_));
   double total = 0;
   for (const torch::Tensor& tokens : batch(step)) {
     if (stop_requested && stop_requested()) return std::nullopt;
@@ -206,12 +219,14 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
 double Trainer::validation_loss() const {
   require(val_data_ != nullptr, "internal: no validation data");
   const Params frozen = detach_params(model_.config, model_.params);
+  const MatmulDtypeGuard precision(matmul_dtype(config_));
   const int64_t length = config_.seq_len + 1, count = config_.val_sequences;
   const int64_t span = val_data_->size() - length;
   double total = 0;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t offset = count > 1 ? span * i / (count - 1) : 0;
-    total += run_sequence(model_.config, frozen, val_data_->slice(offset, length)).loss.item<double>();
+    const torch::Tensor tokens = val_data_->slice(offset, length).to(frozen.embed.device());
+    total += run_sequence(model_.config, frozen, tokens).loss.item<double>();
   }
   return total / static_cast<double>(count);
 }

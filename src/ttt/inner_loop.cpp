@@ -2,7 +2,10 @@
 
 #include <torch/autograd.h>
 
+#include <optional>
+
 #include "common/error.h"
+#include "model/compute.h"
 #include "model/layers.h"
 #include "model/transformer.h"
 
@@ -37,6 +40,9 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
 ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& inputs,
                     const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
                     bool update, double ilr_mult, OuterGradient outer) {
+  // The exact meta-gradient differentiates twice through attention: no fused kernel.
+  std::optional<ComposableAttentionGuard> composable;
+  if (outer == OuterGradient::kExact && config.is_ttt()) composable.emplace();
   // Without an outer graph the inner gradient needs leaves of its own.
   const FastWeights chunk_weights =
       update && outer == OuterGradient::kNone ? detach_fast_weights(weights, /*requires_grad=*/true) : weights;
@@ -75,10 +81,30 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   const std::vector<double> loss_weights = chunk_loss_weights(config, targets);
   const int64_t n_chunks = static_cast<int64_t>(loss_weights.size());
 
-  KvCache cache(config.n_layers);
-  FastWeights weights = initial_fast_weights(config, params);
   std::vector<torch::Tensor> weighted_losses, chunk_nlls;
   SequenceResult result;
+  KvCache cache(config.n_layers);
+  if (config.variant == Variant::kFullAttention && fused_attention_available(params.final_norm)) {
+    // Full attention on a fused kernel: every block over the whole sequence at once (flash
+    // attention's causal square), then the head chunk by chunk, so that the [n, V] logits
+    // never exist at once. Same chunk losses and weights as the chunked path below.
+    cache.keep_entries = false;
+    const torch::Tensor positions = torch::arange(0, n, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
+    const torch::Tensor h = run_blocks(config, params, embed_tokens(params, inputs), positions, cache, 0, config.n_layers);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t start = c * config.mini_batch, length = std::min(config.mini_batch, n - start);
+      const torch::Tensor chunk_targets = targets.narrow(0, start, length);
+      const torch::Tensor nll = token_nll(lm_logits(config, params, h.narrow(0, start, length)), chunk_targets);
+      const torch::Tensor loss = masked_mean_loss(nll, chunk_targets, config.bos_id) * loss_weights[c];
+      weighted_losses.push_back(differentiable ? loss : loss.detach());
+      chunk_nlls.push_back(nll.detach());
+      if (options.on_chunk) options.on_chunk(c + 1, n_chunks);
+    }
+    result.loss = torch::stack(weighted_losses).sum();
+    result.nll = torch::cat(chunk_nlls);
+    return result;
+  }
+  FastWeights weights = initial_fast_weights(config, params);
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t start = c * config.mini_batch;
     const int64_t length = std::min(config.mini_batch, n - start);

@@ -44,7 +44,7 @@ TEST(TrainConfig, BadKeysAndValuesNameTheKey) {
   expect_error([] { TrainConfig::from_json({{"lr", 1e-3}, {"lr_min", 1e-2}}); }, {"'lr_min'", "lr"});
   expect_error([] { TrainConfig::from_json({{"warmup_frac", 1.5}}); }, {"'warmup_frac'", "[0, 1]"});
   expect_error([] { TrainConfig::from_json({{"beta2", 1.0}}); }, {"'beta2'"});
-  expect_error([] { TrainConfig::from_json({{"dtype", "bf16"}}); }, {"'dtype'", "f32"});
+  expect_error([] { TrainConfig::from_json({{"dtype", "f16"}}); }, {"'dtype'", "f32"});
   expect_error([] { TrainConfig::from_json({{"model", {{"variant", "rnn"}}}}); }, {"'model'", "variant"});
   expect_error([] { TrainConfig::from_json({{"model", test::tiny_config(Variant::kFullAttention).to_json()},
                                             {"init", "m.safetensors"}}); },

@@ -1,0 +1,272 @@
+// `ttt bench`: speed of the paper's model shapes with random weights, per variant: prefill,
+// evaluation (loss over every token, what the authors' code times), decode and one training
+// step. Timings end on a value read back from the device, so they include all queued work.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include "cli_support.h"
+#include "commands.h"
+#include "infer/session.h"
+#include "io/atomic_file.h"
+#include "ttt/inner_loop.h"
+#include "ttt/sequence_gradient.h"
+
+namespace ttt::cli {
+namespace {
+
+using nlohmann::json;
+
+// The paper's shapes (SPEC section 2; 760M is the GPT-3 shape with d_ff scaled like the
+// others: ttt-e2e trades width of every MLP for its prime MLPs at equal parameters).
+struct Shape {
+  std::string name;
+  int64_t d_model, n_layers, n_heads, d_ff_ttt, d_ff_baseline;
+};
+const Shape kShapes[] = {
+    {"125m", 768, 12, 12, 1664, 2048},
+    {"760m", 1536, 24, 16, 3328, 4096},
+    {"3b", 2560, 32, 32, 5632, 6912},
+};
+
+ModelConfig bench_config(const Shape& shape, Variant variant) {
+  ModelConfig c;
+  c.variant = variant;
+  c.vocab_size = 128256;
+  c.d_model = shape.d_model;
+  c.n_layers = shape.n_layers;
+  c.n_heads = shape.n_heads;
+  c.d_ff = variant == Variant::kTttE2E ? shape.d_ff_ttt : shape.d_ff_baseline;
+  c.rms_eps = 1e-6;
+  c.rope_theta = 500000;
+  c.window = variant == Variant::kFullAttention ? 0 : 8192;
+  c.mini_batch = 1024;
+  c.suffix_len = variant == Variant::kTttE2E ? shape.n_layers / 4 : 0;
+  c.bos_id = 128000;
+  c.eos_id = 128001;
+  c.inner_lr = 1.0;
+  c.inner_clip = 1.0;
+  c.validate();
+  return c;
+}
+
+Variant variant_named(const std::string& name) {
+  for (Variant v : {Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention}) {
+    if (name == variant_name(v)) return v;
+  }
+  throw Error("unknown variant '" + name + "' (expected ttt-e2e, swa or fa)");
+}
+
+// Random weights drawn on the device (N(0, 0.02^2) matrices, unit gains) in fp32.
+Params random_weights(const ModelConfig& config, const torch::Device& device) {
+  Params params;
+  visit_params(config, params, [&](const std::string&, const std::vector<int64_t>& shape, ParamKind kind,
+                                   torch::Tensor& slot) {
+    const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    slot = kind == ParamKind::kGain ? torch::ones(shape, options) : torch::randn(shape, options) * 0.02;
+  });
+  return params;
+}
+
+struct BenchOptions {
+  ComputeFlags compute;
+  std::string sizes = "125m", variants = "ttt-e2e,swa,fa", modes = "eval,prefill,decode", contexts = "8192,32768,131072";
+  std::string json_path;
+  int64_t decode_tokens = 64, train_context = 8192;
+  double repeat_below_s = 5.0;
+  int64_t repeats = 3;
+};
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) items.push_back(item);
+  }
+  return items;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+// Runs `once` untimed (warm-up: kernels chosen and loaded, memory pools grown for these
+// shapes), then timed, repeated while quick; returns the median seconds.
+double timed(const BenchOptions& options, const std::function<void()>& once) {
+  once();
+  std::vector<double> seconds;
+  do {
+    const auto start = std::chrono::steady_clock::now();
+    once();
+    seconds.push_back(seconds_since(start));
+  } while (seconds.back() < options.repeat_below_s && static_cast<int64_t>(seconds.size()) < options.repeats);
+  return median(seconds);
+}
+
+torch::Tensor random_ids(int64_t n, const ModelConfig& config, const torch::Device& device) {
+  torch::Tensor ids = torch::randint(0, 128000, {n}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  ids[0] = config.bos_id;
+  return ids;
+}
+
+// One measurement: fills `row` with its numbers.
+void measure(const BenchOptions& options, const ModelConfig& config, const Params& inference, const Params& trainable,
+             const std::string& mode, int64_t context, const torch::Device& device, json& row) {
+  if (mode == "eval") {
+    const torch::Tensor tokens = random_ids(context + 1, config, device);
+    const double s = timed(options, [&] { evaluate(config, inference, tokens); });
+    row["seconds"] = s;
+    row["tokens_per_s"] = static_cast<double>(context) / s;
+  } else if (mode == "prefill") {
+    const torch::Tensor tokens = random_ids(context, config, device);
+    const double s = timed(options, [&] {
+      Session session(config, inference);
+      session.feed(tokens).sum().item<double>();
+    });
+    row["seconds"] = s;
+    row["tokens_per_s"] = static_cast<double>(context) / s;
+  } else if (mode == "decode") {
+    // The context is read so that the decoded tokens cross a mini-batch boundary: one of
+    // them completes a chunk and (ttt-e2e) takes its inner step.
+    const int64_t k = options.decode_tokens, before = std::max<int64_t>(1, context - k / 2);
+    Session session(config, inference);
+    session.feed(random_ids(before, config, device));
+    std::vector<double> latencies;
+    int64_t token = session.last_logits().argmax().item<int64_t>();
+    for (int64_t i = 0; i < k; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      token = session.feed(std::vector<int64_t>{token}).argmax().item<int64_t>();
+      latencies.push_back(seconds_since(start));
+    }
+    const double typical = median(latencies), worst = *std::max_element(latencies.begin(), latencies.end());
+    const double amortised = config.is_ttt() ? typical + (worst - typical) / static_cast<double>(config.mini_batch) : typical;
+    row["ms_per_token"] = typical * 1e3;
+    row["worst_ms"] = worst * 1e3;
+    row["amortised_ms"] = amortised * 1e3;
+    row["tokens_per_s"] = 1.0 / amortised;
+    row["seconds"] = typical;
+  } else if (mode == "train") {
+    // One outer step's gradient: ttt-e2e's exact meta-gradient (per-chunk recomputation),
+    // a baseline's plain backward pass. The optimiser update is not included.
+    const torch::Tensor tokens = random_ids(context + 1, config, device);
+    const double s = timed(options, [&] {
+      for (const auto& [name, p] : named_params(config, trainable)) p.mutable_grad() = torch::Tensor();
+      if (config.is_ttt()) {
+        accumulate_sequence_gradient(config, trainable, tokens);
+      } else {
+        run_sequence(config, trainable, tokens, {1.0, OuterGradient::kExact, {}}).loss.backward();
+      }
+      trainable.embed.grad().sum().item<double>();
+    });
+    row["seconds"] = s;
+    row["tokens_per_s"] = static_cast<double>(context) / s;
+  } else {
+    throw Error("unknown mode '" + mode + "' (expected eval, prefill, decode or train)");
+  }
+}
+
+void print_row(const json& row) {
+  std::printf("%-5s %-8s %-8s %8lld  ", row["size"].get<std::string>().c_str(), row["variant"].get<std::string>().c_str(),
+              row["mode"].get<std::string>().c_str(), static_cast<long long>(row["context"].get<int64_t>()));
+  if (row.contains("error")) {
+    std::printf("%s\n", row["error"].get<std::string>().c_str());
+  } else if (row["mode"] == "decode") {
+    std::printf("%9.3f ms/token  worst %8.2f ms  amortised %8.3f ms\n", row["ms_per_token"].get<double>(),
+                row["worst_ms"].get<double>(), row["amortised_ms"].get<double>());
+  } else {
+    std::printf("%9.3f s  %11.0f tokens/s\n", row["seconds"].get<double>(), row["tokens_per_s"].get<double>());
+  }
+  std::fflush(stdout);
+}
+
+void run_bench(const BenchOptions& options) {
+  const ComputeOptions compute = options.compute.compute();
+  require(options.compute.param_dtype() == torch::kFloat32, "ttt bench: --dtype f64 is not a benchmark precision");
+  const MatmulDtypeGuard precision(compute.matmul_dtype);
+  std::vector<int64_t> contexts;
+  for (const std::string& item : split(options.contexts)) contexts.push_back(std::stoll(item));
+  json rows = json::array();
+  std::printf("%-5s %-8s %-8s %8s  result\n", "size", "variant", "mode", "context");
+  for (const std::string& size : split(options.sizes)) {
+    const Shape* shape = nullptr;
+    for (const Shape& s : kShapes) {
+      if (s.name == size) shape = &s;
+    }
+    require(shape != nullptr, "unknown size '" + size + "' (expected 125m, 760m or 3b)");
+    for (const std::string& variant : split(options.variants)) {
+      const ModelConfig config = bench_config(*shape, variant_named(variant));
+      // The fp32 weights stay only where a train mode needs them (3B: 12 GB).
+      const std::vector<std::string> modes = split(options.modes);
+      Params trainable = random_weights(config, compute.device);
+      const Params inference = params_for_inference(config, trainable, compute);
+      if (std::find(modes.begin(), modes.end(), "train") == modes.end()) {
+        trainable = Params();
+      } else {
+        trainable = convert_params(config, trainable, torch::kFloat32, /*requires_grad=*/true);
+      }
+      for (const std::string& mode : modes) {
+        for (const int64_t context : mode == "train" ? std::vector<int64_t>{options.train_context} : contexts) {
+          json row = {{"size", size}, {"variant", variant}, {"mode", mode}, {"context", context},
+                      {"params", count_params(config, inference)}};
+          try {
+            measure(options, config, inference, trainable, mode, context, compute.device, row);
+          } catch (const std::exception& e) {
+            std::string what = describe(e);
+            what = what.substr(0, what.find('\n'));
+            row["error"] = what.find("out of memory") != std::string::npos ? "out of memory" : what;
+          }
+          print_row(row);
+          rows.push_back(row);
+          if (!options.json_path.empty()) {
+            io::write_text_file(options.json_path, json{{"device", options.compute.device},
+                                                        {"dtype", options.compute.dtype},
+                                                        {"rows", rows}}.dump(1) + "\n");
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto options = std::make_shared<BenchOptions>();
+  options->compute.device = torch::cuda::is_available() ? "cuda" : "cpu";
+  CLI::App* command = app.add_subcommand(
+      "bench",
+      "Time the paper's model shapes (random weights, Llama-3 vocabulary 128256, window 8192, mini-batch\n"
+      "1024) per variant. Modes: eval (loss over every token), prefill (a prompt to its last logits and\n"
+      "final state, inner steps included), decode (latency per token after the context; ttt-e2e: the\n"
+      "worst token takes an inner step, amortised over a mini-batch), train (one outer step's gradient at\n"
+      "--train-context: the meta-gradient for ttt-e2e, plain backward for fa and swa). Each number is the\n"
+      "median of up to --repeats runs (one when a run takes over --repeat-below seconds) after a warm-up.");
+  options->compute.add_to(command);
+  command->add_option("--sizes", options->sizes, "model shapes: 125m, 760m, 3b (comma-separated)")->capture_default_str();
+  command->add_option("--variants", options->variants, "ttt-e2e, swa, fa (comma-separated)")->capture_default_str();
+  command->add_option("--modes", options->modes, "eval, prefill, decode, train (comma-separated)")->capture_default_str();
+  command->add_option("--contexts", options->contexts, "context lengths in tokens (comma-separated)")
+      ->capture_default_str();
+  command->add_option("--train-context", options->train_context, "sequence length of the train mode")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  command->add_option("--decode-tokens", options->decode_tokens, "tokens timed one by one in the decode mode")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  command->add_option("--repeats", options->repeats, "runs per measurement at most (the median is reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  command->add_option("--repeat-below", options->repeat_below_s, "repeat only runs shorter than this (seconds)")
+      ->capture_default_str();
+  command->add_option("--json", options->json_path, "write every row here as JSON (rewritten after each row)");
+  command->callback([options] { run_bench(*options); });
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,82 @@
+#include "model/compute.h"
+
+#include <torch/cuda.h>
+
+#include "common/error.h"
+
+namespace ttt {
+namespace {
+
+thread_local std::optional<torch::Dtype> g_matmul_dtype;
+thread_local bool g_fused_attention_allowed = true;
+
+}  // namespace
+
+torch::Device parse_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    int index = 0;
+    if (name.size() > 5) {
+      size_t used = 0;
+      try {
+        index = std::stoi(name.substr(5), &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      require(used == name.size() - 5 && index >= 0, "bad device '" + name + "' (expected cpu, cuda or cuda:N)");
+    }
+    require(torch::cuda::is_available(),
+            "device '" + name + "': no CUDA GPU is usable here (this build's libtorch has no CUDA, or no GPU is visible)");
+    require(index < static_cast<int>(torch::cuda::device_count()),
+            "device '" + name + "': only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw Error("unknown device '" + name + "' (expected cpu, cuda or cuda:N)");
+}
+
+std::optional<torch::Dtype> parse_matmul_dtype(const std::string& name, const torch::Device& device) {
+  if (name == "auto") return device.is_cuda() ? std::optional<torch::Dtype>(torch::kBFloat16) : std::nullopt;
+  if (name == "bf16") return torch::kBFloat16;
+  if (name == "fp32") return torch::kFloat32;
+  throw Error("unknown matmul dtype '" + name + "' (expected auto, bf16 or fp32)");
+}
+
+ComputeOptions parse_compute(const std::string& device, const std::string& matmul_dtype) {
+  ComputeOptions options;
+  options.device = parse_device(device);
+  options.matmul_dtype = parse_matmul_dtype(matmul_dtype, options.device);
+  return options;
+}
+
+std::optional<torch::Dtype> matmul_dtype() { return g_matmul_dtype; }
+
+MatmulDtypeGuard::MatmulDtypeGuard(std::optional<torch::Dtype> dtype) : previous_(g_matmul_dtype) {
+  g_matmul_dtype = dtype;
+}
+MatmulDtypeGuard::~MatmulDtypeGuard() { g_matmul_dtype = previous_; }
+
+bool fused_attention_allowed() { return g_fused_attention_allowed; }
+
+ComposableAttentionGuard::ComposableAttentionGuard() : previous_(g_fused_attention_allowed) {
+  g_fused_attention_allowed = false;
+}
+ComposableAttentionGuard::~ComposableAttentionGuard() { g_fused_attention_allowed = previous_; }
+
+std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {
+  const torch::Dtype matrices = params.embed.scalar_type();
+  return matrices == params.final_norm.scalar_type() ? std::nullopt : std::optional<torch::Dtype>(matrices);
+}
+
+Params params_for_inference(const ModelConfig& config, const Params& params, const ComputeOptions& options) {
+  Params out = detach_params(config, params);
+  visit_params(config, out, [&](const std::string& name, const std::vector<int64_t>&, ParamKind kind,
+                                torch::Tensor& tensor) {
+    const bool fast_weight = name.find(".prime.") != std::string::npos;
+    const bool cast = kind == ParamKind::kMatrix && !fast_weight && options.matmul_dtype &&
+                      tensor.scalar_type() != torch::kFloat64;
+    tensor = tensor.to(options.device, cast ? *options.matmul_dtype : tensor.scalar_type());
+  });
+  return out;
+}
+
+}  // namespace ttt

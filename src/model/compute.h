@@ -1,0 +1,69 @@
+// Where and in what precision the engine computes. SPEC section 6's GPU precision: matmuls
+// in bf16 on fp32 parameters; the fast weights, their gradients and updates, softmax and
+// losses in fp32. Everything else stays in the parameters' dtype.
+#pragma once
+#include <optional>
+#include <string>
+
+#include <torch/types.h>
+
+#include "config/model_config.h"
+#include "model/params.h"
+
+namespace ttt {
+
+struct ComputeOptions {
+  torch::Device device = torch::kCPU;
+  std::optional<torch::Dtype> matmul_dtype;  // unset: the parameters' own dtype
+};
+
+// "cpu", "cuda" or "cuda:N"; throws ttt::Error for anything else, or for CUDA on a build or
+// machine without it.
+torch::Device parse_device(const std::string& name);
+
+// "auto" (bf16 on CUDA, the parameters' dtype on the CPU), "bf16" or "fp32".
+std::optional<torch::Dtype> parse_matmul_dtype(const std::string& name, const torch::Device& device);
+
+// Both flags at once, as the commands take them.
+ComputeOptions parse_compute(const std::string& device, const std::string& matmul_dtype);
+
+// The matmul dtype in effect on this thread; unset unless a MatmulDtypeGuard says otherwise.
+std::optional<torch::Dtype> matmul_dtype();
+
+// Sets the matmul dtype for this thread while it lives (like torch's AutoGradMode).
+class MatmulDtypeGuard {
+ public:
+  explicit MatmulDtypeGuard(std::optional<torch::Dtype> dtype);
+  ~MatmulDtypeGuard();
+  MatmulDtypeGuard(const MatmulDtypeGuard&) = delete;
+  MatmulDtypeGuard& operator=(const MatmulDtypeGuard&) = delete;
+
+ private:
+  std::optional<torch::Dtype> previous_;
+};
+
+// Fused attention kernels (scaled_dot_product_attention) have no double backward: code
+// that differentiates twice through attention (the exact meta-gradient) holds this guard
+// and gets the composable implementation instead.
+bool fused_attention_allowed();
+class ComposableAttentionGuard {
+ public:
+  ComposableAttentionGuard();
+  ~ComposableAttentionGuard();
+  ComposableAttentionGuard(const ComposableAttentionGuard&) = delete;
+  ComposableAttentionGuard& operator=(const ComposableAttentionGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// The matmul dtype params_for_inference gave `params`: their matrices' dtype where it
+// differs from the gains' (which stay in the parameters' own dtype); unset otherwise.
+std::optional<torch::Dtype> inference_matmul_dtype(const Params& params);
+
+// The parameters on `options.device`, matrices other than the fast weights already in the
+// matmul dtype, so inference does not cast them at every step. Not for training: the
+// casts are not differentiable back to `params`.
+Params params_for_inference(const ModelConfig& config, const Params& params, const ComputeOptions& options);
+
+}  // namespace ttt

@@ -1,0 +1,222 @@
+// Devices and precision (model/compute.h): the flags, the matmul dtype, bf16 matmuls within
+// bf16 tolerance of the fp64 reference, and, where a CUDA GPU is visible, the GPU engine
+// (fused attention, evaluation, the meta-gradient, sessions) against the CPU fp64 reference.
+// The CUDA tests skip on machines without a GPU; scripts/gpu.sh runs them on one.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+
+#include "common/error.h"
+#include "eval/evaluate.h"
+#include "infer/session.h"
+#include "model/compute.h"
+#include "model/layers.h"
+#include "test_files.h"
+#include "test_util.h"
+
+namespace ttt {
+namespace {
+
+using test::random_params;
+using test::random_tokens;
+
+// Large enough for the GPU kernels' shapes (head dim 16), small enough for the CPU fp64
+// reference: 4 blocks, window 32 over chunks of 16.
+ModelConfig small_config(Variant variant) {
+  ModelConfig c = test::tiny_config(variant);
+  c.vocab_size = 97;
+  c.d_model = 64;
+  c.n_heads = 4;
+  c.d_ff = 96;
+  c.window = variant == Variant::kFullAttention ? 0 : 32;
+  c.mini_batch = 16;
+  c.validate();
+  return c;
+}
+
+double relative_error(const torch::Tensor& value, const torch::Tensor& reference) {
+  const torch::Tensor a = value.detach().to(torch::kCPU, torch::kFloat64);
+  const torch::Tensor b = reference.detach().to(torch::kCPU, torch::kFloat64);
+  return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
+}
+
+double max_abs_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
+// Evaluation in the given precision on the device, through params_for_inference.
+EvalResult evaluate_on(const ModelConfig& c, const Params& params64, const torch::Tensor& tokens,
+                       const ComputeOptions& compute) {
+  const MatmulDtypeGuard precision(compute.matmul_dtype);
+  const Params params = params_for_inference(c, convert_params(c, params64, torch::kFloat32), compute);
+  return evaluate(c, params, tokens.to(compute.device));
+}
+
+const Variant kVariants[] = {Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention};
+
+TEST(Compute, ParsesDevicesAndPrecisions) {
+  EXPECT_EQ(parse_device("cpu"), torch::Device(torch::kCPU));
+  test::expect_error([] { parse_device("tpu"); }, {"unknown device 'tpu'"});
+  test::expect_error([] { parse_device("cuda:x"); }, {"bad device 'cuda:x'"});
+  if (!torch::cuda::is_available()) test::expect_error([] { parse_device("cuda"); }, {"no CUDA GPU"});
+  EXPECT_FALSE(parse_matmul_dtype("auto", torch::kCPU).has_value());
+  EXPECT_EQ(parse_matmul_dtype("auto", torch::Device(torch::kCUDA, 0)), torch::kBFloat16);
+  EXPECT_EQ(parse_matmul_dtype("bf16", torch::kCPU), torch::kBFloat16);
+  EXPECT_EQ(parse_matmul_dtype("fp32", torch::kCPU), torch::kFloat32);
+  test::expect_error([] { parse_matmul_dtype("f16", torch::kCPU); }, {"unknown matmul dtype 'f16'"});
+}
+
+TEST(Compute, MatmulDtypeGuardsNestAndRestore) {
+  EXPECT_FALSE(matmul_dtype().has_value());
+  {
+    const MatmulDtypeGuard outer(torch::kBFloat16);
+    EXPECT_EQ(matmul_dtype(), torch::kBFloat16);
+    {
+      const MatmulDtypeGuard inner(std::nullopt);
+      EXPECT_FALSE(matmul_dtype().has_value());
+    }
+    EXPECT_EQ(matmul_dtype(), torch::kBFloat16);
+  }
+  EXPECT_FALSE(matmul_dtype().has_value());
+  EXPECT_TRUE(fused_attention_allowed());
+  {
+    const ComposableAttentionGuard composable;
+    EXPECT_FALSE(fused_attention_allowed());
+  }
+  EXPECT_TRUE(fused_attention_allowed());
+}
+
+TEST(Compute, InferenceParamsCastMatricesButNotFastWeightsOrGains) {
+  const ModelConfig c = small_config(Variant::kTttE2E);
+  const Params params = params_for_inference(c, random_params(c, 1, 0.1, torch::kFloat32),
+                                             ComputeOptions{torch::kCPU, torch::kBFloat16});
+  EXPECT_EQ(params.embed.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(params.blocks[0].attn.wq.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(params.blocks.back().mlp.w2.scalar_type(), torch::kBFloat16);
+  for (const torch::Tensor& w : flatten(initial_fast_weights(c, params))) EXPECT_EQ(w.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(params.final_norm.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(inference_matmul_dtype(params), torch::kBFloat16);
+}
+
+// The precision rules themselves, checked on the CPU: bf16 matmuls change the numbers (they
+// did happen) by no more than bf16 rounding does.
+TEST(Compute, Bf16MatmulsStayWithinBf16OfTheReference) {
+  for (Variant variant : kVariants) {
+    SCOPED_TRACE(variant_name(variant));
+    const ModelConfig c = small_config(variant);
+    const Params params = random_params(c, 2, 0.1);
+    const torch::Tensor tokens = random_tokens(70, c.vocab_size, 3, {0, 40});
+    const EvalResult reference = evaluate(c, params, tokens);
+    const EvalResult fp32 = evaluate_on(c, params, tokens, {torch::kCPU, std::nullopt});
+    const EvalResult bf16 = evaluate_on(c, params, tokens, {torch::kCPU, torch::kBFloat16});
+    EXPECT_NEAR(fp32.loss, reference.loss, 1e-5 * reference.loss);
+    EXPECT_NEAR(bf16.loss, reference.loss, 2e-2 * reference.loss);
+    EXPECT_GT(std::abs(bf16.loss - fp32.loss), 1e-7);
+    EXPECT_LT(max_abs_difference(bf16.nll, reference.nll), 0.1);
+    EXPECT_EQ(bf16.inner_steps, reference.inner_steps);
+  }
+}
+
+class OnCuda : public ::testing::TestWithParam<Variant> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  }
+  const torch::Device cuda_{torch::kCUDA, 0};
+};
+
+TEST_P(OnCuda, EvaluationMatchesTheCpuReference) {
+  const ModelConfig c = small_config(GetParam());
+  const Params params = random_params(c, 4, 0.1);
+  const torch::Tensor tokens = random_tokens(150, c.vocab_size, 5, {0, 77});
+  const EvalResult reference = evaluate(c, params, tokens);
+  const EvalResult fp32 = evaluate_on(c, params, tokens, {cuda_, std::nullopt});
+  const EvalResult bf16 = evaluate_on(c, params, tokens, {cuda_, torch::kBFloat16});
+  EXPECT_NEAR(fp32.loss, reference.loss, 1e-4 * reference.loss);
+  EXPECT_LT(max_abs_difference(fp32.nll, reference.nll), 1e-3);
+  EXPECT_NEAR(bf16.loss, reference.loss, 2e-2 * reference.loss);
+  EXPECT_LT(max_abs_difference(bf16.nll, reference.nll), 0.1);
+  EXPECT_EQ(bf16.inner_steps, reference.inner_steps);
+}
+
+TEST_P(OnCuda, GradientMatchesTheCpuReference) {
+  const ModelConfig c = small_config(GetParam());
+  const Params params = random_params(c, 6, 0.1);
+  const torch::Tensor tokens = random_tokens(60, c.vocab_size, 7, {0, 33});
+  const GradResult reference = gradient(c, params, tokens);
+  const Params on_cuda = convert_params(c, params, torch::kFloat32, false, cuda_);
+  for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+    SCOPED_TRACE(dtype ? "bf16" : "fp32");
+    const MatmulDtypeGuard precision(dtype);
+    const GradResult result = gradient(c, on_cuda, tokens.to(cuda_));
+    const double tolerance = dtype ? 3e-2 : 1e-4;
+    EXPECT_NEAR(result.loss, reference.loss, tolerance * reference.loss);
+    std::vector<torch::Tensor> ours, theirs;
+    for (const auto& [name, g] : reference.grads) {
+      ASSERT_TRUE(result.grads.count(name)) << name;
+      EXPECT_EQ(result.grads.at(name).scalar_type(), torch::kFloat32) << name;
+      ours.push_back(result.grads.at(name).flatten());
+      theirs.push_back(g.flatten());
+    }
+    EXPECT_LT(relative_error(torch::cat(ours), torch::cat(theirs)), tolerance * 3);
+  }
+}
+
+TEST_P(OnCuda, SessionMatchesTheCpuSessionHoweverFed) {
+  const ModelConfig c = small_config(GetParam());
+  const Params params = random_params(c, 8, 0.1);
+  const torch::Tensor tokens = random_tokens(75, c.vocab_size, 9, {0});
+  Session reference(c, params);
+  reference.feed(tokens);
+  const MatmulDtypeGuard precision(torch::kBFloat16);
+  const Params on_cuda =
+      params_for_inference(c, convert_params(c, params, torch::kFloat32), {cuda_, torch::kBFloat16});
+  Session whole(c, on_cuda), pieces(c, on_cuda);
+  whole.feed(tokens);
+  for (int64_t i = 0; i < tokens.size(0); i += 7) pieces.feed(tokens.narrow(0, i, std::min<int64_t>(7, tokens.size(0) - i)));
+  EXPECT_EQ(whole.last_logits().device(), cuda_);
+  EXPECT_EQ(whole.inner_steps(), reference.inner_steps());
+  EXPECT_EQ(pieces.inner_steps(), reference.inner_steps());
+  EXPECT_LT(relative_error(whole.last_logits(), reference.last_logits()), 3e-2);
+  EXPECT_LT(relative_error(pieces.last_logits(), reference.last_logits()), 3e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, OnCuda, ::testing::ValuesIn(kVariants),
+                         [](const auto& info) { return std::string(info.param == Variant::kTttE2E ? "ttt_e2e"
+                                                                   : info.param == Variant::kSlidingWindow ? "swa"
+                                                                                                           : "fa"); });
+
+// Every shape the engine hands the fused kernels: a causal square, a single query, the
+// band of a window, a span after a cache; against the composable attention in fp64.
+TEST(OnCudaAttention, FusedKernelsMatchTheComposableReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  struct Shape {
+    int64_t cached, span, window;
+  };
+  for (const Shape s : {Shape{0, 64, 0}, Shape{0, 64, 16}, Shape{40, 1, 0}, Shape{15, 1, 16}, Shape{31, 16, 32},
+                        Shape{100, 24, 0}}) {
+    SCOPED_TRACE(std::to_string(s.cached) + " cached, span " + std::to_string(s.span) + ", window " +
+                 std::to_string(s.window));
+    torch::manual_seed(11);
+    const int64_t Tk = s.cached + s.span, H = 4, d = 16;
+    const torch::Tensor q = torch::randn({s.span, H, d}, torch::kFloat64);
+    const torch::Tensor k = torch::randn({Tk, H, d}, torch::kFloat64), v = torch::randn({Tk, H, d}, torch::kFloat64);
+    const torch::Tensor key_positions = torch::arange(0, Tk, torch::kInt64);
+    const torch::Tensor query_positions = key_positions.narrow(0, s.cached, s.span);
+    const torch::Tensor reference = attend(q, k, v, attention_mask(query_positions, key_positions, s.window));
+    const auto on = [&](const torch::Tensor& t) { return t.to(cuda, t.is_floating_point() ? torch::kFloat32 : t.scalar_type()); };
+    ASSERT_TRUE(fused_attention_available(on(q)));
+    for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+      const MatmulDtypeGuard precision(dtype);
+      const torch::Tensor fused = attend_span(on(q), on(k), on(v), on(query_positions), on(key_positions), s.window);
+      EXPECT_EQ(fused.scalar_type(), torch::kFloat32);
+      EXPECT_LT(relative_error(fused, reference), dtype ? 1e-2 : 1e-5) << (dtype ? "bf16" : "fp32");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ttt
