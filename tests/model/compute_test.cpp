@@ -183,6 +183,29 @@ TEST_P(OnCuda, SessionMatchesTheCpuSessionHoweverFed) {
   EXPECT_LT(relative_error(pieces.last_logits(), reference.last_logits()), 3e-2);
 }
 
+// A document read on the GPU can be queried on the CPU and back: the saved state moves
+// between devices and precisions, and the weights' fingerprint still matches.
+TEST_P(OnCuda, SessionsMoveBetweenDevices) {
+  const ModelConfig c = small_config(GetParam());
+  const Params params = convert_params(c, random_params(c, 10, 0.1), torch::kFloat32);
+  const torch::Tensor tokens = random_tokens(60, c.vocab_size, 11, {0});
+  const test::ScratchDir dir;
+  const Params on_cuda = params_for_inference(c, params, {cuda_, torch::kBFloat16});
+  Session gpu(c, on_cuda), cpu(c, params), reference(c, params);
+  gpu.feed(tokens.narrow(0, 0, 37));
+  gpu.save(dir.path("gpu.safetensors"));
+  cpu.restore(dir.path("gpu.safetensors"));
+  reference.feed(tokens.narrow(0, 0, 37));
+  EXPECT_EQ(cpu.position(), 37);
+  cpu.feed(tokens.narrow(0, 37, 23));
+  reference.feed(tokens.narrow(0, 37, 23));
+  EXPECT_EQ(cpu.inner_steps(), reference.inner_steps());
+  EXPECT_LT(relative_error(cpu.last_logits(), reference.last_logits()), 3e-2);
+  cpu.save(dir.path("cpu.safetensors"));
+  gpu.restore(dir.path("cpu.safetensors"));
+  EXPECT_LT(relative_error(gpu.feed(tokens.narrow(0, 50, 5)), cpu.feed(tokens.narrow(0, 50, 5))), 3e-2);
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, OnCuda, ::testing::ValuesIn(kVariants),
                          [](const auto& info) { return std::string(info.param == Variant::kTttE2E ? "ttt_e2e"
                                                                    : info.param == Variant::kSlidingWindow ? "swa"
