@@ -1,6 +1,7 @@
 // Training end to end on real text: the loss falls, an interrupted run resumes exactly, a
 // step's gradient is `ttt grad`'s, and bad input gets clear errors.
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <fstream>
 #include <sstream>
@@ -135,6 +136,31 @@ TEST(Trainer, InterruptedRunResumesExactly) {
   for (const auto& [name, p] : named_params(whole->model().config, whole->model().params)) {
     EXPECT_TRUE(torch::equal(p, named_params(second->model().config, second->model().params).at(name))) << name;
   }
+}
+
+// dtype bf16 on the GPU: the same run as fp32 on the CPU within bf16 rounding, and a
+// checkpoint that resumes onto the GPU. Skips without a CUDA GPU (scripts/gpu.sh runs it).
+TEST(Trainer, TrainsOnCudaInBf16) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const TrainConfig on_cpu = small_run(Variant::kTttE2E);
+  TrainConfig on_gpu = on_cpu;
+  on_gpu.device = "cuda";
+  on_gpu.dtype = "bf16";
+  test::ScratchDir dir;
+  ASSERT_EQ(Trainer::start(on_cpu, dir.path("cpu"))->run({}, {}), Trainer::Outcome::kFinished);
+  auto gpu = Trainer::start(on_gpu, dir.path("gpu"));
+  ASSERT_EQ(gpu->run({}, {}), Trainer::Outcome::kFinished);
+  EXPECT_TRUE(gpu->model().params.embed.is_cuda());
+  const auto a = read_metrics(dir.path("cpu")), b = read_metrics(dir.path("gpu"));
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  EXPECT_NEAR(b[0].at("loss").get<double>(), a[0].at("loss").get<double>(), 2e-2 * a[0].at("loss").get<double>());
+  const double val_a = a.back().at("val_loss").get<double>(), val_b = b.back().at("val_loss").get<double>();
+  EXPECT_NEAR(val_b, val_a, 5e-2 * val_a);
+  auto resumed = Trainer::resume(dir.path("gpu"), json::object());
+  EXPECT_EQ(resumed->steps_done(), 8);
+  EXPECT_TRUE(resumed->model().params.embed.is_cuda());
+  EXPECT_NEAR(resumed->validation_loss(), val_b, 1e-6 * val_b);
 }
 
 TEST(Trainer, BadInputGetsClearErrors) {
