@@ -55,13 +55,6 @@ ModelConfig bench_config(const Shape& shape, Variant variant) {
   return c;
 }
 
-Variant variant_named(const std::string& name) {
-  for (Variant v : {Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention}) {
-    if (name == variant_name(v)) return v;
-  }
-  throw Error("unknown variant '" + name + "' (expected ttt-e2e, swa or fa)");
-}
-
 // Random weights drawn on the device (N(0, 0.02^2) matrices, unit gains) in fp32.
 Params random_weights(const ModelConfig& config, const torch::Device& device) {
   Params params;
@@ -190,8 +183,7 @@ void run_bench(const BenchOptions& options) {
   const ComputeOptions compute = options.compute.compute();
   require(options.compute.param_dtype() == torch::kFloat32, "ttt bench: --dtype f64 is not a benchmark precision");
   const MatmulDtypeGuard precision(compute.matmul_dtype);
-  std::vector<int64_t> contexts;
-  for (const std::string& item : split(options.contexts)) contexts.push_back(std::stoll(item));
+  const std::vector<int64_t> contexts = parse_integers("--contexts", options.contexts, "lengths like 8192,32768");
   json rows = json::array();
   std::printf("%-5s %-8s %-8s %8s  result\n", "size", "variant", "mode", "context");
   for (const std::string& size : split(options.sizes)) {
@@ -201,7 +193,9 @@ void run_bench(const BenchOptions& options) {
     }
     require(shape != nullptr, "unknown size '" + size + "' (expected 125m, 760m or 3b)");
     for (const std::string& variant : split(options.variants)) {
-      const ModelConfig config = bench_config(*shape, variant_named(variant));
+      const std::optional<Variant> named = variant_named(variant);
+      require(named.has_value(), "unknown variant '" + variant + "' (expected ttt-e2e, swa or fa)");
+      const ModelConfig config = bench_config(*shape, *named);
       // The fp32 weights stay only where a train mode needs them (3B: 12 GB).
       const std::vector<std::string> modes = split(options.modes);
       Params trainable = random_weights(config, compute.device);

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -50,6 +52,24 @@ inline torch::Tensor load_tokens_for(const ModelConfig& config, const std::strin
   }
 }
 
+// A flag's comma-separated integers ("0,64,256"); an item that is not one is an error
+// naming the flag, the item and `expected` (an example of the right form).
+inline std::vector<int64_t> parse_integers(const std::string& flag, const std::string& text,
+                                           const std::string& expected) {
+  std::vector<int64_t> values;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    try {
+      size_t used = 0;
+      values.push_back(std::stoll(item, &used));
+      require(used == item.size(), "");
+    } catch (const std::exception&) {
+      throw Error(flag + ": '" + item + "' is not an integer (expected " + expected + ")");
+    }
+  }
+  return values;
+}
+
 // --device and --dtype, shared by every command that runs a model.
 struct ComputeFlags {
   std::string device = "cpu", dtype = "auto";
@@ -64,12 +84,10 @@ struct ComputeFlags {
   }
 
   ComputeOptions compute() const {
-    ComputeOptions options;
-    options.device = parse_device(device);
-    if (dtype == "bf16" || (dtype == "auto" && options.device.is_cuda())) options.matmul_dtype = torch::kBFloat16;
-    return options;
+    const torch::Device on = parse_device(device);
+    return {on, parse_matmul_dtype(dtype, on)};
   }
-  torch::Dtype param_dtype() const { return dtype == "f64" ? torch::kFloat64 : torch::kFloat32; }
+  torch::Dtype param_dtype() const { return parse_param_dtype(dtype); }
 
   // A checkpoint ready for inference on the device (no gradients w.r.t. its weights).
   Model load_for_inference(const std::string& path) const {

@@ -53,17 +53,7 @@ std::vector<DocumentFile> document_files(const EvalOptions& options, std::option
 }
 
 std::vector<int64_t> parse_edges(const std::string& text) {
-  std::vector<int64_t> edges;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) {
-    try {
-      size_t used = 0;
-      edges.push_back(std::stoll(item, &used));
-      require(used == item.size(), "");
-    } catch (const std::exception&) {
-      throw Error("--buckets: '" + item + "' is not an integer (expected edges like 0,64,256,1024)");
-    }
-  }
+  const std::vector<int64_t> edges = parse_integers("--buckets", text, "edges like 0,64,256,1024");
   require(edges.size() >= 2 && edges.front() == 0, "--buckets: give at least two edges, starting at 0");
   for (size_t i = 1; i < edges.size(); ++i) {
     require(edges[i] > edges[i - 1], "--buckets: edges must increase");

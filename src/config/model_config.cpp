@@ -45,10 +45,9 @@ bool get_bool(const json& j, const std::string& key) {
 
 Variant parse_variant(const json& j) {
   const json& value = j.at("variant");
-  const std::string name = value.is_string() ? value.get<std::string>() : value.dump();
-  if (name == "fa") return Variant::kFullAttention;
-  if (name == "swa") return Variant::kSlidingWindow;
-  if (name == "ttt-e2e") return Variant::kTttE2E;
+  if (const std::optional<Variant> variant = variant_named(value.is_string() ? value.get<std::string>() : value.dump())) {
+    return *variant;
+  }
   throw Error(config_error("variant", "must be \"fa\", \"swa\" or \"ttt-e2e\", got " + value.dump()));
 }
 
@@ -57,6 +56,13 @@ void require_positive(int64_t value, const std::string& key) {
 }
 
 }  // namespace
+
+std::optional<Variant> variant_named(const std::string& name) {
+  for (Variant variant : {Variant::kFullAttention, Variant::kSlidingWindow, Variant::kTttE2E}) {
+    if (name == variant_name(variant)) return variant;
+  }
+  return std::nullopt;
+}
 
 const char* variant_name(Variant variant) {
   switch (variant) {

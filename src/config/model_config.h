@@ -1,6 +1,7 @@
 // The model configuration of SPEC section 2: parsed from JSON, validated, written back.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json_fwd.hpp>
@@ -11,6 +12,8 @@ enum class Variant { kFullAttention, kSlidingWindow, kTttE2E };
 
 // "fa", "swa" or "ttt-e2e".
 const char* variant_name(Variant variant);
+// The variant of that name, if any.
+std::optional<Variant> variant_named(const std::string& name);
 
 struct ModelConfig {
   Variant variant = Variant::kTttE2E;

@@ -121,11 +121,11 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
   const torch::Tensor tokens = host_tokens.to(device_);
   const int64_t b = config_.mini_batch;
   const FastWeights* prime = config_.is_ttt() ? &weights_ : nullptr;
+  // Spans end at the current chunk's end, so that none crosses an inner step; fa on a fused
+  // kernel takes the whole feed at once (flash attention's causal square when fresh).
+  const bool whole = config_.attention_window() == 0 && fused_attention_available(params_.final_norm);
   for (int64_t i = 0; i < n;) {
     if (config_.is_ttt() && static_cast<int64_t>(pending_.size()) == b) train_on_pending(ids[i]);
-    // Feed up to the end of the current chunk, so that no span crosses an inner step; fa on a
-    // fused kernel takes the whole feed at once (flash attention's causal square when fresh).
-    const bool whole = !config_.is_ttt() && config_.attention_window() == 0 && fused_attention_available(params_.final_norm);
     const int64_t length = whole ? n - i : std::min(n - i, b - static_cast<int64_t>(pending_.size()));
     const torch::Tensor span = tokens.narrow(0, i, length);
     if (config_.is_ttt() && pending_.empty() && i + length < n && length == b) {

@@ -35,17 +35,14 @@ torch::Device parse_device(const std::string& name) {
 }
 
 std::optional<torch::Dtype> parse_matmul_dtype(const std::string& name, const torch::Device& device) {
-  if (name == "auto") return device.is_cuda() ? std::optional<torch::Dtype>(torch::kBFloat16) : std::nullopt;
-  if (name == "bf16") return torch::kBFloat16;
-  if (name == "fp32") return torch::kFloat32;
-  throw Error("unknown matmul dtype '" + name + "' (expected auto, bf16 or fp32)");
+  if (name == "bf16" || (name == "auto" && device.is_cuda())) return torch::kBFloat16;
+  if (name == "auto" || name == "f32" || name == "f64") return std::nullopt;
+  throw Error("unknown precision '" + name + "' (expected auto, bf16, f32 or f64)");
 }
 
-ComputeOptions parse_compute(const std::string& device, const std::string& matmul_dtype) {
-  ComputeOptions options;
-  options.device = parse_device(device);
-  options.matmul_dtype = parse_matmul_dtype(matmul_dtype, options.device);
-  return options;
+torch::Dtype parse_param_dtype(const std::string& name) {
+  parse_matmul_dtype(name, torch::kCPU);  // the same names, the same error
+  return name == "f64" ? torch::kFloat64 : torch::kFloat32;
 }
 
 std::optional<torch::Dtype> matmul_dtype() { return g_matmul_dtype; }

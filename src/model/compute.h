@@ -21,11 +21,12 @@ struct ComputeOptions {
 // machine without it.
 torch::Device parse_device(const std::string& name);
 
-// "auto" (bf16 on CUDA, the parameters' dtype on the CPU), "bf16" or "fp32".
+// A precision as the commands (--dtype) and the train config name it: "auto" (bf16 on CUDA,
+// f32 elsewhere), "bf16" (bf16 matmuls on fp32 parameters), "f32" or "f64". The first gives
+// its matmul dtype (unset: the parameters' own), the second its parameters' dtype; both
+// throw ttt::Error for another name.
 std::optional<torch::Dtype> parse_matmul_dtype(const std::string& name, const torch::Device& device);
-
-// Both flags at once, as the commands take them.
-ComputeOptions parse_compute(const std::string& device, const std::string& matmul_dtype);
+torch::Dtype parse_param_dtype(const std::string& name);
 
 // The matmul dtype in effect on this thread; unset unless a MatmulDtypeGuard says otherwise.
 std::optional<torch::Dtype> matmul_dtype();

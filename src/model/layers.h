@@ -33,15 +33,15 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask);
 
+// Whether attend_span would run a fused kernel for tensors on `like`'s device.
+bool fused_attention_available(const torch::Tensor& like);
+
 // Attention of a span of Tq queries at consecutive positions over Tk = S + Tq keys: the S
 // cached tokens just before the span, then the span itself, with the visibility rule of
 // attention_mask for `window`. On CUDA with libtorch 2.x, unless a
 // ComposableAttentionGuard is held, it runs the fused scaled_dot_product_attention
 // (flash for a causal square or a single query, memory-efficient with the band mask
 // otherwise); elsewhere `attend`. The mask is only built where a kernel needs it.
-// Whether attend_span would run a fused kernel for tensors on `like`'s device.
-bool fused_attention_available(const torch::Tensor& like);
-
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window);
 

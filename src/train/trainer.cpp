@@ -54,13 +54,11 @@ std::string read_text(const std::string& path) {
   return text.str();
 }
 
-// The parameters' dtype for a training precision: bf16 trains fp32 parameters.
-torch::Dtype param_dtype(const TrainConfig& config) {
-  return config.dtype == "f64" ? torch::kFloat64 : torch::kFloat32;
-}
+// The training precision's dtypes (bf16 trains fp32 parameters with bf16 matmuls).
+torch::Dtype param_dtype(const TrainConfig& config) { return parse_param_dtype(config.dtype); }
 
 std::optional<torch::Dtype> matmul_dtype(const TrainConfig& config) {
-  return config.dtype == "bf16" ? std::optional<torch::Dtype>(torch::kBFloat16) : std::nullopt;
+  return parse_matmul_dtype(config.dtype, parse_device(config.device));
 }
 
 // The parameters as fresh leaves of the training dtype, on the training device.

@@ -84,43 +84,41 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   std::vector<torch::Tensor> weighted_losses, chunk_nlls;
   SequenceResult result;
   KvCache cache(config.n_layers);
+  // Full attention on a fused kernel: every block over the whole sequence at once (flash
+  // attention's causal square), then only the head chunk by chunk, so that the [n, V]
+  // logits never exist at once. No cache is kept.
+  torch::Tensor whole_sequence_h;
   if (config.variant == Variant::kFullAttention && fused_attention_available(params.final_norm)) {
-    // Full attention on a fused kernel: every block over the whole sequence at once (flash
-    // attention's causal square), then the head chunk by chunk, so that the [n, V] logits
-    // never exist at once. Same chunk losses and weights as the chunked path below.
     cache.keep_entries = false;
     const torch::Tensor positions = torch::arange(0, n, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
-    const torch::Tensor h = run_blocks(config, params, embed_tokens(params, inputs), positions, cache, 0, config.n_layers);
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      const int64_t start = c * config.mini_batch, length = std::min(config.mini_batch, n - start);
-      const torch::Tensor chunk_targets = targets.narrow(0, start, length);
-      const torch::Tensor nll = token_nll(lm_logits(config, params, h.narrow(0, start, length)), chunk_targets);
-      const torch::Tensor loss = masked_mean_loss(nll, chunk_targets, config.bos_id) * loss_weights[c];
-      weighted_losses.push_back(differentiable ? loss : loss.detach());
-      chunk_nlls.push_back(nll.detach());
-      if (options.on_chunk) options.on_chunk(c + 1, n_chunks);
-    }
-    result.loss = torch::stack(weighted_losses).sum();
-    result.nll = torch::cat(chunk_nlls);
-    return result;
+    whole_sequence_h = run_blocks(config, params, embed_tokens(params, inputs), positions, cache, 0, config.n_layers);
   }
   FastWeights weights = initial_fast_weights(config, params);
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t start = c * config.mini_batch;
     const int64_t length = std::min(config.mini_batch, n - start);
-    // Every chunk but the last is full; the last one's update would never be used.
-    const bool update = config.is_ttt() && c + 1 < n_chunks;
-    ChunkStep step = run_chunk(config, params, inputs.narrow(0, start, length), targets.narrow(0, start, length),
-                               start, cache, weights, update, options.ilr_mult, options.outer_gradient);
-    weights = std::move(step.next_weights);
-    result.inner_steps += update ? 1 : 0;
-    if (!differentiable) {
-      weights = detach_fast_weights(weights, /*requires_grad=*/false);
-      cache.detach();
+    const torch::Tensor chunk_targets = targets.narrow(0, start, length);
+    torch::Tensor nll, loss;
+    if (whole_sequence_h.defined()) {
+      nll = token_nll(lm_logits(config, params, whole_sequence_h.narrow(0, start, length)), chunk_targets);
+      loss = masked_mean_loss(nll, chunk_targets, config.bos_id);
+    } else {
+      // Every chunk but the last is full; the last one's update would never be used.
+      const bool update = config.is_ttt() && c + 1 < n_chunks;
+      ChunkStep step = run_chunk(config, params, inputs.narrow(0, start, length), chunk_targets, start, cache, weights,
+                                 update, options.ilr_mult, options.outer_gradient);
+      weights = std::move(step.next_weights);
+      result.inner_steps += update ? 1 : 0;
+      if (!differentiable) {
+        weights = detach_fast_weights(weights, /*requires_grad=*/false);
+        cache.detach();
+      }
+      nll = step.nll;
+      loss = step.loss;
     }
-    const torch::Tensor loss = step.loss * loss_weights[c];
+    loss = loss * loss_weights[c];
     weighted_losses.push_back(differentiable ? loss : loss.detach());
-    chunk_nlls.push_back(step.nll.detach());
+    chunk_nlls.push_back(nll.detach());
     if (options.on_chunk) options.on_chunk(c + 1, n_chunks);
   }
   result.loss = torch::stack(weighted_losses).sum();

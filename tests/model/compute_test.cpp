@@ -64,8 +64,14 @@ TEST(Compute, ParsesDevicesAndPrecisions) {
   EXPECT_FALSE(parse_matmul_dtype("auto", torch::kCPU).has_value());
   EXPECT_EQ(parse_matmul_dtype("auto", torch::Device(torch::kCUDA, 0)), torch::kBFloat16);
   EXPECT_EQ(parse_matmul_dtype("bf16", torch::kCPU), torch::kBFloat16);
-  EXPECT_EQ(parse_matmul_dtype("fp32", torch::kCPU), torch::kFloat32);
-  test::expect_error([] { parse_matmul_dtype("f16", torch::kCPU); }, {"unknown matmul dtype 'f16'"});
+  EXPECT_EQ(parse_matmul_dtype("bf16", torch::Device(torch::kCUDA, 0)), torch::kBFloat16);
+  EXPECT_FALSE(parse_matmul_dtype("f32", torch::Device(torch::kCUDA, 0)).has_value());
+  EXPECT_FALSE(parse_matmul_dtype("f64", torch::kCPU).has_value());
+  EXPECT_EQ(parse_param_dtype("auto"), torch::kFloat32);
+  EXPECT_EQ(parse_param_dtype("bf16"), torch::kFloat32);
+  EXPECT_EQ(parse_param_dtype("f64"), torch::kFloat64);
+  test::expect_error([] { parse_matmul_dtype("f16", torch::kCPU); }, {"unknown precision 'f16'"});
+  test::expect_error([] { parse_param_dtype("fp32"); }, {"unknown precision 'fp32'"});
 }
 
 TEST(Compute, MatmulDtypeGuardsNestAndRestore) {
