@@ -4,9 +4,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -14,6 +16,7 @@
 #include "commands.h"
 #include "infer/session.h"
 #include "io/atomic_file.h"
+#include "io/paths.h"
 #include "ttt/inner_loop.h"
 #include "ttt/sequence_gradient.h"
 
@@ -69,7 +72,7 @@ Params random_weights(const ModelConfig& config, const torch::Device& device) {
 struct BenchOptions {
   ComputeFlags compute;
   std::string sizes = "125m", variants = "ttt-e2e,swa,fa", modes = "eval,prefill,decode", contexts = "8192,32768,131072";
-  std::string json_path;
+  std::string json_path, profile_dir;
   int64_t decode_tokens = 64, train_context = 8192;
   double repeat_below_s = 5.0;
   int64_t repeats = 3;
@@ -90,9 +93,27 @@ double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+// Runs `once` under the Kineto profiler (host ops and device kernels) and saves its
+// trace, in Chrome's trace format, to `path` (scripts/profile_summary.py reads it).
+void profile(const std::string& path, const std::function<void()>& once) {
+  namespace profiler = torch::autograd::profiler;
+  const profiler::ProfilerConfig config(profiler::ProfilerState::KINETO);
+  const std::set<profiler::ActivityType> activities = {profiler::ActivityType::CPU, profiler::ActivityType::CUDA};
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  try {
+    once();
+  } catch (...) {
+    profiler::disableProfiler();
+    throw;
+  }
+  profiler::disableProfiler()->save(path);
+}
+
 // Runs `once` untimed (warm-up: kernels chosen and loaded, memory pools grown for these
-// shapes), then timed, repeated while quick; returns the median seconds.
-double timed(const BenchOptions& options, const std::function<void()>& once) {
+// shapes), then timed, repeated while quick; returns the median seconds. With a profile
+// path, one more run is profiled there (after the timed ones: it does not slow them).
+double timed(const BenchOptions& options, const std::function<void()>& once, const std::string& profile_path) {
   once();
   std::vector<double> seconds;
   do {
@@ -100,6 +121,7 @@ double timed(const BenchOptions& options, const std::function<void()>& once) {
     once();
     seconds.push_back(seconds_since(start));
   } while (seconds.back() < options.repeat_below_s && static_cast<int64_t>(seconds.size()) < options.repeats);
+  if (!profile_path.empty()) profile(profile_path, once);
   return median(seconds);
 }
 
@@ -112,14 +134,20 @@ torch::Tensor random_ids(int64_t n, const ModelConfig& config, const torch::Devi
 // One measurement: fills `row` with its numbers.
 void measure(const BenchOptions& options, const ModelConfig& config, const Params& inference, const Params& trainable,
              const std::string& mode, int64_t context, const torch::Device& device, json& row) {
+  const std::string profile_path =
+      options.profile_dir.empty()
+          ? ""
+          : options.profile_dir + "/" + row["size"].get<std::string>() + "-" + row["variant"].get<std::string>() + "-" +
+                mode + "-" + std::to_string(context) + ".json";
+  const auto run_timed = [&](const std::function<void()>& once) { return timed(options, once, profile_path); };
   if (mode == "eval") {
     const torch::Tensor tokens = random_ids(context + 1, config, device);
-    const double s = timed(options, [&] { evaluate(config, inference, tokens); });
+    const double s = run_timed([&] { evaluate(config, inference, tokens); });
     row["seconds"] = s;
     row["tokens_per_s"] = static_cast<double>(context) / s;
   } else if (mode == "prefill") {
     const torch::Tensor tokens = random_ids(context, config, device);
-    const double s = timed(options, [&] {
+    const double s = run_timed([&] {
       Session session(config, inference);
       session.feed(tokens).sum().item<double>();
     });
@@ -138,6 +166,11 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
       token = session.feed(std::vector<int64_t>{token}).argmax().item<int64_t>();
       latencies.push_back(seconds_since(start));
     }
+    if (!profile_path.empty()) {
+      profile(profile_path, [&] {
+        for (int i = 0; i < 4; ++i) token = session.feed(std::vector<int64_t>{token}).argmax().item<int64_t>();
+      });
+    }
     const double typical = median(latencies), worst = *std::max_element(latencies.begin(), latencies.end());
     const double amortised = config.is_ttt() ? typical + (worst - typical) / static_cast<double>(config.mini_batch) : typical;
     row["ms_per_token"] = typical * 1e3;
@@ -149,7 +182,7 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     // One outer step's gradient: ttt-e2e's exact meta-gradient (per-chunk recomputation),
     // a baseline's plain backward pass. The optimiser update is not included.
     const torch::Tensor tokens = random_ids(context + 1, config, device);
-    const double s = timed(options, [&] {
+    const double s = run_timed([&] {
       for (const auto& [name, p] : named_params(config, trainable)) p.mutable_grad() = torch::Tensor();
       if (config.is_ttt()) {
         accumulate_sequence_gradient(config, trainable, tokens);
@@ -184,6 +217,7 @@ void run_bench(const BenchOptions& options) {
   require(options.compute.param_dtype() == torch::kFloat32, "ttt bench: --dtype f64 is not a benchmark precision");
   const MatmulDtypeGuard precision(compute.matmul_dtype);
   const std::vector<int64_t> contexts = parse_integers("--contexts", options.contexts, "lengths like 8192,32768");
+  if (!options.profile_dir.empty()) io::make_directories(options.profile_dir);
   json rows = json::array();
   std::printf("%-5s %-8s %-8s %8s  result\n", "size", "variant", "mode", "context");
   for (const std::string& size : split(options.sizes)) {
@@ -260,6 +294,9 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--repeat-below", options->repeat_below_s, "repeat only runs shorter than this (seconds)")
       ->capture_default_str();
   command->add_option("--json", options->json_path, "write every row here as JSON (rewritten after each row)");
+  command->add_option("--profile", options->profile_dir,
+                      "profile one more run of each row (decode: 4 tokens) into DIR/SIZE-VARIANT-MODE-CONTEXT.json,\n"
+                      "a Chrome trace of host ops and kernels; scripts/profile_summary.py sums it up");
   command->callback([options] { run_bench(*options); });
 }
 

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 
 #include "eval/evaluate.h"
 #include "infer/session.h"
@@ -201,6 +202,14 @@ TEST(Cli, EvalReportInputErrors) {
   expect_clean_failure(run_ttt("eval --model " + swa + " --documents " + docs.path("")), "big of 4096 tokens");
 }
 
+// The ids `ttt generate` prints without a tokenizer.
+std::vector<int64_t> ids_of(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::istringstream in(text);
+  for (int64_t id; in >> id;) ids.push_back(id);
+  return ids;
+}
+
 // `ttt generate` with token ids in and out: greedy decoding is the session's argmax chain,
 // and a saved session continued with the rest of the prompt gives what the whole prompt gives.
 TEST(Cli, GenerateFollowsTheSessionAndResumesSavedSessions) {
@@ -209,12 +218,6 @@ TEST(Cli, GenerateFollowsTheSessionAndResumesSavedSessions) {
   const std::vector<int64_t> first = {1, 5, 9, 12, 7, 30, 4}, second = {22, 8, 15, 40, 3};
   std::vector<int64_t> whole = first;
   whole.insert(whole.end(), second.begin(), second.end());
-  const auto ids_of = [](const std::string& text) {
-    std::vector<int64_t> ids;
-    std::istringstream in(text);
-    for (int64_t id; in >> id;) ids.push_back(id);
-    return ids;
-  };
   const CliRun run = run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens(whole) +
                              " --temperature 0 --max-tokens 12");
   ASSERT_EQ(run.exit_code, 0) << run.output;
@@ -254,6 +257,36 @@ TEST(Cli, GenerateFollowsTheSessionAndResumesSavedSessions) {
   expect_clean_failure(run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens({3}) +
                                " --top-p 2"), "top-p");
   expect_clean_failure(run_ttt("generate --model " + model_path + " --prompt hello"), "no tokenizer");
+}
+
+// On the GPU (fp32 matmuls, so that greedy choices match the CPU's): the same tokens as on
+// the CPU, and a session saved on the GPU continues identically on either device.
+TEST(Cli, GenerateOnCudaMatchesTheCpuAndResumesAnywhere) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const std::string model = init_model(Variant::kTttE2E);
+  const std::vector<int64_t> first = {1, 5, 9, 12, 7, 30, 4}, second = {22, 8, 15, 40, 3};
+  std::vector<int64_t> whole = first;
+  whole.insert(whole.end(), second.begin(), second.end());
+  const std::string greedy = " --temperature 0 --max-tokens 12";
+  const CliRun cpu = run_ttt("generate --model " + model + " --prompt-tokens " + write_tokens(whole) + greedy);
+  const CliRun gpu = run_ttt("generate --model " + model + " --device cuda --dtype f32 --prompt-tokens " +
+                             write_tokens(whole) + greedy + " --stats");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.output;
+  ASSERT_EQ(gpu.exit_code, 0) << gpu.output;
+  const std::vector<int64_t> expected = ids_of(cpu.output);
+  EXPECT_FALSE(expected.empty());
+  EXPECT_EQ(ids_of(gpu.output), expected) << gpu.output;  // reading stops at the stats' text
+  EXPECT_NE(gpu.output.find("tokens/s"), std::string::npos) << gpu.output;
+
+  const std::string saved = temp_path("gpu-session.safetensors");
+  ASSERT_EQ(run_ttt("generate --model " + model + " --device cuda --dtype f32 --prompt-tokens " + write_tokens(first) +
+                    " --max-tokens 1 --save-session " + saved).exit_code, 0);
+  for (const std::string device : {"cuda --dtype f32", "cpu"}) {
+    const CliRun resumed = run_ttt("generate --model " + model + " --device " + device + " --load-session " + saved +
+                                   " --prompt-tokens " + write_tokens(second) + greedy);
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_EQ(ids_of(resumed.output), expected) << device;
+  }
 }
 
 TEST(Cli, BadInputGetsAClearError) {

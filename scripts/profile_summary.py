@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Sums up a Chrome trace written by `ttt bench --profile DIR`: where the GPU's time goes.
+
+  scripts/profile_summary.py DIR/125m-ttt-e2e-eval-8192.json [more traces...]
+
+For each trace: the wall span of the profiled run, the time the GPU was busy (kernels and
+copies, overlaps merged) and idle (launch overhead, host work, synchronisation), kernels
+per class (GEMM, attention, softmax/loss, elementwise, reductions, copies), the top kernels,
+and the host's most frequent operators (how many launches the engine asks for)."""
+import collections
+import json
+import re
+import sys
+
+# Kernel classes, first match wins (names of cuBLAS, cuDNN, flash/mem-efficient attention
+# and ATen's own kernels on Hopper).
+CLASSES = [
+    ("attention", r"flash|fmha|attention|mem_eff|cutlassF|cutlassB"),
+    ("gemm", r"gemm|nvjet|sm90_xmma|cutlass|cublas|ampere_|sm80_"),
+    ("softmax/loss", r"softmax|nll|cross_entropy|logsumexp"),
+    ("reduction", r"reduce|norm|sum|mean"),
+    ("copy/cast", r"copy|memcpy|memset|cat|index|gather|scatter|fill"),
+    ("elementwise", r"elementwise|vectorized|unrolled|pointwise"),
+]
+
+
+def classify(name):
+    lower = name.lower()
+    for label, pattern in CLASSES:
+        if re.search(pattern, lower):
+            return label
+    return "other"
+
+
+def busy_time(intervals):
+    """Length of the union of [start, end) intervals."""
+    total, current_start, current_end = 0.0, None, None
+    for start, end in sorted(intervals):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total
+
+
+def summarise(path):
+    with open(path) as f:
+        trace = json.load(f)
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
+    device = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    host_ops = [e for e in events if e.get("cat") == "cpu_op"]
+    launches = [e for e in events if e.get("cat") == "cuda_runtime" and "Launch" in e.get("name", "")]
+    if not events:
+        print(f"{path}: no events")
+        return
+    start = min(e["ts"] for e in events)
+    end = max(e["ts"] + e["dur"] for e in events)
+    span = end - start
+    busy = busy_time([(e["ts"], e["ts"] + e["dur"]) for e in device])
+    print(f"== {path}")
+    print(f"wall {span / 1e3:.2f} ms; GPU busy {busy / 1e3:.2f} ms ({100 * busy / span:.0f}%), "
+          f"idle {(span - busy) / 1e3:.2f} ms; {len(device)} kernels/copies, {len(launches)} launches, "
+          f"{len(host_ops)} host ops")
+    by_class = collections.defaultdict(lambda: [0.0, 0])
+    by_name = collections.defaultdict(lambda: [0.0, 0])
+    for e in device:
+        name = e.get("name", "?")
+        for table, key in ((by_class, classify(name)), (by_name, name)):
+            table[key][0] += e["dur"]
+            table[key][1] += 1
+    print(f"{'class':<14} {'ms':>9} {'% busy':>7} {'count':>7}")
+    for label, (dur, count) in sorted(by_class.items(), key=lambda kv: -kv[1][0]):
+        print(f"{label:<14} {dur / 1e3:9.2f} {100 * dur / max(busy, 1e-9):7.1f} {count:7d}")
+    print("top kernels:")
+    for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:15]:
+        print(f"  {dur / 1e3:8.2f} ms {count:6d}x  {name[:110]}")
+    ops = collections.Counter(e.get("name", "?") for e in host_ops)
+    print("most frequent host ops:", ", ".join(f"{name} {n}" for name, n in ops.most_common(12)))
+    print()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    for trace_path in sys.argv[1:]:
+        summarise(trace_path)
