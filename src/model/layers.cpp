@@ -21,27 +21,41 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double
   return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * gain;
 }
 
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w) {
+torch::Tensor matmul_operand(const torch::Tensor& x) {
   const std::optional<torch::Dtype> dtype = matmul_dtype();
-  if (!dtype || x.scalar_type() == torch::kFloat64) return torch::matmul(x, w);
-  return torch::matmul(x.to(*dtype), w.to(*dtype)).to(x.scalar_type());
+  return dtype && x.scalar_type() != torch::kFloat64 ? x.to(*dtype) : x;
+}
+
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optional<torch::Dtype> out) {
+  const torch::Dtype result = out.value_or(x.scalar_type());
+  const std::optional<torch::Dtype> dtype = matmul_dtype();
+  if (!dtype || result == torch::kFloat64) return torch::matmul(x, w);
+  return torch::matmul(x.to(*dtype), w.to(*dtype)).to(result);
 }
 
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp) {
-  return project(torch::silu(project(x, mlp.w1)) * project(x, mlp.w3), mlp.w2);
+  const torch::Tensor operand = matmul_operand(x);  // cast once for both input projections
+  return project(torch::silu(project(operand, mlp.w1, x.scalar_type())) * project(operand, mlp.w3, x.scalar_type()),
+                 mlp.w2);
+}
+
+RopeTable rope_table(const torch::Tensor& positions, int64_t head_dim, double theta, torch::Dtype dtype) {
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(positions.device());
+  const torch::Tensor exponents = torch::arange(0, head_dim / 2, f64) * (-2.0 / static_cast<double>(head_dim));
+  const torch::Tensor inv_freq = torch::pow(torch::full({}, theta, f64), exponents);               // [d/2]
+  const torch::Tensor angles = positions.to(torch::kFloat64).unsqueeze(1) * inv_freq.unsqueeze(0);  // [T, d/2]
+  return {angles.cos().to(dtype).unsqueeze(1), angles.sin().to(dtype).unsqueeze(1)};               // [T, 1, d/2]
+}
+
+torch::Tensor rope(const torch::Tensor& x, const RopeTable& table) {
+  const int64_t T = x.size(0), H = x.size(1), d = x.size(2);
+  const torch::Tensor pairs = x.reshape({T, H, d / 2, 2});
+  const torch::Tensor even = pairs.select(-1, 0), odd = pairs.select(-1, 1);
+  return torch::stack({even * table.cos - odd * table.sin, even * table.sin + odd * table.cos}, -1).reshape({T, H, d});
 }
 
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& positions, double theta) {
-  const int64_t T = x.size(0), H = x.size(1), d = x.size(2);
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(x.device());
-  const torch::Tensor exponents = torch::arange(0, d / 2, f64) * (-2.0 / static_cast<double>(d));
-  const torch::Tensor inv_freq = torch::pow(torch::full({}, theta, f64), exponents);               // [d/2]
-  const torch::Tensor angles = positions.to(torch::kFloat64).unsqueeze(1) * inv_freq.unsqueeze(0);  // [T, d/2]
-  const torch::Tensor cos = angles.cos().to(x.scalar_type()).unsqueeze(1);                         // [T, 1, d/2]
-  const torch::Tensor sin = angles.sin().to(x.scalar_type()).unsqueeze(1);
-  const torch::Tensor pairs = x.reshape({T, H, d / 2, 2});
-  const torch::Tensor even = pairs.select(-1, 0), odd = pairs.select(-1, 1);
-  return torch::stack({even * cos - odd * sin, even * sin + odd * cos}, -1).reshape({T, H, d});
+  return rope(x, rope_table(positions, x.size(2), theta, x.scalar_type()));
 }
 
 torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::Tensor& key_positions,
@@ -81,12 +95,31 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
     const bool all_visible = Tq == 1 && (window == 0 || Tk <= window);
     const bool causal_square = Tk == Tq && (window == 0 || Tq <= window);
     const torch::Dtype dtype = matmul_dtype().value_or(q.scalar_type());
-    const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };  // [1, H, T, d]
-    std::optional<torch::Tensor> mask;
-    if (!all_visible && !causal_square) mask = attention_mask(query_positions, key_positions, window);
-    const torch::Tensor out = at::scaled_dot_product_attention(heads(q), heads(k), heads(v), mask, /*dropout_p=*/0.0,
-                                                               /*is_causal=*/causal_square && !all_visible);
-    return out.squeeze(0).transpose(0, 1).reshape({Tq, H * d}).to(q.scalar_type());
+    const auto merged = [&](const torch::Tensor& out) { return out.reshape({Tq, H * d}).to(q.scalar_type()); };
+    if (all_visible || causal_square) {
+      // scaled_dot_product_attention picks the fastest kernel for these (cuDNN's on Hopper).
+      const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };  // [1, H, T, d]
+      return merged(at::scaled_dot_product_attention(heads(q), heads(k), heads(v), /*attn_mask=*/std::nullopt,
+                                                     /*dropout_p=*/0.0, /*is_causal=*/!all_visible)
+                        .squeeze(0)
+                        .transpose(0, 1));
+    }
+    if ((dtype == torch::kBFloat16 || dtype == torch::kHalf) && d % 8 == 0 && d <= 256) {
+      // The flash kernel's causal mask is aligned to the last key, as the layout above is,
+      // and its window skips whole tiles outside the band: no mask, no wasted tiles.
+      const auto batch = [&](const torch::Tensor& t) { return t.to(dtype).unsqueeze(0); };  // [1, T, H, d]
+      const std::optional<int64_t> left = window > 0 ? std::optional<int64_t>(window - 1) : std::nullopt;
+      const std::optional<int64_t> right = window > 0 ? std::optional<int64_t>(0) : std::nullopt;
+      const auto outputs = at::_flash_attention_forward(batch(q), batch(k), batch(v), std::nullopt, std::nullopt, Tq, Tk,
+                                                        /*dropout_p=*/0.0, /*is_causal=*/true,
+                                                        /*return_debug_mask=*/false, /*scale=*/std::nullopt, left, right);
+      return merged(std::get<0>(outputs).squeeze(0));
+    }
+    const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };
+    return merged(at::scaled_dot_product_attention(heads(q), heads(k), heads(v),
+                                                   attention_mask(query_positions, key_positions, window))
+                      .squeeze(0)
+                      .transpose(0, 1));
   }
 #endif
   return attend(q, k, v, attention_mask(query_positions, key_positions, window));

@@ -2,6 +2,8 @@
 // Every function works in the dtype of its inputs (fp32 in the engine, fp64 in tests),
 // except that matmuls run in the thread's matmul dtype when one is set (model/compute.h).
 #pragma once
+#include <optional>
+
 #include <torch/types.h>
 
 #include "model/params.h"
@@ -11,15 +13,24 @@ namespace ttt {
 // x / sqrt(mean(x^2) + eps) * gain over the last axis.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps);
 
-// x @ w, in the matmul dtype if one is set (both operands cast to it), returned in x's
-// dtype. fp64 inputs ignore the setting: they are the reference.
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w);
+// x @ w, in the matmul dtype if one is set (both operands cast to it), returned in `out`
+// (default: x's dtype). fp64 ignores the setting: it is the reference.
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optional<torch::Dtype> out = std::nullopt);
+
+// x cast to the matmul dtype, for an input that several projections share (cast once).
+torch::Tensor matmul_operand(const torch::Tensor& x);
 
 // (silu(x @ w1) * (x @ w3)) @ w2.
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp);
 
 // Rotates adjacent pairs (x[2j], x[2j+1]) of x [T, H, d] by angle t * theta^(-2j/d), t the
-// token's absolute position (positions: [T], int64). Angles are computed in fp64.
+// token's absolute position (positions: [T], int64). Angles are computed in fp64, once per
+// span: a table serves every block's queries and keys.
+struct RopeTable {
+  torch::Tensor cos, sin;  // [T, 1, d/2] in the dtype of the rotated tensors
+};
+RopeTable rope_table(const torch::Tensor& positions, int64_t head_dim, double theta, torch::Dtype dtype);
+torch::Tensor rope(const torch::Tensor& x, const RopeTable& table);
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& positions, double theta);
 
 // Which keys each query may see: [Tq, Tk] bool, true iff key_pos <= query_pos and, for a
@@ -39,9 +50,10 @@ bool fused_attention_available(const torch::Tensor& like);
 // Attention of a span of Tq queries at consecutive positions over Tk = S + Tq keys: the S
 // cached tokens just before the span, then the span itself, with the visibility rule of
 // attention_mask for `window`. On CUDA with libtorch 2.x, unless a
-// ComposableAttentionGuard is held, it runs the fused scaled_dot_product_attention
-// (flash for a causal square or a single query, memory-efficient with the band mask
-// otherwise); elsewhere `attend`. The mask is only built where a kernel needs it.
+// ComposableAttentionGuard is held, it runs fused kernels: scaled_dot_product_attention
+// for a causal square or a single query, the flash kernel with its sliding window for the
+// rest in bf16/fp16 (whole tiles outside the window skipped), the memory-efficient kernel
+// with the band mask in fp32; elsewhere `attend`. The mask is only built where needed.
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window);
 

@@ -44,17 +44,19 @@ void append_in_place(LayerCache& cache, GrowingStore& store, const torch::Tensor
 
 // Attention_i of SPEC section 3 for the span, extending the block's cache.
 torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const torch::Tensor& a,
-                        const torch::Tensor& positions, bool keep_entries, LayerCache& cache, GrowingStore& store) {
+                        const torch::Tensor& positions, const RopeTable& rotation, bool keep_entries, LayerCache& cache,
+                        GrowingStore& store) {
   const int64_t T = a.size(0), H = c.n_heads, d = c.head_dim();
-  torch::Tensor q = project(a, p.wq).reshape({T, H, d});
-  torch::Tensor k = project(a, p.wk).reshape({T, H, d});
-  torch::Tensor v = project(a, p.wv).reshape({T, H, d});
+  const torch::Tensor operand = matmul_operand(a);  // cast once for the three projections
+  torch::Tensor q = project(operand, p.wq, a.scalar_type()).reshape({T, H, d});
+  torch::Tensor k = project(operand, p.wk, a.scalar_type()).reshape({T, H, d});
+  torch::Tensor v = project(operand, p.wv, a.scalar_type()).reshape({T, H, d});
   if (c.qk_norm) {
     q = rms_norm(q, p.q_norm, c.rms_eps);
     k = rms_norm(k, p.k_norm, c.rms_eps);
   }
-  q = rope(q, positions, c.rope_theta);
-  k = rope(k, positions, c.rope_theta);
+  q = rope(q, rotation);
+  k = rope(k, rotation);
   // Keys and values are kept in the matmul dtype: half the memory of fp32 (fa at 128K).
   if (const std::optional<torch::Dtype> dtype = matmul_dtype(); dtype && k.scalar_type() != torch::kFloat64) {
     k = k.to(*dtype);
@@ -103,10 +105,11 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
 torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
                          KvCache& cache, int64_t first, int64_t last, const FastWeights* prime) {
   const double eps = c.rms_eps;
+  const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, h.scalar_type());
   for (int64_t i = first; i < last; ++i) {
     const BlockParams& b = params.blocks[i];
     const torch::Tensor a = rms_norm(h, b.attn_norm, eps);
-    h = h + rms_norm(attention(c, b.attn, a, positions, cache.keep_entries, cache.layers[i], cache.stores[i]),
+    h = h + rms_norm(attention(c, b.attn, a, positions, rotation, cache.keep_entries, cache.layers[i], cache.stores[i]),
                      b.attn_post_norm, eps);
     if (c.has_prime(i)) {
       require(prime != nullptr, "internal: suffix block run without fast weights");

@@ -10,6 +10,13 @@
 #include "model/transformer.h"
 
 namespace ttt {
+namespace {
+
+// Tokens the blocks without fast weights run ahead at a time (rounded to whole chunks):
+// enough for large GEMMs, little memory (3B: about 2 GB of activations without autograd).
+constexpr int64_t kRunAheadTokens = 16384;
+
+}  // namespace
 
 FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
                        double ilr_mult, OuterGradient outer) {
@@ -37,7 +44,7 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
   return updated;
 }
 
-ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& inputs,
+ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
                     const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
                     bool update, double ilr_mult, OuterGradient outer) {
   // The exact meta-gradient differentiates twice through attention: no fused kernel.
@@ -46,9 +53,10 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
   // Without an outer graph the inner gradient needs leaves of its own.
   const FastWeights chunk_weights =
       update && outer == OuterGradient::kNone ? detach_fast_weights(weights, /*requires_grad=*/true) : weights;
-  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(inputs.device());
-  const torch::Tensor positions = torch::arange(start, start + inputs.size(0), index_options);
-  const torch::Tensor logits = forward_span(config, params, inputs, positions, cache, &chunk_weights);
+  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(hidden.device());
+  const torch::Tensor positions = torch::arange(start, start + hidden.size(0), index_options);
+  const torch::Tensor logits = lm_logits(
+      config, params, run_blocks(config, params, hidden, positions, cache, first_block, config.n_layers, &chunk_weights));
   ChunkStep step;
   step.nll = token_nll(logits, targets);
   step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
@@ -84,29 +92,45 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   std::vector<torch::Tensor> weighted_losses, chunk_nlls;
   SequenceResult result;
   KvCache cache(config.n_layers);
-  // Full attention on a fused kernel: every block over the whole sequence at once (flash
-  // attention's causal square), then only the head chunk by chunk, so that the [n, V]
-  // logits never exist at once. No cache is kept.
-  torch::Tensor whole_sequence_h;
-  if (config.variant == Variant::kFullAttention && fused_attention_available(params.final_norm)) {
-    cache.keep_entries = false;
-    const torch::Tensor positions = torch::arange(0, n, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
-    whole_sequence_h = run_blocks(config, params, embed_tokens(params, inputs), positions, cache, 0, config.n_layers);
-  }
+  // The blocks before the first with fast weights (all of them for fa and swa) do not depend
+  // on the inner loop. On a fused kernel they run ahead over many chunks at once (bigger
+  // GEMMs, fewer launches; fa: the whole sequence as one causal square, keeping no cache),
+  // and only the other blocks and the head go chunk by chunk. The exact meta-gradient of
+  // ttt-e2e keeps the plain chunk loop: it is the reference the faster trainer is held to.
+  const bool run_ahead = fused_attention_available(params.final_norm) && !(config.is_ttt() && differentiable);
+  const int64_t ahead_blocks = !run_ahead ? 0 : config.is_ttt() ? config.first_suffix_block() : config.n_layers;
+  const int64_t ahead_span = config.variant == Variant::kFullAttention
+                                 ? n
+                                 : std::max<int64_t>(1, kRunAheadTokens / config.mini_batch) * config.mini_batch;
+  if (config.variant == Variant::kFullAttention && run_ahead) cache.keep_entries = false;
+  torch::Tensor ahead;  // hidden states after block ahead_blocks - 1 of tokens from ahead_start
+  int64_t ahead_start = 0;
   FastWeights weights = initial_fast_weights(config, params);
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t start = c * config.mini_batch;
     const int64_t length = std::min(config.mini_batch, n - start);
     const torch::Tensor chunk_targets = targets.narrow(0, start, length);
+    if (run_ahead && (!ahead.defined() || start >= ahead_start + ahead.size(0))) {
+      std::optional<torch::NoGradGuard> no_grad;
+      if (!differentiable) no_grad.emplace();
+      const int64_t span = std::min(ahead_span, n - start);
+      const torch::Tensor positions =
+          torch::arange(start, start + span, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
+      ahead = run_blocks(config, params, embed_tokens(params, inputs.narrow(0, start, span)), positions, cache, 0,
+                         ahead_blocks);
+      ahead_start = start;
+    }
+    const torch::Tensor hidden =
+        run_ahead ? ahead.narrow(0, start - ahead_start, length) : embed_tokens(params, inputs.narrow(0, start, length));
     torch::Tensor nll, loss;
-    if (whole_sequence_h.defined()) {
-      nll = token_nll(lm_logits(config, params, whole_sequence_h.narrow(0, start, length)), chunk_targets);
+    if (ahead_blocks == config.n_layers) {
+      nll = token_nll(lm_logits(config, params, hidden), chunk_targets);
       loss = masked_mean_loss(nll, chunk_targets, config.bos_id);
     } else {
       // Every chunk but the last is full; the last one's update would never be used.
       const bool update = config.is_ttt() && c + 1 < n_chunks;
-      ChunkStep step = run_chunk(config, params, inputs.narrow(0, start, length), chunk_targets, start, cache, weights,
-                                 update, options.ilr_mult, options.outer_gradient);
+      ChunkStep step = run_chunk(config, params, hidden, ahead_blocks, chunk_targets, start, cache, weights, update,
+                                 options.ilr_mult, options.outer_gradient);
       weights = std::move(step.next_weights);
       result.inner_steps += update ? 1 : 0;
       if (!differentiable) {

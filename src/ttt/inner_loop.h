@@ -33,15 +33,17 @@ struct SequenceResult {
   int64_t inner_steps = 0;
 };
 
-// One chunk of the inner loop: the model runs on `inputs` (at absolute positions from
-// `start`, attending through `cache`, which it extends) with fast weights `weights`; the
-// chunk's loss is recorded, then, if `update`, one inner step gives the next weights.
+// One chunk of the inner loop: the model runs on the chunk's hidden states entering block
+// `first_block` (embed_tokens of its tokens for 0; the prefix's output where the prefix ran
+// ahead), at absolute positions from `start`, attending through `cache`, which it extends,
+// with fast weights `weights`; the chunk's loss is recorded, then, if `update`, one inner
+// step gives the next weights.
 struct ChunkStep {
   torch::Tensor nll;           // [length] per-target NLL
   torch::Tensor loss;          // masked mean of nll (SPEC section 4)
   FastWeights next_weights;    // after the inner step; `weights` itself without an update
 };
-ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& inputs,
+ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
                     const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
                     bool update, double ilr_mult, OuterGradient outer);
 

@@ -91,8 +91,9 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t start = chunk_start(c), length = chunk_length(c);
       saved[c].weights = weights;
-      ChunkStep step = run_chunk(config, frozen, inputs.narrow(0, start, length), targets.narrow(0, start, length),
-                                 start, cache, weights, updates(c), options.ilr_mult, OuterGradient::kNone);
+      ChunkStep step = run_chunk(config, frozen, embed_tokens(frozen, inputs.narrow(0, start, length)), 0,
+                                 targets.narrow(0, start, length), start, cache, weights, updates(c), options.ilr_mult,
+                                 OuterGradient::kNone);
       const torch::Tensor weighted = step.loss.detach() * loss_weights[c];
       loss = loss.defined() ? loss + weighted : weighted;
       weights = detach_fast_weights(step.next_weights, false);
@@ -112,8 +113,9 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     const FastWeights weights = detach_fast_weights(saved[c].weights, true);
     KvCache cache = cache_before(config, saved, c);
     const std::vector<LayerCache> cache_leaves = cache.layers;
-    ChunkStep step = run_chunk(config, params, inputs.narrow(0, start, length), targets.narrow(0, start, length),
-                               start, cache, weights, updates(c), options.ilr_mult, outer);
+    ChunkStep step = run_chunk(config, params, embed_tokens(params, inputs.narrow(0, start, length)), 0,
+                               targets.narrow(0, start, length), start, cache, weights, updates(c), options.ilr_mult,
+                               outer);
 
     std::vector<torch::Tensor> outputs{step.loss};
     std::vector<torch::Tensor> adjoints{torch::full({}, options.loss_scale * loss_weights[c], step.loss.options())};

@@ -3,6 +3,7 @@
 // (fused attention, evaluation, the meta-gradient, sessions) against the CPU fp64 reference.
 // The CUDA tests skip on machines without a GPU; scripts/gpu.sh runs them on one.
 #include <gtest/gtest.h>
+#include <torch/autograd.h>
 #include <torch/cuda.h>
 
 #include "common/error.h"
@@ -226,7 +227,7 @@ TEST(OnCudaAttention, FusedKernelsMatchTheComposableReference) {
     int64_t cached, span, window;
   };
   for (const Shape s : {Shape{0, 64, 0}, Shape{0, 64, 16}, Shape{40, 1, 0}, Shape{15, 1, 16}, Shape{31, 16, 32},
-                        Shape{100, 24, 0}}) {
+                        Shape{10, 16, 32}, Shape{15, 40, 16}, Shape{100, 24, 0}}) {
     SCOPED_TRACE(std::to_string(s.cached) + " cached, span " + std::to_string(s.span) + ", window " +
                  std::to_string(s.window));
     torch::manual_seed(11);
@@ -237,12 +238,23 @@ TEST(OnCudaAttention, FusedKernelsMatchTheComposableReference) {
     const torch::Tensor query_positions = key_positions.narrow(0, s.cached, s.span);
     const torch::Tensor reference = attend(q, k, v, attention_mask(query_positions, key_positions, s.window));
     const auto on = [&](const torch::Tensor& t) { return t.to(cuda, t.is_floating_point() ? torch::kFloat32 : t.scalar_type()); };
+    // The gradients too: the inner step differentiates through the fused kernels.
+    const torch::Tensor probe = torch::randn({s.span, H * d}, torch::kFloat64);
+    const std::vector<torch::Tensor> leaves = {q.requires_grad_(), k.requires_grad_(), v.requires_grad_()};
+    const std::vector<torch::Tensor> reference_grads = torch::autograd::grad({(reference * probe).sum()}, leaves);
     ASSERT_TRUE(fused_attention_available(on(q)));
     for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
       const MatmulDtypeGuard precision(dtype);
-      const torch::Tensor fused = attend_span(on(q), on(k), on(v), on(query_positions), on(key_positions), s.window);
+      const double tolerance = dtype ? 1e-2 : 1e-5;
+      std::vector<torch::Tensor> inputs;
+      for (const torch::Tensor& t : leaves) inputs.push_back(on(t.detach()).requires_grad_());
+      const torch::Tensor fused = attend_span(inputs[0], inputs[1], inputs[2], on(query_positions), on(key_positions), s.window);
       EXPECT_EQ(fused.scalar_type(), torch::kFloat32);
-      EXPECT_LT(relative_error(fused, reference), dtype ? 1e-2 : 1e-5) << (dtype ? "bf16" : "fp32");
+      EXPECT_LT(relative_error(fused, reference), tolerance) << (dtype ? "bf16" : "fp32");
+      const std::vector<torch::Tensor> grads = torch::autograd::grad({(fused * on(probe)).sum()}, inputs);
+      for (size_t i = 0; i < grads.size(); ++i) {
+        EXPECT_LT(relative_error(grads[i], reference_grads[i]), 2 * tolerance) << (dtype ? "bf16" : "fp32") << " grad " << i;
+      }
     }
   }
 }
