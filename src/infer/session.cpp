@@ -144,7 +144,7 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
       // Only the last position's logits are wanted: the head runs on that one alone.
       const torch::Tensor h =
           run_blocks(config_, params_, embed_tokens(params_, span), positions, cache_, 0, config_.n_layers, prime);
-      last_logits_ = lm_logits(config_, params_, h.narrow(0, length - 1, 1))[0];
+      last_logits_ = lm_logits(config_, params_, h.narrow(0, length - 1, 1))[0].to(h.scalar_type());
       if (config_.is_ttt()) pending_.insert(pending_.end(), ids + i, ids + i + length);
     }
     position_ += length;

@@ -8,7 +8,7 @@ namespace ttt {
 namespace {
 
 thread_local std::optional<torch::Dtype> g_matmul_dtype;
-thread_local bool g_fused_attention_allowed = true;
+thread_local bool g_fused_kernels_allowed = true;
 
 }  // namespace
 
@@ -52,12 +52,12 @@ MatmulDtypeGuard::MatmulDtypeGuard(std::optional<torch::Dtype> dtype) : previous
 }
 MatmulDtypeGuard::~MatmulDtypeGuard() { g_matmul_dtype = previous_; }
 
-bool fused_attention_allowed() { return g_fused_attention_allowed; }
+bool fused_kernels_allowed() { return g_fused_kernels_allowed; }
 
-ComposableAttentionGuard::ComposableAttentionGuard() : previous_(g_fused_attention_allowed) {
-  g_fused_attention_allowed = false;
+ComposableKernelsGuard::ComposableKernelsGuard() : previous_(g_fused_kernels_allowed) {
+  g_fused_kernels_allowed = false;
 }
-ComposableAttentionGuard::~ComposableAttentionGuard() { g_fused_attention_allowed = previous_; }
+ComposableKernelsGuard::~ComposableKernelsGuard() { g_fused_kernels_allowed = previous_; }
 
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {
   const torch::Dtype matrices = params.embed.scalar_type();

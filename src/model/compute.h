@@ -43,16 +43,16 @@ class MatmulDtypeGuard {
   std::optional<torch::Dtype> previous_;
 };
 
-// Fused attention kernels (scaled_dot_product_attention) have no double backward: code
-// that differentiates twice through attention (the exact meta-gradient) holds this guard
-// and gets the composable implementation instead.
-bool fused_attention_allowed();
-class ComposableAttentionGuard {
+// Fused kernels (attention, RMSNorm) have no double backward: code that differentiates
+// twice through the network (the exact meta-gradient) holds this guard and gets the
+// composable implementations instead.
+bool fused_kernels_allowed();
+class ComposableKernelsGuard {
  public:
-  ComposableAttentionGuard();
-  ~ComposableAttentionGuard();
-  ComposableAttentionGuard(const ComposableAttentionGuard&) = delete;
-  ComposableAttentionGuard& operator=(const ComposableAttentionGuard&) = delete;
+  ComposableKernelsGuard();
+  ~ComposableKernelsGuard();
+  ComposableKernelsGuard(const ComposableKernelsGuard&) = delete;
+  ComposableKernelsGuard& operator=(const ComposableKernelsGuard&) = delete;
 
  private:
   bool previous_;

@@ -18,6 +18,10 @@ torch::Tensor at_least_fp32(const torch::Tensor& x) {
 }  // namespace
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps) {
+#if TORCH_VERSION_MAJOR >= 2
+  // One kernel instead of six on the GPU (the same formula, accumulated in fp32).
+  if (x.is_cuda() && fused_kernels_allowed()) return at::rms_norm(x, {x.size(-1)}, gain, eps);
+#endif
   return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * gain;
 }
 
@@ -83,7 +87,7 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
 
 bool fused_attention_available(const torch::Tensor& like) {
   return TORCH_VERSION_MAJOR >= 2 && like.is_cuda() && like.scalar_type() != torch::kFloat64 &&
-         fused_attention_allowed();
+         fused_kernels_allowed();
 }
 
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -126,7 +130,9 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
 }
 
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets) {
-  const torch::Tensor log_probs = torch::log_softmax(at_least_fp32(logits), -1);
+  // The dtype argument converts inside the kernel: no fp32 copy of bf16 logits.
+  const torch::Dtype dtype = logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const torch::Tensor log_probs = torch::log_softmax(logits, -1, dtype);
   return -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1);
 }
 

@@ -50,7 +50,7 @@ bool fused_attention_available(const torch::Tensor& like);
 // Attention of a span of Tq queries at consecutive positions over Tk = S + Tq keys: the S
 // cached tokens just before the span, then the span itself, with the visibility rule of
 // attention_mask for `window`. On CUDA with libtorch 2.x, unless a
-// ComposableAttentionGuard is held, it runs fused kernels: scaled_dot_product_attention
+// ComposableKernelsGuard is held, it runs fused kernels: scaled_dot_product_attention
 // for a causal square or a single query, the flash kernel with its sliding window for the
 // rest in bf16/fp16 (whole tiles outside the window skipped), the memory-efficient kernel
 // with the band mask in fp32; elsewhere `attend`. The mask is only built where needed.

@@ -123,7 +123,9 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
 
 torch::Tensor lm_logits(const ModelConfig& c, const Params& params, const torch::Tensor& h) {
   const torch::Tensor normed = rms_norm(h, params.final_norm, c.rms_eps);
-  return project(normed, c.tie_embeddings ? params.embed.t() : params.lm_head);
+  // Left in the matmul dtype: the loss reads them in fp32 without a cast of its own, and
+  // [T, 128256] fp32 logits would double the head's memory traffic.
+  return project(matmul_operand(normed), c.tie_embeddings ? params.embed.t() : params.lm_head);
 }
 
 torch::Tensor forward_span(const ModelConfig& c, const Params& params, const torch::Tensor& tokens,

@@ -50,7 +50,8 @@ torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch:
                          const torch::Tensor& positions, KvCache& cache, int64_t first, int64_t last,
                          const FastWeights* prime = nullptr);
 
-// RMSNorm(h; final_norm) @ E^T (or @ lm_head): [T, V].
+// RMSNorm(h; final_norm) @ E^T (or @ lm_head): [T, V], in the matmul dtype if one is set
+// (token_nll reads them in fp32), else in h's.
 torch::Tensor lm_logits(const ModelConfig& config, const Params& params, const torch::Tensor& h);
 
 // Embedding, every block and the head for one span of tokens: logits [T, V].

@@ -47,8 +47,8 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
 ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
                     const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
                     bool update, double ilr_mult, OuterGradient outer) {
-  // The exact meta-gradient differentiates twice through attention: no fused kernel.
-  std::optional<ComposableAttentionGuard> composable;
+  // The exact meta-gradient differentiates twice through the network: no fused kernels.
+  std::optional<ComposableKernelsGuard> composable;
   if (outer == OuterGradient::kExact && config.is_ttt()) composable.emplace();
   // Without an outer graph the inner gradient needs leaves of its own.
   const FastWeights chunk_weights =

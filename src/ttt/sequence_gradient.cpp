@@ -3,6 +3,7 @@
 #include <torch/autograd.h>
 
 #include "common/error.h"
+#include "model/layers.h"
 #include "model/transformer.h"
 #include "ttt/inner_loop.h"
 
@@ -79,7 +80,32 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     if (options.on_chunk) options.on_chunk(done, 2 * n_chunks);
   };
 
-  // Forward: the inner loop without an outer graph, saving each chunk's starting point.
+  // The prefix (blocks without fast weights; all blocks of fa and swa) once, with its graph:
+  // the outer gradient reaches it only through its output h (first order), so fused
+  // kernels serve it, a whole sequence at a time where they exist.
+  const int64_t first_suffix = config.is_ttt() ? config.first_suffix_block() : config.n_layers;
+  torch::Tensor prefix_h;
+  {
+    KvCache cache(config.n_layers);
+    const bool whole = fused_attention_available(params.final_norm);
+    cache.keep_entries = !whole;  // one span needs no cache after it
+    std::vector<torch::Tensor> spans;
+    for (int64_t start = 0; start < n;) {
+      const int64_t length = whole ? n : chunk_length(start / config.mini_batch);
+      const torch::Tensor positions =
+          torch::arange(start, start + length, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
+      spans.push_back(run_blocks(config, params, embed_tokens(params, inputs.narrow(0, start, length)), positions, cache,
+                                 0, first_suffix));
+      start += length;
+    }
+    prefix_h = spans.size() == 1 ? spans[0] : torch::cat(spans);
+  }
+  // The suffix reads h as a leaf; its gradient, summed over the chunks, goes back through
+  // the prefix at the end.
+  const torch::Tensor h = prefix_h.detach().requires_grad_();
+
+  // Forward: the inner loop over the suffix without an outer graph, saving each chunk's
+  // starting point.
   std::vector<SavedChunk> saved(n_chunks);
   torch::Tensor loss;
   {
@@ -91,7 +117,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t start = chunk_start(c), length = chunk_length(c);
       saved[c].weights = weights;
-      ChunkStep step = run_chunk(config, frozen, embed_tokens(frozen, inputs.narrow(0, start, length)), 0,
+      ChunkStep step = run_chunk(config, frozen, h.detach().narrow(0, start, length), first_suffix,
                                  targets.narrow(0, start, length), start, cache, weights, updates(c), options.ilr_mult,
                                  OuterGradient::kNone);
       const torch::Tensor weighted = step.loss.detach() * loss_weights[c];
@@ -103,8 +129,8 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     }
   }
 
-  // Reverse scan: recompute each chunk and backpropagate into theta, and into the fast
-  // weights and cache it started from (the adjoints handed to the chunk before).
+  // Reverse scan: recompute each chunk's suffix and backpropagate into theta, into h, and
+  // into the fast weights and cache it started from (the adjoints handed to the chunk before).
   const OuterGradient outer = options.first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact;
   std::vector<torch::Tensor> weight_adjoints;             // d/d W_c, flattened
   std::vector<LayerCache> cache_adjoints(config.n_layers);  // d/d KV_c (keys, values)
@@ -113,7 +139,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     const FastWeights weights = detach_fast_weights(saved[c].weights, true);
     KvCache cache = cache_before(config, saved, c);
     const std::vector<LayerCache> cache_leaves = cache.layers;
-    ChunkStep step = run_chunk(config, params, embed_tokens(params, inputs.narrow(0, start, length)), 0,
+    ChunkStep step = run_chunk(config, params, h.narrow(0, start, length), first_suffix,
                                targets.narrow(0, start, length), start, cache, weights, updates(c), options.ilr_mult,
                                outer);
 
@@ -128,7 +154,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
       const std::vector<torch::Tensor> next = flatten(step.next_weights);
       for (size_t i = 0; i < next.size(); ++i) add_output(next[i], weight_adjoints[i]);
     }
-    for (int64_t l = 0; l < config.n_layers; ++l) {
+    for (int64_t l = first_suffix; l < config.n_layers; ++l) {
       add_output(cache.layers[l].keys, cache_adjoints[l].keys);
       add_output(cache.layers[l].values, cache_adjoints[l].values);
     }
@@ -136,12 +162,13 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
 
     weight_adjoints.clear();
     for (const torch::Tensor& w : flatten(weights)) weight_adjoints.push_back(w.grad());
-    for (int64_t l = 0; l < config.n_layers; ++l) {
+    for (int64_t l = first_suffix; l < config.n_layers; ++l) {
       const LayerCache& leaf = cache_leaves[l];
       cache_adjoints[l] = leaf.keys.defined() ? LayerCache{leaf.keys.grad(), leaf.values.grad(), {}} : LayerCache{};
     }
     report(2 * n_chunks - c);
   }
+  if (h.grad().defined() && prefix_h.requires_grad()) torch::autograd::backward({prefix_h}, {h.grad()});
   // What reached W_0 is the gradient of the prime weights in theta.
   const std::vector<torch::Tensor> prime = flatten(initial_fast_weights(config, params));
   for (size_t i = 0; i < prime.size(); ++i) accumulate_grad(prime[i], weight_adjoints[i]);

@@ -1,14 +1,18 @@
 // The gradient of a sequence's loss (SPEC sections 5 and 6) w.r.t. every parameter, by
-// per-chunk recomputation: memory stays flat in the number of chunks.
+// per-chunk recomputation of the suffix.
 //
-// A forward pass without an outer graph saves, per chunk, what recomputing it needs: the
-// fast weights it starts from and the KV-cache entries it adds. A reverse scan then
-// recomputes one chunk at a time, its inner step included (second order for ttt-e2e),
-// with those weights and the cache it reads as fresh leaves, and backpropagates the
-// chunk's weighted loss plus the adjoints of the weights and cache it hands to the next
-// chunk. Every block, the prefix too, runs chunk by chunk, so no activation outlives its
-// chunk. The result equals differentiating run_sequence with OuterGradient::kExact (or
-// kFirstOrder), which keeps every chunk's graph instead (tests/ttt/sequence_gradient_test.cpp).
+// The prefix (the blocks without fast weights; every block of fa and swa) runs once over
+// the sequence with its graph kept: the outer gradient reaches it only through its output
+// h, first order, so it takes fused kernels and whole-sequence spans on the GPU. Its
+// activations are what grows with the sequence's length. The suffix then runs the inner
+// loop: a forward pass without an outer graph saves, per chunk, the fast weights it starts
+// from and the KV-cache entries it adds; a reverse scan recomputes one chunk at a time, its
+// inner step included (second order for ttt-e2e), with those weights, the cache it reads
+// and h as fresh leaves, and backpropagates the chunk's weighted loss plus the adjoints of
+// the weights and cache it hands to the next chunk. Last, the summed gradient of h goes
+// back through the prefix in one pass (DESIGN.md). The result equals differentiating
+// run_sequence with OuterGradient::kExact (or kFirstOrder), which keeps every chunk's graph
+// instead (tests/ttt/sequence_gradient_test.cpp).
 #pragma once
 #include <functional>
 

@@ -87,12 +87,12 @@ TEST(Compute, MatmulDtypeGuardsNestAndRestore) {
     EXPECT_EQ(matmul_dtype(), torch::kBFloat16);
   }
   EXPECT_FALSE(matmul_dtype().has_value());
-  EXPECT_TRUE(fused_attention_allowed());
+  EXPECT_TRUE(fused_kernels_allowed());
   {
-    const ComposableAttentionGuard composable;
-    EXPECT_FALSE(fused_attention_allowed());
+    const ComposableKernelsGuard composable;
+    EXPECT_FALSE(fused_kernels_allowed());
   }
-  EXPECT_TRUE(fused_attention_allowed());
+  EXPECT_TRUE(fused_kernels_allowed());
 }
 
 TEST(Compute, InferenceParamsCastMatricesButNotFastWeightsOrGains) {
@@ -240,8 +240,12 @@ TEST(OnCudaAttention, FusedKernelsMatchTheComposableReference) {
     const auto on = [&](const torch::Tensor& t) { return t.to(cuda, t.is_floating_point() ? torch::kFloat32 : t.scalar_type()); };
     // The gradients too: the inner step differentiates through the fused kernels.
     const torch::Tensor probe = torch::randn({s.span, H * d}, torch::kFloat64);
-    const std::vector<torch::Tensor> leaves = {q.requires_grad_(), k.requires_grad_(), v.requires_grad_()};
-    const std::vector<torch::Tensor> reference_grads = torch::autograd::grad({(reference * probe).sum()}, leaves);
+    const std::vector<torch::Tensor> leaves = {q.detach().requires_grad_(), k.detach().requires_grad_(),
+                                               v.detach().requires_grad_()};
+    const std::vector<torch::Tensor> reference_grads = torch::autograd::grad(
+        {(attend(leaves[0], leaves[1], leaves[2], attention_mask(query_positions, key_positions, s.window)) * probe)
+             .sum()},
+        leaves);
     ASSERT_TRUE(fused_attention_available(on(q)));
     for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
       const MatmulDtypeGuard precision(dtype);
