@@ -296,7 +296,8 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--json", options->json_path, "write every row here as JSON (rewritten after each row)");
   command->add_option("--profile", options->profile_dir,
                       "profile one more run of each row (decode: 4 tokens) into DIR/SIZE-VARIANT-MODE-CONTEXT.json,\n"
-                      "a Chrome trace of host ops and kernels; scripts/profile_summary.py sums it up");
+                      "a Chrome trace of host ops and kernels; scripts/profile_summary.py sums it up. The\n"
+                      "profiler's hooks slow the host a little even when off: take timings without it");
   command->callback([options] { run_bench(*options); });
 }
 
