@@ -100,15 +100,18 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
     const bool causal_square = Tk == Tq && (window == 0 || Tq <= window);
     const torch::Dtype dtype = matmul_dtype().value_or(q.scalar_type());
     const auto merged = [&](const torch::Tensor& out) { return out.reshape({Tq, H * d}).to(q.scalar_type()); };
-    if (all_visible || causal_square) {
-      // scaled_dot_product_attention picks the fastest kernel for these (cuDNN's on Hopper).
-      const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };  // [1, H, T, d]
+    const bool flash = (dtype == torch::kBFloat16 || dtype == torch::kHalf) && d % 8 == 0 && d <= 256;
+    const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };  // [1, H, T, d]
+    // A causal square (chunks, whole sequences: few shapes) goes to scaled_dot_product_attention,
+    // which picks cuDNN's Hopper kernel. Not a single query: cuDNN plans a kernel per shape on
+    // the host, and a decoded token's cache has a new length every time.
+    if ((causal_square && Tq > 1) || (!flash && (all_visible || causal_square))) {
       return merged(at::scaled_dot_product_attention(heads(q), heads(k), heads(v), /*attn_mask=*/std::nullopt,
                                                      /*dropout_p=*/0.0, /*is_causal=*/!all_visible)
                         .squeeze(0)
                         .transpose(0, 1));
     }
-    if ((dtype == torch::kBFloat16 || dtype == torch::kHalf) && d % 8 == 0 && d <= 256) {
+    if (flash) {
       // The flash kernel's causal mask is aligned to the last key, as the layout above is,
       // and its window skips whole tiles outside the band: no mask, no wasted tiles.
       const auto batch = [&](const torch::Tensor& t) { return t.to(dtype).unsqueeze(0); };  // [1, T, H, d]
@@ -119,7 +122,6 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                                                         /*return_debug_mask=*/false, /*scale=*/std::nullopt, left, right);
       return merged(std::get<0>(outputs).squeeze(0));
     }
-    const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };
     return merged(at::scaled_dot_product_attention(heads(q), heads(k), heads(v),
                                                    attention_mask(query_positions, key_positions, window))
                       .squeeze(0)
