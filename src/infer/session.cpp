@@ -139,11 +139,8 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
     } else {
       if (config_.is_ttt() && pending_.empty()) chunk_start_cache_ = cache_;
       torch::NoGradGuard no_grad;
-      const torch::Tensor positions =
-          torch::arange(position_, position_ + length, torch::TensorOptions().dtype(torch::kInt64).device(device_));
       // Only the last position's logits are wanted: the head runs on that one alone.
-      const torch::Tensor h =
-          run_blocks(config_, params_, embed_tokens(params_, span), positions, cache_, 0, config_.n_layers, prime);
+      const torch::Tensor h = hidden_states(config_, params_, span, position_, cache_, config_.n_layers, prime);
       last_logits_ = lm_logits(config_, params_, h.narrow(0, length - 1, 1))[0].to(h.scalar_type());
       if (config_.is_ttt()) pending_.insert(pending_.end(), ids + i, ids + i + length);
     }

@@ -104,6 +104,7 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
 
 torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
                          KvCache& cache, int64_t first, int64_t last, const FastWeights* prime) {
+  if (first >= last) return h;
   const double eps = c.rms_eps;
   const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, h.scalar_type());
   for (int64_t i = first; i < last; ++i) {
@@ -119,6 +120,13 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
     h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps), b.mlp), b.mlp_post_norm, eps);
   }
   return h;
+}
+
+torch::Tensor hidden_states(const ModelConfig& c, const Params& params, const torch::Tensor& tokens, int64_t start,
+                            KvCache& cache, int64_t last, const FastWeights* prime) {
+  const torch::Tensor positions = torch::arange(
+      start, start + tokens.size(0), torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
+  return run_blocks(c, params, embed_tokens(params, tokens), positions, cache, 0, last, prime);
 }
 
 torch::Tensor lm_logits(const ModelConfig& c, const Params& params, const torch::Tensor& h) {

@@ -50,6 +50,11 @@ torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch:
                          const torch::Tensor& positions, KvCache& cache, int64_t first, int64_t last,
                          const FastWeights* prime = nullptr);
 
+// Embeds `tokens` ([T] ids at absolute positions start..start+T-1) and runs blocks
+// [0, last) on them through `cache`, as run_blocks does.
+torch::Tensor hidden_states(const ModelConfig& config, const Params& params, const torch::Tensor& tokens, int64_t start,
+                            KvCache& cache, int64_t last, const FastWeights* prime = nullptr);
+
 // RMSNorm(h; final_norm) @ E^T (or @ lm_head): [T, V], in the matmul dtype if one is set
 // (token_nll reads them in fp32), else in h's.
 torch::Tensor lm_logits(const ModelConfig& config, const Params& params, const torch::Tensor& h);

@@ -113,36 +113,25 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
     if (run_ahead && (!ahead.defined() || start >= ahead_start + ahead.size(0))) {
       std::optional<torch::NoGradGuard> no_grad;
       if (!differentiable) no_grad.emplace();
-      const int64_t span = std::min(ahead_span, n - start);
-      const torch::Tensor positions =
-          torch::arange(start, start + span, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
-      ahead = run_blocks(config, params, embed_tokens(params, inputs.narrow(0, start, span)), positions, cache, 0,
-                         ahead_blocks);
+      ahead = hidden_states(config, params, inputs.narrow(0, start, std::min(ahead_span, n - start)), start, cache,
+                            ahead_blocks);
       ahead_start = start;
     }
     const torch::Tensor hidden =
         run_ahead ? ahead.narrow(0, start - ahead_start, length) : embed_tokens(params, inputs.narrow(0, start, length));
-    torch::Tensor nll, loss;
-    if (ahead_blocks == config.n_layers) {
-      nll = token_nll(lm_logits(config, params, hidden), chunk_targets);
-      loss = masked_mean_loss(nll, chunk_targets, config.bos_id);
-    } else {
-      // Every chunk but the last is full; the last one's update would never be used.
-      const bool update = config.is_ttt() && c + 1 < n_chunks;
-      ChunkStep step = run_chunk(config, params, hidden, ahead_blocks, chunk_targets, start, cache, weights, update,
-                                 options.ilr_mult, options.outer_gradient);
-      weights = std::move(step.next_weights);
-      result.inner_steps += update ? 1 : 0;
-      if (!differentiable) {
-        weights = detach_fast_weights(weights, /*requires_grad=*/false);
-        cache.detach();
-      }
-      nll = step.nll;
-      loss = step.loss;
+    // Every chunk but the last is full; the last one's update would never be used.
+    const bool update = config.is_ttt() && c + 1 < n_chunks;
+    ChunkStep step = run_chunk(config, params, hidden, ahead_blocks, chunk_targets, start, cache, weights, update,
+                               options.ilr_mult, options.outer_gradient);
+    weights = std::move(step.next_weights);
+    result.inner_steps += update ? 1 : 0;
+    if (!differentiable) {
+      weights = detach_fast_weights(weights, /*requires_grad=*/false);
+      cache.detach();
     }
-    loss = loss * loss_weights[c];
+    const torch::Tensor loss = step.loss * loss_weights[c];
     weighted_losses.push_back(differentiable ? loss : loss.detach());
-    chunk_nlls.push_back(nll.detach());
+    chunk_nlls.push_back(step.nll.detach());
     if (options.on_chunk) options.on_chunk(c + 1, n_chunks);
   }
   result.loss = torch::stack(weighted_losses).sum();

@@ -92,10 +92,7 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     std::vector<torch::Tensor> spans;
     for (int64_t start = 0; start < n;) {
       const int64_t length = whole ? n : chunk_length(start / config.mini_batch);
-      const torch::Tensor positions =
-          torch::arange(start, start + length, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
-      spans.push_back(run_blocks(config, params, embed_tokens(params, inputs.narrow(0, start, length)), positions, cache,
-                                 0, first_suffix));
+      spans.push_back(hidden_states(config, params, inputs.narrow(0, start, length), start, cache, first_suffix));
       start += length;
     }
     prefix_h = spans.size() == 1 ? spans[0] : torch::cat(spans);
