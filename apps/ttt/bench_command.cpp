@@ -17,6 +17,7 @@
 #include "infer/session.h"
 #include "io/atomic_file.h"
 #include "io/paths.h"
+#include "ttt/chunk_graphs.h"
 #include "ttt/inner_loop.h"
 #include "ttt/sequence_gradient.h"
 
@@ -142,7 +143,11 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
   const auto run_timed = [&](const std::function<void()>& once) { return timed(options, once, profile_path); };
   if (mode == "eval") {
     const torch::Tensor tokens = random_ids(context + 1, config, device);
-    const double s = run_timed([&] { evaluate(config, inference, tokens); });
+    // ttt-e2e's CUDA graphs are captured in a second warm-up run (the first runs eagerly).
+    std::unique_ptr<ChunkGraphs> graphs;
+    if (ChunkGraphs::supported(config, inference)) graphs = std::make_unique<ChunkGraphs>(config, inference);
+    if (graphs) evaluate(config, inference, tokens, {}, graphs.get());
+    const double s = run_timed([&] { evaluate(config, inference, tokens, {}, graphs.get()); });
     row["seconds"] = s;
     row["tokens_per_s"] = static_cast<double>(context) / s;
   } else if (mode == "prefill") {

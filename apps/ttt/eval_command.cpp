@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -16,6 +17,7 @@
 #include "data/prepare_manifest.h"
 #include "eval/evaluate.h"
 #include "eval/position_report.h"
+#include "ttt/chunk_graphs.h"
 #include "io/atomic_file.h"
 #include "io/paths.h"
 #include "model/checkpoint.h"
@@ -133,6 +135,11 @@ void evaluate_report(const EvalOptions& options) {
   const bool tty = isatty(STDERR_FILENO);
   for (size_t m = 0; m < models.size(); ++m) {
     const auto start = std::chrono::steady_clock::now();
+    // One set of CUDA graphs serves every document of the model.
+    std::unique_ptr<ChunkGraphs> graphs;
+    if (ChunkGraphs::supported(models[m].config, models[m].params)) {
+      graphs = std::make_unique<ChunkGraphs>(models[m].config, models[m].params);
+    }
     for (size_t d = 0; d < documents.size(); ++d) {
       if (tty) {
         std::fprintf(stderr, "\reval %s: document %zu/%zu", described[m].label.c_str(), d + 1, documents.size());
@@ -144,7 +151,7 @@ void evaluate_report(const EvalOptions& options) {
       } catch (const Error& e) {
         throw Error(documents[d].name + ": " + e.what());
       }
-      EvalResult result = evaluate(models[m].config, models[m].params, tokens.to(compute.device));
+      EvalResult result = evaluate(models[m].config, models[m].params, tokens.to(compute.device), {}, graphs.get());
       require_finite_loss(result.loss);
       documents[d].nll.push_back(std::move(result.nll));
     }

@@ -1,6 +1,9 @@
 #include "eval/evaluate.h"
 
+#include <memory>
+
 #include "common/error.h"
+#include "ttt/chunk_graphs.h"
 #include "ttt/inner_loop.h"
 #include "ttt/sequence_gradient.h"
 
@@ -18,9 +21,15 @@ torch::Tensor checked_tokens(const ModelConfig& config, const std::vector<int64_
 }
 
 EvalResult evaluate(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
-                    const ProgressFn& progress) {
+                    const ProgressFn& progress, ChunkGraphs* graphs) {
+  std::unique_ptr<ChunkGraphs> own;
+  if (!graphs && ChunkGraphs::supported(config, params)) {
+    own = std::make_unique<ChunkGraphs>(config, params);
+    graphs = own.get();
+  }
   SequenceOptions options;
   options.on_chunk = progress;
+  options.graphs = graphs;
   const SequenceResult run = run_sequence(config, params, tokens, options);
   const torch::Tensor nll = run.nll.to(torch::kCPU, torch::kFloat64).contiguous();
   EvalResult result;

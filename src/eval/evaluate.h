@@ -25,9 +25,14 @@ struct EvalResult {
 
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
+class ChunkGraphs;
+
 // `params` and `tokens` on one device; matmuls in the thread's matmul dtype (model/compute.h).
+// ttt-e2e on a GPU runs its chunks as CUDA graphs (ttt/chunk_graphs.h): `graphs` where
+// given (made for these parameters: callers that evaluate many sequences keep theirs),
+// else graphs of this call's own.
 EvalResult evaluate(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
-                    const ProgressFn& progress = {});
+                    const ProgressFn& progress = {}, ChunkGraphs* graphs = nullptr);
 
 struct GradResult {
   double loss = 0;

@@ -132,7 +132,8 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
       // A whole chunk with its last target in this feed: one pass, as `ttt eval` takes it.
       chunk_start_cache_ = cache_;
       ChunkStep step = run_chunk(config_, params_, embed_tokens(params_, span), 0, tokens.narrow(0, i + 1, length),
-                                 position_, cache_, weights_, /*update=*/true, /*ilr_mult=*/1.0, OuterGradient::kNone);
+                                 span_positions(position_, length, device_), cache_, weights_, /*update=*/true,
+                                 /*ilr_mult=*/1.0, OuterGradient::kNone);
       weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
       cache_.detach();
       ++inner_steps_;
@@ -157,7 +158,8 @@ void Session::train_on_pending(int64_t next) {
   KvCache cache = chunk_start_cache_;
   const int64_t start = position_ - static_cast<int64_t>(pending_.size());
   ChunkStep step = run_chunk(config_, params_, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)),
-                             0, torch::tensor(targets, torch::kInt64).to(device_), start, cache, weights_,
+                             0, torch::tensor(targets, torch::kInt64).to(device_),
+                             span_positions(start, static_cast<int64_t>(pending_.size()), device_), cache, weights_,
                              /*update=*/true, /*ilr_mult=*/1.0, OuterGradient::kNone);
   weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
   cache.detach();

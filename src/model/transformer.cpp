@@ -122,11 +122,14 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
   return h;
 }
 
+torch::Tensor span_positions(int64_t start, int64_t length, const torch::Device& device) {
+  return torch::arange(start, start + length, torch::TensorOptions().dtype(torch::kInt64).device(device));
+}
+
 torch::Tensor hidden_states(const ModelConfig& c, const Params& params, const torch::Tensor& tokens, int64_t start,
                             KvCache& cache, int64_t last, const FastWeights* prime) {
-  const torch::Tensor positions = torch::arange(
-      start, start + tokens.size(0), torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
-  return run_blocks(c, params, embed_tokens(params, tokens), positions, cache, 0, last, prime);
+  return run_blocks(c, params, embed_tokens(params, tokens), span_positions(start, tokens.size(0), tokens.device()),
+                    cache, 0, last, prime);
 }
 
 torch::Tensor lm_logits(const ModelConfig& c, const Params& params, const torch::Tensor& h) {

@@ -50,6 +50,9 @@ torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch:
                          const torch::Tensor& positions, KvCache& cache, int64_t first, int64_t last,
                          const FastWeights* prime = nullptr);
 
+// Absolute positions start..start+length-1 ([length] int64 on `device`).
+torch::Tensor span_positions(int64_t start, int64_t length, const torch::Device& device);
+
 // Embeds `tokens` ([T] ids at absolute positions start..start+T-1) and runs blocks
 // [0, last) on them through `cache`, as run_blocks does.
 torch::Tensor hidden_states(const ModelConfig& config, const Params& params, const torch::Tensor& tokens, int64_t start,

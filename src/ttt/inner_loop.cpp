@@ -8,6 +8,7 @@
 #include "model/compute.h"
 #include "model/layers.h"
 #include "model/transformer.h"
+#include "ttt/chunk_graphs.h"
 
 namespace ttt {
 namespace {
@@ -45,16 +46,14 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
 }
 
 ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
-                    const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
-                    bool update, double ilr_mult, OuterGradient outer) {
+                    const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
+                    const FastWeights& weights, bool update, double ilr_mult, OuterGradient outer) {
   // The exact meta-gradient differentiates twice through the network: no fused kernels.
   std::optional<ComposableKernelsGuard> composable;
   if (outer == OuterGradient::kExact && config.is_ttt()) composable.emplace();
   // Without an outer graph the inner gradient needs leaves of its own.
   const FastWeights chunk_weights =
       update && outer == OuterGradient::kNone ? detach_fast_weights(weights, /*requires_grad=*/true) : weights;
-  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(hidden.device());
-  const torch::Tensor positions = torch::arange(start, start + hidden.size(0), index_options);
   const torch::Tensor logits = lm_logits(
       config, params, run_blocks(config, params, hidden, positions, cache, first_block, config.n_layers, &chunk_weights));
   ChunkStep step;
@@ -121,8 +120,11 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
         run_ahead ? ahead.narrow(0, start - ahead_start, length) : embed_tokens(params, inputs.narrow(0, start, length));
     // Every chunk but the last is full; the last one's update would never be used.
     const bool update = config.is_ttt() && c + 1 < n_chunks;
-    ChunkStep step = run_chunk(config, params, hidden, ahead_blocks, chunk_targets, start, cache, weights, update,
-                               options.ilr_mult, options.outer_gradient);
+    const torch::Tensor positions = span_positions(start, length, hidden.device());
+    ChunkStep step = options.graphs && update && !differentiable && run_ahead
+                         ? options.graphs->step(params, hidden, chunk_targets, positions, cache, weights, options.ilr_mult)
+                         : run_chunk(config, params, hidden, ahead_blocks, chunk_targets, positions, cache, weights,
+                                     update, options.ilr_mult, options.outer_gradient);
     weights = std::move(step.next_weights);
     result.inner_steps += update ? 1 : 0;
     if (!differentiable) {

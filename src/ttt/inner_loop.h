@@ -19,12 +19,17 @@ enum class OuterGradient {
   kFirstOrder,  // inner gradients treated as constants; for comparison, never the default
 };
 
+class ChunkGraphs;
+
 struct SequenceOptions {
   // Multiplier of inner_lr (the inner-LR warm-up of pre-training); 1 at evaluation.
   double ilr_mult = 1.0;
   OuterGradient outer_gradient = OuterGradient::kNone;
   // Called after each chunk with (chunks done, chunks in all), for progress reports.
   std::function<void(int64_t, int64_t)> on_chunk;
+  // Evaluation on a GPU: full chunks with an update go through these CUDA graphs
+  // (ttt/chunk_graphs.h), made for the same parameters and precision.
+  ChunkGraphs* graphs = nullptr;
 };
 
 struct SequenceResult {
@@ -35,7 +40,7 @@ struct SequenceResult {
 
 // One chunk of the inner loop: the model runs on the chunk's hidden states entering block
 // `first_block` (embed_tokens of its tokens for 0; the prefix's output where the prefix ran
-// ahead), at absolute positions from `start`, attending through `cache`, which it extends,
+// ahead), at absolute `positions` (span_positions of its start), attending through `cache`, which it extends,
 // with fast weights `weights`; the chunk's loss is recorded, then, if `update`, one inner
 // step gives the next weights.
 struct ChunkStep {
@@ -44,8 +49,8 @@ struct ChunkStep {
   FastWeights next_weights;    // after the inner step; `weights` itself without an update
 };
 ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
-                    const torch::Tensor& targets, int64_t start, KvCache& cache, const FastWeights& weights,
-                    bool update, double ilr_mult, OuterGradient outer);
+                    const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
+                    const FastWeights& weights, bool update, double ilr_mult, OuterGradient outer);
 
 // How much chunk c's loss weighs in the sequence loss: 1/C for swa and ttt-e2e (mean of
 // chunk losses), valid_c / valid for fa (masked mean over all targets).

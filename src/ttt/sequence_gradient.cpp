@@ -115,8 +115,8 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
       const int64_t start = chunk_start(c), length = chunk_length(c);
       saved[c].weights = weights;
       ChunkStep step = run_chunk(config, frozen, h.detach().narrow(0, start, length), first_suffix,
-                                 targets.narrow(0, start, length), start, cache, weights, updates(c), options.ilr_mult,
-                                 OuterGradient::kNone);
+                                 targets.narrow(0, start, length), span_positions(start, length, h.device()), cache,
+                                 weights, updates(c), options.ilr_mult, OuterGradient::kNone);
       const torch::Tensor weighted = step.loss.detach() * loss_weights[c];
       loss = loss.defined() ? loss + weighted : weighted;
       weights = detach_fast_weights(step.next_weights, false);
@@ -137,8 +137,8 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     KvCache cache = cache_before(config, saved, c);
     const std::vector<LayerCache> cache_leaves = cache.layers;
     ChunkStep step = run_chunk(config, params, h.narrow(0, start, length), first_suffix,
-                               targets.narrow(0, start, length), start, cache, weights, updates(c), options.ilr_mult,
-                               outer);
+                               targets.narrow(0, start, length), span_positions(start, length, h.device()), cache,
+                               weights, updates(c), options.ilr_mult, outer);
 
     std::vector<torch::Tensor> outputs{step.loss};
     std::vector<torch::Tensor> adjoints{torch::full({}, options.loss_scale * loss_weights[c], step.loss.options())};
