@@ -6,6 +6,16 @@
 #include <torch/version.h>
 
 #include "model/compute.h"
+#include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
+
+#if TTT_WITH_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/autograd.h>
+
+#include "common/error.h"
+#include "kernels/token_nll.h"
+#endif
 
 namespace ttt {
 namespace {
@@ -14,6 +24,53 @@ namespace {
 torch::Tensor at_least_fp32(const torch::Tensor& x) {
   return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
 }
+
+#if TTT_WITH_CUDA_KERNELS
+// kernels/token_nll.h as an autograd function. First order only (its backward is not
+// differentiable again): the exact meta-gradient holds a ComposableKernelsGuard.
+class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
+                               const torch::Tensor& targets) {
+    const c10::cuda::CUDAGuard device(logits.device());
+    const torch::Tensor nll = torch::empty({logits.size(0)}, logits.options().dtype(torch::kFloat32));
+    const torch::Tensor lse = torch::empty_like(nll);
+    check(kernels::token_nll_forward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(), logits.size(0),
+                                     logits.size(1), nll.data_ptr<float>(), lse.data_ptr<float>(), stream()));
+    ctx->save_for_backward({logits, targets, lse});
+    return nll;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &logits = saved[0], &targets = saved[1], &lse = saved[2];
+    const c10::cuda::CUDAGuard device(logits.device());
+    const torch::Tensor grad_nll = grads[0].to(torch::kFloat32).contiguous();
+    torch::Tensor grad = torch::empty_like(logits);
+    check(kernels::token_nll_backward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(),
+                                      lse.data_ptr<float>(), grad_nll.data_ptr<float>(), logits.size(0),
+                                      logits.size(1), grad.data_ptr(), stream()));
+    return {grad, torch::Tensor()};
+  }
+
+ private:
+  static kernels::LogitsType type_of(const torch::Tensor& logits) {
+    switch (logits.scalar_type()) {
+      case torch::kBFloat16:
+        return kernels::LogitsType::kBFloat16;
+      case torch::kHalf:
+        return kernels::LogitsType::kFloat16;
+      default:
+        return kernels::LogitsType::kFloat32;
+    }
+  }
+  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+  static void check(const char* error) {
+    if (error != nullptr) throw Error(std::string("CUDA kernel token_nll: ") + error);
+  }
+};
+#endif
 
 }  // namespace
 
@@ -132,7 +189,15 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
 }
 
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets) {
-  // The dtype argument converts inside the kernel: no fp32 copy of bf16 logits.
+#if TTT_WITH_CUDA_KERNELS
+  // One read of the logits in their dtype, no [T, V] intermediates (the composable form
+  // below casts bf16 logits to fp32 first, then writes fp32 log-probabilities).
+  const torch::Dtype type = logits.scalar_type();
+  if (logits.is_cuda() && fused_kernels_allowed() && logits.dim() == 2 &&
+      (type == torch::kBFloat16 || type == torch::kHalf || type == torch::kFloat32)) {
+    return FusedTokenNll::apply(logits.contiguous(), targets.to(torch::kInt64).contiguous());
+  }
+#endif
   const torch::Dtype dtype = logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const torch::Tensor log_probs = torch::log_softmax(logits, -1, dtype);
   return -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1);

@@ -13,6 +13,7 @@
 #include "model/layers.h"
 #include "test_files.h"
 #include "test_util.h"
+#include "ttt_build_features.h"
 
 namespace ttt {
 namespace {
@@ -259,6 +260,38 @@ TEST(OnCudaAttention, FusedKernelsMatchTheComposableReference) {
       for (size_t i = 0; i < grads.size(); ++i) {
         EXPECT_LT(relative_error(grads[i], reference_grads[i]), 2 * tolerance) << (dtype ? "bf16" : "fp32") << " grad " << i;
       }
+    }
+  }
+}
+
+// The per-token NLL on the GPU (one fused kernel where built) against the composable form
+// in fp64: values and the gradient the inner step takes through it, for bf16, fp16 and fp32
+// logits, vocabularies with and without whole 16-byte rows.
+TEST(OnCudaLoss, TokenNllMatchesTheComposableReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const int64_t vocab : {4096, 1001}) {
+    torch::manual_seed(vocab);
+    const int64_t T = 37;
+    const torch::Tensor logits = torch::randn({T, vocab}, torch::kFloat64) * 4;
+    const torch::Tensor targets = torch::randint(0, vocab, {T}, torch::kInt64);
+    const torch::Tensor probe = torch::rand({T}, torch::kFloat64);
+    for (const torch::Dtype dtype : {torch::kBFloat16, torch::kHalf, torch::kFloat32}) {
+      SCOPED_TRACE("vocab " + std::to_string(vocab) + ", " + std::string(c10::toString(dtype)));
+      // The reference sees the logits as rounded to the dtype.
+      const torch::Tensor rounded = logits.to(dtype).to(torch::kFloat64).requires_grad_();
+      const torch::Tensor reference = token_nll(rounded, targets);
+      const torch::Tensor reference_grad = torch::autograd::grad({(reference * probe).sum()}, {rounded})[0];
+      const torch::Tensor input = logits.to(cuda, dtype).requires_grad_();
+      const torch::Tensor nll = token_nll(input, targets.to(cuda));
+      EXPECT_EQ(nll.scalar_type(), torch::kFloat32);
+      EXPECT_LT(relative_error(nll, reference), 1e-5);
+      const torch::Tensor grad = torch::autograd::grad({(nll * probe.to(cuda)).sum()}, {input})[0];
+      EXPECT_EQ(grad.scalar_type(), dtype);
+      EXPECT_LT(relative_error(grad, reference_grad), dtype == torch::kFloat32 ? 1e-5 : 1e-2);
+#if TTT_WITH_CUDA_KERNELS
+      EXPECT_NE(nll.grad_fn()->name().find("FusedTokenNll"), std::string::npos) << nll.grad_fn()->name();
+#endif
     }
   }
 }

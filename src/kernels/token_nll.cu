@@ -1,0 +1,207 @@
+#include "kernels/token_nll.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ttt::kernels {
+namespace {
+
+// One block per row: a row of the 128K vocabulary is 256 KB of bf16, enough to keep a
+// block's loads in flight, and the row's reduction stays in the block.
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float as_float(float x) { return x; }
+__device__ __forceinline__ float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float as_float(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half(x);
+}
+
+// max and sum(exp(x - max)) of a set of values: merged without a second pass.
+struct MaxSum {
+  float max, sum;
+};
+
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.max, b.max);
+  if (m == -INFINITY) return {m, 0.f};
+  return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
+}
+
+__device__ __forceinline__ MaxSum warp_merge(MaxSum v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = merge(v, {__shfl_xor_sync(0xffffffffu, v.max, offset), __shfl_xor_sync(0xffffffffu, v.sum, offset)});
+  }
+  return v;
+}
+
+__device__ MaxSum block_merge(MaxSum v) {
+  __shared__ MaxSum warps[kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = warp_merge(v);
+  if (lane == 0) warps[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = warp_merge(lane < kThreads / 32 ? warps[lane] : MaxSum{-INFINITY, 0.f});
+    if (lane == 0) warps[0] = v;
+  }
+  __syncthreads();
+  return warps[0];
+}
+
+// Values per 16-byte load.
+template <typename T>
+constexpr int kPerLoad = 16 / sizeof(T);
+
+template <typename T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    nll_forward(const T* __restrict__ logits, const int64_t* __restrict__ targets, int64_t vocab,
+                float* __restrict__ nll, float* __restrict__ lse) {
+  const int64_t row = blockIdx.x;
+  const T* x = logits + row * vocab;
+  MaxSum acc{-INFINITY, 0.f};
+  if constexpr (kVector) {
+    constexpr int kPer = kPerLoad<T>;
+    const uint4* packs = reinterpret_cast<const uint4*>(x);
+    for (int64_t i = threadIdx.x; i < vocab / kPer; i += kThreads) {
+      const uint4 pack = packs[i];
+      const T* e = reinterpret_cast<const T*>(&pack);
+      float values[kPer], m = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) {
+        values[j] = as_float(e[j]);
+        m = fmaxf(m, values[j]);
+      }
+      if (m == -INFINITY) continue;
+      float s = 0.f;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) s += expf(values[j] - m);
+      acc = merge(acc, {m, s});
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      const float value = as_float(x[i]);
+      if (value != -INFINITY) acc = merge(acc, {value, 1.f});
+    }
+  }
+  acc = block_merge(acc);
+  if (threadIdx.x == 0) {
+    const float row_lse = acc.max + logf(acc.sum);
+    const int64_t target = targets[row];
+    lse[row] = row_lse;
+    nll[row] = target >= 0 && target < vocab ? row_lse - as_float(x[target]) : NAN;
+  }
+}
+
+template <typename T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    nll_backward(const T* __restrict__ logits, const int64_t* __restrict__ targets, const float* __restrict__ lse,
+                 const float* __restrict__ grad_nll, int64_t vocab, T* __restrict__ grad) {
+  const int64_t row = blockIdx.x;
+  const T* x = logits + row * vocab;
+  T* g = grad + row * vocab;
+  const float row_lse = lse[row], scale = grad_nll[row];
+  const int64_t target = targets[row];
+  const auto one = [&](float value, int64_t v) { return scale * (expf(value - row_lse) - (v == target ? 1.f : 0.f)); };
+  if constexpr (kVector) {
+    constexpr int kPer = kPerLoad<T>;
+    const uint4* packs = reinterpret_cast<const uint4*>(x);
+    uint4* out_packs = reinterpret_cast<uint4*>(g);
+    for (int64_t i = threadIdx.x; i < vocab / kPer; i += kThreads) {
+      const uint4 pack = packs[i];
+      const T* e = reinterpret_cast<const T*>(&pack);
+      uint4 out;
+      T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) o[j] = from_float<T>(one(as_float(e[j]), i * kPer + j));
+      out_packs[i] = out;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(as_float(x[i]), i));
+  }
+}
+
+// Rows of whole 16-byte loads, or the scalar loop.
+template <typename T>
+bool vectorizable(const void* data, int64_t vocab) {
+  return (vocab * static_cast<int64_t>(sizeof(T))) % 16 == 0 && reinterpret_cast<uintptr_t>(data) % 16 == 0;
+}
+
+const char* launched() {
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+template <typename T>
+const char* forward(const void* logits, const int64_t* targets, int64_t rows, int64_t vocab, float* nll, float* lse,
+                    cudaStream_t stream) {
+  const T* x = static_cast<const T*>(logits);
+  if (vectorizable<T>(logits, vocab)) {
+    nll_forward<T, true><<<rows, kThreads, 0, stream>>>(x, targets, vocab, nll, lse);
+  } else {
+    nll_forward<T, false><<<rows, kThreads, 0, stream>>>(x, targets, vocab, nll, lse);
+  }
+  return launched();
+}
+
+template <typename T>
+const char* backward(const void* logits, const int64_t* targets, const float* lse, const float* grad_nll, int64_t rows,
+                     int64_t vocab, void* grad_logits, cudaStream_t stream) {
+  const T* x = static_cast<const T*>(logits);
+  T* g = static_cast<T*>(grad_logits);
+  if (vectorizable<T>(logits, vocab) && vectorizable<T>(grad_logits, vocab)) {
+    nll_backward<T, true><<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, vocab, g);
+  } else {
+    nll_backward<T, false><<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, vocab, g);
+  }
+  return launched();
+}
+
+}  // namespace
+
+const char* token_nll_forward(const void* logits, LogitsType type, const int64_t* targets, int64_t rows, int64_t vocab,
+                              float* nll, float* lse, void* stream) {
+  if (rows == 0) return nullptr;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case LogitsType::kFloat32:
+      return forward<float>(logits, targets, rows, vocab, nll, lse, s);
+    case LogitsType::kBFloat16:
+      return forward<__nv_bfloat16>(logits, targets, rows, vocab, nll, lse, s);
+    case LogitsType::kFloat16:
+      return forward<__half>(logits, targets, rows, vocab, nll, lse, s);
+  }
+  return "token_nll_forward: unknown logits type";
+}
+
+const char* token_nll_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+                               const float* grad_nll, int64_t rows, int64_t vocab, void* grad_logits, void* stream) {
+  if (rows == 0) return nullptr;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case LogitsType::kFloat32:
+      return backward<float>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
+    case LogitsType::kBFloat16:
+      return backward<__nv_bfloat16>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
+    case LogitsType::kFloat16:
+      return backward<__half>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
+  }
+  return "token_nll_backward: unknown logits type";
+}
+
+}  // namespace ttt::kernels

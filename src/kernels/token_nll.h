@@ -1,0 +1,24 @@
+// Fused per-token negative log-likelihood over a large vocabulary (CUDA). The logits are
+// read in their own dtype (bf16 from the LM head) and reduced in fp32: no fp32 copy of
+// [T, V], no [T, V] log-probabilities, and a gradient written once in the logits' dtype.
+// Plain launchers without torch headers; model/layers.cpp wraps them for autograd.
+#pragma once
+#include <cstdint>
+
+namespace ttt::kernels {
+
+enum class LogitsType { kFloat32, kBFloat16, kFloat16 };
+
+// Row-major logits [rows, vocab] (contiguous), targets [rows] (each in [0, vocab); another
+// gives NaN). Writes nll[r] = logsumexp(logits[r]) - logits[r, targets[r]] and lse[r] =
+// logsumexp(logits[r]), both fp32. `stream` is a cudaStream_t. Returns null, or CUDA's
+// error text.
+const char* token_nll_forward(const void* logits, LogitsType type, const int64_t* targets, int64_t rows, int64_t vocab,
+                              float* nll, float* lse, void* stream);
+
+// grad_logits[r, v] = grad_nll[r] * (exp(logits[r, v] - lse[r]) - [v == targets[r]]), in
+// the logits' dtype.
+const char* token_nll_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+                               const float* grad_nll, int64_t rows, int64_t vocab, void* grad_logits, void* stream);
+
+}  // namespace ttt::kernels
