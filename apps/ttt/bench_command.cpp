@@ -209,11 +209,16 @@ void print_row(const json& row) {
   if (row.contains("error")) {
     std::printf("%s\n", row["error"].get<std::string>().c_str());
   } else if (row["mode"] == "decode") {
-    std::printf("%9.3f ms/token  worst %8.2f ms  amortised %8.3f ms\n", row["ms_per_token"].get<double>(),
+    std::printf("%9.3f ms/token  worst %8.2f ms  amortised %8.3f ms", row["ms_per_token"].get<double>(),
                 row["worst_ms"].get<double>(), row["amortised_ms"].get<double>());
   } else {
-    std::printf("%9.3f s  %11.0f tokens/s\n", row["seconds"].get<double>(), row["tokens_per_s"].get<double>());
+    std::printf("%9.3f s  %11.0f tokens/s", row["seconds"].get<double>(), row["tokens_per_s"].get<double>());
   }
+  if (!row.contains("error") && row.contains("gpu_peak_reserved_gib")) {
+    std::printf("  GPU peak %.1f GiB (%.1f reserved)", row["gpu_peak_allocated_gib"].get<double>(),
+                row["gpu_peak_reserved_gib"].get<double>());
+  }
+  if (!row.contains("error")) std::printf("\n");
   std::fflush(stdout);
 }
 
@@ -248,12 +253,23 @@ void run_bench(const BenchOptions& options) {
         for (const int64_t context : mode == "train" ? std::vector<int64_t>{options.train_context} : contexts) {
           json row = {{"size", size}, {"variant", variant}, {"mode", mode}, {"context", context},
                       {"params", count_params(config, inference)}};
+          reset_device_memory_peaks(compute.device);
           try {
             measure(options, config, inference, trainable, mode, context, compute.device, row);
           } catch (const std::exception& e) {
             std::string what = describe(e);
             what = what.substr(0, what.find('\n'));
-            row["error"] = what.find("out of memory") != std::string::npos ? "out of memory" : what;
+            if (what.find("out of memory") != std::string::npos) {
+              row["error"] = "out of memory";
+              row["error_detail"] = what;
+              std::fprintf(stderr, "%s\n", what.c_str());
+            } else {
+              row["error"] = what;
+            }
+          }
+          if (const std::optional<DeviceMemory> memory = device_memory(compute.device)) {
+            row["gpu_peak_allocated_gib"] = static_cast<double>(memory->peak_allocated) / (1 << 30);
+            row["gpu_peak_reserved_gib"] = static_cast<double>(memory->peak_reserved) / (1 << 30);
           }
           print_row(row);
           rows.push_back(row);

@@ -19,6 +19,7 @@
 #include "io/token_file.h"
 #include "io/token_table.h"
 #include "model/checkpoint.h"
+#include "model/compute.h"
 
 namespace ttt::cli {
 namespace {
@@ -150,6 +151,10 @@ void generate(const GenerateOptions& options) {
                  static_cast<long long>(session.inner_steps() - prefill_steps),
                  static_cast<double>(session.state_bytes()) / 1e6, static_cast<long long>(session.position()),
                  peak_rss_mb());
+    if (const std::optional<DeviceMemory> memory = device_memory(model.params.final_norm.device())) {
+      std::fprintf(stderr, "GPU memory peak %.0f MB in tensors, %.0f MB reserved\n",
+                   static_cast<double>(memory->peak_allocated) / 1e6, static_cast<double>(memory->peak_reserved) / 1e6);
+    }
   }
 }
 

@@ -3,6 +3,11 @@
 #include <torch/cuda.h>
 
 #include "common/error.h"
+#include "ttt_build_features.h"
+
+#if TTT_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace ttt {
 namespace {
@@ -58,6 +63,25 @@ ComposableKernelsGuard::ComposableKernelsGuard() : previous_(g_fused_kernels_all
   g_fused_kernels_allowed = false;
 }
 ComposableKernelsGuard::~ComposableKernelsGuard() { g_fused_kernels_allowed = previous_; }
+
+std::optional<DeviceMemory> device_memory(const torch::Device& device) {
+#if TTT_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    constexpr size_t kAll = 0;  // StatType::AGGREGATE: every pool
+    return DeviceMemory{stats.allocated_bytes[kAll].peak, stats.reserved_bytes[kAll].peak};
+  }
+#endif
+  (void)device;
+  return std::nullopt;
+}
+
+void reset_device_memory_peaks(const torch::Device& device) {
+#if TTT_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+#endif
+  (void)device;
+}
 
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {
   const torch::Dtype matrices = params.embed.scalar_type();

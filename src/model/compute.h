@@ -58,6 +58,15 @@ class ComposableKernelsGuard {
   bool previous_;
 };
 
+// GPU memory of the caching allocator on `device` since the last reset (or the start): the
+// peak of what tensors held and of what the allocator reserved from the driver (tensors,
+// cached free blocks, CUDA graphs' pools). Unset on the CPU or a build without CUDA.
+struct DeviceMemory {
+  int64_t peak_allocated = 0, peak_reserved = 0;
+};
+std::optional<DeviceMemory> device_memory(const torch::Device& device);
+void reset_device_memory_peaks(const torch::Device& device);
+
 // The matmul dtype params_for_inference gave `params`: their matrices' dtype where it
 // differs from the gains' (which stay in the parameters' own dtype); unset otherwise.
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params);

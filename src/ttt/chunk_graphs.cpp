@@ -1,6 +1,8 @@
 #include "ttt/chunk_graphs.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <set>
@@ -11,9 +13,9 @@
 #include "common/error.h"
 #include "model/compute.h"
 #include "model/layers.h"
-#include "ttt_build_features.h"  // TTT_WITH_CUDA_GRAPHS: libtorch was built with CUDA
+#include "ttt_build_features.h"  // TTT_WITH_CUDA: libtorch has CUDA
 
-#if TTT_WITH_CUDA_GRAPHS
+#if TTT_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -49,14 +51,14 @@ struct ChunkGraphs::State {
   FastWeights weights;
   std::set<GraphKey> seen;
   int64_t captures = 0, replays = 0;
-#if TTT_WITH_CUDA_GRAPHS
+#if TTT_WITH_CUDA
   decltype(at::cuda::graph_pool_handle()) pool = at::cuda::graph_pool_handle();
   std::map<GraphKey, std::unique_ptr<at::cuda::CUDAGraph>> graphs;  // destroyed before the buffers
 #endif
 };
 
 bool ChunkGraphs::supported(const ModelConfig &config, const Params &params) {
-  return TTT_WITH_CUDA_GRAPHS && config.is_ttt() && config.attention_window() > 0 &&
+  return TTT_WITH_CUDA && config.is_ttt() && config.attention_window() > 0 &&
          fused_attention_available(params.final_norm);
 }
 
@@ -152,7 +154,7 @@ ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, c
   }
 
   const GraphKey key{rows, ilr_mult};
-#if TTT_WITH_CUDA_GRAPHS
+#if TTT_WITH_CUDA
   auto graph = s.graphs.find(key);
   if (graph == s.graphs.end() && s.seen.count(key) > 0) {
     // Capture on a side stream (graphs cannot be captured on the default one);
