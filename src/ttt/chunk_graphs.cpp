@@ -53,6 +53,9 @@ struct ChunkGraphs::State {
   int64_t captures = 0, replays = 0;
 #if TTT_WITH_CUDA
   decltype(at::cuda::graph_pool_handle()) pool = at::cuda::graph_pool_handle();
+  // Every capture on one stream: the allocator reuses a pool's freed blocks only on the
+  // stream that freed them, so graphs captured on different streams would not share memory.
+  c10::cuda::CUDAStream capture_stream = c10::cuda::getStreamFromPool();
   std::map<GraphKey, std::unique_ptr<at::cuda::CUDAGraph>> graphs;  // destroyed before the buffers
 #endif
 };
@@ -162,7 +165,7 @@ ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, c
     auto captured = std::make_unique<at::cuda::CUDAGraph>();
     torch::cuda::synchronize();
     {
-      const c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
+      const c10::cuda::CUDAStreamGuard side(s.capture_stream);
       captured->capture_begin(s.pool);
       try {
         body();
