@@ -29,11 +29,11 @@ namespace {
 // learning rate.
 using GraphKey = std::pair<int64_t, double>;
 
-int64_t rows_of(const LayerCache &layer) { return layer.keys.defined() ? layer.keys.size(0) : 0; }
+int64_t rows_of(const LayerCache& layer) { return layer.keys.defined() ? layer.keys.size(0) : 0; }
 
 // `to` holds `from`'s values unless it already is `from` (the previous step's
 // output).
-void adopt(const torch::Tensor &to, const torch::Tensor &from) {
+void adopt(const torch::Tensor& to, const torch::Tensor& from) {
   if (to.data_ptr() != from.data_ptr()) to.copy_(from);
 }
 
@@ -60,14 +60,16 @@ struct ChunkGraphs::State {
 #endif
 };
 
-bool ChunkGraphs::supported(const ModelConfig &config, const Params &params) {
-  return TTT_WITH_CUDA && config.is_ttt() && config.attention_window() > 0 &&
+bool ChunkGraphs::supported(const ModelConfig& config, const Params& params) {
+  const char* setting = std::getenv("TTT_CUDA_GRAPHS");  // "0": eager chunks, for comparison
+  const bool disabled = setting != nullptr && std::strcmp(setting, "0") == 0;
+  return TTT_WITH_CUDA && !disabled && config.is_ttt() && config.attention_window() > 0 &&
          fused_attention_available(params.final_norm);
 }
 
-ChunkGraphs::ChunkGraphs(const ModelConfig &config, const Params &params) : state_(std::make_unique<State>()) {
+ChunkGraphs::ChunkGraphs(const ModelConfig& config, const Params& params) : state_(std::make_unique<State>()) {
   require(supported(config, params), "CUDA graphs need a CUDA build and device and a ttt-e2e model");
-  State &s = *state_;
+  State& s = *state_;
   s.config = config;
   s.params = params;
   s.matmul_dtype = matmul_dtype();
@@ -80,11 +82,11 @@ ChunkGraphs::~ChunkGraphs() = default;
 int64_t ChunkGraphs::captures() const { return state_->captures; }
 int64_t ChunkGraphs::replays() const { return state_->replays; }
 
-ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, const torch::Tensor &targets,
-                            const torch::Tensor &positions, KvCache &cache, const FastWeights &weights,
+ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, const torch::Tensor& targets,
+                            const torch::Tensor& positions, KvCache& cache, const FastWeights& weights,
                             double ilr_mult) {
-  State &s = *state_;
-  const ModelConfig &c = s.config;
+  State& s = *state_;
+  const ModelConfig& c = s.config;
   require(params.final_norm.data_ptr() == s.params.final_norm.data_ptr() &&
               params.embed.data_ptr() == s.params.embed.data_ptr(),
           "internal: chunk graphs used with other parameters than their own");
@@ -107,7 +109,7 @@ ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, c
                           torch::empty({s.max_rows, c.n_heads, c.head_dim()}, kv_options),
                           torch::empty({s.max_rows}, positions.options())});
     }
-    for (const MlpParams &w : weights) {
+    for (const MlpParams& w : weights) {
       s.weights.push_back({torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)});
     }
   }
@@ -115,10 +117,10 @@ ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, c
   s.targets.copy_(targets);
   s.positions.copy_(positions);
   for (int64_t l = s.first; l < c.n_layers; ++l) {
-    const LayerCache &from = cache.layers[l];
+    const LayerCache& from = cache.layers[l];
     require(rows_of(from) == rows, "internal: suffix caches of different lengths");
     if (rows == 0) continue;
-    const LayerCache &to = s.caches[l - s.first];
+    const LayerCache& to = s.caches[l - s.first];
     adopt(to.keys.narrow(0, 0, rows), from.keys);
     adopt(to.values.narrow(0, 0, rows), from.values);
     adopt(to.positions.narrow(0, 0, rows), from.positions);
@@ -130,7 +132,7 @@ ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, c
   const auto body = [&] {
     KvCache local(c.n_layers);
     for (int64_t l = s.first; l < c.n_layers && rows > 0; ++l) {
-      const LayerCache &buffer = s.caches[l - s.first];
+      const LayerCache& buffer = s.caches[l - s.first];
       local.layers[l] = {buffer.keys.narrow(0, 0, rows), buffer.values.narrow(0, 0, rows),
                          buffer.positions.narrow(0, 0, rows)};
     }
@@ -141,7 +143,7 @@ ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, c
                        ilr_mult, OuterGradient::kNone);
     }
     for (int64_t l = s.first; l < c.n_layers; ++l) {
-      const LayerCache &buffer = s.caches[l - s.first];
+      const LayerCache& buffer = s.caches[l - s.first];
       buffer.keys.narrow(0, 0, next_rows).copy_(local.layers[l].keys);
       buffer.values.narrow(0, 0, next_rows).copy_(local.layers[l].values);
       buffer.positions.narrow(0, 0, next_rows).copy_(local.layers[l].positions);
@@ -193,7 +195,7 @@ ChunkStep ChunkGraphs::step(const Params &params, const torch::Tensor &hidden, c
 #endif
 
   for (int64_t l = s.first; l < c.n_layers; ++l) {
-    const LayerCache &buffer = s.caches[l - s.first];
+    const LayerCache& buffer = s.caches[l - s.first];
     cache.layers[l] = {buffer.keys.narrow(0, 0, next_rows), buffer.values.narrow(0, 0, next_rows),
                        buffer.positions.narrow(0, 0, next_rows)};
   }

@@ -30,23 +30,23 @@ class ChunkGraphs {
   // Whether graphs can serve this model here: a CUDA build and device, ttt-e2e
   // with a window, the fused kernels allowed (the prefix then runs ahead of the
   // chunks).
-  static bool supported(const ModelConfig &config, const Params &params);
+  static bool supported(const ModelConfig& config, const Params& params);
 
   // For `params` as they are now (kept alive; graphs read them in place), with
   // the thread's matmul dtype, which later calls must keep. Throws ttt::Error
   // unless supported().
-  ChunkGraphs(const ModelConfig &config, const Params &params);
+  ChunkGraphs(const ModelConfig& config, const Params& params);
   ~ChunkGraphs();
-  ChunkGraphs(const ChunkGraphs &) = delete;
-  ChunkGraphs &operator=(const ChunkGraphs &) = delete;
+  ChunkGraphs(const ChunkGraphs&) = delete;
+  ChunkGraphs& operator=(const ChunkGraphs&) = delete;
 
   // run_chunk(config, params, hidden, first_suffix_block, targets, positions,
   // cache, weights, update = true, ilr_mult, kNone) for a full chunk
   // (mini_batch rows). Afterwards the suffix blocks' cache entries and the
   // returned next_weights are views of this object's buffers, valid until its
   // next call; nll and loss are the caller's own.
-  ChunkStep step(const Params &params, const torch::Tensor &hidden, const torch::Tensor &targets,
-                 const torch::Tensor &positions, KvCache &cache, const FastWeights &weights, double ilr_mult);
+  ChunkStep step(const Params& params, const torch::Tensor& hidden, const torch::Tensor& targets,
+                 const torch::Tensor& positions, KvCache& cache, const FastWeights& weights, double ilr_mult);
 
   int64_t captures() const;  // graphs captured so far
   int64_t replays() const;   // chunks run by replaying one

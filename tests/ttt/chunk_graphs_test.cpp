@@ -4,6 +4,8 @@
 
 #include <torch/cuda.h>
 
+#include <cstdlib>
+
 #include "eval/evaluate.h"
 #include "model/compute.h"
 #include "test_util.h"
@@ -40,6 +42,9 @@ TEST(ChunkGraphs, ReplaysGiveTheEagerNumbersOverManySequences) {
   const Params params =
       params_for_inference(c, test::random_params(c, 7, 0.3, torch::kFloat32), {cuda, torch::kBFloat16});
   ASSERT_TRUE(ChunkGraphs::supported(c, params));
+  setenv("TTT_CUDA_GRAPHS", "0", 1);  // the switch for comparisons
+  EXPECT_FALSE(ChunkGraphs::supported(c, params));
+  unsetenv("TTT_CUDA_GRAPHS");
   ModelConfig frozen = c;
   frozen.inner_lr = 0;
 
