@@ -277,6 +277,7 @@ TEST(Cli, GenerateOnCudaMatchesTheCpuAndResumesAnywhere) {
   EXPECT_FALSE(expected.empty());
   EXPECT_EQ(ids_of(gpu.output), expected) << gpu.output;  // reading stops at the stats' text
   EXPECT_NE(gpu.output.find("tokens/s"), std::string::npos) << gpu.output;
+  EXPECT_NE(gpu.output.find("GPU memory peak"), std::string::npos) << gpu.output;
 
   const std::string saved = temp_path("gpu-session.safetensors");
   ASSERT_EQ(run_ttt("generate --model " + model + " --device cuda --dtype f32 --prompt-tokens " + write_tokens(first) +
