@@ -144,8 +144,7 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
   if (mode == "eval") {
     const torch::Tensor tokens = random_ids(context + 1, config, device);
     // ttt-e2e's CUDA graphs are captured in a second warm-up run (the first runs eagerly).
-    std::unique_ptr<ChunkGraphs> graphs;
-    if (ChunkGraphs::supported(config, inference)) graphs = std::make_unique<ChunkGraphs>(config, inference);
+    const std::unique_ptr<ChunkGraphs> graphs = ChunkGraphs::where_supported(config, inference);
     if (graphs) evaluate(config, inference, tokens, {}, graphs.get());
     const double s = run_timed([&] { evaluate(config, inference, tokens, {}, graphs.get()); });
     row["seconds"] = s;

@@ -17,10 +17,10 @@
 #include "data/prepare_manifest.h"
 #include "eval/evaluate.h"
 #include "eval/position_report.h"
-#include "ttt/chunk_graphs.h"
 #include "io/atomic_file.h"
 #include "io/paths.h"
 #include "model/checkpoint.h"
+#include "ttt/chunk_graphs.h"
 
 namespace ttt::cli {
 namespace {
@@ -136,10 +136,7 @@ void evaluate_report(const EvalOptions& options) {
   for (size_t m = 0; m < models.size(); ++m) {
     const auto start = std::chrono::steady_clock::now();
     // One set of CUDA graphs serves every document of the model.
-    std::unique_ptr<ChunkGraphs> graphs;
-    if (ChunkGraphs::supported(models[m].config, models[m].params)) {
-      graphs = std::make_unique<ChunkGraphs>(models[m].config, models[m].params);
-    }
+    const std::unique_ptr<ChunkGraphs> graphs = ChunkGraphs::where_supported(models[m].config, models[m].params);
     for (size_t d = 0; d < documents.size(); ++d) {
       if (tty) {
         std::fprintf(stderr, "\reval %s: document %zu/%zu", described[m].label.c_str(), d + 1, documents.size());

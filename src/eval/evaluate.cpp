@@ -23,8 +23,8 @@ torch::Tensor checked_tokens(const ModelConfig& config, const std::vector<int64_
 EvalResult evaluate(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                     const ProgressFn& progress, ChunkGraphs* graphs) {
   std::unique_ptr<ChunkGraphs> own;
-  if (!graphs && ChunkGraphs::supported(config, params)) {
-    own = std::make_unique<ChunkGraphs>(config, params);
+  if (!graphs) {
+    own = ChunkGraphs::where_supported(config, params);
     graphs = own.get();
   }
   SequenceOptions options;

@@ -67,6 +67,10 @@ bool ChunkGraphs::supported(const ModelConfig& config, const Params& params) {
          fused_attention_available(params.final_norm);
 }
 
+std::unique_ptr<ChunkGraphs> ChunkGraphs::where_supported(const ModelConfig& config, const Params& params) {
+  return supported(config, params) ? std::make_unique<ChunkGraphs>(config, params) : nullptr;
+}
+
 ChunkGraphs::ChunkGraphs(const ModelConfig& config, const Params& params) : state_(std::make_unique<State>()) {
   require(supported(config, params), "CUDA graphs need a CUDA build and device and a ttt-e2e model");
   State& s = *state_;
@@ -112,6 +116,8 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
     for (const MlpParams& w : weights) {
       s.weights.push_back({torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)});
     }
+    s.nll = torch::empty({c.mini_batch}, hidden.options().dtype(torch::kFloat32));
+    s.loss = torch::empty({}, s.nll.options());
   }
   s.hidden.copy_(hidden);
   s.targets.copy_(targets);
@@ -153,10 +159,6 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
     s.nll.copy_(step.nll);
     s.loss.copy_(step.loss);
   };
-  if (!s.nll.defined()) {
-    s.nll = torch::empty({c.mini_batch}, hidden.options().dtype(torch::kFloat32));
-    s.loss = torch::empty({}, s.nll.options());
-  }
 
   const GraphKey key{rows, ilr_mult};
 #if TTT_WITH_CUDA

@@ -31,6 +31,8 @@ class ChunkGraphs {
   // with a window, the fused kernels allowed (the prefix then runs ahead of the
   // chunks).
   static bool supported(const ModelConfig& config, const Params& params);
+  // Graphs for this model where supported(), else null (the caller runs chunks eagerly).
+  static std::unique_ptr<ChunkGraphs> where_supported(const ModelConfig& config, const Params& params);
 
   // For `params` as they are now (kept alive; graphs read them in place), with
   // the thread's matmul dtype, which later calls must keep. Throws ttt::Error
