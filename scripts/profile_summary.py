@@ -7,6 +7,7 @@ For each trace: the wall span of the profiled run, the time the GPU was busy (ke
 copies, overlaps merged) and idle (launch overhead, host work, synchronisation), kernels
 per class (GEMM, attention, softmax/loss, elementwise, reductions, copies), the top kernels,
 and the host's most frequent operators (how many launches the engine asks for)."""
+import bisect
 import collections
 import json
 import re
@@ -47,6 +48,29 @@ def busy_time(intervals):
     return total
 
 
+def phases(events, device, launches):
+    """Per named scope of the engine (RECORD_USER_SCOPE): its host time and the GPU time of the
+    kernels launched inside it, from any thread (autograd runs backward on a thread of its own)."""
+    scopes = [e for e in events if e.get("cat") == "user_annotation"]
+    if not scopes:
+        return
+    launched = {e["args"]["correlation"]: e["ts"] for e in launches if "correlation" in e.get("args", {})}
+    kernels = sorted((launched[e["args"]["correlation"]], e["dur"]) for e in device
+                     if e.get("args", {}).get("correlation") in launched)
+    times = [t for t, _ in kernels]
+    table = collections.defaultdict(lambda: [0.0, 0.0, 0])
+    for scope in scopes:
+        lo = bisect.bisect_left(times, scope["ts"])
+        hi = bisect.bisect_right(times, scope["ts"] + scope["dur"])
+        row = table[scope["name"]]
+        row[0] += scope["dur"]
+        row[1] += sum(d for _, d in kernels[lo:hi])
+        row[2] += 1
+    print(f"{'phase':<34} {'host ms':>9} {'GPU ms':>9} {'count':>6}")
+    for name, (host, gpu, count) in sorted(table.items(), key=lambda kv: -kv[1][1]):
+        print(f"{name[:34]:<34} {host / 1e3:9.2f} {gpu / 1e3:9.2f} {count:6d}")
+
+
 def summarise(path):
     with open(path) as f:
         trace = json.load(f)
@@ -76,8 +100,9 @@ def summarise(path):
     for label, (dur, count) in sorted(by_class.items(), key=lambda kv: -kv[1][0]):
         print(f"{label:<14} {dur / 1e3:9.2f} {100 * dur / max(busy, 1e-9):7.1f} {count:7d}")
     print("top kernels:")
-    for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:15]:
+    for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
         print(f"  {dur / 1e3:8.2f} ms {count:6d}x  {name[:110]}")
+    phases(events, device, launches)
     ops = collections.Counter(e.get("name", "?") for e in host_ops)
     print("most frequent host ops:", ", ".join(f"{name} {n}" for name, n in ops.most_common(12)))
     print()

@@ -186,10 +186,16 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     // One outer step's gradient: ttt-e2e's exact meta-gradient (per-chunk recomputation),
     // a baseline's plain backward pass. The optimiser update is not included.
     const torch::Tensor tokens = random_ids(context + 1, config, device);
+    // ttt-e2e's gradient replays as a CUDA graph after an eager run and a capture.
+    const std::unique_ptr<GradientGraphs> graphs =
+        config.is_ttt() ? GradientGraphs::where_supported(config, trainable) : nullptr;
+    GradientOptions gradient;
+    gradient.graphs = graphs.get();
+    if (graphs) accumulate_sequence_gradient(config, trainable, tokens, gradient);
     const double s = run_timed([&] {
       for (const auto& [name, p] : named_params(config, trainable)) p.mutable_grad() = torch::Tensor();
       if (config.is_ttt()) {
-        accumulate_sequence_gradient(config, trainable, tokens);
+        accumulate_sequence_gradient(config, trainable, tokens, gradient);
       } else {
         run_sequence(config, trainable, tokens, {1.0, OuterGradient::kExact, {}}).loss.backward();
       }

@@ -133,7 +133,7 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
       chunk_start_cache_ = cache_;
       ChunkStep step = run_chunk(config_, params_, embed_tokens(params_, span), 0, tokens.narrow(0, i + 1, length),
                                  span_positions(position_, length, device_), cache_, weights_, /*update=*/true,
-                                 /*ilr_mult=*/1.0, OuterGradient::kNone);
+                                 inner_step_size(config_, 1.0, params_.final_norm), OuterGradient::kNone);
       weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
       cache_.detach();
       ++inner_steps_;
@@ -160,7 +160,7 @@ void Session::train_on_pending(int64_t next) {
   ChunkStep step = run_chunk(config_, params_, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)),
                              0, torch::tensor(targets, torch::kInt64).to(device_),
                              span_positions(start, static_cast<int64_t>(pending_.size()), device_), cache, weights_,
-                             /*update=*/true, /*ilr_mult=*/1.0, OuterGradient::kNone);
+                             /*update=*/true, inner_step_size(config_, 1.0, params_.final_norm), OuterGradient::kNone);
   weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
   cache.detach();
   // The recomputed cache replaces the one built token by token: the same entries, computed

@@ -64,6 +64,21 @@ __device__ MaxSum block_merge(MaxSum v) {
   return warps[0];
 }
 
+__device__ float block_sum(float v) {
+  __shared__ float warps[kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  if (lane == 0) warps[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < kThreads / 32 ? warps[lane] : 0.f;
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) warps[0] = v;
+  }
+  __syncthreads();
+  return warps[0];
+}
+
 // Values per 16-byte load.
 template <typename T>
 constexpr int kPerLoad = 16 / sizeof(T);
@@ -136,6 +151,59 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Two passes over the row: s = <p, u>, then the gradient (the row stays in L2 between them).
+template <typename T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    nll_double_backward(const T* __restrict__ logits, const int64_t* __restrict__ targets,
+                        const float* __restrict__ lse, const float* __restrict__ grad_nll,
+                        const T* __restrict__ adjoint, int64_t vocab, T* __restrict__ grad,
+                        float* __restrict__ grad_scale) {
+  const int64_t row = blockIdx.x;
+  const T* x = logits + row * vocab;
+  const T* u = adjoint + row * vocab;
+  T* g = grad + row * vocab;
+  const float row_lse = lse[row], scale = grad_nll[row];
+  float partial = 0.f;
+  if constexpr (kVector) {
+    constexpr int kPer = kPerLoad<T>;
+    const uint4* x_packs = reinterpret_cast<const uint4*>(x);
+    const uint4* u_packs = reinterpret_cast<const uint4*>(u);
+    for (int64_t i = threadIdx.x; i < vocab / kPer; i += kThreads) {
+      const uint4 xp = x_packs[i], up = u_packs[i];
+      const T* xe = reinterpret_cast<const T*>(&xp);
+      const T* ue = reinterpret_cast<const T*>(&up);
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) partial += expf(as_float(xe[j]) - row_lse) * as_float(ue[j]);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) partial += expf(as_float(x[i]) - row_lse) * as_float(u[i]);
+  }
+  const float s = block_sum(partial);
+  const auto one = [&](float value, float adj) { return scale * expf(value - row_lse) * (adj - s); };
+  if constexpr (kVector) {
+    constexpr int kPer = kPerLoad<T>;
+    const uint4* x_packs = reinterpret_cast<const uint4*>(x);
+    const uint4* u_packs = reinterpret_cast<const uint4*>(u);
+    uint4* out_packs = reinterpret_cast<uint4*>(g);
+    for (int64_t i = threadIdx.x; i < vocab / kPer; i += kThreads) {
+      const uint4 xp = x_packs[i], up = u_packs[i];
+      const T* xe = reinterpret_cast<const T*>(&xp);
+      const T* ue = reinterpret_cast<const T*>(&up);
+      uint4 out;
+      T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) o[j] = from_float<T>(one(as_float(xe[j]), as_float(ue[j])));
+      out_packs[i] = out;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(as_float(x[i]), as_float(u[i])));
+  }
+  if (threadIdx.x == 0) {
+    const int64_t target = targets[row];
+    grad_scale[row] = target >= 0 && target < vocab ? s - as_float(u[target]) : NAN;
+  }
+}
+
 // Rows of whole 16-byte loads, or the scalar loop.
 template <typename T>
 bool vectorizable(const void* data, int64_t vocab) {
@@ -172,6 +240,21 @@ const char* backward(const void* logits, const int64_t* targets, const float* ls
   return launched();
 }
 
+template <typename T>
+const char* double_backward(const void* logits, const int64_t* targets, const float* lse, const float* grad_nll,
+                            const void* adjoint, int64_t rows, int64_t vocab, void* grad_logits, float* grad_scale,
+                            cudaStream_t stream) {
+  const T* x = static_cast<const T*>(logits);
+  const T* u = static_cast<const T*>(adjoint);
+  T* g = static_cast<T*>(grad_logits);
+  if (vectorizable<T>(logits, vocab) && vectorizable<T>(adjoint, vocab) && vectorizable<T>(grad_logits, vocab)) {
+    nll_double_backward<T, true><<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, u, vocab, g, grad_scale);
+  } else {
+    nll_double_backward<T, false><<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, u, vocab, g, grad_scale);
+  }
+  return launched();
+}
+
 }  // namespace
 
 const char* token_nll_forward(const void* logits, LogitsType type, const int64_t* targets, int64_t rows, int64_t vocab,
@@ -202,6 +285,23 @@ const char* token_nll_backward(const void* logits, LogitsType type, const int64_
       return backward<__half>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
   }
   return "token_nll_backward: unknown logits type";
+}
+
+const char* token_nll_double_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+                                      const float* grad_nll, const void* adjoint, int64_t rows, int64_t vocab,
+                                      void* grad_logits, float* grad_scale, void* stream) {
+  if (rows == 0) return nullptr;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case LogitsType::kFloat32:
+      return double_backward<float>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits, grad_scale, s);
+    case LogitsType::kBFloat16:
+      return double_backward<__nv_bfloat16>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits,
+                                            grad_scale, s);
+    case LogitsType::kFloat16:
+      return double_backward<__half>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits, grad_scale, s);
+  }
+  return "token_nll_double_backward: unknown logits type";
 }
 
 }  // namespace ttt::kernels

@@ -21,4 +21,12 @@ const char* token_nll_forward(const void* logits, LogitsType type, const int64_t
 const char* token_nll_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
                                const float* grad_nll, int64_t rows, int64_t vocab, void* grad_logits, void* stream);
 
+// The backward of token_nll_backward (the second order, for the exact meta-gradient): with
+// p = softmax(logits[r]), u = the adjoint of grad_logits[r] (in the logits' dtype) and
+// s = <p, u>, writes grad_logits[r, v] = grad_nll[r] * p[v] * (u[v] - s) in the logits'
+// dtype and grad_scale[r] = s - u[targets[r]] (the adjoint of grad_nll[r]) in fp32.
+const char* token_nll_double_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+                                      const float* grad_nll, const void* adjoint, int64_t rows, int64_t vocab,
+                                      void* grad_logits, float* grad_scale, void* stream);
+
 }  // namespace ttt::kernels

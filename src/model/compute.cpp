@@ -13,7 +13,9 @@ namespace ttt {
 namespace {
 
 thread_local std::optional<torch::Dtype> g_matmul_dtype;
-thread_local bool g_fused_kernels_allowed = true;
+// What ComposableKernelsGuard set: fused kernels, composable ones, or fused until the fast weights.
+enum KernelMode { kFused, kComposable, kComposableFromFastWeights };
+thread_local int g_kernel_mode = kFused;
 
 }  // namespace
 
@@ -57,12 +59,18 @@ MatmulDtypeGuard::MatmulDtypeGuard(std::optional<torch::Dtype> dtype) : previous
 }
 MatmulDtypeGuard::~MatmulDtypeGuard() { g_matmul_dtype = previous_; }
 
-bool fused_kernels_allowed() { return g_fused_kernels_allowed; }
+bool fused_kernels_allowed() { return g_kernel_mode != kComposable; }
 
-ComposableKernelsGuard::ComposableKernelsGuard() : previous_(g_fused_kernels_allowed) {
-  g_fused_kernels_allowed = false;
+ComposableKernelsGuard::ComposableKernelsGuard(ComposableFrom from) : previous_(g_kernel_mode) {
+  if (g_kernel_mode != kComposable) {
+    g_kernel_mode = from == ComposableFrom::kNow ? kComposable : kComposableFromFastWeights;
+  }
 }
-ComposableKernelsGuard::~ComposableKernelsGuard() { g_fused_kernels_allowed = previous_; }
+ComposableKernelsGuard::~ComposableKernelsGuard() { g_kernel_mode = previous_; }
+
+void fast_weights_in_use() {
+  if (g_kernel_mode == kComposableFromFastWeights) g_kernel_mode = kComposable;
+}
 
 std::optional<DeviceMemory> device_memory(const torch::Device& device) {
 #if TTT_WITH_CUDA

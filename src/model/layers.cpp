@@ -1,6 +1,8 @@
 #include "model/layers.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 
 #include <torch/version.h>
@@ -14,47 +16,21 @@
 #include <torch/autograd.h>
 
 #include "common/error.h"
+#include "kernels/rms_norm.h"
+#include "kernels/rope.h"
+#include "kernels/softmax_grad.h"
 #include "kernels/token_nll.h"
 #endif
 
 namespace ttt {
 namespace {
 
-// The dtype for numerically sensitive reductions: the input's, but never below fp32.
-torch::Tensor at_least_fp32(const torch::Tensor& x) {
-  return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
-}
-
 #if TTT_WITH_CUDA_KERNELS
-// kernels/token_nll.h as an autograd function. First order only (its backward is not
-// differentiable again): the exact meta-gradient holds a ComposableKernelsGuard.
-class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
-                               const torch::Tensor& targets) {
-    const c10::cuda::CUDAGuard device(logits.device());
-    const torch::Tensor nll = torch::empty({logits.size(0)}, logits.options().dtype(torch::kFloat32));
-    const torch::Tensor lse = torch::empty_like(nll);
-    check(kernels::token_nll_forward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(), logits.size(0),
-                                     logits.size(1), nll.data_ptr<float>(), lse.data_ptr<float>(), stream()));
-    ctx->save_for_backward({logits, targets, lse});
-    return nll;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &logits = saved[0], &targets = saved[1], &lse = saved[2];
-    const c10::cuda::CUDAGuard device(logits.device());
-    const torch::Tensor grad_nll = grads[0].to(torch::kFloat32).contiguous();
-    torch::Tensor grad = torch::empty_like(logits);
-    check(kernels::token_nll_backward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(),
-                                      lse.data_ptr<float>(), grad_nll.data_ptr<float>(), logits.size(0),
-                                      logits.size(1), grad.data_ptr(), stream()));
-    return {grad, torch::Tensor()};
-  }
-
- private:
+// kernels/token_nll.h as autograd functions. The backward is a function of its own
+// (FusedTokenNllGradient), differentiable once more: the exact meta-gradient differentiates
+// the inner gradient's graph, which holds it, again (MLX's rule: fused, and composable with
+// autograd where it must be).
+struct TokenNllKernels {
   static kernels::LogitsType type_of(const torch::Tensor& logits) {
     switch (logits.scalar_type()) {
       case torch::kBFloat16:
@@ -70,22 +46,227 @@ class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
     if (error != nullptr) throw Error(std::string("CUDA kernel token_nll: ") + error);
   }
 };
+
+// grad_nll * (softmax(logits) - onehot(targets)), and its own backward.
+class FusedTokenNllGradient : public torch::autograd::Function<FusedTokenNllGradient>, TokenNllKernels {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
+                               const torch::Tensor& targets, const torch::Tensor& lse, const torch::Tensor& grad_nll) {
+    const c10::cuda::CUDAGuard device(logits.device());
+    torch::Tensor grad = torch::empty_like(logits);
+    check(kernels::token_nll_backward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(),
+                                      lse.data_ptr<float>(), grad_nll.data_ptr<float>(), logits.size(0),
+                                      logits.size(1), grad.data_ptr(), stream()));
+    ctx->save_for_backward({logits, targets, lse, grad_nll});
+    return grad;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &logits = saved[0], &targets = saved[1], &lse = saved[2], &grad_nll = saved[3];
+    const c10::cuda::CUDAGuard device(logits.device());
+    const torch::Tensor adjoint = grads[0].to(logits.scalar_type()).contiguous();
+    torch::Tensor grad_logits = torch::empty_like(logits);
+    torch::Tensor grad_scale = torch::empty_like(grad_nll);
+    check(kernels::token_nll_double_backward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(),
+                                             lse.data_ptr<float>(), grad_nll.data_ptr<float>(), adjoint.data_ptr(),
+                                             logits.size(0), logits.size(1), grad_logits.data_ptr(),
+                                             grad_scale.data_ptr<float>(), stream()));
+    return {grad_logits, torch::Tensor(), torch::Tensor(), grad_scale};
+  }
+};
+
+class FusedTokenNll : public torch::autograd::Function<FusedTokenNll>, TokenNllKernels {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
+                               const torch::Tensor& targets) {
+    const c10::cuda::CUDAGuard device(logits.device());
+    const torch::Tensor nll = torch::empty({logits.size(0)}, logits.options().dtype(torch::kFloat32));
+    const torch::Tensor lse = torch::empty_like(nll);
+    check(kernels::token_nll_forward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(), logits.size(0),
+                                     logits.size(1), nll.data_ptr<float>(), lse.data_ptr<float>(), stream()));
+    ctx->save_for_backward({logits, targets, lse});
+    return nll;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor grad_nll = grads[0].to(torch::kFloat32).contiguous();
+    return {FusedTokenNllGradient::apply(saved[0], saved[1], saved[2], grad_nll), torch::Tensor()};
+  }
+};
+
+// kernels/rms_norm.h as an autograd function (first order: ComposableKernelsGuard applies).
+class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gain,
+                               double eps, int64_t out_dtype) {
+    const c10::cuda::CUDAGuard device(x.device());
+    const auto y_dtype = static_cast<torch::Dtype>(out_dtype);
+    const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
+    torch::Tensor y = torch::empty(x.sizes(), x.options().dtype(y_dtype));
+    torch::Tensor rstd = torch::empty({rows}, x.options().dtype(torch::kFloat32));
+    check(kernels::rms_norm_forward(x.data_ptr(), type_of(x.scalar_type()), gain.data_ptr<float>(), rows, dim, eps,
+                                    y.data_ptr(), type_of(y_dtype), rstd.data_ptr<float>(), stream()));
+    ctx->save_for_backward({x, gain, rstd});
+    ctx->saved_data["out"] = out_dtype;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &gain = saved[1], &rstd = saved[2];
+    const c10::cuda::CUDAGuard device(x.device());
+    const auto y_dtype = static_cast<torch::Dtype>(ctx->saved_data["out"].toInt());
+    const torch::Tensor dy = grads[0].to(y_dtype).contiguous();
+    const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
+    torch::Tensor dx = torch::empty_like(x);
+    check(kernels::rms_norm_backward(x.data_ptr(), type_of(x.scalar_type()), gain.data_ptr<float>(),
+                                     rstd.data_ptr<float>(), dy.data_ptr(), type_of(y_dtype), rows, dim, dx.data_ptr(),
+                                     stream()));
+    torch::Tensor dgain;
+    if (ctx->needs_input_grad(1)) {
+      dgain = (dy.reshape({rows, dim}).to(torch::kFloat32) * x.reshape({rows, dim}).to(torch::kFloat32) *
+               rstd.unsqueeze(1))
+                  .sum(0);
+    }
+    return {dx, dgain, torch::Tensor(), torch::Tensor()};
+  }
+
+  static bool serves(torch::Dtype dtype) { return dtype == torch::kFloat32 || dtype == torch::kBFloat16; }
+
+ private:
+  static kernels::NormType type_of(torch::Dtype dtype) {
+    return dtype == torch::kBFloat16 ? kernels::NormType::kBFloat16 : kernels::NormType::kFloat32;
+  }
+  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+  static void check(const char* error) {
+    if (error != nullptr) throw Error(std::string("CUDA kernel rms_norm: ") + error);
+  }
+};
+
+// kernels/rope.h as an autograd function: a rotation, whose backward is the inverse rotation
+// (this function again), so it is differentiable any number of times.
+class FusedRope : public torch::autograd::Function<FusedRope> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin, bool inverse) {
+    const c10::cuda::CUDAGuard device(x.device());
+    torch::Tensor y = torch::empty_like(x);
+    const char* error = kernels::rope_forward(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(),
+                                              x.size(0), x.size(1), x.size(2), inverse, y.data_ptr<float>(),
+                                              c10::cuda::getCurrentCUDAStream().stream());
+    if (error != nullptr) throw Error(std::string("CUDA kernel rope: ") + error);
+    ctx->save_for_backward({cos, sin});
+    ctx->saved_data["inverse"] = inverse;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const bool inverse = ctx->saved_data["inverse"].toBool();
+    return {FusedRope::apply(grads[0].contiguous(), saved[0], saved[1], !inverse), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+// softmax's backward as a function of its own (kernels/softmax_grad.h), with a fused backward:
+// the exact meta-gradient differentiates it again through the attention of the blocks after
+// the first fast weights.
+class SoftmaxGrad : public torch::autograd::Function<SoftmaxGrad> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& probs,
+                               const torch::Tensor& grad_probs) {
+    const c10::cuda::CUDAGuard device(probs.device());
+    const int64_t cols = probs.size(-1), rows = probs.numel() / std::max<int64_t>(cols, 1);
+    torch::Tensor grad = torch::empty_like(probs);
+    torch::Tensor dots = torch::empty({rows}, probs.options());
+    check(kernels::softmax_backward(probs.data_ptr<float>(), grad_probs.data_ptr<float>(), rows, cols,
+                                    grad.data_ptr<float>(), dots.data_ptr<float>(), stream()));
+    ctx->save_for_backward({probs, grad_probs, dots});
+    return grad;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor()};
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &probs = saved[0], &grad_probs = saved[1], &dots = saved[2];
+    const c10::cuda::CUDAGuard device(probs.device());
+    const torch::Tensor adjoint = grads[0].to(torch::kFloat32).contiguous();
+    const int64_t cols = probs.size(-1), rows = probs.numel() / std::max<int64_t>(cols, 1);
+    torch::Tensor grad_of_probs = torch::empty_like(probs), grad_of_grad_probs = torch::empty_like(probs);
+    check(kernels::softmax_double_backward(probs.data_ptr<float>(), grad_probs.data_ptr<float>(),
+                                           dots.data_ptr<float>(), adjoint.data_ptr<float>(), rows, cols,
+                                           grad_of_probs.data_ptr<float>(), grad_of_grad_probs.data_ptr<float>(),
+                                           stream()));
+    return {grad_of_probs, grad_of_grad_probs};
+  }
+
+  static torch::Tensor of(const torch::Tensor& probs, const torch::Tensor& grad_probs) {
+    return apply(probs, grad_probs.to(torch::kFloat32).contiguous());
+  }
+
+ private:
+  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+  static void check(const char* error) {
+    if (error != nullptr) throw Error(std::string("CUDA kernel softmax_grad: ") + error);
+  }
+};
+
+// softmax over the last axis (libtorch's kernel) whose backward is SoftmaxGrad.
+class SoftmaxLastAxis : public torch::autograd::Function<SoftmaxLastAxis> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
+    torch::Tensor probs = torch::softmax(x, -1);
+    ctx->save_for_backward({probs});
+    return probs;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    return {SoftmaxGrad::of(ctx->get_saved_variables()[0], grads[0])};
+  }
+};
 #endif
+
+// Softmax over the last axis, differentiable any number of times; in fp32 on CUDA its
+// backward and that backward's own are fused kernels.
+torch::Tensor softmax_last_axis(const torch::Tensor& x) {
+#if TTT_WITH_CUDA_KERNELS
+  if (x.is_cuda() && x.scalar_type() == torch::kFloat32) return SoftmaxLastAxis::apply(x.contiguous());
+#endif
+  return torch::softmax(x, -1);
+}
 
 }  // namespace
 
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps) {
-#if TORCH_VERSION_MAJOR >= 2
-  // One kernel instead of six on the GPU (the same formula, accumulated in fp32).
-  if (x.is_cuda() && fused_kernels_allowed()) return at::rms_norm(x, {x.size(-1)}, gain, eps);
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps, std::optional<torch::Dtype> out) {
+  const torch::Dtype result = out.value_or(x.scalar_type());
+#if TTT_WITH_CUDA_KERNELS
+  // One kernel instead of six, and none for the casts beside it (kernels/rms_norm.h).
+  if (x.is_cuda() && fused_kernels_allowed() && FusedRmsNorm::serves(x.scalar_type()) && FusedRmsNorm::serves(result) &&
+      gain.scalar_type() == torch::kFloat32) {
+    return FusedRmsNorm::apply(x.contiguous(), gain.contiguous(), eps, static_cast<int64_t>(result));
+  }
 #endif
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * gain;
+  const torch::Tensor wide = x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
+#if TORCH_VERSION_MAJOR >= 2
+  if (x.is_cuda() && fused_kernels_allowed()) return at::rms_norm(wide, {x.size(-1)}, gain, eps).to(result);
+#endif
+  return (wide * torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps) * gain).to(result);
 }
 
-torch::Tensor matmul_operand(const torch::Tensor& x) {
-  const std::optional<torch::Dtype> dtype = matmul_dtype();
-  return dtype && x.scalar_type() != torch::kFloat64 ? x.to(*dtype) : x;
+torch::Dtype matmul_dtype_for(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : matmul_dtype().value_or(x.scalar_type());
 }
+
+torch::Tensor matmul_operand(const torch::Tensor& x) { return x.to(matmul_dtype_for(x)); }
 
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optional<torch::Dtype> out) {
   const torch::Dtype result = out.value_or(x.scalar_type());
@@ -94,10 +275,12 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optio
   return torch::matmul(x.to(*dtype), w.to(*dtype)).to(result);
 }
 
-torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp) {
+torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional<torch::Dtype> hidden,
+                     std::optional<torch::Dtype> out) {
+  const torch::Dtype inner = hidden.value_or(x.scalar_type());
   const torch::Tensor operand = matmul_operand(x);  // cast once for both input projections
-  return project(torch::silu(project(operand, mlp.w1, x.scalar_type())) * project(operand, mlp.w3, x.scalar_type()),
-                 mlp.w2);
+  return project(torch::silu(project(operand, mlp.w1, inner)) * project(operand, mlp.w3, inner), mlp.w2,
+                 out.value_or(inner));
 }
 
 RopeTable rope_table(const torch::Tensor& positions, int64_t head_dim, double theta, torch::Dtype dtype) {
@@ -110,6 +293,15 @@ RopeTable rope_table(const torch::Tensor& positions, int64_t head_dim, double th
 
 torch::Tensor rope(const torch::Tensor& x, const RopeTable& table) {
   const int64_t T = x.size(0), H = x.size(1), d = x.size(2);
+#if TTT_WITH_CUDA_KERNELS
+  // One kernel instead of seven, with the same numbers (kernels/rope.h).
+  if (x.is_cuda() && x.scalar_type() == torch::kFloat32 && table.cos.scalar_type() == torch::kFloat32) {
+    const torch::Tensor input = x.contiguous();
+    if (reinterpret_cast<uintptr_t>(input.data_ptr()) % 8 == 0) {
+      return FusedRope::apply(input, table.cos.contiguous(), table.sin.contiguous(), false);
+    }
+  }
+#endif
   const torch::Tensor pairs = x.reshape({T, H, d / 2, 2});
   const torch::Tensor even = pairs.select(-1, 0), odd = pairs.select(-1, 1);
   return torch::stack({even * table.cos - odd * table.sin, even * table.sin + odd * table.cos}, -1).reshape({T, H, d});
@@ -132,14 +324,18 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   const int64_t Tq = q.size(0), H = q.size(1), d = q.size(2);
   const std::optional<torch::Dtype> dtype = q.scalar_type() == torch::kFloat64 ? std::nullopt : matmul_dtype();
   const auto operand = [&](const torch::Tensor& t) { return dtype ? t.to(*dtype) : t; };
-  // [H, Tq, Tk] scores, one batched GEMM over heads.
-  const torch::Tensor scores = torch::matmul(operand(q).transpose(0, 1), operand(k).permute({1, 2, 0})) *
-                               (1.0 / std::sqrt(static_cast<double>(d)));
-  const torch::Tensor probs = torch::softmax(at_least_fp32(scores).masked_fill(mask.logical_not(), -INFINITY), -1);
-  return torch::matmul(operand(probs.to(v.scalar_type())), operand(v).transpose(0, 1))
-      .transpose(0, 1)
-      .reshape({Tq, H * d})
-      .to(q.scalar_type());
+  // [H, Tq, Tk] scores, one batched GEMM over heads; q is scaled, not the larger scores.
+  const torch::Tensor scores = torch::matmul(operand(q * (1.0 / std::sqrt(static_cast<double>(d)))).transpose(0, 1),
+                                             operand(k).permute({1, 2, 0}));
+  // The mask as an additive bias (0 or -inf) in the softmax's dtype: one pass over the scores,
+  // which also lifts bf16 ones to fp32, and a backward that passes the gradient through.
+  const torch::Dtype softmax_dtype = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const torch::Tensor bias =
+      torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype)).masked_fill_(mask.logical_not(), -INFINITY);
+  const torch::Tensor probs = softmax_last_axis(scores + bias);
+  const torch::Tensor out =
+      torch::matmul(operand(probs.to(v.scalar_type())), operand(v).transpose(0, 1)).transpose(0, 1).reshape({Tq, H * d});
+  return dtype ? out : out.to(q.scalar_type());
 }
 
 bool fused_attention_available(const torch::Tensor& like) {
@@ -156,7 +352,7 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
     const bool all_visible = Tq == 1 && (window == 0 || Tk <= window);
     const bool causal_square = Tk == Tq && (window == 0 || Tq <= window);
     const torch::Dtype dtype = matmul_dtype().value_or(q.scalar_type());
-    const auto merged = [&](const torch::Tensor& out) { return out.reshape({Tq, H * d}).to(q.scalar_type()); };
+    const auto merged = [&](const torch::Tensor& out) { return out.reshape({Tq, H * d}); };  // in `dtype`
     const bool flash = (dtype == torch::kBFloat16 || dtype == torch::kHalf) && d % 8 == 0 && d <= 256;
     const auto heads = [&](const torch::Tensor& t) { return t.to(dtype).transpose(0, 1).unsqueeze(0); };  // [1, H, T, d]
     // A causal square (chunks, whole sequences: few shapes) goes to scaled_dot_product_attention,
@@ -191,9 +387,10 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets) {
 #if TTT_WITH_CUDA_KERNELS
   // One read of the logits in their dtype, no [T, V] intermediates (the composable form
-  // below casts bf16 logits to fp32 first, then writes fp32 log-probabilities).
+  // below casts bf16 logits to fp32 first, then writes fp32 log-probabilities). Differentiable
+  // twice, so ComposableKernelsGuard does not apply.
   const torch::Dtype type = logits.scalar_type();
-  if (logits.is_cuda() && fused_kernels_allowed() && logits.dim() == 2 &&
+  if (logits.is_cuda() && logits.dim() == 2 &&
       (type == torch::kBFloat16 || type == torch::kHalf || type == torch::kFloat32)) {
     return FusedTokenNll::apply(logits.contiguous(), targets.to(torch::kInt64).contiguous());
   }

@@ -10,18 +10,27 @@
 
 namespace ttt {
 
-// x / sqrt(mean(x^2) + eps) * gain over the last axis.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps);
+// x / sqrt(mean(x^2) + eps) * gain over the last axis, computed in at least fp32 and
+// returned in `out` (default: x's dtype). A bf16 x is a matmul's output, a bf16 `out` the
+// next matmul's input: on CUDA one kernel reads and writes them as they are.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps,
+                       std::optional<torch::Dtype> out = std::nullopt);
 
 // x @ w, in the matmul dtype if one is set (both operands cast to it), returned in `out`
 // (default: x's dtype). fp64 ignores the setting: it is the reference.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optional<torch::Dtype> out = std::nullopt);
 
+// The dtype project() computes x's products in: the thread's matmul dtype, unless x is fp64
+// (the reference) or none is set (then x's own).
+torch::Dtype matmul_dtype_for(const torch::Tensor& x);
+
 // x cast to the matmul dtype, for an input that several projections share (cast once).
 torch::Tensor matmul_operand(const torch::Tensor& x);
 
-// (silu(x @ w1) * (x @ w3)) @ w2.
-torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp);
+// (silu(x @ w1) * (x @ w3)) @ w2, the product silu(.) * (.) in `hidden` (default: x's
+// dtype), the result in `out` (default: `hidden`).
+torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional<torch::Dtype> hidden = std::nullopt,
+                     std::optional<torch::Dtype> out = std::nullopt);
 
 // Rotates adjacent pairs (x[2j], x[2j+1]) of x [T, H, d] by angle t * theta^(-2j/d), t the
 // token's absolute position (positions: [T], int64). Angles are computed in fp64, once per
@@ -40,7 +49,8 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 
 // Softmax attention of q [Tq, H, d] over k, v [Tk, H, d] under `mask` [Tq, Tk], scaled by
 // 1/sqrt(d); scores and softmax in at least fp32. Returns the heads merged: [Tq, H * d],
-// in q's dtype. The composable reference: differentiable any number of times.
+// in the matmul dtype if one is set (the output projection takes it as it is), else in q's.
+// The composable reference: differentiable any number of times.
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask);
 
@@ -54,6 +64,7 @@ bool fused_attention_available(const torch::Tensor& like);
 // for a causal square or a single query, the flash kernel with its sliding window for the
 // rest in bf16/fp16 (whole tiles outside the window skipped), the memory-efficient kernel
 // with the band mask in fp32; elsewhere `attend`. The mask is only built where needed.
+// Returns what `attend` returns, in the same dtype.
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window);
 

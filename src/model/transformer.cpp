@@ -42,35 +42,34 @@ void append_in_place(LayerCache& cache, GrowingStore& store, const torch::Tensor
   cache.positions = store.positions.narrow(0, 0, used + T);
 }
 
-// Attention_i of SPEC section 3 for the span, extending the block's cache.
-torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const torch::Tensor& a,
+// Attention_i of SPEC section 3 for the span, extending the block's cache. `a` is the
+// projections' input already in the matmul dtype; q and k are normed and rotated in the
+// residual stream's dtype `wide`; the result is in the matmul dtype (the post-norm reads it).
+torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const torch::Tensor& a, torch::Dtype wide,
                         const torch::Tensor& positions, const RopeTable& rotation, bool keep_entries, LayerCache& cache,
                         GrowingStore& store) {
   const int64_t T = a.size(0), H = c.n_heads, d = c.head_dim();
-  const torch::Tensor operand = matmul_operand(a);  // cast once for the three projections
-  torch::Tensor q = project(operand, p.wq, a.scalar_type()).reshape({T, H, d});
-  torch::Tensor k = project(operand, p.wk, a.scalar_type()).reshape({T, H, d});
-  torch::Tensor v = project(operand, p.wv, a.scalar_type()).reshape({T, H, d});
+  const torch::Dtype narrow = a.scalar_type();
+  // Products stay in the matmul dtype: the norms read them as they are, values go to the
+  // cache so (half the memory of fp32: fa at 128K).
+  torch::Tensor q = project(a, p.wq, narrow).reshape({T, H, d});
+  torch::Tensor k = project(a, p.wk, narrow).reshape({T, H, d});
+  const torch::Tensor v = project(a, p.wv, narrow).reshape({T, H, d});
   if (c.qk_norm) {
-    q = rms_norm(q, p.q_norm, c.rms_eps);
-    k = rms_norm(k, p.k_norm, c.rms_eps);
+    q = rms_norm(q, p.q_norm, c.rms_eps, wide);
+    k = rms_norm(k, p.k_norm, c.rms_eps, wide);
   }
-  q = rope(q, rotation);
-  k = rope(k, rotation);
-  // Keys and values are kept in the matmul dtype: half the memory of fp32 (fa at 128K).
-  if (const std::optional<torch::Dtype> dtype = matmul_dtype(); dtype && k.scalar_type() != torch::kFloat64) {
-    k = k.to(*dtype);
-    v = v.to(*dtype);
-  }
+  q = rope(q.to(wide), rotation);
+  k = rope(k.to(wide), rotation).to(narrow);
 
   const int64_t window = c.attention_window();
   if (!keep_entries) {
     require(!cache.keys.defined(), "internal: a cache that keeps nothing already holds entries");
-    return project(attend_span(q, k, v, positions, positions, window), p.wo);
+    return project(attend_span(q, k, v, positions, positions, window), p.wo, narrow);
   }
   if (window == 0 && !torch::GradMode::is_enabled()) {
     append_in_place(cache, store, k, v, positions);
-    return project(attend_span(q, cache.keys, cache.values, positions, cache.positions, 0), p.wo);
+    return project(attend_span(q, cache.keys, cache.values, positions, cache.positions, 0), p.wo, narrow);
   }
   // With autograd (meta-learning through the cache) or a window: new tensors each step.
   const bool empty = !cache.keys.defined();
@@ -84,7 +83,7 @@ torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const to
   const int64_t kept = window > 0 ? std::min(keep, window - 1) : keep;
   cache = {keys.narrow(0, keep - kept, kept), values.narrow(0, keep - kept, kept),
            all_positions.narrow(0, keep - kept, kept)};
-  return project(out, p.wo);
+  return project(out, p.wo, narrow);
 }
 
 }  // namespace
@@ -106,18 +105,23 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
                          KvCache& cache, int64_t first, int64_t last, const FastWeights* prime) {
   if (first >= last) return h;
   const double eps = c.rms_eps;
-  const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, h.scalar_type());
+  // The residual stream, the norms and SwiGLU's product in `wide`; the pre-norms write the
+  // matmuls' inputs in `narrow` (the matmul dtype), the post-norms read their outputs so.
+  const torch::Dtype wide = h.scalar_type(), narrow = matmul_dtype_for(h);
+  const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, wide);
   for (int64_t i = first; i < last; ++i) {
     const BlockParams& b = params.blocks[i];
-    const torch::Tensor a = rms_norm(h, b.attn_norm, eps);
-    h = h + rms_norm(attention(c, b.attn, a, positions, rotation, cache.keep_entries, cache.layers[i], cache.stores[i]),
-                     b.attn_post_norm, eps);
+    const torch::Tensor a = rms_norm(h, b.attn_norm, eps, narrow);
+    h = h + rms_norm(attention(c, b.attn, a, wide, positions, rotation, cache.keep_entries, cache.layers[i],
+                               cache.stores[i]),
+                     b.attn_post_norm, eps, wide);
     if (c.has_prime(i)) {
       require(prime != nullptr, "internal: suffix block run without fast weights");
+      fast_weights_in_use();
       const MlpParams& w = prime->at(i - c.first_suffix_block());
-      h = h + rms_norm(swiglu(rms_norm(h, b.prime_norm, eps), w), b.prime_post_norm, eps);
+      h = h + rms_norm(swiglu(rms_norm(h, b.prime_norm, eps, narrow), w, wide, narrow), b.prime_post_norm, eps, wide);
     }
-    h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps), b.mlp), b.mlp_post_norm, eps);
+    h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps, narrow), b.mlp, wide, narrow), b.mlp_post_norm, eps, wide);
   }
   return h;
 }
@@ -133,10 +137,10 @@ torch::Tensor hidden_states(const ModelConfig& c, const Params& params, const to
 }
 
 torch::Tensor lm_logits(const ModelConfig& c, const Params& params, const torch::Tensor& h) {
-  const torch::Tensor normed = rms_norm(h, params.final_norm, c.rms_eps);
+  const torch::Tensor normed = rms_norm(h, params.final_norm, c.rms_eps, matmul_dtype_for(h));
   // Left in the matmul dtype: the loss reads them in fp32 without a cast of its own, and
   // [T, 128256] fp32 logits would double the head's memory traffic.
-  return project(matmul_operand(normed), c.tie_embeddings ? params.embed.t() : params.lm_head);
+  return project(normed, c.tie_embeddings ? params.embed.t() : params.lm_head);
 }
 
 torch::Tensor forward_span(const ModelConfig& c, const Params& params, const torch::Tensor& tokens,

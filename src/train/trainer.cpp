@@ -193,11 +193,15 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
   const double scale = 1.0 / static_cast<double>(config_.batch_size);
   const double ilr_mult = inner_lr_multiplier(config_, step);
   const MatmulDtypeGuard precision(matmul_dtype(config_));
+  if (config_.remat && (!gradient_graphs_ || !gradient_graphs_->serves(model_.params))) {
+    gradient_graphs_ = GradientGraphs::where_supported(model_.config, model_.params);
+  }
   double total = 0;
   for (const torch::Tensor& tokens : batch(step)) {
     if (stop_requested && stop_requested()) return std::nullopt;
     if (config_.remat) {
       GradientOptions options;
+      options.graphs = gradient_graphs_.get();
       options.ilr_mult = ilr_mult;
       options.loss_scale = scale;
       options.first_order = config_.first_order;

@@ -23,6 +23,7 @@
 #include "model/checkpoint.h"
 #include "train/adamw.h"
 #include "train/train_config.h"
+#include "ttt/sequence_gradient.h"
 
 namespace ttt {
 
@@ -82,6 +83,8 @@ class Trainer {
   std::string out_dir_;
   std::unique_ptr<TokenDataset> train_data_, val_data_;
   std::unique_ptr<AdamW> optimizer_;
+  // On a GPU, the gradient of a sequence replayed as a CUDA graph (made at the first step).
+  std::unique_ptr<GradientGraphs> gradient_graphs_;
   int64_t step_ = 0;
   double elapsed_before_ = 0;  // seconds spent by earlier sessions of this run
   std::chrono::steady_clock::time_point session_start_ = std::chrono::steady_clock::now();

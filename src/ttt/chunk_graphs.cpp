@@ -1,33 +1,17 @@
 #include "ttt/chunk_graphs.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <map>
 #include <optional>
-#include <set>
-#include <utility>
 
 #include <torch/torch.h>
 
 #include "common/error.h"
 #include "model/compute.h"
 #include "model/layers.h"
-#include "ttt_build_features.h"  // TTT_WITH_CUDA: libtorch has CUDA
-
-#if TTT_WITH_CUDA
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/cuda.h>
-#endif
+#include "ttt/graph_replay.h"
 
 namespace ttt {
 namespace {
-
-// A graph is specific to the cache length it starts from and to its inner
-// learning rate.
-using GraphKey = std::pair<int64_t, double>;
 
 int64_t rows_of(const LayerCache& layer) { return layer.keys.defined() ? layer.keys.size(0) : 0; }
 
@@ -46,24 +30,14 @@ struct ChunkGraphs::State {
   int64_t first = 0;     // first suffix block
   int64_t max_rows = 0;  // cache rows kept: window - 1
   // Inputs, outputs and state, where every graph finds them.
-  torch::Tensor hidden, targets, positions, nll, loss;
+  torch::Tensor hidden, targets, positions, step_size, nll, loss;
   std::vector<LayerCache> caches;  // one per suffix block, max_rows rows
   FastWeights weights;
-  std::set<GraphKey> seen;
-  int64_t captures = 0, replays = 0;
-#if TTT_WITH_CUDA
-  decltype(at::cuda::graph_pool_handle()) pool = at::cuda::graph_pool_handle();
-  // Every capture on one stream: the allocator reuses a pool's freed blocks only on the
-  // stream that freed them, so graphs captured on different streams would not share memory.
-  c10::cuda::CUDAStream capture_stream = c10::cuda::getStreamFromPool();
-  std::map<GraphKey, std::unique_ptr<at::cuda::CUDAGraph>> graphs;  // destroyed before the buffers
-#endif
+  GraphReplay graphs;  // one per cache length; destroyed before the buffers
 };
 
 bool ChunkGraphs::supported(const ModelConfig& config, const Params& params) {
-  const char* setting = std::getenv("TTT_CUDA_GRAPHS");  // "0": eager chunks, for comparison
-  const bool disabled = setting != nullptr && std::strcmp(setting, "0") == 0;
-  return TTT_WITH_CUDA && !disabled && config.is_ttt() && config.attention_window() > 0 &&
+  return cuda_graphs_enabled() && config.is_ttt() && config.attention_window() > 0 &&
          fused_attention_available(params.final_norm);
 }
 
@@ -83,12 +57,12 @@ ChunkGraphs::ChunkGraphs(const ModelConfig& config, const Params& params) : stat
 
 ChunkGraphs::~ChunkGraphs() = default;
 
-int64_t ChunkGraphs::captures() const { return state_->captures; }
-int64_t ChunkGraphs::replays() const { return state_->replays; }
+int64_t ChunkGraphs::captures() const { return state_->graphs.captures(); }
+int64_t ChunkGraphs::replays() const { return state_->graphs.replays(); }
 
 ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, const torch::Tensor& targets,
                             const torch::Tensor& positions, KvCache& cache, const FastWeights& weights,
-                            double ilr_mult) {
+                            const torch::Tensor& step_size) {
   State& s = *state_;
   const ModelConfig& c = s.config;
   require(params.final_norm.data_ptr() == s.params.final_norm.data_ptr() &&
@@ -116,12 +90,14 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
     for (const MlpParams& w : weights) {
       s.weights.push_back({torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)});
     }
+    s.step_size = torch::empty_like(step_size);
     s.nll = torch::empty({c.mini_batch}, hidden.options().dtype(torch::kFloat32));
     s.loss = torch::empty({}, s.nll.options());
   }
   s.hidden.copy_(hidden);
   s.targets.copy_(targets);
   s.positions.copy_(positions);
+  s.step_size.copy_(step_size);
   for (int64_t l = s.first; l < c.n_layers; ++l) {
     const LayerCache& from = cache.layers[l];
     require(rows_of(from) == rows, "internal: suffix caches of different lengths");
@@ -146,7 +122,7 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
     {
       torch::AutoGradMode grad_mode(true);
       step = run_chunk(c, s.params, s.hidden, s.first, s.targets, s.positions, local, s.weights, /*update=*/true,
-                       ilr_mult, OuterGradient::kNone);
+                       s.step_size, OuterGradient::kNone);
     }
     for (int64_t l = s.first; l < c.n_layers; ++l) {
       const LayerCache& buffer = s.caches[l - s.first];
@@ -160,41 +136,7 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
     s.loss.copy_(step.loss);
   };
 
-  const GraphKey key{rows, ilr_mult};
-#if TTT_WITH_CUDA
-  auto graph = s.graphs.find(key);
-  if (graph == s.graphs.end() && s.seen.count(key) > 0) {
-    // Capture on a side stream (graphs cannot be captured on the default one);
-    // nothing runs.
-    auto captured = std::make_unique<at::cuda::CUDAGraph>();
-    torch::cuda::synchronize();
-    {
-      const c10::cuda::CUDAStreamGuard side(s.capture_stream);
-      captured->capture_begin(s.pool);
-      try {
-        body();
-      } catch (...) {
-        try {
-          captured->capture_end();
-        } catch (...) {
-        }
-        throw;
-      }
-      captured->capture_end();
-    }
-    graph = s.graphs.emplace(key, std::move(captured)).first;
-    ++s.captures;
-  }
-  if (graph != s.graphs.end()) {
-    graph->second->replay();
-    ++s.replays;
-  } else {
-    body();  // eagerly, the first time
-    s.seen.insert(key);
-  }
-#else
-  body();  // unreachable: the constructor requires supported()
-#endif
+  s.graphs.run(rows, body);  // a graph per cache length
 
   for (int64_t l = s.first; l < c.n_layers; ++l) {
     const LayerCache& buffer = s.caches[l - s.first];

@@ -43,12 +43,13 @@ class ChunkGraphs {
   ChunkGraphs& operator=(const ChunkGraphs&) = delete;
 
   // run_chunk(config, params, hidden, first_suffix_block, targets, positions,
-  // cache, weights, update = true, ilr_mult, kNone) for a full chunk
+  // cache, weights, update = true, step_size, kNone) for a full chunk
   // (mini_batch rows). Afterwards the suffix blocks' cache entries and the
   // returned next_weights are views of this object's buffers, valid until its
   // next call; nll and loss are the caller's own.
   ChunkStep step(const Params& params, const torch::Tensor& hidden, const torch::Tensor& targets,
-                 const torch::Tensor& positions, KvCache& cache, const FastWeights& weights, double ilr_mult);
+                 const torch::Tensor& positions, KvCache& cache, const FastWeights& weights,
+                 const torch::Tensor& step_size);
 
   int64_t captures() const;  // graphs captured so far
   int64_t replays() const;   // chunks run by replaying one

@@ -19,8 +19,12 @@ constexpr int64_t kRunAheadTokens = 16384;
 
 }  // namespace
 
+torch::Tensor inner_step_size(const ModelConfig& config, double ilr_mult, const torch::Tensor& like) {
+  return torch::full({}, config.inner_lr * ilr_mult, like.options());
+}
+
 FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
-                       double ilr_mult, OuterGradient outer) {
+                       const torch::Tensor& step_size, OuterGradient outer) {
   const std::vector<torch::Tensor> flat = flatten(weights);
   const std::vector<torch::Tensor> grads =
       torch::autograd::grad({loss}, flat, /*grad_outputs=*/{}, /*retain_graph=*/outer != OuterGradient::kNone,
@@ -35,10 +39,10 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
     const torch::Tensor norm = torch::sqrt(torch::where(squares > 0, squares, torch::ones_like(squares)));
     scale = config.inner_clip / torch::clamp_min(norm, config.inner_clip);  // = min(1, clip / norm)
   }
-  const double lr = config.inner_lr * ilr_mult;
+  const torch::Tensor factor = step_size * scale;
   FastWeights updated;
   for (size_t i = 0; i < weights.size(); ++i) {
-    const auto step = [&](const torch::Tensor& w, const torch::Tensor& g) { return w - lr * scale * g; };
+    const auto step = [&](const torch::Tensor& w, const torch::Tensor& g) { return w - factor * g; };
     updated.push_back({step(flat[3 * i], grads[3 * i]), step(flat[3 * i + 1], grads[3 * i + 1]),
                        step(flat[3 * i + 2], grads[3 * i + 2])});
   }
@@ -47,10 +51,11 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
 
 ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
                     const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
-                    const FastWeights& weights, bool update, double ilr_mult, OuterGradient outer) {
-  // The exact meta-gradient differentiates twice through the network: no fused kernels.
+                    const FastWeights& weights, bool update, const torch::Tensor& step_size, OuterGradient outer) {
+  // The exact meta-gradient differentiates the inner step's graph again: no fused kernels from
+  // the fast weights on, where that graph begins (none without an inner step).
   std::optional<ComposableKernelsGuard> composable;
-  if (outer == OuterGradient::kExact && config.is_ttt()) composable.emplace();
+  if (outer == OuterGradient::kExact && config.is_ttt() && update) composable.emplace(ComposableFrom::kFastWeights);
   // Without an outer graph the inner gradient needs leaves of its own.
   const FastWeights chunk_weights =
       update && outer == OuterGradient::kNone ? detach_fast_weights(weights, /*requires_grad=*/true) : weights;
@@ -59,7 +64,7 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
   ChunkStep step;
   step.nll = token_nll(logits, targets);
   step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
-  step.next_weights = update ? inner_step(config, chunk_weights, step.loss, ilr_mult, outer) : chunk_weights;
+  step.next_weights = update ? inner_step(config, chunk_weights, step.loss, step_size, outer) : chunk_weights;
   return step;
 }
 
@@ -105,6 +110,7 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   torch::Tensor ahead;  // hidden states after block ahead_blocks - 1 of tokens from ahead_start
   int64_t ahead_start = 0;
   FastWeights weights = initial_fast_weights(config, params);
+  const torch::Tensor step_size = inner_step_size(config, options.ilr_mult, params.final_norm);
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t start = c * config.mini_batch;
     const int64_t length = std::min(config.mini_batch, n - start);
@@ -122,9 +128,9 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
     const bool update = config.is_ttt() && c + 1 < n_chunks;
     const torch::Tensor positions = span_positions(start, length, hidden.device());
     ChunkStep step = options.graphs && update && !differentiable && run_ahead
-                         ? options.graphs->step(params, hidden, chunk_targets, positions, cache, weights, options.ilr_mult)
+                         ? options.graphs->step(params, hidden, chunk_targets, positions, cache, weights, step_size)
                          : run_chunk(config, params, hidden, ahead_blocks, chunk_targets, positions, cache, weights,
-                                     update, options.ilr_mult, options.outer_gradient);
+                                     update, step_size, options.outer_gradient);
     weights = std::move(step.next_weights);
     result.inner_steps += update ? 1 : 0;
     if (!differentiable) {

@@ -38,11 +38,15 @@ struct SequenceResult {
   int64_t inner_steps = 0;
 };
 
+// The inner loop's step size inner_lr * ilr_mult as it takes it: a 0-dim tensor in `like`'s
+// dtype and on its device (a value CUDA graphs read at replay, not one fixed at capture).
+torch::Tensor inner_step_size(const ModelConfig& config, double ilr_mult, const torch::Tensor& like);
+
 // One chunk of the inner loop: the model runs on the chunk's hidden states entering block
 // `first_block` (embed_tokens of its tokens for 0; the prefix's output where the prefix ran
 // ahead), at absolute `positions` (span_positions of its start), attending through `cache`, which it extends,
 // with fast weights `weights`; the chunk's loss is recorded, then, if `update`, one inner
-// step gives the next weights.
+// step of `step_size` (inner_step_size) gives the next weights.
 struct ChunkStep {
   torch::Tensor nll;           // [length] per-target NLL
   torch::Tensor loss;          // masked mean of nll (SPEC section 4)
@@ -50,7 +54,7 @@ struct ChunkStep {
 };
 ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
                     const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
-                    const FastWeights& weights, bool update, double ilr_mult, OuterGradient outer);
+                    const FastWeights& weights, bool update, const torch::Tensor& step_size, OuterGradient outer);
 
 // How much chunk c's loss weighs in the sequence loss: 1/C for swa and ttt-e2e (mean of
 // chunk losses), valid_c / valid for fa (masked mean over all targets).
@@ -62,11 +66,11 @@ std::vector<double> chunk_loss_weights(const ModelConfig& config, const torch::T
 SequenceResult run_sequence(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                             const SequenceOptions& options = {});
 
-// One inner SGD step: W - inner_lr * ilr_mult * s * dloss/dW, s = min(1, inner_clip / ||g||)
+// One inner SGD step: W - step_size * s * dloss/dW, s = min(1, inner_clip / ||g||)
 // over all fast weights together (s = 1 when inner_clip = 0). Unless `outer` is kNone,
 // the graph of `loss` is kept for the outer backward pass, and the result stays
 // differentiable w.r.t. `weights` (and, for kExact, through g and s too).
 FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
-                       double ilr_mult, OuterGradient outer);
+                       const torch::Tensor& step_size, OuterGradient outer);
 
 }  // namespace ttt

@@ -15,6 +15,7 @@
 // instead (tests/ttt/sequence_gradient_test.cpp).
 #pragma once
 #include <functional>
+#include <memory>
 
 #include <torch/types.h>
 
@@ -23,17 +24,59 @@
 
 namespace ttt {
 
+class GradientGraphs;
+
 struct GradientOptions {
   double ilr_mult = 1.0;     // inner-LR multiplier (SPEC section 6's warm-up)
   double loss_scale = 1.0;   // the gradient accumulated is that of loss_scale * loss
   bool first_order = false;  // inner gradients as constants (for comparison only)
-  // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks).
+  // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks);
+  // not where graphs replay the whole sequence.
   std::function<void(int64_t, int64_t)> on_chunk;
+  // On a GPU: the whole computation replayed as a CUDA graph per sequence length (below),
+  // made for the same parameters and precision.
+  GradientGraphs* graphs = nullptr;
 };
 
 // Adds d(loss_scale * loss)/d(theta) to the .grad of every tensor of `params` (leaves that
 // require grad) and returns the loss (a detached scalar). `tokens`: [n] int64, n >= 2.
 torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params,
                                            const torch::Tensor& tokens, const GradientOptions& options = {});
+
+// accumulate_sequence_gradient as CUDA graphs, one per sequence length: training reads
+// thousands of sequences of one length, and eagerly the reverse scan's ~2,500 kernels per
+// chunk cost the host more time than the GPU spends on them. The graph computes the
+// gradient into buffers of its own (the inner step size is one too, so the inner-LR
+// warm-up needs no new graph), which are then added to .grad, scaled by loss_scale. Like
+// GraphReplay, a length runs eagerly first, is captured the second time, replayed after.
+// The parameters must stay where they are (optimisers update them in place).
+class GradientGraphs {
+ public:
+  // Whether graphs can serve this model here: a CUDA build and device, graphs not switched
+  // off (TTT_CUDA_GRAPHS=0), the fused kernels allowed, and not fa (whose chunk weights in
+  // the loss depend on the tokens).
+  static bool supported(const ModelConfig& config, const Params& params);
+  // Graphs for these parameters where supported(), else null (the caller runs eagerly).
+  static std::unique_ptr<GradientGraphs> where_supported(const ModelConfig& config, const Params& params);
+
+  // For `params` as they are now, under the thread's matmul dtype, which later calls must
+  // keep. Throws ttt::Error unless supported().
+  GradientGraphs(const ModelConfig& config, const Params& params);
+  ~GradientGraphs();
+  GradientGraphs(const GradientGraphs&) = delete;
+  GradientGraphs& operator=(const GradientGraphs&) = delete;
+
+  // Whether these are the parameters (the same tensors) the graphs were made for.
+  bool serves(const Params& params) const;
+  // accumulate_sequence_gradient(config, params, tokens, options), through a graph.
+  torch::Tensor accumulate(const Params& params, const torch::Tensor& tokens, const GradientOptions& options);
+
+  int64_t captures() const;
+  int64_t replays() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 }  // namespace ttt

@@ -129,7 +129,7 @@ TEST(InnerLoop, ChunkWithoutValidTargetsTakesAZeroStep) {
                                              m.w3.clone().requires_grad_()});
   const torch::Tensor logits = forward_span(c, p, tokens.narrow(0, 0, 3), torch::arange(3), cache, &leaves);
   const torch::Tensor loss = masked_mean_loss(token_nll(logits, tokens.narrow(0, 1, 3)), tokens.narrow(0, 1, 3), 1);
-  const FastWeights w1 = inner_step(c, leaves, loss, 1.0, OuterGradient::kExact);
+  const FastWeights w1 = inner_step(c, leaves, loss, inner_step_size(c, 1.0, loss), OuterGradient::kExact);
   EXPECT_EQ(loss.item<double>(), 0.0);
   EXPECT_TRUE(torch::equal(w1[0].w1, w0[0].w1));
   // The second order through the clip stays finite: the norm of a zero gradient is guarded.

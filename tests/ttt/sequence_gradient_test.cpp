@@ -2,6 +2,9 @@
 // (run_sequence with an outer graph through every chunk): the same loss and gradients.
 #include <gtest/gtest.h>
 
+#include <torch/cuda.h>
+
+#include "model/compute.h"
 #include "test_util.h"
 #include "ttt/inner_loop.h"
 #include "ttt/sequence_gradient.h"
@@ -114,6 +117,62 @@ TEST(SequenceGradientAccumulation, AddsScaledGradients) {
   const auto ga = grads_of(c, single_a), gb = grads_of(c, single_b), sum = grads_of(c, both);
   for (const auto& [name, g] : sum) {
     EXPECT_TRUE(torch::allclose(g, 0.5 * (ga.at(name) + gb.at(name)), 1e-12, 1e-14)) << name;
+  }
+}
+
+TEST(GradientGraphs, NotOfferedWhereTheyCannotRun) {
+  const ModelConfig c = tiny_config(Variant::kTttE2E);
+  const Params params = random_params(c, 1, 0.3, torch::kFloat32);
+  EXPECT_FALSE(GradientGraphs::supported(c, params));  // on the CPU
+  test::expect_error([&] { GradientGraphs graphs(c, params); }, {"CUDA graphs of the gradient need"});
+  if (!torch::cuda::is_available()) return;
+  const ModelConfig fa = tiny_config(Variant::kFullAttention);
+  EXPECT_FALSE(GradientGraphs::supported(
+      fa, convert_params(fa, random_params(fa, 1, 0.3), torch::kFloat32, false, torch::Device(torch::kCUDA, 0))));
+}
+
+// Graph replays against the eager computation on the GPU, over sequences with different
+// inner-LR multipliers (no new capture for them) and loss scales, the second order included.
+TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const Variant variant : {Variant::kTttE2E, Variant::kSlidingWindow}) {
+    ModelConfig c = tiny_config(variant);
+    c.vocab_size = 61;
+    c.d_model = 32;
+    c.n_heads = 2;  // head_dim 16: the fused kernels serve
+    c.d_ff = 48;
+    c.window = 40;
+    c.mini_batch = 16;
+    c.validate();
+    const MatmulDtypeGuard precision(torch::kBFloat16);
+    const Params graphed = convert_params(c, random_params(c, 7, 0.3), torch::kFloat32, true, cuda);
+    const Params eager = convert_params(c, graphed, torch::kFloat32, true);
+    ASSERT_TRUE(GradientGraphs::supported(c, graphed));
+    GradientGraphs graphs(c, graphed);
+    EXPECT_TRUE(graphs.serves(graphed));
+    EXPECT_FALSE(graphs.serves(eager));
+    for (int sequence = 0; sequence < 4; ++sequence) {
+      // 5 full chunks and a partial one; caches of 0, 16, 32 and 39 rows.
+      const torch::Tensor tokens = random_tokens(16 * 5 + 7, c.vocab_size, 300 + sequence, {0, 30}).to(cuda);
+      GradientOptions options;
+      options.ilr_mult = 0.4 + 0.2 * sequence;
+      options.loss_scale = sequence % 2 == 0 ? 1.0 : 0.25;
+      const double eager_loss = accumulate_sequence_gradient(c, eager, tokens, options).item<double>();
+      options.graphs = &graphs;
+      const double graphed_loss = accumulate_sequence_gradient(c, graphed, tokens, options).item<double>();
+      EXPECT_NEAR(graphed_loss, eager_loss, 1e-5 * std::abs(eager_loss)) << "sequence " << sequence;
+      // Gradients of all sequences accumulate in .grad on both sides.
+      const auto expected = grads_of(c, eager), got = grads_of(c, graphed);
+      for (const auto& [name, g] : expected) {
+        const double scale = g.abs().max().item<double>();
+        EXPECT_GT(scale, 0) << name;
+        EXPECT_LT((got.at(name) - g).abs().max().item<double>(), 1e-4 * scale) << name << ", sequence " << sequence;
+      }
+    }
+    // The first sequence ran eagerly, the second was captured; every one after it replayed.
+    EXPECT_EQ(graphs.captures(), 1);
+    EXPECT_EQ(graphs.replays(), 3);
   }
 }
 
