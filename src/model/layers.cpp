@@ -18,7 +18,7 @@
 #include "common/error.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
-#include "kernels/softmax_grad.h"
+#include "kernels/attention_probs.h"
 #include "kernels/token_nll.h"
 #endif
 
@@ -175,74 +175,89 @@ class FusedRope : public torch::autograd::Function<FusedRope> {
   }
 };
 
-// softmax's backward as a function of its own (kernels/softmax_grad.h), with a fused backward:
-// the exact meta-gradient differentiates it again through the attention of the blocks after
-// the first fast weights.
-class SoftmaxGrad : public torch::autograd::Function<SoftmaxGrad> {
+// kernels/attention_probs.h as autograd functions: the probabilities, and their backward as
+// a function of its own whose backward is fused too (the exact meta-gradient's second order).
+struct ProbsKernels {
+  static kernels::ScoreType type_of(const torch::Tensor& t) {
+    return t.scalar_type() == torch::kBFloat16 ? kernels::ScoreType::kBFloat16 : kernels::ScoreType::kFloat32;
+  }
+  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+  static void check(const char* error) {
+    if (error != nullptr) throw Error(std::string("CUDA kernel attention_probs: ") + error);
+  }
+};
+
+// d probs -> d scores; inputs (scores: only for the graph's edge, grad_probs, probs32).
+class AttentionProbsGrad : public torch::autograd::Function<AttentionProbsGrad>, ProbsKernels {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& probs,
-                               const torch::Tensor& grad_probs) {
-    const c10::cuda::CUDAGuard device(probs.device());
-    const int64_t cols = probs.size(-1), rows = probs.numel() / std::max<int64_t>(cols, 1);
-    torch::Tensor grad = torch::empty_like(probs);
-    torch::Tensor dots = torch::empty({rows}, probs.options());
-    check(kernels::softmax_backward(probs.data_ptr<float>(), grad_probs.data_ptr<float>(), rows, cols,
-                                    grad.data_ptr<float>(), dots.data_ptr<float>(), stream()));
-    ctx->save_for_backward({probs, grad_probs, dots});
-    return grad;
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& scores,
+                               const torch::Tensor& grad_probs, const torch::Tensor& probs32) {
+    const c10::cuda::CUDAGuard device(grad_probs.device());
+    const int64_t keys = probs32.size(-1), rows = probs32.numel() / std::max<int64_t>(keys, 1);
+    torch::Tensor grad_scores = torch::empty_like(grad_probs);
+    torch::Tensor dots = torch::empty({rows}, probs32.options());
+    check(kernels::attention_probs_backward(probs32.data_ptr<float>(), grad_probs.data_ptr(), type_of(grad_probs), rows,
+                                            keys, grad_scores.data_ptr(), dots.data_ptr<float>(), stream()));
+    ctx->save_for_backward({grad_probs});
+    ctx->saved_data["probs32"] = probs32;
+    ctx->saved_data["dots"] = dots;
+    return grad_scores;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor()};
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &probs = saved[0], &grad_probs = saved[1], &dots = saved[2];
-    const c10::cuda::CUDAGuard device(probs.device());
-    const torch::Tensor adjoint = grads[0].to(torch::kFloat32).contiguous();
-    const int64_t cols = probs.size(-1), rows = probs.numel() / std::max<int64_t>(cols, 1);
-    torch::Tensor grad_of_probs = torch::empty_like(probs), grad_of_grad_probs = torch::empty_like(probs);
-    check(kernels::softmax_double_backward(probs.data_ptr<float>(), grad_probs.data_ptr<float>(),
-                                           dots.data_ptr<float>(), adjoint.data_ptr<float>(), rows, cols,
-                                           grad_of_probs.data_ptr<float>(), grad_of_grad_probs.data_ptr<float>(),
-                                           stream()));
-    return {grad_of_probs, grad_of_grad_probs};
-  }
-
-  static torch::Tensor of(const torch::Tensor& probs, const torch::Tensor& grad_probs) {
-    return apply(probs, grad_probs.to(torch::kFloat32).contiguous());
-  }
-
- private:
-  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-  static void check(const char* error) {
-    if (error != nullptr) throw Error(std::string("CUDA kernel softmax_grad: ") + error);
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const torch::Tensor grad_probs = ctx->get_saved_variables()[0];
+    const torch::Tensor probs32 = ctx->saved_data["probs32"].toTensor(), dots = ctx->saved_data["dots"].toTensor();
+    const c10::cuda::CUDAGuard device(grad_probs.device());
+    const torch::Tensor adjoint = grads[0].to(grad_probs.scalar_type()).contiguous();
+    const int64_t keys = probs32.size(-1), rows = probs32.numel() / std::max<int64_t>(keys, 1);
+    torch::Tensor grad_of_scores = torch::empty_like(grad_probs), grad_of_grad_probs = torch::empty_like(grad_probs);
+    check(kernels::attention_probs_double_backward(probs32.data_ptr<float>(), grad_probs.data_ptr(),
+                                                   dots.data_ptr<float>(), adjoint.data_ptr(), type_of(grad_probs),
+                                                   rows, keys, grad_of_scores.data_ptr(), grad_of_grad_probs.data_ptr(),
+                                                   stream()));
+    return {grad_of_scores, grad_of_grad_probs, torch::Tensor()};
   }
 };
 
-// softmax over the last axis (libtorch's kernel) whose backward is SoftmaxGrad.
-class SoftmaxLastAxis : public torch::autograd::Function<SoftmaxLastAxis> {
+// softmax of scores [H, Tq, Tk] (fp32 or bf16) under the band of attend_span's layout, in
+// the scores' dtype; fp32 inside.
+class AttentionProbs : public torch::autograd::Function<AttentionProbs>, ProbsKernels {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
-    torch::Tensor probs = torch::softmax(x, -1);
-    ctx->save_for_backward({probs});
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& scores, int64_t window) {
+    const c10::cuda::CUDAGuard device(scores.device());
+    const bool narrow = scores.scalar_type() == torch::kBFloat16;
+    torch::Tensor probs32 = torch::empty(scores.sizes(), scores.options().dtype(torch::kFloat32));
+    torch::Tensor probs = narrow ? torch::empty_like(scores) : probs32;
+    check(kernels::attention_probs_forward(scores.data_ptr(), type_of(scores), scores.size(0), scores.size(1),
+                                           scores.size(2), window, probs32.data_ptr<float>(),
+                                           narrow ? probs.data_ptr() : nullptr, stream()));
+    ctx->save_for_backward({scores});
+    ctx->saved_data["probs32"] = probs32;
     return probs;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    return {SoftmaxGrad::of(ctx->get_saved_variables()[0], grads[0])};
+    const torch::Tensor scores = ctx->get_saved_variables()[0];
+    const torch::Tensor grad_probs = grads[0].to(scores.scalar_type()).contiguous();
+    return {AttentionProbsGrad::apply(scores, grad_probs, ctx->saved_data["probs32"].toTensor()), torch::Tensor()};
   }
 };
-#endif
 
-// Softmax over the last axis, differentiable any number of times; in fp32 on CUDA its
-// backward and that backward's own are fused kernels.
-torch::Tensor softmax_last_axis(const torch::Tensor& x) {
-#if TTT_WITH_CUDA_KERNELS
-  if (x.is_cuda() && x.scalar_type() == torch::kFloat32) return SoftmaxLastAxis::apply(x.contiguous());
-#endif
-  return torch::softmax(x, -1);
+// attend for attend_span's layout (the cached keys, then the span's), with the band computed
+// in the kernels instead of a mask. Same numbers as attend.
+torch::Tensor attend_banded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
+  const int64_t Tq = q.size(0), H = q.size(1), d = q.size(2);
+  const torch::Dtype dtype = matmul_dtype_for(q);
+  const torch::Tensor scores =
+      torch::matmul((q * (1.0 / std::sqrt(static_cast<double>(d)))).to(dtype).transpose(0, 1),
+                    k.to(dtype).permute({1, 2, 0}));
+  const torch::Tensor probs = AttentionProbs::apply(scores.contiguous(), window);
+  return torch::matmul(probs, v.to(dtype).transpose(0, 1)).transpose(0, 1).reshape({Tq, H * d});
 }
+#endif
 
 }  // namespace
 
@@ -332,7 +347,7 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   const torch::Dtype softmax_dtype = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const torch::Tensor bias =
       torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype)).masked_fill_(mask.logical_not(), -INFINITY);
-  const torch::Tensor probs = softmax_last_axis(scores + bias);
+  const torch::Tensor probs = torch::softmax(scores + bias, -1);
   const torch::Tensor out =
       torch::matmul(operand(probs.to(v.scalar_type())), operand(v).transpose(0, 1)).transpose(0, 1).reshape({Tq, H * d});
   return dtype ? out : out.to(q.scalar_type());
@@ -379,6 +394,12 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                                                    attention_mask(query_positions, key_positions, window))
                       .squeeze(0)
                       .transpose(0, 1));
+  }
+#endif
+#if TTT_WITH_CUDA_KERNELS
+  // Composable (differentiable twice), the probabilities in fused kernels.
+  if (q.is_cuda() && (matmul_dtype_for(q) == torch::kFloat32 || matmul_dtype_for(q) == torch::kBFloat16)) {
+    return attend_banded(q, k, v, window);
   }
 #endif
   return attend(q, k, v, attention_mask(query_positions, key_positions, window));
