@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
+#include "kernels/swiglu.h"
 #include "kernels/attention_probs.h"
 #include "kernels/token_nll.h"
 #endif
@@ -146,6 +147,39 @@ class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
   static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
   static void check(const char* error) {
     if (error != nullptr) throw Error(std::string("CUDA kernel rms_norm: ") + error);
+  }
+};
+
+// kernels/swiglu.h as an autograd function (first order: ComposableKernelsGuard applies).
+class FusedSwigluGate : public torch::autograd::Function<FusedSwigluGate> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a, const torch::Tensor& b) {
+    const c10::cuda::CUDAGuard device(a.device());
+    torch::Tensor y = torch::empty_like(a);
+    check(kernels::swiglu_gate_forward(a.data_ptr(), b.data_ptr(), type_of(a), a.numel(), y.data_ptr(), stream()));
+    ctx->save_for_backward({a, b});
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &a = saved[0], &b = saved[1];
+    const c10::cuda::CUDAGuard device(a.device());
+    const torch::Tensor dy = grads[0].to(a.scalar_type()).contiguous();
+    torch::Tensor da = torch::empty_like(a), db = torch::empty_like(b);
+    check(kernels::swiglu_gate_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), type_of(a), a.numel(), da.data_ptr(),
+                                        db.data_ptr(), stream()));
+    return {da, db};
+  }
+
+ private:
+  static kernels::GateType type_of(const torch::Tensor& t) {
+    return t.scalar_type() == torch::kBFloat16 ? kernels::GateType::kBFloat16 : kernels::GateType::kFloat32;
+  }
+  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+  static void check(const char* error) {
+    if (error != nullptr) throw Error(std::string("CUDA kernel swiglu: ") + error);
   }
 };
 
@@ -294,6 +328,17 @@ torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional
                      std::optional<torch::Dtype> out) {
   const torch::Dtype inner = hidden.value_or(x.scalar_type());
   const torch::Tensor operand = matmul_operand(x);  // cast once for both input projections
+#if TTT_WITH_CUDA_KERNELS
+  // The gate in one kernel on the products as they are (kernels/swiglu.h), where the product
+  // is fp32 and the products fp32 or bf16.
+  const torch::Dtype narrow = operand.scalar_type();
+  if (x.is_cuda() && fused_kernels_allowed() && inner == torch::kFloat32 &&
+      (narrow == torch::kFloat32 || narrow == torch::kBFloat16)) {
+    const torch::Tensor gate =
+        FusedSwigluGate::apply(project(operand, mlp.w1, narrow).contiguous(), project(operand, mlp.w3, narrow).contiguous());
+    return project(gate, mlp.w2, out.value_or(inner));
+  }
+#endif
   return project(torch::silu(project(operand, mlp.w1, inner)) * project(operand, mlp.w3, inner), mlp.w2,
                  out.value_or(inner));
 }

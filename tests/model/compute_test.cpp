@@ -331,6 +331,34 @@ TEST(OnCudaRmsNorm, MatchesTheComposableFormInEveryDtypePair) {
   }
 }
 
+// SwiGLU on the GPU (its gate one kernel where built) against fp64: values and gradients of
+// the input and every weight, in fp32 and under bf16 matmuls.
+TEST(OnCudaSwiglu, MatchesTheComposableForm) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  torch::manual_seed(29);
+  const std::vector<torch::Tensor> inputs = {torch::randn({37, 32}, torch::kFloat64), torch::randn({32, 48}, torch::kFloat64) * 0.3,
+                                             torch::randn({48, 32}, torch::kFloat64) * 0.3,
+                                             torch::randn({32, 48}, torch::kFloat64) * 0.3};
+  const torch::Tensor probe = torch::randn({37, 32}, torch::kFloat64);
+  const auto run = [&](const torch::Device& device, torch::Dtype dtype) {
+    std::vector<torch::Tensor> leaves;
+    for (const torch::Tensor& t : inputs) leaves.push_back(t.to(device, dtype).requires_grad_());
+    const torch::Tensor y = swiglu(leaves[0], {leaves[1], leaves[2], leaves[3]});
+    std::vector<torch::Tensor> results = {y};
+    for (const torch::Tensor& g : torch::autograd::grad({(y * probe.to(device, dtype)).sum()}, leaves)) results.push_back(g);
+    return results;
+  };
+  const auto reference = run(torch::kCPU, torch::kFloat64);
+  for (const std::optional<torch::Dtype> matmul : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+    SCOPED_TRACE(matmul ? "bf16" : "fp32");
+    const MatmulDtypeGuard precision(matmul);
+    const auto fused = run(cuda, torch::kFloat32);
+    EXPECT_EQ(fused[0].scalar_type(), torch::kFloat32);
+    for (size_t i = 0; i < reference.size(); ++i) EXPECT_LT(relative_error(fused[i], reference[i]), matmul ? 2e-2 : 1e-5) << i;
+  }
+}
+
 // RoPE on the GPU (one kernel where built) against the composable form in fp64: values,
 // the gradient, and the gradient of the gradient (a rotation is linear: the backward is
 // the inverse rotation, differentiable again).
