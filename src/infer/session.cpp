@@ -157,10 +157,11 @@ void Session::train_on_pending(int64_t next) {
   targets.push_back(next);
   KvCache cache = chunk_start_cache_;
   const int64_t start = position_ - static_cast<int64_t>(pending_.size());
-  ChunkStep step = run_chunk(config_, params_, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)),
-                             0, torch::tensor(targets, torch::kInt64).to(device_),
-                             span_positions(start, static_cast<int64_t>(pending_.size()), device_), cache, weights_,
-                             /*update=*/true, inner_step_size(config_, 1.0, params_.final_norm), OuterGradient::kNone);
+  ChunkStep step =
+      run_chunk(config_, params_, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)), 0,
+                torch::tensor(targets, torch::kInt64).to(device_),
+                span_positions(start, static_cast<int64_t>(pending_.size()), device_), cache, weights_,
+                /*update=*/true, inner_step_size(config_, 1.0, params_.final_norm), OuterGradient::kNone);
   weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
   cache.detach();
   // The recomputed cache replaces the one built token by token: the same entries, computed

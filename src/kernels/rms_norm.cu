@@ -1,18 +1,11 @@
+#include "kernels/common.cuh"
 #include "kernels/rms_norm.h"
-
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
 
 namespace ttt::kernels {
 namespace {
 
 // A warp per row (rows are 64 to a few thousand values), four rows per block.
 constexpr int kWarps = 4;
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -55,51 +48,42 @@ __global__ void __launch_bounds__(32 * kWarps)
   for (int64_t j = lane; j < dim; j += 32) store(out, j, r * gain[j] * load(grad, j) - correction * load(in, j));
 }
 
-const char* launched() {
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
-}
-
-template <typename X, typename Y>
-const char* forward(const void* x, const float* gain, int64_t rows, int64_t dim, double eps, void* y, float* rstd,
-                    cudaStream_t stream) {
-  const int64_t blocks = (rows + kWarps - 1) / kWarps;
-  forward_rows<X, Y><<<blocks, 32 * kWarps, 0, stream>>>(static_cast<const X*>(x), gain, rows, dim,
-                                                           static_cast<float>(eps), static_cast<Y*>(y), rstd);
-  return launched();
-}
-
-template <typename X, typename Y>
-const char* backward(const void* x, const float* gain, const float* rstd, const void* dy, int64_t rows, int64_t dim,
-                     void* dx, cudaStream_t stream) {
-  const int64_t blocks = (rows + kWarps - 1) / kWarps;
-  backward_rows<X, Y><<<blocks, 32 * kWarps, 0, stream>>>(static_cast<const X*>(x), gain, rstd,
-                                                            static_cast<const Y*>(dy), rows, dim, static_cast<X*>(dx));
-  return launched();
+// Calls launch(X(), Y()) with the storage types named by the two dtypes.
+template <typename Launch>
+const char* with_types(Storage x_type, Storage y_type, Launch launch) {
+  const bool x16 = x_type == Storage::kBFloat16, y16 = y_type == Storage::kBFloat16;
+  if (x16 && y16) return launch(__nv_bfloat16(), __nv_bfloat16());
+  if (x16) return launch(__nv_bfloat16(), float());
+  if (y16) return launch(float(), __nv_bfloat16());
+  return launch(float(), float());
 }
 
 }  // namespace
 
-const char* rms_norm_forward(const void* x, NormType x_type, const float* gain, int64_t rows, int64_t dim, double eps,
-                             void* y, NormType y_type, float* rstd, void* stream) {
+const char* rms_norm_forward(const void* x, Storage x_type, const float* gain, int64_t rows, int64_t dim, double eps,
+                             void* y, Storage y_type, float* rstd, void* stream) {
   if (rows == 0) return nullptr;
-  const auto s = static_cast<cudaStream_t>(stream);
-  const bool x16 = x_type == NormType::kBFloat16, y16 = y_type == NormType::kBFloat16;
-  if (x16 && y16) return forward<__nv_bfloat16, __nv_bfloat16>(x, gain, rows, dim, eps, y, rstd, s);
-  if (x16) return forward<__nv_bfloat16, float>(x, gain, rows, dim, eps, y, rstd, s);
-  if (y16) return forward<float, __nv_bfloat16>(x, gain, rows, dim, eps, y, rstd, s);
-  return forward<float, float>(x, gain, rows, dim, eps, y, rstd, s);
+  if (x_type == Storage::kFloat16 || y_type == Storage::kFloat16) return "rms_norm: fp16 is not supported";
+  return with_types(x_type, y_type, [&](auto x_tag, auto y_tag) {
+    using X = decltype(x_tag);
+    using Y = decltype(y_tag);
+    forward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), static_cast<Y*>(y), rstd);
+    return launched();
+  });
 }
 
-const char* rms_norm_backward(const void* x, NormType x_type, const float* gain, const float* rstd, const void* dy,
-                              NormType y_type, int64_t rows, int64_t dim, void* dx, void* stream) {
+const char* rms_norm_backward(const void* x, Storage x_type, const float* gain, const float* rstd, const void* dy,
+                              Storage y_type, int64_t rows, int64_t dim, void* dx, void* stream) {
   if (rows == 0) return nullptr;
-  const auto s = static_cast<cudaStream_t>(stream);
-  const bool x16 = x_type == NormType::kBFloat16, y16 = y_type == NormType::kBFloat16;
-  if (x16 && y16) return backward<__nv_bfloat16, __nv_bfloat16>(x, gain, rstd, dy, rows, dim, dx, s);
-  if (x16) return backward<__nv_bfloat16, float>(x, gain, rstd, dy, rows, dim, dx, s);
-  if (y16) return backward<float, __nv_bfloat16>(x, gain, rstd, dy, rows, dim, dx, s);
-  return backward<float, float>(x, gain, rstd, dy, rows, dim, dx, s);
+  if (x_type == Storage::kFloat16 || y_type == Storage::kFloat16) return "rms_norm: fp16 is not supported";
+  return with_types(x_type, y_type, [&](auto x_tag, auto y_tag) {
+    using X = decltype(x_tag);
+    using Y = decltype(y_tag);
+    backward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const X*>(x), gain, rstd, static_cast<const Y*>(dy), rows, dim, static_cast<X*>(dx));
+    return launched();
+  });
 }
 
 }  // namespace ttt::kernels

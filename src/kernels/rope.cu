@@ -1,6 +1,5 @@
+#include "kernels/common.cuh"
 #include "kernels/rope.h"
-
-#include <cuda_runtime.h>
 
 namespace ttt::kernels {
 namespace {
@@ -36,8 +35,7 @@ const char* rope_forward(const float* x, const float* cos, const float* sin, int
   const int64_t blocks = (pairs + kThreads - 1) / kThreads;
   rotate<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       reinterpret_cast<const float2*>(x), cos, sin, pairs, heads, half, inverse, reinterpret_cast<float2*>(y));
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+  return launched();
 }
 
 }  // namespace ttt::kernels

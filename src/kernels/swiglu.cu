@@ -1,17 +1,10 @@
+#include "kernels/common.cuh"
 #include "kernels/swiglu.h"
-
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
 
 namespace ttt::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -41,17 +34,13 @@ int blocks_for(int64_t n) {
   return static_cast<int>(blocks < 65536 ? blocks : 65536);
 }
 
-const char* launched() {
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
-}
-
 }  // namespace
 
-const char* swiglu_gate_forward(const void* a, const void* b, GateType type, int64_t n, void* y, void* stream) {
+const char* swiglu_gate_forward(const void* a, const void* b, Storage type, int64_t n, void* y, void* stream) {
   if (n == 0) return nullptr;
+  if (type == Storage::kFloat16) return "fp16 is not supported";
   const auto s = static_cast<cudaStream_t>(stream);
-  if (type == GateType::kBFloat16) {
+  if (type == Storage::kBFloat16) {
     using B = __nv_bfloat16;
     gate_forward<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const B*>(a), static_cast<const B*>(b), n,
                                                     static_cast<B*>(y));
@@ -62,11 +51,12 @@ const char* swiglu_gate_forward(const void* a, const void* b, GateType type, int
   return launched();
 }
 
-const char* swiglu_gate_backward(const void* a, const void* b, const void* dy, GateType type, int64_t n, void* da,
+const char* swiglu_gate_backward(const void* a, const void* b, const void* dy, Storage type, int64_t n, void* da,
                                  void* db, void* stream) {
   if (n == 0) return nullptr;
+  if (type == Storage::kFloat16) return "fp16 is not supported";
   const auto s = static_cast<cudaStream_t>(stream);
-  if (type == GateType::kBFloat16) {
+  if (type == Storage::kBFloat16) {
     using B = __nv_bfloat16;
     gate_backward<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const B*>(a), static_cast<const B*>(b),
                                                      static_cast<const B*>(dy), n, static_cast<B*>(da),

@@ -1,10 +1,7 @@
-#include "kernels/token_nll.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "kernels/common.cuh"
+#include "kernels/token_nll.h"
 
 namespace ttt::kernels {
 namespace {
@@ -12,72 +9,6 @@ namespace {
 // One block per row: a row of the 128K vocabulary is 256 KB of bf16, enough to keep a
 // block's loads in flight, and the row's reduction stays in the block.
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float as_float(float x) { return x; }
-__device__ __forceinline__ float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float as_float(__half x) { return __half2float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half(x);
-}
-
-// max and sum(exp(x - max)) of a set of values: merged without a second pass.
-struct MaxSum {
-  float max, sum;
-};
-
-__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
-  const float m = fmaxf(a.max, b.max);
-  if (m == -INFINITY) return {m, 0.f};
-  return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
-}
-
-__device__ __forceinline__ MaxSum warp_merge(MaxSum v) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    v = merge(v, {__shfl_xor_sync(0xffffffffu, v.max, offset), __shfl_xor_sync(0xffffffffu, v.sum, offset)});
-  }
-  return v;
-}
-
-__device__ MaxSum block_merge(MaxSum v) {
-  __shared__ MaxSum warps[kThreads / 32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  v = warp_merge(v);
-  if (lane == 0) warps[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = warp_merge(lane < kThreads / 32 ? warps[lane] : MaxSum{-INFINITY, 0.f});
-    if (lane == 0) warps[0] = v;
-  }
-  __syncthreads();
-  return warps[0];
-}
-
-__device__ float block_sum(float v) {
-  __shared__ float warps[kThreads / 32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  if (lane == 0) warps[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kThreads / 32 ? warps[lane] : 0.f;
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0) warps[0] = v;
-  }
-  __syncthreads();
-  return warps[0];
-}
 
 // Values per 16-byte load.
 template <typename T>
@@ -99,7 +30,7 @@ __global__ void __launch_bounds__(kThreads)
       float values[kPer], m = -INFINITY;
 #pragma unroll
       for (int j = 0; j < kPer; ++j) {
-        values[j] = as_float(e[j]);
+        values[j] = to_float(e[j]);
         m = fmaxf(m, values[j]);
       }
       if (m == -INFINITY) continue;
@@ -110,16 +41,16 @@ __global__ void __launch_bounds__(kThreads)
     }
   } else {
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      const float value = as_float(x[i]);
+      const float value = to_float(x[i]);
       if (value != -INFINITY) acc = merge(acc, {value, 1.f});
     }
   }
-  acc = block_merge(acc);
+  acc = block_reduce<kThreads>(acc, merge, MaxSum{-INFINITY, 0.f});
   if (threadIdx.x == 0) {
     const float row_lse = acc.max + logf(acc.sum);
     const int64_t target = targets[row];
     lse[row] = row_lse;
-    nll[row] = target >= 0 && target < vocab ? row_lse - as_float(x[target]) : NAN;
+    nll[row] = target >= 0 && target < vocab ? row_lse - to_float(x[target]) : NAN;
   }
 }
 
@@ -143,11 +74,11 @@ __global__ void __launch_bounds__(kThreads)
       uint4 out;
       T* o = reinterpret_cast<T*>(&out);
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) o[j] = from_float<T>(one(as_float(e[j]), i * kPer + j));
+      for (int j = 0; j < kPer; ++j) o[j] = from_float<T>(one(to_float(e[j]), i * kPer + j));
       out_packs[i] = out;
     }
   } else {
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(as_float(x[i]), i));
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(to_float(x[i]), i));
   }
 }
 
@@ -173,12 +104,12 @@ __global__ void __launch_bounds__(kThreads)
       const T* xe = reinterpret_cast<const T*>(&xp);
       const T* ue = reinterpret_cast<const T*>(&up);
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) partial += expf(as_float(xe[j]) - row_lse) * as_float(ue[j]);
+      for (int j = 0; j < kPer; ++j) partial += expf(to_float(xe[j]) - row_lse) * to_float(ue[j]);
     }
   } else {
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) partial += expf(as_float(x[i]) - row_lse) * as_float(u[i]);
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) partial += expf(to_float(x[i]) - row_lse) * to_float(u[i]);
   }
-  const float s = block_sum(partial);
+  const float s = block_sum<kThreads>(partial);
   const auto one = [&](float value, float adj) { return scale * expf(value - row_lse) * (adj - s); };
   if constexpr (kVector) {
     constexpr int kPer = kPerLoad<T>;
@@ -192,15 +123,15 @@ __global__ void __launch_bounds__(kThreads)
       uint4 out;
       T* o = reinterpret_cast<T*>(&out);
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) o[j] = from_float<T>(one(as_float(xe[j]), as_float(ue[j])));
+      for (int j = 0; j < kPer; ++j) o[j] = from_float<T>(one(to_float(xe[j]), to_float(ue[j])));
       out_packs[i] = out;
     }
   } else {
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(as_float(x[i]), as_float(u[i])));
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(to_float(x[i]), to_float(u[i])));
   }
   if (threadIdx.x == 0) {
     const int64_t target = targets[row];
-    grad_scale[row] = target >= 0 && target < vocab ? s - as_float(u[target]) : NAN;
+    grad_scale[row] = target >= 0 && target < vocab ? s - to_float(u[target]) : NAN;
   }
 }
 
@@ -208,11 +139,6 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 bool vectorizable(const void* data, int64_t vocab) {
   return (vocab * static_cast<int64_t>(sizeof(T))) % 16 == 0 && reinterpret_cast<uintptr_t>(data) % 16 == 0;
-}
-
-const char* launched() {
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
 template <typename T>
@@ -257,48 +183,48 @@ const char* double_backward(const void* logits, const int64_t* targets, const fl
 
 }  // namespace
 
-const char* token_nll_forward(const void* logits, LogitsType type, const int64_t* targets, int64_t rows, int64_t vocab,
+const char* token_nll_forward(const void* logits, Storage type, const int64_t* targets, int64_t rows, int64_t vocab,
                               float* nll, float* lse, void* stream) {
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
   switch (type) {
-    case LogitsType::kFloat32:
+    case Storage::kFloat32:
       return forward<float>(logits, targets, rows, vocab, nll, lse, s);
-    case LogitsType::kBFloat16:
+    case Storage::kBFloat16:
       return forward<__nv_bfloat16>(logits, targets, rows, vocab, nll, lse, s);
-    case LogitsType::kFloat16:
+    case Storage::kFloat16:
       return forward<__half>(logits, targets, rows, vocab, nll, lse, s);
   }
   return "token_nll_forward: unknown logits type";
 }
 
-const char* token_nll_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+const char* token_nll_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,
                                const float* grad_nll, int64_t rows, int64_t vocab, void* grad_logits, void* stream) {
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
   switch (type) {
-    case LogitsType::kFloat32:
+    case Storage::kFloat32:
       return backward<float>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
-    case LogitsType::kBFloat16:
+    case Storage::kBFloat16:
       return backward<__nv_bfloat16>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
-    case LogitsType::kFloat16:
+    case Storage::kFloat16:
       return backward<__half>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
   }
   return "token_nll_backward: unknown logits type";
 }
 
-const char* token_nll_double_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+const char* token_nll_double_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,
                                       const float* grad_nll, const void* adjoint, int64_t rows, int64_t vocab,
                                       void* grad_logits, float* grad_scale, void* stream) {
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
   switch (type) {
-    case LogitsType::kFloat32:
+    case Storage::kFloat32:
       return double_backward<float>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits, grad_scale, s);
-    case LogitsType::kBFloat16:
+    case Storage::kBFloat16:
       return double_backward<__nv_bfloat16>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits,
                                             grad_scale, s);
-    case LogitsType::kFloat16:
+    case Storage::kFloat16:
       return double_backward<__half>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits, grad_scale, s);
   }
   return "token_nll_double_backward: unknown logits type";

@@ -5,27 +5,27 @@
 #pragma once
 #include <cstdint>
 
-namespace ttt::kernels {
+#include "kernels/storage.h"
 
-enum class LogitsType { kFloat32, kBFloat16, kFloat16 };
+namespace ttt::kernels {
 
 // Row-major logits [rows, vocab] (contiguous), targets [rows] (each in [0, vocab); another
 // gives NaN). Writes nll[r] = logsumexp(logits[r]) - logits[r, targets[r]] and lse[r] =
 // logsumexp(logits[r]), both fp32. `stream` is a cudaStream_t. Returns null, or CUDA's
 // error text.
-const char* token_nll_forward(const void* logits, LogitsType type, const int64_t* targets, int64_t rows, int64_t vocab,
+const char* token_nll_forward(const void* logits, Storage type, const int64_t* targets, int64_t rows, int64_t vocab,
                               float* nll, float* lse, void* stream);
 
 // grad_logits[r, v] = grad_nll[r] * (exp(logits[r, v] - lse[r]) - [v == targets[r]]), in
 // the logits' dtype.
-const char* token_nll_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+const char* token_nll_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,
                                const float* grad_nll, int64_t rows, int64_t vocab, void* grad_logits, void* stream);
 
 // The backward of token_nll_backward (the second order, for the exact meta-gradient): with
 // p = softmax(logits[r]), u = the adjoint of grad_logits[r] (in the logits' dtype) and
 // s = <p, u>, writes grad_logits[r, v] = grad_nll[r] * p[v] * (u[v] - s) in the logits'
 // dtype and grad_scale[r] = s - u[targets[r]] (the adjoint of grad_nll[r]) in fp32.
-const char* token_nll_double_backward(const void* logits, LogitsType type, const int64_t* targets, const float* lse,
+const char* token_nll_double_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,
                                       const float* grad_nll, const void* adjoint, int64_t rows, int64_t vocab,
                                       void* grad_logits, float* grad_scale, void* stream);
 

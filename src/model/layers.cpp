@@ -1,11 +1,11 @@
 #include "model/layers.h"
 
+#include <torch/version.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
-
-#include <torch/version.h>
 
 #include "model/compute.h"
 #include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
@@ -16,10 +16,10 @@
 #include <torch/autograd.h>
 
 #include "common/error.h"
+#include "kernels/attention_probs.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
-#include "kernels/attention_probs.h"
 #include "kernels/token_nll.h"
 #endif
 
@@ -31,33 +31,34 @@ namespace {
 // (FusedTokenNllGradient), differentiable once more: the exact meta-gradient differentiates
 // the inner gradient's graph, which holds it, again (MLX's rule: fused, and composable with
 // autograd where it must be).
-struct TokenNllKernels {
-  static kernels::LogitsType type_of(const torch::Tensor& logits) {
-    switch (logits.scalar_type()) {
-      case torch::kBFloat16:
-        return kernels::LogitsType::kBFloat16;
-      case torch::kHalf:
-        return kernels::LogitsType::kFloat16;
-      default:
-        return kernels::LogitsType::kFloat32;
-    }
+// What every wrapper below hands our kernels' launchers: the storage dtype, the current
+// stream, and their error text as a ttt::Error naming the kernel.
+kernels::Storage storage_of(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kBFloat16:
+      return kernels::Storage::kBFloat16;
+    case torch::kHalf:
+      return kernels::Storage::kFloat16;
+    default:
+      return kernels::Storage::kFloat32;
   }
-  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-  static void check(const char* error) {
-    if (error != nullptr) throw Error(std::string("CUDA kernel token_nll: ") + error);
-  }
-};
+}
+kernels::Storage storage_of(const torch::Tensor& t) { return storage_of(t.scalar_type()); }
+void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+void check(const char* kernel, const char* error) {
+  if (error != nullptr) throw Error(std::string("CUDA kernel ") + kernel + ": " + error);
+}
 
 // grad_nll * (softmax(logits) - onehot(targets)), and its own backward.
-class FusedTokenNllGradient : public torch::autograd::Function<FusedTokenNllGradient>, TokenNllKernels {
+class FusedTokenNllGradient : public torch::autograd::Function<FusedTokenNllGradient> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
                                const torch::Tensor& targets, const torch::Tensor& lse, const torch::Tensor& grad_nll) {
     const c10::cuda::CUDAGuard device(logits.device());
     torch::Tensor grad = torch::empty_like(logits);
-    check(kernels::token_nll_backward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(),
-                                      lse.data_ptr<float>(), grad_nll.data_ptr<float>(), logits.size(0),
-                                      logits.size(1), grad.data_ptr(), stream()));
+    check("token_nll", kernels::token_nll_backward(logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(),
+                                                   lse.data_ptr<float>(), grad_nll.data_ptr<float>(), logits.size(0),
+                                                   logits.size(1), grad.data_ptr(), stream()));
     ctx->save_for_backward({logits, targets, lse, grad_nll});
     return grad;
   }
@@ -71,22 +72,23 @@ class FusedTokenNllGradient : public torch::autograd::Function<FusedTokenNllGrad
     const torch::Tensor adjoint = grads[0].to(logits.scalar_type()).contiguous();
     torch::Tensor grad_logits = torch::empty_like(logits);
     torch::Tensor grad_scale = torch::empty_like(grad_nll);
-    check(kernels::token_nll_double_backward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(),
-                                             lse.data_ptr<float>(), grad_nll.data_ptr<float>(), adjoint.data_ptr(),
-                                             logits.size(0), logits.size(1), grad_logits.data_ptr(),
-                                             grad_scale.data_ptr<float>(), stream()));
+    check("token_nll", kernels::token_nll_double_backward(
+                           logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                           grad_nll.data_ptr<float>(), adjoint.data_ptr(), logits.size(0), logits.size(1),
+                           grad_logits.data_ptr(), grad_scale.data_ptr<float>(), stream()));
     return {grad_logits, torch::Tensor(), torch::Tensor(), grad_scale};
   }
 };
 
-class FusedTokenNll : public torch::autograd::Function<FusedTokenNll>, TokenNllKernels {
+class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
                                const torch::Tensor& targets) {
     const c10::cuda::CUDAGuard device(logits.device());
     const torch::Tensor nll = torch::empty({logits.size(0)}, logits.options().dtype(torch::kFloat32));
     const torch::Tensor lse = torch::empty_like(nll);
-    check(kernels::token_nll_forward(logits.data_ptr(), type_of(logits), targets.data_ptr<int64_t>(), logits.size(0),
+    check("token_nll",
+          kernels::token_nll_forward(logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(), logits.size(0),
                                      logits.size(1), nll.data_ptr<float>(), lse.data_ptr<float>(), stream()));
     ctx->save_for_backward({logits, targets, lse});
     return nll;
@@ -110,8 +112,9 @@ class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
     const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
     torch::Tensor y = torch::empty(x.sizes(), x.options().dtype(y_dtype));
     torch::Tensor rstd = torch::empty({rows}, x.options().dtype(torch::kFloat32));
-    check(kernels::rms_norm_forward(x.data_ptr(), type_of(x.scalar_type()), gain.data_ptr<float>(), rows, dim, eps,
-                                    y.data_ptr(), type_of(y_dtype), rstd.data_ptr<float>(), stream()));
+    check("rms_norm",
+          kernels::rms_norm_forward(x.data_ptr(), storage_of(x.scalar_type()), gain.data_ptr<float>(), rows, dim, eps,
+                                    y.data_ptr(), storage_of(y_dtype), rstd.data_ptr<float>(), stream()));
     ctx->save_for_backward({x, gain, rstd});
     ctx->saved_data["out"] = out_dtype;
     return y;
@@ -126,28 +129,19 @@ class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
     const torch::Tensor dy = grads[0].to(y_dtype).contiguous();
     const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
     torch::Tensor dx = torch::empty_like(x);
-    check(kernels::rms_norm_backward(x.data_ptr(), type_of(x.scalar_type()), gain.data_ptr<float>(),
-                                     rstd.data_ptr<float>(), dy.data_ptr(), type_of(y_dtype), rows, dim, dx.data_ptr(),
-                                     stream()));
+    check("rms_norm", kernels::rms_norm_backward(x.data_ptr(), storage_of(x.scalar_type()), gain.data_ptr<float>(),
+                                                 rstd.data_ptr<float>(), dy.data_ptr(), storage_of(y_dtype), rows, dim,
+                                                 dx.data_ptr(), stream()));
     torch::Tensor dgain;
     if (ctx->needs_input_grad(1)) {
-      dgain = (dy.reshape({rows, dim}).to(torch::kFloat32) * x.reshape({rows, dim}).to(torch::kFloat32) *
-               rstd.unsqueeze(1))
-                  .sum(0);
+      dgain =
+          (dy.reshape({rows, dim}).to(torch::kFloat32) * x.reshape({rows, dim}).to(torch::kFloat32) * rstd.unsqueeze(1))
+              .sum(0);
     }
     return {dx, dgain, torch::Tensor(), torch::Tensor()};
   }
 
   static bool serves(torch::Dtype dtype) { return dtype == torch::kFloat32 || dtype == torch::kBFloat16; }
-
- private:
-  static kernels::NormType type_of(torch::Dtype dtype) {
-    return dtype == torch::kBFloat16 ? kernels::NormType::kBFloat16 : kernels::NormType::kFloat32;
-  }
-  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-  static void check(const char* error) {
-    if (error != nullptr) throw Error(std::string("CUDA kernel rms_norm: ") + error);
-  }
 };
 
 // kernels/swiglu.h as an autograd function (first order: ComposableKernelsGuard applies).
@@ -156,7 +150,8 @@ class FusedSwigluGate : public torch::autograd::Function<FusedSwigluGate> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a, const torch::Tensor& b) {
     const c10::cuda::CUDAGuard device(a.device());
     torch::Tensor y = torch::empty_like(a);
-    check(kernels::swiglu_gate_forward(a.data_ptr(), b.data_ptr(), type_of(a), a.numel(), y.data_ptr(), stream()));
+    check("swiglu",
+          kernels::swiglu_gate_forward(a.data_ptr(), b.data_ptr(), storage_of(a), a.numel(), y.data_ptr(), stream()));
     ctx->save_for_backward({a, b});
     return y;
   }
@@ -168,18 +163,9 @@ class FusedSwigluGate : public torch::autograd::Function<FusedSwigluGate> {
     const c10::cuda::CUDAGuard device(a.device());
     const torch::Tensor dy = grads[0].to(a.scalar_type()).contiguous();
     torch::Tensor da = torch::empty_like(a), db = torch::empty_like(b);
-    check(kernels::swiglu_gate_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), type_of(a), a.numel(), da.data_ptr(),
-                                        db.data_ptr(), stream()));
+    check("swiglu", kernels::swiglu_gate_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), storage_of(a), a.numel(),
+                                                  da.data_ptr(), db.data_ptr(), stream()));
     return {da, db};
-  }
-
- private:
-  static kernels::GateType type_of(const torch::Tensor& t) {
-    return t.scalar_type() == torch::kBFloat16 ? kernels::GateType::kBFloat16 : kernels::GateType::kFloat32;
-  }
-  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-  static void check(const char* error) {
-    if (error != nullptr) throw Error(std::string("CUDA kernel swiglu: ") + error);
   }
 };
 
@@ -191,10 +177,8 @@ class FusedRope : public torch::autograd::Function<FusedRope> {
                                const torch::Tensor& sin, bool inverse) {
     const c10::cuda::CUDAGuard device(x.device());
     torch::Tensor y = torch::empty_like(x);
-    const char* error = kernels::rope_forward(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(),
-                                              x.size(0), x.size(1), x.size(2), inverse, y.data_ptr<float>(),
-                                              c10::cuda::getCurrentCUDAStream().stream());
-    if (error != nullptr) throw Error(std::string("CUDA kernel rope: ") + error);
+    check("rope", kernels::rope_forward(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), x.size(0),
+                                        x.size(1), x.size(2), inverse, y.data_ptr<float>(), stream()));
     ctx->save_for_backward({cos, sin});
     ctx->saved_data["inverse"] = inverse;
     return y;
@@ -211,18 +195,9 @@ class FusedRope : public torch::autograd::Function<FusedRope> {
 
 // kernels/attention_probs.h as autograd functions: the probabilities, and their backward as
 // a function of its own whose backward is fused too (the exact meta-gradient's second order).
-struct ProbsKernels {
-  static kernels::ScoreType type_of(const torch::Tensor& t) {
-    return t.scalar_type() == torch::kBFloat16 ? kernels::ScoreType::kBFloat16 : kernels::ScoreType::kFloat32;
-  }
-  static void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-  static void check(const char* error) {
-    if (error != nullptr) throw Error(std::string("CUDA kernel attention_probs: ") + error);
-  }
-};
 
 // d probs -> d scores; inputs (scores: only for the graph's edge, grad_probs, probs32).
-class AttentionProbsGrad : public torch::autograd::Function<AttentionProbsGrad>, ProbsKernels {
+class AttentionProbsGrad : public torch::autograd::Function<AttentionProbsGrad> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& scores,
                                const torch::Tensor& grad_probs, const torch::Tensor& probs32) {
@@ -230,8 +205,9 @@ class AttentionProbsGrad : public torch::autograd::Function<AttentionProbsGrad>,
     const int64_t keys = probs32.size(-1), rows = probs32.numel() / std::max<int64_t>(keys, 1);
     torch::Tensor grad_scores = torch::empty_like(grad_probs);
     torch::Tensor dots = torch::empty({rows}, probs32.options());
-    check(kernels::attention_probs_backward(probs32.data_ptr<float>(), grad_probs.data_ptr(), type_of(grad_probs), rows,
-                                            keys, grad_scores.data_ptr(), dots.data_ptr<float>(), stream()));
+    check("attention_probs",
+          kernels::attention_probs_backward(probs32.data_ptr<float>(), grad_probs.data_ptr(), storage_of(grad_probs),
+                                            rows, keys, grad_scores.data_ptr(), dots.data_ptr<float>(), stream()));
     ctx->save_for_backward({grad_probs});
     ctx->saved_data["probs32"] = probs32;
     ctx->saved_data["dots"] = dots;
@@ -247,26 +223,26 @@ class AttentionProbsGrad : public torch::autograd::Function<AttentionProbsGrad>,
     const torch::Tensor adjoint = grads[0].to(grad_probs.scalar_type()).contiguous();
     const int64_t keys = probs32.size(-1), rows = probs32.numel() / std::max<int64_t>(keys, 1);
     torch::Tensor grad_of_scores = torch::empty_like(grad_probs), grad_of_grad_probs = torch::empty_like(grad_probs);
-    check(kernels::attention_probs_double_backward(probs32.data_ptr<float>(), grad_probs.data_ptr(),
-                                                   dots.data_ptr<float>(), adjoint.data_ptr(), type_of(grad_probs),
-                                                   rows, keys, grad_of_scores.data_ptr(), grad_of_grad_probs.data_ptr(),
-                                                   stream()));
+    check("attention_probs",
+          kernels::attention_probs_double_backward(
+              probs32.data_ptr<float>(), grad_probs.data_ptr(), dots.data_ptr<float>(), adjoint.data_ptr(),
+              storage_of(grad_probs), rows, keys, grad_of_scores.data_ptr(), grad_of_grad_probs.data_ptr(), stream()));
     return {grad_of_scores, grad_of_grad_probs, torch::Tensor()};
   }
 };
 
 // softmax of scores [H, Tq, Tk] (fp32 or bf16) under the band of attend_span's layout, in
 // the scores' dtype; fp32 inside.
-class AttentionProbs : public torch::autograd::Function<AttentionProbs>, ProbsKernels {
+class AttentionProbs : public torch::autograd::Function<AttentionProbs> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& scores, int64_t window) {
     const c10::cuda::CUDAGuard device(scores.device());
     const bool narrow = scores.scalar_type() == torch::kBFloat16;
     torch::Tensor probs32 = torch::empty(scores.sizes(), scores.options().dtype(torch::kFloat32));
     torch::Tensor probs = narrow ? torch::empty_like(scores) : probs32;
-    check(kernels::attention_probs_forward(scores.data_ptr(), type_of(scores), scores.size(0), scores.size(1),
-                                           scores.size(2), window, probs32.data_ptr<float>(),
-                                           narrow ? probs.data_ptr() : nullptr, stream()));
+    check("attention_probs", kernels::attention_probs_forward(
+                                 scores.data_ptr(), storage_of(scores), scores.size(0), scores.size(1), scores.size(2),
+                                 window, probs32.data_ptr<float>(), narrow ? probs.data_ptr() : nullptr, stream()));
     ctx->save_for_backward({scores});
     ctx->saved_data["probs32"] = probs32;
     return probs;
@@ -285,9 +261,8 @@ class AttentionProbs : public torch::autograd::Function<AttentionProbs>, ProbsKe
 torch::Tensor attend_banded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
   const int64_t Tq = q.size(0), H = q.size(1), d = q.size(2);
   const torch::Dtype dtype = matmul_dtype_for(q);
-  const torch::Tensor scores =
-      torch::matmul((q * (1.0 / std::sqrt(static_cast<double>(d)))).to(dtype).transpose(0, 1),
-                    k.to(dtype).permute({1, 2, 0}));
+  const torch::Tensor scores = torch::matmul((q * (1.0 / std::sqrt(static_cast<double>(d)))).to(dtype).transpose(0, 1),
+                                             k.to(dtype).permute({1, 2, 0}));
   const torch::Tensor probs = AttentionProbs::apply(scores.contiguous(), window);
   return torch::matmul(probs, v.to(dtype).transpose(0, 1)).transpose(0, 1).reshape({Tq, H * d});
 }
@@ -334,8 +309,8 @@ torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional
   const torch::Dtype narrow = operand.scalar_type();
   if (x.is_cuda() && fused_kernels_allowed() && inner == torch::kFloat32 &&
       (narrow == torch::kFloat32 || narrow == torch::kBFloat16)) {
-    const torch::Tensor gate =
-        FusedSwigluGate::apply(project(operand, mlp.w1, narrow).contiguous(), project(operand, mlp.w3, narrow).contiguous());
+    const torch::Tensor gate = FusedSwigluGate::apply(project(operand, mlp.w1, narrow).contiguous(),
+                                                      project(operand, mlp.w3, narrow).contiguous());
     return project(gate, mlp.w2, out.value_or(inner));
   }
 #endif
@@ -393,8 +368,9 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   const torch::Tensor bias =
       torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype)).masked_fill_(mask.logical_not(), -INFINITY);
   const torch::Tensor probs = torch::softmax(scores + bias, -1);
-  const torch::Tensor out =
-      torch::matmul(operand(probs.to(v.scalar_type())), operand(v).transpose(0, 1)).transpose(0, 1).reshape({Tq, H * d});
+  const torch::Tensor out = torch::matmul(operand(probs.to(v.scalar_type())), operand(v).transpose(0, 1))
+                                .transpose(0, 1)
+                                .reshape({Tq, H * d});
   return dtype ? out : out.to(q.scalar_type());
 }
 

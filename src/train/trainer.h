@@ -9,15 +9,15 @@
 //   model.safetensors        the parameters alone, for `ttt eval` and friends
 //   metrics.jsonl            one JSON object per step (validation loss where measured)
 #pragma once
+#include <torch/types.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
-#include <torch/types.h>
 
 #include "data/token_dataset.h"
 #include "model/checkpoint.h"

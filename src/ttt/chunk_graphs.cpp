@@ -1,9 +1,9 @@
 #include "ttt/chunk_graphs.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <optional>
-
-#include <torch/torch.h>
 
 #include "common/error.h"
 #include "model/compute.h"

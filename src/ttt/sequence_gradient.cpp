@@ -1,10 +1,10 @@
 #include "ttt/sequence_gradient.h"
 
-#include <map>
-#include <optional>
-
 #include <ATen/record_function.h>
 #include <torch/autograd.h>
+
+#include <map>
+#include <optional>
 
 #include "common/error.h"
 #include "model/compute.h"
@@ -226,8 +226,8 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
 
 }  // namespace
 
-torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params,
-                                           const torch::Tensor& tokens, const GradientOptions& options) {
+torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
+                                           const GradientOptions& options) {
   if (options.graphs != nullptr) return options.graphs->accumulate(params, tokens, options);
   GradientSinks sinks;
   sinks.params = param_tensors(config, params);
@@ -243,7 +243,7 @@ struct GradientGraphs::State {
   ModelConfig config;
   Params params;
   std::optional<torch::Dtype> matmul_dtype;
-  GradientSinks sinks;  // the parameters, and buffers of their own for the gradients
+  GradientSinks sinks;                      // the parameters, and buffers of their own for the gradients
   std::map<int64_t, torch::Tensor> tokens;  // an input buffer per sequence length
   torch::Tensor step_size, loss;
   GraphReplay graphs;  // destroyed before the buffers

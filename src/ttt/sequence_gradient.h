@@ -14,10 +14,10 @@
 // run_sequence with OuterGradient::kExact (or kFirstOrder), which keeps every chunk's graph
 // instead (tests/ttt/sequence_gradient_test.cpp).
 #pragma once
+#include <torch/types.h>
+
 #include <functional>
 #include <memory>
-
-#include <torch/types.h>
 
 #include "config/model_config.h"
 #include "model/params.h"

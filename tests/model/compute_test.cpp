@@ -308,8 +308,10 @@ TEST(OnCudaRmsNorm, MatchesTheComposableFormInEveryDtypePair) {
     const torch::Tensor x = torch::randn({37, dim}, torch::kFloat64) * 3;
     const torch::Tensor gain = 1 + 0.1 * torch::randn({dim}, torch::kFloat64);
     const torch::Tensor probe = torch::randn({37, dim}, torch::kFloat64);
-    for (const auto& [in, out] : std::vector<std::pair<torch::Dtype, torch::Dtype>>{
-             {torch::kFloat32, torch::kFloat32}, {torch::kFloat32, torch::kBFloat16}, {torch::kBFloat16, torch::kFloat32}}) {
+    for (const auto& [in, out] :
+         std::vector<std::pair<torch::Dtype, torch::Dtype>>{{torch::kFloat32, torch::kFloat32},
+                                                            {torch::kFloat32, torch::kBFloat16},
+                                                            {torch::kBFloat16, torch::kFloat32}}) {
       SCOPED_TRACE("dim " + std::to_string(dim) + ", " + c10::toString(in) + " to " + c10::toString(out));
       const torch::Tensor rounded = x.to(in).to(torch::kFloat64).requires_grad_(), g64 = gain.clone().requires_grad_();
       const torch::Tensor reference = rms_norm(rounded, g64, 1e-6);
@@ -322,7 +324,8 @@ TEST(OnCudaRmsNorm, MatchesTheComposableFormInEveryDtypePair) {
       EXPECT_LT(relative_error(y, reference), tolerance);
       const auto grads = torch::autograd::grad({(y * probe.to(cuda, out)).sum()}, {input, g32});
       EXPECT_EQ(grads[0].scalar_type(), in);
-      EXPECT_LT(relative_error(grads[0], reference_grads[0]), in == torch::kBFloat16 || out == torch::kBFloat16 ? 1e-2 : 1e-5);
+      EXPECT_LT(relative_error(grads[0], reference_grads[0]),
+                in == torch::kBFloat16 || out == torch::kBFloat16 ? 1e-2 : 1e-5);
       EXPECT_LT(relative_error(grads[1], reference_grads[1]), out == torch::kBFloat16 ? 1e-2 : 1e-5);
 #if TTT_WITH_CUDA_KERNELS
       EXPECT_NE(y.grad_fn()->name().find("FusedRmsNorm"), std::string::npos) << y.grad_fn()->name();
@@ -337,16 +340,17 @@ TEST(OnCudaSwiglu, MatchesTheComposableForm) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const torch::Device cuda(torch::kCUDA, 0);
   torch::manual_seed(29);
-  const std::vector<torch::Tensor> inputs = {torch::randn({37, 32}, torch::kFloat64), torch::randn({32, 48}, torch::kFloat64) * 0.3,
-                                             torch::randn({48, 32}, torch::kFloat64) * 0.3,
-                                             torch::randn({32, 48}, torch::kFloat64) * 0.3};
+  const std::vector<torch::Tensor> inputs = {
+      torch::randn({37, 32}, torch::kFloat64), torch::randn({32, 48}, torch::kFloat64) * 0.3,
+      torch::randn({48, 32}, torch::kFloat64) * 0.3, torch::randn({32, 48}, torch::kFloat64) * 0.3};
   const torch::Tensor probe = torch::randn({37, 32}, torch::kFloat64);
   const auto run = [&](const torch::Device& device, torch::Dtype dtype) {
     std::vector<torch::Tensor> leaves;
     for (const torch::Tensor& t : inputs) leaves.push_back(t.to(device, dtype).requires_grad_());
     const torch::Tensor y = swiglu(leaves[0], {leaves[1], leaves[2], leaves[3]});
     std::vector<torch::Tensor> results = {y};
-    for (const torch::Tensor& g : torch::autograd::grad({(y * probe.to(device, dtype)).sum()}, leaves)) results.push_back(g);
+    for (const torch::Tensor& g : torch::autograd::grad({(y * probe.to(device, dtype)).sum()}, leaves))
+      results.push_back(g);
     return results;
   };
   const auto reference = run(torch::kCPU, torch::kFloat64);
@@ -355,7 +359,8 @@ TEST(OnCudaSwiglu, MatchesTheComposableForm) {
     const MatmulDtypeGuard precision(matmul);
     const auto fused = run(cuda, torch::kFloat32);
     EXPECT_EQ(fused[0].scalar_type(), torch::kFloat32);
-    for (size_t i = 0; i < reference.size(); ++i) EXPECT_LT(relative_error(fused[i], reference[i]), matmul ? 2e-2 : 1e-5) << i;
+    for (size_t i = 0; i < reference.size(); ++i)
+      EXPECT_LT(relative_error(fused[i], reference[i]), matmul ? 2e-2 : 1e-5) << i;
   }
 }
 
@@ -410,9 +415,10 @@ TEST(OnCudaAttention, ComposableFormIsExactToTheSecondOrder) {
       std::vector<torch::Tensor> leaves;
       for (const torch::Tensor& t : inputs) leaves.push_back(t.to(device, dtype).requires_grad_());
       const torch::Tensor out =
-          device.is_cpu() ? attend(leaves[0], leaves[1], leaves[2], attention_mask(query_positions, key_positions, window))
-                          : attend_span(leaves[0], leaves[1], leaves[2], query_positions.to(device),
-                                        key_positions.to(device), window);
+          device.is_cpu()
+              ? attend(leaves[0], leaves[1], leaves[2], attention_mask(query_positions, key_positions, window))
+              : attend_span(leaves[0], leaves[1], leaves[2], query_positions.to(device), key_positions.to(device),
+                            window);
       const torch::Tensor gq =
           torch::autograd::grad({(out * r.to(device, out.scalar_type())).sum()}, {leaves[0]}, {}, true, true)[0];
       std::vector<torch::Tensor> results = {out, gq};

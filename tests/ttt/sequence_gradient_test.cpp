@@ -1,13 +1,13 @@
 // Per-chunk recomputation (remat) against differentiating the whole inner loop at once
 // (run_sequence with an outer graph through every chunk): the same loss and gradients.
-#include <gtest/gtest.h>
+#include "ttt/sequence_gradient.h"
 
+#include <gtest/gtest.h>
 #include <torch/cuda.h>
 
 #include "model/compute.h"
 #include "test_util.h"
 #include "ttt/inner_loop.h"
-#include "ttt/sequence_gradient.h"
 
 namespace ttt {
 namespace {

@@ -1,0 +1,91 @@
+// What our kernels share: fp32 arithmetic on fp32, bf16 or fp16 storage, the (max,
+// sum-of-exponentials) pair that softmax-like reductions merge, and the launch check.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ttt::kernels {
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half(x);
+}
+
+// Element i of p as fp32, and v stored into it.
+template <typename T>
+__device__ __forceinline__ float load(const T* p, int64_t i) {
+  return to_float(p[i]);
+}
+template <typename T>
+__device__ __forceinline__ void store(T* p, int64_t i, float v) {
+  p[i] = from_float<T>(v);
+}
+
+// max and sum(exp(x - max)) of a set of values: merged without a second pass.
+struct MaxSum {
+  float max, sum;
+};
+
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.max, b.max);
+  if (m == -INFINITY) return {m, 0.f};
+  return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
+}
+
+__device__ __forceinline__ float shuffle_xor(float v, int offset) { return __shfl_xor_sync(0xffffffffu, v, offset); }
+__device__ __forceinline__ MaxSum shuffle_xor(MaxSum v, int offset) {
+  return {shuffle_xor(v.max, offset), shuffle_xor(v.sum, offset)};
+}
+
+// `op` over a block of kThreads threads (a multiple of 32); every thread gets the result.
+// Safe to call several times in a row (the shared slots are reused).
+template <int kThreads, typename T, typename Op>
+__device__ T block_reduce(T v, Op op, T identity) {
+  __shared__ T warps[kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const auto warp_reduce = [&](T x) {
+    for (int offset = 16; offset > 0; offset >>= 1) x = op(x, shuffle_xor(x, offset));
+    return x;
+  };
+  v = warp_reduce(v);
+  __syncthreads();  // a previous reduction may still be reading the slots
+  if (lane == 0) warps[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = warp_reduce(lane < kThreads / 32 ? warps[lane] : identity);
+    if (lane == 0) warps[0] = v;
+  }
+  __syncthreads();
+  return warps[0];
+}
+
+template <int kThreads>
+__device__ float block_sum(float v) {
+  return block_reduce<kThreads>(
+      v, [](float a, float b) { return a + b; }, 0.f);
+}
+
+// Null after a good launch, else CUDA's error text.
+inline const char* launched() {
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+}  // namespace ttt::kernels
