@@ -27,10 +27,6 @@ namespace ttt {
 namespace {
 
 #if TTT_WITH_CUDA_KERNELS
-// kernels/token_nll.h as autograd functions. The backward is a function of its own
-// (FusedTokenNllGradient), differentiable once more: the exact meta-gradient differentiates
-// the inner gradient's graph, which holds it, again (MLX's rule: fused, and composable with
-// autograd where it must be).
 // What every wrapper below hands our kernels' launchers: the storage dtype, the current
 // stream, and their error text as a ttt::Error naming the kernel.
 kernels::Storage storage_of(torch::Dtype dtype) {
@@ -49,6 +45,10 @@ void check(const char* kernel, const char* error) {
   if (error != nullptr) throw Error(std::string("CUDA kernel ") + kernel + ": " + error);
 }
 
+// kernels/token_nll.h as autograd functions. The backward is a function of its own
+// (FusedTokenNllGradient), differentiable once more: the exact meta-gradient differentiates
+// the inner gradient's graph, which holds it, again (MLX's rule: fused, and composable with
+// autograd where it must be).
 // grad_nll * (softmax(logits) - onehot(targets)), and its own backward.
 class FusedTokenNllGradient : public torch::autograd::Function<FusedTokenNllGradient> {
  public:
