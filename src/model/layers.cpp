@@ -26,6 +26,87 @@
 namespace ttt {
 namespace {
 
+// RMSNorm's backward with respect to x, written out: dx = r a - (r^3 / D) s x with
+// r = rsqrt(mean(x^2) + eps), a = gain * dy, s = <a, x>, as a function of its own whose
+// backward is written out too (the formulas below). The exact meta-gradient differentiates
+// the norms twice; autograd's generic double backward of the composed ops takes several
+// times the operations. In at least fp32, results in their inputs' dtypes.
+class RmsNormGradient : public torch::autograd::Function<RmsNormGradient> {
+ public:
+  // rstd: r of the forward pass (a value; its dependence on x is in the formulas).
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gain,
+                               const torch::Tensor& grad_y, const torch::Tensor& rstd) {
+    ctx->save_for_backward({x, gain, grad_y, rstd});
+    const Terms t(x, gain, grad_y, rstd);
+    return (t.r * t.a - t.c * t.s * t.x).to(x.scalar_type());
+  }
+
+  // With u the adjoint of dx, U = <u, a>, X = <u, x> and c = r^3 / D:
+  //   d/d dy = gain * (r u - c X x),  d/d gain = sum over rows of dy * (r u - c X x),
+  //   d/dx = x (3 r^5 s X / D^2 - c U) - c (X a + s u).
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &gain = saved[1], &grad_y = saved[2];
+    const Terms t(x, gain, grad_y, saved[3]);
+    const torch::Tensor u = grads[0].to(t.x.scalar_type());
+    const torch::Tensor U = (u * t.a).sum(-1, /*keepdim=*/true), X = (u * t.x).sum(-1, /*keepdim=*/true);
+    const torch::Tensor shared = t.r * u - t.c * X * t.x;
+    const double D = static_cast<double>(x.size(-1));
+    const torch::Tensor grad_x = t.x * (3.0 / (D * D) * t.r.pow(5) * t.s * X - t.c * U) - t.c * (X * t.a + t.s * u);
+    return {grad_x.to(x.scalar_type()), (t.dy * shared).reshape({-1, x.size(-1)}).sum(0).to(gain.scalar_type()),
+            (t.gain * shared).to(grad_y.scalar_type()), torch::Tensor()};
+  }
+
+ private:
+  // The quantities both directions use, in at least fp32.
+  struct Terms {
+    torch::Tensor x, gain, dy, r, c, a, s;
+    Terms(const torch::Tensor& x_in, const torch::Tensor& gain_in, const torch::Tensor& dy_in,
+          const torch::Tensor& rstd)
+        : r(rstd) {
+      const torch::Dtype wide = rstd.scalar_type();
+      x = x_in.to(wide);
+      gain = gain_in.to(wide);
+      dy = dy_in.to(wide);
+      c = r.pow(3) / static_cast<double>(x.size(-1));
+      a = gain * dy;
+      s = (a * x).sum(-1, /*keepdim=*/true);
+    }
+  };
+};
+
+// RMSNorm whose backward is RmsNormGradient (and, for the gain, plain ops).
+class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gain,
+                               double eps, int64_t out_dtype) {
+    const torch::Tensor wide = x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
+    const torch::Tensor rstd = torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    ctx->save_for_backward({x, gain});
+    ctx->saved_data["rstd"] = rstd;  // an intermediate: kept as data, like AttentionProbs' fp32 copy
+    ctx->saved_data["eps"] = eps;
+    return (wide * rstd * gain).to(static_cast<torch::Dtype>(out_dtype));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &gain = saved[1];
+    const torch::Tensor rstd = ctx->saved_data["rstd"].toTensor();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    torch::Tensor grad_gain;
+    if (ctx->needs_input_grad(1)) {
+      // sum over rows of dy * x * r, in plain ops: differentiable again through r(x).
+      const torch::Tensor wide = x.to(rstd.scalar_type());
+      const torch::Tensor normed = wide * torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps);
+      grad_gain = (grads[0].to(wide.scalar_type()) * normed).reshape({-1, x.size(-1)}).sum(0).to(gain.scalar_type());
+    }
+    return {RmsNormGradient::apply(x, gain, grads[0], rstd), grad_gain, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 #if TTT_WITH_CUDA_KERNELS
 // What every wrapper below hands our kernels' launchers: the storage dtype, the current
 // stream, and their error text as a ttt::Error naming the kernel.
@@ -123,7 +204,8 @@ class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &x = saved[0], &gain = saved[1], &rstd = saved[2];
+    const torch::Tensor &x = saved[0], &gain = saved[1];
+    const torch::Tensor rstd = ctx->saved_data["rstd"].toTensor();
     const c10::cuda::CUDAGuard device(x.device());
     const auto y_dtype = static_cast<torch::Dtype>(ctx->saved_data["out"].toInt());
     const torch::Tensor dy = grads[0].to(y_dtype).contiguous();
@@ -279,11 +361,13 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double
     return FusedRmsNorm::apply(x.contiguous(), gain.contiguous(), eps, static_cast<int64_t>(result));
   }
 #endif
-  const torch::Tensor wide = x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
 #if TORCH_VERSION_MAJOR >= 2
-  if (x.is_cuda() && fused_kernels_allowed()) return at::rms_norm(wide, {x.size(-1)}, gain, eps).to(result);
+  if (x.is_cuda() && fused_kernels_allowed()) {
+    return at::rms_norm(x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32), {x.size(-1)}, gain, eps)
+        .to(result);
+  }
 #endif
-  return (wide * torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps) * gain).to(result);
+  return RmsNormFunction::apply(x, gain, eps, static_cast<int64_t>(result));
 }
 
 torch::Dtype matmul_dtype_for(const torch::Tensor& x) {

@@ -25,6 +25,29 @@ TEST(Layers, RmsNormMatchesFormula) {
   }
 }
 
+// rms_norm's backward and that backward's own are written out (the exact meta-gradient
+// differentiates norms twice): both against autograd through the formula's plain ops.
+TEST(Layers, RmsNormIsDifferentiableTwiceLikeItsFormula) {
+  torch::manual_seed(3);
+  const double eps = 1e-3;
+  const torch::Tensor x = randn({2, 3, 7}), gain = randn({7}), p = randn({2, 3, 7});
+  const torch::Tensor q = randn({2, 3, 7}), q_gain = randn({7});
+  const auto orders = [&](bool formula) {
+    const torch::Tensor xs = x.clone().requires_grad_(), gs = gain.clone().requires_grad_();
+    const torch::Tensor ps = p.clone().requires_grad_();
+    const torch::Tensor y = formula ? xs * torch::rsqrt(xs.pow(2).mean(-1, true) + eps) * gs : rms_norm(xs, gs, eps);
+    if (!formula) EXPECT_NE(y.grad_fn()->name().find("RmsNormFunction"), std::string::npos) << y.grad_fn()->name();
+    const auto first = torch::autograd::grad({(y * ps).sum()}, {xs, gs}, {}, true, true);
+    const auto second = torch::autograd::grad({(first[0] * q).sum() + (first[1] * q_gain).sum()}, {xs, gs, ps});
+    return std::vector<torch::Tensor>{y, first[0], first[1], second[0], second[1], second[2]};
+  };
+  const auto reference = orders(true), ours = orders(false);
+  for (size_t i = 0; i < reference.size(); ++i) {
+    EXPECT_GT(reference[i].abs().max().item<double>(), 1e-3) << i;
+    EXPECT_TRUE(torch::allclose(ours[i], reference[i], 1e-10, 1e-12)) << i;
+  }
+}
+
 TEST(Layers, SwigluMatchesFormula) {
   torch::manual_seed(2);
   const int D = 4, F = 6;
