@@ -107,6 +107,21 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   }
 };
 
+// The two products both attention forms take, in the matmul dtype (matmul_dtype_for):
+// [H, Tq, Tk] scores of q (scaled first: it is smaller than the scores) against k, and the
+// heads mixed from the probabilities and v, merged to [Tq, H * d].
+torch::Tensor attention_scores(const torch::Tensor& q, const torch::Tensor& k) {
+  const torch::Dtype dtype = matmul_dtype_for(q);
+  return torch::matmul((q * (1.0 / std::sqrt(static_cast<double>(q.size(2))))).to(dtype).transpose(0, 1),
+                       k.to(dtype).permute({1, 2, 0}));
+}
+torch::Tensor attention_mix(const torch::Tensor& probs, const torch::Tensor& v, const torch::Tensor& q) {
+  const torch::Dtype dtype = matmul_dtype_for(q);
+  return torch::matmul(probs.to(dtype), v.to(dtype).transpose(0, 1))
+      .transpose(0, 1)
+      .reshape({q.size(0), q.size(1) * q.size(2)});
+}
+
 #if TTT_WITH_CUDA_KERNELS
 // What every wrapper below hands our kernels' launchers: the storage dtype, the current
 // stream, and their error text as a ttt::Error naming the kernel.
@@ -341,12 +356,7 @@ class AttentionProbs : public torch::autograd::Function<AttentionProbs> {
 // attend for attend_span's layout (the cached keys, then the span's), with the band computed
 // in the kernels instead of a mask. Same numbers as attend.
 torch::Tensor attend_banded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
-  const int64_t Tq = q.size(0), H = q.size(1), d = q.size(2);
-  const torch::Dtype dtype = matmul_dtype_for(q);
-  const torch::Tensor scores = torch::matmul((q * (1.0 / std::sqrt(static_cast<double>(d)))).to(dtype).transpose(0, 1),
-                                             k.to(dtype).permute({1, 2, 0}));
-  const torch::Tensor probs = AttentionProbs::apply(scores.contiguous(), window);
-  return torch::matmul(probs, v.to(dtype).transpose(0, 1)).transpose(0, 1).reshape({Tq, H * d});
+  return attention_mix(AttentionProbs::apply(attention_scores(q, k).contiguous(), window), v, q);
 }
 #endif
 
@@ -440,22 +450,12 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask) {
-  const int64_t Tq = q.size(0), H = q.size(1), d = q.size(2);
-  const std::optional<torch::Dtype> dtype = q.scalar_type() == torch::kFloat64 ? std::nullopt : matmul_dtype();
-  const auto operand = [&](const torch::Tensor& t) { return dtype ? t.to(*dtype) : t; };
-  // [H, Tq, Tk] scores, one batched GEMM over heads; q is scaled, not the larger scores.
-  const torch::Tensor scores = torch::matmul(operand(q * (1.0 / std::sqrt(static_cast<double>(d)))).transpose(0, 1),
-                                             operand(k).permute({1, 2, 0}));
   // The mask as an additive bias (0 or -inf) in the softmax's dtype: one pass over the scores,
   // which also lifts bf16 ones to fp32, and a backward that passes the gradient through.
   const torch::Dtype softmax_dtype = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const torch::Tensor bias =
       torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype)).masked_fill_(mask.logical_not(), -INFINITY);
-  const torch::Tensor probs = torch::softmax(scores + bias, -1);
-  const torch::Tensor out = torch::matmul(operand(probs.to(v.scalar_type())), operand(v).transpose(0, 1))
-                                .transpose(0, 1)
-                                .reshape({Tq, H * d});
-  return dtype ? out : out.to(q.scalar_type());
+  return attention_mix(torch::softmax(attention_scores(q, k) + bias, -1), v, q);
 }
 
 bool fused_attention_available(const torch::Tensor& like) {
