@@ -219,8 +219,7 @@ class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &x = saved[0], &gain = saved[1];
-    const torch::Tensor rstd = ctx->saved_data["rstd"].toTensor();
+    const torch::Tensor &x = saved[0], &gain = saved[1], &rstd = saved[2];
     const c10::cuda::CUDAGuard device(x.device());
     const auto y_dtype = static_cast<torch::Dtype>(ctx->saved_data["out"].toInt());
     const torch::Tensor dy = grads[0].to(y_dtype).contiguous();
