@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -65,4 +66,34 @@ inline torch::Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed, std:
   return tokens;
 }
 
+// A function's value and its derivatives up to `orders`, for comparing two implementations:
+// order 1 differentiates <f(), p> (p a random probe) with respect to the leaves; each further
+// order differentiates the sum of the previous order's results' inner products with fresh
+// probes with respect to the leaves and every probe before (each an input of those results'
+// graphs). Probes are drawn from `seed` on the CPU and rounded to bf16 (exact in every wider
+// dtype): two implementations with outputs of the same shapes get the same probe values. The leaves must require grad; an
+// unused input's derivative is a zero scalar.
+inline std::vector<torch::Tensor> derivatives(const std::function<torch::Tensor()>& f,
+                                              const std::vector<torch::Tensor>& leaves, int orders, uint64_t seed) {
+  torch::manual_seed(seed);
+  std::vector<torch::Tensor> outputs = {f()}, wrt = leaves;
+  std::vector<torch::Tensor> results = outputs;
+  for (int order = 1; order <= orders; ++order) {
+    torch::Tensor objective = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(leaves[0].device()));
+    std::vector<torch::Tensor> probes;
+    for (const torch::Tensor& output : outputs) {
+      probes.push_back(
+          torch::randn(output.sizes()).to(torch::kBFloat16).to(output.device(), output.scalar_type()).requires_grad_());
+      objective = objective + (output * probes.back()).sum().to(torch::kFloat64);
+    }
+    outputs = torch::autograd::grad({objective}, wrt, {}, /*retain_graph=*/true, /*create_graph=*/order < orders,
+                                    /*allow_unused=*/true);
+    for (torch::Tensor& output : outputs) {
+      if (!output.defined()) output = torch::zeros({}, leaves[0].options().requires_grad(false));
+    }
+    results.insert(results.end(), outputs.begin(), outputs.end());
+    wrt.insert(wrt.end(), probes.begin(), probes.end());
+  }
+  return results;
+}
 }  // namespace ttt::test

@@ -48,6 +48,78 @@ __global__ void __launch_bounds__(32 * kWarps)
   for (int64_t j = lane; j < dim; j += 32) store(out, j, r * gain[j] * load(grad, j) - correction * load(in, j));
 }
 
+// The backward's own backward, per row (see rms_norm.h), with u and w the adjoints of dx and
+// dgain (either null: zero). Writes what is asked for (non-null): grad_x, grad_dy, and the
+// row's coefficient of x in the gain's gradient, -r^3 / dim * <u, x>.
+template <typename X, typename Y>
+__global__ void __launch_bounds__(32 * kWarps)
+    double_backward_rows(const X* __restrict__ x, const float* __restrict__ gain, const float* __restrict__ rstd,
+                         const Y* __restrict__ dy, const X* __restrict__ u, const float* __restrict__ w, int64_t rows,
+                         int64_t dim, X* __restrict__ grad_x, Y* __restrict__ grad_dy, float* __restrict__ x_coefficient) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const X* in = x + row * dim;
+  const Y* grad = dy + row * dim;
+  const X* adjoint = u == nullptr ? nullptr : u + row * dim;
+  float s = 0.f, U = 0.f, Xu = 0.f, W = 0.f;  // <a, x>, <u, a>, <u, x>, <w * dy, x>; a = gain * dy
+  for (int64_t j = lane; j < dim; j += 32) {
+    const float xj = load(in, j), dyj = load(grad, j), aj = gain[j] * dyj;
+    s += aj * xj;
+    if (adjoint != nullptr) {
+      const float uj = load(adjoint, j);
+      U += uj * aj;
+      Xu += uj * xj;
+    }
+    if (w != nullptr) W += w[j] * dyj * xj;
+  }
+  s = warp_sum(s);
+  U = warp_sum(U);
+  Xu = warp_sum(Xu);
+  W = warp_sum(W);
+  const float r = rstd[row], D = static_cast<float>(dim), c = r * r * r / D;
+  const float x_scale = 3.f * r * r * r * r * r * s * Xu / (D * D) - c * U - c * W;
+  for (int64_t j = lane; j < dim; j += 32) {
+    const float xj = load(in, j), dyj = load(grad, j), uj = adjoint == nullptr ? 0.f : load(adjoint, j);
+    const float wj = w == nullptr ? 0.f : w[j];
+    if (grad_x != nullptr) {
+      store(grad_x + row * dim, j, xj * x_scale - c * (Xu * gain[j] * dyj + s * uj) + r * wj * dyj);
+    }
+    if (grad_dy != nullptr) store(grad_dy + row * dim, j, gain[j] * (r * uj - c * Xu * xj) + r * wj * xj);
+  }
+  if (lane == 0 && x_coefficient != nullptr) x_coefficient[row] = -c * Xu;
+}
+
+// The gain's gradient, summed over blocks of kChunkRows rows by a thread per column:
+// partial[chunk, j] = sum over the chunk's rows of a[r, j] * (alpha[r] * b[r, j] + beta[r] * e[r, j])
+// (e and beta may be null).
+constexpr int kColumns = 256;
+template <typename A, typename B>
+__global__ void __launch_bounds__(kColumns)
+    gain_partials(const A* __restrict__ a, const B* __restrict__ b, const float* __restrict__ alpha,
+                  const B* __restrict__ e, const float* __restrict__ beta, int64_t rows, int64_t dim,
+                  float* __restrict__ partial) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
+  if (j >= dim) return;
+  const int64_t first = static_cast<int64_t>(blockIdx.y) * kRmsNormChunkRows;
+  const int64_t last = first + kRmsNormChunkRows < rows ? first + kRmsNormChunkRows : rows;
+  float sum = 0.f;
+  for (int64_t row = first; row < last; ++row) {
+    float term = alpha[row] * load(b, row * dim + j);
+    if (e != nullptr) term += beta[row] * load(e, row * dim + j);
+    sum += load(a, row * dim + j) * term;
+  }
+  partial[blockIdx.y * dim + j] = sum;
+}
+
+template <typename A, typename B>
+const char* launch_gain_partials(const A* a, const B* b, const float* alpha, const B* e, const float* beta, int64_t rows,
+                                 int64_t dim, float* partial, void* stream) {
+  const dim3 grid((dim + kColumns - 1) / kColumns, rms_norm_chunks(rows));
+  gain_partials<A, B><<<grid, kColumns, 0, static_cast<cudaStream_t>(stream)>>>(a, b, alpha, e, beta, rows, dim, partial);
+  return launched();
+}
+
 // Calls launch(X(), Y()) with the storage types named by the two dtypes.
 template <typename Launch>
 const char* with_types(Storage x_type, Storage y_type, Launch launch) {
@@ -74,15 +146,38 @@ const char* rms_norm_forward(const void* x, Storage x_type, const float* gain, i
 }
 
 const char* rms_norm_backward(const void* x, Storage x_type, const float* gain, const float* rstd, const void* dy,
-                              Storage y_type, int64_t rows, int64_t dim, void* dx, void* stream) {
+                              Storage y_type, int64_t rows, int64_t dim, void* dx, float* gain_partials, void* stream) {
   if (rows == 0) return nullptr;
   if (x_type == Storage::kFloat16 || y_type == Storage::kFloat16) return "rms_norm: fp16 is not supported";
-  return with_types(x_type, y_type, [&](auto x_tag, auto y_tag) {
+  return with_types(x_type, y_type, [&](auto x_tag, auto y_tag) -> const char* {
     using X = decltype(x_tag);
     using Y = decltype(y_tag);
     backward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const X*>(x), gain, rstd, static_cast<const Y*>(dy), rows, dim, static_cast<X*>(dx));
-    return launched();
+    if (const char* error = launched(); error != nullptr || gain_partials == nullptr) return error;
+    return launch_gain_partials(static_cast<const Y*>(dy), static_cast<const X*>(x), rstd, static_cast<const X*>(nullptr),
+                                nullptr, rows, dim, gain_partials, stream);
+  });
+}
+
+const char* rms_norm_double_backward(const void* x, Storage x_type, const float* gain, const float* rstd,
+                                     const void* dy, Storage y_type, const void* u, const float* w, int64_t rows,
+                                     int64_t dim, void* grad_x, void* grad_dy, float* gain_partials,
+                                     float* x_coefficient, void* stream) {
+  if (rows == 0) return nullptr;
+  if (x_type == Storage::kFloat16 || y_type == Storage::kFloat16) return "rms_norm: fp16 is not supported";
+  if (gain_partials != nullptr && (u == nullptr || x_coefficient == nullptr)) {
+    return "rms_norm: the gain's gradient of the backward needs u and x_coefficient";
+  }
+  return with_types(x_type, y_type, [&](auto x_tag, auto y_tag) -> const char* {
+    using X = decltype(x_tag);
+    using Y = decltype(y_tag);
+    double_backward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const X*>(x), gain, rstd, static_cast<const Y*>(dy), static_cast<const X*>(u), w, rows, dim,
+        static_cast<X*>(grad_x), static_cast<Y*>(grad_dy), gain_partials == nullptr ? nullptr : x_coefficient);
+    if (const char* error = launched(); error != nullptr || gain_partials == nullptr) return error;
+    return launch_gain_partials(static_cast<const Y*>(dy), static_cast<const X*>(u), rstd, static_cast<const X*>(x),
+                                x_coefficient, rows, dim, gain_partials, stream);
   });
 }
 

@@ -43,7 +43,7 @@ class MatmulDtypeGuard {
   std::optional<torch::Dtype> previous_;
 };
 
-// Fused kernels (attention, RMSNorm, SwiGLU's gate) have no double backward: code that
+// Fused kernels (attention, SwiGLU's gate) have no double backward: code that
 // differentiates twice through the network (the exact meta-gradient) holds this guard and
 // gets the composable implementations instead. Only what comes after the fast weights is
 // differentiated twice (the inner gradient's graph starts there): with kFastWeights the

@@ -26,84 +26,192 @@
 namespace ttt {
 namespace {
 
-// RMSNorm's backward with respect to x, written out: dx = r a - (r^3 / D) s x with
-// r = rsqrt(mean(x^2) + eps), a = gain * dy, s = <a, x>, as a function of its own whose
-// backward is written out too (the formulas below). The exact meta-gradient differentiates
-// the norms twice; autograd's generic double backward of the composed ops takes several
-// times the operations. In at least fp32, results in their inputs' dtypes.
-class RmsNormGradient : public torch::autograd::Function<RmsNormGradient> {
- public:
-  // rstd: r of the forward pass (a value; its dependence on x is in the formulas).
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gain,
-                               const torch::Tensor& grad_y, const torch::Tensor& rstd) {
-    ctx->save_for_backward({x, gain, grad_y, rstd});
-    const Terms t(x, gain, grad_y, rstd);
-    return (t.r * t.a - t.c * t.s * t.x).to(x.scalar_type());
+#if TTT_WITH_CUDA_KERNELS
+// What every wrapper below hands our kernels' launchers: the storage dtype, the current
+// stream, and their error text as a ttt::Error naming the kernel.
+kernels::Storage storage_of(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kBFloat16:
+      return kernels::Storage::kBFloat16;
+    case torch::kHalf:
+      return kernels::Storage::kFloat16;
+    default:
+      return kernels::Storage::kFloat32;
   }
+}
+kernels::Storage storage_of(const torch::Tensor& t) { return storage_of(t.scalar_type()); }
+void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+void check(const char* kernel, const char* error) {
+  if (error != nullptr) throw Error(std::string("CUDA kernel ") + kernel + ": " + error);
+}
+#endif
 
-  // With u the adjoint of dx, U = <u, a>, X = <u, x> and c = r^3 / D:
-  //   d/d dy = gain * (r u - c X x),  d/d gain = sum over rows of dy * (r u - c X x),
-  //   d/dx = x (3 r^5 s X / D^2 - c U) - c (X a + s u).
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &x = saved[0], &gain = saved[1], &grad_y = saved[2];
-    const Terms t(x, gain, grad_y, saved[3]);
-    const torch::Tensor u = grads[0].to(t.x.scalar_type());
-    const torch::Tensor U = (u * t.a).sum(-1, /*keepdim=*/true), X = (u * t.x).sum(-1, /*keepdim=*/true);
-    const torch::Tensor shared = t.r * u - t.c * X * t.x;
-    const double D = static_cast<double>(x.size(-1));
-    const torch::Tensor grad_x = t.x * (3.0 / (D * D) * t.r.pow(5) * t.s * X - t.c * U) - t.c * (X * t.a + t.s * u);
-    return {grad_x.to(x.scalar_type()), (t.dy * shared).reshape({-1, x.size(-1)}).sum(0).to(gain.scalar_type()),
-            (t.gain * shared).to(grad_y.scalar_type()), torch::Tensor()};
+// RMSNorm, y = x r gain with r = rsqrt(mean(x^2) + eps), as autograd functions whose backward
+// and backward's backward are written out: the exact meta-gradient differentiates norms twice,
+// and autograd's generic double backward of the composed ops takes several times the
+// operations. Our kernels on CUDA (kernels/rms_norm.h), plain ops elsewhere and from the
+// third order on (MLX's rule: fused, and composable where it must be). Arithmetic in at
+// least fp32; results in their inputs' dtypes.
+
+// The quantities the written-out formulas share, in r's dtype (fp32 or fp64).
+struct RmsNormTerms {
+  torch::Tensor x, gain, dy, r, c, a, s;  // c = r^3 / D, a = gain * dy, s = <a, x> per row
+  RmsNormTerms(const torch::Tensor& x_in, const torch::Tensor& gain_in, const torch::Tensor& dy_in,
+               const torch::Tensor& rstd)
+      : r(rstd) {
+    const torch::Dtype wide = rstd.scalar_type();
+    x = x_in.to(wide);
+    gain = gain_in.to(wide);
+    dy = dy_in.to(wide);
+    c = r.pow(3) / static_cast<double>(x.size(-1));
+    a = gain * dy;
+    s = (a * x).sum(-1, /*keepdim=*/true);
   }
-
- private:
-  // The quantities both directions use, in at least fp32.
-  struct Terms {
-    torch::Tensor x, gain, dy, r, c, a, s;
-    Terms(const torch::Tensor& x_in, const torch::Tensor& gain_in, const torch::Tensor& dy_in,
-          const torch::Tensor& rstd)
-        : r(rstd) {
-      const torch::Dtype wide = rstd.scalar_type();
-      x = x_in.to(wide);
-      gain = gain_in.to(wide);
-      dy = dy_in.to(wide);
-      c = r.pow(3) / static_cast<double>(x.size(-1));
-      a = gain * dy;
-      s = (a * x).sum(-1, /*keepdim=*/true);
-    }
-  };
+  torch::Tensor over_rows(const torch::Tensor& t) const { return t.reshape({-1, x.size(-1)}).sum(0); }
 };
 
-// RMSNorm whose backward is RmsNormGradient (and, for the gain, plain ops).
+#if TTT_WITH_CUDA_KERNELS
+// Where our kernels take the norm: fp32 or bf16 x and y (or dy) on CUDA, an fp32 gain.
+bool rms_norm_kernels_serve(const torch::Tensor& x, const torch::Tensor& gain, torch::Dtype y_dtype) {
+  const auto served = [](torch::Dtype d) { return d == torch::kFloat32 || d == torch::kBFloat16; };
+  return x.is_cuda() && served(x.scalar_type()) && served(y_dtype) && gain.scalar_type() == torch::kFloat32 &&
+         gain.is_contiguous();
+}
+#endif
+
+// RMSNorm's backward as a function of its own: dx = r a - c s x and, where with_gain, the
+// gain's gradient sum_rows dy x r. rstd is r of the forward pass, a value: its dependence on x
+// is in the formulas of the backward below.
+class RmsNormGradient : public torch::autograd::Function<RmsNormGradient> {
+ public:
+  // The second output without with_gain (libtorch 1.13 refuses an undefined one).
+  static torch::Tensor no_gain_gradient(const torch::Tensor& gain) { return gain.new_empty({0}); }
+
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                                                const torch::Tensor& gain, const torch::Tensor& grad_y,
+                                                const torch::Tensor& rstd, double eps, bool with_gain) {
+    ctx->save_for_backward({x, gain, grad_y, rstd});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["with_gain"] = with_gain;
+    ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one: no zeros made
+#if TTT_WITH_CUDA_KERNELS
+    if (rms_norm_kernels_serve(x, gain, grad_y.scalar_type())) {
+      const c10::cuda::CUDAGuard device(x.device());
+      const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
+      const torch::Tensor x_c = x.contiguous(), grad_y_c = grad_y.contiguous();
+      torch::Tensor dx = torch::empty_like(x_c), partials;
+      if (with_gain) partials = torch::empty({kernels::rms_norm_chunks(rows), dim}, rstd.options());
+      check("rms_norm", kernels::rms_norm_backward(x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(),
+                                                   rstd.data_ptr<float>(), grad_y_c.data_ptr(), storage_of(grad_y),
+                                                   rows, dim, dx.data_ptr(),
+                                                   with_gain ? partials.data_ptr<float>() : nullptr, stream()));
+      return {dx, with_gain ? partials.sum(0) : no_gain_gradient(gain)};
+    }
+#endif
+    const RmsNormTerms t(x, gain, grad_y, rstd);
+    return {(t.r * t.a - t.c * t.s * t.x).to(x.scalar_type()),
+            with_gain ? t.over_rows(t.dy * t.x * t.r).to(gain.scalar_type()) : no_gain_gradient(gain)};
+  }
+
+  // With u and w the adjoints of dx and of the gain's gradient, U = <u, a>, X = <u, x> and
+  // W = <w dy, x>:
+  //   d/d dy = gain (r u - c X x) + r w x,  d/d gain = sum over rows of dy (r u - c X x),
+  //   d/dx = x (3 r^5 s X / D^2 - c U - c W) - c (X a + s u) + r w dy.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &gain = saved[1], &grad_y = saved[2], &rstd = saved[3];
+    const torch::Tensor u = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous() : torch::Tensor();
+    const torch::Tensor w = grads[1].defined() && ctx->saved_data["with_gain"].toBool()
+                                ? grads[1].to(gain.scalar_type()).contiguous()
+                                : torch::Tensor();
+    torch::autograd::variable_list result(6);
+    if (!u.defined() && !w.defined()) return result;
+    const bool want_x = ctx->needs_input_grad(0), want_gain = ctx->needs_input_grad(1) && u.defined(),
+               want_dy = ctx->needs_input_grad(2);
+#if TTT_WITH_CUDA_KERNELS
+    // Not while autograd records (a third order): the kernels' results have no backward.
+    if (!torch::GradMode::is_enabled() && rms_norm_kernels_serve(x, gain, grad_y.scalar_type())) {
+      const c10::cuda::CUDAGuard device(x.device());
+      const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
+      const torch::Tensor x_c = x.contiguous(), grad_y_c = grad_y.contiguous();
+      torch::Tensor partials, x_coefficient;
+      if (want_x) result[0] = torch::empty_like(x_c);
+      if (want_dy) result[2] = torch::empty_like(grad_y_c);
+      if (want_gain) {
+        partials = torch::empty({kernels::rms_norm_chunks(rows), dim}, rstd.options());
+        x_coefficient = torch::empty({rows}, rstd.options());
+      }
+      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+      check("rms_norm", kernels::rms_norm_double_backward(
+                            x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(), rstd.data_ptr<float>(),
+                            grad_y_c.data_ptr(), storage_of(grad_y), pointer(u), static_cast<const float*>(pointer(w)),
+                            rows, dim, pointer(result[0]), pointer(result[2]), static_cast<float*>(pointer(partials)),
+                            static_cast<float*>(pointer(x_coefficient)), stream()));
+      if (want_gain) result[1] = partials.sum(0);
+      return result;
+    }
+#endif
+    // Plain ops; while autograd records, r recomputed from x, so that these differentiate again.
+    const torch::Tensor r = torch::GradMode::is_enabled()
+                                ? torch::rsqrt(x.to(rstd.scalar_type()).pow(2).mean(-1, /*keepdim=*/true) +
+                                               ctx->saved_data["eps"].toDouble())
+                                : rstd;
+    const RmsNormTerms t(x, gain, grad_y, r);
+    const torch::Tensor uu = u.defined() ? u.to(t.x.scalar_type()) : torch::zeros_like(t.x);
+    const torch::Tensor ww = w.defined() ? w.to(t.x.scalar_type()) : torch::zeros_like(t.gain);
+    const torch::Tensor U = (uu * t.a).sum(-1, /*keepdim=*/true), X = (uu * t.x).sum(-1, /*keepdim=*/true);
+    const torch::Tensor W = (ww * t.dy * t.x).sum(-1, /*keepdim=*/true);
+    const torch::Tensor shared = t.r * uu - t.c * X * t.x;
+    const double D = static_cast<double>(x.size(-1));
+    if (want_x) {
+      result[0] = (t.x * (3.0 / (D * D) * t.r.pow(5) * t.s * X - t.c * U - t.c * W) - t.c * (X * t.a + t.s * uu) +
+                   t.r * ww * t.dy)
+                      .to(x.scalar_type());
+    }
+    if (want_gain) result[1] = t.over_rows(t.dy * shared).to(gain.scalar_type());
+    if (want_dy) result[2] = (t.gain * shared + t.r * ww * t.x).to(grad_y.scalar_type());
+    return result;
+  }
+};
+
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gain,
                                double eps, int64_t out_dtype) {
-    const torch::Tensor wide = x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
-    const torch::Tensor rstd = torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    const auto y_dtype = static_cast<torch::Dtype>(out_dtype);
+    torch::Tensor y, rstd;
+#if TTT_WITH_CUDA_KERNELS
+    if (rms_norm_kernels_serve(x, gain, y_dtype)) {
+      const c10::cuda::CUDAGuard device(x.device());
+      const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
+      std::vector<int64_t> rstd_sizes = x.sizes().vec();
+      rstd_sizes.back() = 1;
+      y = torch::empty(x.sizes(), x.options().dtype(y_dtype));
+      rstd = torch::empty(rstd_sizes, x.options().dtype(torch::kFloat32));
+      check("rms_norm", kernels::rms_norm_forward(x.contiguous().data_ptr(), storage_of(x), gain.data_ptr<float>(), rows,
+                                                  dim, eps, y.data_ptr(), storage_of(y_dtype), rstd.data_ptr<float>(),
+                                                  stream()));
+    }
+#endif
+    if (!y.defined()) {
+      const torch::Tensor wide = x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
+      rstd = torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps);
+      y = (wide * rstd * gain).to(y_dtype);
+    }
     ctx->save_for_backward({x, gain});
     ctx->saved_data["rstd"] = rstd;  // an intermediate: kept as data, like AttentionProbs' fp32 copy
     ctx->saved_data["eps"] = eps;
-    return (wide * rstd * gain).to(static_cast<torch::Dtype>(out_dtype));
+    return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &x = saved[0], &gain = saved[1];
-    const torch::Tensor rstd = ctx->saved_data["rstd"].toTensor();
-    const double eps = ctx->saved_data["eps"].toDouble();
-    torch::Tensor grad_gain;
-    if (ctx->needs_input_grad(1)) {
-      // sum over rows of dy * x * r, in plain ops: differentiable again through r(x).
-      const torch::Tensor wide = x.to(rstd.scalar_type());
-      const torch::Tensor normed = wide * torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps);
-      grad_gain = (grads[0].to(wide.scalar_type()) * normed).reshape({-1, x.size(-1)}).sum(0).to(gain.scalar_type());
-    }
-    return {RmsNormGradient::apply(x, gain, grads[0], rstd), grad_gain, torch::Tensor(), torch::Tensor()};
+    const torch::autograd::variable_list dx_dgain =
+        RmsNormGradient::apply(saved[0], saved[1], grads[0], ctx->saved_data["rstd"].toTensor(),
+                               ctx->saved_data["eps"].toDouble(), ctx->needs_input_grad(1));
+    return {dx_dgain[0], ctx->needs_input_grad(1) ? dx_dgain[1] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -123,24 +231,6 @@ torch::Tensor attention_mix(const torch::Tensor& probs, const torch::Tensor& v, 
 }
 
 #if TTT_WITH_CUDA_KERNELS
-// What every wrapper below hands our kernels' launchers: the storage dtype, the current
-// stream, and their error text as a ttt::Error naming the kernel.
-kernels::Storage storage_of(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kBFloat16:
-      return kernels::Storage::kBFloat16;
-    case torch::kHalf:
-      return kernels::Storage::kFloat16;
-    default:
-      return kernels::Storage::kFloat32;
-  }
-}
-kernels::Storage storage_of(const torch::Tensor& t) { return storage_of(t.scalar_type()); }
-void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-void check(const char* kernel, const char* error) {
-  if (error != nullptr) throw Error(std::string("CUDA kernel ") + kernel + ": " + error);
-}
-
 // kernels/token_nll.h as autograd functions. The backward is a function of its own
 // (FusedTokenNllGradient), differentiable once more: the exact meta-gradient differentiates
 // the inner gradient's graph, which holds it, again (MLX's rule: fused, and composable with
@@ -196,48 +286,6 @@ class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
     const torch::Tensor grad_nll = grads[0].to(torch::kFloat32).contiguous();
     return {FusedTokenNllGradient::apply(saved[0], saved[1], saved[2], grad_nll), torch::Tensor()};
   }
-};
-
-// kernels/rms_norm.h as an autograd function (first order: ComposableKernelsGuard applies).
-class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gain,
-                               double eps, int64_t out_dtype) {
-    const c10::cuda::CUDAGuard device(x.device());
-    const auto y_dtype = static_cast<torch::Dtype>(out_dtype);
-    const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
-    torch::Tensor y = torch::empty(x.sizes(), x.options().dtype(y_dtype));
-    torch::Tensor rstd = torch::empty({rows}, x.options().dtype(torch::kFloat32));
-    check("rms_norm",
-          kernels::rms_norm_forward(x.data_ptr(), storage_of(x.scalar_type()), gain.data_ptr<float>(), rows, dim, eps,
-                                    y.data_ptr(), storage_of(y_dtype), rstd.data_ptr<float>(), stream()));
-    ctx->save_for_backward({x, gain, rstd});
-    ctx->saved_data["out"] = out_dtype;
-    return y;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &x = saved[0], &gain = saved[1], &rstd = saved[2];
-    const c10::cuda::CUDAGuard device(x.device());
-    const auto y_dtype = static_cast<torch::Dtype>(ctx->saved_data["out"].toInt());
-    const torch::Tensor dy = grads[0].to(y_dtype).contiguous();
-    const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
-    torch::Tensor dx = torch::empty_like(x);
-    check("rms_norm", kernels::rms_norm_backward(x.data_ptr(), storage_of(x.scalar_type()), gain.data_ptr<float>(),
-                                                 rstd.data_ptr<float>(), dy.data_ptr(), storage_of(y_dtype), rows, dim,
-                                                 dx.data_ptr(), stream()));
-    torch::Tensor dgain;
-    if (ctx->needs_input_grad(1)) {
-      dgain =
-          (dy.reshape({rows, dim}).to(torch::kFloat32) * x.reshape({rows, dim}).to(torch::kFloat32) * rstd.unsqueeze(1))
-              .sum(0);
-    }
-    return {dx, dgain, torch::Tensor(), torch::Tensor()};
-  }
-
-  static bool serves(torch::Dtype dtype) { return dtype == torch::kFloat32 || dtype == torch::kBFloat16; }
 };
 
 // kernels/swiglu.h as an autograd function (first order: ComposableKernelsGuard applies).
@@ -362,21 +410,7 @@ torch::Tensor attend_banded(const torch::Tensor& q, const torch::Tensor& k, cons
 }  // namespace
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps, std::optional<torch::Dtype> out) {
-  const torch::Dtype result = out.value_or(x.scalar_type());
-#if TTT_WITH_CUDA_KERNELS
-  // One kernel instead of six, and none for the casts beside it (kernels/rms_norm.h).
-  if (x.is_cuda() && fused_kernels_allowed() && FusedRmsNorm::serves(x.scalar_type()) && FusedRmsNorm::serves(result) &&
-      gain.scalar_type() == torch::kFloat32) {
-    return FusedRmsNorm::apply(x.contiguous(), gain.contiguous(), eps, static_cast<int64_t>(result));
-  }
-#endif
-#if TORCH_VERSION_MAJOR >= 2
-  if (x.is_cuda() && fused_kernels_allowed()) {
-    return at::rms_norm(x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32), {x.size(-1)}, gain, eps)
-        .to(result);
-  }
-#endif
-  return RmsNormFunction::apply(x, gain, eps, static_cast<int64_t>(result));
+  return RmsNormFunction::apply(x, gain, eps, static_cast<int64_t>(out.value_or(x.scalar_type())));
 }
 
 torch::Dtype matmul_dtype_for(const torch::Tensor& x) {
