@@ -77,6 +77,29 @@ struct GradientSinks {
   }
 };
 
+// theta as the suffix reads it: its matrices other than the prime MLPs (which start the fast
+// weights) cast to the matmul dtype once per sequence, where every chunk and pass would cast
+// them again (with the casts' backward, ~5% of a 125M step), as leaves of their own whose
+// gradients go to theta's sinks (an add that widens). Unchanged without a matmul dtype.
+Params suffix_params(const ModelConfig& config, const Params& params, int64_t first_suffix) {
+  const std::optional<torch::Dtype> dtype = matmul_dtype();
+  Params out = params;
+  const auto cast = [&](torch::Tensor& t) {
+    if (dtype && t.scalar_type() != *dtype && t.scalar_type() != torch::kFloat64) {
+      t = t.detach().to(*dtype).requires_grad_(t.requires_grad());
+    }
+  };
+  cast(out.embed);
+  if (!config.tie_embeddings) cast(out.lm_head);
+  for (int64_t l = first_suffix; l < config.n_layers; ++l) {
+    AttentionParams& attn = out.blocks[l].attn;
+    for (torch::Tensor* t : {&attn.wq, &attn.wk, &attn.wv, &attn.wo}) cast(*t);
+    MlpParams& mlp = out.blocks[l].mlp;
+    for (torch::Tensor* t : {&mlp.w1, &mlp.w2, &mlp.w3}) cast(*t);
+  }
+  return out;
+}
+
 std::vector<torch::Tensor> param_tensors(const ModelConfig& config, const Params& params) {
   Params slots = params;
   std::vector<torch::Tensor> tensors;
@@ -126,6 +149,8 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
   // in h_grad, go back through the prefix at the end.
   const torch::Tensor h = prefix_h.detach();
   const torch::Tensor h_grad = torch::zeros_like(h);
+  const Params suffix = suffix_params(config, params, first_suffix);
+  const std::vector<torch::Tensor> suffix_theta = param_tensors(config, suffix);  // in the sinks' order
 
   // Forward: the inner loop over the suffix without an outer graph, saving each chunk's
   // starting point.
@@ -133,7 +158,7 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
   torch::Tensor loss;
   {
     RECORD_USER_SCOPE("gradient: suffix forward");
-    const Params frozen = detach_params(config, params);
+    const Params frozen = detach_params(config, suffix);
     // Only the inner gradients of ttt-e2e need a graph here.
     torch::AutoGradMode grad_mode(config.is_ttt());
     KvCache cache(config.n_layers);
@@ -166,7 +191,7 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
     KvCache cache = cache_before(config, saved, c);
     const std::vector<LayerCache> cache_leaves = cache.layers;
     const torch::Tensor rows = h.narrow(0, start, length).detach().requires_grad_();
-    ChunkStep step = run_chunk(config, params, rows, first_suffix, targets.narrow(0, start, length),
+    ChunkStep step = run_chunk(config, suffix, rows, first_suffix, targets.narrow(0, start, length),
                                span_positions(start, length, h.device()), cache, weights, updates(c), step_size, outer);
 
     std::vector<torch::Tensor> outputs{step.loss};
@@ -185,7 +210,7 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
       add_output(cache.layers[l].values, cache_adjoints[l].values);
     }
     // What to differentiate for, in this order: theta, the fast weights, the cache, h's rows.
-    std::vector<torch::Tensor> wrt = sinks.params;
+    std::vector<torch::Tensor> wrt = suffix_theta;
     const std::vector<torch::Tensor> weight_leaves = flatten(weights);
     wrt.insert(wrt.end(), weight_leaves.begin(), weight_leaves.end());
     for (int64_t l = first_suffix; l < config.n_layers; ++l) {
