@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 // The gain's gradient, summed over blocks of kChunkRows rows by a thread per column:
 // partial[chunk, j] = sum over the chunk's rows of a[r, j] * (alpha[r] * b[r, j] + beta[r] * e[r, j])
 // (e and beta may be null).
-constexpr int kColumns = 256;
+constexpr int kColumns = 64;  // many small blocks: a chunk is few rows, dim may be a head's 64
 template <typename A, typename B>
 __global__ void __launch_bounds__(kColumns)
     gain_partials(const A* __restrict__ a, const B* __restrict__ b, const float* __restrict__ alpha,

@@ -20,7 +20,7 @@ const char* rms_norm_forward(const void* x, Storage x_type, const float* gain, i
 
 // The gain's gradient comes in partial sums over blocks of kRmsNormChunkRows rows:
 // [rms_norm_chunks(rows), dim] fp32, to be summed over the first axis.
-constexpr int64_t kRmsNormChunkRows = 64;
+constexpr int64_t kRmsNormChunkRows = 16;
 inline int64_t rms_norm_chunks(int64_t rows) { return (rows + kRmsNormChunkRows - 1) / kRmsNormChunkRows; }
 
 // The gradients given that of y (`dy`, in `y_type`): dx (in `x_type`) = r * a - r^3 / dim * s * x,
