@@ -91,6 +91,13 @@ void reset_device_memory_peaks(const torch::Device& device) {
   (void)device;
 }
 
+void release_cached_device_memory(const torch::Device& device) {
+#if TTT_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+  (void)device;
+}
+
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {
   const torch::Dtype matrices = params.embed.scalar_type();
   return matrices == params.final_norm.scalar_type() ? std::nullopt : std::optional<torch::Dtype>(matrices);

@@ -72,6 +72,9 @@ struct DeviceMemory {
 };
 std::optional<DeviceMemory> device_memory(const torch::Device& device);
 void reset_device_memory_peaks(const torch::Device& device);
+// Hands the caching allocator's free blocks on `device` back to the driver (CUDA; nothing
+// elsewhere): work that follows differently shaped work starts unfragmented.
+void release_cached_device_memory(const torch::Device& device);
 
 // The matmul dtype params_for_inference gave `params`: their matrices' dtype where it
 // differs from the gains' (which stay in the parameters' own dtype); unset otherwise.
