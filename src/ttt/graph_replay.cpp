@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 
+#include "model/compute.h"
 #include "ttt_build_features.h"  // TTT_WITH_CUDA: libtorch has CUDA
 
 #if TTT_WITH_CUDA
@@ -47,6 +48,9 @@ void GraphReplay::run(int64_t key, const std::function<void()>& body) {
     // Captured on a side stream (graphs cannot be captured on the default one); nothing runs.
     auto captured = std::make_unique<at::cuda::CUDAGraph>();
     torch::cuda::synchronize();
+    // The eager run's freed blocks back to the driver: the graph's private pool needs memory
+    // of its own (the 3B training step ran out with 70 GiB cached but free).
+    release_cached_device_memory(torch::Device(torch::kCUDA, c10::cuda::current_device()));
     {
       const c10::cuda::CUDAStreamGuard side(s.capture_stream);
       captured->capture_begin(s.pool);
