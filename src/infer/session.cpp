@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "model/compute.h"
 #include "model/layers.h"
+#include "ttt/chunk_graphs.h"
 #include "ttt/inner_loop.h"
 
 namespace ttt {
@@ -93,6 +94,8 @@ Session::Session(const ModelConfig& config, const Params& params)
   reset();
 }
 
+Session::~Session() = default;
+
 void Session::reset() {
   weights_ = detach_fast_weights(initial_fast_weights(config_, params_), /*requires_grad=*/false);
   cache_ = KvCache(config_.n_layers);
@@ -126,17 +129,13 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
   const bool whole = config_.attention_window() == 0 && fused_attention_available(params_.final_norm);
   for (int64_t i = 0; i < n;) {
     if (config_.is_ttt() && static_cast<int64_t>(pending_.size()) == b) train_on_pending(ids[i]);
-    const int64_t length = whole ? n - i : std::min(n - i, b - static_cast<int64_t>(pending_.size()));
+    int64_t length = whole ? n - i : std::min(n - i, b - static_cast<int64_t>(pending_.size()));
     const torch::Tensor span = tokens.narrow(0, i, length);
     if (config_.is_ttt() && pending_.empty() && i + length < n && length == b) {
-      // A whole chunk with its last target in this feed: one pass, as `ttt eval` takes it.
-      chunk_start_cache_ = cache_;
-      ChunkStep step = run_chunk(config_, params_, embed_tokens(params_, span), 0, tokens.narrow(0, i + 1, length),
-                                 span_positions(position_, length, device_), cache_, weights_, /*update=*/true,
-                                 inner_step_size(config_, 1.0, params_.final_norm), OuterGradient::kNone);
-      weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
-      cache_.detach();
-      ++inner_steps_;
+      // Whole chunks with their last targets in this feed.
+      const int64_t chunks = (n - i - 1) / b;
+      run_whole_chunks(tokens, i, chunks);
+      length = chunks * b;
     } else {
       if (config_.is_ttt() && pending_.empty()) chunk_start_cache_ = cache_;
       torch::NoGradGuard no_grad;
@@ -149,6 +148,46 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
     i += length;
   }
   return last_logits_;
+}
+
+void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks) {
+  const int64_t b = config_.mini_batch;
+  const torch::Tensor step_size = inner_step_size(config_, 1.0, params_.final_norm);
+  const bool ahead = fused_attention_available(params_.final_norm);
+  const int64_t first = ahead ? config_.first_suffix_block() : 0;
+  if (ahead && !graphs_checked_) {
+    graphs_ = ChunkGraphs::where_supported(config_, params_);  // under feed's matmul dtype, as later calls
+    graphs_checked_ = true;
+  }
+  const int64_t span = run_ahead_tokens(config_, chunks * b);
+  torch::Tensor hidden;  // the blocks before the fast weights on tokens from hidden_start
+  int64_t hidden_start = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t start = offset + c * b, position = position_ + c * b;
+    if (ahead && (!hidden.defined() || start >= hidden_start + hidden.size(0))) {
+      torch::NoGradGuard no_grad;
+      hidden = hidden_states(config_, params_, tokens.narrow(0, start, std::min(span, (chunks - c) * b)), position,
+                             cache_, first);
+      hidden_start = start;
+    }
+    const torch::Tensor h =
+        ahead ? hidden.narrow(0, start - hidden_start, b) : embed_tokens(params_, tokens.narrow(0, start, b));
+    const torch::Tensor targets = tokens.narrow(0, start + 1, b);
+    const torch::Tensor positions = span_positions(position, b, device_);
+    ChunkStep step = graphs_ ? graphs_->step(params_, h, targets, positions, cache_, weights_, step_size)
+                             : run_chunk(config_, params_, h, first, targets, positions, cache_, weights_,
+                                         /*update=*/true, step_size, OuterGradient::kNone);
+    weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
+    cache_.detach();
+    ++inner_steps_;
+  }
+  if (graphs_) {
+    // The state out of the graphs' buffers, which their next replay overwrites.
+    for (MlpParams& w : weights_) w = {w.w1.clone(), w.w2.clone(), w.w3.clone()};
+    for (LayerCache& layer : cache_.layers) {
+      if (layer.keys.defined()) layer = {layer.keys.clone(), layer.values.clone(), layer.positions.clone()};
+    }
+  }
 }
 
 void Session::train_on_pending(int64_t next) {

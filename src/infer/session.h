@@ -6,6 +6,7 @@
 // those of `ttt eval`'s procedure however the tokens are split into feeds.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,12 +19,17 @@
 
 namespace ttt {
 
+class ChunkGraphs;
+
 class Session {
  public:
   // Shares the parameters' storage (tensors are handles), copies nothing large. The session
   // computes on the parameters' device, with matmuls in the dtype params_for_inference gave
   // them, if any (model/compute.h).
   Session(const ModelConfig& config, const Params& params);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
 
   // Consumes `tokens` ([n] int64 ids, n >= 1, each inside the vocabulary) and returns the
   // logits [V] (on the session's device) at the last of them: the model's prediction of the next token. Throws
@@ -51,6 +57,11 @@ class Session {
   // The pending chunk is full and `next` is its last target: one inner step on it,
   // recomputed from the cache as it was when the chunk began (as `ttt eval` computes it).
   void train_on_pending(int64_t next);
+  // `chunks` whole chunks of tokens[offset...] from position_ on, each with its last target
+  // in `tokens`, as `ttt eval` takes them: on a GPU, the blocks before the fast weights run
+  // ahead over many chunks at once and the chunk steps replay CUDA graphs. The caller
+  // advances position_.
+  void run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks);
 
   const ModelConfig config_;
   const Params params_;
@@ -63,6 +74,8 @@ class Session {
   int64_t position_ = 0;
   int64_t inner_steps_ = 0;
   torch::Tensor last_logits_;
+  std::unique_ptr<ChunkGraphs> graphs_;  // made at the first whole chunk where supported
+  bool graphs_checked_ = false;
 };
 
 }  // namespace ttt

@@ -1,5 +1,7 @@
 #include "ttt/inner_loop.h"
 
+#include <algorithm>
+
 #include <torch/autograd.h>
 
 #include <optional>
@@ -11,13 +13,11 @@
 #include "ttt/chunk_graphs.h"
 
 namespace ttt {
-namespace {
-
-// Tokens the blocks without fast weights run ahead at a time (rounded to whole chunks):
-// enough for large GEMMs, little memory (3B: about 2 GB of activations without autograd).
-constexpr int64_t kRunAheadTokens = 16384;
-
-}  // namespace
+int64_t run_ahead_tokens(const ModelConfig& config, int64_t n) {
+  constexpr int64_t kTokens = 16384;
+  if (config.variant == Variant::kFullAttention) return n;
+  return std::max<int64_t>(1, kTokens / config.mini_batch) * config.mini_batch;
+}
 
 torch::Tensor inner_step_size(const ModelConfig& config, double ilr_mult, const torch::Tensor& like) {
   return torch::full({}, config.inner_lr * ilr_mult, like.options());
@@ -103,9 +103,7 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   // ttt-e2e keeps the plain chunk loop: it is the reference the faster trainer is held to.
   const bool run_ahead = fused_attention_available(params.final_norm) && !(config.is_ttt() && differentiable);
   const int64_t ahead_blocks = !run_ahead ? 0 : config.is_ttt() ? config.first_suffix_block() : config.n_layers;
-  const int64_t ahead_span = config.variant == Variant::kFullAttention
-                                 ? n
-                                 : std::max<int64_t>(1, kRunAheadTokens / config.mini_batch) * config.mini_batch;
+  const int64_t ahead_span = run_ahead_tokens(config, n);
   if (config.variant == Variant::kFullAttention && run_ahead) cache.keep_entries = false;
   torch::Tensor ahead;  // hidden states after block ahead_blocks - 1 of tokens from ahead_start
   int64_t ahead_start = 0;
