@@ -71,15 +71,16 @@ inline torch::Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed, std:
 // order differentiates the sum of the previous order's results' inner products with fresh
 // probes with respect to the leaves and every probe before (each an input of those results'
 // graphs). Probes are drawn from `seed` on the CPU and rounded to bf16 (exact in every wider
-// dtype): two implementations with outputs of the same shapes get the same probe values. The leaves must require grad; an
-// unused input's derivative is a zero scalar.
+// dtype): two implementations with outputs of the same shapes get the same probe values.
+// The leaves must require grad; an unused input's derivative is a zero scalar.
 inline std::vector<torch::Tensor> derivatives(const std::function<torch::Tensor()>& f,
                                               const std::vector<torch::Tensor>& leaves, int orders, uint64_t seed) {
   torch::manual_seed(seed);
   std::vector<torch::Tensor> outputs = {f()}, wrt = leaves;
   std::vector<torch::Tensor> results = outputs;
   for (int order = 1; order <= orders; ++order) {
-    torch::Tensor objective = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(leaves[0].device()));
+    torch::Tensor objective =
+        torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(leaves[0].device()));
     std::vector<torch::Tensor> probes;
     for (const torch::Tensor& output : outputs) {
       probes.push_back(

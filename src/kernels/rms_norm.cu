@@ -55,7 +55,8 @@ template <typename X, typename Y>
 __global__ void __launch_bounds__(32 * kWarps)
     double_backward_rows(const X* __restrict__ x, const float* __restrict__ gain, const float* __restrict__ rstd,
                          const Y* __restrict__ dy, const X* __restrict__ u, const float* __restrict__ w, int64_t rows,
-                         int64_t dim, X* __restrict__ grad_x, Y* __restrict__ grad_dy, float* __restrict__ x_coefficient) {
+                         int64_t dim, X* __restrict__ grad_x, Y* __restrict__ grad_dy,
+                         float* __restrict__ x_coefficient) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= rows) return;
   const int lane = threadIdx.x % 32;
@@ -113,10 +114,11 @@ __global__ void __launch_bounds__(kColumns)
 }
 
 template <typename A, typename B>
-const char* launch_gain_partials(const A* a, const B* b, const float* alpha, const B* e, const float* beta, int64_t rows,
-                                 int64_t dim, float* partial, void* stream) {
+const char* launch_gain_partials(const A* a, const B* b, const float* alpha, const B* e, const float* beta,
+                                 int64_t rows, int64_t dim, float* partial, void* stream) {
   const dim3 grid((dim + kColumns - 1) / kColumns, rms_norm_chunks(rows));
-  gain_partials<A, B><<<grid, kColumns, 0, static_cast<cudaStream_t>(stream)>>>(a, b, alpha, e, beta, rows, dim, partial);
+  gain_partials<A, B>
+      <<<grid, kColumns, 0, static_cast<cudaStream_t>(stream)>>>(a, b, alpha, e, beta, rows, dim, partial);
   return launched();
 }
 
@@ -155,8 +157,8 @@ const char* rms_norm_backward(const void* x, Storage x_type, const float* gain, 
     backward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const X*>(x), gain, rstd, static_cast<const Y*>(dy), rows, dim, static_cast<X*>(dx));
     if (const char* error = launched(); error != nullptr || gain_partials == nullptr) return error;
-    return launch_gain_partials(static_cast<const Y*>(dy), static_cast<const X*>(x), rstd, static_cast<const X*>(nullptr),
-                                nullptr, rows, dim, gain_partials, stream);
+    return launch_gain_partials(static_cast<const Y*>(dy), static_cast<const X*>(x), rstd,
+                                static_cast<const X*>(nullptr), nullptr, rows, dim, gain_partials, stream);
   });
 }
 

@@ -101,10 +101,10 @@ class RmsNormGradient : public torch::autograd::Function<RmsNormGradient> {
       const torch::Tensor x_c = x.contiguous(), grad_y_c = grad_y.contiguous();
       torch::Tensor dx = torch::empty_like(x_c), partials;
       if (with_gain) partials = torch::empty({kernels::rms_norm_chunks(rows), dim}, rstd.options());
-      check("rms_norm", kernels::rms_norm_backward(x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(),
-                                                   rstd.data_ptr<float>(), grad_y_c.data_ptr(), storage_of(grad_y),
-                                                   rows, dim, dx.data_ptr(),
-                                                   with_gain ? partials.data_ptr<float>() : nullptr, stream()));
+      check("rms_norm",
+            kernels::rms_norm_backward(x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(), rstd.data_ptr<float>(),
+                                       grad_y_c.data_ptr(), storage_of(grad_y), rows, dim, dx.data_ptr(),
+                                       with_gain ? partials.data_ptr<float>() : nullptr, stream()));
       return {dx, with_gain ? partials.sum(0) : no_gain_gradient(gain)};
     }
 #endif
@@ -189,9 +189,9 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
       rstd_sizes.back() = 1;
       y = torch::empty(x.sizes(), x.options().dtype(y_dtype));
       rstd = torch::empty(rstd_sizes, x.options().dtype(torch::kFloat32));
-      check("rms_norm", kernels::rms_norm_forward(x.contiguous().data_ptr(), storage_of(x), gain.data_ptr<float>(), rows,
-                                                  dim, eps, y.data_ptr(), storage_of(y_dtype), rstd.data_ptr<float>(),
-                                                  stream()));
+      check("rms_norm",
+            kernels::rms_norm_forward(x.contiguous().data_ptr(), storage_of(x), gain.data_ptr<float>(), rows, dim, eps,
+                                      y.data_ptr(), storage_of(y_dtype), rstd.data_ptr<float>(), stream()));
     }
 #endif
     if (!y.defined()) {

@@ -1,9 +1,8 @@
 #include "ttt/inner_loop.h"
 
-#include <algorithm>
-
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "common/error.h"
