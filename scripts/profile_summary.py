@@ -6,7 +6,8 @@
 For each trace: the wall span of the profiled run, the time the GPU was busy (kernels and
 copies, overlaps merged) and idle (launch overhead, host work, synchronisation), kernels
 per class (GEMM, attention, softmax/loss, elementwise, reductions, copies), the top kernels,
-and the host's most frequent operators (how many launches the engine asks for)."""
+the GPU time per autograd node (eager runs) and the host's most frequent operators (how
+many launches the engine asks for)."""
 import bisect
 import collections
 import json
@@ -71,6 +72,40 @@ def phases(events, device, launches):
         print(f"{name[:34]:<34} {host / 1e3:9.2f} {gpu / 1e3:9.2f} {count:6d}")
 
 
+def by_node(events, host_ops, device, top=15):
+    """GPU time per autograd node (the backward function whose evaluation launched the
+    kernels; "forward: op" for kernels launched outside any), found through each kernel's
+    launch and the host operators that enclose it on the launching thread."""
+    # Every runtime or driver call with a correlation id (cuBLAS launches through the driver).
+    launched = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    per_thread = collections.defaultdict(list)
+    for op in host_ops:
+        per_thread[op["tid"]].append(op)
+    starts = {}
+    for tid, ops in per_thread.items():
+        ops.sort(key=lambda op: op["ts"])
+        starts[tid] = [op["ts"] for op in ops]
+    prefix = "autograd::engine::evaluate_function: "
+    table = collections.defaultdict(lambda: [0.0, 0])
+    for kernel in device:
+        launch = launched.get(kernel.get("args", {}).get("correlation"))
+        node = "?"
+        if launch is not None and launch["tid"] in per_thread:
+            ops, ts = per_thread[launch["tid"]], launch["ts"]
+            enclosing = [op["name"] for op in ops[max(0, bisect.bisect_right(starts[launch["tid"]], ts) - 400):
+                                                 bisect.bisect_right(starts[launch["tid"]], ts)]
+                         if op["ts"] + op["dur"] >= ts]
+            nodes = [name[len(prefix):] for name in enclosing if name.startswith(prefix)]
+            node = nodes[-1] if nodes else "forward: " + (enclosing[0] if enclosing else "?")
+        node = re.sub(r"torch::autograd::CppNode<(?:ttt::)?(?:\(anonymous namespace\)::)?(\w+)>", r"\1", node)
+        table[node][0] += kernel["dur"]
+        table[node][1] += 1
+    print(f"{'GPU ms by autograd node':<48} {'ms':>8} {'count':>7}")
+    for name, (dur, count) in sorted(table.items(), key=lambda kv: -kv[1][0])[:top]:
+        print(f"  {name[:46]:<46} {dur / 1e3:8.2f} {count:7d}")
+
+
 def summarise(path):
     with open(path) as f:
         trace = json.load(f)
@@ -103,6 +138,7 @@ def summarise(path):
     for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
         print(f"  {dur / 1e3:8.2f} ms {count:6d}x  {name[:110]}")
     phases(events, device, launches)
+    by_node(events, host_ops, device)
     ops = collections.Counter(e.get("name", "?") for e in host_ops)
     print("most frequent host ops:", ", ".join(f"{name} {n}" for name, n in ops.most_common(12)))
     print()
