@@ -258,8 +258,8 @@ void run_bench(const BenchOptions& options) {
         for (const int64_t context : mode == "train" ? std::vector<int64_t>{options.train_context} : contexts) {
           json row = {{"size", size}, {"variant", variant}, {"mode", mode}, {"context", context},
                       {"params", count_params(config, inference)}};
-          // Each row from an unfragmented allocator: the 3B training step ran out of memory
-          // after the evaluation rows with 73 GiB cached but free.
+          // Each row from an allocator without cached blocks: its memory peaks are its own,
+          // not what the rows before left reserved.
           release_cached_device_memory(compute.device);
           reset_device_memory_peaks(compute.device);
           try {

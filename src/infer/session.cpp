@@ -155,10 +155,8 @@ void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int6
   const torch::Tensor step_size = inner_step_size(config_, 1.0, params_.final_norm);
   const bool ahead = fused_attention_available(params_.final_norm);
   const int64_t first = ahead ? config_.first_suffix_block() : 0;
-  if (ahead && !graphs_checked_) {
-    graphs_ = ChunkGraphs::where_supported(config_, params_);  // under feed's matmul dtype, as later calls
-    graphs_checked_ = true;
-  }
+  // Made under feed's matmul dtype, as every later call is; null where not supported.
+  if (ahead && !graphs_) graphs_ = ChunkGraphs::where_supported(config_, params_);
   const int64_t span = run_ahead_tokens(config_, chunks * b);
   torch::Tensor hidden;  // the blocks before the fast weights on tokens from hidden_start
   int64_t hidden_start = 0;

@@ -74,8 +74,7 @@ class Session {
   int64_t position_ = 0;
   int64_t inner_steps_ = 0;
   torch::Tensor last_logits_;
-  std::unique_ptr<ChunkGraphs> graphs_;  // made at the first whole chunk where supported
-  bool graphs_checked_ = false;
+  std::unique_ptr<ChunkGraphs> graphs_;  // made at the first whole chunks where supported
 };
 
 }  // namespace ttt
