@@ -20,14 +20,6 @@ namespace {
 
 int64_t bytes_of(const torch::Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0; }
 
-int64_t cache_bytes(const KvCache& cache) {
-  int64_t bytes = 0;
-  for (const LayerCache& layer : cache.layers) {
-    bytes += bytes_of(layer.keys) + bytes_of(layer.values) + bytes_of(layer.positions);
-  }
-  return bytes;
-}
-
 // A checksum of the model's weights: a restored session must run on the weights it was
 // saved with, not only on the same config. Taken over the weights rounded to bf16, so the
 // same model in fp32 or as params_for_inference cast it, on any device, gives it.
@@ -58,26 +50,27 @@ bool same_fingerprint(const std::string& saved, const std::pair<double, double>&
 }
 
 void put_cache(std::map<std::string, torch::Tensor>& tensors, const std::string& prefix, const KvCache& cache) {
-  for (size_t l = 0; l < cache.layers.size(); ++l) {
-    if (!cache.layers[l].keys.defined()) continue;
-    tensors[prefix + std::to_string(l) + ".keys"] = cache.layers[l].keys;
-    tensors[prefix + std::to_string(l) + ".values"] = cache.layers[l].values;
+  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+    const KvEntries& entries = cache.entries(l);
+    if (entries.rows() == 0) continue;
+    tensors[prefix + std::to_string(l) + ".keys"] = entries.keys;
+    tensors[prefix + std::to_string(l) + ".values"] = entries.values;
   }
 }
 
 // The cache's entries are the tokens just before `end`: their positions follow from that.
 // Keys and values come in the dtype the session computes them in, on its device.
-KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, int64_t n_layers, int64_t end,
+KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, const ModelConfig& config, int64_t end,
                   const torch::TensorOptions& options) {
-  KvCache cache(n_layers);
-  for (int64_t l = 0; l < n_layers; ++l) {
+  KvCache cache = KvCache::for_inference(config);
+  for (int64_t l = 0; l < config.n_layers; ++l) {
     const auto keys = file.tensors.find(prefix + std::to_string(l) + ".keys");
     const auto values = file.tensors.find(prefix + std::to_string(l) + ".values");
     if (keys == file.tensors.end() || values == file.tensors.end()) continue;
     const int64_t length = keys->second.size(0);
     require(values->second.sizes() == keys->second.sizes() && length <= end, "inconsistent cache " + prefix);
-    cache.layers[l] = {keys->second.to(options), values->second.to(options),
-                       torch::arange(end - length, end, options.dtype(torch::kInt64))};
+    cache.assign(l, {keys->second.to(options), values->second.to(options),
+                     torch::arange(end - length, end, options.dtype(torch::kInt64))});
   }
   return cache;
 }
@@ -89,17 +82,17 @@ Session::Session(const ModelConfig& config, const Params& params)
       params_(params),
       device_(params.final_norm.device()),
       matmul_dtype_(inference_matmul_dtype(params)),
-      cache_(config.n_layers),
-      chunk_start_cache_(config.n_layers) {
+      state_{{}, KvCache::for_inference(config)},
+      chunk_start_cache_(KvCache::for_inference(config)) {
   reset();
 }
 
 Session::~Session() = default;
 
 void Session::reset() {
-  weights_ = detach_fast_weights(initial_fast_weights(config_, params_), /*requires_grad=*/false);
-  cache_ = KvCache(config_.n_layers);
-  chunk_start_cache_ = KvCache(config_.n_layers);
+  state_ = {detach_fast_weights(initial_fast_weights(config_, params_), /*requires_grad=*/false),
+            KvCache::for_inference(config_)};
+  chunk_start_cache_ = KvCache::for_inference(config_);
   pending_.clear();
   position_ = 0;
   inner_steps_ = 0;
@@ -123,26 +116,18 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
   const MatmulDtypeGuard precision(matmul_dtype_);
   const torch::Tensor tokens = host_tokens.to(device_);
   const int64_t b = config_.mini_batch;
-  const FastWeights* prime = config_.is_ttt() ? &weights_ : nullptr;
   // Spans end at the current chunk's end, so that none crosses an inner step; fa on a fused
   // kernel takes the whole feed at once (flash attention's causal square when fresh).
   const bool whole = config_.attention_window() == 0 && fused_attention_available(params_.final_norm);
   for (int64_t i = 0; i < n;) {
     if (config_.is_ttt() && static_cast<int64_t>(pending_.size()) == b) train_on_pending(ids[i]);
     int64_t length = whole ? n - i : std::min(n - i, b - static_cast<int64_t>(pending_.size()));
-    const torch::Tensor span = tokens.narrow(0, i, length);
     if (config_.is_ttt() && pending_.empty() && i + length < n && length == b) {
-      // Whole chunks with their last targets in this feed.
-      const int64_t chunks = (n - i - 1) / b;
+      const int64_t chunks = (n - i - 1) / b;  // whole chunks with their last targets in this feed
       run_whole_chunks(tokens, i, chunks);
       length = chunks * b;
     } else {
-      if (config_.is_ttt() && pending_.empty()) chunk_start_cache_ = cache_;
-      torch::NoGradGuard no_grad;
-      // Only the last position's logits are wanted: the head runs on that one alone.
-      const torch::Tensor h = hidden_states(config_, params_, span, position_, cache_, config_.n_layers, prime);
-      last_logits_ = lm_logits(config_, params_, h.narrow(0, length - 1, 1))[0].to(h.scalar_type());
-      if (config_.is_ttt()) pending_.insert(pending_.end(), ids + i, ids + i + length);
+      read_span(tokens.narrow(0, i, length), ids + i);
     }
     position_ += length;
     i += length;
@@ -150,69 +135,53 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
   return last_logits_;
 }
 
+void Session::read_span(const torch::Tensor& span, const int64_t* ids) {
+  const int64_t length = span.size(0);
+  if (config_.is_ttt() && pending_.empty()) chunk_start_cache_ = state_.cache;
+  torch::NoGradGuard no_grad;
+  const FastWeights* prime = config_.is_ttt() ? &state_.weights : nullptr;
+  const torch::Tensor h = hidden_states(config_, params_, span, position_, state_.cache, config_.n_layers, prime);
+  // Only the last position's logits are wanted: the head runs on that one alone.
+  last_logits_ = lm_logits(config_, params_, h.narrow(0, length - 1, 1))[0].to(h.scalar_type());
+  if (config_.is_ttt()) pending_.insert(pending_.end(), ids, ids + length);
+}
+
 void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks) {
-  const int64_t b = config_.mini_batch;
-  const torch::Tensor step_size = inner_step_size(config_, 1.0, params_.final_norm);
+  const int64_t n = chunks * config_.mini_batch;
+  const torch::Tensor inputs = tokens.narrow(0, offset, n), targets = tokens.narrow(0, offset + 1, n);
   const bool ahead = fused_attention_available(params_.final_norm);
-  const int64_t first = ahead ? config_.first_suffix_block() : 0;
   // Made under feed's matmul dtype, as every later call is; null where not supported.
   if (ahead && !graphs_) graphs_ = ChunkGraphs::where_supported(config_, params_);
-  const int64_t span = run_ahead_tokens(config_, chunks * b);
-  torch::Tensor hidden;  // the blocks before the fast weights on tokens from hidden_start
-  int64_t hidden_start = 0;
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t start = offset + c * b, position = position_ + c * b;
-    if (ahead && (!hidden.defined() || start >= hidden_start + hidden.size(0))) {
-      torch::NoGradGuard no_grad;
-      hidden = hidden_states(config_, params_, tokens.narrow(0, start, std::min(span, (chunks - c) * b)), position,
-                             cache_, first);
-      hidden_start = start;
-    }
-    const torch::Tensor h =
-        ahead ? hidden.narrow(0, start - hidden_start, b) : embed_tokens(params_, tokens.narrow(0, start, b));
-    const torch::Tensor targets = tokens.narrow(0, start + 1, b);
-    const torch::Tensor positions = span_positions(position, b, device_);
-    ChunkStep step = graphs_ ? graphs_->step(params_, h, targets, positions, cache_, weights_, step_size)
-                             : run_chunk(config_, params_, h, first, targets, positions, cache_, weights_,
-                                         /*update=*/true, step_size, OuterGradient::kNone);
-    weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
-    cache_.detach();
-    ++inner_steps_;
-  }
-  if (graphs_) {
-    // The state out of the graphs' buffers, which their next replay overwrites.
-    for (MlpParams& w : weights_) w = {w.w1.clone(), w.w2.clone(), w.w3.clone()};
-    for (LayerCache& layer : cache_.layers) {
-      if (layer.keys.defined()) layer = {layer.keys.clone(), layer.values.clone(), layer.positions.clone()};
-    }
-  }
+  ChunkInputs chunk_inputs = ahead ? ChunkInputs::run_ahead(config_, params_, inputs, config_.first_suffix_block(),
+                                                            /*with_graph=*/false)
+                                   : ChunkInputs::embedded(params_, inputs);
+  const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), graphs_.get()};
+  scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position_, /*update_last=*/true),
+              state_, scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
 }
 
 void Session::train_on_pending(int64_t next) {
   const MatmulDtypeGuard precision(matmul_dtype_);
+  const int64_t length = static_cast<int64_t>(pending_.size());
   std::vector<int64_t> targets(pending_.begin() + 1, pending_.end());
   targets.push_back(next);
-  KvCache cache = chunk_start_cache_;
-  const int64_t start = position_ - static_cast<int64_t>(pending_.size());
-  ChunkStep step =
-      run_chunk(config_, params_, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)), 0,
-                torch::tensor(targets, torch::kInt64).to(device_),
-                span_positions(start, static_cast<int64_t>(pending_.size()), device_), cache, weights_,
-                /*update=*/true, inner_step_size(config_, 1.0, params_.final_norm), OuterGradient::kNone);
-  weights_ = detach_fast_weights(step.next_weights, /*requires_grad=*/false);
-  cache.detach();
-  // The recomputed cache replaces the one built token by token: the same entries, computed
-  // as `ttt eval` computes them.
-  cache_ = cache;
+  // The chunk recomputed from the cache it began with, as `ttt eval` computes it: the
+  // recomputed cache replaces the one built token by token (the same entries).
+  ScanState state{state_.weights, chunk_start_cache_};
+  const ChunkSpan chunk{0, 0, length, position_ - length, /*update=*/true};
+  const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), nullptr};
+  step_chunk(config_, params_, chunk, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)), 0,
+             torch::tensor(targets, torch::kInt64).to(device_), state, scan);
+  state_ = std::move(state);
   pending_.clear();
   ++inner_steps_;
 }
 
 void Session::save(const std::string& path) const {
   std::map<std::string, torch::Tensor> tensors;
-  const std::vector<torch::Tensor> weights = flatten(weights_);
+  const std::vector<torch::Tensor> weights = flatten(state_.weights);
   for (size_t i = 0; i < weights.size(); ++i) tensors["fast." + std::to_string(i)] = weights[i];
-  put_cache(tensors, "cache.", cache_);
+  put_cache(tensors, "cache.", state_.cache);
   put_cache(tensors, "chunk_start_cache.", chunk_start_cache_);
   if (last_logits_.defined()) tensors["last_logits"] = last_logits_;
   std::string pending;
@@ -255,16 +224,15 @@ void Session::restore(const std::string& path) {
     }
     const torch::TensorOptions cache_options =
         torch::TensorOptions().device(device_).dtype(matmul_dtype_.value_or(params_.final_norm.scalar_type()));
-    KvCache cache = get_cache(file, "cache.", config_.n_layers, position, cache_options);
-    KvCache chunk_start_cache = get_cache(file, "chunk_start_cache.", config_.n_layers,
+    KvCache cache = get_cache(file, "cache.", config_, position, cache_options);
+    KvCache chunk_start_cache = get_cache(file, "chunk_start_cache.", config_,
                                           position - static_cast<int64_t>(pending.size()), cache_options);
     const auto logits = file.tensors.find("last_logits");
     const int64_t inner_steps = std::stoll(meta("inner_steps"));
     // Nothing changes unless everything was read.
     last_logits_ = logits == file.tensors.end() ? torch::Tensor() : logits->second.to(device_);
-    cache_ = std::move(cache);
+    state_ = {std::move(weights), std::move(cache)};
     chunk_start_cache_ = std::move(chunk_start_cache);
-    weights_ = std::move(weights);
     pending_ = std::move(pending);
     position_ = position;
     inner_steps_ = inner_steps;
@@ -274,9 +242,9 @@ void Session::restore(const std::string& path) {
 }
 
 int64_t Session::state_bytes() const {
-  int64_t bytes = cache_bytes(cache_) + cache_bytes(chunk_start_cache_) +
+  int64_t bytes = state_.cache.bytes() + chunk_start_cache_.bytes() +
                   static_cast<int64_t>(pending_.size() * sizeof(int64_t)) + bytes_of(last_logits_);
-  for (const torch::Tensor& t : flatten(weights_)) bytes += bytes_of(t);
+  for (const torch::Tensor& t : flatten(state_.weights)) bytes += bytes_of(t);
   return bytes;
 }
 

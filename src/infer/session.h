@@ -15,7 +15,8 @@
 
 #include "config/model_config.h"
 #include "model/params.h"
-#include "model/transformer.h"
+#include "model/kv_cache.h"
+#include "ttt/chunk_scan.h"
 
 namespace ttt {
 
@@ -58,17 +59,18 @@ class Session {
   // recomputed from the cache as it was when the chunk began (as `ttt eval` computes it).
   void train_on_pending(int64_t next);
   // `chunks` whole chunks of tokens[offset...] from position_ on, each with its last target
-  // in `tokens`, as `ttt eval` takes them: on a GPU, the blocks before the fast weights run
-  // ahead over many chunks at once and the chunk steps replay CUDA graphs. The caller
-  // advances position_.
+  // in `tokens`, by the chunk scan as `ttt eval` runs it: on a GPU, the blocks before the
+  // fast weights run ahead over many chunks at once and the chunk steps replay CUDA graphs.
+  // The caller advances position_.
   void run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks);
+  // A span that ends at or before the pending chunk's end: attended, the last logits kept.
+  void read_span(const torch::Tensor& span, const int64_t* ids);
 
   const ModelConfig config_;
   const Params params_;
   const torch::Device device_;
   const std::optional<torch::Dtype> matmul_dtype_;
-  FastWeights weights_;
-  KvCache cache_;
+  ScanState state_;              // fast weights and the cache after every token read
   KvCache chunk_start_cache_;    // ttt-e2e: the cache before the pending chunk's first token
   std::vector<int64_t> pending_;  // ttt-e2e: inputs of the current chunk, not yet trained on
   int64_t position_ = 0;

@@ -13,9 +13,6 @@ namespace ttt {
 namespace {
 
 thread_local std::optional<torch::Dtype> g_matmul_dtype;
-// What ComposableKernelsGuard set: fused kernels, composable ones, or fused until the fast weights.
-enum KernelMode { kFused, kComposable, kComposableFromFastWeights };
-thread_local int g_kernel_mode = kFused;
 
 }  // namespace
 
@@ -58,19 +55,6 @@ MatmulDtypeGuard::MatmulDtypeGuard(std::optional<torch::Dtype> dtype) : previous
   g_matmul_dtype = dtype;
 }
 MatmulDtypeGuard::~MatmulDtypeGuard() { g_matmul_dtype = previous_; }
-
-bool fused_kernels_allowed() { return g_kernel_mode != kComposable; }
-
-ComposableKernelsGuard::ComposableKernelsGuard(ComposableFrom from) : previous_(g_kernel_mode) {
-  if (g_kernel_mode != kComposable) {
-    g_kernel_mode = from == ComposableFrom::kNow ? kComposable : kComposableFromFastWeights;
-  }
-}
-ComposableKernelsGuard::~ComposableKernelsGuard() { g_kernel_mode = previous_; }
-
-void fast_weights_in_use() {
-  if (g_kernel_mode == kComposableFromFastWeights) g_kernel_mode = kComposable;
-}
 
 std::optional<DeviceMemory> device_memory(const torch::Device& device) {
 #if TTT_WITH_CUDA

@@ -43,26 +43,6 @@ class MatmulDtypeGuard {
   std::optional<torch::Dtype> previous_;
 };
 
-// Fused kernels (attention, SwiGLU's gate) have no double backward: code that
-// differentiates twice through the network (the exact meta-gradient) holds this guard and
-// gets the composable implementations instead. Only what comes after the fast weights is
-// differentiated twice (the inner gradient's graph starts there): with kFastWeights the
-// kernels stay fused until the network first uses them (fast_weights_in_use()).
-bool fused_kernels_allowed();
-enum class ComposableFrom { kNow, kFastWeights };
-class ComposableKernelsGuard {
- public:
-  explicit ComposableKernelsGuard(ComposableFrom from = ComposableFrom::kNow);
-  ~ComposableKernelsGuard();
-  ComposableKernelsGuard(const ComposableKernelsGuard&) = delete;
-  ComposableKernelsGuard& operator=(const ComposableKernelsGuard&) = delete;
-
- private:
-  int previous_;
-};
-// Where the network first uses the fast weights: a guard made with kFastWeights turns
-// composable from here on.
-void fast_weights_in_use();
 
 // GPU memory of the caching allocator on `device` since the last reset (or the start): the
 // peak of what tensors held and of what the allocator reserved from the driver (tensors,

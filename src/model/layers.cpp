@@ -288,7 +288,7 @@ class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
   }
 };
 
-// kernels/swiglu.h as an autograd function (first order: ComposableKernelsGuard applies).
+// kernels/swiglu.h as an autograd function, first order only (Order::kFirst).
 class FusedSwigluGate : public torch::autograd::Function<FusedSwigluGate> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a, const torch::Tensor& b) {
@@ -427,14 +427,14 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optio
 }
 
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional<torch::Dtype> hidden,
-                     std::optional<torch::Dtype> out) {
+                     std::optional<torch::Dtype> out, Order order) {
   const torch::Dtype inner = hidden.value_or(x.scalar_type());
   const torch::Tensor operand = matmul_operand(x);  // cast once for both input projections
 #if TTT_WITH_CUDA_KERNELS
   // The gate in one kernel on the products as they are (kernels/swiglu.h), where the product
   // is fp32 and the products fp32 or bf16.
   const torch::Dtype narrow = operand.scalar_type();
-  if (x.is_cuda() && fused_kernels_allowed() && inner == torch::kFloat32 &&
+  if (x.is_cuda() && order == Order::kFirst && inner == torch::kFloat32 &&
       (narrow == torch::kFloat32 || narrow == torch::kBFloat16)) {
     const torch::Tensor gate = FusedSwigluGate::apply(project(operand, mlp.w1, narrow).contiguous(),
                                                       project(operand, mlp.w3, narrow).contiguous());
@@ -492,14 +492,14 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
 }
 
 bool fused_attention_available(const torch::Tensor& like) {
-  return TORCH_VERSION_MAJOR >= 2 && like.is_cuda() && like.scalar_type() != torch::kFloat64 &&
-         fused_kernels_allowed();
+  return TORCH_VERSION_MAJOR >= 2 && like.is_cuda() && like.scalar_type() != torch::kFloat64;
 }
 
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                          const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window) {
+                          const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
+                          Order order) {
 #if TORCH_VERSION_MAJOR >= 2
-  if (fused_attention_available(q)) {
+  if (order == Order::kFirst && fused_attention_available(q)) {
     const int64_t Tq = q.size(0), Tk = k.size(0), H = q.size(1), d = q.size(2);
     // From the sizes alone: keys are the cache (tokens just before the span) then the span.
     const bool all_visible = Tq == 1 && (window == 0 || Tk <= window);
@@ -547,7 +547,7 @@ torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& target
 #if TTT_WITH_CUDA_KERNELS
   // One read of the logits in their dtype, no [T, V] intermediates (the composable form
   // below casts bf16 logits to fp32 first, then writes fp32 log-probabilities). Differentiable
-  // twice, so ComposableKernelsGuard does not apply.
+  // twice: every order the engine asks for.
   const torch::Dtype type = logits.scalar_type();
   if (logits.is_cuda() && logits.dim() == 2 &&
       (type == torch::kBFloat16 || type == torch::kHalf || type == torch::kFloat32)) {

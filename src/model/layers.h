@@ -10,6 +10,20 @@
 
 namespace ttt {
 
+// How many times autograd will differentiate a primitive's result. Each primitive runs its
+// fused kernel only where the kernel supports that order, plain ops elsewhere (MLX's rule: a
+// fast path with a composable fallback), so the choice is the caller's argument, never a
+// mode. The exact meta-gradient differentiates what follows the fast weights twice (the
+// inner gradient, then the outer gradient through it); everything else at most once.
+// Orders the fused paths support, on CUDA:
+//   rms_norm     any (kernels to the second order, plain ops from the third; no argument)
+//   token_nll    2   (its backward is a kernel with a kernel backward; the engine needs no more)
+//   rope         any (a rotation: its backward is the inverse rotation)
+//   swiglu gate  1
+//   attention    1 for cuDNN's and flash's kernels; 2 for the composable form, whose
+//                probabilities are kernels with a kernel backward
+enum class Order { kFirst = 1, kSecond = 2 };
+
 // x / sqrt(mean(x^2) + eps) * gain over the last axis, computed in at least fp32 and
 // returned in `out` (default: x's dtype). A bf16 x is a matmul's output, a bf16 `out` the
 // next matmul's input: on CUDA one kernel reads and writes them as they are.
@@ -28,9 +42,9 @@ torch::Dtype matmul_dtype_for(const torch::Tensor& x);
 torch::Tensor matmul_operand(const torch::Tensor& x);
 
 // (silu(x @ w1) * (x @ w3)) @ w2, the product silu(.) * (.) in `hidden` (default: x's
-// dtype), the result in `out` (default: `hidden`).
+// dtype), the result in `out` (default: `hidden`); the gate a fused kernel for Order::kFirst.
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional<torch::Dtype> hidden = std::nullopt,
-                     std::optional<torch::Dtype> out = std::nullopt);
+                     std::optional<torch::Dtype> out = std::nullopt, Order order = Order::kFirst);
 
 // Rotates adjacent pairs (x[2j], x[2j+1]) of x [T, H, d] by angle t * theta^(-2j/d), t the
 // token's absolute position (positions: [T], int64). Angles are computed in fp64, once per
@@ -54,19 +68,22 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask);
 
-// Whether attend_span would run a fused kernel for tensors on `like`'s device.
+// Whether attend_span runs a fused kernel at Order::kFirst for tensors like `like` (CUDA
+// with libtorch 2.x, not fp64): where it does, the blocks before the fast weights run ahead
+// over long spans.
 bool fused_attention_available(const torch::Tensor& like);
 
 // Attention of a span of Tq queries at consecutive positions over Tk = S + Tq keys: the S
 // cached tokens just before the span, then the span itself, with the visibility rule of
-// attention_mask for `window`. On CUDA with libtorch 2.x, unless a
-// ComposableKernelsGuard is held, it runs fused kernels: scaled_dot_product_attention
-// for a causal square or a single query, the flash kernel with its sliding window for the
-// rest in bf16/fp16 (whole tiles outside the window skipped), the memory-efficient kernel
-// with the band mask in fp32; elsewhere `attend`. The mask is only built where needed.
-// Returns what `attend` returns, in the same dtype.
+// attention_mask for `window`. Where fused_attention_available and at Order::kFirst it
+// runs fused kernels: scaled_dot_product_attention for a causal square or a single query,
+// the flash kernel with its sliding window for the rest in bf16/fp16 (whole tiles outside
+// the window skipped), the memory-efficient kernel with the band mask in fp32; elsewhere
+// `attend` (on CUDA with its probabilities in kernels, differentiable twice). The mask is
+// only built where needed. Returns what `attend` returns, in the same dtype.
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                          const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window);
+                          const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
+                          Order order = Order::kFirst);
 
 // Per-token negative log-likelihood of `targets` [T] under `logits` [T, V], in at least fp32.
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets);

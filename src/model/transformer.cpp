@@ -1,7 +1,5 @@
 #include "model/transformer.h"
 
-#include <algorithm>
-
 #include <torch/torch.h>
 
 #include "common/error.h"
@@ -11,90 +9,31 @@
 namespace ttt {
 namespace {
 
-// Appends a span to an fa cache in its growing buffers (see LayerCache): amortised O(span)
-// instead of a copy of the whole cache per step.
-void append_in_place(LayerCache& cache, GrowingStore& store, const torch::Tensor& k, const torch::Tensor& v,
-                     const torch::Tensor& positions) {
-  const int64_t used = cache.keys.defined() ? cache.keys.size(0) : 0, T = k.size(0);
-  // In place only where the cache shows this store's rows, all of them, and there is room.
-  const bool writable = store.rows && *store.rows == used && used + T <= store.keys.size(0) &&
-                        (used == 0 || cache.keys.data_ptr() == store.keys.data_ptr());
-  if (!writable) {
-    // Room for as many rows again as the cache had: amortised O(1) per token when decoding,
-    // no slack for a prompt read in one span.
-    const int64_t capacity = std::max<int64_t>(2 * used + T, 256);
-    auto grown = [&](const torch::Tensor& like, const torch::Tensor& rows) {
-      std::vector<int64_t> shape = like.sizes().vec();
-      shape[0] = capacity;
-      torch::Tensor buffer = torch::empty(shape, like.options());
-      if (used > 0) buffer.narrow(0, 0, used).copy_(rows);
-      return buffer;
-    };
-    store = {grown(k, cache.keys), grown(v, cache.values), grown(positions, cache.positions),
-             std::make_shared<int64_t>(used)};
-  }
-  store.keys.narrow(0, used, T).copy_(k);
-  store.values.narrow(0, used, T).copy_(v);
-  store.positions.narrow(0, used, T).copy_(positions);
-  *store.rows = used + T;
-  cache.keys = store.keys.narrow(0, 0, used + T);
-  cache.values = store.values.narrow(0, 0, used + T);
-  cache.positions = store.positions.narrow(0, 0, used + T);
-}
-
 // Attention_i of SPEC section 3 for the span, extending the block's cache. `a` is the
 // projections' input already in the matmul dtype; q and k are normed and rotated in the
-// residual stream's dtype `wide`; the result is in the matmul dtype (the post-norm reads it).
-torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const torch::Tensor& a, torch::Dtype wide,
-                        const torch::Tensor& positions, const RopeTable& rotation, bool keep_entries, LayerCache& cache,
-                        GrowingStore& store) {
+// residual stream's dtype; the result is in the matmul dtype (the post-norm reads it).
+torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const torch::Tensor& a,
+                        torch::Dtype residual_dtype, const torch::Tensor& positions, const RopeTable& rotation,
+                        KvCache& cache, int64_t block, Order order) {
   const int64_t T = a.size(0), H = c.n_heads, d = c.head_dim();
-  const torch::Dtype narrow = a.scalar_type();
+  const torch::Dtype matmul = a.scalar_type();
   // Products stay in the matmul dtype: the norms read them as they are, values go to the
   // cache so (half the memory of fp32: fa at 128K).
-  torch::Tensor q = project(a, p.wq, narrow).reshape({T, H, d});
-  torch::Tensor k = project(a, p.wk, narrow).reshape({T, H, d});
-  const torch::Tensor v = project(a, p.wv, narrow).reshape({T, H, d});
+  torch::Tensor q = project(a, p.wq, matmul).reshape({T, H, d});
+  torch::Tensor k = project(a, p.wk, matmul).reshape({T, H, d});
+  const torch::Tensor v = project(a, p.wv, matmul).reshape({T, H, d});
   if (c.qk_norm) {
-    q = rms_norm(q, p.q_norm, c.rms_eps, wide);
-    k = rms_norm(k, p.k_norm, c.rms_eps, wide);
+    q = rms_norm(q, p.q_norm, c.rms_eps, residual_dtype);
+    k = rms_norm(k, p.k_norm, c.rms_eps, residual_dtype);
   }
-  q = rope(q.to(wide), rotation);
-  k = rope(k.to(wide), rotation).to(narrow);
-
-  const int64_t window = c.attention_window();
-  if (!keep_entries) {
-    require(!cache.keys.defined(), "internal: a cache that keeps nothing already holds entries");
-    return project(attend_span(q, k, v, positions, positions, window), p.wo, narrow);
-  }
-  if (window == 0 && !torch::GradMode::is_enabled()) {
-    append_in_place(cache, store, k, v, positions);
-    return project(attend_span(q, cache.keys, cache.values, positions, cache.positions, 0), p.wo, narrow);
-  }
-  // With autograd (meta-learning through the cache) or a window: new tensors each step.
-  const bool empty = !cache.keys.defined();
-  const torch::Tensor keys = empty ? k : torch::cat({cache.keys, k});
-  const torch::Tensor values = empty ? v : torch::cat({cache.values, v});
-  const torch::Tensor all_positions = empty ? positions : torch::cat({cache.positions, positions});
-  const torch::Tensor out = attend_span(q, keys, values, positions, all_positions, window);
-
-  // A later query at position t needs keys down to t - (window - 1): keep window-1 tokens.
-  const int64_t keep = all_positions.size(0);
-  const int64_t kept = window > 0 ? std::min(keep, window - 1) : keep;
-  cache = {keys.narrow(0, keep - kept, kept), values.narrow(0, keep - kept, kept),
-           all_positions.narrow(0, keep - kept, kept)};
-  return project(out, p.wo, narrow);
+  q = rope(q.to(residual_dtype), rotation);
+  k = rope(k.to(residual_dtype), rotation).to(matmul);
+  const KvEntries seen = cache.extend(block, {k, v, positions});
+  return project(attend_span(q, seen.keys, seen.values, positions, seen.positions, c.attention_window(), order), p.wo,
+                 matmul);
 }
 
 }  // namespace
-
-void KvCache::detach() {
-  for (auto& layer : layers) {
-    if (!layer.keys.defined()) continue;
-    layer.keys = layer.keys.detach();
-    layer.values = layer.values.detach();
-  }
-}
 
 torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
   // The residual stream is in the gains' dtype, also where the embedding is stored for matmuls.
@@ -102,26 +41,29 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
 }
 
 torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
-                         KvCache& cache, int64_t first, int64_t last, const FastWeights* prime) {
+                         KvCache& cache, int64_t first, int64_t last, const FastWeights* prime,
+                         Order after_fast_weights) {
   if (first >= last) return h;
   const double eps = c.rms_eps;
-  // The residual stream, the norms and SwiGLU's product in `wide`; the pre-norms write the
-  // matmuls' inputs in `narrow` (the matmul dtype), the post-norms read their outputs so.
-  const torch::Dtype wide = h.scalar_type(), narrow = matmul_dtype_for(h);
-  const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, wide);
+  // The residual stream, the norms and SwiGLU's product in the residual dtype; the pre-norms
+  // write the matmuls' inputs in the matmul dtype, the post-norms read their outputs so.
+  const torch::Dtype residual = h.scalar_type(), matmul = matmul_dtype_for(h);
+  const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, residual);
+  Order order = Order::kFirst;  // what precedes the fast weights is differentiated at most once
   for (int64_t i = first; i < last; ++i) {
     const BlockParams& b = params.blocks[i];
-    const torch::Tensor a = rms_norm(h, b.attn_norm, eps, narrow);
-    h = h + rms_norm(attention(c, b.attn, a, wide, positions, rotation, cache.keep_entries, cache.layers[i],
-                               cache.stores[i]),
-                     b.attn_post_norm, eps, wide);
+    const torch::Tensor a = rms_norm(h, b.attn_norm, eps, matmul);
+    h = h + rms_norm(attention(c, b.attn, a, residual, positions, rotation, cache, i, order), b.attn_post_norm, eps,
+                     residual);
     if (c.has_prime(i)) {
       require(prime != nullptr, "internal: suffix block run without fast weights");
-      fast_weights_in_use();
+      order = after_fast_weights;
       const MlpParams& w = prime->at(i - c.first_suffix_block());
-      h = h + rms_norm(swiglu(rms_norm(h, b.prime_norm, eps, narrow), w, wide, narrow), b.prime_post_norm, eps, wide);
+      h = h + rms_norm(swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul, order), b.prime_post_norm,
+                       eps, residual);
     }
-    h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps, narrow), b.mlp, wide, narrow), b.mlp_post_norm, eps, wide);
+    h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul, order), b.mlp_post_norm,
+                     eps, residual);
   }
   return h;
 }

@@ -8,17 +8,22 @@
 #include "common/error.h"
 #include "model/compute.h"
 #include "model/layers.h"
+#include "ttt/chunk_scan.h"
 #include "ttt/graph_replay.h"
 
 namespace ttt {
 namespace {
 
-int64_t rows_of(const LayerCache& layer) { return layer.keys.defined() ? layer.keys.size(0) : 0; }
-
 // `to` holds `from`'s values unless it already is `from` (the previous step's
 // output).
 void adopt(const torch::Tensor& to, const torch::Tensor& from) {
   if (to.data_ptr() != from.data_ptr()) to.copy_(from);
+}
+
+// The first `rows` rows of a buffer of entries.
+KvEntries first_rows(const KvEntries& buffer, int64_t rows) {
+  if (rows == 0) return {};
+  return {buffer.keys.narrow(0, 0, rows), buffer.values.narrow(0, 0, rows), buffer.positions.narrow(0, 0, rows)};
 }
 
 }  // namespace
@@ -31,10 +36,56 @@ struct ChunkGraphs::State {
   int64_t max_rows = 0;  // cache rows kept: window - 1
   // Inputs, outputs and state, where every graph finds them.
   torch::Tensor hidden, targets, positions, step_size, nll, loss;
-  std::vector<LayerCache> caches;  // one per suffix block, max_rows rows
+  std::vector<KvEntries> caches;  // one per suffix block, max_rows rows
   FastWeights weights;
   GraphReplay graphs;  // one per cache length; destroyed before the buffers
+
+  void make_buffers(const torch::Tensor& hidden, const torch::Tensor& positions, const FastWeights& like,
+                    const torch::Tensor& like_step_size);
+  // The chunk step on the buffers, the cache holding `rows` rows, writing its results back into them.
+  void run(int64_t rows);
 };
+
+void ChunkGraphs::State::make_buffers(const torch::Tensor& like_hidden, const torch::Tensor& like_positions,
+                                      const FastWeights& like, const torch::Tensor& like_step_size) {
+  hidden = torch::empty_like(like_hidden, torch::MemoryFormat::Contiguous);
+  targets = torch::empty({config.mini_batch}, like_positions.options());
+  positions = torch::empty_like(like_positions, torch::MemoryFormat::Contiguous);
+  const auto kv_options = like_hidden.options().dtype(matmul_dtype.value_or(like_hidden.scalar_type()));
+  for (int64_t l = first; l < config.n_layers; ++l) {
+    caches.push_back({torch::empty({max_rows, config.n_heads, config.head_dim()}, kv_options),
+                      torch::empty({max_rows, config.n_heads, config.head_dim()}, kv_options),
+                      torch::empty({max_rows}, like_positions.options())});
+  }
+  for (const MlpParams& w : like) {
+    weights.push_back({torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)});
+  }
+  step_size = torch::empty_like(like_step_size);
+  nll = torch::empty({config.mini_batch}, like_hidden.options().dtype(torch::kFloat32));
+  loss = torch::empty({}, nll.options());
+}
+
+void ChunkGraphs::State::run(int64_t rows) {
+  const int64_t next_rows = std::min(rows + config.mini_batch, max_rows);
+  KvCache local = KvCache::window(config);
+  for (int64_t l = first; l < config.n_layers; ++l) local.assign(l, first_rows(caches[l - first], rows));
+  ChunkStep step;
+  {
+    torch::AutoGradMode grad_mode(true);
+    step = run_chunk(config, params, hidden, first, targets, positions, local, weights, /*update=*/true, step_size,
+                     OuterGradient::kNone);
+  }
+  for (int64_t l = first; l < config.n_layers; ++l) {
+    const KvEntries buffer = first_rows(caches[l - first], next_rows), result = local.entries(l);
+    buffer.keys.copy_(result.keys);
+    buffer.values.copy_(result.values);
+    buffer.positions.copy_(result.positions);
+  }
+  const std::vector<torch::Tensor> ours = flatten(weights), next = flatten(step.next_weights);
+  for (size_t i = 0; i < ours.size(); ++i) ours[i].copy_(next[i]);
+  nll.copy_(step.nll);
+  loss.copy_(step.loss);
+}
 
 bool ChunkGraphs::supported(const ModelConfig& config, const Params& params) {
   return cuda_graphs_enabled() && config.is_ttt() && config.attention_window() > 0 &&
@@ -68,86 +119,54 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
   require(params.final_norm.data_ptr() == s.params.final_norm.data_ptr() &&
               params.embed.data_ptr() == s.params.embed.data_ptr(),
           "internal: chunk graphs used with other parameters than their own");
-  require(matmul_dtype() == s.matmul_dtype && fused_kernels_allowed(),
-          "internal: chunk graphs used under another precision than their own");
+  require(matmul_dtype() == s.matmul_dtype, "internal: chunk graphs used under another precision than their own");
   require(hidden.size(0) == c.mini_batch, "internal: chunk graphs serve full chunks only");
-  const int64_t rows = rows_of(cache.layers[s.first]);
-  const int64_t next_rows = std::min(rows + c.mini_batch, s.max_rows);
+  const int64_t rows = cache.entries(s.first).rows();
   require(rows <= s.max_rows, "internal: a cache longer than the window");
 
   torch::NoGradGuard no_grad;
-  if (!s.hidden.defined()) {  // buffers shaped after the first chunk's tensors
-    s.hidden = torch::empty_like(hidden, torch::MemoryFormat::Contiguous);
-    s.targets = torch::empty_like(targets, torch::MemoryFormat::Contiguous);
-    s.positions = torch::empty_like(positions, torch::MemoryFormat::Contiguous);
-    const torch::Dtype kv_dtype = s.matmul_dtype.value_or(hidden.scalar_type());
-    const auto kv_options = hidden.options().dtype(kv_dtype);
-    for (int64_t l = s.first; l < c.n_layers; ++l) {
-      s.caches.push_back({torch::empty({s.max_rows, c.n_heads, c.head_dim()}, kv_options),
-                          torch::empty({s.max_rows, c.n_heads, c.head_dim()}, kv_options),
-                          torch::empty({s.max_rows}, positions.options())});
-    }
-    for (const MlpParams& w : weights) {
-      s.weights.push_back({torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)});
-    }
-    s.step_size = torch::empty_like(step_size);
-    s.nll = torch::empty({c.mini_batch}, hidden.options().dtype(torch::kFloat32));
-    s.loss = torch::empty({}, s.nll.options());
-  }
+  if (!s.hidden.defined()) s.make_buffers(hidden, positions, weights, step_size);
   s.hidden.copy_(hidden);
   s.targets.copy_(targets);
   s.positions.copy_(positions);
   s.step_size.copy_(step_size);
   for (int64_t l = s.first; l < c.n_layers; ++l) {
-    const LayerCache& from = cache.layers[l];
-    require(rows_of(from) == rows, "internal: suffix caches of different lengths");
+    const KvEntries& from = cache.entries(l);
+    require(from.rows() == rows, "internal: suffix caches of different lengths");
     if (rows == 0) continue;
-    const LayerCache& to = s.caches[l - s.first];
-    adopt(to.keys.narrow(0, 0, rows), from.keys);
-    adopt(to.values.narrow(0, 0, rows), from.values);
-    adopt(to.positions.narrow(0, 0, rows), from.positions);
+    const KvEntries to = first_rows(s.caches[l - s.first], rows);
+    adopt(to.keys, from.keys);
+    adopt(to.values, from.values);
+    adopt(to.positions, from.positions);
   }
   const std::vector<torch::Tensor> ours = flatten(s.weights), given = flatten(weights);
   for (size_t i = 0; i < ours.size(); ++i) adopt(ours[i], given[i]);
 
-  // The chunk step on the buffers, writing its results back into them.
-  const auto body = [&] {
-    KvCache local(c.n_layers);
-    for (int64_t l = s.first; l < c.n_layers && rows > 0; ++l) {
-      const LayerCache& buffer = s.caches[l - s.first];
-      local.layers[l] = {buffer.keys.narrow(0, 0, rows), buffer.values.narrow(0, 0, rows),
-                         buffer.positions.narrow(0, 0, rows)};
-    }
-    ChunkStep step;
-    {
-      torch::AutoGradMode grad_mode(true);
-      step = run_chunk(c, s.params, s.hidden, s.first, s.targets, s.positions, local, s.weights, /*update=*/true,
-                       s.step_size, OuterGradient::kNone);
-    }
-    for (int64_t l = s.first; l < c.n_layers; ++l) {
-      const LayerCache& buffer = s.caches[l - s.first];
-      buffer.keys.narrow(0, 0, next_rows).copy_(local.layers[l].keys);
-      buffer.values.narrow(0, 0, next_rows).copy_(local.layers[l].values);
-      buffer.positions.narrow(0, 0, next_rows).copy_(local.layers[l].positions);
-    }
-    const std::vector<torch::Tensor> next = flatten(step.next_weights);
-    for (size_t i = 0; i < ours.size(); ++i) ours[i].copy_(next[i]);
-    s.nll.copy_(step.nll);
-    s.loss.copy_(step.loss);
-  };
+  s.graphs.run(rows, [&] { s.run(rows); });  // a graph per cache length
 
-  s.graphs.run(rows, body);  // a graph per cache length
-
-  for (int64_t l = s.first; l < c.n_layers; ++l) {
-    const LayerCache& buffer = s.caches[l - s.first];
-    cache.layers[l] = {buffer.keys.narrow(0, 0, next_rows), buffer.values.narrow(0, 0, next_rows),
-                       buffer.positions.narrow(0, 0, next_rows)};
-  }
+  const int64_t next_rows = std::min(rows + c.mini_batch, s.max_rows);
+  for (int64_t l = s.first; l < c.n_layers; ++l) cache.assign(l, first_rows(s.caches[l - s.first], next_rows));
   ChunkStep result;
   result.nll = s.nll.clone();
   result.loss = s.loss.clone();
   result.next_weights = s.weights;
   return result;
+}
+
+void ChunkGraphs::release(ScanState& state) const {
+  const State& s = *state_;
+  if (!s.hidden.defined()) return;  // never stepped: nothing borrowed
+  const auto borrows = [](const torch::Tensor& t, const torch::Tensor& buffer) {
+    return t.defined() && t.data_ptr() == buffer.data_ptr();
+  };
+  for (size_t i = 0; i < state.weights.size(); ++i) {
+    MlpParams& w = state.weights[i];
+    if (borrows(w.w1, s.weights[i].w1)) w = {w.w1.clone(), w.w2.clone(), w.w3.clone()};
+  }
+  for (int64_t l = s.first; l < s.config.n_layers; ++l) {
+    const KvEntries& entries = state.cache.entries(l);
+    if (borrows(entries.keys, s.caches[l - s.first].keys)) state.cache.assign(l, entries.cloned());
+  }
 }
 
 }  // namespace ttt

@@ -25,6 +25,8 @@
 
 namespace ttt {
 
+struct ScanState;
+
 class ChunkGraphs {
  public:
   // Whether graphs can serve this model here: a CUDA build and device, ttt-e2e
@@ -45,11 +47,14 @@ class ChunkGraphs {
   // run_chunk(config, params, hidden, first_suffix_block, targets, positions,
   // cache, weights, update = true, step_size, kNone) for a full chunk
   // (mini_batch rows). Afterwards the suffix blocks' cache entries and the
-  // returned next_weights are views of this object's buffers, valid until its
-  // next call; nll and loss are the caller's own.
+  // returned next_weights BORROW this object's buffers: the next call
+  // overwrites them (a chunk scan's state passes from step to step so, and
+  // `release` makes it the caller's own). nll and loss are the caller's own.
   ChunkStep step(const Params& params, const torch::Tensor& hidden, const torch::Tensor& targets,
                  const torch::Tensor& positions, KvCache& cache, const FastWeights& weights,
                  const torch::Tensor& step_size);
+  // Copies whatever of `state` borrows the buffers out of them.
+  void release(ScanState& state) const;
 
   int64_t captures() const;  // graphs captured so far
   int64_t replays() const;   // chunks run by replaying one

@@ -56,11 +56,6 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
                     const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
                     const FastWeights& weights, bool update, const torch::Tensor& step_size, OuterGradient outer);
 
-// How many tokens the blocks before the fast weights (all blocks of swa) run ahead of the
-// chunk loop at a time where fused kernels serve: whole chunks, enough for large GEMMs, little
-// memory (3B: about 2 GB of activations without autograd). fa runs the whole sequence.
-int64_t run_ahead_tokens(const ModelConfig& config, int64_t n);
-
 // How much chunk c's loss weighs in the sequence loss: 1/C for swa and ttt-e2e (mean of
 // chunk losses), valid_c / valid for fa (masked mean over all targets).
 std::vector<double> chunk_loss_weights(const ModelConfig& config, const torch::Tensor& targets);

@@ -10,55 +10,12 @@
 #include "model/compute.h"
 #include "model/layers.h"
 #include "model/transformer.h"
+#include "ttt/chunk_scan.h"
 #include "ttt/graph_replay.h"
 #include "ttt/inner_loop.h"
 
 namespace ttt {
 namespace {
-
-// What recomputing one chunk needs besides the parameters and its tokens.
-struct SavedChunk {
-  FastWeights weights;              // the fast weights the chunk starts from
-  std::vector<LayerCache> entries;  // per block, the cache rows the chunk added
-};
-
-// The cache rows a chunk of `length` tokens added: the last ones (windowed caches may have
-// kept only the last window-1 of them).
-LayerCache own_entries(const LayerCache& layer, int64_t length) {
-  if (!layer.keys.defined()) return {};
-  const int64_t total = layer.positions.size(0);
-  const int64_t count = std::min(total, length);
-  const auto rows = [&](const torch::Tensor& t) { return t.narrow(0, total - count, count).detach().clone(); };
-  return {rows(layer.keys), rows(layer.values), rows(layer.positions)};
-}
-
-// The KV cache as chunk `chunk` reads it, rebuilt from the saved entries of the chunks
-// before it, with keys and values as fresh leaves that require grad.
-KvCache cache_before(const ModelConfig& config, const std::vector<SavedChunk>& saved, int64_t chunk) {
-  KvCache cache(config.n_layers);
-  const int64_t window = config.attention_window();
-  const int64_t keep = window > 0 ? window - 1 : -1;  // -1: everything (full attention)
-  for (int64_t l = 0; l < config.n_layers; ++l) {
-    std::vector<torch::Tensor> keys, values, positions;
-    int64_t rows = 0;
-    for (int64_t j = chunk - 1; j >= 0 && (keep < 0 || rows < keep); --j) {
-      const LayerCache& e = saved[j].entries[l];
-      if (!e.keys.defined()) continue;
-      keys.insert(keys.begin(), e.keys);
-      values.insert(values.begin(), e.values);
-      positions.insert(positions.begin(), e.positions);
-      rows += e.positions.size(0);
-    }
-    if (rows == 0 || keep == 0) continue;
-    const int64_t kept = keep < 0 ? rows : std::min(rows, keep);
-    const auto tail = [&](const std::vector<torch::Tensor>& parts) {
-      const torch::Tensor all = parts.size() == 1 ? parts[0] : torch::cat(parts);
-      return all.narrow(0, rows - kept, kept);
-    };
-    cache.layers[l] = {tail(keys).detach().requires_grad_(), tail(values).detach().requires_grad_(), tail(positions)};
-  }
-  return cache;
-}
 
 // The parameters in visit_params order: the tensors themselves, whose gradients are asked
 // for, each with the tensor that collects its gradient.
@@ -68,6 +25,9 @@ struct GradientSinks {
   void add(size_t i, const torch::Tensor& grad) const {
     if (grad.defined()) sinks[i].add_(grad);
   }
+  void add(const std::vector<torch::Tensor>& grads) const {
+    for (size_t i = 0; i < grads.size(); ++i) add(i, grads[i]);
+  }
   // The position of `param` (a parameter tensor, not a copy) in the list.
   size_t index_of(const torch::Tensor& param) const {
     for (size_t i = 0; i < params.size(); ++i) {
@@ -76,6 +36,15 @@ struct GradientSinks {
     throw Error("internal: a tensor that is no parameter");
   }
 };
+
+std::vector<torch::Tensor> param_tensors(const ModelConfig& config, const Params& params) {
+  Params slots = params;
+  std::vector<torch::Tensor> tensors;
+  visit_params(config, slots, [&](const std::string&, const std::vector<int64_t>&, ParamKind, torch::Tensor& t) {
+    tensors.push_back(t);
+  });
+  return tensors;
+}
 
 // theta as the suffix reads it: its matrices other than the prime MLPs (which start the fast
 // weights) cast to the matmul dtype once per sequence, where every chunk and pass would cast
@@ -100,13 +69,186 @@ Params suffix_params(const ModelConfig& config, const Params& params, int64_t fi
   return out;
 }
 
-std::vector<torch::Tensor> param_tensors(const ModelConfig& config, const Params& params) {
-  Params slots = params;
-  std::vector<torch::Tensor> tensors;
-  visit_params(config, slots, [&](const std::string&, const std::vector<int64_t>&, ParamKind, torch::Tensor& t) {
-    tensors.push_back(t);
-  });
-  return tensors;
+// One sequence's problem: its tokens, chunks and the suffix's view of the parameters.
+struct Sequence {
+  const ModelConfig& config;
+  const Params& params;
+  torch::Tensor inputs, targets;
+  std::vector<ChunkSpan> chunks;
+  std::vector<double> loss_weights;  // per chunk
+  int64_t first_suffix;              // the first block with fast weights (n_layers for fa and swa)
+  torch::Tensor step_size;
+
+  Sequence(const ModelConfig& c, const Params& p, const torch::Tensor& tokens, const torch::Tensor& inner_step)
+      : config(c), params(p), step_size(inner_step) {
+    const int64_t n = tokens.size(0) - 1;
+    require(n >= 1, "need at least 2 tokens (one input and one target), got " + std::to_string(tokens.size(0)));
+    inputs = tokens.narrow(0, 0, n);
+    targets = tokens.narrow(0, 1, n);
+    chunks = plan_chunks(c, n, 0, /*update_last=*/false);
+    loss_weights = chunk_loss_weights(c, targets);
+    first_suffix = c.is_ttt() ? c.first_suffix_block() : c.n_layers;
+  }
+  int64_t n_chunks() const { return static_cast<int64_t>(chunks.size()); }
+};
+
+// Phase 1, the prefix (blocks without fast weights; all blocks of fa and swa) once, with its
+// graph: the outer gradient reaches it only through its output h (first order), so fused
+// kernels serve it, a whole sequence at a time where they exist. Returns h with its graph.
+torch::Tensor prefix_forward(const Sequence& seq) {
+  RECORD_USER_SCOPE("gradient: prefix forward");  // phases, for ttt bench --profile
+  const bool whole = fused_attention_available(seq.params.final_norm);
+  KvCache cache = whole ? KvCache::none(seq.config) : KvCache::window(seq.config);  // one span needs no cache after it
+  if (whole) return hidden_states(seq.config, seq.params, seq.inputs, 0, cache, seq.first_suffix);
+  std::vector<torch::Tensor> spans;
+  for (const ChunkSpan& chunk : seq.chunks) {
+    spans.push_back(hidden_states(seq.config, seq.params, seq.inputs.narrow(0, chunk.start, chunk.length),
+                                  chunk.position, cache, seq.first_suffix));
+  }
+  return torch::cat(spans);
+}
+
+// What recomputing chunk c needs besides the parameters and its tokens: the fast weights
+// it starts from and, per suffix block, the cache rows it added.
+struct SavedChunk {
+  FastWeights weights;
+  std::vector<KvEntries> entries;  // indexed by block - first_suffix
+};
+
+// Phase 2, the inner loop over the suffix without an outer graph, saving each chunk's
+// starting point. Returns the sequence's loss.
+torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const torch::Tensor& h,
+                             std::vector<SavedChunk>& saved, const std::function<void(int64_t)>& report) {
+  RECORD_USER_SCOPE("gradient: suffix forward");
+  const Params frozen = detach_params(seq.config, suffix);
+  torch::AutoGradMode grad_mode(seq.config.is_ttt());  // only ttt-e2e's inner gradients need a graph here
+  ScanState state{detach_fast_weights(initial_fast_weights(seq.config, seq.params), false),
+                  KvCache::window(seq.config)};
+  ChunkInputs rows = ChunkInputs::given(h, seq.first_suffix);
+  saved.assign(seq.chunks.size(), {});
+  saved[0].weights = state.weights;
+  torch::Tensor loss;
+  scan_chunks(seq.config, frozen, rows, seq.targets, seq.chunks, state, {OuterGradient::kNone, seq.step_size},
+              [&](const ChunkSpan& chunk, const ChunkStep& step) {
+                const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[chunk.index];
+                loss = loss.defined() ? loss + weighted : weighted;
+                for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) {
+                  saved[chunk.index].entries.push_back(state.cache.entries(l).last(chunk.length).cloned());
+                }
+                if (chunk.index + 1 < seq.n_chunks()) saved[chunk.index + 1].weights = state.weights;
+                report(chunk.index + 1);
+              });
+  return loss;
+}
+
+// The suffix blocks' cache as chunk c reads it, rebuilt from the saved rows of the chunks
+// before it, keys and values as fresh leaves that require grad.
+KvCache cache_before(const Sequence& seq, const std::vector<SavedChunk>& saved, int64_t c) {
+  KvCache cache = KvCache::window(seq.config);
+  const int64_t window = seq.config.attention_window();
+  const int64_t keep = window > 0 ? window - 1 : -1;  // -1: everything (full attention)
+  for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) {
+    std::vector<torch::Tensor> keys, values, positions;
+    int64_t rows = 0;
+    for (int64_t j = c - 1; j >= 0 && (keep < 0 || rows < keep); --j) {
+      const KvEntries& e = saved[j].entries[l - seq.first_suffix];
+      if (e.rows() == 0) continue;
+      keys.insert(keys.begin(), e.keys);
+      values.insert(values.begin(), e.values);
+      positions.insert(positions.begin(), e.positions);
+      rows += e.rows();
+    }
+    if (rows == 0 || keep == 0) continue;
+    const auto joined = [](const std::vector<torch::Tensor>& parts) {
+      return parts.size() == 1 ? parts[0] : torch::cat(parts);
+    };
+    const KvEntries all{joined(keys), joined(values), joined(positions)};
+    const KvEntries kept = keep < 0 ? all : all.last(keep);
+    cache.assign(l, {kept.keys.detach().requires_grad_(), kept.values.detach().requires_grad_(), kept.positions});
+  }
+  return cache;
+}
+
+// What a recomputed chunk is differentiated for, and, of the same shape, its gradients: by
+// name, one visitor fixing the order for both (no positional cursor).
+struct ChunkVariables {
+  std::vector<torch::Tensor> theta;    // the suffix's parameters, in the sinks' order
+  std::vector<torch::Tensor> weights;  // the fast weights the chunk starts from, flattened
+  std::vector<KvEntries> cache;        // per suffix block, the cache rows it reads
+  torch::Tensor hidden;                // its rows of h
+
+  // Every defined tensor, in one fixed order.
+  std::vector<torch::Tensor*> slots() {
+    std::vector<torch::Tensor*> all;
+    for (torch::Tensor& t : theta) all.push_back(&t);
+    for (torch::Tensor& t : weights) all.push_back(&t);
+    for (KvEntries& e : cache) {
+      if (e.rows() == 0) continue;
+      all.push_back(&e.keys);
+      all.push_back(&e.values);
+    }
+    all.push_back(&hidden);
+    return all;
+  }
+
+  // d(sum of <adjoint, output>)/d(each variable); undefined where nothing depends on it.
+  ChunkVariables gradients(const std::vector<torch::Tensor>& outputs, const std::vector<torch::Tensor>& adjoints) {
+    std::vector<torch::Tensor> wrt;
+    for (torch::Tensor* t : slots()) wrt.push_back(*t);
+    const std::vector<torch::Tensor> grads = torch::autograd::grad(outputs, wrt, adjoints, /*retain_graph=*/false,
+                                                                   /*create_graph=*/false, /*allow_unused=*/true);
+    ChunkVariables result = *this;
+    const std::vector<torch::Tensor*> into = result.slots();
+    for (size_t i = 0; i < into.size(); ++i) *into[i] = grads[i];
+    return result;
+  }
+};
+
+// The adjoints a chunk hands to the chunk before it: of the fast weights and of the cache
+// rows it read (undefined: zero).
+struct Adjoints {
+  std::vector<torch::Tensor> weights;
+  std::vector<KvEntries> cache;  // per suffix block
+};
+
+// One step of phase 3: chunk c recomputed from its saved starting point, its inner step
+// included (second order unless first_order), and its weighted loss backpropagated together
+// with the adjoints of what it hands on, into theta's sinks, its rows of h_grad, and the
+// adjoints it returns.
+Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vector<torch::Tensor>& suffix_theta,
+                       const std::vector<SavedChunk>& saved, const ChunkSpan& chunk, const torch::Tensor& h,
+                       const Adjoints& later, double loss_scale, bool first_order, const GradientSinks& sinks,
+                       const torch::Tensor& h_grad) {
+  RECORD_USER_SCOPE("gradient: reverse scan chunk");
+  ChunkVariables leaves{suffix_theta, {}, {}, h.narrow(0, chunk.start, chunk.length).detach().requires_grad_()};
+  ScanState state{detach_fast_weights(saved[chunk.index].weights, true), cache_before(seq, saved, chunk.index)};
+  leaves.weights = flatten(state.weights);
+  for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) leaves.cache.push_back(state.cache.entries(l));
+  const ScanOptions options{first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact, seq.step_size};
+  const ChunkStep step = step_chunk(seq.config, suffix, chunk, leaves.hidden, seq.first_suffix,
+                                    seq.targets.narrow(0, chunk.start, chunk.length), state, options);
+
+  std::vector<torch::Tensor> outputs{step.loss};
+  std::vector<torch::Tensor> adjoints{
+      torch::full({}, loss_scale * seq.loss_weights[chunk.index], step.loss.options())};
+  const auto add_output = [&](const torch::Tensor& output, const torch::Tensor& adjoint) {
+    if (!adjoint.defined() || !output.defined() || !output.requires_grad()) return;
+    outputs.push_back(output);
+    adjoints.push_back(adjoint);
+  };
+  if (chunk.update) {
+    const std::vector<torch::Tensor> next = flatten(state.weights);
+    for (size_t i = 0; i < next.size(); ++i) add_output(next[i], later.weights[i]);
+  }
+  for (size_t b = 0; b < later.cache.size(); ++b) {
+    const KvEntries& after = state.cache.entries(seq.first_suffix + static_cast<int64_t>(b));
+    add_output(after.keys, later.cache[b].keys);
+    add_output(after.values, later.cache[b].values);
+  }
+  const ChunkVariables grads = leaves.gradients(outputs, adjoints);
+  sinks.add(grads.theta);
+  if (grads.hidden.defined()) h_grad.narrow(0, chunk.start, chunk.length).copy_(grads.hidden);
+  return {grads.weights, grads.cache};
 }
 
 // Adds d(loss_scale * loss)/d(theta) into `sinks` and returns the loss (detached). Device
@@ -114,138 +256,37 @@ std::vector<torch::Tensor> param_tensors(const ModelConfig& config, const Params
 torch::Tensor gradient_into(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                             const torch::Tensor& step_size, double loss_scale, bool first_order,
                             const GradientSinks& sinks, const std::function<void(int64_t, int64_t)>& on_chunk) {
-  const int64_t n = tokens.size(0) - 1;
-  require(n >= 1, "need at least 2 tokens (one input and one target), got " + std::to_string(tokens.size(0)));
-  const torch::Tensor inputs = tokens.narrow(0, 0, n);
-  const torch::Tensor targets = tokens.narrow(0, 1, n);
-  const std::vector<double> loss_weights = chunk_loss_weights(config, targets);
-  const int64_t n_chunks = static_cast<int64_t>(loss_weights.size());
-  const auto chunk_start = [&](int64_t c) { return c * config.mini_batch; };
-  const auto chunk_length = [&](int64_t c) { return std::min(config.mini_batch, n - chunk_start(c)); };
-  const auto updates = [&](int64_t c) { return config.is_ttt() && c + 1 < n_chunks; };
+  const Sequence seq(config, params, tokens, step_size);
   const auto report = [&](int64_t done) {
-    if (on_chunk) on_chunk(done, 2 * n_chunks);
+    if (on_chunk) on_chunk(done, 2 * seq.n_chunks());
   };
-
-  // The prefix (blocks without fast weights; all blocks of fa and swa) once, with its graph:
-  // the outer gradient reaches it only through its output h (first order), so fused
-  // kernels serve it, a whole sequence at a time where they exist.
-  const int64_t first_suffix = config.is_ttt() ? config.first_suffix_block() : config.n_layers;
-  torch::Tensor prefix_h;
-  {
-    RECORD_USER_SCOPE("gradient: prefix forward");  // phases, for ttt bench --profile
-    KvCache cache(config.n_layers);
-    const bool whole = fused_attention_available(params.final_norm);
-    cache.keep_entries = !whole;  // one span needs no cache after it
-    std::vector<torch::Tensor> spans;
-    for (int64_t start = 0; start < n;) {
-      const int64_t length = whole ? n : chunk_length(start / config.mini_batch);
-      spans.push_back(hidden_states(config, params, inputs.narrow(0, start, length), start, cache, first_suffix));
-      start += length;
-    }
-    prefix_h = spans.size() == 1 ? spans[0] : torch::cat(spans);
-  }
+  const torch::Tensor prefix_h = prefix_forward(seq);
   // The suffix reads each chunk's rows of h as a leaf of its own; their gradients, gathered
   // in h_grad, go back through the prefix at the end.
   const torch::Tensor h = prefix_h.detach();
   const torch::Tensor h_grad = torch::zeros_like(h);
-  const Params suffix = suffix_params(config, params, first_suffix);
+  const Params suffix = suffix_params(config, params, seq.first_suffix);
   const std::vector<torch::Tensor> suffix_theta = param_tensors(config, suffix);  // in the sinks' order
 
-  // Forward: the inner loop over the suffix without an outer graph, saving each chunk's
-  // starting point.
-  std::vector<SavedChunk> saved(n_chunks);
-  torch::Tensor loss;
-  {
-    RECORD_USER_SCOPE("gradient: suffix forward");
-    const Params frozen = detach_params(config, suffix);
-    // Only the inner gradients of ttt-e2e need a graph here.
-    torch::AutoGradMode grad_mode(config.is_ttt());
-    KvCache cache(config.n_layers);
-    FastWeights weights = detach_fast_weights(initial_fast_weights(config, params), false);
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      const int64_t start = chunk_start(c), length = chunk_length(c);
-      saved[c].weights = weights;
-      ChunkStep step = run_chunk(config, frozen, h.narrow(0, start, length), first_suffix,
-                                 targets.narrow(0, start, length), span_positions(start, length, h.device()), cache,
-                                 weights, updates(c), step_size, OuterGradient::kNone);
-      const torch::Tensor weighted = step.loss.detach() * loss_weights[c];
-      loss = loss.defined() ? loss + weighted : weighted;
-      weights = detach_fast_weights(step.next_weights, false);
-      cache.detach();
-      for (const LayerCache& layer : cache.layers) saved[c].entries.push_back(own_entries(layer, length));
-      report(c + 1);
-    }
-  }
+  std::vector<SavedChunk> saved;
+  const torch::Tensor loss = suffix_forward(seq, suffix, h, saved, report);
 
-  // Reverse scan: recompute each chunk's suffix and backpropagate into theta, into its rows
-  // of h, and into the fast weights and cache it started from (the adjoints handed to the
-  // chunk before).
-  const OuterGradient outer = first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact;
-  std::vector<torch::Tensor> weight_adjoints;               // d/d W_c, flattened
-  std::vector<LayerCache> cache_adjoints(config.n_layers);  // d/d KV_c (keys, values)
-  for (int64_t c = n_chunks - 1; c >= 0; --c) {
-    RECORD_USER_SCOPE("gradient: reverse scan chunk");
-    const int64_t start = chunk_start(c), length = chunk_length(c);
-    const FastWeights weights = detach_fast_weights(saved[c].weights, true);
-    KvCache cache = cache_before(config, saved, c);
-    const std::vector<LayerCache> cache_leaves = cache.layers;
-    const torch::Tensor rows = h.narrow(0, start, length).detach().requires_grad_();
-    ChunkStep step = run_chunk(config, suffix, rows, first_suffix, targets.narrow(0, start, length),
-                               span_positions(start, length, h.device()), cache, weights, updates(c), step_size, outer);
-
-    std::vector<torch::Tensor> outputs{step.loss};
-    std::vector<torch::Tensor> adjoints{torch::full({}, loss_scale * loss_weights[c], step.loss.options())};
-    const auto add_output = [&](const torch::Tensor& output, const torch::Tensor& adjoint) {
-      if (!adjoint.defined() || !output.defined() || !output.requires_grad()) return;
-      outputs.push_back(output);
-      adjoints.push_back(adjoint);
-    };
-    if (updates(c)) {
-      const std::vector<torch::Tensor> next = flatten(step.next_weights);
-      for (size_t i = 0; i < next.size(); ++i) add_output(next[i], weight_adjoints[i]);
-    }
-    for (int64_t l = first_suffix; l < config.n_layers; ++l) {
-      add_output(cache.layers[l].keys, cache_adjoints[l].keys);
-      add_output(cache.layers[l].values, cache_adjoints[l].values);
-    }
-    // What to differentiate for, in this order: theta, the fast weights, the cache, h's rows.
-    std::vector<torch::Tensor> wrt = suffix_theta;
-    const std::vector<torch::Tensor> weight_leaves = flatten(weights);
-    wrt.insert(wrt.end(), weight_leaves.begin(), weight_leaves.end());
-    for (int64_t l = first_suffix; l < config.n_layers; ++l) {
-      if (!cache_leaves[l].keys.defined()) continue;
-      wrt.push_back(cache_leaves[l].keys);
-      wrt.push_back(cache_leaves[l].values);
-    }
-    wrt.push_back(rows);
-    const std::vector<torch::Tensor> grads = torch::autograd::grad(outputs, wrt, adjoints, /*retain_graph=*/false,
-                                                                   /*create_graph=*/false, /*allow_unused=*/true);
-    size_t next = 0;
-    for (; next < sinks.params.size(); ++next) sinks.add(next, grads[next]);
-    weight_adjoints.assign(grads.begin() + next, grads.begin() + next + weight_leaves.size());
-    next += weight_leaves.size();
-    for (int64_t l = first_suffix; l < config.n_layers; ++l) {
-      if (!cache_leaves[l].keys.defined()) {
-        cache_adjoints[l] = {};
-        continue;
-      }
-      cache_adjoints[l] = {grads[next], grads[next + 1], {}};
-      next += 2;
-    }
-    if (grads[next].defined()) h_grad.narrow(0, start, length).copy_(grads[next]);
-    report(2 * n_chunks - c);
+  // Phase 3, the reverse scan: each chunk's adjoints go to the chunk before it.
+  Adjoints adjoints{{}, std::vector<KvEntries>(config.n_layers - seq.first_suffix)};
+  for (int64_t c = seq.n_chunks() - 1; c >= 0; --c) {
+    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, seq.chunks[c], h, adjoints, loss_scale, first_order,
+                             sinks, h_grad);
+    report(2 * seq.n_chunks() - c);
   }
+  // Phase 4, the prefix's backward pass, once for the whole sequence.
   if (prefix_h.requires_grad()) {
     RECORD_USER_SCOPE("gradient: prefix backward");
-    const std::vector<torch::Tensor> grads = torch::autograd::grad({prefix_h}, sinks.params, {h_grad},
-                                                                   /*retain_graph=*/false, /*create_graph=*/false,
-                                                                   /*allow_unused=*/true);
-    for (size_t i = 0; i < grads.size(); ++i) sinks.add(i, grads[i]);
+    sinks.add(torch::autograd::grad({prefix_h}, sinks.params, {h_grad}, /*retain_graph=*/false,
+                                    /*create_graph=*/false, /*allow_unused=*/true));
   }
   // What reached W_0 is the gradient of the prime weights in theta.
   const std::vector<torch::Tensor> prime = flatten(initial_fast_weights(config, params));
-  for (size_t i = 0; i < prime.size(); ++i) sinks.add(sinks.index_of(prime[i]), weight_adjoints[i]);
+  for (size_t i = 0; i < prime.size(); ++i) sinks.add(sinks.index_of(prime[i]), adjoints.weights[i]);
   return loss;
 }
 
@@ -314,8 +355,7 @@ torch::Tensor GradientGraphs::accumulate(const Params& params, const torch::Tens
                                          const GradientOptions& options) {
   State& s = *state_;
   require(serves(params), "internal: gradient graphs used with other parameters than their own");
-  require(matmul_dtype() == s.matmul_dtype && fused_kernels_allowed(),
-          "internal: gradient graphs used under another precision than their own");
+  require(matmul_dtype() == s.matmul_dtype, "internal: gradient graphs used under another precision than their own");
   const int64_t n = tokens.size(0);
   torch::Tensor& buffer = s.tokens[n];
   if (!buffer.defined()) buffer = torch::empty_like(tokens, torch::MemoryFormat::Contiguous);

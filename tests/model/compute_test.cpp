@@ -88,12 +88,6 @@ TEST(Compute, MatmulDtypeGuardsNestAndRestore) {
     EXPECT_EQ(matmul_dtype(), torch::kBFloat16);
   }
   EXPECT_FALSE(matmul_dtype().has_value());
-  EXPECT_TRUE(fused_kernels_allowed());
-  {
-    const ComposableKernelsGuard composable;
-    EXPECT_FALSE(fused_kernels_allowed());
-  }
-  EXPECT_TRUE(fused_kernels_allowed());
 }
 
 TEST(Compute, InferenceParamsCastMatricesButNotFastWeightsOrGains) {
@@ -406,7 +400,7 @@ TEST(OnCudaRope, MatchesTheComposableFormToEveryOrder) {
 }
 
 // The composable attention on the GPU (what the exact meta-gradient differentiates twice:
-// attend_span under ComposableKernelsGuard; its probabilities are fused kernels where built)
+// attend_span at Order::kSecond; its probabilities are fused kernels where built)
 // against fp64: values, first and second order, keys in and out of the window.
 TEST(OnCudaAttention, ComposableFormIsExactToTheSecondOrder) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
@@ -428,7 +422,7 @@ TEST(OnCudaAttention, ComposableFormIsExactToTheSecondOrder) {
           device.is_cpu()
               ? attend(leaves[0], leaves[1], leaves[2], attention_mask(query_positions, key_positions, window))
               : attend_span(leaves[0], leaves[1], leaves[2], query_positions.to(device), key_positions.to(device),
-                            window);
+                            window, Order::kSecond);
       const torch::Tensor gq =
           torch::autograd::grad({(out * r.to(device, out.scalar_type())).sum()}, {leaves[0]}, {}, true, true)[0];
       std::vector<torch::Tensor> results = {out, gq};
@@ -441,7 +435,6 @@ TEST(OnCudaAttention, ComposableFormIsExactToTheSecondOrder) {
     for (const std::optional<torch::Dtype> matmul : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
       SCOPED_TRACE(std::string(matmul ? "bf16" : "fp32") + ", window " + std::to_string(window));
       const MatmulDtypeGuard precision(matmul);
-      const ComposableKernelsGuard composable;
       const auto fused = orders(cuda, torch::kFloat32);
       for (size_t i = 0; i < reference.size(); ++i) {
         EXPECT_GT(reference[i].abs().max().item<double>(), 1e-3) << i;

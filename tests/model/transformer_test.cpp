@@ -13,22 +13,22 @@ using test::tiny_config;
 
 torch::Tensor whole_sequence_logits(const ModelConfig& c, const Params& p, const torch::Tensor& tokens,
                                     const FastWeights* prime = nullptr) {
-  KvCache cache(c.n_layers);
+  KvCache cache = KvCache::window(c);
   return forward_span(c, p, tokens, torch::arange(tokens.size(0)), cache, prime);
 }
 
 torch::Tensor chunked_logits(const ModelConfig& c, const Params& p, const torch::Tensor& tokens,
                              const std::vector<int64_t>& chunk_sizes, const FastWeights* prime = nullptr) {
-  KvCache cache(c.n_layers);
+  KvCache cache = KvCache::window(c);
   std::vector<torch::Tensor> parts;
   int64_t start = 0;
   for (int64_t size : chunk_sizes) {
     parts.push_back(forward_span(c, p, tokens.narrow(0, start, size), torch::arange(start, start + size), cache,
                                  prime));
     start += size;
-    for (const LayerCache& layer : cache.layers) {
+    for (int64_t l = 0; l < c.n_layers; ++l) {
       const int64_t bound = c.attention_window() > 0 ? c.attention_window() - 1 : start;
-      EXPECT_EQ(layer.keys.size(0), std::min(start, bound)) << "cache after " << start << " tokens";
+      EXPECT_EQ(cache.entries(l).rows(), std::min(start, bound)) << "cache after " << start << " tokens";
     }
   }
   EXPECT_EQ(start, tokens.size(0));

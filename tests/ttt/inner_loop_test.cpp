@@ -20,7 +20,7 @@ using test::tiny_config;
 std::vector<torch::Tensor> reference_chunk_nlls(const ModelConfig& c, const Params& p, const torch::Tensor& tokens,
                                                 std::vector<double>* grad_norms = nullptr) {
   const int64_t n = tokens.size(0) - 1;
-  KvCache cache(c.n_layers);
+  KvCache cache = KvCache::window(c);
   FastWeights w = initial_fast_weights(c, p);
   std::vector<torch::Tensor> nlls;
   for (int64_t start = 0; start < n; start += c.mini_batch) {
@@ -89,7 +89,7 @@ TEST(InnerLoop, ZeroInnerLearningRateIsTheNetworkWithoutUpdates) {
   const torch::Tensor tokens = random_tokens(16, c.vocab_size, 72, {4});
   const SequenceResult run = run_sequence(c, p, tokens);
   // The same network in one pass over the sequence, prime MLPs fixed at W_0.
-  KvCache cache(c.n_layers);
+  KvCache cache = KvCache::window(c);
   const FastWeights w0 = initial_fast_weights(c, p);
   const torch::Tensor logits = forward_span(c, p, tokens.narrow(0, 0, 15), torch::arange(15), cache, &w0);
   const torch::Tensor nll = token_nll(logits, tokens.narrow(0, 1, 15));
@@ -123,7 +123,7 @@ TEST(InnerLoop, ChunkWithoutValidTargetsTakesAZeroStep) {
   const Params p = random_params(c, 91, 0.3);
   const torch::Tensor tokens = random_tokens(10, c.vocab_size, 92, {1, 2, 3});  // every target of chunk 1 is bos
   const FastWeights w0 = initial_fast_weights(c, p);
-  KvCache cache(c.n_layers);
+  KvCache cache = KvCache::window(c);
   FastWeights leaves;
   for (const auto& m : w0) leaves.push_back({m.w1.clone().requires_grad_(), m.w2.clone().requires_grad_(),
                                              m.w3.clone().requires_grad_()});

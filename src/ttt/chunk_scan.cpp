@@ -1,0 +1,94 @@
+#include "ttt/chunk_scan.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "model/transformer.h"
+#include "ttt/chunk_graphs.h"
+
+namespace ttt {
+
+std::vector<ChunkSpan> plan_chunks(const ModelConfig& config, int64_t n, int64_t position, bool update_last) {
+  std::vector<ChunkSpan> chunks;
+  for (int64_t start = 0; start < n; start += config.mini_batch) {
+    const int64_t length = std::min(config.mini_batch, n - start);
+    const bool last = start + length == n;
+    chunks.push_back({static_cast<int64_t>(chunks.size()), start, length, position + start,
+                      config.is_ttt() && length == config.mini_batch && (update_last || !last)});
+  }
+  return chunks;
+}
+
+int64_t run_ahead_tokens(const ModelConfig& config, int64_t n) {
+  constexpr int64_t kTokens = 16384;
+  if (config.variant == Variant::kFullAttention) return n;
+  return std::max<int64_t>(1, kTokens / config.mini_batch) * config.mini_batch;
+}
+
+ChunkInputs ChunkInputs::embedded(const Params& params, torch::Tensor inputs) {
+  return ChunkInputs(Source::kEmbedded, nullptr, &params, std::move(inputs), 0, false);
+}
+
+ChunkInputs ChunkInputs::run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
+                                   int64_t first_block, bool with_graph) {
+  return ChunkInputs(Source::kAhead, &config, &params, std::move(inputs), first_block, with_graph);
+}
+
+ChunkInputs ChunkInputs::given(torch::Tensor hidden, int64_t first_block) {
+  return ChunkInputs(Source::kGiven, nullptr, nullptr, std::move(hidden), first_block, false);
+}
+
+torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
+  switch (source_) {
+    case Source::kEmbedded:
+      return embed_tokens(*params_, inputs_.narrow(0, chunk.start, chunk.length));
+    case Source::kGiven:
+      return inputs_.narrow(0, chunk.start, chunk.length);
+    case Source::kAhead:
+      break;
+  }
+  if (!ahead_.defined() || chunk.start >= ahead_start_ + ahead_.size(0)) {
+    const int64_t n = inputs_.size(0);
+    std::optional<torch::NoGradGuard> no_grad;
+    if (!with_graph_) no_grad.emplace();
+    const int64_t length = std::min(run_ahead_tokens(*config_, n), n - chunk.start);
+    ahead_ = hidden_states(*config_, *params_, inputs_.narrow(0, chunk.start, length), chunk.position, cache,
+                           first_block_);
+    ahead_start_ = chunk.start;
+  }
+  return ahead_.narrow(0, chunk.start - ahead_start_, chunk.length);
+}
+
+ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,
+                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets,
+                     ScanState& state, const ScanOptions& options) {
+  const torch::Tensor positions = span_positions(chunk.position, chunk.length, hidden.device());
+  const bool replay = options.graphs != nullptr && chunk.update && options.outer == OuterGradient::kNone &&
+                      first_block == config.first_suffix_block();
+  ChunkStep step = replay ? options.graphs->step(params, hidden, targets, positions, state.cache, state.weights,
+                                                 options.step_size)
+                          : run_chunk(config, params, hidden, first_block, targets, positions, state.cache,
+                                      state.weights, chunk.update, options.step_size, options.outer);
+  state.weights = step.next_weights;
+  if (options.outer == OuterGradient::kNone) {
+    state.weights = detach_fast_weights(state.weights, /*requires_grad=*/false);
+    state.cache.detach();
+  }
+  return step;
+}
+
+void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& inputs, const torch::Tensor& targets,
+                 const std::vector<ChunkSpan>& chunks, ScanState& state, const ScanOptions& options,
+                 const std::function<void(const ChunkSpan&, const ChunkStep&)>& on_chunk) {
+  for (const ChunkSpan& chunk : chunks) {
+    const torch::Tensor hidden = inputs.of(chunk, state.cache);
+    const ChunkStep step = step_chunk(config, params, chunk, hidden, inputs.first_block(),
+                                      targets.narrow(0, chunk.start, chunk.length), state, options);
+    if (on_chunk) on_chunk(chunk, step);
+  }
+  if (options.graphs != nullptr) options.graphs->release(state);
+}
+
+}  // namespace ttt

@@ -1,0 +1,116 @@
+// The inner loop of SPEC section 5 as one scan over chunks. Every procedure runs it:
+// evaluation (run_sequence), streaming sessions (Session), the meta-gradient's forward pass
+// and its reverse scan (sequence_gradient.cpp). The loop, in scan_chunks:
+//
+//   state = (W_0, an empty cache)
+//   for each chunk c:
+//       h     = the hidden states entering the inner-loop blocks            (ChunkInputs)
+//       step  = run_chunk(h, state): l_c, then one inner step    (or its CUDA graph replay)
+//       state = (W_c, the cache extended by chunk c)
+//
+// What varies between procedures plugs in: where h comes from (each chunk's embeddings;
+// the blocks before the fast weights run ahead over long spans; rows computed already),
+// eager chunks or graph replays (ChunkGraphs), the outer gradient kept or not, and what the
+// caller keeps of each chunk (a callback).
+#pragma once
+#include <functional>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "config/model_config.h"
+#include "model/kv_cache.h"
+#include "model/params.h"
+#include "ttt/inner_loop.h"
+
+namespace ttt {
+
+class ChunkGraphs;
+
+// One chunk of a scan.
+struct ChunkSpan {
+  int64_t index = 0;     // chunk number in the scan, from 0
+  int64_t start = 0;     // its first input, counted from the scan's first input
+  int64_t length = 0;    // its inputs (= targets): mini_batch, the last one maybe fewer
+  int64_t position = 0;  // absolute position of its first input
+  bool update = false;   // whether an inner step follows its loss
+};
+
+// The chunks of `n` inputs from absolute position `position`. ttt-e2e takes an inner step
+// after every full chunk but the last; after the last too if `update_last` (a session reads
+// on afterwards). Other variants take none.
+std::vector<ChunkSpan> plan_chunks(const ModelConfig& config, int64_t n, int64_t position, bool update_last);
+
+// What the loop carries from chunk to chunk.
+struct ScanState {
+  FastWeights weights;
+  KvCache cache;
+};
+
+// How many inputs the blocks before the fast weights (all blocks of swa) run ahead of the
+// chunk loop at a time where fused kernels serve: whole chunks, enough for large GEMMs,
+// little memory (3B: about 2 GB of activations without autograd). fa runs them all at once.
+int64_t run_ahead_tokens(const ModelConfig& config, int64_t n);
+
+// The hidden states entering each chunk's first inner-loop block.
+class ChunkInputs {
+ public:
+  // Each chunk's embeddings: every block runs chunk by chunk (the CPU's way, and the exact
+  // meta-gradient's reference).
+  static ChunkInputs embedded(const Params& params, torch::Tensor inputs);
+  // Blocks [0, first_block) over run_ahead_tokens inputs at a time, ahead of the chunks and
+  // through the scan state's cache; autograd records them only if `with_graph`.
+  static ChunkInputs run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
+                               int64_t first_block, bool with_graph);
+  // Rows computed already, entering block `first_block` (the meta-gradient's prefix).
+  static ChunkInputs given(torch::Tensor hidden, int64_t first_block);
+
+  int64_t first_block() const { return first_block_; }
+  // The chunk's rows; `cache` is the scan state's, which the blocks run ahead extend.
+  torch::Tensor of(const ChunkSpan& chunk, KvCache& cache);
+
+ private:
+  enum class Source { kEmbedded, kAhead, kGiven };
+  ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs,
+              int64_t first_block, bool with_graph)
+      : source_(source),
+        config_(config),
+        params_(params),
+        inputs_(std::move(inputs)),
+        first_block_(first_block),
+        with_graph_(with_graph) {}
+
+  Source source_;
+  const ModelConfig* config_;
+  const Params* params_;
+  torch::Tensor inputs_;  // token ids, or the given rows
+  int64_t first_block_;
+  bool with_graph_;
+  torch::Tensor ahead_;  // kAhead: rows of the inputs from ahead_start_ on
+  int64_t ahead_start_ = 0;
+};
+
+struct ScanOptions {
+  OuterGradient outer = OuterGradient::kNone;
+  torch::Tensor step_size;  // inner_step_size
+  // Replays full chunks with an inner step and no outer gradient that start at the first
+  // suffix block (evaluation on a GPU); made for the same parameters and precision.
+  ChunkGraphs* graphs = nullptr;
+};
+
+// One chunk: its CUDA graph where one serves, else run_chunk, on `hidden` (the rows entering
+// block `first_block`) and `targets` (the chunk's own); `state` moves past the chunk. Without
+// an outer gradient the state is cut from autograd afterwards. Where the graph replayed, the
+// state is a view of the graphs' buffers until ChunkGraphs::release.
+ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,
+                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets,
+                     ScanState& state, const ScanOptions& options);
+
+// Every chunk of `chunks` in order (targets indexed like the inputs), calling
+// on_chunk(chunk, step) after each with `state` past it. The state ends up the caller's
+// own, copied out of the graphs' buffers where they replayed.
+void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& inputs, const torch::Tensor& targets,
+                 const std::vector<ChunkSpan>& chunks, ScanState& state, const ScanOptions& options,
+                 const std::function<void(const ChunkSpan&, const ChunkStep&)>& on_chunk);
+
+}  // namespace ttt
