@@ -62,7 +62,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& gain, double eps) {
 }
 
 // SPEC 3: SwiGLU(x; W1, W2, W3) = (silu(x @ W1) * (x @ W3)) @ W2.
-Tensor swiglu(const Tensor& x, const MlpParams& w) {
+Tensor mlp_branch(const Tensor& x, const MlpParams& w) {
   return torch::matmul(torch::silu(torch::matmul(x, w.w1)) * torch::matmul(x, w.w3), w.w2);
 }
 
@@ -132,7 +132,7 @@ Tensor forward(const ModelConfig& c, const Params& params, const Tensor& inputs,
   const auto prime_mlp = [&](const Tensor& p, int64_t s) {  // row t with fast[t / b][s]
     std::vector<Tensor> rows;
     for (int64_t start = 0; start < T; start += b) {
-      rows.push_back(swiglu(p.narrow(0, start, std::min(b, T - start)), fast.at(start / b).at(s)));
+      rows.push_back(mlp_branch(p.narrow(0, start, std::min(b, T - start)), fast.at(start / b).at(s)));
     }
     return torch::cat(rows);
   };
@@ -150,7 +150,7 @@ Tensor forward(const ModelConfig& c, const Params& params, const Tensor& inputs,
     };
     if (suffix && mistake != Mistake::kPrimeAfterMlp) prime_branch();  // the prime MLP first,
     const Tensor m = rms_norm(h, block.mlp_norm, eps);                 // then the regular one
-    h = h + post_norm(swiglu(m, block.mlp), block.mlp_post_norm);
+    h = h + post_norm(mlp_branch(m, block.mlp), block.mlp_post_norm);
     if (suffix && mistake == Mistake::kPrimeAfterMlp) prime_branch();
   }
   const bool tied = c.tie_embeddings || mistake == Mistake::kTiedHeadWhenUntied;
