@@ -1,6 +1,5 @@
 // `ttt tokenize`, `ttt detokenize` and `ttt data ...`: tokenizers and corpora.
 // Nothing here needs libtorch: the work is in ttt_text and ttt_data.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -20,6 +19,7 @@
 #include "data/train_tokenizer.h"
 #include "io/atomic_file.h"
 #include "io/input_file.h"
+#include "io/subprocess.h"
 #include "io/token_file.h"
 #include "io/token_table.h"
 #include "text/load_tokenizer.h"
@@ -165,26 +165,11 @@ void add_data_command(CLI::App& app) {
     fetch->add_option("--out", options->out, "corpus directory")->capture_default_str();
     fetch->add_flag("--quick", options->quick, "a small corpus for smoke runs (about 2 MB each of training and evaluation text)");
     fetch->callback([options] {
-#ifdef TTT_SOURCE_DIR
       const std::string script = std::string(TTT_SOURCE_DIR) + "/scripts/fetch_corpus.sh";
-#else
-      const std::string script = "scripts/fetch_corpus.sh";
-#endif
-      std::vector<std::string> args = {"bash", script, "--out", options->out};
+      std::vector<std::string> args = {script, "--out", options->out};
       if (options->quick) args.push_back("--quick");
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      std::cout.flush();
-      const pid_t pid = ::fork();
-      require(pid >= 0, "cannot start " + script);
-      if (pid == 0) {
-        ::execvp("bash", argv.data());
-        std::_Exit(127);
-      }
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-      require(WIFEXITED(status) && WEXITSTATUS(status) == 0, "corpus build failed (" + script + ")");
+      const io::CommandExit ended = io::run_command({.program = "bash", .args = args, .search_path = true});
+      require(ended.succeeded(), "corpus build failed (" + script + " " + ended.describe() + ")");
     });
   }
 
