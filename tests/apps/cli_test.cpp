@@ -81,6 +81,12 @@ TEST(Cli, HelpDescribesEveryCommand) {
   }
 }
 
+TEST(Cli, UnknownCommandsAreNamed) {
+  for (const char* args : {"nosuch", "nosuch --help", "--threads 1 nosuch"}) {
+    expect_clean_failure(run_ttt(args), "ttt: error: unknown command 'nosuch' (see ttt --help)");
+  }
+}
+
 class CliVariant : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(CliVariant, EvalAndGradFollowTheSpec) {

@@ -151,6 +151,9 @@ TEST(DataCli, BadInputsFailWithOneLine) {
   expect_clean_failure(run_ttt("detokenize --tokenizer bytes"), "exactly one of --tokens and --ids");
   expect_clean_failure(run_ttt("data prepare --input /nonexistent --out " + temp_path("o")), "no such file");
   expect_clean_failure(run_ttt("data train-tokenizer --input /tmp --vocab-size 10 --out x"), "--vocab-size");
+  for (const char* args : {"data nosuch", "data nosuch --help"}) {
+    expect_clean_failure(run_ttt(args), "ttt: error: unknown command 'data nosuch' (see ttt data --help)");
+  }
 }
 
 }  // namespace
