@@ -121,7 +121,9 @@ void generate(const GenerateOptions& options) {
     context.push_back(token);
     if (generated + 1 < options.max_tokens) logits = session.feed(std::vector<int64_t>{token});
   }
+  // The text ends its line, and reaches the terminal or file before the stats on stderr.
   std::printf("\n");
+  std::fflush(stdout);
   const double decode_s = seconds_since(decode_start);
   if (options.stats) {
     std::fprintf(stderr,
