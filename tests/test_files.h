@@ -2,7 +2,6 @@
 // torch-free test program (ttt_text_tests) uses it too.
 #pragma once
 #include <dirent.h>
-#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,46 +16,28 @@
 #include <gtest/gtest.h>
 
 #include "common/error.h"
+#include "io/scratch_dir.h"
 
 namespace ttt::test {
 
-// A fresh directory of its own, removed with everything in it when the object goes away.
-// POSIX calls, not std::filesystem: PyTorch's wheels export statically linked copies of
-// libstdc++'s filesystem symbols, and programs linked to them crash in remove_all and
-// directory_iterator (pytorch/pytorch#133437). See docs/ARCHITECTURE.md.
-class ScratchDir {
+// io::ScratchDir (a fresh directory, removed with everything in it) with a listing for checks.
+class ScratchDir : public io::ScratchDir {
  public:
-  ScratchDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base && *base ? base : "/tmp") + "/ttt_test_XXXXXX";
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("cannot create a scratch directory");
-    dir_ = pattern;
-  }
-  ~ScratchDir() {
-    nftw(dir_.c_str(), [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }, 16,
-         FTW_DEPTH | FTW_PHYS);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+  ScratchDir() : io::ScratchDir("ttt_test") {}
 
   // Names of the entries in the directory, sorted.
   std::vector<std::string> files() const {
     std::vector<std::string> names;
-    if (DIR* dir = opendir(dir_.c_str())) {
-      while (const dirent* entry = readdir(dir)) {
+    if (DIR* handle = opendir(dir().c_str())) {
+      while (const dirent* entry = readdir(handle)) {
         const std::string name = entry->d_name;
         if (name != "." && name != "..") names.push_back(name);
       }
-      closedir(dir);
+      closedir(handle);
     }
     std::sort(names.begin(), names.end());
     return names;
   }
-
- private:
-  std::string dir_;
 };
 
 // Size of a file in bytes, -1 if it cannot be read.

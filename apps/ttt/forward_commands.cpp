@@ -1,16 +1,11 @@
 // `ttt tokenize|detokenize|data ...` run `ttt-data` (apps/ttt/data_main.cpp), installed beside
 // `ttt`, with the same arguments: see there why the text commands live in their own program.
-#include <fcntl.h>
 #include <limits.h>
-#include <sys/wait.h>
 #include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <iostream>
 
 #include "commands.h"
 #include "common/error.h"
+#include "io/subprocess.h"
 
 namespace ttt::cli {
 
@@ -23,36 +18,13 @@ std::string data_program() {
 }
 
 void run_data_program(const std::vector<std::string>& args) {
-  const std::string program = data_program();
-  char log_path[] = "/tmp/ttt-data-XXXXXX";
-  const int log = ::mkstemp(log_path);
-  require(log >= 0, std::string("cannot create a temporary file: ") + std::strerror(errno));
-  std::vector<std::string> full = {"ttt"};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::cout.flush();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, STDOUT_FILENO);
-    ::dup2(log, STDERR_FILENO);
-    ::execv(program.c_str(), argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  while (pid > 0 && ::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  std::string message(4096, '\0');
-  const ssize_t got = ::pread(log, message.data(), message.size(), 0);
-  message.resize(got > 0 ? size_t(got) : 0);
-  ::close(log);
-  ::unlink(log_path);
-  if (pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
-  if (const auto newline = message.find('\n'); newline != std::string::npos) message.resize(newline);
+  const io::CommandExit ended =
+      io::run_command({.program = data_program(), .args = args}, {.discard_stdout = true, .capture_stderr = true});
+  if (ended.succeeded()) return;
+  // ttt-data's own one-line error, without its "ttt: error: " (ours is added where it is caught).
+  std::string message = ended.error_output.substr(0, ended.error_output.find('\n'));
   if (message.rfind("ttt: error: ", 0) == 0) message = message.substr(12);
-  throw Error(message.empty() ? "cannot run '" + program + "' (built beside ttt)" : message);
+  throw Error(message.empty() ? "ttt-data " + ended.describe() : message);
 }
 
 namespace {
@@ -63,16 +35,10 @@ void add_forwarded(CLI::App& app, const std::string& name, const std::string& de
   command->set_help_flag();   // --help too
   command->allow_extras();
   command->callback([command, name] {
-    const std::string program = data_program();
-    std::vector<std::string> args = {"ttt", name};
+    // In place of ttt, so that ttt-data's output, exit status and Ctrl-C are the user's directly.
+    std::vector<std::string> args = {name};
     for (const std::string& extra : command->remaining()) args.push_back(extra);
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::cout.flush();
-    std::cerr.flush();
-    ::execv(program.c_str(), argv.data());
-    throw Error("cannot run '" + program + "' (built beside ttt): " + std::strerror(errno));
+    io::replace_process_with({.program = data_program(), .args = args});
   });
 }
 

@@ -1,7 +1,6 @@
 // `ttt generate`: a prompt in, text out as it is made, the model learning as it reads
 // (infer/session.h). Tokenizers live in `ttt-data` (no libtorch there, see data_main.cpp):
 // it encodes the prompt and writes the token table that turns sampled ids into bytes here.
-#include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,8 +13,9 @@
 #include "commands.h"
 #include "infer/sampler.h"
 #include "infer/session.h"
-#include "io/paths.h"
 #include "io/atomic_file.h"
+#include "io/paths.h"
+#include "io/scratch_dir.h"
 #include "io/token_file.h"
 #include "io/token_table.h"
 #include "model/checkpoint.h"
@@ -30,24 +30,6 @@ struct GenerateOptions {
   bool no_bos = false, stats = false, special = false;
   SamplingOptions sampling{.temperature = 0.8, .top_k = 0, .top_p = 0.95, .repetition_penalty = 1.0, .seed = 0};
   ComputeFlags compute;
-};
-
-// A scratch directory for the files exchanged with ttt-data, removed on exit.
-class ScratchDir {
- public:
-  ScratchDir() {
-    char pattern[] = "/tmp/ttt-generate-XXXXXX";
-    require(::mkdtemp(pattern) != nullptr, "cannot create a temporary directory");
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    for (const char* name : {"/prompt.txt", "/prompt.u32", "/pieces.bin"}) ::unlink((path_ + name).c_str());
-    ::rmdir(path_.c_str());
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
 };
 
 // --tokenizer, else tokenizer.model beside the checkpoint (where `scripts/main_job.sh`
@@ -72,12 +54,12 @@ void generate(const GenerateOptions& options) {
   const Model model = options.compute.load_for_inference(options.model_path);
   const std::string tokenizer = find_tokenizer(options);
 
-  ScratchDir scratch;
+  const io::ScratchDir scratch("ttt-generate");  // files exchanged with ttt-data
   io::TokenTable table;
   const bool have_text = !tokenizer.empty();
   if (have_text) {
-    run_data_program({"data", "tokenizer-info", "--tokenizer", tokenizer, "--pieces", scratch.file("pieces.bin")});
-    table = io::TokenTable::read(scratch.file("pieces.bin"));
+    run_data_program({"data", "tokenizer-info", "--tokenizer", tokenizer, "--pieces", scratch.path("pieces.bin")});
+    table = io::TokenTable::read(scratch.path("pieces.bin"));
     require(static_cast<int64_t>(table.pieces.size()) <= model.config.vocab_size,
             "tokenizer " + table.tokenizer + " has " + std::to_string(table.pieces.size()) +
                 " tokens, more than the model's vocab_size " + std::to_string(model.config.vocab_size));
@@ -95,16 +77,16 @@ void generate(const GenerateOptions& options) {
   } else if (given == 1) {
     std::string input = options.prompt_file;
     if (input.empty()) {
-      io::write_text_file(scratch.file("prompt.txt"), options.prompt);
-      input = scratch.file("prompt.txt");
+      io::write_text_file(scratch.path("prompt.txt"), options.prompt);
+      input = scratch.path("prompt.txt");
     }
-    std::vector<std::string> args = {"tokenize", "--tokenizer", tokenizer, "--input", input,
-                                     "--out", scratch.file("prompt.u32")};
+    std::vector<std::string> args = {
+        "tokenize", "--tokenizer", tokenizer, "--input", input, "--out", scratch.path("prompt.u32")};
     if (options.special) args.push_back("--special");
     run_data_program(args);
     struct stat info {};
-    require(::stat(scratch.file("prompt.u32").c_str(), &info) == 0 && info.st_size > 0, "the prompt is empty");
-    prompt = io::read_token_file(scratch.file("prompt.u32"));
+    require(::stat(scratch.path("prompt.u32").c_str(), &info) == 0 && info.st_size > 0, "the prompt is empty");
+    prompt = io::read_token_file(scratch.path("prompt.u32"));
   }
   require(given == 0 || !prompt.empty(), "the prompt is empty");
   // Documents begin with bos in training (SPEC section 4), so a fresh prompt does too.
@@ -139,7 +121,9 @@ void generate(const GenerateOptions& options) {
     context.push_back(token);
     if (generated + 1 < options.max_tokens) logits = session.feed(std::vector<int64_t>{token});
   }
+  // The text ends its line, and reaches the terminal or file before the stats on stderr.
   std::printf("\n");
+  std::fflush(stdout);
   const double decode_s = seconds_since(decode_start);
   if (options.stats) {
     std::fprintf(stderr,

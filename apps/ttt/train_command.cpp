@@ -8,6 +8,8 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <type_traits>
+#include <variant>
 
 #include <nlohmann/json.hpp>
 
@@ -108,7 +110,7 @@ class ProgressPrinter {
 void add_train_command(CLI::App& app) {
   struct Options {
     std::string config_path, model_config_path, out_dir, resume_dir;
-    std::map<std::string, std::string> values;  // key -> text given on the command line
+    std::map<std::string, json> values;  // key -> value given on the command line
   };
   auto options = std::make_shared<Options>();
   CLI::App* command = app.add_subcommand(
@@ -126,15 +128,18 @@ void add_train_command(CLI::App& app) {
   command->add_option("--resume", options->resume_dir, "continue the run in this directory")
       ->excludes(command->get_option("--out"))
       ->excludes(command->get_option("--model-config"));
+  // One flag per key, of the key's type (INT, FLOAT, BOOLEAN, TEXT in the help; CLI11 checks the value).
+  const TrainConfig defaults;
   for (const TrainConfig::Field& field : TrainConfig::fields()) {
-    const std::string key = field.key;
-    TrainConfig defaults;
-    const std::string default_text = std::visit(
-        [&](auto member) { return json(defaults.*member).dump(); }, field.member);
-    CLI::Option* option = command->add_option_function<std::string>(
-        flag_name(key), [options, key](const std::string& text) { options->values[key] = text; },
-        std::string(field.help) + " (default " + default_text + ")");
-    if (std::holds_alternative<bool TrainConfig::*>(field.member)) option->check(CLI::IsMember({"true", "false"}));
+    std::visit(
+        [&](auto member) {
+          using Value = std::remove_cvref_t<decltype(defaults.*member)>;
+          const std::string key = field.key;
+          command->add_option_function<Value>(
+              flag_name(key), [options, key](const Value& value) { options->values[key] = value; },
+              std::string(field.help) + " (default " + json(defaults.*member).dump() + ")");
+        },
+        field.member);
   }
 
   command->callback([options] {
@@ -145,21 +150,7 @@ void add_train_command(CLI::App& app) {
     if (!options->model_config_path.empty()) {
       requested["model"] = read_json_file(options->model_config_path, "model config");
     }
-    for (const auto& [key, text] : options->values) {
-      const TrainConfig::Field* field = nullptr;
-      for (const auto& f : TrainConfig::fields()) {
-        if (key == f.key) field = &f;
-      }
-      if (std::holds_alternative<std::string TrainConfig::*>(field->member)) {
-        requested[key] = text;
-      } else {
-        try {
-          requested[key] = json::parse(text);
-        } catch (const json::parse_error&) {
-          throw Error(flag_name(key) + ": not a number: '" + text + "'");
-        }
-      }
-    }
+    for (const auto& [key, value] : options->values) requested[key] = value;
 
     std::unique_ptr<Trainer> trainer;
     if (!options->resume_dir.empty()) {

@@ -1,8 +1,5 @@
 #include "eval/position_report.h"
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +12,7 @@
 #include "common/error.h"
 #include "io/atomic_file.h"
 #include "io/paths.h"
+#include "io/subprocess.h"
 
 namespace ttt {
 namespace {
@@ -73,33 +71,6 @@ std::string bucket_name(int64_t begin, int64_t end) {
 
 nlohmann::json stats_json(const BucketStats& s) {
   return {{"mean", s.mean}, {"std", s.std}, {"sem", s.sem}, {"documents", s.documents}, {"targets", s.targets}};
-}
-
-// Runs `program args...` in `dir`; true when it exits with status 0.
-bool run_in(const std::string& dir, const std::vector<std::string>& command) {
-  const pid_t pid = fork();
-  if (pid < 0) return false;
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (const std::string& arg : command) argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    if (chdir(dir.c_str()) == 0) execvp(argv[0], argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return false;
-  }
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
-bool on_path(const std::string& program) {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path ? path : "");
-  for (std::string dir; std::getline(dirs, dir, ':');) {
-    if (!dir.empty() && access((dir + "/" + program).c_str(), X_OK) == 0) return true;
-  }
-  return false;
 }
 
 }  // namespace
@@ -347,8 +318,11 @@ std::string write_position_report(const PositionReport& report, const std::strin
   }
   plot << "\n";
   io::write_text_file(dir + "/plot.gp", plot.str());
-  if (!on_path("gnuplot")) return "";
-  require(run_in(dir, {"gnuplot", "plot.gp"}), "gnuplot failed on " + dir + "/plot.gp");
+  // gnuplot has no library to call: it runs as a program, where it is installed.
+  const std::string gnuplot = io::find_on_path("gnuplot");
+  if (gnuplot.empty()) return "";
+  const io::CommandExit ended = io::run_command({.program = gnuplot, .args = {"plot.gp"}}, {.working_directory = dir});
+  require(ended.succeeded(), "gnuplot failed on " + dir + "/plot.gp (it " + ended.describe() + ")");
   return dir + "/loss_by_position.png";
 }
 

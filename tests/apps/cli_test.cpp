@@ -81,6 +81,12 @@ TEST(Cli, HelpDescribesEveryCommand) {
   }
 }
 
+TEST(Cli, UnknownCommandsAreNamed) {
+  for (const char* args : {"nosuch", "nosuch --help", "--threads 1 nosuch"}) {
+    expect_clean_failure(run_ttt(args), "ttt: error: unknown command 'nosuch' (see ttt --help)");
+  }
+}
+
 class CliVariant : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(CliVariant, EvalAndGradFollowTheSpec) {
@@ -248,6 +254,11 @@ TEST(Cli, GenerateFollowsTheSessionAndResumesSavedSessions) {
   ASSERT_EQ(stats.exit_code, 0) << stats.output;
   EXPECT_NE(stats.output.find("inner steps"), std::string::npos) << stats.output;
   EXPECT_NE(stats.output.find("tokens/s"), std::string::npos) << stats.output;
+  // The ids (stdout) end their line before the stats line (stderr) begins.
+  const size_t stats_line = stats.output.find("prompt ");
+  ASSERT_NE(stats_line, std::string::npos) << stats.output;
+  EXPECT_EQ(stats.output.find('\n'), stats_line - 1) << stats.output;
+  EXPECT_FALSE(ids_of(stats.output.substr(0, stats_line)).empty()) << stats.output;
 
   expect_clean_failure(run_ttt("generate --model " + model_path + " --prompt-tokens " + write_tokens({3, 50})),
                        "outside the model's vocabulary");

@@ -132,7 +132,8 @@ TEST(DataCli, GenerateEncodesThePromptAndStreamsText) {
   EXPECT_LE(run.output.size(), 21u) << run.output;
   EXPECT_EQ(run_ttt(args + " --max-tokens 20").output, run.output);  // the seed fixes the text
   const CliRun stats = run_ttt(args + " --max-tokens 10 --stats");
-  EXPECT_NE(stats.output.find("prompt 17 tokens"), std::string::npos) << stats.output;  // bos + 16 bytes
+  // bos + 16 bytes; the stats line starts a line of its own after the text.
+  EXPECT_NE(stats.output.find("\nprompt 17 tokens"), std::string::npos) << stats.output;
   // A tokenizer larger than the model's vocabulary is refused.
   const CliRun too_big = run_ttt("generate --model " + model + " --tokenizer cl100k_base --prompt hi");
   EXPECT_NE(too_big.exit_code, 0);
@@ -151,6 +152,9 @@ TEST(DataCli, BadInputsFailWithOneLine) {
   expect_clean_failure(run_ttt("detokenize --tokenizer bytes"), "exactly one of --tokens and --ids");
   expect_clean_failure(run_ttt("data prepare --input /nonexistent --out " + temp_path("o")), "no such file");
   expect_clean_failure(run_ttt("data train-tokenizer --input /tmp --vocab-size 10 --out x"), "--vocab-size");
+  for (const char* args : {"data nosuch", "data nosuch --help"}) {
+    expect_clean_failure(run_ttt(args), "ttt: error: unknown command 'data nosuch' (see ttt data --help)");
+  }
 }
 
 }  // namespace

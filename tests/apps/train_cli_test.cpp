@@ -6,10 +6,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <type_traits>
+#include <variant>
 
 #include <nlohmann/json.hpp>
 
@@ -184,10 +187,22 @@ TEST(TrainCli, CtrlCSavesAndResumeContinuesExactly) {
 TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
   const Finished help = run_ttt({"train", "--help"});
   EXPECT_EQ(help.exit_code, 0);
+  // Every key has a flag that shows its type, as CLI11 names it.
   for (const auto& field : TrainConfig::fields()) {
     std::string flag = std::string("--") + field.key;
     std::replace(flag.begin(), flag.end(), '_', '-');
-    EXPECT_NE(help.output.find(flag), std::string::npos) << flag;
+    const std::string type = std::visit(
+        [](auto member) -> std::string {
+          using Value = std::remove_cvref_t<decltype(TrainConfig{}.*member)>;
+          if constexpr (std::is_same_v<Value, bool>) return "BOOLEAN";
+          if constexpr (std::is_integral_v<Value>) return "INT";
+          if constexpr (std::is_floating_point_v<Value>) return "FLOAT";
+          return "TEXT";
+        },
+        field.member);
+    const size_t at = help.output.find("  " + flag + " " + type);
+    ASSERT_NE(at, std::string::npos) << flag << " " << type << "\n" << help.output;
+    EXPECT_TRUE(std::isspace(help.output[at + flag.size() + type.size() + 3])) << flag << " " << type;
   }
 
   const std::string data = temp_path("train.u32");
@@ -196,12 +211,13 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
   std::ofstream(config) << json{{"train_tokens", data}, {"seq_len", 32}, {"batch_size", 1}, {"steps", 50}}.dump();
   test::ScratchDir dir;
   const Finished run = run_ttt({"train", "--config", config, "--model-config", model_config_file(), "--out",
-                                dir.path("run"), "--steps", "3", "--lr", "1e-3"});
+                                dir.path("run"), "--steps", "3", "--lr", "1e-3", "--remat", "false"});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_EQ(line_count(dir.path("run/metrics.jsonl")), 3);
   const json saved = json::parse(std::ifstream(dir.path("run/config.json")));
   EXPECT_EQ(saved.at("lr"), 1e-3);
   EXPECT_EQ(saved.at("seq_len"), 32);
+  EXPECT_EQ(saved.at("remat"), false);
 
   const auto expect_one_line_error = [](const Finished& f, const std::string& fragment) {
     EXPECT_NE(f.exit_code, 0) << f.output;
@@ -216,6 +232,8 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
   expect_one_line_error(run_ttt({"train", "--resume", dir.path("run"), "--lr", "0.5"}), "different config");
   expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--steps", "many"}),
                         "--steps");
+  expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--lr", "fast"}), "--lr");
+  expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--remat", "maybe"}), "--remat");
 }
 
 }  // namespace
