@@ -47,7 +47,14 @@ KvEntries KvCache::extend_window(Window& cache, const KvEntries& span) {
   const KvEntries all = old.rows() == 0 ? span
                                         : KvEntries{torch::cat({old.keys, span.keys}), torch::cat({old.values, span.values}),
                                                     torch::cat({old.positions, span.positions})};
-  cache.entries = cache.keep < 0 ? all : all.last(cache.keep);
+  if (cache.keep < 0) {
+    cache.entries = all;
+    return all;
+  }
+  // A view of the last rows would pin the whole concatenation (a 16K-token span run ahead:
+  // three times the window); where most of it would be dead, the kept rows are copied out.
+  const KvEntries kept = all.last(cache.keep);
+  cache.entries = kept.rows() * 2 < all.rows() ? kept.cloned() : kept;
   return all;
 }
 

@@ -77,6 +77,33 @@ TEST(Transformer, EarlierTokensAreUnaffectedByLaterOnes) {
   EXPECT_FALSE(torch::allclose(before.narrow(0, 7, 1), after.narrow(0, 7, 1)));
 }
 
+// A window cache after a long span keeps its last window - 1 rows in memory of their own,
+// not as a view that pins the whole span's keys and values; a growing cache appends in place.
+TEST(Transformer, CachesHoldWhatTheirRegimeKeeps) {
+  const ModelConfig swa = tiny_config(Variant::kSlidingWindow);
+  const Params p = random_params(swa, 33, 0.3);
+  const torch::Tensor tokens = random_tokens(17, swa.vocab_size, 34);
+  KvCache window = KvCache::window(swa);
+  torch::NoGradGuard no_grad;
+  forward_span(swa, p, tokens, torch::arange(17), window);
+  for (int64_t l = 0; l < swa.n_layers; ++l) {
+    const KvEntries& e = window.entries(l);
+    ASSERT_EQ(e.rows(), swa.window - 1);
+    EXPECT_EQ(e.keys.storage().nbytes(), e.keys.numel() * e.keys.element_size()) << "block " << l;
+    EXPECT_TRUE(torch::equal(e.positions, torch::arange(17 - (swa.window - 1), 17)));
+  }
+  const ModelConfig fa = tiny_config(Variant::kFullAttention);
+  KvCache growing = KvCache::for_inference(fa);
+  forward_span(fa, p, tokens.narrow(0, 0, 5), torch::arange(5), growing);
+  const void* storage = growing.entries(0).keys.data_ptr();
+  forward_span(fa, p, tokens.narrow(0, 5, 1), torch::arange(5, 6), growing);
+  EXPECT_EQ(growing.entries(0).rows(), 6);
+  EXPECT_EQ(growing.entries(0).keys.data_ptr(), storage) << "a token appended in place";
+  KvCache none = KvCache::none(fa);
+  forward_span(fa, p, tokens, torch::arange(17), none);
+  EXPECT_EQ(none.entries(0).rows(), 0);
+}
+
 TEST(Transformer, UntiedHeadUsesLmHead) {
   ModelConfig c = tiny_config(Variant::kSlidingWindow);
   c.tie_embeddings = false;
