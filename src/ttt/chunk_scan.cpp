@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "common/error.h"
 #include "model/transformer.h"
 #include "ttt/chunk_graphs.h"
 
@@ -28,16 +29,18 @@ int64_t run_ahead_tokens(const ModelConfig& config, int64_t n) {
 }
 
 ChunkInputs ChunkInputs::embedded(const Params& params, torch::Tensor inputs) {
-  return ChunkInputs(Source::kEmbedded, nullptr, &params, std::move(inputs), 0, false);
+  return ChunkInputs(Source::kEmbedded, nullptr, &params, std::move(inputs), 0, false, 0);
 }
 
 ChunkInputs ChunkInputs::run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
-                                   int64_t first_block, bool with_graph) {
-  return ChunkInputs(Source::kAhead, &config, &params, std::move(inputs), first_block, with_graph);
+                                   int64_t first_block, bool with_graph, int64_t span) {
+  require(span % config.mini_batch == 0, "internal: spans run ahead in whole chunks");
+  if (span <= 0) span = run_ahead_tokens(config, inputs.size(0));
+  return ChunkInputs(Source::kAhead, &config, &params, std::move(inputs), first_block, with_graph, span);
 }
 
 ChunkInputs ChunkInputs::given(torch::Tensor hidden, int64_t first_block) {
-  return ChunkInputs(Source::kGiven, nullptr, nullptr, std::move(hidden), first_block, false);
+  return ChunkInputs(Source::kGiven, nullptr, nullptr, std::move(hidden), first_block, false, 0);
 }
 
 torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
@@ -53,7 +56,7 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
     const int64_t n = inputs_.size(0);
     std::optional<torch::NoGradGuard> no_grad;
     if (!with_graph_) no_grad.emplace();
-    const int64_t length = std::min(run_ahead_tokens(*config_, n), n - chunk.start);
+    const int64_t length = std::min(span_, n - chunk.start);
     ahead_ = hidden_states(*config_, *params_, inputs_.narrow(0, chunk.start, length), chunk.position, cache,
                            first_block_);
     ahead_start_ = chunk.start;

@@ -58,10 +58,11 @@ class ChunkInputs {
   // Each chunk's embeddings: every block runs chunk by chunk (the CPU's way, and the exact
   // meta-gradient's reference).
   static ChunkInputs embedded(const Params& params, torch::Tensor inputs);
-  // Blocks [0, first_block) over run_ahead_tokens inputs at a time, ahead of the chunks and
-  // through the scan state's cache; autograd records them only if `with_graph`.
+  // Blocks [0, first_block) over `span` inputs at a time (whole chunks; 0: run_ahead_tokens),
+  // ahead of the chunks and through the scan state's cache; autograd records them only if
+  // `with_graph`.
   static ChunkInputs run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
-                               int64_t first_block, bool with_graph);
+                               int64_t first_block, bool with_graph, int64_t span = 0);
   // Rows computed already, entering block `first_block` (the meta-gradient's prefix).
   static ChunkInputs given(torch::Tensor hidden, int64_t first_block);
 
@@ -72,13 +73,14 @@ class ChunkInputs {
  private:
   enum class Source { kEmbedded, kAhead, kGiven };
   ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs,
-              int64_t first_block, bool with_graph)
+              int64_t first_block, bool with_graph, int64_t span)
       : source_(source),
         config_(config),
         params_(params),
         inputs_(std::move(inputs)),
         first_block_(first_block),
-        with_graph_(with_graph) {}
+        with_graph_(with_graph),
+        span_(span) {}
 
   Source source_;
   const ModelConfig* config_;
@@ -86,6 +88,7 @@ class ChunkInputs {
   torch::Tensor inputs_;  // token ids, or the given rows
   int64_t first_block_;
   bool with_graph_;
+  int64_t span_;         // kAhead: inputs per span
   torch::Tensor ahead_;  // kAhead: rows of the inputs from ahead_start_ on
   int64_t ahead_start_ = 0;
 };

@@ -1,0 +1,112 @@
+// The one chunk scan (ttt/chunk_scan.h): its chunk plan, and the same numbers and final state
+// whichever way the hidden states entering the inner-loop blocks are made. The blocks run
+// ahead in spans on the CPU here too, so that path is checked without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "model/transformer.h"
+#include "test_util.h"
+#include "ttt/chunk_scan.h"
+
+namespace ttt {
+namespace {
+
+using test::random_params;
+using test::random_tokens;
+using test::tiny_config;
+
+TEST(ChunkScan, PlansFullChunksAndUpdatesAfterAllButTheLast) {
+  const ModelConfig c = tiny_config(Variant::kTttE2E);  // mini_batch 3
+  const std::vector<ChunkSpan> chunks = plan_chunks(c, 10, 100, /*update_last=*/false);
+  ASSERT_EQ(chunks.size(), 4u);
+  for (int64_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(chunks[i].index, i);
+    EXPECT_EQ(chunks[i].start, 3 * i);
+    EXPECT_EQ(chunks[i].position, 100 + 3 * i);
+    EXPECT_EQ(chunks[i].length, i < 3 ? 3 : 1);
+    EXPECT_EQ(chunks[i].update, i < 3) << "chunk " << i;
+  }
+  // A session reads on: its last full chunk trains too, a partial one never does.
+  EXPECT_TRUE(plan_chunks(c, 9, 0, true).back().update);
+  EXPECT_FALSE(plan_chunks(c, 9, 0, false).back().update);
+  EXPECT_FALSE(plan_chunks(c, 10, 0, true).back().update);
+  for (const ChunkSpan& chunk : plan_chunks(tiny_config(Variant::kSlidingWindow), 9, 0, true)) {
+    EXPECT_FALSE(chunk.update);
+  }
+}
+
+struct ScanResult {
+  std::vector<torch::Tensor> losses, nlls;
+  ScanState state;
+};
+
+ScanResult scan(const ModelConfig& c, const Params& p, const torch::Tensor& tokens, ChunkInputs& inputs) {
+  const int64_t n = tokens.size(0) - 1;
+  ScanResult result{{}, {}, {detach_fast_weights(initial_fast_weights(c, p), false), KvCache::window(c)}};
+  scan_chunks(c, p, inputs, tokens.narrow(0, 1, n), plan_chunks(c, n, 0, false), result.state,
+              {OuterGradient::kNone, inner_step_size(c, 1.0, p.final_norm)},
+              [&](const ChunkSpan&, const ChunkStep& step) {
+                result.losses.push_back(step.loss.detach());
+                result.nlls.push_back(step.nll.detach());
+              });
+  return result;
+}
+
+void expect_same(const ScanResult& a, const ScanResult& b, const ModelConfig& c) {
+  ASSERT_EQ(a.losses.size(), b.losses.size());
+  for (size_t i = 0; i < a.losses.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(a.losses[i], b.losses[i], 1e-12, 1e-12)) << "chunk " << i;
+    EXPECT_TRUE(torch::allclose(a.nlls[i], b.nlls[i], 1e-12, 1e-12)) << "chunk " << i;
+  }
+  const std::vector<torch::Tensor> wa = flatten(a.state.weights), wb = flatten(b.state.weights);
+  for (size_t i = 0; i < wa.size(); ++i) EXPECT_TRUE(torch::allclose(wa[i], wb[i], 1e-12, 1e-12)) << "weight " << i;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const KvEntries &ea = a.state.cache.entries(l), &eb = b.state.cache.entries(l);
+    ASSERT_EQ(ea.rows(), eb.rows()) << "block " << l;
+    if (ea.rows() == 0) continue;
+    EXPECT_TRUE(torch::allclose(ea.keys, eb.keys, 1e-12, 1e-12)) << "block " << l;
+    EXPECT_TRUE(torch::equal(ea.positions, eb.positions)) << "block " << l;
+  }
+}
+
+class ChunkInputsAgree : public ::testing::TestWithParam<Variant> {};
+
+// Each chunk embedded and every block run chunk by chunk, the blocks before the fast weights
+// run ahead in spans of two chunks and of the whole sequence, and those blocks' output given
+// whole: the same losses, NLLs, fast weights and cache.
+TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
+  const ModelConfig c = tiny_config(GetParam());
+  const Params p = random_params(c, 5, 0.3);
+  const torch::Tensor tokens = random_tokens(20, c.vocab_size, 6, {7});
+  const torch::Tensor inputs = tokens.narrow(0, 0, 19);
+  const int64_t first = c.is_ttt() ? c.first_suffix_block() : c.n_layers;
+
+  ChunkInputs embedded = ChunkInputs::embedded(p, inputs);
+  const ScanResult reference = scan(c, p, tokens, embedded);
+  EXPECT_EQ(reference.losses.size(), 7u);
+  EXPECT_GT(reference.state.cache.entries(c.n_layers - 1).rows(), 0);
+  for (const int64_t span : {2 * c.mini_batch, int64_t{0}}) {
+    SCOPED_TRACE("span " + std::to_string(span));
+    ChunkInputs ahead = ChunkInputs::run_ahead(c, p, inputs, first, /*with_graph=*/false, span);
+    expect_same(scan(c, p, tokens, ahead), reference, c);
+  }
+  KvCache prefix = KvCache::window(c);
+  ChunkInputs given = ChunkInputs::given(hidden_states(c, p, inputs, 0, prefix, first), first);
+  ScanResult from_given = scan(c, p, tokens, given);
+  // The given rows bring no cache of the blocks that made them: those blocks' rows come
+  // from the pass that did.
+  for (int64_t l = 0; l < first; ++l) from_given.state.cache.assign(l, prefix.entries(l));
+  expect_same(from_given, reference, c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, ChunkInputsAgree,
+                         ::testing::Values(Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention),
+                         [](const auto& info) {
+                           std::string name = variant_name(info.param);
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+}  // namespace
+}  // namespace ttt
