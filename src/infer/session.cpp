@@ -156,8 +156,15 @@ void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int6
                                                             /*with_graph=*/false)
                                    : ChunkInputs::embedded(params_, inputs);
   const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), graphs_.get()};
-  scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position_, /*update_last=*/true),
-              state_, scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
+  try {
+    scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position_, /*update_last=*/true),
+                state_, scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
+  } catch (...) {
+    // Never left borrowing the buffers that the next replay overwrites.
+    if (graphs_) graphs_->release(state_);
+    throw;
+  }
+  if (graphs_) graphs_->release(state_);  // the session keeps its state
 }
 
 void Session::train_on_pending(int64_t next) {

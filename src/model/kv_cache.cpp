@@ -25,10 +25,14 @@ KvEntries KvEntries::detached() const {
   return {keys.detach(), values.detach(), positions};
 }
 
-KvCache KvCache::window(const ModelConfig& config) {
-  const int64_t window = config.attention_window();
+int64_t KvCache::rows_kept(const ModelConfig& config) {
   // A later query at position t needs keys down to t - (window - 1).
-  return KvCache(std::vector<Block>(config.n_layers, Window{window > 0 ? window - 1 : -1, {}}));
+  const int64_t window = config.attention_window();
+  return window > 0 ? window - 1 : -1;
+}
+
+KvCache KvCache::window(const ModelConfig& config) {
+  return KvCache(std::vector<Block>(config.n_layers, Window{rows_kept(config), config.mini_batch, {}}));
 }
 
 KvCache KvCache::growing(const ModelConfig& config) {
@@ -51,10 +55,11 @@ KvEntries KvCache::extend_window(Window& cache, const KvEntries& span) {
     cache.entries = all;
     return all;
   }
-  // A view of the last rows would pin the whole concatenation (a 16K-token span run ahead:
-  // three times the window); where most of it would be dead, the kept rows are copied out.
+  // A view of the last rows would pin the whole concatenation. After a span longer than a
+  // chunk (run ahead: 16K tokens, three times the window) most of it would be dead: the kept
+  // rows are copied out. Chunk by chunk (the scan, its CUDA graphs) they stay a view.
   const KvEntries kept = all.last(cache.keep);
-  cache.entries = kept.rows() * 2 < all.rows() ? kept.cloned() : kept;
+  cache.entries = span.rows() > cache.chunk && kept.rows() * 2 < all.rows() ? kept.cloned() : kept;
   return all;
 }
 
@@ -96,6 +101,9 @@ KvEntries KvCache::extend(int64_t block, const KvEntries& span) {
             "internal: a growing cache cannot be differentiated through (use a window cache)");
     return extend_growing(*growing, span);
   }
+  auto& none = std::get<None>(cache);
+  require(!none.used, "internal: a cache that keeps nothing read a second span (it would not see the first)");
+  none.used = true;
   return span;
 }
 

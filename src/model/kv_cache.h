@@ -40,6 +40,9 @@ class KvCache {
   static KvCache none(const ModelConfig& config);
   // Without autograd: growing for full attention, window otherwise.
   static KvCache for_inference(const ModelConfig& config);
+  // The rows a window cache keeps: window - 1, what the next query can still see (-1: all,
+  // full attention).
+  static int64_t rows_kept(const ModelConfig& config);
 
   int64_t n_layers() const { return static_cast<int64_t>(blocks_.size()); }
 
@@ -59,7 +62,8 @@ class KvCache {
 
  private:
   struct Window {
-    int64_t keep;  // rows kept after a span; -1: all
+    int64_t keep;   // rows kept after a span; -1: all
+    int64_t chunk;  // mini_batch
     KvEntries entries;
   };
   // A copy of a growing cache shares its buffers; `rows` counts the rows written, so a copy
@@ -70,6 +74,7 @@ class KvCache {
   };
   struct None {
     KvEntries entries;  // always empty
+    bool used = false;  // a second span would attend without the first
   };
   using Block = std::variant<Window, Growing, None>;
 

@@ -103,7 +103,7 @@ ChunkGraphs::ChunkGraphs(const ModelConfig& config, const Params& params) : stat
   s.params = params;
   s.matmul_dtype = matmul_dtype();
   s.first = config.first_suffix_block();
-  s.max_rows = config.attention_window() - 1;
+  s.max_rows = KvCache::rows_kept(config);
 }
 
 ChunkGraphs::~ChunkGraphs() = default;

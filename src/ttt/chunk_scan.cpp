@@ -91,7 +91,6 @@ void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& i
                                       targets.narrow(0, chunk.start, chunk.length), state, options);
     if (on_chunk) on_chunk(chunk, step);
   }
-  if (options.graphs != nullptr) options.graphs->release(state);
 }
 
 }  // namespace ttt

@@ -110,8 +110,9 @@ ChunkStep step_chunk(const ModelConfig& config, const Params& params, const Chun
                      ScanState& state, const ScanOptions& options);
 
 // Every chunk of `chunks` in order (targets indexed like the inputs), calling
-// on_chunk(chunk, step) after each with `state` past it. The state ends up the caller's
-// own, copied out of the graphs' buffers where they replayed.
+// on_chunk(chunk, step) after each with `state` past it. Where graphs replayed, the state
+// borrows their buffers: a caller that keeps it calls ChunkGraphs::release (a copy the
+// callers that drop it, like run_sequence, need not make).
 void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& inputs, const torch::Tensor& targets,
                  const std::vector<ChunkSpan>& chunks, ScanState& state, const ScanOptions& options,
                  const std::function<void(const ChunkSpan&, const ChunkStep&)>& on_chunk);

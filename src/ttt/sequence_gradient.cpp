@@ -124,11 +124,11 @@ torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const to
   torch::AutoGradMode grad_mode(seq.config.is_ttt());  // only ttt-e2e's inner gradients need a graph here
   ScanState state{detach_fast_weights(initial_fast_weights(seq.config, seq.params), false),
                   KvCache::window(seq.config)};
-  ChunkInputs rows = ChunkInputs::given(h, seq.first_suffix);
+  ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   saved.assign(seq.chunks.size(), {});
   saved[0].weights = state.weights;
   torch::Tensor loss;
-  scan_chunks(seq.config, frozen, rows, seq.targets, seq.chunks, state, {OuterGradient::kNone, seq.step_size},
+  scan_chunks(seq.config, frozen, hidden_rows, seq.targets, seq.chunks, state, {OuterGradient::kNone, seq.step_size},
               [&](const ChunkSpan& chunk, const ChunkStep& step) {
                 const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[chunk.index];
                 loss = loss.defined() ? loss + weighted : weighted;
@@ -145,8 +145,7 @@ torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const to
 // before it, keys and values as fresh leaves that require grad.
 KvCache cache_before(const Sequence& seq, const std::vector<SavedChunk>& saved, int64_t c) {
   KvCache cache = KvCache::window(seq.config);
-  const int64_t window = seq.config.attention_window();
-  const int64_t keep = window > 0 ? window - 1 : -1;  // -1: everything (full attention)
+  const int64_t keep = KvCache::rows_kept(seq.config);  // -1: everything (full attention)
   for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) {
     std::vector<torch::Tensor> keys, values, positions;
     int64_t rows = 0;

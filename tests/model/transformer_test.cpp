@@ -102,6 +102,26 @@ TEST(Transformer, CachesHoldWhatTheirRegimeKeeps) {
   KvCache none = KvCache::none(fa);
   forward_span(fa, p, tokens, torch::arange(17), none);
   EXPECT_EQ(none.entries(0).rows(), 0);
+  // A second span would not see the first: refused, not computed wrongly.
+  test::expect_error([&] { forward_span(fa, p, tokens.narrow(0, 0, 2), torch::arange(17, 19), none); },
+                     {"keeps nothing read a second span"});
+}
+
+// Chunk by chunk a window cache keeps a view (inside CUDA graphs a copy would cost a kernel
+// per block and chunk), even where the window is one chunk and most rows fall out of it.
+TEST(Transformer, WindowCachesKeepViewsChunkByChunk) {
+  ModelConfig c = tiny_config(Variant::kSlidingWindow);
+  c.window = c.mini_batch;
+  const Params p = random_params(c, 35, 0.3);
+  const torch::Tensor tokens = random_tokens(9, c.vocab_size, 36);
+  KvCache cache = KvCache::window(c);
+  torch::NoGradGuard no_grad;
+  for (int64_t start = 0; start < 9; start += c.mini_batch) {
+    forward_span(c, p, tokens.narrow(0, start, c.mini_batch), torch::arange(start, start + c.mini_batch), cache);
+    const KvEntries& e = cache.entries(0);
+    ASSERT_EQ(e.rows(), c.window - 1);
+    EXPECT_GT(e.keys.storage().nbytes(), e.keys.numel() * e.keys.element_size()) << "a view of the span's keys";
+  }
 }
 
 TEST(Transformer, UntiedHeadUsesLmHead) {
