@@ -232,8 +232,8 @@ void Session::restore(const std::string& path) {
     const torch::TensorOptions cache_options =
         torch::TensorOptions().device(device_).dtype(matmul_dtype_.value_or(params_.final_norm.scalar_type()));
     KvCache cache = get_cache(file, "cache.", config_, position, cache_options);
-    KvCache chunk_start_cache = get_cache(file, "chunk_start_cache.", config_,
-                                          position - static_cast<int64_t>(pending.size()), cache_options);
+    KvCache chunk_start_cache =
+        get_cache(file, "chunk_start_cache.", config_, position - static_cast<int64_t>(pending.size()), cache_options);
     const auto logits = file.tensors.find("last_logits");
     const int64_t inner_steps = std::stoll(meta("inner_steps"));
     // Nothing changes unless everything was read.

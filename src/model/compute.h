@@ -43,7 +43,6 @@ class MatmulDtypeGuard {
   std::optional<torch::Dtype> previous_;
 };
 
-
 // GPU memory of the caching allocator on `device` since the last reset (or the start): the
 // peak of what tensors held and of what the allocator reserved from the driver (tensors,
 // cached free blocks, CUDA graphs' pools). Unset on the CPU or a build without CUDA.

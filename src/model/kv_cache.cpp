@@ -48,9 +48,10 @@ KvCache KvCache::for_inference(const ModelConfig& config) {
 
 KvEntries KvCache::extend_window(Window& cache, const KvEntries& span) {
   const KvEntries& old = cache.entries;
-  const KvEntries all = old.rows() == 0 ? span
-                                        : KvEntries{torch::cat({old.keys, span.keys}), torch::cat({old.values, span.values}),
-                                                    torch::cat({old.positions, span.positions})};
+  const KvEntries all = old.rows() == 0
+                            ? span
+                            : KvEntries{torch::cat({old.keys, span.keys}), torch::cat({old.values, span.values}),
+                                        torch::cat({old.positions, span.positions})};
   if (cache.keep < 0) {
     cache.entries = all;
     return all;
@@ -80,8 +81,7 @@ KvEntries KvCache::extend_growing(Growing& cache, const KvEntries& span) {
       if (used > 0) buffer.narrow(0, 0, used).copy_(rows);
       return buffer;
     };
-    cache.buffers = {grown(span.keys, old.keys), grown(span.values, old.values),
-                     grown(span.positions, old.positions)};
+    cache.buffers = {grown(span.keys, old.keys), grown(span.values, old.values), grown(span.positions, old.positions)};
     cache.rows = std::make_shared<int64_t>(used);
   }
   cache.buffers.keys.narrow(0, used, T).copy_(span.keys);

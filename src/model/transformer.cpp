@@ -62,8 +62,8 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
       h = h + rms_norm(swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul, order), b.prime_post_norm,
                        eps, residual);
     }
-    h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul, order), b.mlp_post_norm,
-                     eps, residual);
+    h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul, order), b.mlp_post_norm, eps,
+                     residual);
   }
   return h;
 }

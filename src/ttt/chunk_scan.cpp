@@ -57,23 +57,23 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
     std::optional<torch::NoGradGuard> no_grad;
     if (!with_graph_) no_grad.emplace();
     const int64_t length = std::min(span_, n - chunk.start);
-    ahead_ = hidden_states(*config_, *params_, inputs_.narrow(0, chunk.start, length), chunk.position, cache,
-                           first_block_);
+    ahead_ =
+        hidden_states(*config_, *params_, inputs_.narrow(0, chunk.start, length), chunk.position, cache, first_block_);
     ahead_start_ = chunk.start;
   }
   return ahead_.narrow(0, chunk.start - ahead_start_, chunk.length);
 }
 
 ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,
-                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets,
-                     ScanState& state, const ScanOptions& options) {
+                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets, ScanState& state,
+                     const ScanOptions& options) {
   const torch::Tensor positions = span_positions(chunk.position, chunk.length, hidden.device());
   const bool replay = options.graphs != nullptr && chunk.update && options.outer == OuterGradient::kNone &&
                       first_block == config.first_suffix_block();
-  ChunkStep step = replay ? options.graphs->step(params, hidden, targets, positions, state.cache, state.weights,
-                                                 options.step_size)
-                          : run_chunk(config, params, hidden, first_block, targets, positions, state.cache,
-                                      state.weights, chunk.update, options.step_size, options.outer);
+  ChunkStep step =
+      replay ? options.graphs->step(params, hidden, targets, positions, state.cache, state.weights, options.step_size)
+             : run_chunk(config, params, hidden, first_block, targets, positions, state.cache, state.weights,
+                         chunk.update, options.step_size, options.outer);
   state.weights = step.next_weights;
   if (options.outer == OuterGradient::kNone) {
     state.weights = detach_fast_weights(state.weights, /*requires_grad=*/false);

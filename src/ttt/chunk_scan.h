@@ -72,8 +72,8 @@ class ChunkInputs {
 
  private:
   enum class Source { kEmbedded, kAhead, kGiven };
-  ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs,
-              int64_t first_block, bool with_graph, int64_t span)
+  ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs, int64_t first_block,
+              bool with_graph, int64_t span)
       : source_(source),
         config_(config),
         params_(params),
@@ -106,8 +106,8 @@ struct ScanOptions {
 // an outer gradient the state is cut from autograd afterwards. Where the graph replayed, the
 // state is a view of the graphs' buffers until ChunkGraphs::release.
 ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,
-                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets,
-                     ScanState& state, const ScanOptions& options);
+                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets, ScanState& state,
+                     const ScanOptions& options);
 
 // Every chunk of `chunks` in order (targets indexed like the inputs), calling
 // on_chunk(chunk, step) after each with `state` past it. Where graphs replayed, the state

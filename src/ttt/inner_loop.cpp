@@ -94,10 +94,12 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   const int64_t first_block = !run_ahead ? 0 : config.is_ttt() ? config.first_suffix_block() : config.n_layers;
   ChunkInputs chunk_inputs = run_ahead ? ChunkInputs::run_ahead(config, params, inputs, first_block, differentiable)
                                        : ChunkInputs::embedded(params, inputs);
-  ScanState state{initial_fast_weights(config, params),
-                  config.variant == Variant::kFullAttention && run_ahead ? KvCache::none(config)
-                  : differentiable                                      ? KvCache::window(config)
-                                                                        : KvCache::for_inference(config)};
+  // fa's whole sequence in one span needs no cache after it; autograd goes through windows.
+  const bool one_span = config.variant == Variant::kFullAttention && run_ahead;
+  KvCache cache = one_span         ? KvCache::none(config)
+                  : differentiable ? KvCache::window(config)
+                                   : KvCache::for_inference(config);
+  ScanState state{initial_fast_weights(config, params), std::move(cache)};
   const ScanOptions scan{options.outer_gradient, inner_step_size(config, options.ilr_mult, params.final_norm),
                          options.graphs};
 

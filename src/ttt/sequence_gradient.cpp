@@ -228,8 +228,7 @@ Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vec
                                     seq.targets.narrow(0, chunk.start, chunk.length), state, options);
 
   std::vector<torch::Tensor> outputs{step.loss};
-  std::vector<torch::Tensor> adjoints{
-      torch::full({}, loss_scale * seq.loss_weights[chunk.index], step.loss.options())};
+  std::vector<torch::Tensor> adjoints{torch::full({}, loss_scale * seq.loss_weights[chunk.index], step.loss.options())};
   const auto add_output = [&](const torch::Tensor& output, const torch::Tensor& adjoint) {
     if (!adjoint.defined() || !output.defined() || !output.requires_grad()) return;
     outputs.push_back(output);
