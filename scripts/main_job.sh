@@ -9,7 +9,8 @@
 #
 #   bash scripts/main_job.sh [--quick] [--out DIR] [--no-build]
 #
-# 31 minutes from a fresh clone on a 2-core machine, about 19.5 of them set-up and build
+# 31 minutes from a fresh clone on a fresh 2-core machine, about 19.5 of them set-up and build
+# (a user's timing at 4814bb4; the job after the build: 11.5 minutes, docs/MAIN_JOB.md)
 # (--quick: under 3 minutes, tiny, for the tests).
 # Everything lands in one folder (default results/main, results/main-quick): table.md,
 # report.json, loss_by_position.png, the models and their training logs.
@@ -24,7 +25,7 @@ while (($#)); do
     --quick) quick=1; shift ;;
     --out) out=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "main_job: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
