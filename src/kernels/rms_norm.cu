@@ -93,8 +93,10 @@ __global__ void __launch_bounds__(32 * kWarps)
 
 // The gain's gradient, summed over blocks of kChunkRows rows by a thread per column:
 // partial[chunk, j] = sum over the chunk's rows of a[r, j] * (alpha[r] * b[r, j] + beta[r] * e[r, j])
-// (e and beta may be null).
+// (e and beta may be null). Chunks stride over the grid's y, which stops at 65535: 1M rows of
+// per-head norms (128K tokens, 8 heads) are 65536 chunks.
 constexpr int kColumns = 64;  // many small blocks: a chunk is few rows, dim may be a head's 64
+constexpr int64_t kMaxGridY = 65535;
 template <typename A, typename B>
 __global__ void __launch_bounds__(kColumns)
     gain_partials(const A* __restrict__ a, const B* __restrict__ b, const float* __restrict__ alpha,
@@ -102,21 +104,25 @@ __global__ void __launch_bounds__(kColumns)
                   float* __restrict__ partial) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
   if (j >= dim) return;
-  const int64_t first = static_cast<int64_t>(blockIdx.y) * kRmsNormChunkRows;
-  const int64_t last = first + kRmsNormChunkRows < rows ? first + kRmsNormChunkRows : rows;
-  float sum = 0.f;
-  for (int64_t row = first; row < last; ++row) {
-    float term = alpha[row] * load(b, row * dim + j);
-    if (e != nullptr) term += beta[row] * load(e, row * dim + j);
-    sum += load(a, row * dim + j) * term;
+  const int64_t chunks = (rows + kRmsNormChunkRows - 1) / kRmsNormChunkRows;  // rms_norm_chunks, on the device
+  for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+    const int64_t first = chunk * kRmsNormChunkRows;
+    const int64_t last = first + kRmsNormChunkRows < rows ? first + kRmsNormChunkRows : rows;
+    float sum = 0.f;
+    for (int64_t row = first; row < last; ++row) {
+      float term = alpha[row] * load(b, row * dim + j);
+      if (e != nullptr) term += beta[row] * load(e, row * dim + j);
+      sum += load(a, row * dim + j) * term;
+    }
+    partial[chunk * dim + j] = sum;
   }
-  partial[blockIdx.y * dim + j] = sum;
 }
 
 template <typename A, typename B>
 const char* launch_gain_partials(const A* a, const B* b, const float* alpha, const B* e, const float* beta,
                                  int64_t rows, int64_t dim, float* partial, void* stream) {
-  const dim3 grid((dim + kColumns - 1) / kColumns, rms_norm_chunks(rows));
+  const int64_t chunks = rms_norm_chunks(rows);
+  const dim3 grid((dim + kColumns - 1) / kColumns, static_cast<unsigned>(chunks < kMaxGridY ? chunks : kMaxGridY));
   gain_partials<A, B>
       <<<grid, kColumns, 0, static_cast<cudaStream_t>(stream)>>>(a, b, alpha, e, beta, rows, dim, partial);
   return launched();

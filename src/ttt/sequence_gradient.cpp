@@ -3,6 +3,7 @@
 #include <ATen/record_function.h>
 #include <torch/autograd.h>
 
+#include <cmath>
 #include <map>
 #include <optional>
 
@@ -78,8 +79,10 @@ struct Sequence {
   std::vector<double> loss_weights;  // per chunk
   int64_t first_suffix;              // the first block with fast weights (n_layers for fa and swa)
   torch::Tensor step_size;
+  int64_t weights_every = 1;  // the forward pass keeps the fast weights of every so many chunks
 
-  Sequence(const ModelConfig& c, const Params& p, const torch::Tensor& tokens, const torch::Tensor& inner_step)
+  Sequence(const ModelConfig& c, const Params& p, const torch::Tensor& tokens, const torch::Tensor& inner_step,
+           int64_t keep_weights_every)
       : config(c), params(p), step_size(inner_step) {
     const int64_t n = tokens.size(0) - 1;
     require(n >= 1, "need at least 2 tokens (one input and one target), got " + std::to_string(tokens.size(0)));
@@ -88,25 +91,168 @@ struct Sequence {
     chunks = plan_chunks(c, n, 0, /*update_last=*/false);
     loss_weights = chunk_loss_weights(c, targets);
     first_suffix = c.is_ttt() ? c.first_suffix_block() : c.n_layers;
+    weights_every = keep_weights_every > 0 ? keep_weights_every : auto_weights_every(n_chunks());
   }
   int64_t n_chunks() const { return static_cast<int64_t>(chunks.size()); }
+  // Whether the forward pass keeps the fast weights chunk c starts from: every
+  // weights_every-th chunk's, and all of the last stretch's (the reverse scan starts there).
+  bool keeps_weights(int64_t c) const {
+    return c % weights_every == 0 || c >= (n_chunks() - 1) / weights_every * weights_every;
+  }
+  // Every chunk's weights up to 16 chunks (3B: 1.4 GB each); beyond, one in sqrt(chunks),
+  // so what is kept grows as the square root of the length, for one more forward pass
+  // of the suffix.
+  static int64_t auto_weights_every(int64_t chunks) {
+    constexpr int64_t kAllUpTo = 16;
+    return chunks <= kAllUpTo ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
+  }
 };
 
-// Phase 1, the prefix (blocks without fast weights; all blocks of fa and swa) once, with its
-// graph: the outer gradient reaches it only through its output h (first order), so fused
-// kernels serve it, a whole sequence at a time where they exist. Returns h with its graph.
-torch::Tensor prefix_forward(const Sequence& seq) {
-  RECORD_USER_SCOPE("gradient: prefix forward");  // phases, for ttt bench --profile
-  const bool whole = fused_attention_available(seq.params.final_norm);
-  KvCache cache = whole ? KvCache::none(seq.config) : KvCache::window(seq.config);  // one span needs no cache after it
-  if (whole) return hidden_states(seq.config, seq.params, seq.inputs, 0, cache, seq.first_suffix);
-  std::vector<torch::Tensor> spans;
-  for (const ChunkSpan& chunk : seq.chunks) {
-    spans.push_back(hidden_states(seq.config, seq.params, seq.inputs.narrow(0, chunk.start, chunk.length),
-                                  chunk.position, cache, seq.first_suffix));
-  }
-  return torch::cat(spans);
+// The rows of block `block` that a span of `length` inputs leaves for the spans after it to
+// read (all of them for full attention, at most the window's otherwise), copied out of the
+// cache so they pin nothing else.
+KvEntries rows_for_later(const ModelConfig& config, const KvCache& cache, int64_t block, int64_t length) {
+  const int64_t keep = KvCache::rows_kept(config);
+  return cache.entries(block).last(keep < 0 ? length : std::min(length, keep)).cloned();
 }
+
+// Blocks [first, last) of a window cache as the span after the first `spans_before` spans
+// reads it, rebuilt from the rows each of them left (rows(span, block), rows_for_later),
+// keys and values as fresh leaves that require grad.
+KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t first, int64_t last,
+                      const std::function<const KvEntries&(int64_t, int64_t)>& rows) {
+  KvCache cache = KvCache::window(config);
+  const int64_t keep = KvCache::rows_kept(config);  // -1: everything (full attention)
+  if (keep == 0) return cache;
+  for (int64_t l = first; l < last; ++l) {
+    std::vector<torch::Tensor> keys, values, positions;
+    int64_t count = 0;
+    for (int64_t j = spans_before - 1; j >= 0 && (keep < 0 || count < keep); --j) {
+      const KvEntries& e = rows(j, l);
+      if (e.rows() == 0) continue;
+      keys.insert(keys.begin(), e.keys);
+      values.insert(values.begin(), e.values);
+      positions.insert(positions.begin(), e.positions);
+      count += e.rows();
+    }
+    if (count == 0) continue;
+    const auto joined = [](const std::vector<torch::Tensor>& parts) {
+      return parts.size() == 1 ? parts[0] : torch::cat(parts);
+    };
+    const KvEntries all{joined(keys), joined(values), joined(positions)};
+    const KvEntries kept = keep < 0 ? all : all.last(keep);
+    cache.assign(l, {kept.keys.detach().requires_grad_(), kept.values.detach().requires_grad_(), kept.positions});
+  }
+  return cache;
+}
+
+// The prefix (the blocks without fast weights; every block of fa and swa) by spans, so its
+// memory does not grow with the sequence (the reference's remat of prefix blocks): the
+// forward pass keeps no graph, only the hidden states h it hands to the suffix and the cache
+// rows each span leaves for later ones; the backward pass recomputes one span at a time,
+// from the last, with the rows before it as leaves, and hands their adjoints to the spans
+// before it. The outer gradient reaches the prefix only through h (first order), so fused
+// kernels serve it. The last span keeps its graph from the forward pass (its backward comes
+// first): a sequence of one span is never recomputed.
+class PrefixSpans {
+ public:
+  // Inputs per span (whole chunks): `asked` if given, else on a GPU enough rows for large
+  // GEMMs and few enough that one span's graph stays small (3B: about 25 GB at 4K), and
+  // elsewhere one chunk, like the scan.
+  static int64_t span_tokens(const Sequence& seq, int64_t asked) {
+    const int64_t b = seq.config.mini_batch;
+    require(asked % b == 0, "internal: the prefix's spans are whole chunks");
+    if (asked > 0) return asked;
+    constexpr int64_t kFusedTokens = 4096;
+    return fused_attention_available(seq.params.final_norm) ? std::max<int64_t>(1, kFusedTokens / b) * b : b;
+  }
+
+  // Phase 1: h for every input, detached (its gradient is gathered in h_grad()).
+  PrefixSpans(const Sequence& seq, int64_t span_asked) : seq_(seq) {
+    RECORD_USER_SCOPE("gradient: prefix forward");  // phases, for ttt bench --profile
+    const int64_t n = seq.inputs.size(0), span = span_tokens(seq, span_asked);
+    for (int64_t start = 0; start < n; start += span) {
+      spans_.push_back({static_cast<int64_t>(spans_.size()), start, std::min(span, n - start), start, false});
+    }
+    std::vector<torch::Tensor> outputs;
+    KvCache cache = KvCache::for_inference(seq.config);
+    {
+      torch::NoGradGuard no_graph;
+      for (size_t s = 0; s + 1 < spans_.size(); ++s) {
+        outputs.push_back(run(spans_[s], cache));
+        rows_.emplace_back();
+        for (int64_t l = 0; l < seq.first_suffix; ++l) {
+          rows_.back().push_back(rows_for_later(seq.config, cache, l, spans_[s].length));
+        }
+      }
+    }
+    last_ = recompute(spans_.size() - 1);
+    outputs.push_back(last_->h.detach());
+    h_ = outputs.size() == 1 ? outputs[0] : torch::cat(outputs);
+    h_grad_ = torch::zeros_like(h_);
+  }
+
+  const torch::Tensor& h() const { return h_; }
+  const torch::Tensor& h_grad() const { return h_grad_; }
+
+  // Phase 4: h_grad back through every span, into the sinks.
+  void backward(const GradientSinks& sinks) {
+    RECORD_USER_SCOPE("gradient: prefix backward");
+    std::vector<KvEntries> later(seq_.first_suffix);  // adjoints of the rows the span after reads
+    for (int64_t s = static_cast<int64_t>(spans_.size()) - 1; s >= 0; --s) {
+      SpanGraph graph = s + 1 == static_cast<int64_t>(spans_.size()) ? std::move(*last_) : recompute(s);
+      if (!graph.h.requires_grad()) return;  // nothing in the prefix requires grad
+      std::vector<torch::Tensor> outputs{graph.h}, adjoints{h_grad_.narrow(0, spans_[s].start, spans_[s].length)};
+      std::vector<torch::Tensor> wrt = sinks.params;
+      for (int64_t l = 0; l < seq_.first_suffix; ++l) {
+        const KvEntries& after = graph.cache.entries(l);
+        if (later[l].rows() > 0) {
+          outputs.insert(outputs.end(), {after.keys, after.values});
+          adjoints.insert(adjoints.end(), {later[l].keys, later[l].values});
+        }
+        if (graph.read[l].rows() > 0) wrt.insert(wrt.end(), {graph.read[l].keys, graph.read[l].values});
+      }
+      const std::vector<torch::Tensor> grads = torch::autograd::grad(outputs, wrt, adjoints, /*retain_graph=*/false,
+                                                                     /*create_graph=*/false, /*allow_unused=*/true);
+      sinks.add(std::vector<torch::Tensor>(grads.begin(), grads.begin() + sinks.params.size()));
+      size_t next = sinks.params.size();
+      for (int64_t l = 0; l < seq_.first_suffix; ++l) {
+        later[l] = {};
+        if (graph.read[l].rows() == 0) continue;
+        later[l] = {grads[next], grads[next + 1], graph.read[l].positions};
+        next += 2;
+      }
+    }
+  }
+
+ private:
+  // A span run with its graph: its output, the rows it read (leaves) and the cache after it.
+  struct SpanGraph {
+    torch::Tensor h;
+    std::vector<KvEntries> read;  // per prefix block
+    KvCache cache;
+  };
+
+  torch::Tensor run(const ChunkSpan& span, KvCache& cache) const {
+    return hidden_states(seq_.config, seq_.params, seq_.inputs.narrow(0, span.start, span.length), span.position,
+                         cache, seq_.first_suffix);
+  }
+
+  SpanGraph recompute(size_t s) const {
+    KvCache cache = rebuilt_cache(seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
+                                  [&](int64_t j, int64_t l) -> const KvEntries& { return rows_[j][l]; });
+    std::vector<KvEntries> read;
+    for (int64_t l = 0; l < seq_.first_suffix; ++l) read.push_back(cache.entries(l));
+    torch::Tensor h = run(spans_[s], cache);
+    return {std::move(h), std::move(read), std::move(cache)};
+  }
+
+  const Sequence& seq_;
+  std::vector<ChunkSpan> spans_;
+  std::vector<std::vector<KvEntries>> rows_;  // [span][block]: the rows it leaves for later spans
+  std::optional<SpanGraph> last_;
+  torch::Tensor h_, h_grad_;
+};
 
 // What recomputing chunk c needs besides the parameters and its tokens: the fast weights
 // it starts from and, per suffix block, the cache rows it added.
@@ -115,8 +261,9 @@ struct SavedChunk {
   std::vector<KvEntries> entries;  // indexed by block - first_suffix
 };
 
-// Phase 2, the inner loop over the suffix without an outer graph, saving each chunk's
-// starting point. Returns the sequence's loss.
+// Phase 2, the inner loop over the suffix without an outer graph, saving each chunk's cache
+// rows and the fast weights of the chunks Sequence::keeps_weights names. Returns the
+// sequence's loss.
 torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const torch::Tensor& h,
                              std::vector<SavedChunk>& saved, const std::function<void(int64_t)>& report) {
   RECORD_USER_SCOPE("gradient: suffix forward");
@@ -133,39 +280,36 @@ torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const to
                 const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[chunk.index];
                 loss = loss.defined() ? loss + weighted : weighted;
                 for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) {
-                  saved[chunk.index].entries.push_back(state.cache.entries(l).last(chunk.length).cloned());
+                  saved[chunk.index].entries.push_back(rows_for_later(seq.config, state.cache, l, chunk.length));
                 }
-                if (chunk.index + 1 < seq.n_chunks()) saved[chunk.index + 1].weights = state.weights;
-                report(chunk.index + 1);
+                const int64_t next = chunk.index + 1;
+                if (next < seq.n_chunks() && seq.keeps_weights(next)) saved[next].weights = state.weights;
+                report(next);
               });
   return loss;
 }
 
-// The suffix blocks' cache as chunk c reads it, rebuilt from the saved rows of the chunks
-// before it, keys and values as fresh leaves that require grad.
+// The suffix blocks' cache as chunk c reads it, rebuilt from the rows saved after the chunks before it.
 KvCache cache_before(const Sequence& seq, const std::vector<SavedChunk>& saved, int64_t c) {
-  KvCache cache = KvCache::window(seq.config);
-  const int64_t keep = KvCache::rows_kept(seq.config);  // -1: everything (full attention)
-  for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) {
-    std::vector<torch::Tensor> keys, values, positions;
-    int64_t rows = 0;
-    for (int64_t j = c - 1; j >= 0 && (keep < 0 || rows < keep); --j) {
-      const KvEntries& e = saved[j].entries[l - seq.first_suffix];
-      if (e.rows() == 0) continue;
-      keys.insert(keys.begin(), e.keys);
-      values.insert(values.begin(), e.values);
-      positions.insert(positions.begin(), e.positions);
-      rows += e.rows();
-    }
-    if (rows == 0 || keep == 0) continue;
-    const auto joined = [](const std::vector<torch::Tensor>& parts) {
-      return parts.size() == 1 ? parts[0] : torch::cat(parts);
-    };
-    const KvEntries all{joined(keys), joined(values), joined(positions)};
-    const KvEntries kept = keep < 0 ? all : all.last(keep);
-    cache.assign(l, {kept.keys.detach().requires_grad_(), kept.values.detach().requires_grad_(), kept.positions});
-  }
-  return cache;
+  return rebuilt_cache(seq.config, c, seq.first_suffix, seq.config.n_layers,
+                       [&](int64_t j, int64_t l) -> const KvEntries& { return saved[j].entries[l - seq.first_suffix]; });
+}
+
+// The fast weights chunk c starts from, where suffix_forward did not keep them: the scan
+// run again, without an outer graph, from the last chunk whose weights it kept, refilling
+// the weights of every chunk from there to c (the reverse scan reaches them next).
+void refill_weights(const Sequence& seq, const Params& suffix, const torch::Tensor& h, std::vector<SavedChunk>& saved,
+                    int64_t c) {
+  RECORD_USER_SCOPE("gradient: fast weights recomputed");
+  const int64_t from = c - c % seq.weights_every;
+  const Params frozen = detach_params(seq.config, suffix);
+  torch::AutoGradMode grad_mode(true);  // the inner gradients
+  ScanState state{saved[from].weights, cache_before(seq, saved, from)};
+  state.cache.detach();
+  ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
+  const std::vector<ChunkSpan> chunks(seq.chunks.begin() + from, seq.chunks.begin() + c);
+  scan_chunks(seq.config, frozen, hidden_rows, seq.targets, chunks, state, {OuterGradient::kNone, seq.step_size},
+              [&](const ChunkSpan& chunk, const ChunkStep&) { saved[chunk.index + 1].weights = state.weights; });
 }
 
 // What a recomputed chunk is differentiated for, and, of the same shape, its gradients: by
@@ -252,17 +396,16 @@ Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vec
 // Adds d(loss_scale * loss)/d(theta) into `sinks` and returns the loss (detached). Device
 // work only, no host synchronisation: GradientGraphs captures it whole.
 torch::Tensor gradient_into(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
-                            const torch::Tensor& step_size, double loss_scale, bool first_order,
-                            const GradientSinks& sinks, const std::function<void(int64_t, int64_t)>& on_chunk) {
-  const Sequence seq(config, params, tokens, step_size);
+                            const torch::Tensor& step_size, const GradientOptions& options,
+                            const GradientSinks& sinks) {
+  const Sequence seq(config, params, tokens, step_size, options.keep_weights_every);
   const auto report = [&](int64_t done) {
-    if (on_chunk) on_chunk(done, 2 * seq.n_chunks());
+    if (options.on_chunk) options.on_chunk(done, 2 * seq.n_chunks());
   };
-  const torch::Tensor prefix_h = prefix_forward(seq);
+  PrefixSpans prefix(seq, options.prefix_span_tokens);
   // The suffix reads each chunk's rows of h as a leaf of its own; their gradients, gathered
   // in h_grad, go back through the prefix at the end.
-  const torch::Tensor h = prefix_h.detach();
-  const torch::Tensor h_grad = torch::zeros_like(h);
+  const torch::Tensor& h = prefix.h();
   const Params suffix = suffix_params(config, params, seq.first_suffix);
   const std::vector<torch::Tensor> suffix_theta = param_tensors(config, suffix);  // in the sinks' order
 
@@ -272,16 +415,13 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
   // Phase 3, the reverse scan: each chunk's adjoints go to the chunk before it.
   Adjoints adjoints{{}, std::vector<KvEntries>(config.n_layers - seq.first_suffix)};
   for (int64_t c = seq.n_chunks() - 1; c >= 0; --c) {
-    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, seq.chunks[c], h, adjoints, loss_scale, first_order,
-                             sinks, h_grad);
+    if (config.is_ttt() && saved[c].weights.empty()) refill_weights(seq, suffix, h, saved, c);
+    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, seq.chunks[c], h, adjoints, options.loss_scale,
+                             options.first_order, sinks, prefix.h_grad());
+    saved[c].weights.clear();  // no chunk before it reads them
     report(2 * seq.n_chunks() - c);
   }
-  // Phase 4, the prefix's backward pass, once for the whole sequence.
-  if (prefix_h.requires_grad()) {
-    RECORD_USER_SCOPE("gradient: prefix backward");
-    sinks.add(torch::autograd::grad({prefix_h}, sinks.params, {h_grad}, /*retain_graph=*/false,
-                                    /*create_graph=*/false, /*allow_unused=*/true));
-  }
+  prefix.backward(sinks);  // phase 4
   // What reached W_0 is the gradient of the prime weights in theta.
   const std::vector<torch::Tensor> prime = flatten(initial_fast_weights(config, params));
   for (size_t i = 0; i < prime.size(); ++i) sinks.add(sinks.index_of(prime[i]), adjoints.weights[i]);
@@ -299,8 +439,8 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     sinks.sinks.push_back(p.grad());
   }
-  return gradient_into(config, params, tokens, inner_step_size(config, options.ilr_mult, params.final_norm),
-                       options.loss_scale, options.first_order, sinks, options.on_chunk);
+  return gradient_into(config, params, tokens, inner_step_size(config, options.ilr_mult, params.final_norm), options,
+                       sinks);
 }
 
 struct GradientGraphs::State {
@@ -359,11 +499,15 @@ torch::Tensor GradientGraphs::accumulate(const Params& params, const torch::Tens
   if (!buffer.defined()) buffer = torch::empty_like(tokens, torch::MemoryFormat::Contiguous);
   buffer.copy_(tokens);
   s.step_size.fill_(s.config.inner_lr * options.ilr_mult);
-  const bool first_order = options.first_order;
-  s.graphs.run(2 * n + (first_order ? 1 : 0), [&] {
+  // Into the graph's own buffers, unscaled, with no host callback; scaled when added below.
+  GradientOptions in_graph = options;
+  in_graph.loss_scale = 1.0;
+  in_graph.on_chunk = nullptr;
+  in_graph.graphs = nullptr;
+  s.graphs.run(2 * n + (options.first_order ? 1 : 0), [&] {
     torch::AutoGradMode grad_mode(true);
     for (const torch::Tensor& sink : s.sinks.sinks) sink.zero_();
-    s.loss.copy_(gradient_into(s.config, s.params, buffer, s.step_size, 1.0, first_order, s.sinks, nullptr));
+    s.loss.copy_(gradient_into(s.config, s.params, buffer, s.step_size, in_graph, s.sinks));
   });
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < s.sinks.params.size(); ++i) {

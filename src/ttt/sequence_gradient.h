@@ -30,6 +30,13 @@ struct GradientOptions {
   double ilr_mult = 1.0;     // inner-LR multiplier (SPEC section 6's warm-up)
   double loss_scale = 1.0;   // the gradient accumulated is that of loss_scale * loss
   bool first_order = false;  // inner gradients as constants (for comparison only)
+  // The forward pass keeps the fast weights of every so many chunks, and the reverse scan
+  // recomputes the others from them (ttt-e2e); 0: every chunk's up to 16 chunks, then one in
+  // sqrt(chunks). The gradient is the same whatever it is.
+  int64_t keep_weights_every = 0;
+  // Inputs per span of the prefix's checkpoints (whole chunks); 0: 4K tokens on a GPU, one
+  // chunk elsewhere. The gradient is the same whatever it is.
+  int64_t prefix_span_tokens = 0;
   // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks);
   // not where graphs replay the whole sequence.
   std::function<void(int64_t, int64_t)> on_chunk;

@@ -502,5 +502,112 @@ TEST_P(OnCudaOp, MatchesItsPlainOpReferenceInFp64) {
 INSTANTIATE_TEST_SUITE_P(Grid, OnCudaOp, ::testing::ValuesIn(grid()),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
+// Launches over many rows (issue 19: 128K tokens of per-head norms are 1.5M rows, past the
+// grid's y limit of 65535 blocks that the gain's partial sums once used): each kernel over
+// 128K and 1M + 17 rows gives what it gives over the same rows in pieces of at most 50,000,
+// which launch small grids. Row-wise results must be identical; sums over rows (the gain's
+// gradient) equal up to their order of summation.
+class OnCudaLargeLaunch : public ::testing::TestWithParam<int64_t> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible: runs on the GPU machine";
+  }
+  // f over `inputs` whole, and over pieces of their rows concatenated, with the gradients of
+  // sum(f * probe) w.r.t. each input (those of shared inputs summed over the pieces).
+  static void expect_same_in_pieces(const std::function<torch::Tensor(const std::vector<torch::Tensor>&)>& f,
+                                    const std::vector<torch::Tensor>& rows, const std::vector<torch::Tensor>& shared) {
+    const auto leaves = [](const std::vector<torch::Tensor>& ts) {
+      std::vector<torch::Tensor> out;
+      for (const torch::Tensor& t : ts) out.push_back(t.detach().clone().requires_grad_(t.is_floating_point()));
+      return out;
+    };
+    const auto gradients = [](const torch::Tensor& out, const torch::Tensor& probe, std::vector<torch::Tensor> wrt) {
+      std::vector<torch::Tensor> floating;
+      for (const torch::Tensor& t : wrt) {
+        if (t.requires_grad()) floating.push_back(t);
+      }
+      return torch::autograd::grad({(out.to(torch::kFloat64) * probe).sum()}, floating);
+    };
+    torch::manual_seed(11);
+    std::vector<torch::Tensor> whole_rows = leaves(rows), whole_shared = leaves(shared);
+    std::vector<torch::Tensor> args = whole_rows;
+    args.insert(args.end(), whole_shared.begin(), whole_shared.end());
+    const torch::Tensor whole = f(args);
+    const torch::Tensor probe = torch::randn(whole.sizes(), whole.options().dtype(torch::kFloat64));
+    std::vector<torch::Tensor> wrt = whole_rows;
+    wrt.insert(wrt.end(), whole_shared.begin(), whole_shared.end());
+    const std::vector<torch::Tensor> whole_grads = gradients(whole, probe, wrt);
+
+    constexpr int64_t kPiece = 50000;
+    const int64_t n = rows[0].size(0);
+    std::vector<torch::Tensor> outs;
+    std::vector<std::vector<torch::Tensor>> row_grads(rows.size());
+    std::vector<torch::Tensor> shared_grads;
+    for (int64_t start = 0; start < n; start += kPiece) {
+      const int64_t length = std::min(kPiece, n - start);
+      std::vector<torch::Tensor> piece_rows, piece_shared = leaves(shared);
+      for (const torch::Tensor& r : rows) piece_rows.push_back(r.narrow(0, start, length));
+      piece_rows = leaves(piece_rows);
+      std::vector<torch::Tensor> piece_args = piece_rows;
+      piece_args.insert(piece_args.end(), piece_shared.begin(), piece_shared.end());
+      const torch::Tensor out = f(piece_args);
+      outs.push_back(out.detach());
+      std::vector<torch::Tensor> piece_wrt = piece_rows;
+      piece_wrt.insert(piece_wrt.end(), piece_shared.begin(), piece_shared.end());
+      const std::vector<torch::Tensor> g = gradients(out, probe.narrow(0, start, length), piece_wrt);
+      size_t k = 0;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (rows[i].is_floating_point()) row_grads[i].push_back(g[k++]);
+      }
+      for (size_t i = 0; k < g.size(); ++i, ++k) {
+        if (shared_grads.size() <= i) {
+          shared_grads.push_back(g[k].to(torch::kFloat64));
+        } else {
+          shared_grads[i] += g[k];
+        }
+      }
+    }
+    EXPECT_TRUE(torch::equal(whole, torch::cat(outs))) << "the values differ";
+    size_t k = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (!rows[i].is_floating_point()) continue;
+      EXPECT_TRUE(torch::equal(whole_grads[k++], torch::cat(row_grads[i]))) << "the gradient of row input " << i;
+    }
+    for (size_t i = 0; k < whole_grads.size(); ++i, ++k) {
+      const torch::Tensor expected = shared_grads[i];
+      const double error = (whole_grads[k].to(torch::kFloat64) - expected).norm().item<double>() /
+                           expected.norm().item<double>();
+      EXPECT_LT(error, 1e-5) << "the gradient of shared input " << i;
+    }
+  }
+  torch::Device device_{torch::kCUDA, 0};
+};
+
+TEST_P(OnCudaLargeLaunch, RmsNormOfPerHeadRows) {
+  const int64_t rows = GetParam();
+  const torch::TensorOptions f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
+  expect_same_in_pieces([](const std::vector<torch::Tensor>& in) { return rms_norm(in[0], in[1], 1e-6); },
+                        {torch::randn({rows, 64}, f32)}, {1 + 0.1 * torch::randn({64}, f32)});
+}
+
+TEST_P(OnCudaLargeLaunch, RopeOfManyTokens) {
+  const int64_t tokens = GetParam();
+  const torch::TensorOptions f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
+  const torch::Tensor positions = torch::arange(tokens, torch::TensorOptions().dtype(torch::kInt64).device(device_));
+  expect_same_in_pieces(
+      [](const std::vector<torch::Tensor>& in) { return rope(in[0], rope_table(in[1], 64, 500000, torch::kFloat32)); },
+      {torch::randn({tokens, 2, 64}, f32), positions}, {});
+}
+
+TEST_P(OnCudaLargeLaunch, TokenNllOfManyRows) {
+  const int64_t rows = GetParam();
+  const torch::TensorOptions f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
+  const torch::Tensor targets = torch::randint(0, 40, {rows}, f32.dtype(torch::kInt64));
+  expect_same_in_pieces([](const std::vector<torch::Tensor>& in) { return token_nll(in[0], in[1]); },
+                        {torch::randn({rows, 40}, f32) * 3, targets}, {});
+}
+
+INSTANTIATE_TEST_SUITE_P(Rows, OnCudaLargeLaunch, ::testing::Values(int64_t{131072}, int64_t{1048576 + 17}));
+
 }  // namespace
 }  // namespace ttt

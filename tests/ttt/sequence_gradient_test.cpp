@@ -25,6 +25,8 @@ struct Case {
   double inner_clip;    // ttt-e2e only
   bool tie_embeddings;
   bool first_order;
+  int64_t keep_weights_every = 0;  // 0: automatic
+  int64_t prefix_span_chunks = 0;  // 0: automatic
 };
 
 std::ostream& operator<<(std::ostream& out, const Case& c) { return out << c.name; }
@@ -66,6 +68,8 @@ TEST_P(SequenceGradient, EqualsDifferentiatingTheWholeLoop) {
   GradientOptions options;
   options.ilr_mult = ilr_mult;
   options.first_order = k.first_order;
+  options.keep_weights_every = k.keep_weights_every;
+  options.prefix_span_tokens = k.prefix_span_chunks * c.mini_batch;
   int64_t reports = 0;
   options.on_chunk = [&](int64_t, int64_t) { ++reports; };
   const torch::Tensor loss = accumulate_sequence_gradient(c, remat, tokens, options);
@@ -94,6 +98,13 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"ttt_every_block_a_suffix", Variant::kTttE2E, 13, 0, 4, 1.0, true, false},
         Case{"ttt_one_chunk", Variant::kTttE2E, 3, 0, 0, 1.0, true, false},
         Case{"ttt_first_order", Variant::kTttE2E, 17, 0, 0, 1.0, true, true},
+        // The forward pass keeps some chunks' fast weights, the reverse scan recomputes the rest.
+        Case{"ttt_weights_kept_every_2", Variant::kTttE2E, 29, 0, 0, 1.0, true, false, 2},
+        Case{"ttt_weights_kept_every_3", Variant::kTttE2E, 29, 8, 0, 0.05, true, false, 3},
+        // The prefix recomputed by spans of several chunks, the last one partial.
+        Case{"ttt_prefix_spans_of_2_chunks", Variant::kTttE2E, 29, 8, 0, 1.0, true, false, 0, 2},
+        Case{"swa_prefix_spans_of_3_chunks", Variant::kSlidingWindow, 29, 5, 0, 0.0, true, false, 0, 3},
+        Case{"fa_prefix_spans_of_2_chunks", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2},
         Case{"swa", Variant::kSlidingWindow, 17, 0, 0, 0.0, true, false},
         Case{"fa", Variant::kFullAttention, 17, 0, 0, 0.0, false, false}),
     [](const auto& info) { return info.param.name; });
