@@ -74,7 +74,8 @@ struct BenchOptions {
   ComputeFlags compute;
   std::string sizes = "125m", variants = "ttt-e2e,swa,fa", modes = "eval,prefill,decode", contexts = "8192,32768,131072";
   std::string json_path, profile_dir;
-  int64_t decode_tokens = 64, train_context = 8192;
+  std::string train_contexts = "8192";
+  int64_t decode_tokens = 64;
   double repeat_below_s = 5.0;
   int64_t repeats = 3;
 };
@@ -232,6 +233,8 @@ void run_bench(const BenchOptions& options) {
   require(options.compute.param_dtype() == torch::kFloat32, "ttt bench: --dtype f64 is not a benchmark precision");
   const MatmulDtypeGuard precision(compute.matmul_dtype);
   const std::vector<int64_t> contexts = parse_integers("--contexts", options.contexts, "lengths like 8192,32768");
+  const std::vector<int64_t> train_contexts =
+      parse_integers("--train-contexts", options.train_contexts, "lengths like 8192,32768");
   if (!options.profile_dir.empty()) io::make_directories(options.profile_dir);
   json rows = json::array();
   std::printf("%-5s %-8s %-8s %8s  result\n", "size", "variant", "mode", "context");
@@ -255,7 +258,7 @@ void run_bench(const BenchOptions& options) {
         trainable = convert_params(config, trainable, torch::kFloat32, /*requires_grad=*/true);
       }
       for (const std::string& mode : modes) {
-        for (const int64_t context : mode == "train" ? std::vector<int64_t>{options.train_context} : contexts) {
+        for (const int64_t context : mode == "train" ? train_contexts : contexts) {
           json row = {{"size", size}, {"variant", variant}, {"mode", mode}, {"context", context},
                       {"params", count_params(config, inference)}};
           // Each row from an allocator without cached blocks: its memory peaks are its own,
@@ -303,7 +306,7 @@ void add_bench_command(CLI::App& app) {
       "1024) per variant. Modes: eval (loss over every token), prefill (a prompt to its last logits and\n"
       "final state, inner steps included), decode (latency per token after the context; ttt-e2e: the\n"
       "worst token takes an inner step, amortised over a mini-batch), train (one outer step's gradient at\n"
-      "--train-context: the meta-gradient for ttt-e2e, plain backward for fa and swa). Each number is the\n"
+      "--train-contexts: the meta-gradient for ttt-e2e, plain backward for fa and swa). Each number is the\n"
       "median of up to --repeats runs (one when a run takes over --repeat-below seconds) after a warm-up.");
   options->compute.add_to(command);
   command->add_option("--sizes", options->sizes, "model shapes: 125m, 760m, 3b (comma-separated)")->capture_default_str();
@@ -311,8 +314,8 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--modes", options->modes, "eval, prefill, decode, train (comma-separated)")->capture_default_str();
   command->add_option("--contexts", options->contexts, "context lengths in tokens (comma-separated)")
       ->capture_default_str();
-  command->add_option("--train-context", options->train_context, "sequence length of the train mode")
-      ->check(CLI::PositiveNumber)
+  command->add_option("--train-contexts,--train-context", options->train_contexts,
+                      "sequence lengths of the train mode (comma-separated)")
       ->capture_default_str();
   command->add_option("--decode-tokens", options->decode_tokens, "tokens timed one by one in the decode mode")
       ->check(CLI::PositiveNumber)
