@@ -184,22 +184,18 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     row["tokens_per_s"] = 1.0 / amortised;
     row["seconds"] = typical;
   } else if (mode == "train") {
-    // One outer step's gradient: ttt-e2e's exact meta-gradient (per-chunk recomputation),
-    // a baseline's plain backward pass. The optimiser update is not included.
+    // One outer step's gradient as the trainer takes it: the prefix by spans, the suffix by
+    // per-chunk recomputation (ttt-e2e's exact meta-gradient). The optimiser update is not
+    // included. Where graphs serve (not fa), the gradient replays as a CUDA graph after an
+    // eager run and a capture.
     const torch::Tensor tokens = random_ids(context + 1, config, device);
-    // ttt-e2e's gradient replays as a CUDA graph after an eager run and a capture.
-    const std::unique_ptr<GradientGraphs> graphs =
-        config.is_ttt() ? GradientGraphs::where_supported(config, trainable) : nullptr;
+    const std::unique_ptr<GradientGraphs> graphs = GradientGraphs::where_supported(config, trainable);
     GradientOptions gradient;
     gradient.graphs = graphs.get();
     if (graphs) accumulate_sequence_gradient(config, trainable, tokens, gradient);
     const double s = run_timed([&] {
       for (const auto& [name, p] : named_params(config, trainable)) p.mutable_grad() = torch::Tensor();
-      if (config.is_ttt()) {
-        accumulate_sequence_gradient(config, trainable, tokens, gradient);
-      } else {
-        run_sequence(config, trainable, tokens, {1.0, OuterGradient::kExact, {}}).loss.backward();
-      }
+      accumulate_sequence_gradient(config, trainable, tokens, gradient);
       trainable.embed.grad().sum().item<double>();
     });
     row["seconds"] = s;
@@ -306,7 +302,7 @@ void add_bench_command(CLI::App& app) {
       "1024) per variant. Modes: eval (loss over every token), prefill (a prompt to its last logits and\n"
       "final state, inner steps included), decode (latency per token after the context; ttt-e2e: the\n"
       "worst token takes an inner step, amortised over a mini-batch), train (one outer step's gradient at\n"
-      "--train-contexts: the meta-gradient for ttt-e2e, plain backward for fa and swa). Each number is the\n"
+      "--train-contexts, as `ttt train` takes it: the meta-gradient for ttt-e2e). Each number is the\n"
       "median of up to --repeats runs (one when a run takes over --repeat-below seconds) after a warm-up.");
   options->compute.add_to(command);
   command->add_option("--sizes", options->sizes, "model shapes: 125m, 760m, 3b (comma-separated)")->capture_default_str();
