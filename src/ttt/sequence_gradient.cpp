@@ -79,11 +79,12 @@ struct Sequence {
   std::vector<double> loss_weights;  // per chunk
   int64_t first_suffix;              // the first block with fast weights (n_layers for fa and swa)
   torch::Tensor step_size;
+  torch::Tensor loss_scale;   // 0-dim, on the device: the gradient is that of loss_scale * loss
   int64_t weights_every = 1;  // the forward pass keeps the fast weights of every so many chunks
 
   Sequence(const ModelConfig& c, const Params& p, const torch::Tensor& tokens, const torch::Tensor& inner_step,
-           int64_t keep_weights_every)
-      : config(c), params(p), step_size(inner_step) {
+           const torch::Tensor& scale, int64_t keep_weights_every)
+      : config(c), params(p), step_size(inner_step), loss_scale(scale) {
     const int64_t n = tokens.size(0) - 1;
     require(n >= 1, "need at least 2 tokens (one input and one target), got " + std::to_string(tokens.size(0)));
     inputs = tokens.narrow(0, 0, n);
@@ -360,7 +361,7 @@ struct Adjoints {
 // adjoints it returns.
 Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vector<torch::Tensor>& suffix_theta,
                        const std::vector<SavedChunk>& saved, const ChunkSpan& chunk, const torch::Tensor& h,
-                       const Adjoints& later, double loss_scale, bool first_order, const GradientSinks& sinks,
+                       const Adjoints& later, bool first_order, const GradientSinks& sinks,
                        const torch::Tensor& h_grad) {
   RECORD_USER_SCOPE("gradient: reverse scan chunk");
   ChunkVariables leaves{suffix_theta, {}, {}, h.narrow(0, chunk.start, chunk.length).detach().requires_grad_()};
@@ -372,7 +373,7 @@ Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vec
                                     seq.targets.narrow(0, chunk.start, chunk.length), state, options);
 
   std::vector<torch::Tensor> outputs{step.loss};
-  std::vector<torch::Tensor> adjoints{torch::full({}, loss_scale * seq.loss_weights[chunk.index], step.loss.options())};
+  std::vector<torch::Tensor> adjoints{(seq.loss_scale * seq.loss_weights[chunk.index]).to(step.loss.dtype())};
   const auto add_output = [&](const torch::Tensor& output, const torch::Tensor& adjoint) {
     if (!adjoint.defined() || !output.defined() || !output.requires_grad()) return;
     outputs.push_back(output);
@@ -396,9 +397,9 @@ Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vec
 // Adds d(loss_scale * loss)/d(theta) into `sinks` and returns the loss (detached). Device
 // work only, no host synchronisation: GradientGraphs captures it whole.
 torch::Tensor gradient_into(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
-                            const torch::Tensor& step_size, const GradientOptions& options,
-                            const GradientSinks& sinks) {
-  const Sequence seq(config, params, tokens, step_size, options.keep_weights_every);
+                            const torch::Tensor& step_size, const torch::Tensor& loss_scale,
+                            const GradientOptions& options, const GradientSinks& sinks) {
+  const Sequence seq(config, params, tokens, step_size, loss_scale, options.keep_weights_every);
   const auto report = [&](int64_t done) {
     if (options.on_chunk) options.on_chunk(done, 2 * seq.n_chunks());
   };
@@ -416,8 +417,8 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
   Adjoints adjoints{{}, std::vector<KvEntries>(config.n_layers - seq.first_suffix)};
   for (int64_t c = seq.n_chunks() - 1; c >= 0; --c) {
     if (config.is_ttt() && saved[c].weights.empty()) refill_weights(seq, suffix, h, saved, c);
-    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, seq.chunks[c], h, adjoints, options.loss_scale,
-                             options.first_order, sinks, prefix.h_grad());
+    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, seq.chunks[c], h, adjoints, options.first_order, sinks,
+                             prefix.h_grad());
     saved[c].weights.clear();  // no chunk before it reads them
     report(2 * seq.n_chunks() - c);
   }
@@ -439,17 +440,17 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     sinks.sinks.push_back(p.grad());
   }
-  return gradient_into(config, params, tokens, inner_step_size(config, options.ilr_mult, params.final_norm), options,
-                       sinks);
+  return gradient_into(config, params, tokens, inner_step_size(config, options.ilr_mult, params.final_norm),
+                       torch::full({}, options.loss_scale, params.final_norm.options()), options, sinks);
 }
 
 struct GradientGraphs::State {
   ModelConfig config;
   Params params;
   std::optional<torch::Dtype> matmul_dtype;
-  GradientSinks sinks;                      // the parameters, and buffers of their own for the gradients
+  GradientSinks sinks;                      // the parameters, and the buffers lent them as .grad
   std::map<int64_t, torch::Tensor> tokens;  // an input buffer per sequence length
-  torch::Tensor step_size, loss;
+  torch::Tensor step_size, loss_scale, loss;
   GraphReplay graphs;  // destroyed before the buffers
 };
 
@@ -471,6 +472,7 @@ GradientGraphs::GradientGraphs(const ModelConfig& config, const Params& params) 
   s.sinks.params = param_tensors(config, params);
   for (const torch::Tensor& p : s.sinks.params) s.sinks.sinks.push_back(torch::zeros_like(p));
   s.step_size = torch::zeros({}, params.final_norm.options());
+  s.loss_scale = torch::zeros({}, params.final_norm.options());
   s.loss = torch::zeros({}, params.final_norm.options());
 }
 
@@ -499,25 +501,29 @@ torch::Tensor GradientGraphs::accumulate(const Params& params, const torch::Tens
   if (!buffer.defined()) buffer = torch::empty_like(tokens, torch::MemoryFormat::Contiguous);
   buffer.copy_(tokens);
   s.step_size.fill_(s.config.inner_lr * options.ilr_mult);
-  // Into the graph's own buffers, unscaled, with no host callback; scaled when added below.
-  GradientOptions in_graph = options;
-  in_graph.loss_scale = 1.0;
+  s.loss_scale.fill_(options.loss_scale);
+  // The graph adds into the buffers it lends the parameters as .grad: a .grad reset to
+  // nothing gets the buffer zeroed, any other .grad is copied into it first.
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < s.sinks.params.size(); ++i) {
+      const torch::Tensor& p = s.sinks.params[i];
+      const torch::Tensor& lent = s.sinks.sinks[i];
+      if (!p.grad().defined()) {
+        lent.zero_();
+      } else if (!p.grad().is_same(lent)) {
+        lent.copy_(p.grad());
+      }
+      p.mutable_grad() = lent;
+    }
+  }
+  GradientOptions in_graph = options;  // no host callback in a graph
   in_graph.on_chunk = nullptr;
   in_graph.graphs = nullptr;
   s.graphs.run(2 * n + (options.first_order ? 1 : 0), [&] {
     torch::AutoGradMode grad_mode(true);
-    for (const torch::Tensor& sink : s.sinks.sinks) sink.zero_();
-    s.loss.copy_(gradient_into(s.config, s.params, buffer, s.step_size, in_graph, s.sinks));
+    s.loss.copy_(gradient_into(s.config, s.params, buffer, s.step_size, s.loss_scale, in_graph, s.sinks));
   });
-  torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < s.sinks.params.size(); ++i) {
-    const torch::Tensor& p = s.sinks.params[i];
-    if (p.grad().defined()) {
-      p.mutable_grad().add_(s.sinks.sinks[i], options.loss_scale);
-    } else {
-      p.mutable_grad() = s.sinks.sinks[i] * options.loss_scale;
-    }
-  }
   return s.loss.clone();
 }
 

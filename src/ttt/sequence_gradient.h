@@ -52,11 +52,13 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
 
 // accumulate_sequence_gradient as CUDA graphs, one per sequence length: training reads
 // thousands of sequences of one length, and eagerly the reverse scan's ~2,500 kernels per
-// chunk cost the host more time than the GPU spends on them. The graph computes the
-// gradient into buffers of its own (the inner step size is one too, so the inner-LR
-// warm-up needs no new graph), which are then added to .grad, scaled by loss_scale. Like
+// chunk cost the host more time than the GPU spends on them. The graph adds the gradient
+// into buffers of its own that it lends the parameters as their .grad, so there is no
+// second copy of the gradient (3B: 12 GB); the inner step size and loss_scale are device
+// tensors too, so the inner-LR warm-up and any scale replay the same graph. Like
 // GraphReplay, a length runs eagerly first, is captured the second time, replayed after.
-// The parameters must stay where they are (optimisers update them in place).
+// The parameters must stay where they are (optimisers update them in place), and a .grad
+// set to another tensor is copied into the lent buffer at the next call.
 class GradientGraphs {
  public:
   // Whether graphs can serve this model here: a CUDA build and device, graphs not switched
