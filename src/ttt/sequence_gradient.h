@@ -1,18 +1,20 @@
 // The gradient of a sequence's loss (SPEC sections 5 and 6) w.r.t. every parameter, by
-// per-chunk recomputation of the suffix.
+// recomputation, so memory grows only by what recomputing needs (per token: the cache rows
+// of every block, h and its gradient), not by activations.
 //
-// The prefix (the blocks without fast weights; every block of fa and swa) runs once over
-// the sequence with its graph kept: the outer gradient reaches it only through its output
-// h, first order, so it takes fused kernels and whole-sequence spans on the GPU. Its
-// activations are what grows with the sequence's length. The suffix then runs the inner
-// loop: a forward pass without an outer graph saves, per chunk, the fast weights it starts
-// from and the KV-cache entries it adds; a reverse scan recomputes one chunk at a time, its
-// inner step included (second order for ttt-e2e), with those weights, the cache it reads
-// and h as fresh leaves, and backpropagates the chunk's weighted loss plus the adjoints of
-// the weights and cache it hands to the next chunk. Last, the summed gradient of h goes
-// back through the prefix in one pass (DESIGN.md). The result equals differentiating
-// run_sequence with OuterGradient::kExact (or kFirstOrder), which keeps every chunk's graph
-// instead (tests/ttt/sequence_gradient_test.cpp).
+// The prefix (the blocks without fast weights; every block of fa and swa) runs over the
+// sequence by spans without a graph, keeping the hidden states h it hands to the suffix and
+// the cache rows each span leaves for later ones; the outer gradient reaches it only through
+// h, first order, so fused kernels serve it. The suffix then runs the inner loop: a forward
+// pass without an outer graph saves each chunk's KV-cache rows and the fast weights of
+// every so many chunks; a reverse scan recomputes one chunk at a time (the fast weights it
+// starts from recomputed from the last kept ones where needed), its inner step included
+// (second order for ttt-e2e), with those weights, the cache it reads and h as fresh leaves,
+// and backpropagates the chunk's weighted loss plus the adjoints of the weights and cache it
+// hands to the next chunk. Last, the gradient of h goes back through the prefix span by
+// span from the last, each span recomputed with the rows before it as leaves (DESIGN.md).
+// The result equals differentiating run_sequence with OuterGradient::kExact (or
+// kFirstOrder), which keeps every chunk's graph instead (tests/ttt/sequence_gradient_test.cpp).
 #pragma once
 #include <torch/types.h>
 
