@@ -377,8 +377,8 @@ void add_niah_prompts_command(CLI::App& data) {
 }  // namespace
 
 void add_data_command(CLI::App& app) {
-  CLI::App* data =
-      app.add_subcommand("data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info.");
+  CLI::App* data = app.add_subcommand(
+      "data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info, niah-prompts.");
   data->require_subcommand(1);
   add_fetch_command(*data);
   add_train_tokenizer_command(*data);

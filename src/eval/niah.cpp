@@ -522,7 +522,13 @@ bool write_plot(const Spec& spec, const RunInfo& run, const Summary& summary, co
        << "set title 'NIAH " << task_name(spec.task) << " (RULER S-NIAH), " << run.variant << ", " << run.mode << "'\n"
        << "set xlabel 'context length (tokens)'\nset ylabel 'accuracy'\nset yrange [-0.05:1.05]\n"
        << "set grid\nset key outside right\nset datafile missing 'NaN'\n"
-       << context_axis(summary.contexts) << "plot 'DATA' using 1:2 with linespoints linewidth 3 title 'mean'";
+       << context_axis(summary.contexts);
+  if (run.mode == "likelihood") {  // a guess among the answer and its distractors
+    const double chance = 1.0 / static_cast<double>(spec.distractors + 1);
+    plot << "set arrow from graph 0, first " << chance << " to graph 1, first " << chance << " nohead dashtype 3\n"
+         << "set label 'chance' at graph 0.01, first " << chance << " offset 0,0.6\n";
+  }
+  plot << "plot 'DATA' using 1:2 with linespoints linewidth 3 title 'all depths'";
   // A line per depth where there are a few; beyond that they would hide the mean.
   if (summary.depths.size() > 1 && summary.depths.size() <= 10) {
     for (size_t d = 0; d < summary.depths.size(); ++d) {

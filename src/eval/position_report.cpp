@@ -395,10 +395,10 @@ std::vector<std::string> write_position_report(const PositionReport& report, con
   std::ostringstream context_plot;
   context_plot << "# Loss against context length; run `gnuplot context.gp` in this folder.\n"
                << "set terminal pngcairo size 900,560 noenhanced\nset output 'loss_by_context.png'\n"
-               << "set title 'Loss by context length (as in Figures 1 and 9 of the paper): mean NLL over the first T "
-                  "tokens of documents of at least T'\n"
-               << "set xlabel 'context length T (tokens)'\nset ylabel 'mean NLL (nats), +- standard error'\n"
-               << "set grid\nset key top right\n"
+               << "set title 'Loss by context length (as in Figures 1 and 9 of the paper)'\n"
+               << "set xlabel 'context length T (tokens, bos included)'\n"
+               << "set ylabel 'mean NLL over the first T tokens (nats), +- standard error'\n"
+               << "set grid\nset key outside right\n"
                << context_axis(report.contexts) << "plot";
   for (size_t m = 0; m < report.models.size(); ++m) {
     context_plot << (m ? ", \\\n    " : " ") << "'context.dat' using 1:" << 2 * m + 2 << ":" << 2 * m + 3

@@ -45,7 +45,7 @@ std::string write_file(const std::string& name, const std::string& bytes) {
 
 TEST(DataCli, HelpDescribesTheCommands) {
   for (const char* command : {"tokenize", "detokenize", "data", "data prepare", "data fetch", "data train-tokenizer",
-                              "data tokenizer-info"}) {
+                              "data tokenizer-info", "data niah-prompts", "eval niah"}) {
     const CliRun run = run_ttt(std::string(command) + " --help");
     EXPECT_EQ(run.exit_code, 0) << command << run.output;
     EXPECT_NE(run.output.find("--"), std::string::npos) << run.output;
