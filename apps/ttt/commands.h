@@ -7,6 +7,8 @@ namespace ttt::cli {
 void add_init_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+// `ttt eval niah` (apps/ttt/niah_command.cpp), under `eval`.
+void add_niah_command(CLI::App& eval);
 void add_grad_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 // `ttt bench` (apps/ttt/bench_command.cpp).

@@ -17,8 +17,10 @@
 #include "data/documents.h"
 #include "data/prepare.h"
 #include "data/train_tokenizer.h"
+#include "eval/niah.h"
 #include "io/atomic_file.h"
 #include "io/input_file.h"
+#include "io/paths.h"
 #include "io/subprocess.h"
 #include "io/token_file.h"
 #include "io/token_table.h"
@@ -343,16 +345,46 @@ void add_tokenizer_info_command(CLI::App& data) {
   command->callback([flags] { run_tokenizer_info(*flags); });
 }
 
+struct NiahPromptsFlags {
+  std::string spec, tokenizer, out;
+};
+
+// The prompts of `ttt eval niah`, built here where the tokenizers are.
+void run_niah_prompts(const NiahPromptsFlags& flags) {
+  const niah::Spec spec = niah::Spec::from_json(read_input(flags.spec));
+  std::string haystack;
+  if (niah::uses_text_haystack(spec.task)) haystack = read_input(spec.haystack_path);
+  const auto tokenizer = text::load_tokenizer(flags.tokenizer);
+  const niah::Encode encode = [&tokenizer](std::string_view text) {
+    const std::vector<text::TokenId> ids = tokenizer->encode(text);
+    return std::vector<int64_t>(ids.begin(), ids.end());
+  };
+  io::make_directories(flags.out);
+  niah::write_samples(niah::make_samples(spec, encode, tokenizer->bos_id(), haystack), flags.out);
+}
+
+void add_niah_prompts_command(CLI::App& data) {
+  auto flags = std::make_shared<NiahPromptsFlags>();
+  CLI::App* command = data.add_subcommand(
+      "niah-prompts",
+      "Build the needle-in-a-haystack prompts of a spec (used by `ttt eval niah`): samples.json and prompts.u32.");
+  command->add_option("--spec", flags->spec, "the spec (JSON, written by `ttt eval niah`)")->required();
+  command->add_option("--tokenizer", flags->tokenizer, kTokenizerHelp)->required();
+  command->add_option("--out", flags->out, "output directory (created if missing)")->required();
+  command->callback([flags] { run_niah_prompts(*flags); });
+}
+
 }  // namespace
 
 void add_data_command(CLI::App& app) {
-  CLI::App* data =
-      app.add_subcommand("data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info.");
+  CLI::App* data = app.add_subcommand(
+      "data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info, niah-prompts.");
   data->require_subcommand(1);
   add_fetch_command(*data);
   add_train_tokenizer_command(*data);
   add_prepare_command(*data);
   add_tokenizer_info_command(*data);
+  add_niah_prompts_command(*data);
 }
 
 }  // namespace ttt::cli

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "data/prepare_manifest.h"
 #include "eval/evaluate.h"
+#include "eval/plot.h"
 #include "eval/position_report.h"
 #include "io/atomic_file.h"
 #include "io/paths.h"
@@ -27,7 +28,7 @@ namespace {
 
 struct EvalOptions {
   std::vector<std::string> model_paths, token_paths;
-  std::string documents_dir, json_path, report_dir, buckets;
+  std::string documents_dir, json_path, report_dir, buckets, contexts;
   ComputeFlags compute;
   int64_t length = 0, max_documents = 0;
 };
@@ -172,7 +173,9 @@ void evaluate_report(const EvalOptions& options) {
     }
     edges = default_bucket_edges(mini_batch, window, max_targets);
   }
-  const PositionReport report = make_position_report(described, documents, edges, models[0].config.bos_id);
+  const std::vector<int64_t> contexts =
+      options.contexts.empty() ? kPaperContexts : parse_token_counts("--contexts", options.contexts);
+  const PositionReport report = make_position_report(described, documents, edges, models[0].config.bos_id, contexts);
   for (size_t m = 0; m < models.size(); ++m) {
     std::printf("%s: loss %.4f over %lld documents (%lld targets), %.1f s\n", described[m].label.c_str(),
                 report.overall[m].mean, static_cast<long long>(report.overall[m].documents),
@@ -180,10 +183,12 @@ void evaluate_report(const EvalOptions& options) {
   }
   std::printf("\n%s", report_table(report).c_str());
   if (!options.report_dir.empty()) {
-    const std::string png = write_position_report(report, options.report_dir);
-    std::printf("\nreport in %s/ (report.json, table.md, curve.dat, plot.gp%s)\n", options.report_dir.c_str(),
-                png.empty() ? "" : ", loss_by_position.png");
-    if (png.empty()) std::fprintf(stderr, "ttt: warning: gnuplot not found, no plot drawn (install gnuplot-nox)\n");
+    const std::vector<std::string> plots = write_position_report(report, options.report_dir);
+    std::string files = "report.json, table.md, curve.dat, plot.gp";
+    if (!report.contexts.empty()) files += ", context.dat, context.gp";
+    for (const std::string& png : plots) files += ", " + png;
+    std::printf("\nreport in %s/ (%s)\n", options.report_dir.c_str(), files.c_str());
+    if (plots.empty()) std::fprintf(stderr, "%s\n", kNoGnuplotWarning);
   }
 }
 
@@ -198,10 +203,10 @@ void add_eval_command(CLI::App& app) {
       "masked mean NLL (fa: the masked mean over all targets), and --json with every NLL.\n"
       "Several models or documents (--documents): loss by position in the document, bucketed (the\n"
       "first mini-batch, up to the window, then doubling) with the spread over documents, paired\n"
-      "differences to the first model, and the unigram baseline of the text; --report writes it all\n"
-      "with a plot. Targets equal to bos_id carry no loss.");
-  command->add_option("--model", options->model_paths, "model checkpoint (.safetensors); repeat to compare models")
-      ->required();
+      "differences to the first model, the loss by context length T (--contexts) and the unigram baseline\n"
+      "of the text; --report writes it all with plots. Targets equal to bos_id carry no loss.\n"
+      "`ttt eval niah` runs RULER's needle-in-a-haystack tasks (see `ttt eval niah --help`).");
+  command->add_option("--model", options->model_paths, "model checkpoint (.safetensors); repeat to compare models");
   auto* tokens = command->add_option("--tokens", options->token_paths,
                                      "token file(s): raw little-endian uint32 ids, no header (.u32), one document each");
   auto* documents = command->add_option(
@@ -217,16 +222,24 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   command->add_option("--buckets", options->buckets, "position bucket edges, e.g. 0,64,256,1024,4096");
+  command->add_option("--contexts", options->contexts,
+                      "context lengths T for the loss by context length: the mean NLL over the first T tokens of\n"
+                      "documents at least T long, e.g. 1K,2K,4K (default: the paper's 8K,16K,32K,64K,128K; lengths\n"
+                      "longer than every document are left out)");
   command->add_option("--report", options->report_dir,
-                      "write report.json, table.md, curve.dat, plot.gp and loss_by_position.png (gnuplot) here");
+                      "write report.json, table.md, curve.dat, plot.gp, context.dat, context.gp, and with gnuplot\n"
+                      "loss_by_position.png and loss_by_context.png here");
   command->add_option("--json", options->json_path,
                       "one model over one file: write {\"loss\": L, \"nll\": [per target token]} here");
   options->compute.add_to(command);
-  command->callback([options] {
+  add_niah_command(*command);
+  command->callback([options, command] {
+    if (command->got_subcommand("niah")) return;
+    require(!options->model_paths.empty(), "--model is required");
     require(!options->token_paths.empty() || !options->documents_dir.empty(), "give --tokens or --documents");
     const bool single = options->model_paths.size() == 1 && options->token_paths.size() == 1 &&
                         options->documents_dir.empty() && options->report_dir.empty() && options->buckets.empty() &&
-                        options->length == 0;
+                        options->contexts.empty() && options->length == 0;
     if (single) return evaluate_one(*options);
     require(options->json_path.empty(),
             "--json writes one model's NLLs over one token file; for several use --report DIR");

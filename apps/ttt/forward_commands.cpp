@@ -47,7 +47,7 @@ void add_forwarded(CLI::App& app, const std::string& name, const std::string& de
 void add_text_commands(CLI::App& app) {
   add_forwarded(app, "tokenize", "Encode text to token ids");
   add_forwarded(app, "detokenize", "Decode token ids back to text");
-  add_forwarded(app, "data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info");
+  add_forwarded(app, "data", "Corpora and tokenizers: fetch, train-tokenizer, prepare, tokenizer-info, niah-prompts");
 }
 
 }  // namespace ttt::cli

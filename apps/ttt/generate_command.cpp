@@ -14,7 +14,6 @@
 #include "infer/sampler.h"
 #include "infer/session.h"
 #include "io/atomic_file.h"
-#include "io/paths.h"
 #include "io/scratch_dir.h"
 #include "io/token_file.h"
 #include "io/token_table.h"
@@ -32,14 +31,6 @@ struct GenerateOptions {
   ComputeFlags compute;
 };
 
-// --tokenizer, else tokenizer.model beside the checkpoint (where `scripts/main_job.sh`
-// keeps it); "" when there is none.
-std::string find_tokenizer(const GenerateOptions& options) {
-  if (!options.tokenizer.empty()) return options.tokenizer;
-  const std::string beside = io::parent_directory(options.model_path) + "/tokenizer.model";
-  return ::access(beside.c_str(), R_OK) == 0 ? beside : "";
-}
-
 double peak_rss_mb() {
   rusage usage{};
   ::getrusage(RUSAGE_SELF, &usage);
@@ -52,20 +43,13 @@ void generate(const GenerateOptions& options) {
   require(given == 1 || (given == 0 && !options.load_session.empty()),
           "give one prompt: --prompt TEXT, --prompt-file F or --prompt-tokens X.u32");
   const Model model = options.compute.load_for_inference(options.model_path);
-  const std::string tokenizer = find_tokenizer(options);
+  const std::string tokenizer = tokenizer_for(options.model_path, options.tokenizer);
 
   const io::ScratchDir scratch("ttt-generate");  // files exchanged with ttt-data
   io::TokenTable table;
   const bool have_text = !tokenizer.empty();
   if (have_text) {
-    run_data_program({"data", "tokenizer-info", "--tokenizer", tokenizer, "--pieces", scratch.path("pieces.bin")});
-    table = io::TokenTable::read(scratch.path("pieces.bin"));
-    require(static_cast<int64_t>(table.pieces.size()) <= model.config.vocab_size,
-            "tokenizer " + table.tokenizer + " has " + std::to_string(table.pieces.size()) +
-                " tokens, more than the model's vocab_size " + std::to_string(model.config.vocab_size));
-    require(table.bos_id == model.config.bos_id, "tokenizer " + table.tokenizer + "'s bos id " +
-                                                     std::to_string(table.bos_id) + " is not the model's bos_id " +
-                                                     std::to_string(model.config.bos_id));
+    table = token_table_for(model.config, tokenizer, scratch.path("pieces.bin"));
   } else {
     require(options.prompt_tokens.empty() == false || given == 0,
             "no tokenizer: give --tokenizer, keep tokenizer.model beside the model, or use --prompt-tokens");

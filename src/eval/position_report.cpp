@@ -10,9 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "eval/plot.h"
 #include "io/atomic_file.h"
 #include "io/paths.h"
-#include "io/subprocess.h"
 
 namespace ttt {
 namespace {
@@ -89,7 +89,7 @@ std::vector<int64_t> default_bucket_edges(int64_t mini_batch, int64_t window, in
 }
 
 PositionReport make_position_report(std::vector<ReportModel> models, const std::vector<EvaluatedDocument>& documents,
-                                    std::vector<int64_t> edges, int64_t bos_id) {
+                                    std::vector<int64_t> edges, int64_t bos_id, const std::vector<int64_t>& contexts) {
   require(!models.empty(), "no models to report");
   require(!documents.empty(), "no documents to report");
   require(edges.size() >= 2 && edges.front() == 0 && std::is_sorted(edges.begin(), edges.end()) &&
@@ -197,6 +197,35 @@ PositionReport make_position_report(std::vector<ReportModel> models, const std::
     }
     report.paired_vs_first.push_back(paired);
   }
+
+  std::vector<int64_t> asked = contexts;
+  std::sort(asked.begin(), asked.end());
+  asked.erase(std::unique(asked.begin(), asked.end()), asked.end());
+  for (int64_t context : asked) {
+    require(context >= 2, "context length " + std::to_string(context) + ": at least 2 tokens (one target) needed");
+    (context <= max_targets + 1 ? report.contexts : report.contexts_left_out).push_back(context);
+  }
+  for (size_t m = 0; m < n_models; ++m) {
+    std::vector<BucketStats> per_context;
+    for (int64_t context : report.contexts) {
+      std::vector<double> doc_means;
+      int64_t targets = 0;
+      for (const EvaluatedDocument& doc : documents) {
+        if (static_cast<int64_t>(doc.tokens.size()) < context) continue;
+        double sum = 0;
+        int64_t count = 0;
+        for (int64_t t = 0; t + 1 < context; ++t) {
+          if (doc.tokens[t + 1] == bos_id) continue;
+          sum += doc.nll[m][t];
+          ++count;
+        }
+        if (count > 0) doc_means.push_back(sum / static_cast<double>(count));
+        targets += count;
+      }
+      per_context.push_back(stats_of(doc_means, targets));
+    }
+    report.by_context.push_back(per_context);
+  }
   return report;
 }
 
@@ -205,12 +234,13 @@ std::string report_json(const PositionReport& report) {
   json models = json::array();
   for (size_t m = 0; m < report.models.size(); ++m) {
     const ReportModel& model = report.models[m];
-    json buckets = json::array(), paired = json::array(), per_document = json::array();
+    json buckets = json::array(), paired = json::array(), per_document = json::array(), by_context = json::array();
     for (size_t b = 0; b < report.buckets[m].size(); ++b) {
       buckets.push_back(stats_json(report.buckets[m][b]));
       paired.push_back(stats_json(report.paired_vs_first[m][b]));
     }
     for (const auto& values : report.document_buckets[m]) per_document.push_back(values);
+    for (const BucketStats& s : report.by_context[m]) by_context.push_back(stats_json(s));
     models.push_back({{"label", model.label},
                       {"path", model.path},
                       {"variant", model.variant},
@@ -222,7 +252,8 @@ std::string report_json(const PositionReport& report) {
                       {"buckets", buckets},
                       {"minus_first_model", paired},
                       {"document_buckets", per_document},
-                      {"curve", report.curve[m]}});
+                      {"curve", report.curve[m]},
+                      {"by_context", by_context}});
   }
   json documents = json::array();
   for (size_t d = 0; d < report.documents.size(); ++d) {
@@ -235,6 +266,8 @@ std::string report_json(const PositionReport& report) {
                   {"unigram_nll", report.unigram_nll},
                   {"documents", documents},
                   {"curve_positions", report.curve_positions},
+                  {"contexts", report.contexts},
+                  {"contexts_left_out", report.contexts_left_out},
                   {"models", models}};
   return j.dump(1) + "\n";
 }
@@ -244,8 +277,9 @@ std::string report_table(const PositionReport& report) {
   const size_t n_buckets = report.edges.size() - 1;
   int64_t targets = 0;
   for (int64_t t : report.document_targets) targets += t;
-  out << "Loss (mean NLL in nats per token) by target position, over " << report.documents.size()
-      << " documents (" << targets << " targets): mean (standard deviation over documents).\n"
+  out << "Loss (mean NLL in nats per token) by target position (the paper's Figure 6, loss by token index), over "
+      << report.documents.size() << " documents (" << targets
+      << " targets): mean (standard deviation over documents).\n"
       << "Unigram baseline of the evaluated text: " << format_loss(report.unigram_nll) << ".\n\n";
   out << "| model | params | all";
   for (size_t b = 0; b < n_buckets; ++b) out << " | " << bucket_name(report.edges[b], report.edges[b + 1]);
@@ -277,10 +311,34 @@ std::string report_table(const PositionReport& report) {
       out << " |\n";
     }
   }
+  if (!report.contexts.empty()) {
+    out << "\nLoss by context length T (the paper's Figures 1 and 9): over the documents of at least T tokens, "
+           "each one's mean NLL over its first T tokens; mean +- standard error over documents.\n\n| model";
+    for (int64_t context : report.contexts) out << " | " << context_label(context);
+    out << " |\n|:--";
+    for (size_t c = 0; c < report.contexts.size(); ++c) out << "|--:";
+    out << "|\n";
+    for (size_t m = 0; m < report.models.size(); ++m) {
+      out << "| " << report.models[m].label;
+      for (const BucketStats& s : report.by_context[m])
+        out << " | " << format_loss(s.mean) << " +- " << format_loss(s.sem);
+      out << " |\n";
+    }
+    out << "| documents";
+    for (const BucketStats& s : report.by_context[0]) out << " | " << s.documents;
+    out << " |\n";
+  }
+  if (!report.contexts_left_out.empty()) {
+    out << "\nContext lengths left out, longer than every document:";
+    for (size_t c = 0; c < report.contexts_left_out.size(); ++c) {
+      out << (c ? ", " : " ") << context_label(report.contexts_left_out[c]);
+    }
+    out << ".\n";
+  }
   return out.str();
 }
 
-std::string write_position_report(const PositionReport& report, const std::string& dir) {
+std::vector<std::string> write_position_report(const PositionReport& report, const std::string& dir) {
   io::make_directories(dir);
   io::write_text_file(dir + "/report.json", report_json(report));
   io::write_text_file(dir + "/table.md", report_table(report));
@@ -301,7 +359,8 @@ std::string write_position_report(const PositionReport& report, const std::strin
   std::ostringstream plot;
   plot << "# Loss against position; run `gnuplot plot.gp` in this folder.\n"
        << "set terminal pngcairo size 900,560 noenhanced\nset output 'loss_by_position.png'\n"
-       << "set title 'Loss by position over " << report.documents.size() << " held-out documents'\n"
+       << "set title 'Loss by token index (as in Figure 6 of the paper) over " << report.documents.size()
+       << " held-out documents'\n"
        << "set xlabel 'context: tokens seen, bos included'\nset ylabel 'mean NLL (nats)'\n"
        << "set logscale x 2\nset grid\nset key top right\nset datafile missing 'NaN'\n"
        << "set xrange [1:*]\n";
@@ -318,12 +377,38 @@ std::string write_position_report(const PositionReport& report, const std::strin
   }
   plot << "\n";
   io::write_text_file(dir + "/plot.gp", plot.str());
-  // gnuplot has no library to call: it runs as a program, where it is installed.
-  const std::string gnuplot = io::find_on_path("gnuplot");
-  if (gnuplot.empty()) return "";
-  const io::CommandExit ended = io::run_command({.program = gnuplot, .args = {"plot.gp"}}, {.working_directory = dir});
-  require(ended.succeeded(), "gnuplot failed on " + dir + "/plot.gp (it " + ended.describe() + ")");
-  return dir + "/loss_by_position.png";
+  if (report.contexts.empty()) {
+    if (!run_gnuplot(dir, "plot.gp")) return {};
+    return {"loss_by_position.png"};
+  }
+
+  std::ostringstream by_context;
+  by_context << "# context";
+  for (const ReportModel& model : report.models) by_context << " " << model.label << " sem";
+  by_context << "\n";
+  for (size_t c = 0; c < report.contexts.size(); ++c) {
+    by_context << report.contexts[c];
+    for (const auto& stats : report.by_context) by_context << " " << stats[c].mean << " " << stats[c].sem;
+    by_context << "\n";
+  }
+  io::write_text_file(dir + "/context.dat", by_context.str());
+  std::ostringstream context_plot;
+  context_plot << "# Loss against context length; run `gnuplot context.gp` in this folder.\n"
+               << "set terminal pngcairo size 900,560 noenhanced\nset output 'loss_by_context.png'\n"
+               << "set title 'Loss by context length (as in Figures 1 and 9 of the paper)'\n"
+               << "set xlabel 'context length T (tokens, bos included)'\n"
+               << "set ylabel 'mean NLL over the first T tokens (nats), +- standard error'\n"
+               << "set grid\nset key outside right\n"
+               << context_axis(report.contexts) << "plot";
+  for (size_t m = 0; m < report.models.size(); ++m) {
+    context_plot << (m ? ", \\\n    " : " ") << "'context.dat' using 1:" << 2 * m + 2 << ":" << 2 * m + 3
+                 << " with yerrorlines linewidth 2 title '" << report.models[m].label << "'";
+  }
+  context_plot << "\n";
+  io::write_text_file(dir + "/context.gp", context_plot.str());
+  if (!run_gnuplot(dir, "plot.gp")) return {};
+  run_gnuplot(dir, "context.gp");
+  return {"loss_by_position.png", "loss_by_context.png"};
 }
 
 }  // namespace ttt

@@ -1,6 +1,7 @@
 // `ttt tokenize`, `ttt detokenize` and `ttt data ...` driven as a user would.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -44,7 +45,7 @@ std::string write_file(const std::string& name, const std::string& bytes) {
 
 TEST(DataCli, HelpDescribesTheCommands) {
   for (const char* command : {"tokenize", "detokenize", "data", "data prepare", "data fetch", "data train-tokenizer",
-                              "data tokenizer-info"}) {
+                              "data tokenizer-info", "data niah-prompts", "eval niah"}) {
     const CliRun run = run_ttt(std::string(command) + " --help");
     EXPECT_EQ(run.exit_code, 0) << command << run.output;
     EXPECT_NE(run.output.find("--"), std::string::npos) << run.output;
@@ -116,15 +117,21 @@ TEST(DataCli, TrainTokenizerThenUseIt) {
   EXPECT_EQ(run_ttt("detokenize --tokenizer " + model + " --tokens " + ids).output, "Everyone is permitted to copy \xff\n");
 }
 
-// `ttt generate` with a real tokenizer: the prompt is encoded and the output decoded by
-// ttt-data's tokenizer (here raw bytes: every generated token is one byte of text).
-TEST(DataCli, GenerateEncodesThePromptAndStreamsText) {
+// A tiny untrained ttt-e2e model over the bytes tokenizer's ids (256 bytes, bos, eos).
+std::string byte_model() {
   const std::string config = write_file("config.json", R"({"variant": "ttt-e2e", "vocab_size": 258, "d_model": 16,
     "n_layers": 2, "n_heads": 2, "d_ff": 32, "rms_eps": 1e-6, "rope_theta": 10000, "window": 16, "mini_batch": 8,
     "suffix_len": 1, "inner_lr": 1.0, "inner_clip": 1.0, "tie_embeddings": true, "qk_norm": true,
     "bos_id": 256, "eos_id": 257})");
   const std::string model = temp_path("model.safetensors");
-  ASSERT_EQ(run_ttt("init --config " + config + " --out " + model).exit_code, 0);
+  EXPECT_EQ(run_ttt("init --config " + config + " --out " + model).exit_code, 0);
+  return model;
+}
+
+// `ttt generate` with a real tokenizer: the prompt is encoded and the output decoded by
+// ttt-data's tokenizer (here raw bytes: every generated token is one byte of text).
+TEST(DataCli, GenerateEncodesThePromptAndStreamsText) {
+  const std::string model = byte_model();
   const std::string args = "generate --model " + model + " --tokenizer bytes --prompt 'Call me Ishmael.' --seed 5";
   const CliRun run = run_ttt(args + " --max-tokens 20");
   ASSERT_EQ(run.exit_code, 0) << run.output;
@@ -142,6 +149,98 @@ TEST(DataCli, GenerateEncodesThePromptAndStreamsText) {
                                write_file("empty.txt", ""));
   EXPECT_NE(empty.exit_code, 0);
   EXPECT_NE(empty.output.find("the prompt is empty"), std::string::npos) << empty.output;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+// `ttt eval niah` end to end on a tiny untrained model: JSON whose numbers agree with each
+// other and with the scoring rules, the same results for the same seed, a plot.
+TEST(DataCli, EvalNiahGeneratesAndScoresPerContextAndDepth) {
+  const std::string model = byte_model();
+  const std::string json = temp_path("niah.json"), png = temp_path("niah.png");
+  const std::string args =
+      "eval niah --model " + model +
+      " --tokenizer bytes --task passkey --contexts 400,512 --depths 0,50,100 --samples 3 --seed 4";
+  const CliRun run = run_ttt(args + " --json " + json + " --plot " + png);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("| all |"), std::string::npos) << run.output;
+  const nlohmann::json j = read_json(json);
+  EXPECT_EQ(j.at("format"), "ttt-niah/1");
+  EXPECT_EQ(j.at("ruler_task"), "niah_single_1");
+  EXPECT_EQ(j.at("mode"), "generate");
+  ASSERT_EQ(j.at("contexts").size(), 2u);
+  for (const nlohmann::json& context : j.at("contexts")) {
+    ASSERT_EQ(context.at("results").size(), 3u);
+    ASSERT_EQ(context.at("depths").size(), 3u);
+    int correct = 0;
+    for (size_t i = 0; i < 3; ++i) {
+      const nlohmann::json& r = context.at("results")[i];
+      const std::string expected = r.at("expected"), got = r.at("got");
+      EXPECT_EQ(expected.size(), 7u);
+      // " 1234567" and the margin, one byte a token; bytes that are not UTF-8 become U+FFFD (3 bytes).
+      EXPECT_LE(got.size(), 3 * (8u + 8u));
+      EXPECT_EQ(r.at("correct").get<bool>(), got.find(expected) != std::string::npos);
+      EXPECT_EQ(r.at("depth").get<double>(), std::vector<double>({0, 50, 100})[i]);
+      EXPECT_EQ(context.at("depths")[i].at("accuracy").get<double>(), r.at("correct").get<bool>() ? 1.0 : 0.0);
+      correct += r.at("correct").get<bool>();
+    }
+    EXPECT_DOUBLE_EQ(context.at("accuracy").get<double>(), correct / 3.0);
+  }
+  EXPECT_EQ(j.at("contexts")[1].at("context"), 512);
+  const std::string again = temp_path("again.json");
+  ASSERT_EQ(run_ttt(args + " --json " + again).exit_code, 0);
+  EXPECT_EQ(read_json(again).at("contexts"), j.at("contexts"));  // greedy and seeded: the same answers
+  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
+    std::ifstream image(png, std::ios::binary);
+    char magic[4] = {};
+    image.read(magic, 4);
+    EXPECT_EQ(std::string(magic + 1, 3), "PNG");
+  }
+}
+
+TEST(DataCli, EvalNiahScoresByLikelihoodInATextHaystack) {
+  const std::string model = byte_model();
+  std::string text;
+  for (int i = 0; i < 50; ++i) text += "Call me Ishmael, said sentence " + std::to_string(i) + ". ";
+  const std::string json = temp_path("niah.json");
+  const CliRun run = run_ttt("eval niah --model " + model + " --tokenizer bytes --task uuid --haystack " +
+                             write_file("essay.txt", text) + " --contexts 600 --depths 2 --samples 4 " +
+                             "--mode likelihood --distractors 3 --json " + json);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json j = read_json(json);
+  EXPECT_EQ(j.at("ruler_task"), "niah_single_3");
+  const nlohmann::json& results = j.at("contexts")[0].at("results");
+  ASSERT_EQ(results.size(), 4u);
+  for (const nlohmann::json& r : results) {
+    const std::vector<double> ll = r.at("log_likelihoods");
+    const std::vector<std::string> candidates = r.at("candidates");
+    ASSERT_EQ(ll.size(), 4u);
+    EXPECT_EQ(candidates[0], r.at("expected"));
+    const size_t best = std::max_element(ll.begin(), ll.end()) - ll.begin();
+    EXPECT_EQ(r.at("got"), candidates[best]);
+    EXPECT_EQ(r.at("correct").get<bool>(), ll[0] > std::max({ll[1], ll[2], ll[3]}));
+    for (double value : ll) EXPECT_LT(value, 0);
+  }
+  EXPECT_EQ(j.at("contexts")[0].at("depths").size(), 2u);  // 0% and 100%
+}
+
+TEST(DataCli, EvalNiahInputErrors) {
+  const std::string model = byte_model();
+  const std::string json = temp_path("never.json");
+  const std::string args = "eval niah --model " + model + " --json " + json + " --samples 1 ";
+  expect_clean_failure(run_ttt(args + "--tokenizer bytes --contexts 100"), "context 100 tokens");
+  expect_clean_failure(run_ttt(args + "--tokenizer bytes --contexts 8Q"), "'8Q'");
+  expect_clean_failure(run_ttt(args + "--tokenizer bytes --contexts 1K --depths 0,150"), "--depths");
+  expect_clean_failure(run_ttt(args + "--tokenizer cl100k_base --contexts 1K"), "more than the model's vocab_size 258");
+  expect_clean_failure(run_ttt(args + "--tokenizer bytes --contexts 1K --task number --haystack /nonexistent.txt"),
+                       "no such file");
+  expect_clean_failure(run_ttt(args + "--tokenizer bytes --contexts 1K --mode likelihood --distractors 0"),
+                       "--distractors");
+  EXPECT_LT(test::file_size(json), 0);  // nothing written by a failed run
+  expect_clean_failure(run_ttt("eval --tokens x.u32"), "--model is required");
 }
 
 TEST(DataCli, BadInputsFailWithOneLine) {
