@@ -20,11 +20,11 @@
 
 namespace ttt::cli {
 
-// A progress line on stderr when it is a terminal: long evaluations show they are alive.
-inline ProgressFn progress_reporter(const std::string& what) {
+// A progress line on stderr when it is a terminal: long runs show they are alive.
+inline ProgressFn progress_reporter(const std::string& what, const std::string& unit = "chunk") {
   if (!isatty(STDERR_FILENO)) return {};
-  return [what](int64_t done, int64_t total) {
-    std::fprintf(stderr, "\r%s: chunk %lld/%lld", what.c_str(), static_cast<long long>(done),
+  return [what, unit](int64_t done, int64_t total) {
+    std::fprintf(stderr, "\r%s: %s %lld/%lld", what.c_str(), unit.c_str(), static_cast<long long>(done),
                  static_cast<long long>(total));
     if (done == total) std::fprintf(stderr, "\n");
     std::fflush(stderr);
