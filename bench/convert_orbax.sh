@@ -3,7 +3,9 @@
 # on 2 cores (taskset -c 0,1, the development machine's count): MB/s of stored checkpoint
 # read, peak RSS (the converter should need about its largest array: 1.85 GB at 3B, the
 # stacked w1), and a check that the model loads. Makes the checkpoint first if it is not
-# there (bench/make_orbax_checkpoint.py: needs jax and orbax-checkpoint).
+# there: with orbax itself where jax and orbax-checkpoint are installed
+# (bench/make_orbax_checkpoint.py, the GPU machine), else with our own writer of the same
+# layout (bench/make_synthetic_orbax.py).
 # Usage: bash bench/convert_orbax.sh [size: 125m|3b] [work dir] [dtype: f32|bf16]
 # Env: TTT=path/to/ttt (default build/ttt, else build-gpu/ttt).
 set -euo pipefail
@@ -16,7 +18,13 @@ ttt=${TTT:-build/ttt}
 checkpoint=$work/$size
 out=$work/$size.$dtype.safetensors
 mkdir -p "$work"
-[[ -d $checkpoint ]] || python3 bench/make_orbax_checkpoint.py --size "$size" --out "$checkpoint"
+if [[ ! -d $checkpoint ]]; then
+  if python3 -c 'import jax, orbax.checkpoint' 2>/dev/null; then
+    python3 bench/make_orbax_checkpoint.py --size "$size" --out "$checkpoint"
+  else
+    python3 bench/make_synthetic_orbax.py --size "$size" --out "$checkpoint"
+  fi
+fi
 
 stored=$(du -sb "$checkpoint" | cut -f1)
 rm -f "$out"

@@ -14,10 +14,6 @@ Needs jax and orbax-checkpoint (the GPU machine has both). Usage:
 """
 import argparse
 
-import jax
-import jax.numpy as jnp
-import orbax.checkpoint as ocp
-
 # The authors' ttt-e2e shapes (their configs/model/*.yaml); vocabulary 128256 (Llama-3).
 SIZES = {
     "125m": dict(n_layers=12, d_model=768, n_heads=12, d_ff=1664, suffix_len=3),
@@ -30,6 +26,9 @@ VOCAB = 128256
 
 
 def weights_tree(n_layers, d_model, n_heads, d_ff, suffix_len, seed=0):
+    import jax  # here: bench/make_synthetic_orbax.py imports SIZES where jax is not installed
+    import jax.numpy as jnp
+
     keys = iter(jax.random.split(jax.random.PRNGKey(seed), 64))
 
     def matrix(*shape):
@@ -94,6 +93,8 @@ def main():
     parser.add_argument("--out", required=True, help="folder of step folders to create")
     parser.add_argument("--step", type=int, default=100)
     args = parser.parse_args()
+    import jax
+    import orbax.checkpoint as ocp
 
     tree = weights_tree(**SIZES[args.size])
     count = sum(x.size for x in jax.tree_util.tree_leaves(tree))
