@@ -8,6 +8,7 @@ PACKAGES=(
   libtorch-dev libopenblas-dev
   nlohmann-json3-dev libcli11-dev libgtest-dev
   libpcre2-dev libsentencepiece-dev
+  libzstd-dev
   gnuplot-nox
 )
 # node and npm fetch the tokenizers' vocabularies (scripts/fetch_vocab.sh) and compute the

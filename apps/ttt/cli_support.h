@@ -23,7 +23,7 @@
 
 namespace ttt::cli {
 
-// A progress line on stderr when it is a terminal: long evaluations show they are alive.
+// A progress line on stderr when it is a terminal: long runs show they are alive.
 // `unit` names what is counted.
 inline ProgressFn progress_reporter(const std::string& what, const std::string& unit = "chunk") {
   if (!isatty(STDERR_FILENO)) return {};

@@ -30,6 +30,9 @@ int main(int argc, char** argv) {
   ttt::cli::add_train_command(app);
   ttt::cli::add_generate_command(app);
   ttt::cli::add_bench_command(app);
+#ifdef TTT_WITH_ORBAX
+  ttt::cli::add_convert_command(app);
+#endif
 #ifdef TTT_WITH_TEXT
   ttt::cli::add_text_commands(app);
 #endif

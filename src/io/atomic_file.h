@@ -26,6 +26,8 @@ class AtomicFile {
   std::string temp_path_;
   int fd_ = -1;
   bool committed_ = false;
+  uint64_t written_ = 0;  // bytes so far
+  uint64_t flushed_ = 0;  // bytes whose writeback has been started
 };
 
 // Writes `text` to `path` through an AtomicFile.

@@ -28,21 +28,37 @@ bool is_directory(const std::string& path) {
   return ::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
 }
 
-std::vector<std::string> list_files(const std::string& dir, const std::string& suffix) {
+namespace {
+
+// The sorted names of the entries in `dir` for which `keep(name, stat)` holds.
+template <typename Keep>
+std::vector<std::string> list_entries(const std::string& dir, Keep keep) {
   DIR* handle = ::opendir(dir.c_str());
   require(handle != nullptr, dir + ": cannot read the directory: " + std::strerror(errno));
   std::vector<std::string> names;
   while (const dirent* entry = ::readdir(handle)) {
     const std::string name = entry->d_name;
     struct stat info {};
-    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
-        ::stat((dir + "/" + name).c_str(), &info) == 0 && S_ISREG(info.st_mode)) {
+    if (name != "." && name != ".." && ::stat((dir + "/" + name).c_str(), &info) == 0 && keep(name, info)) {
       names.push_back(name);
     }
   }
   ::closedir(handle);
   std::sort(names.begin(), names.end());
   return names;
+}
+
+}  // namespace
+
+std::vector<std::string> list_files(const std::string& dir, const std::string& suffix) {
+  return list_entries(dir, [&](const std::string& name, const struct stat& info) {
+    return S_ISREG(info.st_mode) && name.size() >= suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  });
+}
+
+std::vector<std::string> list_directories(const std::string& dir) {
+  return list_entries(dir, [](const std::string&, const struct stat& info) { return S_ISDIR(info.st_mode); });
 }
 
 std::string file_name(const std::string& path) {

@@ -15,6 +15,10 @@ bool is_directory(const std::string& path);
 // when `dir` cannot be read.
 std::vector<std::string> list_files(const std::string& dir, const std::string& suffix);
 
+// The names of the directories in `dir` (not "." or ".."), sorted; throws ttt::Error when
+// `dir` cannot be read.
+std::vector<std::string> list_directories(const std::string& dir);
+
 // "a/b/c.u32" -> "c.u32"; "c.u32" -> "c.u32".
 std::string file_name(const std::string& path);
 // "a/b/c.u32" -> "a/b"; "c.u32" -> ".".

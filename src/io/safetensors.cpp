@@ -192,44 +192,69 @@ SafetensorsFile read_safetensors(const std::string& path) {
   return file;
 }
 
-void write_safetensors(const std::string& path, const std::map<std::string, torch::Tensor>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  const std::string prefix = prefix_for(path);
+SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<TensorLayout>& layouts,
+                                     const std::map<std::string, std::string>& metadata)
+    : prefix_(prefix_for(path)), file_(path, prefix_) {
   // ordered_json keeps the key order of the reference library: metadata first, then each
-  // tensor as {dtype, shape, data_offsets}. std::map already sorts the tensors by name.
+  // tensor as {dtype, shape, data_offsets}, laid out in the order given.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header[kMetadataKey] = metadata;
-  std::vector<torch::Tensor> data;
-  uint64_t offset = 0;
-  for (const auto& [name, tensor] : tensors) {
-    const std::string where = prefix + "tensor " + quote(name) + ": ";
-    require(name != kMetadataKey, where + "the name is reserved for metadata");
-    require(tensor.defined(), where + "tensor is undefined");
-    const Dtype* dtype = find_dtype(tensor.scalar_type());
-    require(dtype != nullptr, where + "dtype " + c10::toString(tensor.scalar_type()) + " cannot be stored (" +
-                                  kSupported + ")");
-    torch::Tensor contiguous = tensor.detach().to(torch::kCPU).contiguous();
-    const uint64_t bytes = uint64_t(contiguous.numel()) * dtype->size;
-    header[name] = {{"dtype", dtype->name},
-                    {"shape", contiguous.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-    data.push_back(std::move(contiguous));
+  for (const TensorLayout& layout : layouts) {
+    const std::string where = prefix_ + "tensor " + quote(layout.name) + ": ";
+    require(layout.name != kMetadataKey, where + "the name is reserved for metadata");
+    require(!header.contains(layout.name), where + "the name is given twice");
+    const Dtype* dtype = find_dtype(layout.dtype);
+    require(dtype != nullptr, where + "dtype " + layout.dtype + " cannot be stored (" + kSupported + ")");
+    uint64_t bytes = dtype->size;
+    for (const int64_t dim : layout.shape) bytes *= uint64_t(dim);
+    header[layout.name] = {
+        {"dtype", dtype->name}, {"shape", layout.shape}, {"data_offsets", {data_bytes_, data_bytes_ + bytes}}};
+    data_bytes_ += bytes;
   }
 
   std::string header_text;
   try {
     header_text = header.dump();
   } catch (const nlohmann::ordered_json::type_error&) {
-    throw Error(prefix + "tensor names and metadata must be valid UTF-8");
+    throw Error(prefix_ + "tensor names and metadata must be valid UTF-8");
   }
   // Pad with spaces so that the data buffer starts 8-byte aligned, as the reference library does.
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
   const uint64_t header_size = header_text.size();
+  file_.write(&header_size, 8);
+  file_.write(header_text.data(), header_size);
+}
 
-  AtomicFile out(path, prefix);
-  out.write(&header_size, 8);
-  out.write(header_text.data(), header_size);
+void SafetensorsWriter::write(const void* data, uint64_t size) {
+  require(size <= data_bytes_ - written_,
+          prefix_ + "more data than the header's " + std::to_string(data_bytes_) + " bytes");
+  file_.write(data, size);
+  written_ += size;
+}
+
+void SafetensorsWriter::commit() {
+  require(written_ == data_bytes_, prefix_ + std::to_string(written_) +
+                                       " bytes of data written where the header says " + std::to_string(data_bytes_));
+  file_.commit();
+}
+
+void write_safetensors(const std::string& path, const std::map<std::string, torch::Tensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  const std::string prefix = prefix_for(path);
+  // std::map already sorts the tensors by name, the order they are laid out in.
+  std::vector<TensorLayout> layouts;
+  std::vector<torch::Tensor> data;
+  for (const auto& [name, tensor] : tensors) {
+    const std::string where = prefix + "tensor " + quote(name) + ": ";
+    require(tensor.defined(), where + "tensor is undefined");
+    const Dtype* dtype = find_dtype(tensor.scalar_type());
+    require(dtype != nullptr,
+            where + "dtype " + c10::toString(tensor.scalar_type()) + " cannot be stored (" + kSupported + ")");
+    torch::Tensor contiguous = tensor.detach().to(torch::kCPU).contiguous();
+    layouts.push_back({name, dtype->name, contiguous.sizes().vec()});
+    data.push_back(std::move(contiguous));
+  }
+  SafetensorsWriter out(path, layouts, metadata);
   for (const torch::Tensor& tensor : data) {
     if (tensor.numel() > 0) out.write(tensor.data_ptr(), tensor.nbytes());
   }

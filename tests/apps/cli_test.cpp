@@ -14,26 +14,16 @@
 #include "io/token_file.h"
 #include "model/checkpoint.h"
 #include "model/layers.h"
+#include "apps/cli_run.h"
 #include "test_util.h"
 
 namespace ttt {
 namespace {
 
+using test::CliRun;
+using test::expect_clean_failure;
+using test::run_ttt;
 using test::temp_path;
-
-struct CliRun {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-CliRun run_ttt(const std::string& args) {
-  const std::string log = temp_path("out.txt");
-  const int status = std::system(("OMP_NUM_THREADS=1 " + std::string(TTT_BINARY) + " " + args + " >" + log + " 2>&1").c_str());
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  return {WEXITSTATUS(status), text.str()};
-}
 
 std::string write_config(Variant variant) {
   ModelConfig c = test::tiny_config(variant);
@@ -60,14 +50,6 @@ std::vector<int64_t> sample_tokens(int64_t n) {
   std::vector<int64_t> tokens;
   for (int64_t i = 0; i < n; ++i) tokens.push_back(i % 17 == 0 ? 1 : 3 + (i * 7) % 40);  // bos every 17
   return tokens;
-}
-
-// A bad input fails with one clear line, never a crash or a stack trace.
-void expect_clean_failure(const CliRun& run, const std::string& fragment) {
-  EXPECT_NE(run.exit_code, 0) << run.output;
-  EXPECT_EQ(run.output.rfind("ttt: error: ", 0), 0u) << run.output;
-  EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
-  EXPECT_NE(run.output.find(fragment), std::string::npos) << run.output;
 }
 
 TEST(Cli, HelpDescribesEveryCommand) {
