@@ -73,13 +73,13 @@ Params trainable(const Model& model, const TrainConfig& config, const torch::Dev
   return convert_params(model.config, model.params, param_dtype(config), /*requires_grad=*/true, device);
 }
 
-// What every rank of a job must agree on, as a JSON object of named settings: the whole
-// training config but the paths (each rank's may differ; the data's sizes stand for them), the
-// model that was built, and the step it starts from.
+// What every rank of a job must agree on, as a JSON object of named settings: the training
+// config but the paths (each rank's may differ; the data's sizes stand for them) and the keys
+// that act on one rank alone, the model that was built, and the step it starts from.
 json rank_setup(const TrainConfig& config, const ModelConfig& model, int64_t step, const TokenDataset& train,
                 const TokenDataset* val) {
   json setup = config.to_json();
-  for (const char* path : {"init", "train_tokens", "val_tokens"}) setup.erase(path);
+  for (const char* key : {"init", "train_tokens", "val_tokens", "log_every", "dist_timeout"}) setup.erase(key);
   setup["model"] = model.to_json();
   setup["train_tokens (tokens)"] = train.size();
   setup["val_tokens (tokens)"] = val ? val->size() : 0;

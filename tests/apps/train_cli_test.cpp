@@ -390,21 +390,26 @@ TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
   test::ScratchDir dir;
   const std::string config = parallel_config(1000);
   const std::vector<std::string> train{"train", "--config", config, "--model-config", model_config_file()};
+  // Ranks started by hand as torchrun would, rank r with the flags extra[r]; pids and logs.
+  struct Started {
+    pid_t pid;
+    std::string log;
+  };
   const auto start_ranks = [&](const std::vector<std::vector<std::string>>& extra, const std::string& run) {
     const int port = free_port();
-    std::vector<pid_t> pids;
+    std::vector<Started> ranks;
     for (size_t r = 0; r < extra.size(); ++r) {
-      pids.push_back(spawn_ttt(joined(train, joined({"--out", dir.path(run)}, extra[r])),
-                               temp_path("rank" + std::to_string(r) + ".txt"),
-                               rank_environment(static_cast<int>(r), static_cast<int>(extra.size()), port)));
+      const std::string log = temp_path("rank" + std::to_string(r) + ".txt");
+      ranks.push_back({spawn_ttt(joined(train, joined({"--out", dir.path(run)}, extra[r])), log,
+                                 rank_environment(static_cast<int>(r), static_cast<int>(extra.size()), port)),
+                       log});
     }
-    return pids;
+    return ranks;
   };
 
   // A different batch on rank 1: every rank names the key, and nothing is trained.
-  std::vector<pid_t> pids = start_ranks({{}, {"--batch-size", "8"}}, "disagree");
-  for (size_t r = 0; r < pids.size(); ++r) {
-    const Finished f = wait_for(pids[r], temp_path("rank" + std::to_string(r) + ".txt"));
+  for (const Started& rank : start_ranks({{}, {"--batch-size", "8"}}, "disagree")) {
+    const Finished f = wait_for(rank.pid, rank.log);
     EXPECT_EQ(f.exit_code, 1) << f.output;
     EXPECT_NE(f.output.find("disagree on 'batch_size': 4 on rank 0, 8 on rank 1"), std::string::npos) << f.output;
   }
@@ -417,14 +422,14 @@ TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
       << uneven.output;
 
   // A rank that stops answering: the other gives up after dist_timeout.
-  pids = start_ranks({{"--dist-timeout", "2"}, {"--dist-timeout", "2"}}, "hang");
+  const std::vector<Started> hang = start_ranks({{"--dist-timeout", "2"}, {"--dist-timeout", "2"}}, "hang");
   ASSERT_TRUE(wait_for_steps(dir.path("hang"), 1));
-  kill(pids[1], SIGSTOP);
+  kill(hang[1].pid, SIGSTOP);
   const auto stopped_at = std::chrono::steady_clock::now();
-  const Finished timed_out = wait_for(pids[0], temp_path("rank0.txt"));
+  const Finished timed_out = wait_for(hang[0].pid, hang[0].log);
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped_at).count();
-  kill(pids[1], SIGKILL);
-  wait_for(pids[1], temp_path("rank1.txt"));
+  kill(hang[1].pid, SIGKILL);
+  wait_for(hang[1].pid, hang[1].log);
   EXPECT_EQ(timed_out.exit_code, 1) << timed_out.output;
   EXPECT_NE(timed_out.output.find("ttt: error: rank 0: "), std::string::npos) << timed_out.output;
   EXPECT_LT(waited, 30) << timed_out.output;
