@@ -76,14 +76,18 @@ void add_launch_command(CLI::App& app) {
   command->add_option("--nproc-per-node,-n", options->nproc_per_node, "ranks on this machine")
       ->required()
       ->check(CLI::PositiveNumber);
-  command->add_option("--nnodes", options->nnodes, "machines in the job")->check(CLI::PositiveNumber)->capture_default_str();
+  command->add_option("--nnodes", options->nnodes, "machines in the job")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   command->add_option("--node-rank", options->node_rank, "this machine's place among them, from 0")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  command->add_option("--master-addr", options->master_addr, "address of the machine of rank 0 (which serves the store)")
+  command
+      ->add_option("--master-addr", options->master_addr, "address of the machine of rank 0 (which serves the store)")
       ->capture_default_str();
-  command->add_option("--master-port", options->master_port,
-                      "its port (default: a free port on a single machine, 29500 on several)")
+  command
+      ->add_option("--master-port", options->master_port,
+                   "its port (default: a free port on a single machine, 29500 on several)")
       ->check(CLI::Range(1, 65535));
   command->add_option("--grace", options->grace_s, "seconds the other ranks get to stop once one failed")
       ->check(CLI::NonNegativeNumber)
@@ -107,7 +111,8 @@ void add_launch_command(CLI::App& app) {
           .environment = {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(local),
                           "WORLD_SIZE=" + std::to_string(world), "LOCAL_WORLD_SIZE=" + std::to_string(local_world),
                           "MASTER_ADDR=" + options->master_addr, "MASTER_PORT=" + std::to_string(port)}};
-      ranks.push_back({rank, io::start_command(rank_command, {.own_process_group = true, .end_with_parent = true}), {}});
+      ranks.push_back(
+          {rank, io::start_command(rank_command, {.own_process_group = true, .end_with_parent = true}), {}});
     }
 
     // Watch the ranks: pass signals on; when one fails, stop the others, killing them after the grace.
@@ -138,9 +143,8 @@ void add_launch_command(CLI::App& app) {
       }
       if (newly_failed) {
         send_all(SIGTERM);
-        kill_at = std::chrono::steady_clock::now() +
-                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                      std::chrono::duration<double>(options->grace_s));
+        kill_at = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                         std::chrono::duration<double>(options->grace_s));
       }
       if (kill_at && std::chrono::steady_clock::now() >= *kill_at) send_all(SIGKILL);
       std::this_thread::sleep_for(std::chrono::milliseconds(20));

@@ -157,8 +157,9 @@ void add_train_command(CLI::App& app) {
     std::unique_ptr<Trainer> trainer;
     if (!options->resume_dir.empty()) {
       trainer = Trainer::resume(options->resume_dir, requested, job);
-      if (trainer->is_main_rank()) std::cerr << "resuming " << options->resume_dir << " at step " << trainer->steps_done() << "/"
-                << trainer->config().steps << "\n";
+      if (trainer->is_main_rank())
+        std::cerr << "resuming " << options->resume_dir << " at step " << trainer->steps_done() << "/"
+                  << trainer->config().steps << "\n";
     } else {
       require(!options->out_dir.empty(), "--out (a directory for the new run) or --resume DIR is required");
       TrainConfig config;
@@ -169,9 +170,10 @@ void add_train_command(CLI::App& app) {
       }
       trainer = Trainer::start(config, options->out_dir, job);
       const Model& model = trainer->model();
-      if (trainer->is_main_rank()) std::cerr << "training " << model.config.to_json().at("variant").get<std::string>() << " ("
-                << count_params(model.config, model.params) << " parameters) for " << config.steps << " steps of "
-                << config.batch_size << " x " << config.seq_len << " tokens into " << options->out_dir << "\n";
+      if (trainer->is_main_rank())
+        std::cerr << "training " << model.config.to_json().at("variant").get<std::string>() << " ("
+                  << count_params(model.config, model.params) << " parameters) for " << config.steps << " steps of "
+                  << config.batch_size << " x " << config.seq_len << " tokens into " << options->out_dir << "\n";
     }
     if (job && trainer->is_main_rank()) {
       std::cerr << "data parallel: " << job->world_size << " ranks, " << trainer->config().batch_size / job->world_size
@@ -194,8 +196,8 @@ void add_train_command(CLI::App& app) {
       if (main_rank) {
         // Under a job the signal may have reached another rank only: the ranks stop together.
         const std::string cause = g_stop_signal ? "by signal " + std::to_string(g_stop_signal) : "with another rank";
-        std::cerr << "\nttt: stopped " << cause << "; checkpoint at step " << trainer->steps_done()
-                  << " saved in " << dir << "; continue with: ttt train --resume " << dir << "\n";
+        std::cerr << "\nttt: stopped " << cause << "; checkpoint at step " << trainer->steps_done() << " saved in "
+                  << dir << "; continue with: ttt train --resume " << dir << "\n";
       }
       std::exit(130);
     }

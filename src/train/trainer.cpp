@@ -274,7 +274,8 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
   }
   if (ranks_) {
     // One collective settles the step for every rank: the batch's loss, and whether any rank stopped.
-    torch::Tensor shared = torch::tensor({total, stopped ? 1.0 : 0.0}, torch::kFloat64).to(model_.params.embed.device());
+    torch::Tensor shared =
+        torch::tensor({total, stopped ? 1.0 : 0.0}, torch::kFloat64).to(model_.params.embed.device());
     ranks_->all_reduce_sum({shared});
     total = shared[0].item<double>();
     stopped = shared[1].item<double>() > 0;

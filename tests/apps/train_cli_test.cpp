@@ -242,7 +242,6 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
   expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--remat", "maybe"}), "--remat");
 }
 
-
 // Data parallelism.
 
 std::vector<std::string> joined(std::vector<std::string> a, const std::vector<std::string>& b) {
@@ -282,8 +281,11 @@ void expect_same_training(const std::string& a, const std::string& b, double tol
 
 // The environment torchrun gives rank `rank` of `world`.
 Environment rank_environment(int rank, int world, int port) {
-  return {{"RANK", std::to_string(rank)}, {"LOCAL_RANK", std::to_string(rank)}, {"WORLD_SIZE", std::to_string(world)},
-          {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)}};
+  return {{"RANK", std::to_string(rank)},
+          {"LOCAL_RANK", std::to_string(rank)},
+          {"WORLD_SIZE", std::to_string(world)},
+          {"MASTER_ADDR", "127.0.0.1"},
+          {"MASTER_PORT", std::to_string(port)}};
 }
 
 int free_port() {
@@ -313,9 +315,9 @@ std::string parallel_config(int64_t steps, const json& more = json::object()) {
   const std::string train = temp_path("train.u32"), val = temp_path("val.u32");
   io::write_token_file(train, text_tokens(20000));
   io::write_token_file(val, text_tokens(3000));
-  json config = {{"train_tokens", train}, {"val_tokens", val}, {"seq_len", 32}, {"batch_size", 4},
-                 {"steps", steps}, {"lr", 3e-3}, {"eval_every", 2}, {"val_sequences", 3},
-                 {"checkpoint_every", 1}, {"log_every", 1}, {"dist_timeout", 60}};
+  json config = {{"train_tokens", train}, {"val_tokens", val}, {"seq_len", 32},     {"batch_size", 4},
+                 {"steps", steps},        {"lr", 3e-3},        {"eval_every", 2},   {"val_sequences", 3},
+                 {"checkpoint_every", 1}, {"log_every", 1},    {"dist_timeout", 60}};
   config.update(more);
   const std::string path = temp_path("parallel.json");
   std::ofstream(path) << config.dump();
@@ -329,7 +331,8 @@ TEST(DataParallel, TwoRanksTrainAsOneProcess) {
                                          model_config_file(variant)};
     const Finished one = run_ttt(joined(train, {"--out", dir.path("one")}));
     ASSERT_EQ(one.exit_code, 0) << one.output;
-    const Finished two = run_ttt(joined({"launch", "--nproc-per-node", "2", "--"}, joined(train, {"--out", dir.path("two")})));
+    const Finished two =
+        run_ttt(joined({"launch", "--nproc-per-node", "2", "--"}, joined(train, {"--out", dir.path("two")})));
     ASSERT_EQ(two.exit_code, 0) << two.output;
     expect_same_training(dir.path("one"), dir.path("two"), 1e-5);
     EXPECT_EQ(metrics(dir.path("two")).size(), 4u);
@@ -372,8 +375,17 @@ TEST(DataParallel, AKilledRankFailsTheJobAndItsCheckpointResumesOnOneRank) {
 TEST(DataParallel, CtrlCStopsEveryRankWithOneCheckpoint) {
   const int64_t steps = 200;
   test::ScratchDir dir;
-  const std::vector<std::string> launch{"launch", "-n", "2", "--", "train", "--config", parallel_config(steps),
-                                        "--model-config", model_config_file(), "--out", dir.path("run")};
+  const std::vector<std::string> launch{"launch",
+                                        "-n",
+                                        "2",
+                                        "--",
+                                        "train",
+                                        "--config",
+                                        parallel_config(steps),
+                                        "--model-config",
+                                        model_config_file(),
+                                        "--out",
+                                        dir.path("run")};
   const std::string log = temp_path("launch.txt");
   const pid_t launcher = spawn_ttt(launch, log);
   ASSERT_TRUE(wait_for_steps(dir.path("run"), 2));
@@ -415,8 +427,8 @@ TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
   }
   EXPECT_EQ(test::file_size(dir.path("disagree/checkpoint.safetensors")), -1);
 
-  const Finished uneven = run_ttt(joined({"launch", "-n", "2", "--"}, joined(train, {"--out", dir.path("uneven"),
-                                                                                        "--batch-size", "3"})));
+  const Finished uneven =
+      run_ttt(joined({"launch", "-n", "2", "--"}, joined(train, {"--out", dir.path("uneven"), "--batch-size", "3"})));
   EXPECT_EQ(uneven.exit_code, 1);
   EXPECT_NE(uneven.output.find("'batch_size' (3) must be divisible by the number of ranks (2)"), std::string::npos)
       << uneven.output;
