@@ -56,7 +56,12 @@ printf "%-28s %12s\n" "plain trainer" "$(median "$work/plain/metrics.jsonl")"
 OMP_NUM_THREADS=$cores "$build/ttt" launch -n 1 -- "${train[@]}" --out "$work/world1" >/dev/null 2>&1
 printf "%-28s %12s\n" "launch, world of 1" "$(median "$work/world1/metrics.jsonl")"
 if [[ $ranks -gt 1 ]]; then
-  OMP_NUM_THREADS=$(( cores > ranks ? cores / ranks : 1 )) "$build/ttt" launch -n "$ranks" -- "${train[@]}" \
-    --out "$work/world$ranks" >/dev/null 2>&1
-  printf "%-28s %12s\n" "launch, $ranks ranks" "$(median "$work/world$ranks/metrics.jsonl")"
+  # NCCL refuses two ranks on one GPU in some versions: say so and keep the other rows.
+  if OMP_NUM_THREADS=$(( cores > ranks ? cores / ranks : 1 )) "$build/ttt" launch -n "$ranks" -- "${train[@]}" \
+    --out "$work/world$ranks" >"$work/world$ranks.log" 2>&1; then
+    printf "%-28s %12s\n" "launch, $ranks ranks" "$(median "$work/world$ranks/metrics.jsonl")"
+  else
+    printf "%-28s %12s\n" "launch, $ranks ranks" "failed:"
+    grep "ttt: error" "$work/world$ranks.log" | head -3
+  fi
 fi

@@ -85,6 +85,9 @@ std::optional<JobRank> JobRank::from_environment() {
 
 struct Communicator::Impl {
   int rank = 0, world_size = 1;
+  // After a failed collective the group is left as it is: its threads may still wait on the
+  // lost rank, and tearing it down could hang the process that is about to report the error.
+  mutable bool failed = false;
   std::string backend_name;
   torch::Device device = torch::kCPU;
   c10::intrusive_ptr<c10d::Store> store;
@@ -94,6 +97,7 @@ struct Communicator::Impl {
     try {
       work->wait();
     } catch (const std::exception& e) {
+      failed = true;
       fail(what, rank, e);
     }
   }
@@ -102,13 +106,19 @@ struct Communicator::Impl {
     try {
       return collective();
     } catch (const std::exception& e) {
+      failed = true;
       fail(what, rank, e);
     }
   }
 };
 
 Communicator::Communicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Communicator::~Communicator() = default;
+Communicator::~Communicator() {
+  if (impl_->failed) {
+    static_cast<void>(impl_->backend.release());
+    static_cast<void>(impl_->store.release());
+  }
+}
 
 int Communicator::rank() const { return impl_->rank; }
 int Communicator::world_size() const { return impl_->world_size; }
@@ -158,6 +168,9 @@ std::unique_ptr<Communicator> Communicator::connect(const JobRank& job, const to
     } else {
 #ifdef TTT_NCCL
       c10::cuda::set_device(device.index());
+      // wait() then blocks until the collective is done and throws after the timeout, so a lost
+      // rank is this error line rather than the watchdog's abort (steps sync the host anyway).
+      ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = timeout;
       impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, job.rank, job.world_size, options);

@@ -24,6 +24,7 @@
 #include "model/checkpoint.h"
 #include "test_util.h"
 #include "train/trainer.h"
+#include "ttt_build_features.h"
 
 namespace ttt {
 namespace {
@@ -244,6 +245,13 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
 
 // Data parallelism.
 
+// CPU ranks need c10d's Gloo, which a build without Gloo's headers (PyTorch's wheel) lacks.
+#if TTT_WITH_GLOO && defined(USE_C10D_GLOO)
+constexpr bool kWithGloo = true;
+#else
+constexpr bool kWithGloo = false;
+#endif
+
 std::vector<std::string> joined(std::vector<std::string> a, const std::vector<std::string>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
@@ -325,6 +333,7 @@ std::string parallel_config(int64_t steps, const json& more = json::object()) {
 }
 
 TEST(DataParallel, TwoRanksTrainAsOneProcess) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
   for (const Variant variant : {Variant::kFullAttention, Variant::kTttE2E}) {
     test::ScratchDir dir;
     const std::vector<std::string> train{"train", "--config", parallel_config(4), "--model-config",
@@ -343,6 +352,7 @@ TEST(DataParallel, TwoRanksTrainAsOneProcess) {
 }
 
 TEST(DataParallel, AKilledRankFailsTheJobAndItsCheckpointResumesOnOneRank) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
   const int64_t steps = 40;
   test::ScratchDir dir;
   const std::vector<std::string> train{"train", "--config", parallel_config(steps, {{"eval_every", 0}}),
@@ -373,6 +383,7 @@ TEST(DataParallel, AKilledRankFailsTheJobAndItsCheckpointResumesOnOneRank) {
 }
 
 TEST(DataParallel, CtrlCStopsEveryRankWithOneCheckpoint) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
   const int64_t steps = 200;
   test::ScratchDir dir;
   const std::vector<std::string> launch{"launch",
@@ -399,6 +410,7 @@ TEST(DataParallel, CtrlCStopsEveryRankWithOneCheckpoint) {
 }
 
 TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
   test::ScratchDir dir;
   const std::string config = parallel_config(1000);
   const std::vector<std::string> train{"train", "--config", config, "--model-config", model_config_file()};
@@ -445,6 +457,21 @@ TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
   EXPECT_EQ(timed_out.exit_code, 1) << timed_out.output;
   EXPECT_NE(timed_out.output.find("ttt: error: rank 0: "), std::string::npos) << timed_out.output;
   EXPECT_LT(waited, 30) << timed_out.output;
+}
+
+
+// The NCCL path on a GPU: a world of one rank gives the plain trainer's run (an all-reduce over
+// one rank changes nothing), for the lent one-GPU machine.
+TEST(DataParallel, NcclWorldOfOneTrainsAsThePlainTrainer) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  test::ScratchDir dir;
+  const std::vector<std::string> train{"train", "--config", parallel_config(4), "--model-config",
+                                       model_config_file(), "--device", "cuda"};
+  const Finished plain = run_ttt(joined(train, {"--out", dir.path("plain")}));
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  const Finished nccl = run_ttt(joined({"launch", "-n", "1", "--"}, joined(train, {"--out", dir.path("nccl")})));
+  ASSERT_EQ(nccl.exit_code, 0) << nccl.output;
+  expect_same_training(dir.path("plain"), dir.path("nccl"), 1e-6);
 }
 
 }  // namespace
