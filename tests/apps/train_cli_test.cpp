@@ -459,14 +459,13 @@ TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
   EXPECT_LT(waited, 30) << timed_out.output;
 }
 
-
 // The NCCL path on a GPU: a world of one rank gives the plain trainer's run (an all-reduce over
 // one rank changes nothing), for the lent one-GPU machine.
 TEST(DataParallel, NcclWorldOfOneTrainsAsThePlainTrainer) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   test::ScratchDir dir;
-  const std::vector<std::string> train{"train", "--config", parallel_config(4), "--model-config",
-                                       model_config_file(), "--device", "cuda"};
+  const std::vector<std::string> train{
+      "train", "--config", parallel_config(4), "--model-config", model_config_file(), "--device", "cuda"};
   const Finished plain = run_ttt(joined(train, {"--out", dir.path("plain")}));
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   const Finished nccl = run_ttt(joined({"launch", "-n", "1", "--"}, joined(train, {"--out", dir.path("nccl")})));
