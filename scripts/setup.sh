@@ -3,9 +3,11 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
+# libgloo-dev: the headers of the Gloo that Debian's libtorch links (c10d's CPU backend, for
+# data-parallel training).
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libtorch-dev libopenblas-dev
+  libtorch-dev libopenblas-dev libgloo-dev
   nlohmann-json3-dev libcli11-dev libgtest-dev
   libpcre2-dev libsentencepiece-dev
   libzstd-dev

@@ -21,6 +21,11 @@ void add_detokenize_command(CLI::App& app);
 void add_data_command(CLI::App& app);
 // In `ttt`: tokenize, detokenize and data, run by `ttt-data` (apps/ttt/forward_commands.cpp).
 void add_text_commands(CLI::App& app);
+// `ttt launch` (apps/ttt/launch_command.cpp): the ranks of a data-parallel job on this machine.
+void add_launch_command(CLI::App& app);
+// This program's own path (apps/ttt/forward_commands.cpp).
+std::string ttt_program();
+
 // The `ttt-data` program beside `ttt`, and running it to completion with `args` (after the
 // program name); its error line becomes a ttt::Error. Built where TTT_WITH_TEXT is defined.
 std::string data_program();

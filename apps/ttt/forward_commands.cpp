@@ -9,11 +9,15 @@
 
 namespace ttt::cli {
 
-std::string data_program() {
+std::string ttt_program() {
   char self[PATH_MAX];
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
   require(n > 0, "cannot find the ttt program's own path");
-  std::string path(self, size_t(n));
+  return std::string(self, size_t(n));
+}
+
+std::string data_program() {
+  const std::string path = ttt_program();
   return path.substr(0, path.rfind('/') + 1) + "ttt-data";
 }
 

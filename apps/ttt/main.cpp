@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   ttt::cli::add_eval_command(app);
   ttt::cli::add_grad_command(app);
   ttt::cli::add_train_command(app);
+  ttt::cli::add_launch_command(app);
   ttt::cli::add_generate_command(app);
   ttt::cli::add_bench_command(app);
 #ifdef TTT_WITH_ORBAX

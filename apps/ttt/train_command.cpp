@@ -152,11 +152,14 @@ void add_train_command(CLI::App& app) {
     }
     for (const auto& [key, value] : options->values) requested[key] = value;
 
+    // One rank of a job when started as torchrun starts its workers (or as `ttt launch` does).
+    const std::optional<JobRank> job = JobRank::from_environment();
     std::unique_ptr<Trainer> trainer;
     if (!options->resume_dir.empty()) {
-      trainer = Trainer::resume(options->resume_dir, requested);
-      std::cerr << "resuming " << options->resume_dir << " at step " << trainer->steps_done() << "/"
-                << trainer->config().steps << "\n";
+      trainer = Trainer::resume(options->resume_dir, requested, job);
+      if (trainer->is_main_rank())
+        std::cerr << "resuming " << options->resume_dir << " at step " << trainer->steps_done() << "/"
+                  << trainer->config().steps << "\n";
     } else {
       require(!options->out_dir.empty(), "--out (a directory for the new run) or --resume DIR is required");
       TrainConfig config;
@@ -165,12 +168,19 @@ void add_train_command(CLI::App& app) {
       } catch (const Error& e) {
         throw Error((options->config_path.empty() ? std::string() : options->config_path + ": ") + e.what());
       }
-      trainer = Trainer::start(config, options->out_dir);
+      trainer = Trainer::start(config, options->out_dir, job);
       const Model& model = trainer->model();
-      std::cerr << "training " << model.config.to_json().at("variant").get<std::string>() << " ("
-                << count_params(model.config, model.params) << " parameters) for " << config.steps << " steps of "
-                << config.batch_size << " x " << config.seq_len << " tokens into " << options->out_dir << "\n";
+      if (trainer->is_main_rank())
+        std::cerr << "training " << model.config.to_json().at("variant").get<std::string>() << " ("
+                  << count_params(model.config, model.params) << " parameters) for " << config.steps << " steps of "
+                  << config.batch_size << " x " << config.seq_len << " tokens into " << options->out_dir << "\n";
     }
+    if (job && trainer->is_main_rank()) {
+      std::cerr << "data parallel: " << job->world_size << " ranks, " << trainer->config().batch_size / job->world_size
+                << " sequences each per step\n";
+    }
+    // Rank 0 speaks for the job; the other ranks print only their errors.
+    const bool main_rank = trainer->is_main_rank();
 
     install_stop_handlers();
     ProgressPrinter progress(trainer->steps_done(), trainer->config().log_every);
@@ -178,15 +188,20 @@ void add_train_command(CLI::App& app) {
     const auto outcome = trainer->run(
         [&](const StepReport& r) {
           last = r;
-          progress(r);
+          if (main_rank) progress(r);
         },
         [] { return g_stop_signal != 0; });
     const std::string dir = trainer->out_dir();
     if (outcome == Trainer::Outcome::kStopped) {
-      std::cerr << "\nttt: stopped by signal " << g_stop_signal << "; checkpoint at step " << trainer->steps_done()
-                << " saved in " << dir << "; continue with: ttt train --resume " << dir << "\n";
+      if (main_rank) {
+        // Under a job the signal may have reached another rank only: the ranks stop together.
+        const std::string cause = g_stop_signal ? "by signal " + std::to_string(g_stop_signal) : "with another rank";
+        std::cerr << "\nttt: stopped " << cause << "; checkpoint at step " << trainer->steps_done() << " saved in "
+                  << dir << "; continue with: ttt train --resume " << dir << "\n";
+      }
       std::exit(130);
     }
+    if (!main_rank) return;
     std::cout << "trained " << trainer->steps_done() << " steps";
     if (last.step > 0) std::cout << ": loss " << last.loss;
     if (last.val_loss) std::cout << ", validation loss " << *last.val_loss;

@@ -1,6 +1,7 @@
 #include "io/subprocess.h"
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +17,8 @@
 
 #include "common/error.h"
 
+extern char** environ;
+
 namespace ttt::io {
 namespace {
 
@@ -28,21 +31,31 @@ struct ChildFailure {
   int error;
 };
 
-// The program's path and its argv, built before fork: the child of a threaded process must not
-// allocate (another thread may have held malloc's lock at fork).
+// The program's path, its argv and environment, built before fork: the child of a threaded
+// process must not allocate (another thread may have held malloc's lock at fork).
 struct Executable {
   explicit Executable(const Command& command) : words{command.program} {
     words.insert(words.end(), command.args.begin(), command.args.end());
     for (std::string& word : words) argv.push_back(word.data());
     argv.push_back(nullptr);
+    const auto name_of = [](const std::string& entry) { return entry.substr(0, entry.find('=')); };
+    for (char** entry = environ; *entry; ++entry) {
+      const std::string inherited = *entry;
+      const bool overridden = std::any_of(command.environment.begin(), command.environment.end(),
+                                          [&](const std::string& set) { return name_of(set) == name_of(inherited); });
+      if (!overridden) variables.push_back(inherited);
+    }
+    variables.insert(variables.end(), command.environment.begin(), command.environment.end());
+    for (std::string& variable : variables) envp.push_back(variable.data());
+    envp.push_back(nullptr);
     path = command.program;
     if (command.search_path && command.program.find('/') == std::string::npos) {
       path = find_on_path(command.program);
       require(!path.empty(), "cannot run '" + command.program + "': not found on PATH");
     }
   }
-  std::vector<std::string> words;
-  std::vector<char*> argv;
+  std::vector<std::string> words, variables;
+  std::vector<char*> argv, envp;
   std::string path;
 };
 
@@ -67,13 +80,25 @@ ssize_t read_retrying(int fd, void* buffer, size_t size) {
   return got;
 }
 
-// Waits for `pid`: waitpid returns EINTR when a signal handler runs (ttt train's Ctrl-C one).
-int wait_retrying(pid_t pid, const std::string& program) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
+// Waits for `pid` (with `flags` WNOHANG: returns 0 while it runs): waitpid returns EINTR when a
+// signal handler runs (ttt train's Ctrl-C one).
+pid_t wait_retrying(pid_t pid, const std::string& program, int& status, int flags = 0) {
+  pid_t ended;
+  while ((ended = ::waitpid(pid, &status, flags)) < 0) {
     if (errno != EINTR) throw Error("cannot wait for '" + program + "': " + std::strerror(errno));
   }
-  return status;
+  return ended;
+}
+
+CommandExit exit_of(int status) {
+  CommandExit ended;
+  if (WIFSIGNALED(status)) {
+    ended.signal = WTERMSIG(status);
+    ended.exit_code = 128 + ended.signal;
+  } else {
+    ended.exit_code = WEXITSTATUS(status);
+  }
+  return ended;
 }
 
 [[noreturn]] void fail_in_child(int report_fd, ChildFailure::Stage stage) {
@@ -96,35 +121,33 @@ std::string failure_message(const Command& command, const RunOptions& options, c
   return program + ": " + reason;
 }
 
-}  // namespace
-
-std::string CommandExit::describe() const {
-  if (signal != 0) return "was killed by signal " + std::to_string(signal) + " (" + ::strsignal(signal) + ")";
-  return "exited with status " + std::to_string(exit_code);
-}
-
-CommandExit run_command(const Command& command, const RunOptions& options) {
+// Forks and execs `command`; returns the child once exec succeeded, or throws (the child reaped)
+// when it failed. `error_output` is a pipe for the child's standard error, or {-1, -1}: its
+// write end is closed here.
+pid_t spawn(const Command& command, const RunOptions& options, int error_output[2]) {
   Executable executable(command);
-  int report[2] = {-1, -1}, error_output[2] = {-1, -1};
-  if (::pipe2(report, O_CLOEXEC) != 0 || (options.capture_stderr && ::pipe2(error_output, O_CLOEXEC) != 0)) {
+  int report[2] = {-1, -1};
+  if (::pipe2(report, O_CLOEXEC) != 0) {
     const std::string reason = std::strerror(errno);
-    close_pipe(report);
+    close_pipe(error_output);
     throw Error("cannot run '" + command.program + "': " + reason);
   }
   flush_standard_streams();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    if (options.own_process_group) ::setpgid(0, 0);
+    if (options.end_with_parent) ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (options.discard_stdout) {
       const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);  // only its copy in fd 1 stays
       if (null < 0 || ::dup2(null, STDOUT_FILENO) < 0) fail_in_child(report[1], ChildFailure::kRedirect);
     }
-    if (options.capture_stderr && ::dup2(error_output[1], STDERR_FILENO) < 0) {
+    if (error_output[1] >= 0 && ::dup2(error_output[1], STDERR_FILENO) < 0) {
       fail_in_child(report[1], ChildFailure::kRedirect);
     }
     if (!options.working_directory.empty() && ::chdir(options.working_directory.c_str()) != 0) {
       fail_in_child(report[1], ChildFailure::kChangeDirectory);
     }
-    ::execv(executable.path.c_str(), executable.argv.data());
+    ::execve(executable.path.c_str(), executable.argv.data(), executable.envp.data());
     fail_in_child(report[1], ChildFailure::kExec);
   }
   const int fork_error = errno;
@@ -137,28 +160,57 @@ CommandExit run_command(const Command& command, const RunOptions& options) {
     close_pipe(error_output);
     throw Error("cannot run '" + command.program + "': " + std::strerror(fork_error));
   }
-
   ChildFailure failure{};
   const bool failed = read_retrying(report[0], &failure, sizeof failure) == sizeof failure;
   close_pipe(report);
-  CommandExit ended;
-  if (!failed && error_output[0] >= 0) {
+  if (failed) {
+    close_pipe(error_output);
+    int status = 0;
+    wait_retrying(pid, command.program, status);
+    throw Error(failure_message(command, options, failure));
+  }
+  return pid;
+}
+
+}  // namespace
+
+std::string CommandExit::describe() const {
+  if (signal != 0) return "was killed by signal " + std::to_string(signal) + " (" + ::strsignal(signal) + ")";
+  return "exited with status " + std::to_string(exit_code);
+}
+
+CommandExit run_command(const Command& command, const RunOptions& options) {
+  int error_output[2] = {-1, -1};
+  if (options.capture_stderr && ::pipe2(error_output, O_CLOEXEC) != 0) {
+    throw Error("cannot run '" + command.program + "': " + std::strerror(errno));
+  }
+  const pid_t pid = spawn(command, options, error_output);
+  std::string captured;
+  if (error_output[0] >= 0) {
     // Read to the end before waiting: a child blocked on a full pipe would never exit.
     char buffer[4096];
     for (ssize_t got; (got = read_retrying(error_output[0], buffer, sizeof buffer)) > 0;) {
-      ended.error_output.append(buffer, std::min(size_t(got), kMaxErrorOutput - ended.error_output.size()));
+      captured.append(buffer, std::min(size_t(got), kMaxErrorOutput - captured.size()));
     }
   }
   close_pipe(error_output);
-  const int status = wait_retrying(pid, command.program);
-  if (failed) throw Error(failure_message(command, options, failure));
-  if (WIFSIGNALED(status)) {
-    ended.signal = WTERMSIG(status);
-    ended.exit_code = 128 + ended.signal;
-  } else {
-    ended.exit_code = WEXITSTATUS(status);
-  }
+  int status = 0;
+  wait_retrying(pid, command.program, status);
+  CommandExit ended = exit_of(status);
+  ended.error_output = std::move(captured);
   return ended;
+}
+
+int start_command(const Command& command, const RunOptions& options) {
+  require(!options.capture_stderr, "internal: start_command cannot capture standard error");
+  int no_pipe[2] = {-1, -1};
+  return spawn(command, options, no_pipe);
+}
+
+std::optional<CommandExit> wait_command(int pid, bool block) {
+  int status = 0;
+  if (wait_retrying(pid, "process " + std::to_string(pid), status, block ? 0 : WNOHANG) == 0) return std::nullopt;
+  return exit_of(status);
 }
 
 void replace_process_with(const Command& command) {

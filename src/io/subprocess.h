@@ -1,6 +1,7 @@
 // Running other programs (bash, gnuplot, ttt-data) by POSIX fork and exec. Safe in a process
 // with threads (libtorch's): the child does nothing but redirect, change directory and exec.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,12 +13,17 @@ struct Command {
   std::string program;                 // a path, or with search_path a name looked up in $PATH
   std::vector<std::string> args = {};  // after the program (which is the child's argv[0])
   bool search_path = false;
+  std::vector<std::string> environment = {};  // "NAME=value": set for the child, over this process's
 };
 
 struct RunOptions {
   std::string working_directory = {};  // "": this process's
   bool discard_stdout = false;         // the child's standard output goes to /dev/null
   bool capture_stderr = false;         // the child's standard error goes to CommandExit::error_output
+  // The child leads a process group of its own: a terminal's Ctrl-C reaches this process only,
+  // which decides what to pass on.
+  bool own_process_group = false;
+  bool end_with_parent = false;  // the child gets SIGTERM when this process dies (Linux)
 };
 
 struct CommandExit {
@@ -34,6 +40,13 @@ struct CommandExit {
 // it cannot be started (not found, not executable, no such working directory). Flushes this
 // process's standard streams first, so that output stays in order.
 CommandExit run_command(const Command& command, const RunOptions& options = {});
+
+// Starts `command` and returns its process id without waiting for it; errors as run_command's.
+// capture_stderr is run_command's alone.
+int start_command(const Command& command, const RunOptions& options = {});
+// How the child `pid` of start_command ended, waiting for it; with `block` false, nothing
+// while it still runs.
+std::optional<CommandExit> wait_command(int pid, bool block = true);
 
 // Execs `command` in place of this process: its output, exit status and signals (Ctrl-C) are
 // then the program's own. Returns only by throwing ttt::Error naming the program.

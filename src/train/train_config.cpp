@@ -43,7 +43,11 @@ const std::vector<TrainConfig::Field>& TrainConfig::fields() {
       {"first_order", &T::first_order, "ttt-e2e: drop the second-order terms (for comparison only)", true},
       {"remat", &T::remat, "recompute each chunk in the backward pass (memory flat in the sequence length)", true},
       {"dtype", &T::dtype, "training precision: f32, f64, or bf16 (matmuls in bf16 on fp32 parameters)", true},
-      {"device", &T::device, "where to train: cpu, cuda or cuda:N", false},
+      {"device", &T::device, "where to train: cpu, cuda or cuda:N (cuda: each rank of a job on cuda:LOCAL_RANK)",
+       false},
+      {"dist_backend", &T::dist_backend,
+       "data parallelism's c10d backend: auto (gloo on cpu, nccl on cuda), gloo or nccl", false},
+      {"dist_timeout", &T::dist_timeout, "seconds a rank waits for the others before the job fails", false},
       {"log_every", &T::log_every, "steps between progress lines when not on a terminal", false},
       {"eval_every", &T::eval_every, "steps between validation losses (0: only at the end)", false},
       {"val_sequences", &T::val_sequences, "validation sequences of seq_len + 1 tokens, evenly spaced", false},
@@ -142,6 +146,9 @@ void TrainConfig::validate() const {
   require(eval_every >= 0, key_error("eval_every", "must be >= 0"));
   require(checkpoint_every >= 0, key_error("checkpoint_every", "must be >= 0"));
   require(val_sequences >= 0, key_error("val_sequences", "must be >= 0"));
+  require(dist_backend == "auto" || dist_backend == "gloo" || dist_backend == "nccl",
+          key_error("dist_backend", "must be \"auto\", \"gloo\" or \"nccl\", got \"" + dist_backend + "\""));
+  require(std::isfinite(dist_timeout) && dist_timeout > 0, key_error("dist_timeout", "must be a finite number > 0"));
   require(dtype == "f32" || dtype == "f64" || dtype == "bf16",
           key_error("dtype", "must be \"f32\", \"f64\" or \"bf16\", got \"" + dtype + "\""));
   require(!(model && !init.empty()), "train config: give either 'model' (a fresh model) or 'init' (a checkpoint), not both");

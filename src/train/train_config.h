@@ -39,6 +39,8 @@ struct TrainConfig {
   bool remat = true;
   std::string dtype = "f32";
   std::string device = "cpu";
+  std::string dist_backend = "auto";
+  double dist_timeout = 600;
 
   int64_t log_every = 10;
   int64_t eval_every = 100;

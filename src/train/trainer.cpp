@@ -61,23 +61,51 @@ std::optional<torch::Dtype> matmul_dtype(const TrainConfig& config) {
   return parse_matmul_dtype(config.dtype, parse_device(config.device));
 }
 
+// Where this process trains: the ranks of a job on a GPU machine take one GPU each, so there
+// "cuda" means cuda:LOCAL_RANK.
+torch::Device training_device(const TrainConfig& config, const std::optional<JobRank>& job) {
+  if (job && config.device == "cuda") return parse_device("cuda:" + std::to_string(job->local_rank));
+  return parse_device(config.device);
+}
+
 // The parameters as fresh leaves of the training dtype, on the training device.
-Params trainable(const Model& model, const TrainConfig& config) {
-  return convert_params(model.config, model.params, param_dtype(config), /*requires_grad=*/true,
-                        parse_device(config.device));
+Params trainable(const Model& model, const TrainConfig& config, const torch::Device& device) {
+  return convert_params(model.config, model.params, param_dtype(config), /*requires_grad=*/true, device);
+}
+
+// What every rank of a job must agree on, as a JSON object of named settings: the training
+// config but the paths (each rank's may differ; the data's sizes stand for them) and the keys
+// that act on one rank alone, the model that was built, and the step it starts from.
+json rank_setup(const TrainConfig& config, const ModelConfig& model, int64_t step, const TokenDataset& train,
+                const TokenDataset* val) {
+  json setup = config.to_json();
+  for (const char* key : {"init", "train_tokens", "val_tokens", "log_every", "dist_timeout"}) setup.erase(key);
+  setup["model"] = model.to_json();
+  setup["train_tokens (tokens)"] = train.size();
+  setup["val_tokens (tokens)"] = val ? val->size() : 0;
+  setup["step"] = step;
+  return setup;
 }
 
 }  // namespace
 
-Trainer::Trainer(TrainConfig config, Model model, std::string out_dir)
+Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job)
     : config_(std::move(config)), model_(std::move(model)), out_dir_(std::move(out_dir)) {
   config_.validate_for(model_.config);
+  if (job) {
+    require(config_.batch_size % job->world_size == 0,
+            "train config: 'batch_size' (" + std::to_string(config_.batch_size) +
+                ") must be divisible by the number of ranks (" + std::to_string(job->world_size) + ")");
+    const auto timeout = std::chrono::milliseconds(std::llround(config_.dist_timeout * 1000));
+    ranks_ = Communicator::connect(*job, model_.params.embed.device(), config_.dist_backend, timeout);
+  }
   open_data();
   const AdamWOptions adam{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
   optimizer_ = std::make_unique<AdamW>(named_params(model_.config, model_.params), adam);
 }
 
-std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std::string& out_dir) {
+std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std::string& out_dir,
+                                        const std::optional<JobRank>& job) {
   const TrainConfig config = with_absolute_paths(requested);
   config.validate();
   require(config.model || !config.init.empty(),
@@ -86,7 +114,7 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   require(!exists(checkpoint_path(out_dir)),
           out_dir + " already holds a training run: resume it (--resume) or choose another directory");
   const torch::Dtype dtype = param_dtype(config);
-  parse_device(config.device);  // an unusable device fails before anything is written
+  const torch::Device device = training_device(config, job);  // an unusable one fails before anything is written
   Model model;
   if (config.model) {
     model.config = *config.model;
@@ -94,15 +122,19 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   } else {
     model = load_model(config.init, dtype);
   }
-  model.params = trainable(model, config);
-  std::unique_ptr<Trainer> trainer(new Trainer(config, std::move(model), out_dir));
-  io::make_directories(out_dir);
-  io::write_text_file(out_dir + "/config.json", config.to_json().dump(2) + "\n");
-  io::write_text_file(metrics_path(out_dir), "");
+  model.params = trainable(model, config, device);
+  std::unique_ptr<Trainer> trainer(new Trainer(config, std::move(model), out_dir, job));
+  trainer->check_ranks_agree();
+  if (trainer->is_main_rank()) {
+    io::make_directories(out_dir);
+    io::write_text_file(out_dir + "/config.json", config.to_json().dump(2) + "\n");
+    io::write_text_file(metrics_path(out_dir), "");
+  }
   return trainer;
 }
 
-std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json& overrides) {
+std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json& overrides,
+                                         const std::optional<JobRank>& job) {
   const std::string path = checkpoint_path(out_dir);
   require(exists(path), out_dir + ": no training run to resume (" + path + " is missing)");
   io::SafetensorsFile file = io::read_safetensors(path);
@@ -145,11 +177,13 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
-  model.params = trainable(model, requested);
-  std::unique_ptr<Trainer> trainer(new Trainer(requested, std::move(model), out_dir));
+  model.params = trainable(model, requested, training_device(requested, job));
+  std::unique_ptr<Trainer> trainer(new Trainer(requested, std::move(model), out_dir, job));
   trainer->step_ = std::stoll(meta("step"));
   trainer->elapsed_before_ = std::stod(meta("elapsed_s"));
   trainer->optimizer_->load_state(optimizer_state, trainer->step_);
+  trainer->check_ranks_agree();
+  if (!trainer->is_main_rank()) return trainer;
   io::write_text_file(out_dir + "/config.json", requested.to_json().dump(2) + "\n");
 
   // Steps after the checkpoint will be taken again: their metrics go.
@@ -176,10 +210,29 @@ void Trainer::open_data() {
   }
 }
 
+void Trainer::check_ranks_agree() {
+  if (!ranks_) return;
+  const json mine = rank_setup(config_, model_.config, step_, *train_data_, val_data_.get());
+  const std::vector<std::string> setups = ranks_->all_gather_text("setup", mine.dump());
+  const json first = json::parse(setups[0]);
+  for (int r = 1; r < ranks_->world_size(); ++r) {
+    const json other = json::parse(setups[static_cast<size_t>(r)]);
+    for (const auto& [key, value] : first.items()) {
+      if (other.contains(key) && other.at(key) == value) continue;
+      throw Error("the ranks of this job disagree on '" + key + "': " + value.dump() + " on rank 0, " +
+                  (other.contains(key) ? other.at(key).dump() : "nothing") + " on rank " + std::to_string(r));
+    }
+  }
+  std::vector<torch::Tensor> weights;
+  for (const auto& [name, p] : named_params(model_.config, model_.params)) weights.push_back(p.detach());
+  ranks_->broadcast_from_rank0(weights);
+}
+
 std::vector<torch::Tensor> Trainer::batch(int64_t step) const {
   const int64_t length = config_.seq_len + 1;
   std::vector<torch::Tensor> sequences;
-  for (int64_t j = 0; j < config_.batch_size; ++j) {
+  const int64_t rank = ranks_ ? ranks_->rank() : 0;
+  for (int64_t j = rank; j < config_.batch_size; j += world_size()) {
     const int64_t offset =
         sequence_offset(static_cast<uint64_t>(config_.seed), step, j, train_data_->size() - length);
     sequences.push_back(train_data_->slice(offset, length).to(model_.params.embed.device()));
@@ -197,8 +250,12 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
     gradient_graphs_ = GradientGraphs::where_supported(model_.config, model_.params);
   }
   double total = 0;
+  bool stopped = false;
   for (const torch::Tensor& tokens : batch(step)) {
-    if (stop_requested && stop_requested()) return std::nullopt;
+    if (stop_requested && stop_requested()) {
+      stopped = true;
+      break;
+    }
     if (config_.remat) {
       GradientOptions options;
       options.graphs = gradient_graphs_.get();
@@ -215,6 +272,24 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
       total += loss.item<double>();
     }
   }
+  if (ranks_) {
+    // One collective settles the step for every rank: the batch's loss, and whether any rank stopped.
+    torch::Tensor shared =
+        torch::tensor({total, stopped ? 1.0 : 0.0}, torch::kFloat64).to(model_.params.embed.device());
+    ranks_->all_reduce_sum({shared});
+    total = shared[0].item<double>();
+    stopped = shared[1].item<double>() > 0;
+    if (!stopped) {
+      std::vector<torch::Tensor> gradients;
+      for (const auto& [name, p] : params) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p, torch::MemoryFormat::Contiguous);
+        if (!p.grad().is_contiguous()) p.mutable_grad() = p.grad().contiguous();
+        gradients.push_back(p.grad());
+      }
+      ranks_->all_reduce_sum(gradients);
+    }
+  }
+  if (stopped) return std::nullopt;
   return total * scale;
 }
 
@@ -225,10 +300,15 @@ double Trainer::validation_loss() const {
   const int64_t length = config_.seq_len + 1, count = config_.val_sequences;
   const int64_t span = val_data_->size() - length;
   double total = 0;
-  for (int64_t i = 0; i < count; ++i) {
+  for (int64_t i = ranks_ ? ranks_->rank() : 0; i < count; i += world_size()) {
     const int64_t offset = count > 1 ? span * i / (count - 1) : 0;
     const torch::Tensor tokens = val_data_->slice(offset, length).to(frozen.embed.device());
     total += run_sequence(model_.config, frozen, tokens).loss.item<double>();
+  }
+  if (ranks_) {
+    torch::Tensor sum = torch::tensor({total}, torch::kFloat64).to(frozen.embed.device());
+    ranks_->all_reduce_sum({sum});
+    total = sum.item<double>();
   }
   return total / static_cast<double>(count);
 }
@@ -258,6 +338,9 @@ double Trainer::elapsed_s() const {
 }
 
 void Trainer::save_checkpoint() const {
+  // Every rank has finished the step (the weights are the same on all of them): rank 0 writes.
+  if (ranks_) ranks_->barrier();
+  if (!is_main_rank()) return;
   std::map<std::string, torch::Tensor> tensors;
   for (const auto& [name, p] : named_params(model_.config, model_.params)) tensors.emplace(name, p.detach());
   for (const auto& [name, moment] : optimizer_->state()) tensors.emplace(kOptimizerPrefix + name, moment);
@@ -286,10 +369,9 @@ void Trainer::append_metrics(const StepReport& r) const {
 
 Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_step,
                               const std::function<bool()>& stop_requested) {
-  const auto stop = [&] { return stop_requested && stop_requested(); };
   while (step_ < config_.steps) {
     const auto step_start = std::chrono::steady_clock::now();
-    const std::optional<double> loss = stop() ? std::nullopt : accumulate_gradients(step_, stop_requested);
+    const std::optional<double> loss = accumulate_gradients(step_, stop_requested);
     if (!loss) {
       save_checkpoint();
       return Outcome::kStopped;
@@ -314,7 +396,7 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
       report.val_loss = validation_loss();
     }
     report.elapsed_s = elapsed_s();
-    append_metrics(report);
+    if (is_main_rank()) append_metrics(report);
     if (on_step) on_step(report);
     if (last || (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0)) save_checkpoint();
   }

@@ -8,6 +8,12 @@
 //                            file written atomically, so a crash never tears it
 //   model.safetensors        the parameters alone, for `ttt eval` and friends
 //   metrics.jsonl            one JSON object per step (validation loss where measured)
+//
+// Data parallelism: a Trainer given a JobRank is one rank of a job. Each rank accumulates its
+// share of every step's batch (sequences rank, rank + N, ... of the same deterministic
+// stream), gradients are summed over the ranks, and every rank takes the same AdamW step:
+// N ranks give one process's losses and weights, up to the order of fp32 sums. Rank 0 alone
+// writes the run directory; checkpoints hold no trace of the world size.
 #pragma once
 #include <torch/types.h>
 
@@ -22,6 +28,7 @@
 #include "data/token_dataset.h"
 #include "model/checkpoint.h"
 #include "train/adamw.h"
+#include "train/distributed.h"
 #include "train/train_config.h"
 #include "ttt/sequence_gradient.h"
 
@@ -43,12 +50,15 @@ class Trainer {
  public:
   // A new run in `out_dir` (created if missing). A directory that already holds a
   // checkpoint is an error: resume it, or choose another.
-  static std::unique_ptr<Trainer> start(const TrainConfig& config, const std::string& out_dir);
+  // With `job`, this process is one rank of that job (every rank calls start or resume alike).
+  static std::unique_ptr<Trainer> start(const TrainConfig& config, const std::string& out_dir,
+                                        const std::optional<JobRank>& job = std::nullopt);
   // Continues the run in `out_dir`. `overrides` holds the training keys the user set again
   // (a JSON object, possibly empty): those that shape training must keep their saved values
   // (an error lists the ones that differ); reporting keys (log_every, eval_every,
   // val_sequences, val_tokens, checkpoint_every) may change.
-  static std::unique_ptr<Trainer> resume(const std::string& out_dir, const nlohmann::json& overrides);
+  static std::unique_ptr<Trainer> resume(const std::string& out_dir, const nlohmann::json& overrides,
+                                         const std::optional<JobRank>& job = std::nullopt);
 
   enum class Outcome { kFinished, kStopped };
   // Trains up to config().steps, reporting every step; checkpoints every checkpoint_every
@@ -57,9 +67,11 @@ class Trainer {
   Outcome run(const std::function<void(const StepReport&)>& on_step, const std::function<bool()>& stop_requested);
 
   // The pieces of a step, public for tests.
+  // This rank's sequences of the step's batch (all of them for a process of its own).
   std::vector<torch::Tensor> batch(int64_t step) const;
   // Zeroes the gradients, then accumulates the batch-mean loss's gradient of `step` into the
-  // parameters' .grad; returns the mean loss, or nothing if `stop_requested` fired.
+  // parameters' .grad (summed over the ranks); returns the mean loss, or nothing if
+  // `stop_requested` fired (on any rank: they agree at the end of the step).
   std::optional<double> accumulate_gradients(int64_t step, const std::function<bool()>& stop_requested = {});
   // Mean loss of the validation sequences by the model's own procedure (inner LR multiplier 1).
   double validation_loss() const;
@@ -69,10 +81,15 @@ class Trainer {
   const Model& model() const { return model_; }
   int64_t steps_done() const { return step_; }
   const std::string& out_dir() const { return out_dir_; }
+  // Rank 0 of a job, or a process of its own: the one that writes and reports.
+  bool is_main_rank() const { return !ranks_ || ranks_->rank() == 0; }
+  int world_size() const { return ranks_ ? ranks_->world_size() : 1; }
 
  private:
-  Trainer(TrainConfig config, Model model, std::string out_dir);
+  Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job);
   void open_data();
+  // Fails naming the first setting the ranks disagree on, then gives every rank rank 0's weights.
+  void check_ranks_agree();
   void append_metrics(const StepReport& report) const;
   double elapsed_s() const;
   // Clips the accumulated gradient to grad_clip, takes the AdamW step; returns the norm before clipping.
@@ -81,6 +98,7 @@ class Trainer {
   TrainConfig config_;
   Model model_;
   std::string out_dir_;
+  std::unique_ptr<Communicator> ranks_;  // the job's ranks; null for a process of its own
   std::unique_ptr<TokenDataset> train_data_, val_data_;
   std::unique_ptr<AdamW> optimizer_;
   // On a GPU, the gradient of a sequence replayed as a CUDA graph (made at the first step).

@@ -1,8 +1,11 @@
 // `ttt train` driven as a user drives it: a step's gradient equals `ttt grad`'s, Ctrl-C
-// saves a checkpoint that resumes exactly, flags and errors.
+// saves a checkpoint that resumes exactly, flags and errors; data-parallel jobs (`ttt launch`,
+// or ranks started as torchrun starts them) train as one process does, and fail cleanly.
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +24,7 @@
 #include "model/checkpoint.h"
 #include "test_util.h"
 #include "train/trainer.h"
+#include "ttt_build_features.h"
 
 namespace ttt {
 namespace {
@@ -28,11 +32,14 @@ namespace {
 using nlohmann::json;
 using test::temp_path;
 
-// Starts `ttt args...` single-threaded with stdout and stderr into `log`.
-pid_t spawn_ttt(const std::vector<std::string>& args, const std::string& log) {
+using Environment = std::vector<std::pair<std::string, std::string>>;
+
+// Starts `ttt args...` single-threaded with `environment` set, stdout and stderr into `log`.
+pid_t spawn_ttt(const std::vector<std::string>& args, const std::string& log, const Environment& environment = {}) {
   const pid_t pid = fork();
   if (pid == 0) {
     setenv("OMP_NUM_THREADS", "1", 1);
+    for (const auto& [name, value] : environment) setenv(name.c_str(), value.c_str(), 1);
     if (!freopen(log.c_str(), "w", stdout) || dup2(fileno(stdout), STDERR_FILENO) < 0) _exit(127);
     std::vector<char*> argv{const_cast<char*>(TTT_BINARY)};
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -76,12 +83,12 @@ std::vector<int64_t> text_tokens(int64_t n) {
   return tokens;
 }
 
-std::string model_config_file() {
-  ModelConfig c = test::tiny_config(Variant::kTttE2E);
+std::string model_config_file(Variant variant = Variant::kTttE2E) {
+  ModelConfig c = test::tiny_config(variant);
   c.vocab_size = 258;
   c.d_model = 16;
   c.d_ff = 32;
-  c.window = 24;
+  c.window = variant == Variant::kFullAttention ? 0 : 24;
   c.mini_batch = 16;
   c.bos_id = 256;
   c.eos_id = 257;
@@ -234,6 +241,236 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
                         "--steps");
   expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--lr", "fast"}), "--lr");
   expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--remat", "maybe"}), "--remat");
+}
+
+// Data parallelism.
+
+// CPU ranks need c10d's Gloo, which a build without Gloo's headers (PyTorch's wheel) lacks.
+#if TTT_WITH_GLOO && defined(USE_C10D_GLOO)
+constexpr bool kWithGloo = true;
+#else
+constexpr bool kWithGloo = false;
+#endif
+
+std::vector<std::string> joined(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+std::vector<json> metrics(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::vector<json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  return lines;
+}
+
+// Two runs' metrics and final weights agree to `tolerance` relative to each value (at least 1):
+// what N ranks and one process may differ by is the order of fp32 sums.
+void expect_same_training(const std::string& a, const std::string& b, double tolerance) {
+  const std::vector<json> ma = metrics(a), mb = metrics(b);
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    for (const char* key : {"loss", "grad_norm", "val_loss"}) {
+      ASSERT_EQ(ma[i].contains(key), mb[i].contains(key)) << key << " at step " << i + 1;
+      if (!ma[i].contains(key)) continue;
+      const double x = ma[i].at(key), y = mb[i].at(key);
+      EXPECT_NEAR(x, y, tolerance * std::max(1.0, std::abs(x))) << key << " at step " << i + 1;
+    }
+  }
+  const io::SafetensorsFile wa = io::read_safetensors(a + "/model.safetensors");
+  const io::SafetensorsFile wb = io::read_safetensors(b + "/model.safetensors");
+  ASSERT_EQ(wa.tensors.size(), wb.tensors.size());
+  for (const auto& [name, x] : wa.tensors) {
+    const torch::Tensor y = wb.tensors.at(name);
+    const double scale = std::max(1.0, x.abs().max().item<double>());
+    EXPECT_LE((x - y).abs().max().item<double>(), tolerance * scale) << name;
+  }
+}
+
+// The environment torchrun gives rank `rank` of `world`.
+Environment rank_environment(int rank, int world, int port) {
+  return {{"RANK", std::to_string(rank)},
+          {"LOCAL_RANK", std::to_string(rank)},
+          {"WORLD_SIZE", std::to_string(world)},
+          {"MASTER_ADDR", "127.0.0.1"},
+          {"MASTER_PORT", std::to_string(port)}};
+}
+
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
+// Waits until `run_dir` has `lines` metrics lines (steps done); false after a minute.
+bool wait_for_steps(const std::string& run_dir, int64_t lines) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (line_count(run_dir + "/metrics.jsonl") < lines) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// A data-parallel training config on byte tokens: `steps` steps of 4 sequences.
+std::string parallel_config(int64_t steps, const json& more = json::object()) {
+  const std::string train = temp_path("train.u32"), val = temp_path("val.u32");
+  io::write_token_file(train, text_tokens(20000));
+  io::write_token_file(val, text_tokens(3000));
+  json config = {{"train_tokens", train}, {"val_tokens", val}, {"seq_len", 32},     {"batch_size", 4},
+                 {"steps", steps},        {"lr", 3e-3},        {"eval_every", 2},   {"val_sequences", 3},
+                 {"checkpoint_every", 1}, {"log_every", 1},    {"dist_timeout", 60}};
+  config.update(more);
+  const std::string path = temp_path("parallel.json");
+  std::ofstream(path) << config.dump();
+  return path;
+}
+
+TEST(DataParallel, TwoRanksTrainAsOneProcess) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
+  for (const Variant variant : {Variant::kFullAttention, Variant::kTttE2E}) {
+    test::ScratchDir dir;
+    const std::vector<std::string> train{"train", "--config", parallel_config(4), "--model-config",
+                                         model_config_file(variant)};
+    const Finished one = run_ttt(joined(train, {"--out", dir.path("one")}));
+    ASSERT_EQ(one.exit_code, 0) << one.output;
+    const Finished two =
+        run_ttt(joined({"launch", "--nproc-per-node", "2", "--"}, joined(train, {"--out", dir.path("two")})));
+    ASSERT_EQ(two.exit_code, 0) << two.output;
+    expect_same_training(dir.path("one"), dir.path("two"), 1e-5);
+    EXPECT_EQ(metrics(dir.path("two")).size(), 4u);
+    // Rank 0 speaks for the job.
+    EXPECT_NE(two.output.find("data parallel: 2 ranks, 2 sequences each per step"), std::string::npos) << two.output;
+    EXPECT_EQ(two.output.find("trained 4 steps"), two.output.rfind("trained 4 steps")) << two.output;
+  }
+}
+
+TEST(DataParallel, AKilledRankFailsTheJobAndItsCheckpointResumesOnOneRank) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
+  const int64_t steps = 40;
+  test::ScratchDir dir;
+  const std::vector<std::string> train{"train", "--config", parallel_config(steps, {{"eval_every", 0}}),
+                                       "--model-config", model_config_file()};
+  const Finished whole = run_ttt(joined(train, {"--out", dir.path("whole")}));
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+
+  const std::string log = temp_path("launch.txt");
+  const pid_t launcher =
+      spawn_ttt(joined({"launch", "-n", "2", "--grace", "20", "--"}, joined(train, {"--out", dir.path("split")})), log);
+  ASSERT_TRUE(wait_for_steps(dir.path("split"), 2));
+  std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
+  pid_t rank0 = 0, rank1 = 0;
+  ASSERT_TRUE(children >> rank0 >> rank1);
+  kill(rank1, SIGKILL);
+  const Finished failed = wait_for(launcher, log);
+  EXPECT_EQ(failed.exit_code, 1) << failed.output;
+  EXPECT_NE(failed.output.find("rank 1 was killed by signal 9"), std::string::npos) << failed.output;
+  // Rank 0 saw it for itself (c10d's error), before the launcher stopped it.
+  EXPECT_NE(failed.output.find("ttt: error: rank 0: "), std::string::npos) << failed.output;
+
+  const int64_t saved = std::stoll(io::read_safetensors(dir.path("split/checkpoint.safetensors")).metadata.at("step"));
+  EXPECT_GE(saved, 2);
+  EXPECT_LT(saved, steps) << "the run ended before the kill: the test proves nothing";
+  const Finished resumed = run_ttt({"train", "--resume", dir.path("split")});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_same_training(dir.path("whole"), dir.path("split"), 1e-5);
+}
+
+TEST(DataParallel, CtrlCStopsEveryRankWithOneCheckpoint) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
+  const int64_t steps = 200;
+  test::ScratchDir dir;
+  const std::vector<std::string> launch{"launch",
+                                        "-n",
+                                        "2",
+                                        "--",
+                                        "train",
+                                        "--config",
+                                        parallel_config(steps),
+                                        "--model-config",
+                                        model_config_file(),
+                                        "--out",
+                                        dir.path("run")};
+  const std::string log = temp_path("launch.txt");
+  const pid_t launcher = spawn_ttt(launch, log);
+  ASSERT_TRUE(wait_for_steps(dir.path("run"), 2));
+  kill(launcher, SIGINT);
+  const Finished stopped = wait_for(launcher, log);
+  EXPECT_EQ(stopped.exit_code, 130) << stopped.output;
+  EXPECT_EQ(stopped.output.find("continue with"), stopped.output.rfind("continue with")) << stopped.output;
+  const int64_t saved = std::stoll(io::read_safetensors(dir.path("run/checkpoint.safetensors")).metadata.at("step"));
+  EXPECT_EQ(saved, line_count(dir.path("run/metrics.jsonl")));
+  EXPECT_LT(saved, steps) << "the run ended before the signal: the test proves nothing";
+}
+
+TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
+  if (!kWithGloo) GTEST_SKIP() << "ttt was built without Gloo";
+  test::ScratchDir dir;
+  const std::string config = parallel_config(1000);
+  const std::vector<std::string> train{"train", "--config", config, "--model-config", model_config_file()};
+  // Ranks started by hand as torchrun would, rank r with the flags extra[r]; pids and logs.
+  struct Started {
+    pid_t pid;
+    std::string log;
+  };
+  const auto start_ranks = [&](const std::vector<std::vector<std::string>>& extra, const std::string& run) {
+    const int port = free_port();
+    std::vector<Started> ranks;
+    for (size_t r = 0; r < extra.size(); ++r) {
+      const std::string log = temp_path("rank" + std::to_string(r) + ".txt");
+      ranks.push_back({spawn_ttt(joined(train, joined({"--out", dir.path(run)}, extra[r])), log,
+                                 rank_environment(static_cast<int>(r), static_cast<int>(extra.size()), port)),
+                       log});
+    }
+    return ranks;
+  };
+
+  // A different batch on rank 1: every rank names the key, and nothing is trained.
+  for (const Started& rank : start_ranks({{}, {"--batch-size", "8"}}, "disagree")) {
+    const Finished f = wait_for(rank.pid, rank.log);
+    EXPECT_EQ(f.exit_code, 1) << f.output;
+    EXPECT_NE(f.output.find("disagree on 'batch_size': 4 on rank 0, 8 on rank 1"), std::string::npos) << f.output;
+  }
+  EXPECT_EQ(test::file_size(dir.path("disagree/checkpoint.safetensors")), -1);
+
+  const Finished uneven =
+      run_ttt(joined({"launch", "-n", "2", "--"}, joined(train, {"--out", dir.path("uneven"), "--batch-size", "3"})));
+  EXPECT_EQ(uneven.exit_code, 1);
+  EXPECT_NE(uneven.output.find("'batch_size' (3) must be divisible by the number of ranks (2)"), std::string::npos)
+      << uneven.output;
+
+  // A rank that stops answering: the other gives up after dist_timeout.
+  const std::vector<Started> hang = start_ranks({{"--dist-timeout", "2"}, {"--dist-timeout", "2"}}, "hang");
+  ASSERT_TRUE(wait_for_steps(dir.path("hang"), 1));
+  kill(hang[1].pid, SIGSTOP);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  const Finished timed_out = wait_for(hang[0].pid, hang[0].log);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped_at).count();
+  kill(hang[1].pid, SIGKILL);
+  wait_for(hang[1].pid, hang[1].log);
+  EXPECT_EQ(timed_out.exit_code, 1) << timed_out.output;
+  EXPECT_NE(timed_out.output.find("ttt: error: rank 0: "), std::string::npos) << timed_out.output;
+  EXPECT_LT(waited, 30) << timed_out.output;
+}
+
+// The NCCL path on a GPU: a world of one rank gives the plain trainer's run (an all-reduce over
+// one rank changes nothing), for the lent one-GPU machine.
+TEST(DataParallel, NcclWorldOfOneTrainsAsThePlainTrainer) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  test::ScratchDir dir;
+  const std::vector<std::string> train{
+      "train", "--config", parallel_config(4), "--model-config", model_config_file(), "--device", "cuda"};
+  const Finished plain = run_ttt(joined(train, {"--out", dir.path("plain")}));
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  const Finished nccl = run_ttt(joined({"launch", "-n", "1", "--"}, joined(train, {"--out", dir.path("nccl")})));
+  ASSERT_EQ(nccl.exit_code, 0) << nccl.output;
+  expect_same_training(dir.path("plain"), dir.path("nccl"), 1e-6);
 }
 
 }  // namespace

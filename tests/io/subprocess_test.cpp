@@ -1,5 +1,6 @@
 #include "io/subprocess.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <limits.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "test_files.h"
@@ -124,6 +126,30 @@ int exit_status_of_child(Action action) {
   int status = 0;
   waitpid(pid, &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(Subprocess, StartsWithoutWaitingWithItsOwnEnvironmentAndProcessGroup) {
+  setenv("TTT_SUBPROCESS_KEPT", "kept", 1);
+  setenv("TTT_SUBPROCESS_SET", "inherited", 1);
+  const Command check = shell(
+      "test \"$TTT_SUBPROCESS_KEPT\" = kept && test \"$TTT_SUBPROCESS_SET\" = given && "
+      "test \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$ && cat >/dev/null");  // its own group; waits for stdin's end
+  int to_child[2];
+  ASSERT_EQ(pipe2(to_child, O_CLOEXEC), 0);  // the child keeps only its stdin copy
+  const int saved_stdin = dup(STDIN_FILENO);
+  dup2(to_child[0], STDIN_FILENO);
+  Command command = check;
+  command.environment = {"TTT_SUBPROCESS_SET=given"};
+  const int pid = start_command(command, {.own_process_group = true});
+  dup2(saved_stdin, STDIN_FILENO);
+  close(saved_stdin);
+  close(to_child[0]);
+  EXPECT_FALSE(wait_command(pid, /*block=*/false).has_value());  // still reading
+  close(to_child[1]);
+  const std::optional<CommandExit> ended = wait_command(pid);
+  ASSERT_TRUE(ended.has_value());
+  EXPECT_TRUE(ended->succeeded()) << ended->describe();
+  EXPECT_EQ(std::getenv("TTT_SUBPROCESS_SET"), std::string("inherited"));
 }
 
 TEST(Subprocess, ReplacesThisProcess) {

@@ -45,6 +45,8 @@ TEST(TrainConfig, BadKeysAndValuesNameTheKey) {
   expect_error([] { TrainConfig::from_json({{"warmup_frac", 1.5}}); }, {"'warmup_frac'", "[0, 1]"});
   expect_error([] { TrainConfig::from_json({{"beta2", 1.0}}); }, {"'beta2'"});
   expect_error([] { TrainConfig::from_json({{"dtype", "f16"}}); }, {"'dtype'", "f32"});
+  expect_error([] { TrainConfig::from_json({{"dist_backend", "mpi"}}); }, {"'dist_backend'", "gloo"});
+  expect_error([] { TrainConfig::from_json({{"dist_timeout", 0}}); }, {"'dist_timeout'", "> 0"});
   expect_error([] { TrainConfig::from_json({{"model", {{"variant", "rnn"}}}}); }, {"'model'", "variant"});
   expect_error([] { TrainConfig::from_json({{"model", test::tiny_config(Variant::kFullAttention).to_json()},
                                             {"init", "m.safetensors"}}); },
@@ -99,6 +101,8 @@ TEST(TrainConfig, OnlyReportingKeysMayChangeOnResume) {
   b.checkpoint_every = 7;
   b.val_sequences = 2;
   b.val_tokens = "other.u32";
+  b.dist_backend = "gloo";  // a job may resume on other machines, with other ranks
+  b.dist_timeout = 60;
   EXPECT_TRUE(a.training_differences(b).empty());
   b.seq_len = 2 * a.seq_len;
   b.lr = 1.0;
