@@ -12,6 +12,7 @@
 #include <torch/cuda.h>
 
 #include "apps/cli_run.h"
+#include "io/orbax_fixtures.h"
 #include "infer/session.h"
 #include "io/paths.h"
 #include "io/token_file.h"
@@ -27,12 +28,8 @@ using test::expect_clean_failure;
 using test::run_ttt;
 using test::temp_path;
 
-const std::string kFixtures = TTT_ORBAX_FIXTURES;
-
-json reference(const std::string& fixture) {
-  std::ifstream in(kFixtures + "/" + fixture + "/reference.json");
-  return json::parse(in);
-}
+const std::string& kFixtures = test::kOrbaxFixtures;
+const auto reference = test::orbax_reference;
 
 // reference.json's config as a --config file.
 std::string config_file(const std::string& fixture) {
@@ -48,6 +45,20 @@ std::string copy_fixture(const std::string& fixture) {
   const std::string copy = temp_path(fixture);
   EXPECT_EQ(std::system(("cp -r " + kFixtures + "/" + fixture + " " + copy + " && chmod -R u+w " + copy).c_str()), 0);
   return copy;
+}
+
+// Runs `eval_command` with --json and compares its NLLs and loss with the authors' (reference.json).
+void expect_authors_numbers(const std::string& eval_command, const json& ref, double per_token, double loss) {
+  const std::string out = temp_path("eval.json");
+  const CliRun eval = run_ttt(eval_command + " --json " + out);
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  std::ifstream in(out);
+  const json result = json::parse(in);
+  const std::vector<double> nll = result["nll"].get<std::vector<double>>();
+  const std::vector<double> expected = ref["nll"].get<std::vector<double>>();
+  ASSERT_EQ(nll.size(), expected.size());
+  for (size_t t = 0; t < nll.size(); ++t) EXPECT_NEAR(nll[t], expected[t], per_token) << "target " << t;
+  EXPECT_NEAR(result["loss"].get<double>(), ref["loss"].get<double>(), loss);
 }
 
 TEST(ConvertCli, ConvertedFixturesEvaluateToTheAuthorsNumbers) {
@@ -66,16 +77,7 @@ TEST(ConvertCli, ConvertedFixturesEvaluateToTheAuthorsNumbers) {
 
     const std::string tokens = temp_path("tokens.u32");
     io::write_token_file(tokens, ref["tokens"].get<std::vector<int64_t>>());
-    const std::string out = temp_path("eval.json");
-    const CliRun eval = run_ttt("eval --model " + model + " --tokens " + tokens + " --json " + out);
-    ASSERT_EQ(eval.exit_code, 0) << eval.output;
-    std::ifstream in(out);
-    const json result = json::parse(in);
-    const std::vector<double> nll = result["nll"].get<std::vector<double>>();
-    const std::vector<double> expected = ref["nll"].get<std::vector<double>>();
-    ASSERT_EQ(nll.size(), expected.size());
-    for (size_t t = 0; t < nll.size(); ++t) EXPECT_NEAR(nll[t], expected[t], 1e-4) << "target " << t;
-    EXPECT_NEAR(result["loss"].get<double>(), ref["loss"].get<double>(), 1e-5);
+    expect_authors_numbers("eval --model " + model + " --tokens " + tokens, ref, 1e-4, 1e-5);
   }
 }
 
@@ -95,18 +97,8 @@ TEST(ConvertCli, ConvertedFixturesRunOnCuda) {
     io::write_token_file(tokens, ref["tokens"].get<std::vector<int64_t>>());
     for (const std::string dtype : {"f32", "bf16"}) {
       SCOPED_TRACE(dtype);
-      const std::string out = temp_path("eval.json");
-      const CliRun eval =
-          run_ttt("eval --device cuda --dtype " + dtype + " --model " + model + " --tokens " + tokens + " --json " + out);
-      ASSERT_EQ(eval.exit_code, 0) << eval.output;
-      std::ifstream in(out);
-      const json result = json::parse(in);
-      const std::vector<double> nll = result["nll"].get<std::vector<double>>();
-      const std::vector<double> expected = ref["nll"].get<std::vector<double>>();
-      ASSERT_EQ(nll.size(), expected.size());
-      const double per_token = dtype == "f32" ? 1e-4 : 5e-2;
-      for (size_t t = 0; t < nll.size(); ++t) EXPECT_NEAR(nll[t], expected[t], per_token) << "target " << t;
-      EXPECT_NEAR(result["loss"].get<double>(), ref["loss"].get<double>(), dtype == "f32" ? 1e-5 : 1e-2);
+      expect_authors_numbers("eval --device cuda --dtype " + dtype + " --model " + model + " --tokens " + tokens, ref,
+                             dtype == "f32" ? 1e-4 : 5e-2, dtype == "f32" ? 1e-5 : 1e-2);
     }
     std::vector<int64_t> prompt = ref["tokens"].get<std::vector<int64_t>>();
     prompt.resize(40);

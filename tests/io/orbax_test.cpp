@@ -10,6 +10,7 @@
 #include <zstd.h>
 
 #include "io/orbax/orbax_checkpoint.h"
+#include "io/orbax_fixtures.h"
 #include "io/orbax/zstd_decoder.h"
 #include "io/paths.h"
 #include "io/orbax_test_store.h"
@@ -23,12 +24,8 @@ using io::orbax::ZarrArray;
 using test::expect_error;
 using test::OrbaxTestStore;
 
-const std::string kFixtures = TTT_ORBAX_FIXTURES;
-
-nlohmann::json reference(const std::string& fixture) {
-  std::ifstream in(kFixtures + "/" + fixture + "/reference.json");
-  return nlohmann::json::parse(in);
-}
+const std::string& kFixtures = test::kOrbaxFixtures;
+const auto reference = test::orbax_reference;
 
 // A copy of a fixture to damage; returns its model_weights folder.
 std::string copy_fixture(const test::ScratchDir& scratch, const std::string& fixture) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/evaluate.h"
+#include "io/orbax_fixtures.h"
 #include "io/orbax_test_store.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
@@ -22,12 +23,8 @@ using nlohmann::json;
 using test::expect_error;
 using test::temp_path;
 
-const std::string kFixtures = TTT_ORBAX_FIXTURES;
-
-json reference(const std::string& fixture) {
-  std::ifstream in(kFixtures + "/" + fixture + "/reference.json");
-  return json::parse(in);
-}
+const std::string& kFixtures = test::kOrbaxFixtures;
+const auto reference = test::orbax_reference;
 
 OrbaxCheckpoint fixture_checkpoint(const std::string& fixture) {
   return OrbaxCheckpoint(io::orbax::resolve_model_weights(kFixtures + "/" + fixture, std::nullopt));
