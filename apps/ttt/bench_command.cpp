@@ -310,8 +310,9 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--modes", options->modes, "eval, prefill, decode, train (comma-separated)")->capture_default_str();
   command->add_option("--contexts", options->contexts, "context lengths in tokens (comma-separated)")
       ->capture_default_str();
-  command->add_option("--train-contexts,--train-context", options->train_contexts,
-                      "sequence lengths of the train mode (comma-separated)")
+  command
+      ->add_option("--train-contexts,--train-context", options->train_contexts,
+                   "sequence lengths of the train mode (comma-separated)")
       ->capture_default_str();
   command->add_option("--decode-tokens", options->decode_tokens, "tokens timed one by one in the decode mode")
       ->check(CLI::PositiveNumber)

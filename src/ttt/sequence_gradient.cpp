@@ -235,8 +235,8 @@ class PrefixSpans {
   };
 
   torch::Tensor run(const ChunkSpan& span, KvCache& cache) const {
-    return hidden_states(seq_.config, seq_.params, seq_.inputs.narrow(0, span.start, span.length), span.position,
-                         cache, seq_.first_suffix);
+    return hidden_states(seq_.config, seq_.params, seq_.inputs.narrow(0, span.start, span.length), span.position, cache,
+                         seq_.first_suffix);
   }
 
   SpanGraph recompute(size_t s) const {
@@ -292,8 +292,9 @@ torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const to
 
 // The suffix blocks' cache as chunk c reads it, rebuilt from the rows saved after the chunks before it.
 KvCache cache_before(const Sequence& seq, const std::vector<SavedChunk>& saved, int64_t c) {
-  return rebuilt_cache(seq.config, c, seq.first_suffix, seq.config.n_layers,
-                       [&](int64_t j, int64_t l) -> const KvEntries& { return saved[j].entries[l - seq.first_suffix]; });
+  return rebuilt_cache(
+      seq.config, c, seq.first_suffix, seq.config.n_layers,
+      [&](int64_t j, int64_t l) -> const KvEntries& { return saved[j].entries[l - seq.first_suffix]; });
 }
 
 // The fast weights chunk c starts from, where suffix_forward did not keep them: the scan

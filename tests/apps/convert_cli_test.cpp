@@ -89,8 +89,8 @@ TEST(ConvertCli, ConvertedFixturesRunOnCuda) {
     SCOPED_TRACE(fixture);
     const json ref = reference(fixture);
     const std::string model = temp_path("model.safetensors");
-    ASSERT_EQ(run_ttt("convert orbax --checkpoint " + kFixtures + "/" + fixture + " --config " +
-                      config_file(fixture) + " --out " + model)
+    ASSERT_EQ(run_ttt("convert orbax --checkpoint " + kFixtures + "/" + fixture + " --config " + config_file(fixture) +
+                      " --out " + model)
                   .exit_code,
               0);
     const std::string tokens = temp_path("tokens.u32");

@@ -575,8 +575,8 @@ class OnCudaLargeLaunch : public ::testing::TestWithParam<int64_t> {
     }
     for (size_t i = 0; k < whole_grads.size(); ++i, ++k) {
       const torch::Tensor expected = shared_grads[i];
-      const double error = (whole_grads[k].to(torch::kFloat64) - expected).norm().item<double>() /
-                           expected.norm().item<double>();
+      const double error =
+          (whole_grads[k].to(torch::kFloat64) - expected).norm().item<double>() / expected.norm().item<double>();
       EXPECT_LT(error, 1e-5) << "the gradient of shared input " << i;
     }
   }

@@ -164,7 +164,8 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
     EXPECT_TRUE(graphs.serves(graphed));
     EXPECT_FALSE(graphs.serves(eager));
     // A .grad that is not the graphs' own buffer is carried into it.
-    for (const Params* side : {&graphed, &eager}) side->final_norm.mutable_grad() = torch::full_like(side->final_norm, 0.5);
+    for (const Params* side : {&graphed, &eager})
+      side->final_norm.mutable_grad() = torch::full_like(side->final_norm, 0.5);
     for (int sequence = 0; sequence < 4; ++sequence) {
       // 5 full chunks and a partial one; caches of 0, 16, 32 and 39 rows.
       const torch::Tensor tokens = random_tokens(16 * 5 + 7, c.vocab_size, 300 + sequence, {0, 30}).to(cuda);
