@@ -374,8 +374,10 @@ TEST(DataParallel, AKilledRankFailsTheJobAndItsCheckpointResumesOnOneRank) {
   // Rank 0 saw it for itself (c10d's error), before the launcher stopped it.
   EXPECT_NE(failed.output.find("ttt: error: rank 0: "), std::string::npos) << failed.output;
 
+  // Step 2's metrics were out, so step 1's checkpoint was complete (a step starts after the one
+  // before it is saved); step 2's may not be: the kill can land before its barrier.
   const int64_t saved = std::stoll(io::read_safetensors(dir.path("split/checkpoint.safetensors")).metadata.at("step"));
-  EXPECT_GE(saved, 2);
+  EXPECT_GE(saved, 1);
   EXPECT_LT(saved, steps) << "the run ended before the kill: the test proves nothing";
   const Finished resumed = run_ttt({"train", "--resume", dir.path("split")});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
