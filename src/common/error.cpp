@@ -2,9 +2,16 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <cstring>
+
 namespace ttt {
 
 std::string describe(const std::exception& e) {
+  // libtorch's own switch for C++ backtraces: whoever sets it wants the whole story.
+  if (const char* traces = std::getenv("TORCH_SHOW_CPP_STACKTRACES"); traces && std::strcmp(traces, "1") == 0) {
+    return e.what();
+  }
   std::string text;
   if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) {
     text = torch_error->what_without_backtrace();

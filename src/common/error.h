@@ -16,7 +16,8 @@ inline void require(bool condition, const std::string& message) {
   if (!condition) throw Error(message);
 }
 
-// A one-line description of any exception, without libtorch's C++ backtraces.
+// A one-line description of any exception, without libtorch's C++ backtraces (all of it,
+// backtraces included, when TORCH_SHOW_CPP_STACKTRACES=1).
 std::string describe(const std::exception& e);
 
 }  // namespace ttt
