@@ -200,7 +200,7 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
       y = (wide * rstd * gain).to(y_dtype);
     }
     ctx->save_for_backward({x, gain});
-    ctx->saved_data["rstd"] = rstd;  // an intermediate: kept as data, like AttentionProbs' fp32 copy
+    ctx->saved_data["rstd"] = rstd;  // an intermediate (never the output): kept as data
     ctx->saved_data["eps"] = eps;
     return y;
   }
@@ -387,16 +387,18 @@ class AttentionProbs : public torch::autograd::Function<AttentionProbs> {
     check("attention_probs", kernels::attention_probs_forward(
                                  scores.data_ptr(), storage_of(scores), scores.size(0), scores.size(1), scores.size(2),
                                  window, probs32.data_ptr<float>(), narrow ? probs.data_ptr() : nullptr, stream()));
-    ctx->save_for_backward({scores});
-    ctx->saved_data["probs32"] = probs32;
+    // Saved as a variable, never as data: in fp32 probs32 is the output itself, and an output
+    // kept in saved_data holds its own node alive (a cycle: the graph outlives its use).
+    ctx->save_for_backward({scores, probs32});
     return probs;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const torch::Tensor scores = ctx->get_saved_variables()[0];
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor& scores = saved[0];
     const torch::Tensor grad_probs = grads[0].to(scores.scalar_type()).contiguous();
-    return {AttentionProbsGrad::apply(scores, grad_probs, ctx->saved_data["probs32"].toTensor()), torch::Tensor()};
+    return {AttentionProbsGrad::apply(scores, grad_probs, saved[1].detach()), torch::Tensor()};
   }
 };
 

@@ -3,6 +3,7 @@
 #include "ttt/sequence_gradient.h"
 
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/cuda.h>
 
 #include "model/compute.h"
@@ -142,21 +143,60 @@ TEST(GradientGraphs, NotOfferedWhereTheyCannotRun) {
       fa, convert_params(fa, random_params(fa, 1, 0.3), torch::kFloat32, false, torch::Device(torch::kCUDA, 0))));
 }
 
+// A tiny config the CUDA kernels serve (head_dim 16), window and mini_batch of a few chunks.
+ModelConfig cuda_tiny_config(Variant variant) {
+  ModelConfig c = tiny_config(variant);
+  c.vocab_size = 61;
+  c.d_model = 32;
+  c.n_heads = 2;
+  c.d_ff = 48;
+  c.window = variant == Variant::kFullAttention ? 0 : 40;
+  c.mini_batch = 16;
+  c.validate();
+  return c;
+}
+
+// Nothing of a sequence's graphs outlives its gradient: a graph kept alive would pin its
+// memory, and on a GPU the nodes it keeps (recorded on the stream of the eager run) break
+// the capture of the next sequence's CUDA graph. On the GPU in fp32 and bf16 (the fused
+// kernels' autograd functions), else on the CPU.
+TEST(SequenceGradient, LeavesNoGraphBehind) {
+  const bool cuda = torch::cuda::is_available();
+  const torch::Device device = cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  for (const Variant variant : {Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention}) {
+    const ModelConfig c = cuda ? cuda_tiny_config(variant) : tiny_config(variant);
+    for (const std::optional<torch::Dtype> precision : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+      if (precision && !cuda) continue;
+      const MatmulDtypeGuard matmuls(precision);
+      for (const bool first_order : {false, true}) {
+        const Params params = convert_params(c, random_params(c, 5, 0.3), torch::kFloat32, true, device);
+        GradientOptions options;
+        options.first_order = first_order;
+        const int64_t n = 4 * c.mini_batch + 2;
+        accumulate_sequence_gradient(c, params, random_tokens(n, c.vocab_size, 6).to(device), options);
+        for (const auto& [name, p] : named_params(c, params)) {
+          EXPECT_TRUE(p.grad().defined()) << name;
+          EXPECT_FALSE(p.grad().requires_grad()) << name;
+          EXPECT_EQ(torch::autograd::impl::try_get_grad_accumulator(p), nullptr)
+              << variant_name(variant) << (precision ? " bf16" : " fp32") << (first_order ? " first order" : "")
+              << ": a graph still holds " << name;
+        }
+      }
+    }
+  }
+}
+
 // Graph replays against the eager computation on the GPU, over sequences with different
-// inner-LR multipliers (no new capture for them) and loss scales, the second order included.
+// inner-LR multipliers (no new capture for them) and loss scales, the second order included;
+// matmuls in bf16 and in fp32.
 TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const torch::Device cuda(torch::kCUDA, 0);
-  for (const Variant variant : {Variant::kTttE2E, Variant::kSlidingWindow}) {
-    ModelConfig c = tiny_config(variant);
-    c.vocab_size = 61;
-    c.d_model = 32;
-    c.n_heads = 2;  // head_dim 16: the fused kernels serve
-    c.d_ff = 48;
-    c.window = 40;
-    c.mini_batch = 16;
-    c.validate();
-    const MatmulDtypeGuard precision(torch::kBFloat16);
+  for (const auto& [variant, precision] : {std::pair{Variant::kTttE2E, std::optional(torch::kBFloat16)},
+                                           std::pair{Variant::kTttE2E, std::optional<torch::Dtype>()},
+                                           std::pair{Variant::kSlidingWindow, std::optional(torch::kBFloat16)}}) {
+    const ModelConfig c = cuda_tiny_config(variant);
+    const MatmulDtypeGuard matmuls(precision);
     const Params graphed = convert_params(c, random_params(c, 7, 0.3), torch::kFloat32, true, cuda);
     const Params eager = convert_params(c, graphed, torch::kFloat32, true);
     ASSERT_TRUE(GradientGraphs::supported(c, graphed));
