@@ -40,7 +40,7 @@ void install_stop_handlers() {
 std::string flag_name(const std::string& key) {
   std::string flag = "--" + key;
   for (char& c : flag) c = c == '_' ? '-' : c;
-  return flag;
+  return key == "init" ? flag + ",--init-from" : flag;  // the extension fine-tune's wording
 }
 
 std::string duration(double seconds) {
@@ -170,10 +170,18 @@ void add_train_command(CLI::App& app) {
       }
       trainer = Trainer::start(config, options->out_dir, job);
       const Model& model = trainer->model();
-      if (trainer->is_main_rank())
+      if (trainer->is_main_rank()) {
         std::cerr << "training " << model.config.to_json().at("variant").get<std::string>() << " ("
                   << count_params(model.config, model.params) << " parameters) for " << config.steps << " steps of "
                   << config.batch_size << " x " << config.seq_len << " tokens into " << options->out_dir << "\n";
+        if (!config.init.empty()) {
+          std::cerr << "starting from the weights of " << config.init << " (new optimiser state and schedule)";
+          for (size_t i = 0; i < trainer->changed_from_init().size(); ++i) {
+            std::cerr << (i == 0 ? "; model config changed: " : ", ") << trainer->changed_from_init()[i];
+          }
+          std::cerr << "\n";
+        }
+      }
     }
     if (job && trainer->is_main_rank()) {
       std::cerr << "data parallel: " << job->world_size << " ranks, " << trainer->config().batch_size / job->world_size

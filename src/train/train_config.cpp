@@ -22,7 +22,11 @@ std::string key_error(const std::string& key, const std::string& what) {
 const std::vector<TrainConfig::Field>& TrainConfig::fields() {
   using T = TrainConfig;
   static const std::vector<Field> kFields = {
-      {"init", &T::init, "start from this model checkpoint (.safetensors) instead of a fresh model", true},
+      {"init", &T::init,
+       "start from these weights (a model .safetensors or a run directory) instead of fresh ones: parameters only "
+       "(new optimiser state and schedule), under the checkpoint's model config or, if 'model' is given too, under "
+       "that one (same shapes; e.g. a new rope_theta)",
+       true},
       {"init_seed", &T::init_seed, "seed of the fresh model's initial weights", true},
       {"train_tokens", &T::train_tokens, "training token file (.u32; documents separated by bos_id)", true},
       {"val_tokens", &T::val_tokens, "validation token file (.u32); empty: no validation", false},
@@ -151,7 +155,6 @@ void TrainConfig::validate() const {
   require(std::isfinite(dist_timeout) && dist_timeout > 0, key_error("dist_timeout", "must be a finite number > 0"));
   require(dtype == "f32" || dtype == "f64" || dtype == "bf16",
           key_error("dtype", "must be \"f32\", \"f64\" or \"bf16\", got \"" + dtype + "\""));
-  require(!(model && !init.empty()), "train config: give either 'model' (a fresh model) or 'init' (a checkpoint), not both");
 }
 
 void TrainConfig::validate_for(const ModelConfig& m) const {

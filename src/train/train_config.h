@@ -14,7 +14,9 @@
 namespace ttt {
 
 struct TrainConfig {
-  // Where the model comes from: a config to initialise from scratch, or a checkpoint.
+  // Where the model comes from: a config to initialise from scratch, or a checkpoint's
+  // weights (a model file, or a run directory's model.safetensors) under its own config or,
+  // with both, under `model` (the paper's Stage 2: a new rope_theta; shapes must agree).
   std::optional<ModelConfig> model;
   std::string init;
   int64_t init_seed = 0;

@@ -73,6 +73,31 @@ Params trainable(const Model& model, const TrainConfig& config, const torch::Dev
   return convert_params(model.config, model.params, param_dtype(config), /*requires_grad=*/true, device);
 }
 
+// The weights `init` names (a model file, or a run directory's latest model.safetensors):
+// under the checkpoint's own config, or under `config.model` where given (the same tensor
+// names and shapes, checked); `changed` gets the model keys that differ, as "key old -> new".
+Model initial_model(const TrainConfig& config, torch::Dtype dtype, std::vector<std::string>& changed) {
+  struct stat info {};
+  const bool directory = ::stat(config.init.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
+  const std::string path = directory ? config.init + "/model.safetensors" : config.init;
+  require(exists(path), "train config: 'init': " + path + " does not exist");
+  Model model = load_model(path, dtype);
+  if (!config.model) return model;
+  const json saved = model.config.to_json(), given = config.model->to_json();
+  for (const auto& [key, value] : given.items()) {
+    if (!saved.contains(key) || saved.at(key) != value) {
+      changed.push_back(key + " " + (saved.contains(key) ? saved.at(key).dump() : "(none)") + " -> " + value.dump());
+    }
+  }
+  try {
+    model.params = params_from_named(*config.model, named_params(model.config, model.params), dtype);
+  } catch (const Error& e) {
+    throw Error("train config: 'init' (" + path + ") does not fit 'model': " + e.what());
+  }
+  model.config = *config.model;
+  return model;
+}
+
 // What every rank of a job must agree on, as a JSON object of named settings: the training
 // config but the paths (each rank's may differ; the data's sizes stand for them) and the keys
 // that act on one rank alone, the model that was built, and the step it starts from.
@@ -116,14 +141,16 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   const torch::Dtype dtype = param_dtype(config);
   const torch::Device device = training_device(config, job);  // an unusable one fails before anything is written
   Model model;
-  if (config.model) {
+  std::vector<std::string> changed;
+  if (!config.init.empty()) {
+    model = initial_model(config, dtype, changed);
+  } else {
     model.config = *config.model;
     model.params = init_params(model.config, static_cast<uint64_t>(config.init_seed), dtype);
-  } else {
-    model = load_model(config.init, dtype);
   }
   model.params = trainable(model, config, device);
   std::unique_ptr<Trainer> trainer(new Trainer(config, std::move(model), out_dir, job));
+  trainer->changed_from_init_ = std::move(changed);
   trainer->check_ranks_agree();
   if (trainer->is_main_rank()) {
     io::make_directories(out_dir);

@@ -79,6 +79,9 @@ class Trainer {
 
   const TrainConfig& config() const { return config_; }
   const Model& model() const { return model_; }
+  // The model config's keys that differ from those of the `init` checkpoint, as
+  // "key old -> new" (empty for a fresh model or the checkpoint's own config).
+  const std::vector<std::string>& changed_from_init() const { return changed_from_init_; }
   int64_t steps_done() const { return step_; }
   const std::string& out_dir() const { return out_dir_; }
   // Rank 0 of a job, or a process of its own: the one that writes and reports.
@@ -103,6 +106,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   // On a GPU, the gradient of a sequence replayed as a CUDA graph (made at the first step).
   std::unique_ptr<GradientGraphs> gradient_graphs_;
+  std::vector<std::string> changed_from_init_;
   int64_t step_ = 0;
   double elapsed_before_ = 0;  // seconds spent by earlier sessions of this run
   std::chrono::steady_clock::time_point session_start_ = std::chrono::steady_clock::now();

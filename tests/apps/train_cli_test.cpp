@@ -198,6 +198,7 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
   for (const auto& field : TrainConfig::fields()) {
     std::string flag = std::string("--") + field.key;
     std::replace(flag.begin(), flag.end(), '_', '-');
+    if (flag == "--init") flag += ",--init-from";  // the extension fine-tune's wording too
     const std::string type = std::visit(
         [](auto member) -> std::string {
           using Value = std::remove_cvref_t<decltype(TrainConfig{}.*member)>;
@@ -225,6 +226,20 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
   EXPECT_EQ(saved.at("lr"), 1e-3);
   EXPECT_EQ(saved.at("seq_len"), 32);
   EXPECT_EQ(saved.at("remat"), false);
+
+  // The extension fine-tune: the run's weights under a config with a larger rope_theta, at a
+  // longer sequence length; the changed key is printed.
+  json longer = json::parse(std::ifstream(model_config_file()));
+  longer["rope_theta"] = 1e6;
+  const std::string longer_path = temp_path("longer.json");
+  std::ofstream(longer_path) << longer.dump();
+  const Finished extension = run_ttt({"train", "--config", config, "--init-from", dir.path("run"), "--model-config",
+                                      longer_path, "--out", dir.path("ext"), "--steps", "1", "--seq-len", "64"});
+  ASSERT_EQ(extension.exit_code, 0) << extension.output;
+  EXPECT_NE(extension.output.find("starting from the weights of " + dir.path("run")), std::string::npos)
+      << extension.output;
+  EXPECT_NE(extension.output.find("model config changed: rope_theta 10000.0 -> 1000000.0"), std::string::npos)
+      << extension.output;
 
   const auto expect_one_line_error = [](const Finished& f, const std::string& fragment) {
     EXPECT_NE(f.exit_code, 0) << f.output;

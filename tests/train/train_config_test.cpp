@@ -48,9 +48,6 @@ TEST(TrainConfig, BadKeysAndValuesNameTheKey) {
   expect_error([] { TrainConfig::from_json({{"dist_backend", "mpi"}}); }, {"'dist_backend'", "gloo"});
   expect_error([] { TrainConfig::from_json({{"dist_timeout", 0}}); }, {"'dist_timeout'", "> 0"});
   expect_error([] { TrainConfig::from_json({{"model", {{"variant", "rnn"}}}}); }, {"'model'", "variant"});
-  expect_error([] { TrainConfig::from_json({{"model", test::tiny_config(Variant::kFullAttention).to_json()},
-                                            {"init", "m.safetensors"}}); },
-               {"either 'model'", "'init'"});
 }
 
 TEST(TrainConfig, TttSequencesHoldWholeChunks) {

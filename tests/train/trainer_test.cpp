@@ -163,6 +163,56 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   EXPECT_NEAR(resumed->validation_loss(), val_b, 1e-6 * val_b);
 }
 
+// The paper's Stage 2: a model trained at one length goes on at a longer one from its weights
+// alone (fresh optimiser state and schedule), fa with a larger rope_theta.
+TEST(Trainer, ExtensionStartsFromAnotherRunsWeights) {
+  test::ScratchDir dir;
+  TrainConfig short_run = small_run(Variant::kFullAttention);
+  short_run.steps = 12;
+  ASSERT_EQ(Trainer::start(short_run, dir.path("short"))->run({}, {}), Trainer::Outcome::kFinished);
+  const double fresh_loss = read_metrics(dir.path("short"))[0].at("loss").get<double>();
+  const Model trained = load_model(dir.path("short") + "/model.safetensors");
+
+  TrainConfig longer = small_run(Variant::kFullAttention);
+  longer.init = dir.path("short");  // a run directory: its model.safetensors
+  longer.model->rope_theta = 1e6;
+  longer.seq_len = 128;
+  longer.steps = 2;
+  auto trainer = Trainer::start(longer, dir.path("long"));
+  EXPECT_EQ(trainer->steps_done(), 0);
+  EXPECT_EQ(trainer->model().config.rope_theta, 1e6);
+  ASSERT_EQ(trainer->changed_from_init().size(), 1u);
+  EXPECT_EQ(trainer->changed_from_init()[0], "rope_theta 10000.0 -> 1000000.0");
+  for (const auto& [name, p] : named_params(trained.config, trained.params)) {
+    EXPECT_TRUE(torch::equal(named_params(trainer->model().config, trainer->model().params).at(name).detach(), p))
+        << name;
+  }
+  ASSERT_EQ(trainer->run({}, {}), Trainer::Outcome::kFinished);
+  const std::vector<json> metrics = read_metrics(dir.path("long"));
+  ASSERT_EQ(metrics.size(), 2u);
+  EXPECT_EQ(metrics[0].at("step").get<int64_t>(), 1);  // a schedule of its own
+  // Trained weights start well below a fresh model's loss.
+  EXPECT_LT(metrics[0].at("loss").get<double>(), fresh_loss - 0.4);
+
+  // Without 'model', the checkpoint's own config; a model file works as well as a run.
+  longer.model.reset();
+  longer.init = dir.path("short") + "/model.safetensors";
+  auto same = Trainer::start(longer, dir.path("same"));
+  EXPECT_EQ(same->model().config.rope_theta, 10000.0);
+  EXPECT_TRUE(same->changed_from_init().empty());
+
+  // Shapes that differ, and a directory without a model, are named.
+  longer.model = byte_model(Variant::kFullAttention);
+  longer.model->d_model = 48;
+  longer.model->n_heads = 3;
+  expect_error([&] { Trainer::start(longer, dir.path("x")); },
+               {"'init'", "does not fit 'model'", "embed.weight", "expected [258, 48]"});
+  longer.model = byte_model(Variant::kTttE2E);
+  expect_error([&] { Trainer::start(longer, dir.path("y")); }, {"does not fit 'model'", "missing tensor"});
+  longer.init = dir.path("nothing_here");
+  expect_error([&] { Trainer::start(longer, dir.path("z")); }, {"'init'", "nothing_here", "does not exist"});
+}
+
 TEST(Trainer, BadInputGetsClearErrors) {
   test::ScratchDir dir;
   TrainConfig c = small_run(Variant::kTttE2E);
