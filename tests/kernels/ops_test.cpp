@@ -345,7 +345,8 @@ const std::vector<Op>& ops() {
                  .shapes = {attention_shape(21, 13, 16, 2, 8), attention_shape(21, 13, 0, 2, 8),
                             attention_shape(0, 37, 0, 4, 16), attention_shape(0, 37, 16, 4, 16),
                             attention_shape(40, 1, 0, 4, 16), attention_shape(15, 1, 16, 4, 16),
-                            attention_shape(300, 16, 0, 2, 16), attention_shape(300, 16, 64, 2, 16)},
+                            attention_shape(300, 16, 0, 2, 16), attention_shape(300, 16, 64, 2, 16),
+                            attention_shape(63, 16, 64, 2, 16)},  // a full window's cache, 79 keys: padded
                  .precisions = matmul_precisions,
                  .reduction = attention_reduction,
                  .build = composable_attention_case,
