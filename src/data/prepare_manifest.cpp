@@ -21,6 +21,7 @@ std::optional<PrepareManifest> PrepareManifest::read(const std::string& dir) {
     manifest.bos_id = j.at("bos_id").get<int64_t>();
     for (const auto& split : j.at("splits")) {
       const auto file = split.at("file").get<std::string>();
+      if (file.empty() && split.value("documents", int64_t{-1}) == 0) continue;  // an empty split has no file
       require(!file.empty() && file.find('/') == std::string::npos, "a split's file is not a plain file name");
       manifest.entries.push_back({split.at("name").get<std::string>(), dir + "/" + file});
     }

@@ -49,8 +49,8 @@ TEST(TokenDataset, PrepareManifestMustFitTheModel) {
   io::write_token_file(dir.path("other.u32"), {0, 5, 6});
   std::ofstream(dir.path("prepare.json"))
       << R"({"tokenizer": "tok.model", "vocab_size": 100, "bos_id": 1,
-             "splits": [{"name": "train", "file": "train.u32"}]})";
-  check_tokenizer_fits_model(dir.path("train.u32"), 100, 1);
+             "splits": [{"name": "train", "file": "train.u32"}, {"name": "test", "file": "", "documents": 0}]})";
+  check_tokenizer_fits_model(dir.path("train.u32"), 100, 1);  // a split without documents (--test 0) has no file
   check_tokenizer_fits_model(dir.path("train.u32"), 128, 1);
   expect_error([&] { check_tokenizer_fits_model(dir.path("train.u32"), 50, 1); },
                {"train.u32", "tok.model of 100 tokens", "vocab_size 50"});
