@@ -44,6 +44,20 @@ inline ModelConfig tiny_config(Variant variant) {
   return c;
 }
 
+// Large enough for the GPU kernels' shapes (head dim 16), small enough for the CPU fp64
+// reference: 4 blocks, window 32 over chunks of 16.
+inline ModelConfig kernel_sized_config(Variant variant) {
+  ModelConfig c = tiny_config(variant);
+  c.vocab_size = 97;
+  c.d_model = 64;
+  c.n_heads = 4;
+  c.d_ff = 96;
+  c.window = variant == Variant::kFullAttention ? 0 : 32;
+  c.mini_batch = 16;
+  c.validate();
+  return c;
+}
+
 // Parameters with matrices of std `scale` (larger than the spec's 0.02, so that every
 // path, second-order terms included, moves the loss measurably) and gains near 1.
 inline Params random_params(const ModelConfig& config, uint64_t seed, double scale,

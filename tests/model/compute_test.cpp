@@ -19,20 +19,6 @@ namespace {
 using test::random_params;
 using test::random_tokens;
 
-// Large enough for the GPU kernels' shapes (head dim 16), small enough for the CPU fp64
-// reference: 4 blocks, window 32 over chunks of 16.
-ModelConfig small_config(Variant variant) {
-  ModelConfig c = test::tiny_config(variant);
-  c.vocab_size = 97;
-  c.d_model = 64;
-  c.n_heads = 4;
-  c.d_ff = 96;
-  c.window = variant == Variant::kFullAttention ? 0 : 32;
-  c.mini_batch = 16;
-  c.validate();
-  return c;
-}
-
 double relative_error(const torch::Tensor& value, const torch::Tensor& reference) {
   const torch::Tensor a = value.detach().to(torch::kCPU, torch::kFloat64);
   const torch::Tensor b = reference.detach().to(torch::kCPU, torch::kFloat64);
@@ -89,7 +75,7 @@ TEST(Compute, MatmulDtypeGuardsNestAndRestore) {
 }
 
 TEST(Compute, InferenceParamsCastMatricesButNotFastWeightsOrGains) {
-  const ModelConfig c = small_config(Variant::kTttE2E);
+  const ModelConfig c = test::kernel_sized_config(Variant::kTttE2E);
   const Params params = params_for_inference(c, random_params(c, 1, 0.1, torch::kFloat32),
                                              ComputeOptions{torch::kCPU, torch::kBFloat16});
   EXPECT_EQ(params.embed.scalar_type(), torch::kBFloat16);
@@ -105,7 +91,7 @@ TEST(Compute, InferenceParamsCastMatricesButNotFastWeightsOrGains) {
 TEST(Compute, Bf16MatmulsStayWithinBf16OfTheReference) {
   for (Variant variant : kVariants) {
     SCOPED_TRACE(variant_name(variant));
-    const ModelConfig c = small_config(variant);
+    const ModelConfig c = test::kernel_sized_config(variant);
     const Params params = random_params(c, 2, 0.1);
     const torch::Tensor tokens = random_tokens(70, c.vocab_size, 3, {0, 40});
     const EvalResult reference = evaluate(c, params, tokens);
@@ -130,7 +116,7 @@ class OnCuda : public ::testing::TestWithParam<Variant> {
 };
 
 TEST_P(OnCuda, EvaluationMatchesTheCpuReference) {
-  const ModelConfig c = small_config(GetParam());
+  const ModelConfig c = test::kernel_sized_config(GetParam());
   const Params params = random_params(c, 4, 0.1);
   const torch::Tensor tokens = random_tokens(150, c.vocab_size, 5, {0, 77});
   const EvalResult reference = evaluate(c, params, tokens);
@@ -144,7 +130,7 @@ TEST_P(OnCuda, EvaluationMatchesTheCpuReference) {
 }
 
 TEST_P(OnCuda, GradientMatchesTheCpuReference) {
-  const ModelConfig c = small_config(GetParam());
+  const ModelConfig c = test::kernel_sized_config(GetParam());
   const Params params = random_params(c, 6, 0.1);
   const torch::Tensor tokens = random_tokens(60, c.vocab_size, 7, {0, 33});
   const GradResult reference = gradient(c, params, tokens);
@@ -167,7 +153,7 @@ TEST_P(OnCuda, GradientMatchesTheCpuReference) {
 }
 
 TEST_P(OnCuda, SessionMatchesTheCpuSessionHoweverFed) {
-  const ModelConfig c = small_config(GetParam());
+  const ModelConfig c = test::kernel_sized_config(GetParam());
   const Params params = random_params(c, 8, 0.1);
   const torch::Tensor tokens = random_tokens(75, c.vocab_size, 9, {0});
   Session reference(c, params);
@@ -188,7 +174,7 @@ TEST_P(OnCuda, SessionMatchesTheCpuSessionHoweverFed) {
 // A document read on the GPU can be queried on the CPU and back: the saved state moves
 // between devices and precisions, and the weights' fingerprint still matches.
 TEST_P(OnCuda, SessionsMoveBetweenDevices) {
-  const ModelConfig c = small_config(GetParam());
+  const ModelConfig c = test::kernel_sized_config(GetParam());
   const Params params = convert_params(c, random_params(c, 10, 0.1), torch::kFloat32);
   const torch::Tensor tokens = random_tokens(60, c.vocab_size, 11, {0});
   const test::ScratchDir dir;

@@ -143,19 +143,6 @@ TEST(GradientGraphs, NotOfferedWhereTheyCannotRun) {
       fa, convert_params(fa, random_params(fa, 1, 0.3), torch::kFloat32, false, torch::Device(torch::kCUDA, 0))));
 }
 
-// A tiny config the CUDA kernels serve (head_dim 16), window and mini_batch of a few chunks.
-ModelConfig cuda_tiny_config(Variant variant) {
-  ModelConfig c = tiny_config(variant);
-  c.vocab_size = 61;
-  c.d_model = 32;
-  c.n_heads = 2;
-  c.d_ff = 48;
-  c.window = variant == Variant::kFullAttention ? 0 : 40;
-  c.mini_batch = 16;
-  c.validate();
-  return c;
-}
-
 // Nothing of a sequence's graphs outlives its gradient: a graph kept alive would pin its
 // memory, and on a GPU the nodes it keeps (recorded on the stream of the eager run) break
 // the capture of the next sequence's CUDA graph. On the GPU in fp32 and bf16 (the fused
@@ -164,7 +151,7 @@ TEST(SequenceGradient, LeavesNoGraphBehind) {
   const bool cuda = torch::cuda::is_available();
   const torch::Device device = cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   for (const Variant variant : {Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention}) {
-    const ModelConfig c = cuda ? cuda_tiny_config(variant) : tiny_config(variant);
+    const ModelConfig c = cuda ? test::kernel_sized_config(variant) : tiny_config(variant);
     for (const std::optional<torch::Dtype> precision : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
       if (precision && !cuda) continue;
       const MatmulDtypeGuard matmuls(precision);
@@ -195,7 +182,7 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
   for (const auto& [variant, precision] : {std::pair{Variant::kTttE2E, std::optional(torch::kBFloat16)},
                                            std::pair{Variant::kTttE2E, std::optional<torch::Dtype>()},
                                            std::pair{Variant::kSlidingWindow, std::optional(torch::kBFloat16)}}) {
-    const ModelConfig c = cuda_tiny_config(variant);
+    const ModelConfig c = test::kernel_sized_config(variant);
     const MatmulDtypeGuard matmuls(precision);
     const Params graphed = convert_params(c, random_params(c, 7, 0.3), torch::kFloat32, true, cuda);
     const Params eager = convert_params(c, graphed, torch::kFloat32, true);
@@ -207,7 +194,7 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
     for (const Params* side : {&graphed, &eager})
       side->final_norm.mutable_grad() = torch::full_like(side->final_norm, 0.5);
     for (int sequence = 0; sequence < 4; ++sequence) {
-      // 5 full chunks and a partial one; caches of 0, 16, 32 and 39 rows.
+      // 5 full chunks and a partial one; caches of 0, 16 and 31 rows (a full window).
       const torch::Tensor tokens = random_tokens(16 * 5 + 7, c.vocab_size, 300 + sequence, {0, 30}).to(cuda);
       GradientOptions options;
       options.ilr_mult = 0.4 + 0.2 * sequence;
