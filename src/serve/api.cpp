@@ -177,9 +177,8 @@ Parsed<CompletionRequest> parse_completion_request(std::string_view body, const 
     request.commit = fields.boolean("commit").value_or(false);
     if (request.commit && !request.session) throw bad_request("commit needs a session", "commit");
     // OpenAI's fields that would change the answer and are not implemented: refused, not ignored.
-    if (fields.integer("n", 1, 1).value_or(1) != 1 || fields.integer("best_of", 1, 1).value_or(1) != 1) {
-      throw bad_request("n and best_of must be 1");
-    }
+    fields.integer("n", 1, 1);  // one choice per request
+    fields.integer("best_of", 1, 1);
     if (fields.boolean("echo").value_or(false)) throw bad_request("echo is not supported", "echo");
     if (fields.string("suffix")) throw bad_request("suffix is not supported", "suffix");
     if (fields.number("presence_penalty", -2, 2).value_or(0) != 0 ||

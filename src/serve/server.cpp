@@ -282,7 +282,8 @@ void Server::Impl::handle_completion(const std::string& body, httplib::Response&
       if (run->logprobs) logprobs.emplace(run->logprobs->begin() + static_cast<int64_t>(before), run->logprobs->end());
       json chunk = completion_json(run->id, run->created, options.model_name, {text, run->finish, logprobs}, std::nullopt);
       chunk["choices"][0]["tokens"] = std::vector<int64_t>(run->tokens.begin() + static_cast<int64_t>(before), run->tokens.end());
-      if (!text.empty() || !run->finish.empty()) {
+      // Every token gets its chunk (its text may be held back: part of a character or of a stop).
+      if (run->tokens.size() > before || !run->finish.empty()) {
         const std::string data = event(chunk);
         if (!sink.write(data.data(), data.size())) return false;  // the client is gone: its slot is freed
       }

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/cli_run.h"
+#include "io/paths.h"
 #include "io/subprocess.h"
 #include "io/token_file.h"
 #include "test_util.h"
@@ -212,11 +213,12 @@ TEST(ServeCli, CompletionsEqualGenerateStreamedOrNot) {
   EXPECT_EQ(serve.get("/health").status, 200);
   const json models = serve.get("/v1/models").parsed();
   EXPECT_EQ(models["object"], "list");
-  EXPECT_EQ(models["data"][0]["id"], "serve_model");
+  const std::string model_name = io::file_name(byte_model()).substr(0, io::file_name(byte_model()).rfind('.'));
+  EXPECT_EQ(models["data"][0]["id"], model_name);
 
   const std::vector<int64_t> expected = generate(with_bos(kDocument), kSampling);
   ASSERT_FALSE(expected.empty());
-  const Reply plain = serve.post("/v1/completions", sampled({{"prompt", kDocument}, {"model", "serve_model"}}));
+  const Reply plain = serve.post("/v1/completions", sampled({{"prompt", kDocument}, {"model", model_name}}));
   EXPECT_EQ(tokens_of(plain), expected);
   const json body = plain.parsed();
   EXPECT_EQ(body["object"], "text_completion");
@@ -341,22 +343,21 @@ void expect_error(const Reply& reply, int status, const std::string& fragment) {
   EXPECT_NE(body["error"]["message"].get<std::string>().find(fragment), std::string::npos) << reply.body;
 }
 
-// Sends raw bytes to the server and returns what it answers (bash's /dev/tcp), the connection
-// closed for writing after them.
-std::string raw_request(const Serve& serve, const std::string& bytes) {
+// Sends raw bytes to the server and returns what it answered within `seconds` (bash's /dev/tcp).
+std::string raw_request(const Serve& serve, const std::string& bytes, int seconds) {
   const std::string file = temp_path("raw.txt"), out = temp_path("raw_out.txt");
   write_file(file, bytes);
   const std::string url = serve.url("");
   const std::string port = url.substr(url.rfind(':') + 1, url.size() - url.rfind(':') - 2);
-  const std::string command = "timeout 20 bash -c 'exec 3<>/dev/tcp/127.0.0.1/" + port + "; cat " + file +
-                              " >&3; cat <&3' >" + out + " 2>/dev/null";
+  const std::string command = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/" + port + "; cat " + file + " >&3; timeout " +
+                              std::to_string(seconds) + " cat <&3' >" + out + " 2>/dev/null";
   [[maybe_unused]] const int status = std::system(command.c_str());
   return read_file(out);
 }
 
 TEST(ServeCli, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   Serve serve("--model " + byte_model() + " --tokenizer bytes --api-key sesame --max-body-mb 1 --max-tokens 64 "
-              "--timeout 2");
+              "--timeout 1");
   const std::string auth = "-H 'Authorization: Bearer sesame'";
   serve.set_auth(auth);
   expect_error(serve.post("/v1/completions", json{{"prompt", "x"}}), 401, "API key");
@@ -378,20 +379,23 @@ TEST(ServeCli, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   // A body shorter than its Content-Length, the connection half-closed: a 400, no hang.
   const std::string truncated = raw_request(
       serve, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Type: "
-             "application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\": \"x\"");
+             "application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\": \"x\"",
+      3);
   EXPECT_EQ(truncated.rfind("HTTP/1.1 400", 0), 0u) << truncated;
-  const std::string garbage = raw_request(serve, "NONSENSE\r\n\r\n");
+  const std::string garbage = raw_request(serve, "NONSENSE\r\n\r\n", 1);
   EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
   // Raw text uploads create sessions; invalid UTF-8 there is a 400 too.
   const Reply book = curl("-H 'Content-Type: text/plain' --data-binary 'Once upon a time' " + auth + " " +
                           serve.url("/v1/sessions"));
   EXPECT_EQ(book.status, 200) << book.body;
   EXPECT_EQ(book.parsed()["tokens"], 17);
-  expect_error(curl("-H 'Content-Type: text/plain' --data-binary $'\\xff\\xfe' " + auth + " " + serve.url("/v1/sessions")),
+  const std::string invalid = temp_path("invalid.txt");
+  write_file(invalid, "caf\xc3 \xff\xfe");
+  expect_error(curl("-H 'Content-Type: text/plain' --data-binary @" + invalid + " " + auth + " " + serve.url("/v1/sessions")),
                400, "UTF-8");
   // After all of that it still answers.
   EXPECT_EQ(serve.post("/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 3}}, auth).status, 200);
-  EXPECT_GE(serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"400\"}"), -1);
+  EXPECT_EQ(serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"400\"}"), 7);  // the seven above
   EXPECT_NE(serve.get("/metrics", auth).body.find("status=\"413\""), std::string::npos);
   EXPECT_EQ(serve.stop(), 0);
 }
@@ -491,7 +495,8 @@ TEST(ServeCli, OpenAiClientLibraryWorksUnmodified) {
   const std::string packages = openai_package_dir();
   Serve serve("--model " + byte_model() + " --tokenizer bytes --api-key test-key");
   const std::vector<int64_t> expected = generate(with_bos(kDocument), kSampling);
-  const json request = sampled({{"model", "serve_model"}, {"prompt", "Hello world!\nThe"}});
+  const std::string model_name = io::file_name(byte_model()).substr(0, io::file_name(byte_model()).rfind('.'));
+  const json request = sampled({{"model", model_name}, {"prompt", "Hello world!\nThe"}});
   const std::string out = temp_path("openai.json");
   const std::string command = "NODE_PATH=" + packages + "/node_modules node " + TTT_SOURCE_DIR +
                               "/tests/serve/openai_client.js " + serve.url("/v1") + " '" + request.dump() + "' >" +
@@ -503,7 +508,7 @@ TEST(ServeCli, OpenAiClientLibraryWorksUnmodified) {
   EXPECT_EQ(got["stream"]["tokens"], expected);
   EXPECT_EQ(got["stream"]["text"], got["plain"]["text"]);
   EXPECT_EQ(got["stream"]["finish"], got["plain"]["finish"]);
-  EXPECT_EQ(got["models"], json::array({"serve_model"}));
+  EXPECT_EQ(got["models"], json::array({model_name}));
   EXPECT_EQ(serve.stop(), 0);
 }
 
