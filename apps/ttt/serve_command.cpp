@@ -20,8 +20,13 @@ namespace {
 struct ServeOptions {
   std::string model_path, tokenizer, session_dir;
   ComputeFlags compute;
-  serve::ServerOptions server{.host = "127.0.0.1", .port = 8080, .max_body_bytes = 0, .timeout_s = 60,
-                              .slots = 1, .queue = 64, .max_tokens = 4096};
+  serve::ServerOptions server{.host = "127.0.0.1",
+                              .port = 8080,
+                              .max_body_bytes = 0,
+                              .timeout_s = 60,
+                              .slots = 1,
+                              .queue = 64,
+                              .max_tokens = 4096};
   int64_t max_sessions = 16, max_body_mb = 64;
 };
 
@@ -106,8 +111,9 @@ void add_serve_command(CLI::App& app) {
   command->add_option("--slots", options->server.slots, "requests that compute at once")->capture_default_str();
   command->add_option("--queue", options->server.queue, "requests that wait for a slot (more are 429s)")
       ->capture_default_str();
-  command->add_option("--max-sessions", options->max_sessions,
-                      "sessions kept in memory; the least recently used beyond spill to --session-dir")
+  command
+      ->add_option("--max-sessions", options->max_sessions,
+                   "sessions kept in memory; the least recently used beyond spill to --session-dir")
       ->capture_default_str();
   command->add_option("--session-dir", options->session_dir,
                       "where sessions spill and are saved at shutdown; a restart restores them");

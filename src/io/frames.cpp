@@ -72,7 +72,8 @@ std::vector<int64_t> decode_reply(std::string_view reply) {
   std::vector<int64_t> ids((reply.size() - 1) / 4);
   for (size_t i = 0; i < ids.size(); ++i) {
     uint32_t id = 0;
-    for (int b = 0; b < 4; ++b) id |= static_cast<uint32_t>(static_cast<unsigned char>(reply[1 + 4 * i + b])) << (8 * b);
+    for (int b = 0; b < 4; ++b)
+      id |= static_cast<uint32_t>(static_cast<unsigned char>(reply[1 + 4 * i + b])) << (8 * b);
     ids[i] = id;
   }
   return ids;

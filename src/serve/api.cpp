@@ -47,7 +47,8 @@ struct Fields {
   std::optional<double> number(const char* name, double min, double max, bool min_open = false) const {
     const json* value = find(name);
     if (!value) return std::nullopt;
-    const std::string range = std::string(min_open ? " above " : " from ") + json(min).dump() + " to " + json(max).dump();
+    const std::string range =
+        std::string(min_open ? " above " : " from ") + json(min).dump() + " to " + json(max).dump();
     if (!value->is_number()) throw bad_request(std::string(name) + " must be a number" + range, name);
     const double v = value->get<double>();
     if (!std::isfinite(v) || v < min || (min_open && v == min) || v > max) {
@@ -148,8 +149,8 @@ Parsed<CompletionRequest> parse_completion_request(std::string_view body, const 
     request.top_p = fields.number("top_p", 0, 1, /*min_open=*/true).value_or(request.top_p);
     request.top_k = fields.integer("top_k", 0, std::numeric_limits<int32_t>::max()).value_or(0);
     request.repetition_penalty = fields.number("repetition_penalty", 0, 100, true).value_or(1.0);
-    if (const std::optional<int64_t> seed = fields.integer("seed", std::numeric_limits<int64_t>::min(),
-                                                          std::numeric_limits<int64_t>::max())) {
+    if (const std::optional<int64_t> seed =
+            fields.integer("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
       request.seed = static_cast<uint64_t>(*seed);
     }
     if (const json* stop = fields.find("stop")) {

@@ -52,7 +52,7 @@ struct CompletionRequest {
   std::optional<uint64_t> seed;  // none: the server draws one
   std::vector<std::string> stop;
   bool stream = false;
-  bool include_usage = false;      // stream_options.include_usage: a last chunk with the usage
+  bool include_usage = false;       // stream_options.include_usage: a last chunk with the usage
   std::optional<int64_t> logprobs;  // how many alternatives per token (0-5), with the chosen one's
   std::optional<std::string> session;
   bool commit = false;  // append the exchange to the session

@@ -62,7 +62,8 @@ torch::Tensor read_tokens(Session& session, const std::vector<int64_t>& tokens, 
   for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(piece)) {
     if (cancelled && cancelled()) throw stopping();
     const size_t end = std::min(tokens.size(), i + static_cast<size_t>(piece));
-    session.feed(std::vector<int64_t>(tokens.begin() + static_cast<int64_t>(i), tokens.begin() + static_cast<int64_t>(end)));
+    session.feed(
+        std::vector<int64_t>(tokens.begin() + static_cast<int64_t>(i), tokens.begin() + static_cast<int64_t>(end)));
   }
   return session.last_logits();
 }
@@ -378,9 +379,9 @@ std::unique_ptr<Generation> Engine::start(const std::optional<std::string>& sess
       return m.replace(*entry, std::move(state), std::move(seen));
     };
   }
-  auto generation = std::make_unique<SessionGeneration>(std::move(session), std::move(context), sampling, logprobs,
-                                                        prompt_tokens, start_steps, m.info.eos_id,
-                                                        std::move(commit_to), std::move(hold));
+  auto generation =
+      std::make_unique<SessionGeneration>(std::move(session), std::move(context), sampling, logprobs, prompt_tokens,
+                                          start_steps, m.info.eos_id, std::move(commit_to), std::move(hold));
   return generation;
 }
 

@@ -44,7 +44,7 @@ class Generation {
  public:
   struct Step {
     int64_t token = 0;
-    double logprob = 0;                            // under the model's distribution (before sampling's changes)
+    double logprob = 0;                           // under the model's distribution (before sampling's changes)
     std::vector<std::pair<int64_t, double>> top;  // the most likely tokens, when asked for
   };
   virtual ~Generation() = default;

@@ -90,8 +90,7 @@ std::string Metrics::render(const Gauges& gauges) const {
   single("ttt_sessions_on_disk", "gauge", "Sessions spilled to --session-dir.", double(gauges.sessions_on_disk));
   single("ttt_session_state_bytes", "gauge", "Bytes of the state of the sessions in memory.",
          double(gauges.session_state_bytes));
-  single("ttt_resident_memory_bytes", "gauge", "Resident memory of the server process.",
-         double(gauges.resident_bytes));
+  single("ttt_resident_memory_bytes", "gauge", "Resident memory of the server process.", double(gauges.resident_bytes));
   single("ttt_device_memory_bytes", "gauge", "Accelerator memory in tensors (0 on the CPU).",
          double(gauges.device_bytes));
   describe(out, "ttt_prefill_seconds", "histogram", "Time to read a request's prompt (to the first token).");

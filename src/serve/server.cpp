@@ -137,8 +137,9 @@ struct Server::Impl {
         return true;
       });
       if (too_large || res.status == 413) {
-        send_error(res, {413, "the body is larger than " + std::to_string(options.max_body_bytes) + " bytes (--max-body-mb)",
-                         "invalid_request_error", "body_too_large", ""});
+        send_error(res,
+                   {413, "the body is larger than " + std::to_string(options.max_body_bytes) + " bytes (--max-body-mb)",
+                    "invalid_request_error", "body_too_large", ""});
         return;
       }
       if (!complete) {
@@ -257,8 +258,8 @@ void Server::Impl::handle_completion(const std::string& body, httplib::Response&
                            .seed = request.seed.value_or(std::random_device{}())};
   Scheduler::Slot slot = scheduler.acquire();
   const Clock::time_point start = Clock::now();
-  std::unique_ptr<Generation> generation =
-      engine.load()->start(request.session, prompt, sampling, request.logprobs.value_or(-1), request.commit, cancelled());
+  std::unique_ptr<Generation> generation = engine.load()->start(
+      request.session, prompt, sampling, request.logprobs.value_or(-1), request.commit, cancelled());
   metrics.observe_prefill(seconds_since(start));
   metrics.add_tokens(static_cast<int64_t>(prompt.size()), 0, generation->inner_steps());
   auto run = std::make_shared<CompletionRun>(*this, std::move(request), std::move(slot), std::move(generation));
@@ -280,8 +281,10 @@ void Server::Impl::handle_completion(const std::string& body, httplib::Response&
       const std::string text = run->step();
       std::optional<std::vector<TokenLogprob>> logprobs;
       if (run->logprobs) logprobs.emplace(run->logprobs->begin() + static_cast<int64_t>(before), run->logprobs->end());
-      json chunk = completion_json(run->id, run->created, options.model_name, {text, run->finish, logprobs}, std::nullopt);
-      chunk["choices"][0]["tokens"] = std::vector<int64_t>(run->tokens.begin() + static_cast<int64_t>(before), run->tokens.end());
+      json chunk =
+          completion_json(run->id, run->created, options.model_name, {text, run->finish, logprobs}, std::nullopt);
+      chunk["choices"][0]["tokens"] =
+          std::vector<int64_t>(run->tokens.begin() + static_cast<int64_t>(before), run->tokens.end());
       // Every token gets its chunk (its text may be held back: part of a character or of a stop).
       if (run->tokens.size() > before || !run->finish.empty()) {
         const std::string data = event(chunk);
@@ -321,11 +324,11 @@ void Server::Impl::add_routes() {
   });
   http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
     guarded(req, res, false, [&] {
-      send_json(res, {{"object", "list"},
-                      {"data", json::array({{{"id", options.model_name},
-                                             {"object", "model"},
-                                             {"created", 0},
-                                             {"owned_by", "ttt"}}})}});
+      send_json(
+          res,
+          {{"object", "list"},
+           {"data",
+            json::array({{{"id", options.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "ttt"}}})}});
     });
   });
   http.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
@@ -343,12 +346,12 @@ void Server::Impl::add_routes() {
       res.set_content(metrics.render(gauges), "text/plain; version=0.0.4");
     });
   });
-  http.Post("/v1/completions", with_body([this](const httplib::Request& req, const std::string& body,
-                                                httplib::Response& res) {
+  http.Post("/v1/completions",
+            with_body([this](const httplib::Request& req, const std::string& body, httplib::Response& res) {
               guarded(req, res, true, [&] { handle_completion(body, res); });
             }));
-  http.Post("/v1/sessions", with_body([this](const httplib::Request& req, const std::string& body,
-                                             httplib::Response& res) {
+  http.Post("/v1/sessions",
+            with_body([this](const httplib::Request& req, const std::string& body, httplib::Response& res) {
               guarded(req, res, true, [&] {
                 const std::vector<int64_t> ids = prompt_ids(session_request(req, body).prompt);
                 const Scheduler::Slot slot = scheduler.acquire();
@@ -359,12 +362,12 @@ void Server::Impl::add_routes() {
                 send_json(res, session_json(info));
               });
             }));
-  http.Post(R"(/v1/sessions/([^/]+)/append)", with_body([this](const httplib::Request& req, const std::string& body,
-                                                                 httplib::Response& res) {
+  http.Post(R"(/v1/sessions/([^/]+)/append)",
+            with_body([this](const httplib::Request& req, const std::string& body, httplib::Response& res) {
               guarded(req, res, true, [&] {
                 const std::string id = req.matches[1];
-                if (!valid_session_id(id)) throw ApiError{404, "no session " + id, "invalid_request_error",
-                                                          "session_not_found", "session"};
+                if (!valid_session_id(id))
+                  throw ApiError{404, "no session " + id, "invalid_request_error", "session_not_found", "session"};
                 const std::vector<int64_t> ids = prompt_ids(session_request(req, body).prompt);
                 const Scheduler::Slot slot = scheduler.acquire();
                 const Clock::time_point start = Clock::now();

@@ -14,13 +14,13 @@ class TextCodec;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;  // 0: any free port (bind() says which)
-  std::string api_key;          // "": no authentication
-  int64_t max_body_bytes = 0;   // larger bodies are 413s
-  int64_t timeout_s = 0;        // reading a request, writing a response
+  int port = 8080;               // 0: any free port (bind() says which)
+  std::string api_key;           // "": no authentication
+  int64_t max_body_bytes = 0;    // larger bodies are 413s
+  int64_t timeout_s = 0;         // reading a request, writing a response
   int64_t slots = 1, queue = 0;  // requests computing at once, and waiting for a slot
-  int64_t max_tokens = 0;       // per completion
-  std::string model_name;       // what /v1/models lists and responses name
+  int64_t max_tokens = 0;        // per completion
+  std::string model_name;        // what /v1/models lists and responses name
 };
 
 class Server {

@@ -230,9 +230,10 @@ TEST(ServeCli, CompletionsEqualGenerateStreamedOrNot) {
   EXPECT_EQ(tokens_of(text), expected);
 
   const std::string request = temp_path("stream.json");
-  write_file(request, sampled({{"prompt", kDocument}, {"stream", true}, {"stream_options", {{"include_usage", true}}}}).dump());
-  const Reply streamed = curl("-N -H 'Content-Type: application/json' --data-binary @" + request + " " +
-                              serve.url("/v1/completions"));
+  write_file(request,
+             sampled({{"prompt", kDocument}, {"stream", true}, {"stream_options", {{"include_usage", true}}}}).dump());
+  const Reply streamed =
+      curl("-N -H 'Content-Type: application/json' --data-binary @" + request + " " + serve.url("/v1/completions"));
   EXPECT_EQ(streamed.status, 200);
   const Streamed events = parse_stream(streamed.body);
   EXPECT_EQ(events.tokens, expected);
@@ -244,7 +245,8 @@ TEST(ServeCli, CompletionsEqualGenerateStreamedOrNot) {
   const json with_logprobs = serve.post("/v1/completions", sampled({{"prompt", kDocument}, {"logprobs", 2}})).parsed();
   EXPECT_EQ(with_logprobs["choices"][0]["tokens"], expected);
   EXPECT_EQ(with_logprobs["choices"][0]["logprobs"]["token_logprobs"].size(), expected.size());
-  for (const json& logprob : with_logprobs["choices"][0]["logprobs"]["token_logprobs"]) EXPECT_LE(logprob.get<double>(), 0);
+  for (const json& logprob : with_logprobs["choices"][0]["logprobs"]["token_logprobs"])
+    EXPECT_LE(logprob.get<double>(), 0);
 
   EXPECT_GE(serve.metric("ttt_tokens_generated_total"), 4.0 * static_cast<double>(expected.size()));
   EXPECT_GT(serve.metric("ttt_inner_steps_total"), 0);
@@ -279,7 +281,8 @@ TEST(ServeCli, SessionsAnswerFromTheirStateAloneOrInterleaved) {
   std::vector<std::vector<int64_t>> got(8);
   for (int i = 0; i < 8; ++i) {
     clients.emplace_back([&, i] {
-      got[i] = tokens_of(serve.post("/v1/completions", sampled({{"prompt", kQuestion}, {"session", i % 2 ? other : id}})));
+      got[i] =
+          tokens_of(serve.post("/v1/completions", sampled({{"prompt", kQuestion}, {"session", i % 2 ? other : id}})));
     });
   }
   for (std::thread& client : clients) client.join();
@@ -291,9 +294,10 @@ TEST(ServeCli, SessionsAnswerFromTheirStateAloneOrInterleaved) {
   json commit = sampled({{"prompt", kQuestion}, {"session", id}, {"commit", true}});
   const std::vector<int64_t> committed = tokens_of(serve.post("/v1/completions", commit));
   EXPECT_EQ(committed, expected);
-  EXPECT_EQ(serve.get("/v1/sessions/" + id).parsed()["tokens"], kDocument.size() + 1 + kQuestion.size() + committed.size());
-  const std::vector<int64_t> after = generate(joined(joined(joined(with_bos(kDocument), kQuestion), committed), kQuestion),
-                                              kSampling);
+  EXPECT_EQ(serve.get("/v1/sessions/" + id).parsed()["tokens"],
+            kDocument.size() + 1 + kQuestion.size() + committed.size());
+  const std::vector<int64_t> after =
+      generate(joined(joined(joined(with_bos(kDocument), kQuestion), committed), kQuestion), kSampling);
   EXPECT_EQ(tokens_of(serve.post("/v1/completions", sampled({{"prompt", kQuestion}, {"session", id}}))), after);
 
   const json listed = serve.get("/v1/sessions").parsed();
@@ -356,12 +360,14 @@ std::string raw_request(const Serve& serve, const std::string& bytes, int second
 }
 
 TEST(ServeCli, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
-  Serve serve("--model " + byte_model() + " --tokenizer bytes --api-key sesame --max-body-mb 1 --max-tokens 64 "
+  Serve serve("--model " + byte_model() +
+              " --tokenizer bytes --api-key sesame --max-body-mb 1 --max-tokens 64 "
               "--timeout 1");
   const std::string auth = "-H 'Authorization: Bearer sesame'";
   serve.set_auth(auth);
   expect_error(serve.post("/v1/completions", json{{"prompt", "x"}}), 401, "API key");
-  expect_error(serve.post("/v1/completions", json{{"prompt", "x"}}, "-H 'Authorization: Bearer wrong'"), 401, "API key");
+  expect_error(serve.post("/v1/completions", json{{"prompt", "x"}}, "-H 'Authorization: Bearer wrong'"), 401,
+               "API key");
   EXPECT_EQ(serve.get("/health").status, 200);  // health needs no key
   expect_error(serve.post("/v1/completions", std::string("{\"prompt\": "), auth), 400, "not valid JSON");
   expect_error(serve.post("/v1/completions", std::string("{\"prompt\": \"\xc3\x28\"}"), auth), 400, "not valid JSON");
@@ -375,27 +381,32 @@ TEST(ServeCli, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   expect_error(serve.get("/v1/sessions/../../etc/passwd", auth), 404, "");
   expect_error(serve.get("/v1/nothing", auth), 404, "unknown endpoint");
   expect_error(serve.post("/v1/completions", json{{"prompt", std::string(2 << 20, 'a')}}, auth), 413, "larger");
-  expect_error(serve.post("/v1/completions", json{{"prompt", std::string(2 << 20, 'a')}}, auth + " -H 'Transfer-Encoding: chunked'"), 413, "larger");
+  expect_error(serve.post("/v1/completions", json{{"prompt", std::string(2 << 20, 'a')}},
+                          auth + " -H 'Transfer-Encoding: chunked'"),
+               413, "larger");
   // A body shorter than its Content-Length, the connection half-closed: a 400, no hang.
-  const std::string truncated = raw_request(
-      serve, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Type: "
-             "application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\": \"x\"",
-      3);
+  const std::string truncated =
+      raw_request(serve,
+                  "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Type: "
+                  "application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\": \"x\"",
+                  3);
   EXPECT_EQ(truncated.rfind("HTTP/1.1 400", 0), 0u) << truncated;
   const std::string garbage = raw_request(serve, "NONSENSE\r\n\r\n", 1);
   EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
   // Raw text uploads create sessions; invalid UTF-8 there is a 400 too.
-  const Reply book = curl("-H 'Content-Type: text/plain' --data-binary 'Once upon a time' " + auth + " " +
-                          serve.url("/v1/sessions"));
+  const Reply book =
+      curl("-H 'Content-Type: text/plain' --data-binary 'Once upon a time' " + auth + " " + serve.url("/v1/sessions"));
   EXPECT_EQ(book.status, 200) << book.body;
   EXPECT_EQ(book.parsed()["tokens"], 17);
   const std::string invalid = temp_path("invalid.txt");
   write_file(invalid, "caf\xc3 \xff\xfe");
-  expect_error(curl("-H 'Content-Type: text/plain' --data-binary @" + invalid + " " + auth + " " + serve.url("/v1/sessions")),
-               400, "UTF-8");
+  expect_error(
+      curl("-H 'Content-Type: text/plain' --data-binary @" + invalid + " " + auth + " " + serve.url("/v1/sessions")),
+      400, "UTF-8");
   // After all of that it still answers.
   EXPECT_EQ(serve.post("/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 3}}, auth).status, 200);
-  EXPECT_EQ(serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"400\"}"), 7);  // the seven above
+  EXPECT_EQ(serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"400\"}"),
+            7);  // the seven above
   EXPECT_NE(serve.get("/metrics", auth).body.find("status=\"413\""), std::string::npos);
   EXPECT_EQ(serve.stop(), 0);
 }
@@ -444,8 +455,8 @@ TEST(ServeCli, QueueDisconnectsDeletesAndShutdown) {
   Serve serve("--model " + byte_model() + " --slots 1 --queue 1 --max-tokens 1000000");
   const std::string id = serve.post("/v1/sessions", json{{"prompt", kDocument}}).parsed()["id"];
   // Greedy decoding of this model never samples eos: the stream runs until it is stopped.
-  const json long_stream = {{"prompt", kQuestion}, {"session", id}, {"max_tokens", 1000000}, {"temperature", 0},
-                            {"stream", true}};
+  const json long_stream = {
+      {"prompt", kQuestion}, {"session", id}, {"max_tokens", 1000000}, {"temperature", 0}, {"stream", true}};
   {
     BackgroundStream stream(serve, long_stream);
     ASSERT_TRUE(eventually([&] { return serve.metric("ttt_requests_running") == 1; }));
@@ -465,7 +476,8 @@ TEST(ServeCli, QueueDisconnectsDeletesAndShutdown) {
   EXPECT_TRUE(eventually([&] { return serve.metric("ttt_requests_running") == 0; }));
 
   // SIGTERM: the running stream is cut cleanly, the queued request gets a 503, the exit is 0.
-  BackgroundStream stream(serve, {{"prompt", kQuestion}, {"max_tokens", 1000000}, {"temperature", 0}, {"stream", true}});
+  BackgroundStream stream(serve,
+                          {{"prompt", kQuestion}, {"max_tokens", 1000000}, {"temperature", 0}, {"stream", true}});
   ASSERT_TRUE(eventually([&] { return parse_stream(stream.output()).tokens.size() >= 5; }));
   Reply queued_reply;
   std::thread queued([&] { queued_reply = serve.post("/v1/completions", json{{"prompt", kQuestion}}); });

@@ -164,7 +164,10 @@ TEST(ServeScheduler, SlotsThenABoundedQueueThen429) {
     EXPECT_EQ(e.status, 429);
   }
   first.reset();  // the waiting request gets the slot
-  { const Scheduler::Slot second = waiting.get(); EXPECT_EQ(scheduler.running(), 1); }
+  {
+    const Scheduler::Slot second = waiting.get();
+    EXPECT_EQ(scheduler.running(), 1);
+  }
   EXPECT_TRUE(scheduler.wait_idle(std::chrono::milliseconds(100)));
 
   auto held = std::make_unique<Scheduler::Slot>(scheduler.acquire());

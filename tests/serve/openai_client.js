@@ -5,10 +5,10 @@ const OpenAI = require('openai');
 
 async function main() {
   const [baseURL, requestText] = process.argv.slice(2);
-  const client = new OpenAI({ baseURL, apiKey: 'test-key', maxRetries: 0 });
+  const client = new OpenAI({baseURL, apiKey: 'test-key', maxRetries: 0});
   const request = JSON.parse(requestText);
   const plain = await client.completions.create(request);
-  const stream = await client.completions.create({ ...request, stream: true });
+  const stream = await client.completions.create({...request, stream: true});
   let text = '';
   const tokens = [];
   let finish = null;
@@ -21,9 +21,14 @@ async function main() {
   }
   const models = await client.models.list();
   console.log(JSON.stringify({
-    plain: { text: plain.choices[0].text, tokens: plain.choices[0].tokens, finish: plain.choices[0].finish_reason,
-             usage: plain.usage, object: plain.object },
-    stream: { text, tokens, finish },
+    plain: {
+      text: plain.choices[0].text,
+      tokens: plain.choices[0].tokens,
+      finish: plain.choices[0].finish_reason,
+      usage: plain.usage,
+      object: plain.object
+    },
+    stream: {text, tokens, finish},
     models: models.data.map((m) => m.id),
   }));
 }
