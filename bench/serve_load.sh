@@ -3,7 +3,8 @@
 # SECONDS, a mix of session creations (2K-byte documents), questions on sessions, plain and
 # streamed completions and deletions. A small random ttt-e2e model over bytes (4 blocks of width
 # 256, mini-batch 128) unless MODEL is given. Prints the client's JSON line with the server's
-# resident memory at the start (after a warm-up) and the end, and fails when a request failed
+# resident memory at the start (after a warm-up of a third of SECONDS) and the end, and the
+# server's counters on stderr; fails when a request failed
 # other than by a deliberate 429 or the server did not stop cleanly.
 # Usage: bash bench/serve_load.sh [BUILD_DIR] [CLIENTS=16] [SECONDS=60] [MODEL] [extra ttt serve flags...]
 set -euo pipefail
@@ -34,16 +35,23 @@ for _ in $(seq 600); do
 done
 base=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/serve.log")
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$server/status"; }
-node "$here/serve_load.js" "$base" 2 3 "$work/document.txt" >/dev/null  # warm-up: allocator pools, first sessions
+# Warm-up: the same load for a third of the time fills the session store (--max-sessions) and
+# the allocator's pools, so that the memory at the start is the steady state's.
+node "$here/serve_load.js" "$base" "$clients" $(( (seconds + 2) / 3 )) "$work/document.txt" >/dev/null
 rss_start=$(rss_kb)
+# The resident memory every tenth of the run, to see it flat (or not) over time.
+(for _ in $(seq 10); do sleep "$(awk "BEGIN {print $seconds / 10}")"; echo $(( $(rss_kb) / 1024 )); done >"$work/rss.txt") &
+sampler=$!
 result=$(node "$here/serve_load.js" "$base" "$clients" "$seconds" "$work/document.txt")
+wait "$sampler"
 rss_end=$(rss_kb)
+rss_samples=$(paste -sd, "$work/rss.txt")
 metrics=$(curl -s "$base/metrics" | grep -E '^ttt_(sessions_in_memory|sessions_on_disk|inner_steps_total|tokens_read_total) ')
 kill -TERM "$server"
 wait "$server"
 status=$?
 server=
-echo "$result" | sed "s/}\$/,\"rss_start_mb\":$((rss_start / 1024)),\"rss_end_mb\":$((rss_end / 1024)),\"server_exit\":$status}/"
+echo "$result" | sed "s/}\$/,\"rss_start_mb\":$((rss_start / 1024)),\"rss_mb_every_tenth\":[$rss_samples],\"rss_end_mb\":$((rss_end / 1024)),\"server_exit\":$status}/"
 echo "$metrics" >&2
 failures=$(echo "$result" | grep -o '"failures":[0-9]*' | cut -d: -f2)
 [[ "$failures" == 0 && "$status" == 0 ]]

@@ -1,5 +1,6 @@
 // `ttt serve`: an OpenAI-compatible HTTP server whose sessions learn what they read
 // (src/serve). The tokenizer runs in a `ttt-data` coprocess (see data_main.cpp for why).
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -52,6 +53,10 @@ void serve_until_signalled(ServeOptions& options) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);  // a client or the tokenizer process gone is an error, not the end
+  // Requests compute on many threads in turn; glibc gives each its own arena (up to 8 per core),
+  // and each arena keeps what its tensors freed (tune_malloc_for_tensors): memory would grow
+  // with the number of threads that ever computed. Slots + 1 arenas keep it flat.
+  mallopt(M_ARENA_MAX, static_cast<int>(options.server.slots) + 1);
 
   if (!options.session_dir.empty()) io::make_directories(options.session_dir);
   options.server.max_body_bytes = options.max_body_mb * 1024 * 1024;
