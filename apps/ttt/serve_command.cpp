@@ -9,6 +9,7 @@
 
 #include "cli_support.h"
 #include "commands.h"
+#include "io/input_file.h"
 #include "io/paths.h"
 #include "io/scratch_dir.h"
 #include "serve/engine.h"
@@ -58,6 +59,8 @@ void serve_until_signalled(ServeOptions& options) {
   // with the number of threads that ever computed. Slots + 1 arenas keep it flat.
   mallopt(M_ARENA_MAX, static_cast<int>(options.server.slots) + 1);
 
+  // What can be checked at once fails before the server listens (the model loads after).
+  io::open_input_file(options.model_path, "--model " + options.model_path + ": ");
   if (!options.session_dir.empty()) io::make_directories(options.session_dir);
   options.server.max_body_bytes = options.max_body_mb * 1024 * 1024;
   options.server.model_name = model_name(options.model_path);

@@ -361,8 +361,7 @@ std::string raw_request(const Serve& serve, const std::string& bytes, int second
 
 TEST(ServeCli, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   Serve serve("--model " + byte_model() +
-              " --tokenizer bytes --api-key sesame --max-body-mb 1 --max-tokens 64 "
-              "--timeout 1");
+              " --tokenizer bytes --api-key sesame --max-body-mb 1 --max-tokens 64 --max-sessions 1 --timeout 1");
   const std::string auth = "-H 'Authorization: Bearer sesame'";
   serve.set_auth(auth);
   expect_error(serve.post("/v1/completions", json{{"prompt", "x"}}), 401, "API key");
@@ -403,6 +402,9 @@ TEST(ServeCli, BadRequestsGetTheirStatusAndTheServerKeepsServing) {
   expect_error(
       curl("-H 'Content-Type: text/plain' --data-binary @" + invalid + " " + auth + " " + serve.url("/v1/sessions")),
       400, "UTF-8");
+  // At most --max-sessions in memory without a --session-dir to spill to.
+  expect_error(curl("-H 'Content-Type: text/plain' --data-binary 'Twice' " + auth + " " + serve.url("/v1/sessions")),
+               429, "no room for another session");
   // After all of that it still answers.
   EXPECT_EQ(serve.post("/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 3}}, auth).status, 200);
   EXPECT_EQ(serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"400\"}"),
@@ -501,6 +503,13 @@ std::string openai_package_dir() {
     EXPECT_EQ(std::system(install.c_str()), 0) << install;
   }
   return dir;
+}
+
+TEST(ServeCli, BadFlagsFailBeforeListening) {
+  test::expect_clean_failure(run_ttt("serve --model " + temp_path("missing.safetensors") + " --port 0"), "--model");
+  test::expect_clean_failure(run_ttt("serve --model " + byte_model() + " --slots 0"), "--slots");
+  test::expect_clean_failure(run_ttt("serve --model " + byte_model() + " --host 203.0.113.1 --port 0"),
+                             "cannot listen on 203.0.113.1");
 }
 
 TEST(ServeCli, OpenAiClientLibraryWorksUnmodified) {
