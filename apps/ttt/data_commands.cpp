@@ -19,6 +19,7 @@
 #include "data/train_tokenizer.h"
 #include "eval/niah.h"
 #include "io/atomic_file.h"
+#include "io/frames.h"
 #include "io/input_file.h"
 #include "io/paths.h"
 #include "io/subprocess.h"
@@ -76,7 +77,7 @@ std::string megabytes(uint64_t bytes) {
 void add_tokenize_command(CLI::App& app) {
   struct Options {
     std::string tokenizer = "bytes", input = "-", text, out;
-    bool special = false, show = false;
+    bool special = false, show = false, frames = false;
   };
   auto options = std::make_shared<Options>();
   CLI::App* command = app.add_subcommand(
@@ -88,8 +89,25 @@ void add_tokenize_command(CLI::App& app) {
   command->add_flag("--special", options->special,
                     "turn special tokens' text (e.g. <|endoftext|>) into their ids; otherwise it is ordinary text");
   command->add_flag("--show", options->show, "print one token per line: id and bytes");
+  command->add_flag("--frames", options->frames,
+                    "serve encodings until standard input ends: length-prefixed texts in, ids out (io/frames.h;\n"
+                    "`ttt serve` runs this)");
   command->callback([options] {
     const auto tokenizer = text::load_tokenizer(options->tokenizer);
+    if (options->frames) {
+      while (const std::optional<std::string> text = io::read_frame(STDIN_FILENO)) {
+        std::string reply;
+        try {
+          const std::vector<text::TokenId> ids =
+              options->special ? tokenizer->encode_with_special(*text) : tokenizer->encode(*text);
+          reply = io::encode_reply(std::vector<uint32_t>(ids.begin(), ids.end()));
+        } catch (const std::exception& e) {
+          reply = io::encode_error_reply(e.what());
+        }
+        io::write_frame(STDOUT_FILENO, reply);
+      }
+      return;
+    }
     const std::string input = options->text.empty() ? read_input(options->input) : options->text;
     const std::vector<text::TokenId> ids =
         options->special ? tokenizer->encode_with_special(input) : tokenizer->encode(input);

@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
 #ifdef TTT_WITH_ORBAX
   ttt::cli::add_convert_command(app);
 #endif
+#ifdef TTT_WITH_SERVE
+  ttt::cli::add_serve_command(app);
+#endif
 #ifdef TTT_WITH_TEXT
   ttt::cli::add_text_commands(app);
 #endif

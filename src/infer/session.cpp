@@ -99,6 +99,26 @@ void Session::reset() {
   last_logits_ = torch::Tensor();
 }
 
+std::unique_ptr<Session> Session::fork() const {
+  auto copy = std::make_unique<Session>(config_, params_);
+  const auto cloned = [&](const KvCache& cache) {
+    KvCache out = KvCache::for_inference(config_);
+    for (int64_t l = 0; l < cache.n_layers(); ++l) {
+      if (cache.entries(l).rows() > 0) out.assign(l, cache.entries(l).cloned());
+    }
+    return out;
+  };
+  FastWeights weights;
+  for (const MlpParams& m : state_.weights) weights.push_back({m.w1.clone(), m.w2.clone(), m.w3.clone()});
+  copy->state_ = {std::move(weights), cloned(state_.cache)};
+  copy->chunk_start_cache_ = cloned(chunk_start_cache_);
+  copy->pending_ = pending_;
+  copy->position_ = position_;
+  copy->inner_steps_ = inner_steps_;
+  if (last_logits_.defined()) copy->last_logits_ = last_logits_.clone();
+  return copy;
+}
+
 torch::Tensor Session::feed(const std::vector<int64_t>& tokens) {
   return feed(torch::tensor(tokens, torch::kInt64));
 }

@@ -41,6 +41,11 @@ class Session {
   // Back to the start: initial fast weights, empty cache.
   void reset();
 
+  // A session in this one's state with a life of its own: what it reads changes it alone.
+  // Its tensors are copies, so that it may compute on another thread beside this one (a
+  // server answers many questions about one document at once).
+  std::unique_ptr<Session> fork() const;
+
   // The whole state in one safetensors file (atomic), so that a document read once can be
   // queried many times: its adapted fast weights are its memory. `restore` reads it into a
   // session of the same model (config and weights checked) and continues exactly.

@@ -123,8 +123,9 @@ std::string failure_message(const Command& command, const RunOptions& options, c
 
 // Forks and execs `command`; returns the child once exec succeeded, or throws (the child reaped)
 // when it failed. `error_output` is a pipe for the child's standard error, or {-1, -1}: its
-// write end is closed here.
-pid_t spawn(const Command& command, const RunOptions& options, int error_output[2]) {
+// write end is closed here. `stdio` (or null) are the ends the child reads as its standard
+// input and writes as its standard output; the caller closes them.
+pid_t spawn(const Command& command, const RunOptions& options, int error_output[2], const int* stdio = nullptr) {
   Executable executable(command);
   int report[2] = {-1, -1};
   if (::pipe2(report, O_CLOEXEC) != 0) {
@@ -140,6 +141,9 @@ pid_t spawn(const Command& command, const RunOptions& options, int error_output[
     if (options.discard_stdout) {
       const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);  // only its copy in fd 1 stays
       if (null < 0 || ::dup2(null, STDOUT_FILENO) < 0) fail_in_child(report[1], ChildFailure::kRedirect);
+    }
+    if (stdio && (::dup2(stdio[0], STDIN_FILENO) < 0 || ::dup2(stdio[1], STDOUT_FILENO) < 0)) {
+      fail_in_child(report[1], ChildFailure::kRedirect);
     }
     if (error_output[1] >= 0 && ::dup2(error_output[1], STDERR_FILENO) < 0) {
       fail_in_child(report[1], ChildFailure::kRedirect);
@@ -205,6 +209,30 @@ int start_command(const Command& command, const RunOptions& options) {
   require(!options.capture_stderr, "internal: start_command cannot capture standard error");
   int no_pipe[2] = {-1, -1};
   return spawn(command, options, no_pipe);
+}
+
+PipedChild start_piped_command(const Command& command, const RunOptions& options) {
+  require(!options.capture_stderr && !options.discard_stdout, "internal: a piped command keeps its own streams");
+  int to_child[2] = {-1, -1}, from_child[2] = {-1, -1};
+  if (::pipe2(to_child, O_CLOEXEC) != 0 || ::pipe2(from_child, O_CLOEXEC) != 0) {
+    const std::string reason = std::strerror(errno);
+    close_pipe(to_child);
+    close_pipe(from_child);
+    throw Error("cannot run '" + command.program + "': " + reason);
+  }
+  const int stdio[2] = {to_child[0], from_child[1]};
+  int no_pipe[2] = {-1, -1};
+  pid_t pid = -1;
+  try {
+    pid = spawn(command, options, no_pipe, stdio);
+  } catch (...) {
+    close_pipe(to_child);
+    close_pipe(from_child);
+    throw;
+  }
+  ::close(to_child[0]);
+  ::close(from_child[1]);
+  return {pid, to_child[1], from_child[0]};
 }
 
 std::optional<CommandExit> wait_command(int pid, bool block) {

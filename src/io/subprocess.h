@@ -44,6 +44,16 @@ CommandExit run_command(const Command& command, const RunOptions& options = {});
 // Starts `command` and returns its process id without waiting for it; errors as run_command's.
 // capture_stderr is run_command's alone.
 int start_command(const Command& command, const RunOptions& options = {});
+// A child reading this process's requests on its standard input and answering on its standard
+// output (a coprocess); its standard error is this process's. The caller closes both ends and
+// waits for `pid` (closing `to_child` is the usual way to end it).
+struct PipedChild {
+  int pid = -1;
+  int to_child = -1;    // write end: the child's standard input
+  int from_child = -1;  // read end: the child's standard output
+};
+PipedChild start_piped_command(const Command& command, const RunOptions& options = {});
+
 // How the child `pid` of start_command ended, waiting for it; with `block` false, nothing
 // while it still runs.
 std::optional<CommandExit> wait_command(int pid, bool block = true);

@@ -99,4 +99,11 @@ Params params_for_inference(const ModelConfig& config, const Params& params, con
   return out;
 }
 
+Model load_for_inference(const std::string& path, const std::string& device, const std::string& dtype) {
+  const torch::Device on = parse_device(device);
+  Model model = load_model(path, parse_param_dtype(dtype));
+  model.params = params_for_inference(model.config, model.params, {on, parse_matmul_dtype(dtype, on)});
+  return model;
+}
+
 }  // namespace ttt

@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include "config/model_config.h"
+#include "model/checkpoint.h"
 #include "model/params.h"
 
 namespace ttt {
@@ -63,5 +64,10 @@ std::optional<torch::Dtype> inference_matmul_dtype(const Params& params);
 // matmul dtype, so inference does not cast them at every step. Not for training: the
 // casts are not differentiable back to `params`.
 Params params_for_inference(const ModelConfig& config, const Params& params, const ComputeOptions& options);
+
+// A checkpoint ready for inference (no gradients w.r.t. its weights) on `device` ("cpu",
+// "cuda", "cuda:N") in the precision `dtype` names ("auto", "bf16", "f32", "f64"): what the
+// --device and --dtype flags of every command that runs a model mean.
+Model load_for_inference(const std::string& path, const std::string& device, const std::string& dtype);
 
 }  // namespace ttt

@@ -96,6 +96,31 @@ TEST_P(SessionVariant, ASavedSessionContinuesIdentically) {
   EXPECT_EQ(other.position(), 0);
 }
 
+// A fork continues as its origin would, and what it reads leaves the origin as it was (fa's
+// growing cache shares buffers between copies, so both orders of use are checked).
+TEST_P(SessionVariant, AForkContinuesAloneAndLeavesItsOriginUnchanged) {
+  const ModelConfig config = tiny_config(GetParam());
+  const Params params = random_params(config, 5, 0.3);
+  const torch::Tensor document = random_tokens(14, config.vocab_size, 3);  // ends mid-chunk
+  const torch::Tensor question = random_tokens(9, config.vocab_size, 4);
+  const torch::Tensor other = random_tokens(7, config.vocab_size, 8);
+  Session reference(config, params);
+  reference.feed(document);
+  const torch::Tensor expected = reference.feed(question).clone();
+
+  Session origin(config, params);
+  origin.feed(document);
+  const std::unique_ptr<Session> fork = origin.fork();
+  EXPECT_EQ(fork->position(), origin.position());
+  EXPECT_EQ(fork->inner_steps(), origin.inner_steps());
+  EXPECT_TRUE(torch::equal(fork->feed(question), expected));
+  const std::unique_ptr<Session> second = origin.fork();
+  second->feed(other);  // a sibling reads something else first
+  EXPECT_TRUE(torch::equal(origin.feed(question), expected));
+  EXPECT_EQ(origin.position(), document.size(0) + question.size(0));
+  EXPECT_EQ(second->position(), document.size(0) + other.size(0));
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, SessionVariant,
                          ::testing::Values(Variant::kFullAttention, Variant::kSlidingWindow, Variant::kTttE2E));
 
