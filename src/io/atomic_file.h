@@ -16,6 +16,8 @@ class AtomicFile {
   ~AtomicFile();
 
   void write(const void* data, uint64_t size);
+  // Overwrites bytes already written (a value known only at the end, such as a checksum).
+  void write_at(uint64_t offset, const void* data, uint64_t size);
   void commit();
 
  private:

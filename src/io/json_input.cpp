@@ -1,0 +1,25 @@
+#include "io/json_input.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace ttt::io {
+
+nlohmann::json parse_json_input(std::string_view text, const std::string& prefix) {
+  using nlohmann::json;
+  // The callback sees every object and array as it opens, before anything is built below it.
+  const json::parser_callback_t bound_depth = [&](int depth, json::parse_event_t event, json&) {
+    const bool opens = event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
+    require(!opens || depth < kMaxJsonDepth,
+            prefix + "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
+  try {
+    return json::parse(text, bound_depth);
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e999
+    throw Error(prefix + "not valid JSON (" + e.what() + ")");
+  }
+}
+
+}  // namespace ttt::io
