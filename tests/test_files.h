@@ -84,7 +84,9 @@ void expect_every_bit_flip_rejected(const std::string& bytes, const std::string&
     try {
       load(damaged);
       ++accepted;
-      ADD_FAILURE() << "a bit flip at byte " << offset << " of " << bytes.size() << " was accepted";
+      const size_t from = offset < 24 ? 0 : offset - 24;
+      ADD_FAILURE() << "a bit flip at byte " << offset << " of " << bytes.size() << " was accepted; the bytes from "
+                    << from << ": " << ::testing::PrintToString(bytes.substr(from, 48));
     } catch (const ttt::Error& e) {
       const std::string message = e.what();
       EXPECT_EQ(message.find('\n'), std::string::npos) << message;

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "io/paths.h"
 
 namespace ttt::io {
 
@@ -64,6 +65,13 @@ void AtomicFile::commit() {
 }
 
 void AtomicFile::fail(const std::string& what) const { throw Error(prefix_ + what + ": " + std::strerror(errno)); }
+
+void remove_stale_temporaries(const std::string& path) {
+  const std::string prefix = file_name(path) + ".tmp.";
+  for (const std::string& name : list_files(parent_directory(path), "")) {
+    if (name.rfind(prefix, 0) == 0) ::unlink((parent_directory(path) + "/" + name).c_str());
+  }
+}
 
 void write_text_file(const std::string& path, const std::string& text) {
   AtomicFile out(path, "'" + path + "': ");

@@ -32,6 +32,10 @@ class AtomicFile {
   uint64_t flushed_ = 0;  // bytes whose writeback has been started
 };
 
+// Removes the temporaries of AtomicFiles of `path` that a killed process left behind (only
+// where no other process may be writing `path`, e.g. a run directory being resumed).
+void remove_stale_temporaries(const std::string& path);
+
 // Writes `text` to `path` through an AtomicFile.
 void write_text_file(const std::string& path, const std::string& text);
 

@@ -15,6 +15,9 @@ nlohmann::json parse_json_input(std::string_view text, const std::string& prefix
             prefix + "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     return true;
   };
+  // nlohmann's parser takes a NUL byte for the end of the text and ignores what follows it.
+  const size_t nul = text.find('\0');
+  require(nul == std::string_view::npos, prefix + "not valid JSON (a NUL byte at byte " + std::to_string(nul) + ")");
   try {
     return json::parse(text, bound_depth);
   } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e999

@@ -11,8 +11,8 @@ namespace ttt::io {
 // Deeper than any file of ours or of the tools we read (tokenizer.json nests 6 levels).
 inline constexpr int kMaxJsonDepth = 64;
 
-// nlohmann::json::parse(text), whose every failure (malformed JSON, a number out of range,
-// nesting deeper than kMaxJsonDepth) is a one-line ttt::Error starting with `prefix` (which
+// nlohmann::json::parse(text), whose every failure (malformed JSON, a NUL byte anywhere, a
+// number out of range, nesting deeper than kMaxJsonDepth) is a one-line ttt::Error starting with `prefix` (which
 // names the file) followed by "not valid JSON (...)" or "JSON nested deeper than ...".
 nlohmann::json parse_json_input(std::string_view text, const std::string& prefix);
 

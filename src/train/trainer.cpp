@@ -187,6 +187,9 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   trainer->optimizer_->load_state(optimizer_state, trainer->step_);
   trainer->check_ranks_agree();
   if (!trainer->is_main_rank()) return trainer;
+  // A run killed while saving left the temporary of that save.
+  io::remove_stale_temporaries(path);
+  io::remove_stale_temporaries(out_dir + "/model.safetensors");
   io::write_text_file(out_dir + "/config.json", requested.to_json().dump(2) + "\n");
 
   // Steps after the checkpoint will be taken again: their metrics go.

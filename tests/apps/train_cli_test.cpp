@@ -251,6 +251,7 @@ TEST(TrainCli, SigkillAnywhereLeavesACheckpointThatResumesExactly) {
                                                : joined(start, {split.dir()}));
   ASSERT_EQ(finished.exit_code, 0) << finished.output;
   std::cout << kills << " kills, " << inside_writes << " inside a write (a temporary left behind)\n";
+  EXPECT_FALSE(holds_temporary(split)) << "resuming removes the temporaries of killed saves";
   EXPECT_GE(kills, 4) << "most kills should land before the run ends";
 
   std::ifstream a(whole.path("metrics.jsonl")), b(split.path("metrics.jsonl"));
