@@ -192,8 +192,11 @@ TEST_F(SafetensorsTest, ChecksumIsVerifiedWherePresent) {
                     {"corrupted"});
   expect_read_error(write_raw(R"({"__metadata__":{"checksum_xxh3_64":"12"},)" + entry + "}", "abcd"),
                     {"checksum_xxh3_64", "16 lowercase hex digits"});
-  test::expect_error([&] { write_safetensors(path("b.safetensors"), {}, {{"checksum_xxh3_64", "x"}}); },
-                     {"checksum_xxh3_64", "reserved"});
+  test::expect_error(
+      [&] {
+        write_safetensors(path("b.safetensors"), {}, {{"checksum_xxh3_64", "x"}});
+      },
+      {"checksum_xxh3_64", "reserved"});
 }
 
 TEST_F(SafetensorsTest, RejectsDeepJsonAndHugeHeadersBeforeReadingThem) {
