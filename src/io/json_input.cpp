@@ -5,12 +5,13 @@
 #include "common/error.h"
 
 namespace ttt::io {
+namespace {
 
-nlohmann::json parse_json_input(std::string_view text, const std::string& prefix) {
-  using nlohmann::json;
+template <typename Json>
+Json parse_bounded(std::string_view text, const std::string& prefix) {
   // The callback sees every object and array as it opens, before anything is built below it.
-  const json::parser_callback_t bound_depth = [&](int depth, json::parse_event_t event, json&) {
-    const bool opens = event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
+  const typename Json::parser_callback_t bound_depth = [&](int depth, typename Json::parse_event_t event, Json&) {
+    const bool opens = event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start;
     require(!opens || depth < kMaxJsonDepth,
             prefix + "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     return true;
@@ -19,10 +20,20 @@ nlohmann::json parse_json_input(std::string_view text, const std::string& prefix
   const size_t nul = text.find('\0');
   require(nul == std::string_view::npos, prefix + "not valid JSON (a NUL byte at byte " + std::to_string(nul) + ")");
   try {
-    return json::parse(text, bound_depth);
-  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e999
+    return Json::parse(text, bound_depth);
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e999
     throw Error(prefix + "not valid JSON (" + e.what() + ")");
   }
+}
+
+}  // namespace
+
+nlohmann::json parse_json_input(std::string_view text, const std::string& prefix) {
+  return parse_bounded<nlohmann::json>(text, prefix);
+}
+
+nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& prefix) {
+  return parse_bounded<nlohmann::ordered_json>(text, prefix);
 }
 
 }  // namespace ttt::io

@@ -15,5 +15,7 @@ inline constexpr int kMaxJsonDepth = 64;
 // number out of range, nesting deeper than kMaxJsonDepth) is a one-line ttt::Error starting with `prefix` (which
 // names the file) followed by "not valid JSON (...)" or "JSON nested deeper than ...".
 nlohmann::json parse_json_input(std::string_view text, const std::string& prefix);
+// The same, keeping the order of object keys.
+nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& prefix);
 
 }  // namespace ttt::io

@@ -40,7 +40,7 @@ std::vector<OrbaxLeaf> read_leaves(const std::string& dir) {
   require(input.size <= (64u << 20), prefix + "is " + std::to_string(input.size) + " bytes, too large for metadata");
   std::stringstream text;
   text << input.stream.rdbuf();
-  json doc = parse_json_input(text.str(), prefix);
+  json doc = parse_ordered_json_input(text.str(), prefix);
   require(doc.is_object() && doc.contains("tree_metadata") && doc["tree_metadata"].is_object(),
           prefix + "has no \"tree_metadata\" object");
   // Only what this reader implements: zarr v2 arrays in one OCDBT store.
