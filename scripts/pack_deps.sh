@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 rm -rf .deps && mkdir -p .deps/include
-cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/zstd.h /usr/include/zstd_errors.h .deps/include/
+cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/zstd.h /usr/include/zstd_errors.h \
+  /usr/include/xxhash.h .deps/include/
 cp third_party/cpp-httplib/httplib.h .deps/include/  # from scripts/fetch_httplib.sh (setup.sh runs it)
 cp -r /usr/src/googletest .deps/googletest
 echo "packed $(du -sh .deps | cut -f1) into .deps/"

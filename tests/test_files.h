@@ -46,6 +46,56 @@ inline int64_t file_size(const std::string& path) {
   return ::stat(path.c_str(), &info) == 0 ? static_cast<int64_t>(info.st_size) : -1;
 }
 
+// A whole file's bytes ("" if it cannot be read), and a file made of `bytes`.
+inline std::string read_bytes(const std::string& path) {
+  std::string bytes;
+  if (FILE* file = std::fopen(path.c_str(), "rb")) {
+    char buffer[1 << 16];
+    for (size_t n; (n = std::fread(buffer, 1, sizeof buffer, file)) > 0;) bytes.append(buffer, n);
+    std::fclose(file);
+  }
+  return bytes;
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  FILE* file = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(file, nullptr) << path;
+  ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), file), bytes.size()) << path;
+  std::fclose(file);
+}
+
+// Damages a copy of `bytes` at `damaged`, once per byte offset of `offsets`, flipping the bit
+// offset % 8 of that byte, and expects `load` of the damaged file to fail with a one-line
+// ttt::Error that names it. Offsets: every byte of the first `dense` (the header), then
+// `sampled` spread evenly over the rest.
+template <typename Load>
+void expect_every_bit_flip_rejected(const std::string& bytes, const std::string& damaged, size_t dense, size_t sampled,
+                                    Load load) {
+  std::vector<size_t> offsets;
+  for (size_t i = 0; i < std::min(dense, bytes.size()); ++i) offsets.push_back(i);
+  for (size_t k = 0; k < sampled && dense < bytes.size(); ++k) {
+    offsets.push_back(dense + k * (bytes.size() - dense) / sampled);
+  }
+  size_t accepted = 0;
+  for (const size_t offset : offsets) {
+    std::string copy = bytes;
+    copy[offset] = static_cast<char>(copy[offset] ^ (1 << (offset % 8)));
+    write_bytes(damaged, copy);
+    try {
+      load(damaged);
+      ++accepted;
+      const size_t from = offset < 24 ? 0 : offset - 24;
+      ADD_FAILURE() << "a bit flip at byte " << offset << " of " << bytes.size() << " was accepted; the bytes from "
+                    << from << ": " << ::testing::PrintToString(bytes.substr(from, 48));
+    } catch (const ttt::Error& e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+      EXPECT_NE(message.find(damaged), std::string::npos) << "byte " << offset << ": " << message;
+    }
+    if (accepted > 10) return;  // enough to show the failure
+  }
+}
+
 // A fresh path in this test process's scratch directory.
 inline std::string temp_path(const std::string& name) {
   static ScratchDir dir;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json_input.h"
 
 namespace ttt {
 namespace {
@@ -127,13 +128,7 @@ ModelConfig ModelConfig::from_json(const json& j) {
 }
 
 ModelConfig ModelConfig::from_json_text(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(std::string("config: invalid JSON: ") + e.what());
-  }
-  return from_json(j);
+  return from_json(io::parse_json_input(text, "config: "));
 }
 
 ModelConfig ModelConfig::from_file(const std::string& path) {

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "infer/session_file.h"
 #include "io/safetensors.h"
 #include "model/compute.h"
 #include "model/layers.h"
@@ -217,7 +218,7 @@ void Session::save(const std::string& path) const {
     pending += std::to_string(id);
   }
   io::write_safetensors(path, tensors,
-                        {{"format", "ttt-session/1"},
+                        {{"format", kSessionFormat},
                          {"config", config_.to_json_text()},
                          {"model_fingerprint", fingerprint_text(model_fingerprint(config_, params_))},
                          {"position", std::to_string(position_)},
@@ -227,20 +228,14 @@ void Session::save(const std::string& path) const {
 
 void Session::restore(const std::string& path) {
   const io::SafetensorsFile file = io::read_safetensors(path);
-  const auto meta = [&](const std::string& key) {
-    const auto it = file.metadata.find(key);
-    require(it != file.metadata.end(), path + ": not a saved session (no \"" + key + "\" in its metadata)");
-    return it->second;
-  };
-  require(meta("format") == "ttt-session/1", path + ": not a saved session (format " + meta("format") + ")");
-  require(meta("config") == config_.to_json_text() &&
-              same_fingerprint(meta("model_fingerprint"), model_fingerprint(config_, params_)),
+  const SessionFileHeader header = parse_session_metadata(file.metadata, file.checksum_verified, path);
+  require(header.config_json == config_.to_json_text() &&
+              same_fingerprint(header.model_fingerprint, model_fingerprint(config_, params_)),
           path + ": the session was saved with another model");
   try {
-    const int64_t position = std::stoll(meta("position"));
-    std::vector<int64_t> pending;
-    std::istringstream ids(meta("pending"));
-    for (int64_t id; ids >> id;) pending.push_back(id);
+    for (const int64_t id : header.pending) {
+      require(id < config_.vocab_size, "pending token " + std::to_string(id) + " is outside the vocabulary");
+    }
     FastWeights weights = initial_fast_weights(config_, params_);
     std::vector<torch::Tensor*> slots;
     for (MlpParams& m : weights) slots.insert(slots.end(), {&m.w1, &m.w2, &m.w3});
@@ -251,18 +246,17 @@ void Session::restore(const std::string& path) {
     }
     const torch::TensorOptions cache_options =
         torch::TensorOptions().device(device_).dtype(matmul_dtype_.value_or(params_.final_norm.scalar_type()));
-    KvCache cache = get_cache(file, "cache.", config_, position, cache_options);
-    KvCache chunk_start_cache =
-        get_cache(file, "chunk_start_cache.", config_, position - static_cast<int64_t>(pending.size()), cache_options);
+    KvCache cache = get_cache(file, "cache.", config_, header.position, cache_options);
+    KvCache chunk_start_cache = get_cache(file, "chunk_start_cache.", config_,
+                                          header.position - static_cast<int64_t>(header.pending.size()), cache_options);
     const auto logits = file.tensors.find("last_logits");
-    const int64_t inner_steps = std::stoll(meta("inner_steps"));
     // Nothing changes unless everything was read.
     last_logits_ = logits == file.tensors.end() ? torch::Tensor() : logits->second.to(device_);
     state_ = {std::move(weights), std::move(cache)};
     chunk_start_cache_ = std::move(chunk_start_cache);
-    pending_ = std::move(pending);
-    position_ = position;
-    inner_steps_ = inner_steps;
+    pending_ = header.pending;
+    position_ = header.position;
+    inner_steps_ = header.inner_steps;
   } catch (const std::exception& e) {
     throw Error(path + ": a damaged session file: " + describe(e));
   }

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "io/paths.h"
 
 namespace ttt::io {
 
@@ -48,6 +49,13 @@ void AtomicFile::write(const void* data, uint64_t size) {
 #endif
 }
 
+void AtomicFile::write_at(uint64_t offset, const void* data, uint64_t size) {
+  require(offset + size <= written_, prefix_ + "internal: overwriting bytes not yet written");
+  if (::pwrite(fd_, data, size, off_t(offset)) != ssize_t(size)) {
+    fail("cannot write temporary file '" + temp_path_ + "'");
+  }
+}
+
 void AtomicFile::commit() {
   // Sync before the rename, or a power loss could leave the new name on unwritten blocks.
   if (::fsync(fd_) != 0) fail("cannot sync temporary file '" + temp_path_ + "'");
@@ -57,6 +65,13 @@ void AtomicFile::commit() {
 }
 
 void AtomicFile::fail(const std::string& what) const { throw Error(prefix_ + what + ": " + std::strerror(errno)); }
+
+void remove_stale_temporaries(const std::string& path) {
+  const std::string prefix = file_name(path) + ".tmp.";
+  for (const std::string& name : list_files(parent_directory(path), "")) {
+    if (name.rfind(prefix, 0) == 0) ::unlink((parent_directory(path) + "/" + name).c_str());
+  }
+}
 
 void write_text_file(const std::string& path, const std::string& text) {
   AtomicFile out(path, "'" + path + "': ");

@@ -16,6 +16,8 @@ class AtomicFile {
   ~AtomicFile();
 
   void write(const void* data, uint64_t size);
+  // Overwrites bytes already written (a value known only at the end, such as a checksum).
+  void write_at(uint64_t offset, const void* data, uint64_t size);
   void commit();
 
  private:
@@ -29,6 +31,10 @@ class AtomicFile {
   uint64_t written_ = 0;  // bytes so far
   uint64_t flushed_ = 0;  // bytes whose writeback has been started
 };
+
+// Removes the temporaries of AtomicFiles of `path` that a killed process left behind (only
+// where no other process may be writing `path`, e.g. a run directory being resumed).
+void remove_stale_temporaries(const std::string& path);
 
 // Writes `text` to `path` through an AtomicFile.
 void write_text_file(const std::string& path, const std::string& text);

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "io/input_file.h"
+#include "io/json_input.h"
 
 namespace ttt::text {
 namespace {
@@ -253,12 +254,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::string& path, const std::string& name) {
   const std::string prefix = "tokenizer file '" + path + "': ";
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(read_whole_file(path, prefix));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(prefix + "not valid JSON: " + e.what());
-  }
+  const nlohmann::json json = io::parse_json_input(read_whole_file(path, prefix), prefix);
   try {
     const nlohmann::json& model = json.at("model");
     require(model.value("type", "") == "BPE", prefix + "model.type is not \"BPE\"");
@@ -298,10 +294,19 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::strin
     t->name_ = name;
     t->whole_piece_first_ = model.value("ignore_merges", false);
     const std::vector<int> decoder = byte_level_decoder();
+    // Ids are dense: ordinary tokens below the vocabulary's size, added tokens below the total.
+    // Bounding them before anything is sized by them keeps a small file from asking for gigabytes.
+    const nlohmann::json& vocab = model.at("vocab");
+    const nlohmann::json added_tokens = json.value("added_tokens", nlohmann::json::array());
+    const auto id_below = [&](const nlohmann::json& value, uint64_t limit) {
+      require(value.is_number_unsigned() && value.get<uint64_t>() < limit,
+              prefix + "bad id " + value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+                  " (ids are integers below " + std::to_string(limit) + ")");
+      return static_cast<int64_t>(value.get<uint64_t>());
+    };
     std::string bytes;
-    for (const auto& [text, id_json] : model.at("vocab").items()) {
-      const int64_t id = id_json.get<int64_t>();
-      require(id >= 0 && id < (int64_t(1) << 31), prefix + "bad id " + std::to_string(id));
+    for (const auto& [text, id_json] : vocab.items()) {
+      const int64_t id = id_below(id_json, vocab.size());
       require(byte_level_bytes(text, decoder, bytes), prefix + "vocabulary entry '" + text + "' is not byte-level");
       if (t->tokens_.size() <= size_t(id)) {
         t->tokens_.resize(id + 1);
@@ -335,8 +340,9 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::strin
       ++rank;
     }
     std::vector<SpecialToken> specials;
-    for (const auto& added : json.value("added_tokens", nlohmann::json::array())) {
-      specials.push_back({added.at("content").get<std::string>(), added.at("id").get<TokenId>()});
+    for (const auto& added : added_tokens) {
+      const int64_t id = id_below(added.at("id"), vocab.size() + added_tokens.size());
+      specials.push_back({added.at("content").get<std::string>(), static_cast<TokenId>(id)});
     }
     std::string bos, eos;
     for (const char* candidate : {"<|begin_of_text|>", "<s>", "<|endoftext|>"}) {

@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <charconv>
 #include <unordered_map>
 
 #include "common/error.h"
@@ -52,7 +53,13 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_serialized(
                                                                                 const std::string& source) {
   const std::string prefix = "SentencePiece model '" + source + "': ";
   std::unique_ptr<SentencePieceTokenizer> t(new SentencePieceTokenizer());
-  const auto status = t->processor_->LoadFromSerializedProto(model);
+  sentencepiece::util::Status status;
+  try {
+    status = t->processor_->LoadFromSerializedProto(model);
+  } catch (const std::exception& e) {
+    // The library throws for some malformed models (its trie builder on an empty piece).
+    throw Error(prefix + "not a SentencePiece model (" + e.what() + ")");
+  }
   require(status.ok(), prefix + "not a SentencePiece model (" + status.ToString() + ")");
   t->serialized_ = model;
   const sentencepiece::SentencePieceProcessor& sp = *t->processor_;
@@ -64,8 +71,10 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_serialized(
     const std::string& piece = sp.IdToPiece(id);
     if (sp.IsByte(id)) {
       // "<0xAB>"
-      require(piece.size() == 6, prefix + "bad byte piece '" + piece + "'");
-      const int byte = std::stoi(piece.substr(3, 2), nullptr, 16);
+      int byte = -1;
+      const bool hex = piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>' &&
+                       std::from_chars(piece.data() + 3, piece.data() + 5, byte, 16).ptr == piece.data() + 5;
+      require(hex && byte >= 0, prefix + "bad byte piece '" + piece + "'");
       t->byte_ids_[byte] = TokenId(id);
       have_byte[byte] = true;
       t->pieces_[id] = std::string(1, static_cast<char>(byte));
@@ -94,6 +103,12 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::from_serialized(
   require(sp.bos_id() >= 0 && sp.eos_id() >= 0, prefix + "the model has no bos or eos piece");
   t->bos_id_ = TokenId(sp.bos_id());
   t->eos_id_ = TokenId(sp.eos_id());
+  // The tables above assume a model that changes no text (no normalisation, no spaces added or
+  // removed), as `ttt data train-tokenizer` trains it: one that does would not give every text
+  // back. Spaces in every position, tabs, newlines and characters that NFKC would change.
+  const std::string probe = "  Two  spaces,\ttab\nnew line \xef\xac\x81 \xef\xbc\xa1 \xe2\x91\xa0 caf\xc3\xa9 ";
+  require(t->decode(t->encode(probe)) == probe,
+          prefix + "the model normalises text (its normalizer_spec), so it would not give every text back");
   return t;
 }
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json_input.h"
 
 namespace ttt {
 namespace {
@@ -63,7 +64,10 @@ const std::vector<TrainConfig::Field>& TrainConfig::fields() {
 TrainConfig TrainConfig::from_json(const json& j) {
   require(j.is_object(), "train config: expected a JSON object, got " + j.dump());
   TrainConfig config;
-  for (const auto& [key, value] : j.items()) {
+  for (const auto& item : j.items()) {
+    // Named, not a structured binding: the lambdas below capture them (clang 14, the fuzz build).
+    const std::string& key = item.key();
+    const json& value = item.value();
     if (key == "model") {
       try {
         config.model = ModelConfig::from_json(value);
@@ -102,10 +106,9 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   require(in.good(), path + ": cannot open the training config");
   std::stringstream text;
   text << in.rdbuf();
+  const json j = io::parse_json_input(text.str(), path + ": ");
   try {
-    return from_json(json::parse(text.str()));
-  } catch (const json::parse_error& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
+    return from_json(j);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }

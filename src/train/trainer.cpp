@@ -24,7 +24,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kCheckpointFormat = "ttt-train-checkpoint/1";
+constexpr const char* kCheckpointFormat = "ttt-train-checkpoint/2";
 constexpr const char* kOptimizerPrefix = "optimizer.";
 
 std::string checkpoint_path(const std::string& dir) { return dir + "/checkpoint.safetensors"; }
@@ -170,8 +170,11 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
     require(it != file.metadata.end(), path + ": not a training checkpoint (no '" + key + "' in its metadata)");
     return it->second;
   };
-  require(meta("format") == kCheckpointFormat,
-          path + ": unsupported checkpoint format '" + meta("format") + "' (expected " + kCheckpointFormat + ")");
+  // Version 2 added the checksum; checkpoints written before it still resume.
+  const std::string format = meta("format");
+  require(format == kCheckpointFormat || format == "ttt-train-checkpoint/1",
+          path + ": unsupported checkpoint format '" + format + "' (expected " + kCheckpointFormat + ")");
+  io::check_integrity(file.checksum_verified, path, format == kCheckpointFormat);
   const TrainConfig saved = TrainConfig::from_json(json::parse(meta("train_config")));
   json merged = saved.to_json();
   require(overrides.is_object(), "internal: resume overrides must be a JSON object");
@@ -211,6 +214,9 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   trainer->optimizer_->load_state(optimizer_state, trainer->step_);
   trainer->check_ranks_agree();
   if (!trainer->is_main_rank()) return trainer;
+  // A run killed while saving left the temporary of that save.
+  io::remove_stale_temporaries(path);
+  io::remove_stale_temporaries(out_dir + "/model.safetensors");
   io::write_text_file(out_dir + "/config.json", requested.to_json().dump(2) + "\n");
 
   // Steps after the checkpoint will be taken again: their metrics go.

@@ -1,5 +1,6 @@
 // `ttt train` driven as a user drives it: a step's gradient equals `ttt grad`'s, Ctrl-C
-// saves a checkpoint that resumes exactly, flags and errors; data-parallel jobs (`ttt launch`,
+// saves a checkpoint that resumes exactly, SIGKILL at any moment (of training, of a session's
+// save) never tears a file, flags and errors; data-parallel jobs (`ttt launch`,
 // or ranks started as torchrun starts them) train as one process does, and fail cleanly.
 #include <gtest/gtest.h>
 
@@ -12,6 +13,8 @@
 #include <cctype>
 #include <chrono>
 #include <fstream>
+#include <iostream>
+#include <random>
 #include <sstream>
 #include <thread>
 #include <type_traits>
@@ -191,6 +194,136 @@ TEST(TrainCli, CtrlCSavesAndResumeContinuesExactly) {
   EXPECT_EQ(compared, 30);
 }
 
+std::vector<std::string> joined(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Whether `dir` holds a temporary of an atomic write: what a kill inside a write leaves.
+bool holds_temporary(const test::ScratchDir& dir) {
+  const std::vector<std::string> names = dir.files();
+  return std::any_of(names.begin(), names.end(), [](const std::string& n) { return n.find(".tmp.") != n.npos; });
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// SIGKILL at random moments of a run that saves a checkpoint every step (soon after each start
+// or resume has taken a step, so that the kills land in training and some inside a
+// checkpoint's write): the run directory always holds a complete checkpoint (or none yet), and
+// resuming after every kill ends with the uninterrupted run's losses and weights.
+TEST(TrainCli, SigkillAnywhereLeavesACheckpointThatResumesExactly) {
+  const std::string data = temp_path("train.u32");
+  io::write_token_file(data, text_tokens(20000));
+  const std::string config = temp_path("train.json");
+  const int64_t steps = 40;
+  std::ofstream(config) << json{{"train_tokens", data}, {"seq_len", 64},         {"batch_size", 2},
+                                {"steps", steps},       {"checkpoint_every", 1}, {"lr", 2e-3}}
+                               .dump();
+  const std::vector<std::string> start{"train", "--config", config, "--model-config", model_config_file(), "--out"};
+  test::ScratchDir whole, split;
+  const Finished uninterrupted = run_ttt(joined(start, {whole.dir()}));
+  ASSERT_EQ(uninterrupted.exit_code, 0) << uninterrupted.output;
+
+  // Up to about 3 steps' time after the first step of each start or resume.
+  std::mt19937 random(23);
+  std::uniform_real_distribution<double> moment(0.0, 0.2);
+  const std::string checkpoint = split.path("checkpoint.safetensors");
+  int kills = 0, inside_writes = 0;
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const std::string log = temp_path("log.txt");
+    const bool resuming = test::file_size(checkpoint) >= 0;
+    const int64_t saved = resuming ? std::stoll(io::read_safetensors(checkpoint).metadata.at("step")) : 0;
+    const pid_t pid = spawn_ttt(
+        resuming ? std::vector<std::string>{"train", "--resume", split.dir()} : joined(start, {split.dir()}), log);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (line_count(split.path("metrics.jsonl")) <= saved && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(moment(random)));
+    kill(pid, SIGKILL);
+    const Finished killed = wait_for(pid, log);
+    if (killed.exit_code == 0) break;  // it finished first
+    ASSERT_EQ(killed.exit_code, 128 + SIGKILL) << killed.output;
+    ++kills;
+    inside_writes += holds_temporary(split);
+    if (test::file_size(checkpoint) >= 0) {
+      EXPECT_TRUE(io::read_safetensors(checkpoint).checksum_verified) << "after kill " << kills;
+    }
+  }
+  const Finished finished =
+      run_ttt(test::file_size(checkpoint) >= 0 ? std::vector<std::string>{"train", "--resume", split.dir()}
+                                               : joined(start, {split.dir()}));
+  ASSERT_EQ(finished.exit_code, 0) << finished.output;
+  std::cout << kills << " kills, " << inside_writes << " inside a write (a temporary left behind)\n";
+  EXPECT_FALSE(holds_temporary(split)) << "resuming removes the temporaries of killed saves";
+  EXPECT_GE(kills, 8) << "most kills should land before the run ends";
+
+  std::ifstream a(whole.path("metrics.jsonl")), b(split.path("metrics.jsonl"));
+  int64_t compared = 0;
+  for (std::string la, lb; std::getline(a, la) && std::getline(b, lb); ++compared) {
+    EXPECT_EQ(json::parse(la).at("loss"), json::parse(lb).at("loss")) << "step " << compared + 1;
+  }
+  EXPECT_EQ(compared, steps);
+  const Model expected = load_model(whole.path("model.safetensors")), got = load_model(split.path("model.safetensors"));
+  for (const auto& [name, p] : named_params(expected.config, expected.params)) {
+    EXPECT_TRUE(torch::equal(p, named_params(got.config, got.params).at(name))) << name;
+  }
+}
+
+// SIGKILL at random moments of `ttt generate --save-session S` (a model with a megabyte of fast
+// weights, so that the write takes a while) over an older session at S: S is always the old
+// session or the new one, whole, and loads.
+TEST(TrainCli, SigkillWhileSavingASessionNeverTearsIt) {
+  ModelConfig config = test::tiny_config(Variant::kTttE2E);
+  config.vocab_size = 258;
+  config.bos_id = 256;
+  config.eos_id = 257;
+  config.d_ff = 4096;
+  const std::string model = temp_path("model.safetensors");
+  save_model(model, {config, test::random_params(config, 3, 0.3, torch::kFloat32)});
+  const std::string prompt = temp_path("prompt.u32"), short_prompt = temp_path("short.u32");
+  io::write_token_file(prompt, text_tokens(200));
+  io::write_token_file(short_prompt, text_tokens(40));
+  test::ScratchDir dir;
+  const std::string session = dir.path("session.safetensors");
+  const auto save = [&](const std::string& tokens) {
+    return std::vector<std::string>{"generate", "--model",        model,  "--prompt-tokens", tokens, "--max-tokens",
+                                    "1",        "--save-session", session};
+  };
+  ASSERT_EQ(run_ttt(save(short_prompt)).exit_code, 0);
+  const std::string old_bytes = test::read_bytes(session);
+  const std::string reference_log = temp_path("log.txt");
+  const auto begun = std::chrono::steady_clock::now();
+  const pid_t reference = spawn_ttt(save(prompt), reference_log);
+  const Finished whole = wait_for(reference, reference_log);
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  const double run_seconds = seconds_since(begun);
+  const std::string new_bytes = test::read_bytes(session);
+  ASSERT_NE(old_bytes, new_bytes);
+
+  std::mt19937 random(29);
+  std::uniform_real_distribution<double> moment(0, run_seconds);
+  int olds = 0, news = 0, inside_writes = 0;
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    test::write_bytes(session, old_bytes);
+    const std::string log = temp_path("log.txt");
+    const pid_t pid = spawn_ttt(save(prompt), log);
+    std::this_thread::sleep_for(std::chrono::duration<double>(moment(random)));
+    kill(pid, SIGKILL);
+    wait_for(pid, log);
+    inside_writes += holds_temporary(dir);
+    const std::string bytes = test::read_bytes(session);
+    olds += bytes == old_bytes;
+    news += bytes == new_bytes;
+    EXPECT_TRUE(bytes == old_bytes || bytes == new_bytes) << "attempt " << attempt << ": a torn session file";
+  }
+  std::cout << olds << " old, " << news << " new, " << inside_writes << " kills inside a write\n";
+  const Finished loaded = run_ttt({"generate", "--model", model, "--load-session", session, "--max-tokens", "2"});
+  EXPECT_EQ(loaded.exit_code, 0) << loaded.output;
+}
+
 TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
   const Finished help = run_ttt({"train", "--help"});
   EXPECT_EQ(help.exit_code, 0);
@@ -266,11 +399,6 @@ constexpr bool kWithGloo = true;
 #else
 constexpr bool kWithGloo = false;
 #endif
-
-std::vector<std::string> joined(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
 
 std::vector<json> metrics(const std::string& run_dir) {
   std::ifstream in(run_dir + "/metrics.jsonl");

@@ -121,6 +121,27 @@ TEST_P(SessionVariant, AForkContinuesAloneAndLeavesItsOriginUnchanged) {
   EXPECT_EQ(second->position(), document.size(0) + other.size(0));
 }
 
+// A session file with any one bit flipped, in its header or in its state, is refused naming
+// the file (it carries a checksum of its contents), and the session keeps its state.
+TEST(Session, ADamagedSessionFileIsRefused) {
+  const ModelConfig config = tiny_config(Variant::kTttE2E);
+  const Params params = random_params(config, 5, 0.3);
+  Session reader(config, params);
+  reader.feed(random_tokens(14, config.vocab_size, 3));
+  test::ScratchDir dir;
+  reader.save(dir.path("session.safetensors"));
+  const std::string bytes = test::read_bytes(dir.path("session.safetensors"));
+  ASSERT_LT(bytes.size(), 20000u) << "a small file, so that every byte is tried";
+
+  Session restored(config, params);
+  restored.feed(random_tokens(5, config.vocab_size, 9));
+  test::expect_every_bit_flip_rejected(bytes, dir.path("damaged.safetensors"), bytes.size(), 0,
+                                       [&](const std::string& path) { restored.restore(path); });
+  EXPECT_EQ(restored.position(), 5);
+  restored.restore(dir.path("session.safetensors"));  // the undamaged file still loads
+  EXPECT_EQ(restored.position(), 14);
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, SessionVariant,
                          ::testing::Values(Variant::kFullAttention, Variant::kSlidingWindow, Variant::kTttE2E));
 

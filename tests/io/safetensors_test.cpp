@@ -98,7 +98,11 @@ TEST_F(SafetensorsTest, WritesNonContiguousTensorsByValue) {
 
 TEST_F(SafetensorsTest, EmptyCheckpointRoundTrips) {
   write_safetensors(path("empty.safetensors"), {});
-  EXPECT_EQ(read_bytes(path("empty.safetensors")), le_bytes(8, 8) + "{}      ");
+  Checksum checksum;  // of the header without the checksum: "{}"
+  checksum.update("{}", 2);
+  std::string header = R"({"__metadata__":{"checksum_xxh3_64":")" + checksum_text(checksum.digest()) + R"("}})";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  EXPECT_EQ(read_bytes(path("empty.safetensors")), le_bytes(header.size(), 8) + header);
   const SafetensorsFile read = read_safetensors(path("empty.safetensors"));
   EXPECT_TRUE(read.tensors.empty());
   EXPECT_TRUE(read.metadata.empty());
@@ -140,14 +144,70 @@ TEST_F(SafetensorsTest, WritesTheExactByteLayout) {
   write_safetensors(path("tiny.safetensors"),
                     {{"b", torch::tensor({1.0f}).to(torch::kFloat16)}, {"a", torch::tensor({1.0f, -2.0f})}},
                     {{"k", "v"}});
+  const std::string tensors =
+      R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[1],"data_offsets":[8,10]}})";
+  const std::string data = le_bytes(0x3F800000, 4) + le_bytes(0xC0000000, 4) + le_bytes(0x3C00, 2);
+  // The checksum: XXH3-64 of the header without it (keys sorted, no spaces), then the data.
+  Checksum checksum;
+  const std::string canonical = R"({"__metadata__":{"k":"v"},"a":{"data_offsets":[0,8],"dtype":"F32","shape":[2]},)"
+                                R"("b":{"data_offsets":[8,10],"dtype":"F16","shape":[1]}})";
+  checksum.update(canonical.data(), canonical.size());
+  checksum.update(data.data(), data.size());
   std::string header =
-      R"({"__metadata__":{"k":"v"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("b":{"dtype":"F16","shape":[1],"data_offsets":[8,10]}})";
+      R"({"__metadata__":{"k":"v","checksum_xxh3_64":")" + checksum_text(checksum.digest()) + R"("},)" + tensors;
   header.append((8 - header.size() % 8) % 8, ' ');
   ASSERT_EQ(header.size() % 8, 0u);
-  const std::string expected =
-      le_bytes(header.size(), 8) + header + le_bytes(0x3F800000, 4) + le_bytes(0xC0000000, 4) + le_bytes(0x3C00, 2);
+  const std::string expected = le_bytes(header.size(), 8) + header + data;
   EXPECT_EQ(read_bytes(path("tiny.safetensors")), expected);
+}
+
+TEST(Checksum, IsXxh3AndTakesPiecesAsAWhole) {
+  EXPECT_EQ(Checksum().digest(), 0x2D06800538D394C2ull);  // XXH3-64 of no bytes, xxHash's own test value
+  const std::string text(1000, 'x');
+  Checksum whole, pieces;
+  whole.update(text.data(), text.size());
+  for (size_t i = 0; i < text.size(); i += 7) pieces.update(text.data() + i, std::min<size_t>(7, text.size() - i));
+  EXPECT_EQ(whole.digest(), pieces.digest());
+  EXPECT_NE(whole.digest(), Checksum().digest());
+  EXPECT_EQ(parse_checksum_text(checksum_text(whole.digest())), whole.digest());
+  for (const char* bad : {"", "0123", "0123456789ABCDEF", "0123456789abcdeg", "0123456789abcdef0"}) {
+    EXPECT_FALSE(parse_checksum_text(bad).has_value()) << bad;
+  }
+}
+
+TEST_F(SafetensorsTest, ChecksumIsVerifiedWherePresent) {
+  write_safetensors(path("a.safetensors"), {{"w", torch::arange(64, torch::kFloat32)}}, {{"k", "v"}});
+  const SafetensorsFile read = read_safetensors(path("a.safetensors"));
+  EXPECT_TRUE(read.checksum_verified);
+  EXPECT_EQ(read.metadata, (std::map<std::string, std::string>{{"k", "v"}}));  // the checksum is not shown
+
+  std::string bytes = read_bytes(path("a.safetensors"));
+  bytes[bytes.size() - 100] ^= 0x10;  // one bit of one float
+  expect_read_error(write_bytes("flipped.safetensors", bytes), {"flipped.safetensors", "corrupted", "checksum"});
+
+  // Files of other tools have none and load; a checksum that is there must be well formed.
+  const std::string entry = R"("w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  EXPECT_FALSE(read_safetensors(write_raw("{" + entry + "}", "abcd")).checksum_verified);
+  expect_read_error(write_raw(R"({"__metadata__":{"checksum_xxh3_64":"0000000000000000"},)" + entry + "}", "abcd"),
+                    {"corrupted"});
+  expect_read_error(write_raw(R"({"__metadata__":{"checksum_xxh3_64":"12"},)" + entry + "}", "abcd"),
+                    {"checksum_xxh3_64", "16 lowercase hex digits"});
+  test::expect_error(
+      [&] {
+        write_safetensors(path("b.safetensors"), {}, {{"checksum_xxh3_64", "x"}});
+      },
+      {"checksum_xxh3_64", "reserved"});
+}
+
+TEST_F(SafetensorsTest, RejectsDeepJsonAndHugeHeadersBeforeReadingThem) {
+  expect_read_error(write_raw(R"({"__metadata__":{"k":)" + std::string(100, '[') + std::string(100, ']') + "}}"),
+                    {"raw.safetensors", "nested deeper than 64"});
+  expect_read_error(write_raw(R"({"x":1e999})"), {"raw.safetensors", "not valid JSON"});
+  expect_read_error(write_raw(std::string("{}\0{", 4)), {"raw.safetensors", "NUL byte at byte 2"});
+  // A header length over 100 MB in a file that long (sparse: nothing is written).
+  const std::string big = write_bytes("big.safetensors", le_bytes(100'000'001, 8));
+  ASSERT_EQ(::truncate(big.c_str(), 100'000'100), 0);
+  expect_read_error(big, {"big.safetensors", "header length 100000001", "over the limit"});
 }
 
 TEST_F(SafetensorsTest, RejectsMissingOrShortFiles) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -136,6 +137,25 @@ TEST(Trainer, InterruptedRunResumesExactly) {
   for (const auto& [name, p] : named_params(whole->model().config, whole->model().params)) {
     EXPECT_TRUE(torch::equal(p, named_params(second->model().config, second->model().params).at(name))) << name;
   }
+}
+
+// A training checkpoint with one bit flipped anywhere in its header, or at any of many places
+// in its tensors, is refused naming the file (it carries a checksum of its contents).
+TEST(Trainer, ADamagedCheckpointIsRefused) {
+  TrainConfig c = small_run(Variant::kTttE2E);
+  c.model->d_model = 8;  // a small file: every byte of the header is tried
+  c.model->d_ff = 16;
+  c.steps = 1;
+  test::ScratchDir dir;
+  ASSERT_EQ(Trainer::start(c, dir.path("run"))->run({}, {}), Trainer::Outcome::kFinished);
+  const std::string checkpoint = dir.path("run/checkpoint.safetensors");
+  const std::string bytes = test::read_bytes(checkpoint);
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, bytes.data(), 8);
+  test::expect_every_bit_flip_rejected(bytes, checkpoint, 8 + header_size, 400,
+                                       [&](const std::string&) { Trainer::resume(dir.path("run"), json::object()); });
+  test::write_bytes(checkpoint, bytes);
+  EXPECT_EQ(Trainer::resume(dir.path("run"), json::object())->steps_done(), 1);
 }
 
 // dtype bf16 on the GPU: the same run as fp32 on the CPU within bf16 rounding, and a

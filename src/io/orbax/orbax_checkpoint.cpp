@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "io/input_file.h"
+#include "io/json_input.h"
 #include "io/paths.h"
 
 namespace ttt::io::orbax {
@@ -39,12 +40,7 @@ std::vector<OrbaxLeaf> read_leaves(const std::string& dir) {
   require(input.size <= (64u << 20), prefix + "is " + std::to_string(input.size) + " bytes, too large for metadata");
   std::stringstream text;
   text << input.stream.rdbuf();
-  json doc;
-  try {
-    doc = json::parse(text.str());
-  } catch (const json::parse_error& e) {
-    throw Error(prefix + "not valid JSON (" + e.what() + ")");
-  }
+  json doc = parse_ordered_json_input(text.str(), prefix);
   require(doc.is_object() && doc.contains("tree_metadata") && doc["tree_metadata"].is_object(),
           prefix + "has no \"tree_metadata\" object");
   // Only what this reader implements: zarr v2 arrays in one OCDBT store.

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json_input.h"
 #include "io/orbax/zstd_decoder.h"
 
 namespace ttt::io::orbax {
@@ -70,12 +71,7 @@ uint64_t ZarrMetadata::elements() const { return product(shape); }
 uint64_t ZarrMetadata::chunk_bytes() const { return product(chunks) * dtype_size(dtype); }
 
 ZarrMetadata parse_zarray(std::string_view text, const std::string& prefix) {
-  json doc;
-  try {
-    doc = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(prefix + "not valid JSON (" + e.what() + ")");
-  }
+  const json doc = parse_json_input(text, prefix);
   require(doc.is_object(), prefix + "must be a JSON object, got " + show(doc));
   require(doc.value("zarr_format", json()) == json(2),
           prefix + "\"zarr_format\" must be 2, got " + show(doc.value("zarr_format", json())));

@@ -1,0 +1,39 @@
+#include "io/json_input.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace ttt::io {
+namespace {
+
+template <typename Json>
+Json parse_bounded(std::string_view text, const std::string& prefix) {
+  // The callback sees every object and array as it opens, before anything is built below it.
+  const typename Json::parser_callback_t bound_depth = [&](int depth, typename Json::parse_event_t event, Json&) {
+    const bool opens = event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start;
+    require(!opens || depth < kMaxJsonDepth,
+            prefix + "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
+  // nlohmann's parser takes a NUL byte for the end of the text and ignores what follows it.
+  const size_t nul = text.find('\0');
+  require(nul == std::string_view::npos, prefix + "not valid JSON (a NUL byte at byte " + std::to_string(nul) + ")");
+  try {
+    return Json::parse(text, bound_depth);
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e999
+    throw Error(prefix + "not valid JSON (" + e.what() + ")");
+  }
+}
+
+}  // namespace
+
+nlohmann::json parse_json_input(std::string_view text, const std::string& prefix) {
+  return parse_bounded<nlohmann::json>(text, prefix);
+}
+
+nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& prefix) {
+  return parse_bounded<nlohmann::ordered_json>(text, prefix);
+}
+
+}  // namespace ttt::io

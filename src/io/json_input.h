@@ -1,0 +1,21 @@
+// JSON read from files (configs, file headers, tokenizer files): they come from users and
+// the network, so nesting is bounded before any recursive code walks or prints the value.
+#pragma once
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace ttt::io {
+
+// Deeper than any file of ours or of the tools we read (tokenizer.json nests 6 levels).
+inline constexpr int kMaxJsonDepth = 64;
+
+// nlohmann::json::parse(text), whose every failure (malformed JSON, a NUL byte anywhere, a
+// number out of range, nesting deeper than kMaxJsonDepth) is a one-line ttt::Error starting with `prefix` (which
+// names the file) followed by "not valid JSON (...)" or "JSON nested deeper than ...".
+nlohmann::json parse_json_input(std::string_view text, const std::string& prefix);
+// The same, keeping the order of object keys.
+nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& prefix);
+
+}  // namespace ttt::io
