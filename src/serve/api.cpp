@@ -5,6 +5,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
+#include "io/json_input.h"
+
 namespace ttt::serve {
 namespace {
 
@@ -106,8 +109,12 @@ struct Fields {
 
 // The body as a JSON object, or the 400 that says why not.
 json parse_object(std::string_view body) {
-  json parsed = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) throw bad_request("the body is not valid JSON (or not UTF-8)");
+  json parsed;
+  try {
+    parsed = io::parse_json_input(body, "the body: ");  // bounded nesting, no NUL, numbers in range
+  } catch (const Error& e) {
+    throw bad_request(std::string(e.what()) + " (JSON in UTF-8 expected)");
+  }
   if (!parsed.is_object()) throw bad_request("the body must be a JSON object, not " + type_name(parsed));
   return parsed;
 }
