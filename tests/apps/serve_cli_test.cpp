@@ -238,7 +238,7 @@ TEST(ServeCli, CompletionsEqualGenerateStreamedOrNot) {
   const Streamed events = parse_stream(streamed.body);
   EXPECT_EQ(events.tokens, expected);
   EXPECT_TRUE(events.done) << streamed.body;
-  EXPECT_EQ(events.text, body["choices"][0]["text"]);
+  EXPECT_EQ(events.text, body["choices"][0]["text"].get<std::string>());
   EXPECT_NE(streamed.body.find("\"total_tokens\""), std::string::npos) << streamed.body;
 
   // Logprobs: the chosen token's and the alternatives, per token.
