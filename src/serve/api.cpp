@@ -113,7 +113,10 @@ json parse_object(std::string_view body) {
   try {
     parsed = io::parse_json_input(body, "the body: ");  // bounded nesting, no NUL, numbers in range
   } catch (const Error& e) {
-    throw bad_request(std::string(e.what()) + " (JSON in UTF-8 expected)");
+    // The parser's own words quote the bytes it stopped at, which need not be UTF-8.
+    const std::string what = e.what();
+    throw bad_request(what.find("nested deeper") != std::string::npos ? what
+                                                                      : "the body is not valid JSON (or not UTF-8)");
   }
   if (!parsed.is_object()) throw bad_request("the body must be a JSON object, not " + type_name(parsed));
   return parsed;
