@@ -47,8 +47,7 @@ TEST(TokenDataset, PrepareManifestMustFitTheModel) {
   test::ScratchDir dir;
   io::write_token_file(dir.path("train.u32"), {0, 5, 6});
   io::write_token_file(dir.path("other.u32"), {0, 5, 6});
-  std::ofstream(dir.path("prepare.json"))
-      << R"({"tokenizer": "tok.model", "vocab_size": 100, "bos_id": 1,
+  std::ofstream(dir.path("prepare.json")) << R"({"tokenizer": "tok.model", "vocab_size": 100, "bos_id": 1,
              "splits": [{"name": "train", "file": "train.u32"}, {"name": "test", "file": "", "documents": 0}]})";
   check_tokenizer_fits_model(dir.path("train.u32"), 100, 1);  // a split without documents (--test 0) has no file
   check_tokenizer_fits_model(dir.path("train.u32"), 128, 1);

@@ -152,7 +152,8 @@ TEST(SequenceGradient, LeavesNoGraphBehind) {
   const torch::Device device = cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   for (const Variant variant : {Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention}) {
     const ModelConfig c = cuda ? test::kernel_sized_config(variant) : tiny_config(variant);
-    for (const std::optional<torch::Dtype> precision : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+    for (const std::optional<torch::Dtype> precision :
+         {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
       if (precision && !cuda) continue;
       const MatmulDtypeGuard matmuls(precision);
       for (const bool first_order : {false, true}) {
