@@ -12,6 +12,7 @@
 
 #include <cctype>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <random>
@@ -273,8 +274,9 @@ TEST(TrainCli, SigkillAnywhereLeavesACheckpointThatResumesExactly) {
 }
 
 // SIGKILL at random moments of `ttt generate --save-session S` (a model with a megabyte of fast
-// weights, so that the write takes a while) over an older session at S: S is always the old
-// session or the new one, whole, and loads.
+// weights, so that the write takes a while) over an older session at S, and as soon as the
+// save's temporary file appears (inside the write, for certain): S is always the old session
+// or the new one, whole, and loads.
 TEST(TrainCli, SigkillWhileSavingASessionNeverTearsIt) {
   ModelConfig config = test::tiny_config(Variant::kTttE2E);
   config.vocab_size = 258;
@@ -306,11 +308,25 @@ TEST(TrainCli, SigkillWhileSavingASessionNeverTearsIt) {
   std::mt19937 random(29);
   std::uniform_real_distribution<double> moment(0, run_seconds);
   int olds = 0, news = 0, inside_writes = 0;
-  for (int attempt = 0; attempt < 10; ++attempt) {
+  for (int attempt = 0; attempt < 14; ++attempt) {
     test::write_bytes(session, old_bytes);
+    for (const std::string& name : dir.files()) {
+      if (name.find(".tmp.") != std::string::npos) std::filesystem::remove(dir.path(name));  // an earlier kill's
+    }
     const std::string log = temp_path("log.txt");
     const pid_t pid = spawn_ttt(save(prompt), log);
-    std::this_thread::sleep_for(std::chrono::duration<double>(moment(random)));
+    if (attempt < 4) {
+      // Polled without pause: the write (a megabyte, then fsync) outlasts a directory scan.
+      const auto running = [pid] {
+        siginfo_t info{};
+        return waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0;
+      };
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!holds_temporary(dir) && running() && std::chrono::steady_clock::now() < give_up) {
+      }
+    } else {
+      std::this_thread::sleep_for(std::chrono::duration<double>(moment(random)));
+    }
     kill(pid, SIGKILL);
     wait_for(pid, log);
     inside_writes += holds_temporary(dir);
@@ -320,6 +336,7 @@ TEST(TrainCli, SigkillWhileSavingASessionNeverTearsIt) {
     EXPECT_TRUE(bytes == old_bytes || bytes == new_bytes) << "attempt " << attempt << ": a torn session file";
   }
   std::cout << olds << " old, " << news << " new, " << inside_writes << " kills inside a write\n";
+  EXPECT_GE(inside_writes, 1) << "no kill landed inside a write";
   const Finished loaded = run_ttt({"generate", "--model", model, "--load-session", session, "--max-tokens", "2"});
   EXPECT_EQ(loaded.exit_code, 0) << loaded.output;
 }
