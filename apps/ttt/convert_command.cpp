@@ -9,6 +9,7 @@
 #include "cli_support.h"
 #include "commands.h"
 #include "io/input_file.h"
+#include "io/json_input.h"
 #include "io/orbax/orbax_checkpoint.h"
 #include "model/orbax_import.h"
 
@@ -25,13 +26,9 @@ nlohmann::json read_partial_config(const std::string& path) {
   io::InputFile input = io::open_input_file(path, prefix);
   std::stringstream text;
   text << input.stream.rdbuf();
-  try {
-    const nlohmann::json config = nlohmann::json::parse(text.str());
-    require(config.is_object(), prefix + "expected a JSON object of SPEC config keys");
-    return config;
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(prefix + "not valid JSON (" + e.what() + ")");
-  }
+  const nlohmann::json config = io::parse_json_input(text.str(), prefix);
+  require(config.is_object(), prefix + "expected a JSON object of SPEC config keys");
+  return config;
 }
 
 void convert_orbax(const ConvertOrbaxOptions& options) {

@@ -15,6 +15,7 @@
 
 #include "commands.h"
 #include "common/error.h"
+#include "io/json_input.h"
 #include "train/trainer.h"
 
 namespace ttt::cli {
@@ -60,11 +61,7 @@ json read_json_file(const std::string& path, const std::string& what) {
   require(in.good(), path + ": cannot open the " + what);
   std::stringstream text;
   text << in.rdbuf();
-  try {
-    return json::parse(text.str());
-  } catch (const json::parse_error& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
+  return io::parse_json_input(text.str(), path + ": ");
 }
 
 // Progress: a redrawn line on a terminal, plain lines every log_every steps otherwise.

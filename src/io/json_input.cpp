@@ -7,6 +7,22 @@
 namespace ttt::io {
 namespace {
 
+// The parser's message quotes the bytes it stopped at, which need not be UTF-8 or printable:
+// those become \xHH, so that the one-line error is text wherever it goes (a terminal, JSON).
+std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte >= 0x20 && byte < 0x7f) {
+      out += c;
+    } else {
+      constexpr char kHex[] = "0123456789ABCDEF";
+      out += {'\\', 'x', kHex[byte >> 4], kHex[byte & 15]};
+    }
+  }
+  return out;
+}
+
 template <typename Json>
 Json parse_bounded(std::string_view text, const std::string& prefix) {
   // The callback sees every object and array as it opens, before anything is built below it.
@@ -22,7 +38,7 @@ Json parse_bounded(std::string_view text, const std::string& prefix) {
   try {
     return Json::parse(text, bound_depth);
   } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e999
-    throw Error(prefix + "not valid JSON (" + e.what() + ")");
+    throw Error(prefix + "not valid JSON (" + printable(e.what()) + ")");
   }
 }
 

@@ -113,10 +113,7 @@ json parse_object(std::string_view body) {
   try {
     parsed = io::parse_json_input(body, "the body: ");  // bounded nesting, no NUL, numbers in range
   } catch (const Error& e) {
-    // The parser's own words quote the bytes it stopped at, which need not be UTF-8.
-    const std::string what = e.what();
-    throw bad_request(what.find("nested deeper") != std::string::npos ? what
-                                                                      : "the body is not valid JSON (or not UTF-8)");
+    throw bad_request(e.what());
   }
   if (!parsed.is_object()) throw bad_request("the body must be a JSON object, not " + type_name(parsed));
   return parsed;

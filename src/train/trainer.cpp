@@ -77,9 +77,7 @@ Params trainable(const Model& model, const TrainConfig& config, const torch::Dev
 // under the checkpoint's own config, or under `config.model` where given (the same tensor
 // names and shapes, checked); `changed` gets the model keys that differ, as "key old -> new".
 Model initial_model(const TrainConfig& config, torch::Dtype dtype, std::vector<std::string>& changed) {
-  struct stat info {};
-  const bool directory = ::stat(config.init.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
-  const std::string path = directory ? config.init + "/model.safetensors" : config.init;
+  const std::string path = io::is_directory(config.init) ? config.init + "/model.safetensors" : config.init;
   require(exists(path), "train config: 'init': " + path + " does not exist");
   Model model = load_model(path, dtype);
   if (!config.model) return model;

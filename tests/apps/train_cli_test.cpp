@@ -402,6 +402,12 @@ TEST(TrainCli, FlagsOverrideTheConfigAndErrorsAreOneLine) {
                                  dir.path("x"), "--seq-len", "30"}),
                         "multiple of the model's mini_batch");
   expect_one_line_error(run_ttt({"train", "--resume", dir.path("run"), "--lr", "0.5"}), "different config");
+  const std::string binary_config = temp_path("binary.json");
+  std::ofstream(binary_config) << "{\"seq_len\": \"\xff\xfe\"}";
+  expect_one_line_error(run_ttt({"train", "--config", binary_config, "--out", dir.path("y")}),
+                        "not valid JSON");  // the parser's quote of the bad byte as \xFF, not the byte
+  EXPECT_NE(run_ttt({"train", "--config", binary_config, "--out", dir.path("y")}).output.find("\\xFF"),
+            std::string::npos);
   expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--steps", "many"}),
                         "--steps");
   expect_one_line_error(run_ttt({"train", "--config", config, "--out", dir.path("y"), "--lr", "fast"}), "--lr");

@@ -71,6 +71,7 @@ TEST(ServeApi, RefusesBadRequestsWithOpenAiErrors) {
   expect_refused(R"({"prompt": "x")", "not valid JSON");  // truncated
   expect_refused("[1, 2]", "must be a JSON object");
   expect_refused("{\"prompt\": \"\xff\xfe\"}", "not valid JSON");         // invalid UTF-8
+  expect_refused("{\"prompt\": \"\xff\xfe\"}", "\\xFF");                  // the parser's quote of the byte, as text
   expect_refused(R"({"prompt": "x", "seed": 1e999})", "not valid JSON");  // out of range
   expect_refused(std::string(R"({"prompt": )") + std::string(100, '[') + std::string(100, ']') + "}",
                  "nested deeper");  // bounded before anything walks it
