@@ -206,6 +206,11 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
   std::string token;
   size_t line_start = 0;
   int64_t line_number = 0;
+  // Ranks number the file's lines (p50k_base skips one): a rank far beyond the line count is
+  // damage, and would size the tables before anything else is read (a 30-byte file asking
+  // for gigabytes).
+  const uint64_t lines = static_cast<uint64_t>(std::count(bytes.begin(), bytes.end(), '\n')) + 1;
+  const uint64_t max_rank = 2 * lines + 256;
   while (line_start < bytes.size()) {
     size_t line_end = bytes.find('\n', line_start);
     if (line_end == std::string::npos) line_end = bytes.size();
@@ -224,6 +229,8 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
       require(c >= '0' && c <= '9', where + "bad rank");
       rank = rank * 10 + uint64_t(c - '0');
     }
+    require(rank <= max_rank,
+            where + "rank " + std::to_string(rank) + " is far beyond the file's " + std::to_string(lines) + " lines");
     if (t->tokens_.size() <= rank) {
       t->tokens_.resize(rank + 1);
       t->is_token_.resize(rank + 1, 0);
