@@ -6,13 +6,15 @@
 #
 #   scripts/figure1_gpu.sh pack [--quick]
 #       On this machine: the corpus (one document per source directory, its .c and .h files
-#       in order; held-out directories for evaluation), a SentencePiece tokenizer, and both
-#       packed into .gpu/figure1/ (well under the 64 MiB a device command carries).
+#       in order; held-out directories for evaluation), a SentencePiece tokenizer, and the
+#       corpus tokenized with it (`ttt data prepare`: the GPU machine lacks SentencePiece's
+#       and PCRE2's headers, so it has no `ttt data`), packed into .gpu/figure1/ (about
+#       25 MB, well under the 64 MiB a device command carries).
 #   scripts/figure1_gpu.sh run STAGE[,STAGE...] [--quick] [--minutes M]
 #       On the GPU machine (the CPU with --quick), in results/figure1-gpu/; stages:
-#         data     unpack and tokenize (ttt data prepare)
+#         data     unpack the tokens
 #         pilot    a few ttt-e2e steps: its tokens/s sets the step count of all three runs,
-#                  so that ttt-e2e trains for --minutes (default 6)
+#                  so that ttt-e2e trains for --minutes (default 6; 0.25 with --quick)
 #         swa, ttt-e2e, fa   train (the same sequences, the same number of steps)
 #         eval     all three by position and by context (8K, 16K, 32K); the report goes to
 #                  $OUT/figure1 when $OUT is set (draw its plots here: gnuplot context.gp)
@@ -30,7 +32,7 @@ usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 (($#)) || { usage >&2; exit 2; }
 command=$1
 shift
-stages="" quick=0 minutes=6
+stages="" quick=0 minutes=""
 if [[ $command == run ]]; then
   (($#)) || { echo "figure1_gpu: run needs its stages (see --help)" >&2; exit 2; }
   stages=$1
@@ -45,6 +47,10 @@ while (($#)); do
   esac
 done
 
+if [[ -z $minutes ]]; then
+  minutes=6
+  ((quick)) && minutes=0.25
+fi
 pack=.gpu/figure1
 work=results/figure1-gpu
 # Shapes: 8 blocks of width 512, 8 heads; ttt-e2e learns at test time in its last quarter
@@ -117,8 +123,14 @@ PY
   say "training the tokenizer (SentencePiece, $vocab_size tokens)"
   build/ttt data train-tokenizer --input "$tmp/corpus/train" --out "$pack/tokenizer.model" --vocab-size $vocab_size \
     --max-mb 16 >"$tmp/tokenizer.log" 2>&1 || { cat "$tmp/tokenizer.log" >&2; exit 1; }
+  say "tokenizing"
+  build/ttt data prepare --input "$tmp/corpus/train" --tokenizer "$pack/tokenizer.model" --out "$tmp/data/train" \
+    --val 0.02 --test 0 | tail -2
+  build/ttt data prepare --input "$tmp/corpus/eval" --tokenizer "$pack/tokenizer.model" --out "$tmp/data/eval" \
+    --per-document | tail -2
+  build/ttt data tokenizer-info --tokenizer "$pack/tokenizer.model" >"$pack/tokenizer-info.json"
   say "compressing"
-  tar -C "$tmp/corpus" -cf - train eval | xz -T2 -7 >"$pack/corpus.tar.xz"
+  tar -C "$tmp/data" -cf - train eval | xz -T2 -6 >"$pack/data.tar.xz"
   echo "quick=$quick" >"$pack/made_with"
   say "packed: $(du -sh "$pack" | cut -f1) in $pack"
   exit 0
@@ -141,11 +153,9 @@ model_config() {  # variant -> its config file
     fa) extra="" ;;
     ttt-e2e) ff=$d_ff_ttt extra='"window": '$window', "suffix_len": '$suffix_len', "inner_lr": 1.0, "inner_clip": 1.0,' ;;
   esac
-  local ids
-  ids=$("$ttt" data tokenizer-info --tokenizer "$pack/tokenizer.model")
   local bos eos
-  bos=$(sed -n 's/.*"bos_id": *\([0-9]*\).*/\1/p' <<<"$ids" | head -1)
-  eos=$(sed -n 's/.*"eos_id": *\([0-9]*\).*/\1/p' <<<"$ids" | head -1)
+  bos=$(sed -n 's/.*"bos_id": *\([0-9]*\).*/\1/p' "$pack/tokenizer-info.json" | head -1)
+  eos=$(sed -n 's/.*"eos_id": *\([0-9]*\).*/\1/p' "$pack/tokenizer-info.json" | head -1)
   cat >"$work/$variant.json" <<JSON
 {"variant": "$variant", "vocab_size": $vocab_size, "d_model": $d_model, "n_layers": $n_layers, "n_heads": $n_heads,
  "d_ff": $ff, "rms_eps": 1e-6, "rope_theta": 500000, $extra "mini_batch": $mini_batch,
@@ -165,16 +175,12 @@ IFS=, read -r -a stage_list <<<"$stages"
 for stage in "${stage_list[@]}"; do
   case $stage in
     data)
-      need "$pack/corpus.tar.xz" "pack (on the development machine)"
+      need "$pack/data.tar.xz" "pack (on the development machine)"
       grep -qx "quick=$quick" "$pack/made_with" ||
         { echo "figure1_gpu: $pack was packed with $(cat "$pack/made_with"); pack again or match --quick" >&2; exit 1; }
-      say "unpacking and tokenizing"
-      rm -rf "$work/corpus" "$work/data" && mkdir -p "$work/corpus"
-      xz -dc "$pack/corpus.tar.xz" | tar -C "$work/corpus" -xf -
-      "$ttt" data prepare --input "$work/corpus/train" --tokenizer "$pack/tokenizer.model" --out "$work/data/train" \
-        --val 0.02 --test 0 | tail -2
-      "$ttt" data prepare --input "$work/corpus/eval" --tokenizer "$pack/tokenizer.model" --out "$work/data/eval" \
-        --per-document | tail -2
+      say "unpacking the tokens"
+      rm -rf "$work/data" && mkdir -p "$work/data"
+      xz -dc "$pack/data.tar.xz" | tar -C "$work/data" -xf -
       ;;
     pilot)
       need "$work/data/train/train.u32" data

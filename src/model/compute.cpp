@@ -2,11 +2,15 @@
 
 #include <torch/cuda.h>
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "ttt_build_features.h"
 
 #if TTT_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace ttt {
@@ -80,6 +84,40 @@ void release_cached_device_memory(const torch::Device& device) {
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
 #endif
   (void)device;
+}
+
+torch::Tensor host_buffer(int64_t bytes, const torch::Tensor& like) {
+#if TTT_WITH_CUDA
+  if (like.is_cuda()) {
+    void* memory = nullptr;
+    const cudaError_t status = cudaHostAlloc(&memory, static_cast<size_t>(std::max<int64_t>(bytes, 1)), 0);
+    require(status == cudaSuccess,
+            "cannot pin " + std::to_string(bytes >> 20) + " MiB of host memory: " + cudaGetErrorString(status));
+    return torch::from_blob(
+        memory, {bytes}, [](void* p) { cudaFreeHost(p); }, torch::kUInt8);
+  }
+#endif
+  (void)like;
+  return torch::empty({bytes}, torch::kUInt8);
+}
+
+void copy_queued(const torch::Tensor& dst, const torch::Tensor& src) {
+  require(dst.is_contiguous() && src.is_contiguous() && dst.scalar_type() == src.scalar_type() &&
+              dst.numel() == src.numel(),
+          "internal: copy_queued needs contiguous tensors of one dtype and size");
+#if TTT_WITH_CUDA
+  if (dst.is_cuda() || src.is_cuda()) {
+    const auto kind =
+        dst.is_cuda() ? (src.is_cuda() ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice) : cudaMemcpyDeviceToHost;
+    const cudaError_t status =
+        cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.numel() * src.element_size(), kind,
+                        c10::cuda::getCurrentCUDAStream(dst.is_cuda() ? dst.get_device() : src.get_device()).stream());
+    require(status == cudaSuccess, std::string("cudaMemcpyAsync: ") + cudaGetErrorString(status));
+    return;
+  }
+#endif
+  torch::NoGradGuard no_graph;
+  dst.copy_(src);
 }
 
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {

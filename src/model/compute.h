@@ -56,6 +56,14 @@ void reset_device_memory_peaks(const torch::Device& device);
 // elsewhere): work that follows differently shaped work starts unfragmented.
 void release_cached_device_memory(const torch::Device& device);
 
+// Host memory that a GPU copies to and from without waiting (pinned by CUDA where the
+// tensor `like` is on a GPU, plain otherwise): an uninitialised CPU tensor of `bytes` bytes.
+torch::Tensor host_buffer(int64_t bytes, const torch::Tensor& like);
+// dst.copy_(src) between a GPU tensor and pinned host memory queued on the current CUDA
+// stream (cudaMemcpyAsync: the host does not wait, a CUDA graph captures it); both
+// contiguous, of one dtype and size. A plain copy where neither is on a GPU.
+void copy_queued(const torch::Tensor& dst, const torch::Tensor& src);
+
 // The matmul dtype params_for_inference gave `params`: their matrices' dtype where it
 // differs from the gains' (which stay in the parameters' own dtype); unset otherwise.
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params);

@@ -70,6 +70,71 @@ Params suffix_params(const ModelConfig& config, const Params& params, int64_t fi
   return out;
 }
 
+// Where the gradient keeps, parked, what grows with the sequence until its backward pass
+// reads it again (the cache rows every span and chunk leaves, the fast weights kept every so
+// many chunks): in host memory, pinned on a GPU, so that the device's peak stays flat in the
+// length (3B at 128K: about 60 GB of them). The copies queue on the stream without waiting,
+// and a CUDA graph captures them. Buffers are reused call after call in the order they are
+// asked for, so a graph replays its copies into the buffers its capture saw (the eager run
+// before it made them).
+class HostParking {
+ public:
+  void rewind() { next_ = 0; }
+
+  torch::Tensor park(const torch::Tensor& t) {
+    const int64_t bytes = t.numel() * t.element_size();
+    if (next_ == buffers_.size()) buffers_.emplace_back();
+    torch::Tensor& buffer = buffers_[next_++];
+    if (!buffer.defined() || buffer.numel() < bytes) buffer = host_buffer(bytes, t);
+    torch::Tensor parked = torch::from_blob(buffer.data_ptr(), t.sizes(), t.options().device(torch::kCPU));
+    copy_queued(parked, t.contiguous());
+    return parked;
+  }
+  KvEntries park(const KvEntries& e) { return {park(e.keys), park(e.values), e.positions.clone()}; }
+  FastWeights park(const FastWeights& weights) {
+    FastWeights out;
+    for (const MlpParams& w : weights) out.push_back({park(w.w1), park(w.w2), park(w.w3)});
+    return out;
+  }
+
+  // `t` on `device`: a fresh copy if it is parked, else itself.
+  static torch::Tensor fetch(const torch::Tensor& t, const torch::Device& device) {
+    if (t.device() == device) return t;
+    torch::Tensor out = torch::empty(t.sizes(), t.options().device(device));
+    copy_queued(out, t);
+    return out;
+  }
+  static FastWeights fetch(const FastWeights& weights, const torch::Device& device) {
+    FastWeights out;
+    for (const MlpParams& w : weights) out.push_back({fetch(w.w1, device), fetch(w.w2, device), fetch(w.w3, device)});
+    return out;
+  }
+
+ private:
+  std::vector<torch::Tensor> buffers_;
+  size_t next_ = 0;
+};
+
+// Parked rows fetched back to the device while the backward pass, which runs from the last
+// span or chunk to the first, still reads them: each is fetched once.
+class FetchedRows {
+ public:
+  // The rows of span or chunk `j`, block `block` (`kept`: as the forward pass kept them).
+  const KvEntries& get(int64_t j, int64_t block, const KvEntries& kept, const torch::Device& device) {
+    if (kept.rows() == 0 || kept.keys.device() == device) return kept;
+    KvEntries& fetched = rows_[{j, block}];
+    if (fetched.rows() == 0) {
+      fetched = {HostParking::fetch(kept.keys, device), HostParking::fetch(kept.values, device), kept.positions};
+    }
+    return fetched;
+  }
+  // Drops those of spans or chunks `from` and after: the pass has gone before them.
+  void forget_from(int64_t from) { rows_.erase(rows_.lower_bound({from, 0}), rows_.end()); }
+
+ private:
+  std::map<std::pair<int64_t, int64_t>, KvEntries> rows_;
+};
+
 // One sequence's problem: its tokens, chunks and the suffix's view of the parameters.
 struct Sequence {
   const ModelConfig& config;
@@ -81,10 +146,12 @@ struct Sequence {
   torch::Tensor step_size;
   torch::Tensor loss_scale;   // 0-dim, on the device: the gradient is that of loss_scale * loss
   int64_t weights_every = 1;  // the forward pass keeps the fast weights of every so many chunks
+  HostParking* parking;       // null: what the backward pass reads again stays on the device
+  torch::Device device;
 
   Sequence(const ModelConfig& c, const Params& p, const torch::Tensor& tokens, const torch::Tensor& inner_step,
-           const torch::Tensor& scale, int64_t keep_weights_every)
-      : config(c), params(p), step_size(inner_step), loss_scale(scale) {
+           const torch::Tensor& scale, const GradientOptions& options, HostParking& host)
+      : config(c), params(p), step_size(inner_step), loss_scale(scale), device(p.final_norm.device()) {
     const int64_t n = tokens.size(0) - 1;
     require(n >= 1, "need at least 2 tokens (one input and one target), got " + std::to_string(tokens.size(0)));
     inputs = tokens.narrow(0, 0, n);
@@ -92,8 +159,14 @@ struct Sequence {
     chunks = plan_chunks(c, n, 0, /*update_last=*/false);
     loss_weights = chunk_loss_weights(c, targets);
     first_suffix = c.is_ttt() ? c.first_suffix_block() : c.n_layers;
-    weights_every = keep_weights_every > 0 ? keep_weights_every : auto_weights_every(n_chunks());
+    weights_every = options.keep_weights_every > 0 ? options.keep_weights_every : auto_weights_every(n_chunks());
+    parking = options.park_on_host.value_or(device.is_cuda() && n_chunks() > kAllKeptUpTo) ? &host : nullptr;
+    if (parking != nullptr) parking->rewind();
   }
+  // What the backward pass reads again: parked, or copied out of what it came from (a cache
+  // view) so that it pins nothing else.
+  KvEntries keep(const KvEntries& rows) const { return parking != nullptr ? parking->park(rows) : rows.cloned(); }
+  FastWeights keep(const FastWeights& weights) const { return parking != nullptr ? parking->park(weights) : weights; }
   int64_t n_chunks() const { return static_cast<int64_t>(chunks.size()); }
   // Whether the forward pass keeps the fast weights chunk c starts from: every
   // weights_every-th chunk's, and all of the last stretch's (the reverse scan starts there).
@@ -103,18 +176,17 @@ struct Sequence {
   // Every chunk's weights up to 16 chunks (3B: 1.4 GB each); beyond, one in sqrt(chunks),
   // so what is kept grows as the square root of the length, for one more forward pass
   // of the suffix.
+  static constexpr int64_t kAllKeptUpTo = 16;
   static int64_t auto_weights_every(int64_t chunks) {
-    constexpr int64_t kAllUpTo = 16;
-    return chunks <= kAllUpTo ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
+    return chunks <= kAllKeptUpTo ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
   }
 };
 
 // The rows of block `block` that a span of `length` inputs leaves for the spans after it to
-// read (all of them for full attention, at most the window's otherwise), copied out of the
-// cache so they pin nothing else.
+// read (all of them for full attention, at most the window's otherwise), as the cache holds them.
 KvEntries rows_for_later(const ModelConfig& config, const KvCache& cache, int64_t block, int64_t length) {
   const int64_t keep = KvCache::rows_kept(config);
-  return cache.entries(block).last(keep < 0 ? length : std::min(length, keep)).cloned();
+  return cache.entries(block).last(keep < 0 ? length : std::min(length, keep));
 }
 
 // Blocks [first, last) of a window cache as the span after the first `spans_before` spans
@@ -183,11 +255,12 @@ class PrefixSpans {
         outputs.push_back(run(spans_[s], cache));
         rows_.emplace_back();
         for (int64_t l = 0; l < seq.first_suffix; ++l) {
-          rows_.back().push_back(rows_for_later(seq.config, cache, l, spans_[s].length));
+          rows_.back().push_back(seq.keep(rows_for_later(seq.config, cache, l, spans_[s].length)));
         }
       }
     }
     last_ = recompute(spans_.size() - 1);
+    fetched_.forget_from(0);  // the last span's graph holds what it read
     outputs.push_back(last_->h.detach());
     h_ = outputs.size() == 1 ? outputs[0] : torch::cat(outputs);
     h_grad_ = torch::zeros_like(h_);
@@ -201,6 +274,7 @@ class PrefixSpans {
     RECORD_USER_SCOPE("gradient: prefix backward");
     std::vector<KvEntries> later(seq_.first_suffix);  // adjoints of the rows the span after reads
     for (int64_t s = static_cast<int64_t>(spans_.size()) - 1; s >= 0; --s) {
+      fetched_.forget_from(s);
       SpanGraph graph = s + 1 == static_cast<int64_t>(spans_.size()) ? std::move(*last_) : recompute(s);
       if (!graph.h.requires_grad()) return;  // nothing in the prefix requires grad
       std::vector<torch::Tensor> outputs{graph.h}, adjoints{h_grad_.narrow(0, spans_[s].start, spans_[s].length)};
@@ -239,9 +313,10 @@ class PrefixSpans {
                          seq_.first_suffix);
   }
 
-  SpanGraph recompute(size_t s) const {
-    KvCache cache = rebuilt_cache(seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
-                                  [&](int64_t j, int64_t l) -> const KvEntries& { return rows_[j][l]; });
+  SpanGraph recompute(size_t s) {
+    KvCache cache = rebuilt_cache(
+        seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
+        [&](int64_t j, int64_t l) -> const KvEntries& { return fetched_.get(j, l, rows_[j][l], seq_.device); });
     std::vector<KvEntries> read;
     for (int64_t l = 0; l < seq_.first_suffix; ++l) read.push_back(cache.entries(l));
     torch::Tensor h = run(spans_[s], cache);
@@ -251,6 +326,7 @@ class PrefixSpans {
   const Sequence& seq_;
   std::vector<ChunkSpan> spans_;
   std::vector<std::vector<KvEntries>> rows_;  // [span][block]: the rows it leaves for later spans
+  FetchedRows fetched_;
   std::optional<SpanGraph> last_;
   torch::Tensor h_, h_grad_;
 };
@@ -274,39 +350,41 @@ torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const to
                   KvCache::window(seq.config)};
   ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   saved.assign(seq.chunks.size(), {});
-  saved[0].weights = state.weights;
+  saved[0].weights = seq.keep(state.weights);
   torch::Tensor loss;
   scan_chunks(seq.config, frozen, hidden_rows, seq.targets, seq.chunks, state, {OuterGradient::kNone, seq.step_size},
               [&](const ChunkSpan& chunk, const ChunkStep& step) {
                 const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[chunk.index];
                 loss = loss.defined() ? loss + weighted : weighted;
                 for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) {
-                  saved[chunk.index].entries.push_back(rows_for_later(seq.config, state.cache, l, chunk.length));
+                  saved[chunk.index].entries.push_back(
+                      seq.keep(rows_for_later(seq.config, state.cache, l, chunk.length)));
                 }
                 const int64_t next = chunk.index + 1;
-                if (next < seq.n_chunks() && seq.keeps_weights(next)) saved[next].weights = state.weights;
+                if (next < seq.n_chunks() && seq.keeps_weights(next)) saved[next].weights = seq.keep(state.weights);
                 report(next);
               });
   return loss;
 }
 
 // The suffix blocks' cache as chunk c reads it, rebuilt from the rows saved after the chunks before it.
-KvCache cache_before(const Sequence& seq, const std::vector<SavedChunk>& saved, int64_t c) {
-  return rebuilt_cache(
-      seq.config, c, seq.first_suffix, seq.config.n_layers,
-      [&](int64_t j, int64_t l) -> const KvEntries& { return saved[j].entries[l - seq.first_suffix]; });
+KvCache cache_before(const Sequence& seq, const std::vector<SavedChunk>& saved, FetchedRows& fetched, int64_t c) {
+  return rebuilt_cache(seq.config, c, seq.first_suffix, seq.config.n_layers,
+                       [&](int64_t j, int64_t l) -> const KvEntries& {
+                         return fetched.get(j, l, saved[j].entries[l - seq.first_suffix], seq.device);
+                       });
 }
 
 // The fast weights chunk c starts from, where suffix_forward did not keep them: the scan
 // run again, without an outer graph, from the last chunk whose weights it kept, refilling
 // the weights of every chunk from there to c (the reverse scan reaches them next).
 void refill_weights(const Sequence& seq, const Params& suffix, const torch::Tensor& h, std::vector<SavedChunk>& saved,
-                    int64_t c) {
+                    FetchedRows& fetched, int64_t c) {
   RECORD_USER_SCOPE("gradient: fast weights recomputed");
   const int64_t from = c - c % seq.weights_every;
   const Params frozen = detach_params(seq.config, suffix);
   torch::AutoGradMode grad_mode(true);  // the inner gradients
-  ScanState state{saved[from].weights, cache_before(seq, saved, from)};
+  ScanState state{HostParking::fetch(saved[from].weights, seq.device), cache_before(seq, saved, fetched, from)};
   state.cache.detach();
   ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   const std::vector<ChunkSpan> chunks(seq.chunks.begin() + from, seq.chunks.begin() + c);
@@ -361,12 +439,13 @@ struct Adjoints {
 // with the adjoints of what it hands on, into theta's sinks, its rows of h_grad, and the
 // adjoints it returns.
 Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vector<torch::Tensor>& suffix_theta,
-                       const std::vector<SavedChunk>& saved, const ChunkSpan& chunk, const torch::Tensor& h,
-                       const Adjoints& later, bool first_order, const GradientSinks& sinks,
+                       const std::vector<SavedChunk>& saved, FetchedRows& fetched, const ChunkSpan& chunk,
+                       const torch::Tensor& h, const Adjoints& later, bool first_order, const GradientSinks& sinks,
                        const torch::Tensor& h_grad) {
   RECORD_USER_SCOPE("gradient: reverse scan chunk");
   ChunkVariables leaves{suffix_theta, {}, {}, h.narrow(0, chunk.start, chunk.length).detach().requires_grad_()};
-  ScanState state{detach_fast_weights(saved[chunk.index].weights, true), cache_before(seq, saved, chunk.index)};
+  ScanState state{detach_fast_weights(HostParking::fetch(saved[chunk.index].weights, seq.device), true),
+                  cache_before(seq, saved, fetched, chunk.index)};
   leaves.weights = flatten(state.weights);
   for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) leaves.cache.push_back(state.cache.entries(l));
   const ScanOptions options{first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact, seq.step_size};
@@ -399,8 +478,8 @@ Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vec
 // work only, no host synchronisation: GradientGraphs captures it whole.
 torch::Tensor gradient_into(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                             const torch::Tensor& step_size, const torch::Tensor& loss_scale,
-                            const GradientOptions& options, const GradientSinks& sinks) {
-  const Sequence seq(config, params, tokens, step_size, loss_scale, options.keep_weights_every);
+                            const GradientOptions& options, const GradientSinks& sinks, HostParking& parking) {
+  const Sequence seq(config, params, tokens, step_size, loss_scale, options, parking);
   const auto report = [&](int64_t done) {
     if (options.on_chunk) options.on_chunk(done, 2 * seq.n_chunks());
   };
@@ -416,10 +495,12 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
 
   // Phase 3, the reverse scan: each chunk's adjoints go to the chunk before it.
   Adjoints adjoints{{}, std::vector<KvEntries>(config.n_layers - seq.first_suffix)};
+  FetchedRows fetched;
   for (int64_t c = seq.n_chunks() - 1; c >= 0; --c) {
-    if (config.is_ttt() && saved[c].weights.empty()) refill_weights(seq, suffix, h, saved, c);
-    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, seq.chunks[c], h, adjoints, options.first_order, sinks,
-                             prefix.h_grad());
+    fetched.forget_from(c);
+    if (config.is_ttt() && saved[c].weights.empty()) refill_weights(seq, suffix, h, saved, fetched, c);
+    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, fetched, seq.chunks[c], h, adjoints, options.first_order,
+                             sinks, prefix.h_grad());
     saved[c].weights.clear();  // no chunk before it reads them
     report(2 * seq.n_chunks() - c);
   }
@@ -441,8 +522,9 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     sinks.sinks.push_back(p.grad());
   }
+  thread_local HostParking parking;  // its buffers serve the thread's next calls
   return gradient_into(config, params, tokens, inner_step_size(config, options.ilr_mult, params.final_norm),
-                       torch::full({}, options.loss_scale, params.final_norm.options()), options, sinks);
+                       torch::full({}, options.loss_scale, params.final_norm.options()), options, sinks, parking);
 }
 
 struct GradientGraphs::State {
@@ -451,6 +533,7 @@ struct GradientGraphs::State {
   std::optional<torch::Dtype> matmul_dtype;
   GradientSinks sinks;                      // the parameters, and the buffers lent them as .grad
   std::map<int64_t, torch::Tensor> tokens;  // an input buffer per sequence length
+  std::map<int64_t, HostParking> parking;   // per graph: the host buffers its copies name
   torch::Tensor step_size, loss_scale, loss;
   GraphReplay graphs;  // destroyed before the buffers
 };
@@ -521,9 +604,11 @@ torch::Tensor GradientGraphs::accumulate(const Params& params, const torch::Tens
   GradientOptions in_graph = options;  // no host callback in a graph
   in_graph.on_chunk = nullptr;
   in_graph.graphs = nullptr;
-  s.graphs.run(2 * n + (options.first_order ? 1 : 0), [&] {
+  const int64_t key = 2 * n + (options.first_order ? 1 : 0);
+  s.graphs.run(key, [&] {
     torch::AutoGradMode grad_mode(true);
-    s.loss.copy_(gradient_into(s.config, s.params, buffer, s.step_size, s.loss_scale, in_graph, s.sinks));
+    s.loss.copy_(
+        gradient_into(s.config, s.params, buffer, s.step_size, s.loss_scale, in_graph, s.sinks, s.parking[key]));
   });
   return s.loss.clone();
 }

@@ -13,6 +13,8 @@
 // and backpropagates the chunk's weighted loss plus the adjoints of the weights and cache it
 // hands to the next chunk. Last, the gradient of h goes back through the prefix span by
 // span from the last, each span recomputed with the rows before it as leaves (DESIGN.md).
+// On a GPU beyond 16 chunks, the saved rows and fast weights wait in pinned host memory
+// (park_on_host), so the device keeps per token only h and its gradient.
 // The result equals differentiating run_sequence with OuterGradient::kExact (or
 // kFirstOrder), which keeps every chunk's graph instead (tests/ttt/sequence_gradient_test.cpp).
 #pragma once
@@ -20,6 +22,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "config/model_config.h"
 #include "model/params.h"
@@ -39,6 +42,11 @@ struct GradientOptions {
   // Inputs per span of the prefix's checkpoints (whole chunks); 0: 4K tokens on a GPU, one
   // chunk elsewhere. The gradient is the same whatever it is.
   int64_t prefix_span_tokens = 0;
+  // Whether what grows with the sequence until the backward pass reads it again (the cache
+  // rows every span and chunk leaves, the fast weights kept) waits in host memory; unset: on
+  // a GPU beyond 16 chunks, so that the device's peak stays flat in the length. The
+  // gradient is the same whatever it is.
+  std::optional<bool> park_on_host;
   // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks);
   // not where graphs replay the whole sequence.
   std::function<void(int64_t, int64_t)> on_chunk;

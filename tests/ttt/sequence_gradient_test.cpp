@@ -28,6 +28,7 @@ struct Case {
   bool first_order;
   int64_t keep_weights_every = 0;  // 0: automatic
   int64_t prefix_span_chunks = 0;  // 0: automatic
+  bool park_on_host = false;       // on the CPU, copies into the parking's own buffers
 };
 
 std::ostream& operator<<(std::ostream& out, const Case& c) { return out << c.name; }
@@ -71,6 +72,7 @@ TEST_P(SequenceGradient, EqualsDifferentiatingTheWholeLoop) {
   options.first_order = k.first_order;
   options.keep_weights_every = k.keep_weights_every;
   options.prefix_span_tokens = k.prefix_span_chunks * c.mini_batch;
+  options.park_on_host = k.park_on_host;
   int64_t reports = 0;
   options.on_chunk = [&](int64_t, int64_t) { ++reports; };
   const torch::Tensor loss = accumulate_sequence_gradient(c, remat, tokens, options);
@@ -106,6 +108,10 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"ttt_prefix_spans_of_2_chunks", Variant::kTttE2E, 29, 8, 0, 1.0, true, false, 0, 2},
         Case{"swa_prefix_spans_of_3_chunks", Variant::kSlidingWindow, 29, 5, 0, 0.0, true, false, 0, 3},
         Case{"fa_prefix_spans_of_2_chunks", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2},
+        // What the backward pass reads again parked, and fetched back once per span and chunk.
+        Case{"ttt_parked", Variant::kTttE2E, 29, 8, 0, 1.0, true, false, 3, 2, true},
+        Case{"swa_parked", Variant::kSlidingWindow, 29, 5, 0, 0.0, true, false, 0, 3, true},
+        Case{"fa_parked", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2, true},
         Case{"swa", Variant::kSlidingWindow, 17, 0, 0, 0.0, true, false},
         Case{"fa", Variant::kFullAttention, 17, 0, 0, 0.0, false, false}),
     [](const auto& info) { return info.param.name; });
@@ -180,9 +186,12 @@ TEST(SequenceGradient, LeavesNoGraphBehind) {
 TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const torch::Device cuda(torch::kCUDA, 0);
-  for (const auto& [variant, precision] : {std::pair{Variant::kTttE2E, std::optional(torch::kBFloat16)},
-                                           std::pair{Variant::kTttE2E, std::optional<torch::Dtype>()},
-                                           std::pair{Variant::kSlidingWindow, std::optional(torch::kBFloat16)}}) {
+  const std::optional<torch::Dtype> bf16(torch::kBFloat16), f32;
+  // The graphs' copies in and out of pinned host memory (parked) against the eager gradient without.
+  for (const auto& [variant, precision, parked] :
+       {std::tuple{Variant::kTttE2E, bf16, false}, std::tuple{Variant::kTttE2E, f32, false},
+        std::tuple{Variant::kSlidingWindow, bf16, false}, std::tuple{Variant::kTttE2E, f32, true},
+        std::tuple{Variant::kSlidingWindow, bf16, true}}) {
     const ModelConfig c = test::kernel_sized_config(variant);
     const MatmulDtypeGuard matmuls(precision);
     const Params graphed = convert_params(c, random_params(c, 7, 0.3), torch::kFloat32, true, cuda);
@@ -202,6 +211,11 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
       options.loss_scale = sequence % 2 == 0 ? 1.0 : 0.25;
       const double eager_loss = accumulate_sequence_gradient(c, eager, tokens, options).item<double>();
       options.graphs = &graphs;
+      if (parked) {  // every kind of thing parked: the prefix's rows, the suffix's, kept weights
+        options.park_on_host = true;
+        options.prefix_span_tokens = 2 * c.mini_batch;
+        options.keep_weights_every = 2;
+      }
       const double graphed_loss = accumulate_sequence_gradient(c, graphed, tokens, options).item<double>();
       EXPECT_NEAR(graphed_loss, eager_loss, 1e-5 * std::abs(eager_loss)) << "sequence " << sequence;
       // Gradients of all sequences accumulate in .grad on both sides.
