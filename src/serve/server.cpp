@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <dirent.h>
+#include <malloc.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -485,6 +486,10 @@ void Server::Impl::add_routes() {
   }));
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     metrics.count_request(endpoint_of(req), res.status);
+    // What the request's tensors freed goes back to the system (about 1 ms on the CPU load test):
+    // glibc keeps it otherwise (tune_malloc_for_tensors' trim threshold, free pages amid live
+    // blocks) and the resident memory grew by steps under load (docs/BENCHMARKS.md).
+    malloc_trim(0);
   });
 }
 
