@@ -484,6 +484,8 @@ TEST(ServeCli, QueueDisconnectsDeletesAndShutdown) {
     stream.disconnect();
     queued.join();
   }
+  EXPECT_TRUE(eventually(
+      [&] { return serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"499\"}") == 1; }));
   EXPECT_TRUE(eventually([&] { return serve.metric("ttt_requests_running") == 0; }));
 
   // SIGTERM: the running stream is cut cleanly, the queued request gets a 503, the exit is 0.
