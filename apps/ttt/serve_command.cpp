@@ -4,8 +4,13 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <thread>
 
 #include "cli_support.h"
 #include "commands.h"
@@ -39,6 +44,14 @@ std::string model_name(const std::string& path) {
   return name;
 }
 
+// Test-only: with TTT_SERVE_TEST_LOAD_GATE=FILE the model loads once FILE exists, so that a test
+// sees how the server answers while it loads (tests/apps/serve_cli_test.cpp).
+void wait_for_test_load_gate() {
+  const char* gate = std::getenv("TTT_SERVE_TEST_LOAD_GATE");
+  if (!gate) return;
+  while (::access(gate, F_OK) != 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
 void serve_until_signalled(ServeOptions& options) {
   require(options.server.slots >= 1, "--slots must be at least 1");
   require(options.server.queue >= 0, "--queue must be 0 or more");
@@ -70,6 +83,7 @@ void serve_until_signalled(ServeOptions& options) {
 
   const serve::EngineOptions engine_options{options.model_path, options.compute.device, options.compute.dtype,
                                             options.max_sessions, options.session_dir};
+  wait_for_test_load_gate();
   serve::Engine engine(engine_options);
   std::unique_ptr<serve::TextCodec> codec;
   const std::string tokenizer = tokenizer_for(options.model_path, options.tokenizer);

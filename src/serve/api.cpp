@@ -143,6 +143,8 @@ ApiError bad_request(const std::string& message, const std::string& param) {
   return {400, message, "invalid_request_error", "invalid_value", param};
 }
 
+ApiError server_stopping() { return {503, "the server is stopping", "server_error", "server_stopping", ""}; }
+
 Parsed<CompletionRequest> parse_completion_request(std::string_view body, const Limits& limits) {
   return parsed_or_error<CompletionRequest>([&] {
     const json parsed = parse_object(body);

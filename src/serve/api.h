@@ -23,6 +23,7 @@ struct ApiError {
 };
 std::string error_body(const ApiError& error);
 ApiError bad_request(const std::string& message, const std::string& param = "");
+ApiError server_stopping();  // 503
 
 template <typename T>
 using Parsed = std::variant<T, ApiError>;

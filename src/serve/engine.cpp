@@ -34,8 +34,6 @@ ApiError not_found(const std::string& id) {
   return {404, "no session " + id, "invalid_request_error", "session_not_found", "session"};
 }
 
-ApiError stopping() { return {503, "the server is stopping", "server_error", "server_stopping", ""}; }
-
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -55,12 +53,12 @@ std::vector<int64_t> distinct(std::vector<int64_t> ids) {
   return ids;
 }
 
-// Reads `tokens` into `session` in pieces, asking `cancelled` before each; the logits after
+// Reads `tokens` into `session` in pieces, calling `interrupt` before each; the logits after
 // the last (the session's last ones when there is nothing to read).
 torch::Tensor read_tokens(Session& session, const std::vector<int64_t>& tokens, int64_t piece,
-                          const Cancelled& cancelled) {
+                          const Interrupt& interrupt) {
   for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(piece)) {
-    if (cancelled && cancelled()) throw stopping();
+    if (interrupt) interrupt();
     const size_t end = std::min(tokens.size(), i + static_cast<size_t>(piece));
     session.feed(
         std::vector<int64_t>(tokens.begin() + static_cast<int64_t>(i), tokens.begin() + static_cast<int64_t>(end)));
@@ -280,7 +278,7 @@ Engine::~Engine() = default;
 
 const ModelInfo& Engine::model() const { return impl_->info; }
 
-SessionInfo Engine::create_session(std::vector<int64_t> tokens, const Cancelled& cancelled) {
+SessionInfo Engine::create_session(std::vector<int64_t> tokens, const Interrupt& interrupt) {
   Impl& m = *impl_;
   const auto full = [&] {
     const std::lock_guard lock(m.mutex);
@@ -293,7 +291,7 @@ SessionInfo Engine::create_session(std::vector<int64_t> tokens, const Cancelled&
   if (full()) throw no_room;
   if (tokens.empty() || tokens[0] != m.info.bos_id) tokens.insert(tokens.begin(), m.info.bos_id);
   auto session = std::make_unique<Session>(m.model.config, m.model.params);
-  read_tokens(*session, tokens, m.piece(), cancelled);
+  read_tokens(*session, tokens, m.piece(), interrupt);
   auto e = std::make_shared<Entry>();
   e->id = new_session_id();
   e->created = unix_now();
@@ -311,12 +309,12 @@ SessionInfo Engine::create_session(std::vector<int64_t> tokens, const Cancelled&
   return Impl::info_of(*e);
 }
 
-SessionInfo Engine::append(const std::string& id, const std::vector<int64_t>& tokens, const Cancelled& cancelled) {
+SessionInfo Engine::append(const std::string& id, const std::vector<int64_t>& tokens, const Interrupt& interrupt) {
   const std::shared_ptr<Entry> e = impl_->find(id);
   const std::lock_guard hold(e->mutex);
   // On a copy, swapped in when complete: a cut append leaves the session as it was.
   std::unique_ptr<Session> session = impl_->loaded(*e).fork();
-  read_tokens(*session, tokens, impl_->piece(), cancelled);
+  read_tokens(*session, tokens, impl_->piece(), interrupt);
   std::vector<int64_t> seen = e->seen;
   seen.insert(seen.end(), tokens.begin(), tokens.end());
   return impl_->replace(*e, std::move(session), distinct(std::move(seen)));
@@ -350,7 +348,7 @@ void Engine::remove(const std::string& id) {
 
 std::unique_ptr<Generation> Engine::start(const std::optional<std::string>& session_id, std::vector<int64_t> prompt,
                                           const SamplingOptions& sampling, int64_t logprobs, bool commit,
-                                          const Cancelled& cancelled) {
+                                          const Interrupt& interrupt) {
   Impl& m = *impl_;
   const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
   std::unique_ptr<Session> session;
@@ -371,7 +369,7 @@ std::unique_ptr<Generation> Engine::start(const std::optional<std::string>& sess
     session = std::make_unique<Session>(m.model.config, m.model.params);
   }
   const int64_t start_steps = session->inner_steps();
-  read_tokens(*session, prompt, m.piece(), cancelled);
+  read_tokens(*session, prompt, m.piece(), interrupt);
   context.insert(context.end(), prompt.begin(), prompt.end());
   SessionGeneration::Commit commit_to;
   if (entry) {

@@ -36,8 +36,9 @@ struct SessionInfo {
   bool in_memory = false;
 };
 
-// Asked between pieces of a long read: true stops it (the server is stopping).
-using Cancelled = std::function<bool()>;
+// Called between pieces of a long read; throws (an ApiError) to stop it: the server is
+// stopping, or the client has gone.
+using Interrupt = std::function<void()>;
 
 // One completion's decoding: the prompt already read, a token per call.
 class Generation {
@@ -68,10 +69,10 @@ class Engine {
   const ModelInfo& model() const;
 
   // A fresh session reads `tokens` (bos first, added when missing). Throws ApiError (429 when
-  // no room is left in memory and there is no session_dir; 503 when cancelled).
-  SessionInfo create_session(std::vector<int64_t> tokens, const Cancelled& cancelled);
+  // no room is left in memory and there is no session_dir), or what `interrupt` throws.
+  SessionInfo create_session(std::vector<int64_t> tokens, const Interrupt& interrupt);
   // The session reads more. ApiError 404 for an unknown id.
-  SessionInfo append(const std::string& id, const std::vector<int64_t>& tokens, const Cancelled& cancelled);
+  SessionInfo append(const std::string& id, const std::vector<int64_t>& tokens, const Interrupt& interrupt);
   SessionInfo session(const std::string& id);
   std::vector<SessionInfo> sessions();
   // Forgets the session, in memory and on disk; a request using it finishes undisturbed.
@@ -83,7 +84,7 @@ class Engine {
   // alternatives each step reports (0 with only the chosen token's; -1 none).
   std::unique_ptr<Generation> start(const std::optional<std::string>& session, std::vector<int64_t> prompt,
                                     const SamplingOptions& sampling, int64_t logprobs, bool commit,
-                                    const Cancelled& cancelled);
+                                    const Interrupt& interrupt);
 
   // Writes every session in memory to session_dir (at shutdown); returns how many.
   int64_t save_sessions();

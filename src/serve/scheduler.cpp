@@ -6,12 +6,6 @@
 
 namespace ttt::serve {
 
-namespace {
-
-ApiError stopping_error() { return {503, "the server is stopping", "server_error", "server_stopping", ""}; }
-
-}  // namespace
-
 Scheduler::Scheduler(int64_t slots, int64_t queue) : slots_(slots), queue_(queue) {}
 
 Scheduler::Slot::~Slot() {
@@ -20,7 +14,7 @@ Scheduler::Slot::~Slot() {
 
 Scheduler::Slot Scheduler::acquire() {
   std::unique_lock lock(mutex_);
-  if (stopping_) throw stopping_error();
+  if (stopping_) throw server_stopping();
   if (running_ < slots_ && waiting_ == 0) {
     ++running_;
     return Slot(this);
@@ -36,7 +30,7 @@ Scheduler::Slot Scheduler::acquire() {
   --waiting_;
   if (stopping_) {
     changed_.notify_all();
-    throw stopping_error();
+    throw server_stopping();
   }
   ++running_;
   return Slot(this);

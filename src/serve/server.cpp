@@ -1,6 +1,10 @@
 #include "serve/server.h"
 
+#include <dirent.h>
+#include <malloc.h>
+
 #include <atomic>
+#include <cstdlib>
 #include <random>
 #include <thread>
 
@@ -62,6 +66,46 @@ json session_json(const SessionInfo& info) {
 
 std::string event(const json& data) { return "data: " + json_text(data) + "\n\n"; }
 
+// nginx's status for a client that closed its connection before the answer: only the metrics
+// see it (ttt_requests_total).
+constexpr int kClientClosedRequest = 499;
+ApiError client_gone() {
+  return {kClientClosedRequest, "the client closed the connection", "invalid_request_error", "client_closed_request",
+          ""};
+}
+
+// Whether the client of a request is still there. httplib 0.11.4 gives a handler neither its
+// connection nor a way to ask about it (only a streamed response's DataSink can), so the
+// connection's socket is found among this process's descriptors by the addresses httplib read
+// into the request: it stays open while the request is handled. The client has gone when it
+// closed its end, by httplib's own test (nothing to read, or unread bytes such as a next
+// request, mean it is still there).
+class ClientConnection {
+ public:
+  explicit ClientConnection(const httplib::Request& req) {
+    DIR* descriptors = ::opendir("/proc/self/fd");
+    if (!descriptors) return;
+    while (const dirent* entry = ::readdir(descriptors)) {
+      const int fd = std::atoi(entry->d_name);  // 0 for "." and ".."
+      if (fd <= 2 || fd == ::dirfd(descriptors)) continue;
+      std::string remote_addr, local_addr;
+      int remote_port = -1, local_port = -1;
+      httplib::detail::get_remote_ip_and_port(fd, remote_addr, remote_port);
+      if (remote_port != req.remote_port || remote_addr != req.remote_addr) continue;
+      httplib::detail::get_local_ip_and_port(fd, local_addr, local_port);
+      if (local_port == req.local_port && local_addr == req.local_addr) {
+        socket_ = fd;
+        break;
+      }
+    }
+    ::closedir(descriptors);
+  }
+  bool gone() const { return socket_ >= 0 && !httplib::detail::is_socket_alive(socket_); }
+
+ private:
+  int socket_ = -1;
+};
+
 }  // namespace
 
 struct Server::Impl {
@@ -76,8 +120,12 @@ struct Server::Impl {
   explicit Impl(const ServerOptions& o) : options(o), scheduler(o.slots, o.queue) {}
 
   bool stopping() const { return scheduler.stopping(); }
-  Cancelled cancelled() const {
-    return [this] { return stopping(); };
+  // Stops a long read when the server stops or the client has gone.
+  Interrupt interrupt(const ClientConnection& client) const {
+    return [this, &client] {
+      if (stopping()) throw server_stopping();
+      if (client.gone()) throw client_gone();
+    };
   }
   Limits limits() const { return {engine.load()->model().vocab_size, options.max_tokens}; }
 
@@ -110,7 +158,7 @@ struct Server::Impl {
         throw ApiError{401, "a valid API key is required: Authorization: Bearer KEY", "invalid_request_error",
                        "invalid_api_key", ""};
       }
-      if (stopping()) throw ApiError{503, "the server is stopping", "server_error", "server_stopping", ""};
+      if (stopping()) throw server_stopping();
       if (needs_engine && !engine.load()) {
         throw ApiError{503, "the model is loading; retry shortly", "server_error", "model_loading", ""};
       }
@@ -167,7 +215,7 @@ struct Server::Impl {
     return std::get<SessionRequest>(std::move(parsed));
   }
 
-  void handle_completion(const std::string& body, httplib::Response& res);
+  void handle_completion(const httplib::Request& req, const std::string& body, httplib::Response& res);
   void add_routes();
 };
 
@@ -177,6 +225,7 @@ namespace {
 struct CompletionRun {
   Server::Impl& server;
   CompletionRequest request;
+  ClientConnection client;
   Scheduler::Slot slot;
   std::unique_ptr<Generation> generation;
   std::string id = "cmpl-";
@@ -187,9 +236,11 @@ struct CompletionRun {
   std::string finish;  // "" while running
   const int64_t prompt_tokens, prefill_steps;
 
-  CompletionRun(Server::Impl& s, CompletionRequest r, Scheduler::Slot held, std::unique_ptr<Generation> g)
+  CompletionRun(Server::Impl& s, CompletionRequest r, ClientConnection c, Scheduler::Slot held,
+                std::unique_ptr<Generation> g)
       : server(s),
         request(std::move(r)),
+        client(c),
         slot(std::move(held)),
         generation(std::move(g)),
         output(request.stop),
@@ -241,12 +292,18 @@ struct CompletionRun {
     generation.reset();  // the session is free for the next request
   }
 
+  // The client has gone: the counters take what was generated, the session nothing.
+  void abandon() {
+    finish = "cancelled";
+    complete();
+  }
+
   Usage usage() const { return {prompt_tokens, static_cast<int64_t>(tokens.size())}; }
 };
 
 }  // namespace
 
-void Server::Impl::handle_completion(const std::string& body, httplib::Response& res) {
+void Server::Impl::handle_completion(const httplib::Request& req, const std::string& body, httplib::Response& res) {
   Parsed<CompletionRequest> parsed = parse_completion_request(body, limits());
   if (auto* error = std::get_if<ApiError>(&parsed)) throw *error;
   CompletionRequest request = std::get<CompletionRequest>(std::move(parsed));
@@ -256,17 +313,24 @@ void Server::Impl::handle_completion(const std::string& body, httplib::Response&
                            .top_p = request.top_p,
                            .repetition_penalty = request.repetition_penalty,
                            .seed = request.seed.value_or(std::random_device{}())};
+  const ClientConnection client(req);
   Scheduler::Slot slot = scheduler.acquire();
   const Clock::time_point start = Clock::now();
   std::unique_ptr<Generation> generation = engine.load()->start(
-      request.session, prompt, sampling, request.logprobs.value_or(-1), request.commit, cancelled());
+      request.session, prompt, sampling, request.logprobs.value_or(-1), request.commit, interrupt(client));
   metrics.observe_prefill(seconds_since(start));
   metrics.add_tokens(static_cast<int64_t>(prompt.size()), 0, generation->inner_steps());
-  auto run = std::make_shared<CompletionRun>(*this, std::move(request), std::move(slot), std::move(generation));
+  auto run = std::make_shared<CompletionRun>(*this, std::move(request), client, std::move(slot), std::move(generation));
 
   if (!run->request.stream) {
     std::string text;
-    while (run->finish.empty()) text += run->step();
+    while (run->finish.empty()) {
+      if (run->client.gone()) {
+        run->abandon();
+        throw client_gone();  // frees the slot (with `run`)
+      }
+      text += run->step();
+    }
     run->complete();
     Choice choice{text, run->finish, run->logprobs};
     json out = completion_json(run->id, run->created, options.model_name, choice, run->usage());
@@ -275,8 +339,15 @@ void Server::Impl::handle_completion(const std::string& body, httplib::Response&
     return;
   }
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider("text/event-stream", [this, run](size_t, httplib::DataSink& sink) {
+  res.set_chunked_content_provider("text/event-stream", [this, run, &res](size_t, httplib::DataSink& sink) {
+    // The client has gone: its slot is freed with `run` when httplib drops the response.
+    const auto abandon = [&] {
+      run->abandon();
+      res.status = kClientClosedRequest;
+      return false;
+    };
     try {
+      if (run->client.gone()) return abandon();
       const size_t before = run->tokens.size();
       const std::string text = run->step();
       std::optional<std::vector<TokenLogprob>> logprobs;
@@ -288,7 +359,7 @@ void Server::Impl::handle_completion(const std::string& body, httplib::Response&
       // Every token gets its chunk (its text may be held back: part of a character or of a stop).
       if (run->tokens.size() > before || !run->finish.empty()) {
         const std::string data = event(chunk);
-        if (!sink.write(data.data(), data.size())) return false;  // the client is gone: its slot is freed
+        if (!sink.write(data.data(), data.size())) return abandon();
       }
       if (run->finish.empty()) return true;
       run->complete();
@@ -318,7 +389,7 @@ void Server::Impl::handle_completion(const std::string& body, httplib::Response&
 void Server::Impl::add_routes() {
   http.Get("/health", [this](const httplib::Request& req, httplib::Response& res) {
     (void)req;
-    if (stopping()) return send_error(res, {503, "the server is stopping", "server_error", "server_stopping", ""});
+    if (stopping()) return send_error(res, server_stopping());
     if (!engine.load()) return send_error(res, {503, "the model is loading", "server_error", "model_loading", ""});
     send_json(res, {{"status", "ok"}});
   });
@@ -348,15 +419,16 @@ void Server::Impl::add_routes() {
   });
   http.Post("/v1/completions",
             with_body([this](const httplib::Request& req, const std::string& body, httplib::Response& res) {
-              guarded(req, res, true, [&] { handle_completion(body, res); });
+              guarded(req, res, true, [&] { handle_completion(req, body, res); });
             }));
   http.Post("/v1/sessions",
             with_body([this](const httplib::Request& req, const std::string& body, httplib::Response& res) {
               guarded(req, res, true, [&] {
                 const std::vector<int64_t> ids = prompt_ids(session_request(req, body).prompt);
+                const ClientConnection client(req);
                 const Scheduler::Slot slot = scheduler.acquire();
                 const Clock::time_point start = Clock::now();
-                const SessionInfo info = engine.load()->create_session(ids, cancelled());
+                const SessionInfo info = engine.load()->create_session(ids, interrupt(client));
                 metrics.observe_prefill(seconds_since(start));
                 metrics.add_tokens(info.tokens, 0, info.inner_steps);
                 send_json(res, session_json(info));
@@ -369,10 +441,11 @@ void Server::Impl::add_routes() {
                 if (!valid_session_id(id))
                   throw ApiError{404, "no session " + id, "invalid_request_error", "session_not_found", "session"};
                 const std::vector<int64_t> ids = prompt_ids(session_request(req, body).prompt);
+                const ClientConnection client(req);
                 const Scheduler::Slot slot = scheduler.acquire();
                 const Clock::time_point start = Clock::now();
                 const int64_t steps_before = engine.load()->session(id).inner_steps;
-                const SessionInfo info = engine.load()->append(id, ids, cancelled());
+                const SessionInfo info = engine.load()->append(id, ids, interrupt(client));
                 metrics.observe_prefill(seconds_since(start));
                 metrics.add_tokens(static_cast<int64_t>(ids.size()), 0, info.inner_steps - steps_before);
                 send_json(res, session_json(info));
@@ -413,6 +486,10 @@ void Server::Impl::add_routes() {
   }));
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     metrics.count_request(endpoint_of(req), res.status);
+    // What the request's tensors freed goes back to the system (about 1 ms on the CPU load test):
+    // glibc keeps it otherwise (tune_malloc_for_tensors' trim threshold, free pages amid live
+    // blocks) and the resident memory grew by steps under load (docs/BENCHMARKS.md).
+    malloc_trim(0);
   });
 }
 

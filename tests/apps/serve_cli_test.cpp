@@ -91,20 +91,22 @@ std::vector<int64_t> generate(const std::vector<int64_t>& prompt, const std::str
   return ids_of(run.output);
 }
 
-// `ttt serve` on a free port of 127.0.0.1, ready to answer; SIGTERM (stop) ends it.
+// `ttt serve` on a free port of 127.0.0.1, ready to answer (or, without `until_ready`, listening
+// while it loads the model); SIGTERM (stop) ends it. `environment`: NAME=VALUE words for it.
 class Serve {
  public:
-  explicit Serve(const std::string& args) : log_(temp_path("serve.log")) {
+  explicit Serve(const std::string& args, const std::string& environment = "", bool until_ready = true)
+      : log_(temp_path("serve.log")) {
     pid_ = io::start_command({.program = "/bin/bash",
-                              .args = {"-c", "OMP_NUM_THREADS=1 exec " + std::string(TTT_BINARY) + " serve --port 0 " +
-                                                 args + " 2>" + log_}});
+                              .args = {"-c", "OMP_NUM_THREADS=1 " + environment + " exec " + std::string(TTT_BINARY) +
+                                                 " serve --port 0 " + args + " 2>" + log_}});
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     const std::regex listening("listening on (http://127\\.0\\.0\\.1:[0-9]+)");
     while (std::chrono::steady_clock::now() < deadline) {
       std::smatch match;
       const std::string log = read_file(log_);
       if (base_.empty() && std::regex_search(log, match, listening)) base_ = match[1];
-      if (!base_.empty() && log.find("ready") != std::string::npos) return;
+      if (!base_.empty() && (!until_ready || log.find("ready") != std::string::npos)) return;
       if (io::wait_command(pid_, /*block=*/false)) {
         pid_ = -1;
         break;
@@ -482,6 +484,8 @@ TEST(ServeCli, QueueDisconnectsDeletesAndShutdown) {
     stream.disconnect();
     queued.join();
   }
+  EXPECT_TRUE(eventually(
+      [&] { return serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"499\"}") == 1; }));
   EXPECT_TRUE(eventually([&] { return serve.metric("ttt_requests_running") == 0; }));
 
   // SIGTERM: the running stream is cut cleanly, the queued request gets a 503, the exit is 0.
@@ -497,6 +501,58 @@ TEST(ServeCli, QueueDisconnectsDeletesAndShutdown) {
   const Streamed cut = stream.wait();
   EXPECT_TRUE(cut.done) << stream.output().substr(0, 2000);
   EXPECT_EQ(cut.finish, "cancelled");
+}
+
+// A client that leaves a plain (not streamed) completion or a session's read frees its slot at
+// the next token or piece read: with one slot, the next request is served at once, not after
+// the abandoned one would have ended.
+TEST(ServeCli, ClientsThatLeaveFreeTheirSlot) {
+  Serve serve("--model " + byte_model() + " --slots 1 --max-tokens 1000000");
+  const auto leave_once_running = [&](const std::string& path, const json& request) {
+    const std::string file = temp_path("leaving.json");
+    write_file(file, request.dump());
+    const int client = io::start_command(
+        {.program = "/bin/bash",
+         .args = {"-c", "exec curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary @" + file + " " +
+                            serve.url(path)}});
+    EXPECT_TRUE(eventually([&] { return serve.metric("ttt_requests_running") == 1; }));
+    ::kill(client, SIGTERM);
+    io::wait_command(client);
+  };
+  const auto served_within_seconds = [&](int seconds) {
+    return serve.post("/v1/completions", json{{"prompt", kQuestion}, {"max_tokens", 2}},
+                      "--max-time " + std::to_string(seconds));
+  };
+  // Greedy decoding of this model never samples eos: alone, this runs for a million tokens.
+  leave_once_running("/v1/completions", {{"prompt", kQuestion}, {"max_tokens", 1000000}, {"temperature", 0}});
+  EXPECT_EQ(served_within_seconds(20).status, 200);
+  EXPECT_TRUE(eventually(
+      [&] { return serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"499\"}") == 1; }));
+
+  // A long document (a million tokens: minutes of reading) left while it is being read.
+  leave_once_running("/v1/sessions", {{"prompt", std::vector<int64_t>(1000000, 97)}});
+  EXPECT_EQ(served_within_seconds(20).status, 200);
+  EXPECT_TRUE(eventually(
+      [&] { return serve.metric("ttt_requests_total{endpoint=\"POST /v1/sessions\",status=\"499\"}") == 1; }));
+  EXPECT_EQ(serve.metric("ttt_sessions_in_memory"), 0);
+  EXPECT_EQ(serve.stop(), 0);
+}
+
+// Until the model is loaded the API answers 503 in OpenAI's shape; /health too.
+TEST(ServeCli, AnswersWhileLoadingAre503s) {
+  const std::string gate = temp_path("load_gate");
+  Serve serve("--model " + byte_model(), "TTT_SERVE_TEST_LOAD_GATE=" + gate, /*until_ready=*/false);
+  for (const Reply& loading : {serve.get("/health"), serve.post("/v1/completions", json{{"prompt", kQuestion}}),
+                               serve.post("/v1/sessions", json{{"prompt", kDocument}}), serve.get("/v1/sessions")}) {
+    expect_error(loading, 503, "loading");
+    EXPECT_EQ(loading.parsed()["error"]["code"], "model_loading");
+  }
+  EXPECT_EQ(serve.get("/v1/models").status, 200);
+  write_file(gate, "");
+  ASSERT_TRUE(eventually([&] { return serve.get("/health").status == 200; }));
+  EXPECT_EQ(serve.post("/v1/completions", json{{"prompt", kQuestion}, {"max_tokens", 2}}).status, 200);
+  EXPECT_EQ(serve.metric("ttt_requests_total{endpoint=\"POST /v1/completions\",status=\"503\"}"), 1);
+  EXPECT_EQ(serve.stop(), 0);
 }
 
 // npm's `openai` package (pinned), installed once into the build tree.
