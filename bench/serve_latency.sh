@@ -10,21 +10,10 @@ size=${2:-125m}
 slots=${3:-1}
 contexts=${4:-8192,32768,131072}
 here=$(cd "$(dirname "$0")" && pwd)
-case $size in
-  125m) d_model=768 n_layers=12 n_heads=12 d_ff=1664 ;;
-  760m) d_model=1536 n_layers=24 n_heads=16 d_ff=3328 ;;
-  3b) d_model=2560 n_layers=32 n_heads=32 d_ff=5632 ;;
-  *) echo "serve_latency: unknown size '$size' (125m, 760m or 3b)" >&2; exit 2 ;;
-esac
 work=$(mktemp -d)
 server=
 trap '[[ -n $server ]] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
-cat >"$work/config.json" <<JSON
-{"variant": "ttt-e2e", "vocab_size": 128256, "d_model": $d_model, "n_layers": $n_layers, "n_heads": $n_heads,
- "d_ff": $d_ff, "rms_eps": 1e-6, "rope_theta": 500000, "window": 8192, "mini_batch": 1024,
- "suffix_len": $((n_layers / 4)), "tie_embeddings": true, "qk_norm": true, "bos_id": 128000, "eos_id": 128001,
- "inner_lr": 1.0, "inner_clip": 1.0}
-JSON
+"$build/ttt" bench --sizes "$size" --variants ttt-e2e --config-out "$work/config.json"
 "$build/ttt" init --config "$work/config.json" --out "$work/model.safetensors" --seed 1 --dtype bf16 >/dev/null
 "$build/ttt" serve --model "$work/model.safetensors" --device cuda --port 0 --slots "$slots" --max-body-mb 64 \
   --max-sessions 16 2>"$work/serve.log" &

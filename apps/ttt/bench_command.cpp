@@ -73,7 +73,7 @@ Params random_weights(const ModelConfig& config, const torch::Device& device) {
 struct BenchOptions {
   ComputeFlags compute;
   std::string sizes = "125m", variants = "ttt-e2e,swa,fa", modes = "eval,prefill,decode", contexts = "8192,32768,131072";
-  std::string json_path, profile_dir;
+  std::string json_path, profile_dir, config_out;
   std::string train_contexts = "8192";
   int64_t decode_tokens = 64;
   double repeat_below_s = 5.0;
@@ -224,7 +224,30 @@ void print_row(const json& row) {
   std::fflush(stdout);
 }
 
+const Shape& shape_named(const std::string& size) {
+  for (const Shape& s : kShapes) {
+    if (s.name == size) return s;
+  }
+  throw Error("unknown size '" + size + "' (expected 125m, 760m or 3b)");
+}
+
+Variant variant_or_error(const std::string& variant) {
+  const std::optional<Variant> named = variant_named(variant);
+  require(named.has_value(), "unknown variant '" + variant + "' (expected ttt-e2e, swa or fa)");
+  return *named;
+}
+
+// --config-out: the one shape asked for as a model config file, for scripts that run the
+// same shapes through other commands (bench/serve_latency.sh).
+void write_bench_config(const BenchOptions& options) {
+  const std::vector<std::string> sizes = split(options.sizes), variants = split(options.variants);
+  require(sizes.size() == 1 && variants.size() == 1, "--config-out takes one --sizes and one --variants");
+  io::write_text_file(options.config_out,
+                      bench_config(shape_named(sizes[0]), variant_or_error(variants[0])).to_json().dump(1) + "\n");
+}
+
 void run_bench(const BenchOptions& options) {
+  if (!options.config_out.empty()) return write_bench_config(options);
   const ComputeOptions compute = options.compute.compute();
   require(options.compute.param_dtype() == torch::kFloat32, "ttt bench: --dtype f64 is not a benchmark precision");
   const MatmulDtypeGuard precision(compute.matmul_dtype);
@@ -235,15 +258,9 @@ void run_bench(const BenchOptions& options) {
   json rows = json::array();
   std::printf("%-5s %-8s %-8s %8s  result\n", "size", "variant", "mode", "context");
   for (const std::string& size : split(options.sizes)) {
-    const Shape* shape = nullptr;
-    for (const Shape& s : kShapes) {
-      if (s.name == size) shape = &s;
-    }
-    require(shape != nullptr, "unknown size '" + size + "' (expected 125m, 760m or 3b)");
+    const Shape& shape = shape_named(size);
     for (const std::string& variant : split(options.variants)) {
-      const std::optional<Variant> named = variant_named(variant);
-      require(named.has_value(), "unknown variant '" + variant + "' (expected ttt-e2e, swa or fa)");
-      const ModelConfig config = bench_config(*shape, *named);
+      const ModelConfig config = bench_config(shape, variant_or_error(variant));
       // The fp32 weights stay only where a train mode needs them (3B: 12 GB).
       const std::vector<std::string> modes = split(options.modes);
       Params trainable = random_weights(config, compute.device);
@@ -323,6 +340,8 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--repeat-below", options->repeat_below_s, "repeat only runs shorter than this (seconds)")
       ->capture_default_str();
   command->add_option("--json", options->json_path, "write every row here as JSON (rewritten after each row)");
+  command->add_option("--config-out", options->config_out,
+                      "write the model config of the one --sizes and --variants here and exit (nothing is timed)");
   command->add_option("--profile", options->profile_dir,
                       "profile one more run of each row (decode: 4 tokens) into DIR/SIZE-VARIANT-MODE-CONTEXT.json,\n"
                       "a Chrome trace of host ops and kernels; scripts/profile_summary.py sums it up. The\n"

@@ -119,6 +119,24 @@ TEST_P(CliVariant, EvalAndGradFollowTheSpec) {
 INSTANTIATE_TEST_SUITE_P(Variants, CliVariant,
                          ::testing::Values(Variant::kFullAttention, Variant::kSlidingWindow, Variant::kTttE2E));
 
+// `ttt bench --config-out` writes the paper's shape it benchmarks, a config `ttt init` takes.
+TEST(Cli, BenchWritesTheConfigOfAShape) {
+  const std::string path = temp_path("bench_config.json");
+  const CliRun run = run_ttt("bench --sizes 760m --variants ttt-e2e --config-out " + path);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  std::ifstream in(path);
+  const ModelConfig config = ModelConfig::from_json(nlohmann::json::parse(in));
+  EXPECT_EQ(config.variant, Variant::kTttE2E);
+  EXPECT_EQ(config.d_model, 1536);
+  EXPECT_EQ(config.n_layers, 24);
+  EXPECT_EQ(config.suffix_len, 6);
+  EXPECT_EQ(config.vocab_size, 128256);
+  expect_clean_failure(run_ttt("bench --sizes 125m,3b --variants fa --config-out " + path),
+                       "ttt: error: --config-out takes one --sizes and one --variants");
+  expect_clean_failure(run_ttt("bench --sizes 2b --variants fa --config-out " + path),
+                       "ttt: error: unknown size '2b' (expected 125m, 760m or 3b)");
+}
+
 TEST(Cli, InitStoresEveryDtypeAndInfoReadsIt) {
   for (const char* dtype : {"f32", "bf16", "f16"}) {
     const std::string path = init_model(Variant::kTttE2E, dtype);
