@@ -16,15 +16,20 @@
 #         pilot    a few ttt-e2e steps: its tokens/s sets the step count of all three runs,
 #                  so that ttt-e2e trains for --minutes (default 6; 0.25 with --quick)
 #         swa, ttt-e2e, fa   train (the same sequences, the same number of steps)
-#         eval     all three by position and by context (8K, 16K, 32K); the report goes to
-#                  $OUT/figure1 when $OUT is set (draw its plots here: gnuplot context.gp)
+#         ttt-e2e-ilr0       optional ablation: ttt-e2e trained with inner_lr 0 (its
+#                  architecture without learning at test time), evaluated with the others
+#         eval     all of them by position and by context (8K, 16K, 32K); the report goes
+#                  to $OUT/figure1.tar.gz when $OUT is set (a device command brings back
+#                  only a few files; draw its plots here: gnuplot plot.gp context.gp)
 #
 # A device command runs at most 10 minutes and the machine keeps its files only while it is
 # warm (30 s between commands), so chain the stages over back-to-back commands, e.g.
 #   run: bash scripts/gpu.sh --no-test && bash scripts/figure1_gpu.sh run data,pilot,swa
 #   run: bash scripts/figure1_gpu.sh run ttt-e2e
 #   run: bash scripts/figure1_gpu.sh run fa,eval
-# (carry .deps and .gpu). A stage whose inputs are missing says which stage makes them.
+# (carry .deps and .gpu/figure1). A stage whose inputs are missing says which stage makes
+# them. The 2026-12-02 run (README, docs/results/figure1_gpu) took --minutes 5: about 5.5,
+# 5.5 and 5 device minutes for the three commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -148,16 +153,19 @@ mkdir -p "$work"
 variants=(swa fa ttt-e2e)  # swa first: the report's paired differences are against it
 
 model_config() {  # variant -> its config file
-  local variant=$1 ff=$d_ff extra='"window": '$window','
+  local variant=$1 kind=$1 ff=$d_ff extra='"window": '$window','
   case $variant in
     fa) extra="" ;;
     ttt-e2e) ff=$d_ff_ttt extra='"window": '$window', "suffix_len": '$suffix_len', "inner_lr": 1.0, "inner_clip": 1.0,' ;;
+    ttt-e2e-ilr0)
+      kind=ttt-e2e ff=$d_ff_ttt
+      extra='"window": '$window', "suffix_len": '$suffix_len', "inner_lr": 0.0, "inner_clip": 1.0,' ;;
   esac
   local bos eos
   bos=$(sed -n 's/.*"bos_id": *\([0-9]*\).*/\1/p' "$pack/tokenizer-info.json" | head -1)
   eos=$(sed -n 's/.*"eos_id": *\([0-9]*\).*/\1/p' "$pack/tokenizer-info.json" | head -1)
   cat >"$work/$variant.json" <<JSON
-{"variant": "$variant", "vocab_size": $vocab_size, "d_model": $d_model, "n_layers": $n_layers, "n_heads": $n_heads,
+{"variant": "$kind", "vocab_size": $vocab_size, "d_model": $d_model, "n_layers": $n_layers, "n_heads": $n_heads,
  "d_ff": $ff, "rms_eps": 1e-6, "rope_theta": 500000, $extra "mini_batch": $mini_batch,
  "tie_embeddings": true, "qk_norm": true, "bos_id": $bos, "eos_id": $eos}
 JSON
@@ -192,7 +200,7 @@ for stage in "${stage_list[@]}"; do
       echo "$steps" >"$work/steps"
       say "ttt-e2e trains at $tokens_per_s tokens/s: $steps steps of $batch_size x $seq_len tokens in about $minutes minutes"
       ;;
-    swa|fa|ttt-e2e)
+    swa|fa|ttt-e2e|ttt-e2e-ilr0)
       need "$work/steps" pilot
       steps=$(cat "$work/steps")
       say "training $stage: $steps steps"
@@ -203,14 +211,14 @@ for stage in "${stage_list[@]}"; do
       tail -n 1 "$work/runs/$stage/metrics.jsonl"
       ;;
     eval)
+      [[ -e $work/runs/ttt-e2e-ilr0/model.safetensors ]] && variants+=(ttt-e2e-ilr0)
       models=()
       for variant in "${variants[@]}"; do
         need "$work/runs/$variant/model.safetensors" "$variant"
         models+=(--model "$work/runs/$variant/model.safetensors")
       done
-      report=${OUT:+$OUT/figure1}
-      report=${report:-$work/report}
-      mkdir -p "$report"
+      report=$work/report
+      rm -rf "$report" && mkdir -p "$report"
       say "evaluating on the held-out directories (first $eval_length tokens of each)"
       "$ttt" eval "${models[@]}" --documents "$work/data/eval" --length $eval_length --contexts $contexts \
         --report "$report" --device $device | tee "$report/eval.log"
@@ -218,8 +226,13 @@ for stage in "${stage_list[@]}"; do
         cp "$work/runs/$variant/metrics.jsonl" "$report/$variant.metrics.jsonl"
         cp "$work/$variant.json" "$report/$variant.json"
       done
-      say "report in $report"
+      if [[ -n ${OUT:-} ]]; then
+        tar -C "$work" -czf "$OUT/figure1.tar.gz" report
+        say "report in $OUT/figure1.tar.gz"
+      else
+        say "report in $report"
+      fi
       ;;
-    *) echo "figure1_gpu: unknown stage '$stage' (data, pilot, swa, ttt-e2e, fa, eval)" >&2; exit 2 ;;
+    *) echo "figure1_gpu: unknown stage '$stage' (data, pilot, swa, ttt-e2e, fa, ttt-e2e-ilr0, eval)" >&2; exit 2 ;;
   esac
 done
