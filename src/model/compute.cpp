@@ -9,6 +9,7 @@
 
 #if TTT_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #endif
@@ -89,6 +90,7 @@ void release_cached_device_memory(const torch::Device& device) {
 torch::Tensor host_buffer(int64_t bytes, const torch::Tensor& like) {
 #if TTT_WITH_CUDA
   if (like.is_cuda()) {
+    const c10::cuda::CUDAGuard on(like.device());  // no context made on another GPU
     void* memory = nullptr;
     const cudaError_t status = cudaHostAlloc(&memory, static_cast<size_t>(std::max<int64_t>(bytes, 1)), 0);
     require(status == cudaSuccess,
