@@ -253,7 +253,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::string& path, const std::string& name) {
   const std::string prefix = "tokenizer file '" + path + "': ";
-  const nlohmann::json json = io::parse_json_input(io::read_whole_file(path, prefix), prefix);
+  const nlohmann::json json = io::read_json_file(path, prefix);
   try {
     const nlohmann::json& model = json.at("model");
     require(model.value("type", "") == "BPE", prefix + "model.type is not \"BPE\"");
