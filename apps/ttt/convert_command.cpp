@@ -2,13 +2,11 @@
 // (model/orbax_import.h).
 #include <chrono>
 #include <cstdio>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "cli_support.h"
 #include "commands.h"
-#include "io/input_file.h"
 #include "io/json_input.h"
 #include "io/orbax/orbax_checkpoint.h"
 #include "model/orbax_import.h"
@@ -23,10 +21,7 @@ struct ConvertOrbaxOptions {
 
 nlohmann::json read_partial_config(const std::string& path) {
   const std::string prefix = "--config '" + path + "': ";
-  io::InputFile input = io::open_input_file(path, prefix);
-  std::stringstream text;
-  text << input.stream.rdbuf();
-  const nlohmann::json config = io::parse_json_input(text.str(), prefix);
+  const nlohmann::json config = io::read_json_file(path, prefix);
   require(config.is_object(), prefix + "expected a JSON object of SPEC config keys");
   return config;
 }

@@ -40,12 +40,7 @@ std::string read_input(const std::string& path) {
   if (path == "-") {
     return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   }
-  const std::string prefix = "'" + path + "': ";
-  io::InputFile file = io::open_input_file(path, prefix);
-  std::string bytes(file.size, '\0');
-  file.stream.read(bytes.data(), std::streamsize(bytes.size()));
-  require(file.stream.good() || file.size == 0, prefix + "cannot read the file");
-  return bytes;
+  return io::read_whole_file(path, "'" + path + "': ");
 }
 
 // A token's bytes for display: printable ASCII as is, the rest as \n, \t, \xAB.
@@ -369,7 +364,7 @@ struct NiahPromptsFlags {
 
 // The prompts of `ttt eval niah`, built here where the tokenizers are.
 void run_niah_prompts(const NiahPromptsFlags& flags) {
-  const niah::Spec spec = niah::Spec::from_json(read_input(flags.spec));
+  const niah::Spec spec = niah::Spec::from_json(read_input(flags.spec), flags.spec);
   std::string haystack;
   if (niah::uses_text_haystack(spec.task)) haystack = read_input(spec.haystack_path);
   const auto tokenizer = text::load_tokenizer(flags.tokenizer);

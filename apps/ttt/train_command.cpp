@@ -5,9 +5,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 #include <type_traits>
 #include <variant>
 
@@ -54,14 +52,6 @@ std::string duration(double seconds) {
     std::snprintf(text, sizeof text, "%lld:%02lld", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
   }
   return text;
-}
-
-json read_json_file(const std::string& path, const std::string& what) {
-  std::ifstream in(path);
-  require(in.good(), path + ": cannot open the " + what);
-  std::stringstream text;
-  text << in.rdbuf();
-  return io::parse_json_input(text.str(), path + ": ");
 }
 
 // Progress: a redrawn line on a terminal, plain lines every log_every steps otherwise.
@@ -141,11 +131,12 @@ void add_train_command(CLI::App& app) {
 
   command->callback([options] {
     // What the user set: the config file, then --model-config, then the flags.
-    json requested = options->config_path.empty() ? json::object()
-                                                  : read_json_file(options->config_path, "training config");
+    json requested = options->config_path.empty()
+                         ? json::object()
+                         : io::read_json_file(options->config_path, options->config_path + ": ");
     require(requested.is_object(), options->config_path + ": the training config must be a JSON object");
     if (!options->model_config_path.empty()) {
-      requested["model"] = read_json_file(options->model_config_path, "model config");
+      requested["model"] = io::read_json_file(options->model_config_path, options->model_config_path + ": ");
     }
     for (const auto& [key, value] : options->values) requested[key] = value;
 

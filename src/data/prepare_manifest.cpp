@@ -1,24 +1,28 @@
 #include "data/prepare_manifest.h"
 
-#include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json_input.h"
 #include "io/paths.h"
 
 namespace ttt {
 
 std::optional<PrepareManifest> PrepareManifest::read(const std::string& dir) {
   const std::string path = dir + "/prepare.json";
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
+  if (!io::exists(path)) return std::nullopt;
+  const std::string prefix = path + ": not a valid prepare manifest: ";
+  const nlohmann::json j = io::read_json_file(path, prefix);
   try {
-    const nlohmann::json j = nlohmann::json::parse(in);
+    // Integers only: get<int64_t>() of a float out of range is undefined behaviour.
+    const auto integer = [&](const char* key) {
+      require(j.at(key).is_number_integer(), std::string("\"") + key + "\" is not an integer");
+      return j.at(key).get<int64_t>();
+    };
     PrepareManifest manifest;
     manifest.tokenizer = j.at("tokenizer").get<std::string>();
-    manifest.vocab_size = j.at("vocab_size").get<int64_t>();
-    manifest.bos_id = j.at("bos_id").get<int64_t>();
+    manifest.vocab_size = integer("vocab_size");
+    manifest.bos_id = integer("bos_id");
     for (const auto& split : j.at("splits")) {
       const auto file = split.at("file").get<std::string>();
       if (file.empty() && split.value("documents", int64_t{-1}) == 0) continue;  // an empty split has no file
@@ -27,9 +31,9 @@ std::optional<PrepareManifest> PrepareManifest::read(const std::string& dir) {
     }
     return manifest;
   } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": not a valid prepare manifest: " + e.what());
+    throw Error(prefix + e.what());
   } catch (const Error& e) {
-    throw Error(path + ": not a valid prepare manifest: " + e.what());
+    throw Error(prefix + e.what());
   }
 }
 

@@ -13,7 +13,7 @@
 #include "common/error.h"
 #include "eval/plot.h"
 #include "io/atomic_file.h"
-#include "io/input_file.h"
+#include "io/json_input.h"
 #include "io/paths.h"
 #include "io/token_file.h"
 
@@ -278,20 +278,40 @@ std::string Spec::to_json() const {
       .dump();
 }
 
-Spec Spec::from_json(const std::string& text) {
+namespace {
+
+// get<int64_t>() of a float out of range is undefined behaviour: integers are checked first.
+int64_t integer(const nlohmann::json& value, const std::string& what) {
+  require(value.is_number_integer(), what + " must be an integer, not " + value.type_name());
+  return value.get<int64_t>();
+}
+
+std::vector<int64_t> integers(const nlohmann::json& value, const std::string& what) {
+  require(value.is_array(), what + " must be a list of integers, not " + value.type_name());
+  std::vector<int64_t> out;
+  for (const nlohmann::json& v : value) out.push_back(integer(v, what));
+  return out;
+}
+
+}  // namespace
+
+Spec Spec::from_json(const std::string& text, const std::string& source) {
+  const std::string prefix = source + ": malformed NIAH spec: ";
+  const nlohmann::json j = io::parse_json_input(text, prefix);
   try {
-    const nlohmann::json j = nlohmann::json::parse(text);
     Spec spec;
     spec.task = parse_task(j.at("task").get<std::string>());
-    spec.contexts = j.at("contexts").get<std::vector<int64_t>>();
+    spec.contexts = integers(j.at("contexts"), "contexts");
     spec.depths = j.at("depths").get<std::vector<double>>();
-    spec.samples = j.at("samples").get<int64_t>();
-    spec.seed = j.at("seed").get<uint64_t>();
-    spec.distractors = j.at("distractors").get<int64_t>();
+    spec.samples = integer(j.at("samples"), "samples");
+    spec.seed = static_cast<uint64_t>(integer(j.at("seed"), "seed"));  // written as uint64: the same bits
+    spec.distractors = integer(j.at("distractors"), "distractors");
     spec.haystack_path = j.at("haystack").get<std::string>();
     return spec;
   } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("malformed NIAH spec: ") + e.what());
+    throw Error(prefix + e.what());
+  } catch (const Error& e) {
+    throw Error(prefix + e.what());
   }
 }
 
@@ -350,27 +370,35 @@ void write_samples(const std::vector<Sample>& samples, const std::string& dir) {
 
 std::vector<Sample> read_samples(const std::string& dir) {
   const std::string path = dir + "/samples.json";
-  io::InputFile file = io::open_input_file(path, path);
+  const nlohmann::json list = io::read_json_file(path, path + ": ");
+  require(list.is_array(), path + ": not a list of samples");
   std::vector<Sample> samples;
   try {
-    for (const nlohmann::json& j : nlohmann::json::parse(file.stream)) {
+    for (const nlohmann::json& j : list) {
       Sample s;
-      s.context = j.at("context").get<int64_t>();
+      s.context = integer(j.at("context"), "a sample's context");
       s.depth = j.at("depth").get<double>();
       s.needle_depth = j.at("needle_depth").get<double>();
-      s.needle_position = j.at("needle_position").get<int64_t>();
+      s.needle_position = integer(j.at("needle_position"), "a sample's needle_position");
       s.key = j.at("key").get<std::string>();
       s.values = j.at("values").get<std::vector<std::string>>();
-      s.value_tokens = j.at("value_tokens").get<std::vector<std::vector<int64_t>>>();
+      require(j.at("value_tokens").is_array(), "a sample's value_tokens must be a list");
+      for (const nlohmann::json& tokens : j.at("value_tokens")) {
+        s.value_tokens.push_back(integers(tokens, "a sample's value_tokens"));
+      }
+      require(!s.values.empty() && s.value_tokens.size() == s.values.size(),
+              "a sample's values and their tokens do not agree");
       samples.push_back(std::move(s));
     }
   } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": " + e.what());
+  } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
   const std::vector<int64_t> prompts = io::read_token_file(dir + "/prompts.u32");
   size_t offset = 0;
   for (Sample& s : samples) {
-    require(offset + static_cast<size_t>(s.context) <= prompts.size(), dir + "/prompts.u32: shorter than the samples");
+    require(static_cast<size_t>(s.context) <= prompts.size() - offset, dir + "/prompts.u32: shorter than the samples");
     s.prompt.assign(prompts.begin() + static_cast<ptrdiff_t>(offset),
                     prompts.begin() + static_cast<ptrdiff_t>(offset + static_cast<size_t>(s.context)));
     offset += static_cast<size_t>(s.context);

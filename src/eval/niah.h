@@ -35,7 +35,8 @@ struct Spec {
   std::string haystack_path;  // number, uuid: the text whose sentences make the haystack
 
   std::string to_json() const;
-  static Spec from_json(const std::string& text);  // ttt::Error on a malformed spec
+  // ttt::Error naming `source` (the file it came from) on a malformed spec.
+  static Spec from_json(const std::string& text, const std::string& source);
 };
 
 // `count` evenly spaced depths from 0 to 100 percent, rounded to whole percents as RULER's

@@ -26,4 +26,12 @@ InputFile open_input_file(const std::string& path, const std::string& prefix) {
   return file;
 }
 
+std::string read_whole_file(const std::string& path, const std::string& prefix) {
+  InputFile file = open_input_file(path, prefix);
+  std::string bytes(file.size, '\0');
+  file.stream.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  require(file.stream.good() || file.size == 0, prefix + "cannot read the file");
+  return bytes;
+}
+
 }  // namespace ttt::io

@@ -15,4 +15,7 @@ struct InputFile {
 // Errors: no such file, not a regular file, unreadable.
 InputFile open_input_file(const std::string& path, const std::string& prefix);
 
+// The whole file at `path`, opened as above; a short read is an error too.
+std::string read_whole_file(const std::string& path, const std::string& prefix);
+
 }  // namespace ttt::io

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/input_file.h"
 
 namespace ttt::io {
 namespace {
@@ -46,6 +47,10 @@ Json parse_bounded(std::string_view text, const std::string& prefix) {
 
 nlohmann::json parse_json_input(std::string_view text, const std::string& prefix) {
   return parse_bounded<nlohmann::json>(text, prefix);
+}
+
+nlohmann::json read_json_file(const std::string& path, const std::string& prefix) {
+  return parse_json_input(read_whole_file(path, prefix), prefix);
 }
 
 nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& prefix) {

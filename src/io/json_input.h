@@ -15,7 +15,10 @@ inline constexpr int kMaxJsonDepth = 64;
 // number out of range, nesting deeper than kMaxJsonDepth) is a one-line ttt::Error starting with `prefix` (which
 // names the file) followed by "not valid JSON (...)" or "JSON nested deeper than ...".
 nlohmann::json parse_json_input(std::string_view text, const std::string& prefix);
-// The same, keeping the order of object keys.
+// The JSON file at `path`, read whole and parsed as above; every error (no such file, unreadable,
+// not valid JSON) is a one-line ttt::Error starting with `prefix`.
+nlohmann::json read_json_file(const std::string& path, const std::string& prefix);
+// parse_json_input, keeping the order of object keys.
 nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& prefix);
 
 }  // namespace ttt::io

@@ -10,6 +10,8 @@ namespace ttt::io {
 void make_directories(const std::string& path);
 
 bool is_directory(const std::string& path);
+// Whether anything (a file, a directory, ...) is at `path`.
+bool exists(const std::string& path);
 
 // The names of the regular files in `dir` that end in `suffix`, sorted; throws ttt::Error
 // when `dir` cannot be read.

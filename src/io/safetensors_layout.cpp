@@ -258,8 +258,9 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<
   } catch (const nlohmann::ordered_json::type_error&) {
     throw Error(prefix_ + "tensor names and metadata must be valid UTF-8");
   }
-  // The checksum covers the header as a reader parses it back.
-  const std::string canonical = canonical_header(json::parse(header_text));
+  // The checksum covers the header as a reader parses it back: the same value, as it holds only
+  // strings and integers (json sorts the keys as parsing would); no need to parse our own text.
+  const std::string canonical = canonical_header(json(header));
   checksum_.update(canonical.data(), canonical.size());
   const std::string placeholder_entry = std::string("\"") + kChecksumKey + "\":\"" + placeholder + "\"";
   checksum_offset_ = 8 + header_text.find(placeholder_entry) + placeholder_entry.size() - 1 - placeholder.size();

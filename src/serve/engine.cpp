@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -17,7 +18,7 @@
 #include "infer/sampler.h"
 #include "infer/session.h"
 #include "io/atomic_file.h"
-#include "io/input_file.h"
+#include "io/json_input.h"
 #include "io/paths.h"
 #include "model/compute.h"
 #include "serve/api.h"
@@ -239,29 +240,53 @@ struct Engine::Impl {
     return info_of(e);
   }
 
-  // The sessions a previous server left in session_dir: known now, read on use.
+  // The sessions a previous server left in session_dir: known now, read on use. A file that is
+  // not what write() writes is skipped with a warning naming it; the others are served.
   void find_saved_sessions() {
     const std::vector<std::string> names = io::list_files(options.session_dir, ".json");
     for (const std::string& name : names) {
       const std::string id = name.substr(0, name.size() - 5);
       if (!valid_session_id(id)) continue;
       try {
-        io::InputFile in = io::open_input_file(file(id, ".json"), file(id, ".json") + ": ");
-        const json meta = json::parse(in.stream);
-        auto e = std::make_shared<Entry>();
-        e->id = id;
-        e->created = meta.at("created").get<int64_t>();
-        e->tokens = meta.at("tokens").get<int64_t>();
-        e->inner_steps = meta.at("inner_steps").get<int64_t>();
-        e->state_bytes = meta.at("state_bytes").get<int64_t>();
-        e->seen = meta.at("seen").get<std::vector<int64_t>>();
-        require(::access(file(id, ".session").c_str(), R_OK) == 0, file(id, ".session") + " is missing");
+        std::shared_ptr<Entry> e = read_saved_entry(id);
         e->last_used = ++clock;
         entries[id] = std::move(e);
       } catch (const std::exception& error) {
         std::fprintf(stderr, "ttt: warning: skipping saved session %s: %s\n", id.c_str(), describe(error).c_str());
       }
     }
+  }
+
+  // What write() wrote of session `id`; ttt::Error naming the file when it is anything else.
+  std::shared_ptr<Entry> read_saved_entry(const std::string& id) const {
+    const std::string path = file(id, ".json");
+    const std::string prefix = path + ": ";
+    const json meta = io::read_json_file(path, prefix);
+    require(meta.is_object(), prefix + "not a saved session's metadata (not a JSON object)");
+    // Integers only: get<int64_t>() of a float out of range is undefined behaviour.
+    const auto count = [&](const json& value, const std::string& what, int64_t highest) {
+      require(value.is_number_unsigned() && value.get<uint64_t>() <= static_cast<uint64_t>(highest),
+              prefix + what + " must be an integer from 0 to " + std::to_string(highest));
+      return value.get<int64_t>();
+    };
+    const auto field = [&](const std::string& key) -> const json& {
+      require(meta.contains(key), prefix + "no \"" + key + "\" in a saved session's metadata");
+      return meta.at(key);
+    };
+    const auto count_field = [&](const std::string& key) {
+      return count(field(key), "\"" + key + "\"", std::numeric_limits<int64_t>::max());
+    };
+    auto e = std::make_shared<Entry>();
+    e->id = id;
+    e->created = count_field("created");
+    e->tokens = count_field("tokens");
+    e->inner_steps = count_field("inner_steps");
+    e->state_bytes = count_field("state_bytes");
+    const json& seen = field("seen");
+    require(seen.is_array(), prefix + "\"seen\" must be an array of token ids");
+    for (const json& token : seen) e->seen.push_back(count(token, "a token id of \"seen\"", info.vocab_size - 1));
+    require(::access(file(id, ".session").c_str(), R_OK) == 0, file(id, ".session") + " is missing");
+    return e;
   }
 };
 

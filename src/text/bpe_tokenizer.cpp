@@ -51,14 +51,6 @@ const std::vector<TiktokenEncoding>& tiktoken_encodings() {
   return encodings;
 }
 
-std::string read_whole_file(const std::string& path, const std::string& prefix) {
-  io::InputFile file = io::open_input_file(path, prefix);
-  std::string bytes(file.size, '\0');
-  file.stream.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  require(file.stream.good() || file.size == 0, prefix + "cannot read the file");
-  return bytes;
-}
-
 bool base64_decode(std::string_view in, std::string& out) {
   out.clear();
   uint32_t buffer = 0;
@@ -199,7 +191,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
     throw Error(prefix + "unknown encoding '" + encoding + "' (its regex and special tokens are not known; known: " +
                 known + ")");
   }
-  const std::string bytes = read_whole_file(path, prefix);
+  const std::string bytes = io::read_whole_file(path, prefix);
   std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
   t->name_ = encoding;
   t->whole_piece_first_ = true;
@@ -261,7 +253,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tiktoken(const std::string& pat
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::string& path, const std::string& name) {
   const std::string prefix = "tokenizer file '" + path + "': ";
-  const nlohmann::json json = io::parse_json_input(read_whole_file(path, prefix), prefix);
+  const nlohmann::json json = io::read_json_file(path, prefix);
   try {
     const nlohmann::json& model = json.at("model");
     require(model.value("type", "") == "BPE", prefix + "model.type is not \"BPE\"");

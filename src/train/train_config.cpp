@@ -1,8 +1,6 @@
 #include "train/train_config.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -102,11 +100,7 @@ TrainConfig TrainConfig::from_json(const json& j) {
 }
 
 TrainConfig TrainConfig::from_file(const std::string& path) {
-  std::ifstream in(path);
-  require(in.good(), path + ": cannot open the training config");
-  std::stringstream text;
-  text << in.rdbuf();
-  const json j = io::parse_json_input(text.str(), path + ": ");
+  const json j = io::read_json_file(path, path + ": ");
   try {
     return from_json(j);
   } catch (const Error& e) {

@@ -1,7 +1,5 @@
 #include "train/trainer.h"
 
-#include <sys/stat.h>
-
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
@@ -13,6 +11,8 @@
 
 #include "common/error.h"
 #include "io/atomic_file.h"
+#include "io/input_file.h"
+#include "io/json_input.h"
 #include "io/paths.h"
 #include "io/safetensors.h"
 #include "model/compute.h"
@@ -30,11 +30,6 @@ constexpr const char* kOptimizerPrefix = "optimizer.";
 std::string checkpoint_path(const std::string& dir) { return dir + "/checkpoint.safetensors"; }
 std::string metrics_path(const std::string& dir) { return dir + "/metrics.jsonl"; }
 
-bool exists(const std::string& path) {
-  struct stat info {};
-  return ::stat(path.c_str(), &info) == 0;
-}
-
 // Paths in a run's config are stored absolute, so it resumes from any working directory.
 TrainConfig with_absolute_paths(TrainConfig config) {
   for (std::string* path : {&config.init, &config.train_tokens, &config.val_tokens}) {
@@ -45,13 +40,6 @@ TrainConfig with_absolute_paths(TrainConfig config) {
     }
   }
   return config;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 // The training precision's dtypes (bf16 trains fp32 parameters with bf16 matmuls).
@@ -78,7 +66,7 @@ Params trainable(const Model& model, const TrainConfig& config, const torch::Dev
 // names and shapes, checked); `changed` gets the model keys that differ, as "key old -> new".
 Model initial_model(const TrainConfig& config, torch::Dtype dtype, std::vector<std::string>& changed) {
   const std::string path = io::is_directory(config.init) ? config.init + "/model.safetensors" : config.init;
-  require(exists(path), "train config: 'init': " + path + " does not exist");
+  require(io::exists(path), "train config: 'init': " + path + " does not exist");
   Model model = load_model(path, dtype);
   if (!config.model) return model;
   const json saved = model.config.to_json(), given = config.model->to_json();
@@ -134,7 +122,7 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   require(config.model || !config.init.empty(),
           "train config: give the model, as 'model' (a config to start from scratch) or 'init' (a checkpoint)");
   require(!config.train_tokens.empty(), "train config: 'train_tokens' (the training token file) is required");
-  require(!exists(checkpoint_path(out_dir)),
+  require(!io::exists(checkpoint_path(out_dir)),
           out_dir + " already holds a training run: resume it (--resume) or choose another directory");
   const torch::Dtype dtype = param_dtype(config);
   const torch::Device device = training_device(config, job);  // an unusable one fails before anything is written
@@ -161,7 +149,7 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
 std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json& overrides,
                                          const std::optional<JobRank>& job) {
   const std::string path = checkpoint_path(out_dir);
-  require(exists(path), out_dir + ": no training run to resume (" + path + " is missing)");
+  require(io::exists(path), out_dir + ": no training run to resume (" + path + " is missing)");
   io::SafetensorsFile file = io::read_safetensors(path);
   const auto meta = [&](const std::string& key) {
     const auto it = file.metadata.find(key);
@@ -173,7 +161,14 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   require(format == kCheckpointFormat || format == "ttt-train-checkpoint/1",
           path + ": unsupported checkpoint format '" + format + "' (expected " + kCheckpointFormat + ")");
   io::check_integrity(file.checksum_verified, path, format == kCheckpointFormat);
-  const TrainConfig saved = TrainConfig::from_json(json::parse(meta("train_config")));
+  const std::string saved_text = meta("train_config");
+  const TrainConfig saved = [&] {
+    try {
+      return TrainConfig::from_json(io::parse_json_input(saved_text, "train_config metadata: "));
+    } catch (const Error& e) {
+      throw Error(path + ": " + e.what());
+    }
+  }();
   json merged = saved.to_json();
   require(overrides.is_object(), "internal: resume overrides must be a JSON object");
   for (const auto& [key, value] : overrides.items()) merged[key] = value;
@@ -218,13 +213,16 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   io::write_text_file(out_dir + "/config.json", requested.to_json().dump(2) + "\n");
 
   // Steps after the checkpoint will be taken again: their metrics go.
-  std::istringstream lines(exists(metrics_path(out_dir)) ? read_text(metrics_path(out_dir)) : "");
+  const std::string metrics_file = metrics_path(out_dir);
+  std::istringstream lines(io::exists(metrics_file) ? io::read_whole_file(metrics_file, metrics_file + ": ") : "");
   std::string kept;
   for (std::string line; std::getline(lines, line);) {
     try {
-      if (json::parse(line).at("step").get<int64_t>() <= trainer->step_) kept += line + "\n";
-    } catch (const json::exception&) {
-      // A line torn by a crash mid-write: dropped with the steps after the checkpoint.
+      const json metrics = io::parse_json_input(line, metrics_file + ": ");
+      const bool has_step = metrics.is_object() && metrics.contains("step") && metrics.at("step").is_number_integer();
+      if (has_step && metrics.at("step").get<int64_t>() <= trainer->step_) kept += line + "\n";
+    } catch (const Error&) {
+      // A line torn by a crash mid-write: dropped, as every line that is not a kept step's metrics.
     }
   }
   io::write_text_file(metrics_path(out_dir), kept);
@@ -245,9 +243,12 @@ void Trainer::check_ranks_agree() {
   if (!ranks_) return;
   const json mine = rank_setup(config_, model_.config, step_, *train_data_, val_data_.get());
   const std::vector<std::string> setups = ranks_->all_gather_text("setup", mine.dump());
-  const json first = json::parse(setups[0]);
+  const auto setup_of = [&](int rank) {
+    return io::parse_json_input(setups[static_cast<size_t>(rank)], "rank " + std::to_string(rank) + "'s setup: ");
+  };
+  const json first = setup_of(0);
   for (int r = 1; r < ranks_->world_size(); ++r) {
-    const json other = json::parse(setups[static_cast<size_t>(r)]);
+    const json other = setup_of(r);
     for (const auto& [key, value] : first.items()) {
       if (other.contains(key) && other.at(key) == value) continue;
       throw Error("the ranks of this job disagree on '" + key + "': " + value.dump() + " on rank 0, " +

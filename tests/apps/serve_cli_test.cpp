@@ -348,6 +348,71 @@ TEST(ServeCli, SessionsSpillToDiskAndSurviveARestart) {
   EXPECT_EQ(serve.get("/v1/sessions/" + second).status, 200);
 }
 
+// A saved session's metadata damaged or hostile: that session is skipped with a one-line warning
+// naming its file, the server starts and serves the others.
+TEST(ServeCli, DamagedSavedSessionsAreSkippedAndTheOthersServed) {
+  test::ScratchDir dir;
+  const std::string sessions = dir.path("sessions");
+  const std::string args = "--model " + byte_model() + " --session-dir " + sessions;
+  std::string good;
+  std::vector<int64_t> good_tokens;
+  {
+    Serve serve(args);
+    good = serve.post("/v1/sessions", json{{"prompt", kDocument}}).parsed()["id"];
+    good_tokens = tokens_of(serve.post("/v1/completions", sampled({{"prompt", kQuestion}, {"session", good}})));
+    EXPECT_EQ(serve.stop(), 0);
+  }
+  const std::string meta = read_file(sessions + "/" + good + ".json");
+  const std::string state = read_file(sessions + "/" + good + ".session");
+  ASSERT_FALSE(meta.empty() || state.empty());
+  // The metadata with `key`'s value replaced by the JSON text `value` (which may not parse).
+  const auto with = [&meta](const std::string& key, const std::string& value) {
+    json changed = json::parse(meta);
+    changed[key] = "@";
+    std::string text = changed.dump();
+    return text.replace(text.find("\"@\""), 3, value);
+  };
+  const auto without = [&meta](const std::string& key) {
+    json changed = json::parse(meta);
+    changed.erase(key);
+    return changed.dump();
+  };
+  // Each a copy of the good session (its .session file too) whose metadata file is damaged.
+  const std::vector<std::pair<std::string, std::string>> damaged = {
+      {meta.substr(0, meta.size() / 2), "not valid JSON"},
+      {meta.substr(0, 8) + std::string(1, '\0') + meta.substr(9), "NUL byte"},
+      {std::string(100000, '['), "nested deeper than"},
+      {"[1, 2]", "not a JSON object"},
+      {with("tokens", "1e999"), "not valid JSON"},
+      {with("tokens", "1e300"), "\"tokens\" must be an integer"},
+      {with("inner_steps", "-1"), "\"inner_steps\" must be an integer"},
+      {with("seen", "[1, 258]"), "a token id of \"seen\" must be an integer from 0 to 257"},
+      {with("seen", "{}"), "\"seen\" must be an array"},
+      {without("created"), "no \"created\""},
+  };
+  std::vector<std::string> bad_ids;
+  for (size_t i = 0; i < damaged.size(); ++i) {
+    char id[32];
+    std::snprintf(id, sizeof id, "sess-%016zx", i);
+    bad_ids.push_back(id);
+    write_file(sessions + "/" + id + ".json", damaged[i].first);
+    write_file(sessions + "/" + id + ".session", state);
+  }
+  Serve serve(args);
+  const std::string log = serve.log();
+  EXPECT_NE(log.find("1 saved sessions"), std::string::npos) << log;
+  for (size_t i = 0; i < damaged.size(); ++i) {
+    const std::string path = sessions + "/" + bad_ids[i] + ".json";
+    const size_t at = log.find("ttt: warning: skipping saved session " + bad_ids[i] + ": " + path + ": ");
+    ASSERT_NE(at, std::string::npos) << log;
+    const std::string line = log.substr(at, log.find('\n', at) - at);
+    EXPECT_NE(line.find(damaged[i].second), std::string::npos) << line;
+    EXPECT_EQ(serve.get("/v1/sessions/" + bad_ids[i]).status, 404);
+  }
+  EXPECT_EQ(tokens_of(serve.post("/v1/completions", sampled({{"prompt", kQuestion}, {"session", good}}))), good_tokens);
+  EXPECT_EQ(serve.stop(), 0);
+}
+
 void expect_error(const Reply& reply, int status, const std::string& fragment) {
   EXPECT_EQ(reply.status, status) << reply.body;
   const json body = json::parse(reply.body, nullptr, false);

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "data/token_dataset.h"
+#include "io/paths.h"
 #include "io/token_file.h"
 #include "test_util.h"
 
@@ -59,6 +60,30 @@ TEST(TokenDataset, PrepareManifestMustFitTheModel) {
   std::ofstream(dir.path("prepare.json")) << R"({"splits": [{"file": "train.u32"}]})";
   expect_error([&] { check_tokenizer_fits_model(dir.path("train.u32"), 100, 1); },
                {"prepare.json", "not a valid prepare manifest"});
+}
+
+TEST(TokenDataset, ADamagedPrepareManifestIsAOneLineError) {
+  test::ScratchDir dir;
+  io::write_token_file(dir.path("train.u32"), {0, 5, 6});
+  const std::string manifest = R"({"tokenizer": "tok.model", "vocab_size": 100, "bos_id": 1,
+                                   "splits": [{"name": "train", "file": "train.u32"}]})";
+  const std::vector<std::pair<std::string, std::string>> damaged = {
+      {manifest.substr(0, manifest.size() / 2), "not valid JSON"},
+      {manifest.substr(0, 10) + std::string(1, '\0') + manifest.substr(11), "NUL byte"},
+      {std::string(100, '[') + std::string(100, ']'), "nested deeper than"},
+      {R"({"tokenizer": "t", "vocab_size": 1e999, "bos_id": 1, "splits": []})", "not valid JSON"},
+      {R"({"tokenizer": "t", "vocab_size": 1e300, "bos_id": 1, "splits": []})", "\"vocab_size\" is not an integer"},
+      {"[]", "not a valid prepare manifest"},
+  };
+  for (const auto& [text, fragment] : damaged) {
+    test::write_bytes(dir.path("prepare.json"), text);
+    expect_error([&] { check_tokenizer_fits_model(dir.path("train.u32"), 100, 1); },
+                 {dir.path("prepare.json") + ": not a valid prepare manifest", fragment});
+  }
+  ::unlink(dir.path("prepare.json").c_str());
+  io::make_directories(dir.path("prepare.json"));
+  expect_error([&] { check_tokenizer_fits_model(dir.path("train.u32"), 100, 1); },
+               {dir.path("prepare.json"), "not a regular file"});
 }
 
 TEST(TokenDataset, OffsetsAreDeterministicInRangeAndSpread) {

@@ -193,7 +193,7 @@ TEST(Niah, SamplesRoundTripThroughFiles) {
     EXPECT_EQ(read[i].key, built.samples[i].key);
     EXPECT_EQ(read[i].needle_position, built.samples[i].needle_position);
   }
-  const Spec back = Spec::from_json(spec.to_json());
+  const Spec back = Spec::from_json(spec.to_json(), "spec.json");
   EXPECT_EQ(back.contexts, spec.contexts);
   EXPECT_EQ(back.depths, spec.depths);
   EXPECT_EQ(back.distractors, 2);
@@ -269,11 +269,45 @@ TEST(Niah, SummaryPerContextAndDepth) {
   EXPECT_TRUE(std::isnan(sparse.depth_accuracy[0][1]));
 }
 
+// samples.json comes from another process (ttt-data): damage is a one-line error naming it.
+TEST(Niah, DamagedSamplesAreRefused) {
+  const Built built = build("bytes", spec_of(Task::kPasskey, {600, 700}, {50}, 1));
+  test::ScratchDir dir;
+  write_samples(built.samples, dir.dir());
+  const std::string path = dir.path("samples.json"), good = test::read_bytes(path);
+  ASSERT_EQ(read_samples(dir.dir()).size(), 2u);
+  const auto with_first_context = [&](const std::string& context) {
+    std::string text = good;
+    const size_t at = text.find("\"context\":") + 10;
+    return text.replace(at, text.find(',', at) - at, context);
+  };
+  const std::vector<std::pair<std::string, std::string>> damaged = {
+      {good.substr(0, good.size() / 2), "not valid JSON"},
+      {good.substr(0, 20) + std::string(1, '\0') + good.substr(21), "NUL byte"},
+      {"{}", "not a list of samples"},
+      {"[{}]", "'context' not found"},
+      {with_first_context("1e300"), "a sample's context must be an integer"},
+      {with_first_context("-600"), "shorter than the samples"},
+      {with_first_context("18446744073709551615"), "shorter than the samples"},
+      {with_first_context("500"), "longer than the samples"},
+  };
+  for (const auto& [text, fragment] : damaged) {
+    test::write_bytes(path, text);
+    expect_error([&] { read_samples(dir.dir()); }, {dir.dir(), fragment});
+  }
+}
+
 TEST(Niah, ClearErrors) {
   expect_error([] { build("bytes", spec_of(Task::kPasskey, {200}, {50}, 1)); }, {"context 200 tokens", "template"});
   expect_error([] { build("llama3", spec_of(Task::kUuid, {40}, {50}, 1)); }, {"context 40 tokens"});
   expect_error([] { parse_task("multikey"); }, {"multikey", "passkey, number or uuid"});
-  expect_error([] { Spec::from_json("{\"task\": \"passkey\"}"); }, {"malformed NIAH spec"});
+  expect_error([] { Spec::from_json("{\"task\": \"passkey\"}", "spec.json"); }, {"spec.json", "malformed NIAH spec"});
+  expect_error([] { Spec::from_json("{\"task\": \"pass", "spec.json"); },
+               {"spec.json", "malformed NIAH spec", "not valid JSON"});
+  expect_error([] { Spec::from_json(std::string(100, '['), "spec.json"); }, {"spec.json", "nested deeper"});
+  std::string unknown_task = spec_of(Task::kPasskey, {600}, {50}, 1).to_json();
+  unknown_task.replace(unknown_task.find("passkey"), 7, "multikey");
+  expect_error([&] { Spec::from_json(unknown_task, "spec.json"); }, {"spec.json", "multikey"});
   const auto tokenizer = text::load_tokenizer("bytes");
   const Encode encode = [&tokenizer](std::string_view text) {
     const std::vector<text::TokenId> ids = tokenizer->encode(text);

@@ -121,8 +121,11 @@ TEST(Trainer, InterruptedRunResumesExactly) {
   ASSERT_EQ(first->run([&](const StepReport&) { ++steps; }, [&] { return steps == 3; }), Trainer::Outcome::kStopped);
   EXPECT_EQ(first->steps_done(), 3);
   first.reset();
+  // A kill while a later step's metrics were appended leaves a torn last line: resuming drops it.
+  std::ofstream(dir.path("split/metrics.jsonl"), std::ios::app) << "{\"step\":4,\"loss\":5.";
   auto second = Trainer::resume(dir.path("split"), json::object());
   EXPECT_EQ(second->steps_done(), 3);
+  EXPECT_EQ(read_metrics(dir.path("split")).size(), 3u);
   ASSERT_EQ(second->run({}, {}), Trainer::Outcome::kFinished);
 
   const auto a = read_metrics(dir.path("whole")), b = read_metrics(dir.path("split"));
@@ -154,6 +157,16 @@ TEST(Trainer, ADamagedCheckpointIsRefused) {
   std::memcpy(&header_size, bytes.data(), 8);
   test::expect_every_bit_flip_rejected(bytes, checkpoint, 8 + header_size, 400,
                                        [&](const std::string&) { Trainer::resume(dir.path("run"), json::object()); });
+  // Metadata that is not ours under a valid checksum (a file rewritten by another program).
+  test::write_bytes(checkpoint, bytes);
+  const io::SafetensorsFile file = io::read_safetensors(checkpoint);
+  for (const auto& [train_config, fragment] : std::vector<std::pair<std::string, std::string>>{
+           {"{\"lr\": ", "not valid JSON"}, {std::string(1000, '['), "nested deeper"}, {"{\"nosuch\": 1}", "nosuch"}}) {
+    std::map<std::string, std::string> metadata = file.metadata;
+    metadata["train_config"] = train_config;
+    io::write_safetensors(checkpoint, file.tensors, metadata);
+    expect_error([&] { Trainer::resume(dir.path("run"), json::object()); }, {checkpoint + ": ", fragment});
+  }
   test::write_bytes(checkpoint, bytes);
   EXPECT_EQ(Trainer::resume(dir.path("run"), json::object())->steps_done(), 1);
 }
