@@ -28,13 +28,14 @@
 #   run: bash scripts/figure1_gpu.sh run ttt-e2e
 #   run: bash scripts/figure1_gpu.sh run fa,eval
 # (carry .deps and .gpu/figure1). A stage whose inputs are missing says which stage makes
-# them. The 2026-12-02 run (README, docs/results/figure1_gpu) took --minutes 5: about 5.5,
-# 5.5 and 5 device minutes for the three commands.
+# them. The 2026-12-02 run (README, docs/results/figure1_gpu) took --minutes 5: its three
+# commands ran 4.9 (with the build, the GPU tests and a benchmark), 5.3 and 4.8 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }  # the header above
 (($#)) || { usage >&2; exit 2; }
+[[ $1 == -h || $1 == --help ]] && { usage; exit 0; }
 command=$1
 shift
 stages="" quick=0 minutes=""
