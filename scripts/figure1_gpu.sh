@@ -14,11 +14,13 @@
 #       On the GPU machine (the CPU with --quick), in results/figure1-gpu/; stages:
 #         data     unpack the tokens
 #         pilot    a few ttt-e2e steps: its tokens/s sets the step count of all three runs,
-#                  so that ttt-e2e trains for --minutes (default 6; 0.25 with --quick)
+#                  so that ttt-e2e trains for --minutes (default 6; 0.25 with --quick);
+#                  or --steps N sets it (e.g. to add a run to an earlier one's)
 #         swa, ttt-e2e, fa   train (the same sequences, the same number of steps)
 #         ttt-e2e-ilr0       optional ablation: ttt-e2e trained with inner_lr 0 (its
 #                  architecture without learning at test time), evaluated with the others
-#         eval     all of them by position and by context (8K, 16K, 32K); the report goes
+#         eval     all that were trained, by position and by context (8K, 16K, 32K); the
+#                  evaluation is deterministic, so runs evaluated apart compare; the report goes
 #                  to $OUT/figure1.tar.gz when $OUT is set (a device command brings back
 #                  only a few files; draw its plots here: gnuplot plot.gp context.gp)
 #
@@ -38,7 +40,7 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 [[ $1 == -h || $1 == --help ]] && { usage; exit 0; }
 command=$1
 shift
-stages="" quick=0 minutes=""
+stages="" quick=0 minutes="" steps=""
 if [[ $command == run ]]; then
   (($#)) || { echo "figure1_gpu: run needs its stages (see --help)" >&2; exit 2; }
   stages=$1
@@ -48,6 +50,7 @@ while (($#)); do
   case $1 in
     --quick) quick=1; shift ;;
     --minutes) minutes=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "figure1_gpu: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -193,6 +196,11 @@ for stage in "${stage_list[@]}"; do
       ;;
     pilot)
       need "$work/data/train/train.u32" data
+      if [[ -n $steps ]]; then
+        echo "$steps" >"$work/steps"
+        say "pilot skipped: $steps steps as asked"
+        continue
+      fi
       say "pilot: 4 steps of ttt-e2e"
       rm -rf "$work/pilot"
       train ttt-e2e 4 "$work/pilot" >"$work/pilot.log" 2>&1 || { tail -5 "$work/pilot.log" >&2; exit 1; }
@@ -202,6 +210,7 @@ for stage in "${stage_list[@]}"; do
       say "ttt-e2e trains at $tokens_per_s tokens/s: $steps steps of $batch_size x $seq_len tokens in about $minutes minutes"
       ;;
     swa|fa|ttt-e2e|ttt-e2e-ilr0)
+      [[ -n $steps ]] && echo "$steps" >"$work/steps"
       need "$work/steps" pilot
       steps=$(cat "$work/steps")
       say "training $stage: $steps steps"
@@ -212,12 +221,14 @@ for stage in "${stage_list[@]}"; do
       tail -n 1 "$work/runs/$stage/metrics.jsonl"
       ;;
     eval)
-      [[ -e $work/runs/ttt-e2e-ilr0/model.safetensors ]] && variants+=(ttt-e2e-ilr0)
-      models=()
-      for variant in "${variants[@]}"; do
-        need "$work/runs/$variant/model.safetensors" "$variant"
-        models+=(--model "$work/runs/$variant/model.safetensors")
+      trained=()
+      for variant in "${variants[@]}" ttt-e2e-ilr0; do
+        [[ -e $work/runs/$variant/model.safetensors ]] && trained+=("$variant")
       done
+      ((${#trained[@]})) || { echo "figure1_gpu: no model trained yet; run a training stage first" >&2; exit 1; }
+      variants=("${trained[@]}")
+      models=()
+      for variant in "${variants[@]}"; do models+=(--model "$work/runs/$variant/model.safetensors"); done
       report=$work/report
       rm -rf "$report" && mkdir -p "$report"
       say "evaluating on the held-out directories (first $eval_length tokens of each)"
