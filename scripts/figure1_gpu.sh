@@ -19,7 +19,8 @@
 #         swa, ttt-e2e, fa   train (the same sequences, the same number of steps)
 #         ttt-e2e-ilr0       optional ablation: ttt-e2e trained with inner_lr 0 (its
 #                  architecture without learning at test time), evaluated with the others
-#         eval     all that were trained, by position and by context (8K, 16K, 32K); the
+#         eval     all that were trained, by position and by context (8K, 16K, 32K), and
+#                  ttt-e2e once more with its inner steps off (`ttt eval --inner-lr 0`); the
 #                  evaluation is deterministic, so runs evaluated apart compare; the report goes
 #                  to $OUT/figure1.tar.gz when $OUT is set (a device command brings back
 #                  only a few files; draw its plots here: gnuplot plot.gp context.gp)
@@ -234,6 +235,13 @@ for stage in "${stage_list[@]}"; do
       say "evaluating on the held-out directories (first $eval_length tokens of each)"
       "$ttt" eval "${models[@]}" --documents "$work/data/eval" --length $eval_length --contexts $contexts \
         --report "$report" --device $device | tee "$report/eval.log"
+      if [[ -e $work/runs/ttt-e2e/model.safetensors ]]; then
+        say "ttt-e2e's meta-learned weights without test-time training (--inner-lr 0)"
+        mkdir -p "$report/ttt-e2e-inner-lr-0"
+        "$ttt" eval --model "$work/runs/ttt-e2e/model.safetensors" --inner-lr 0 --documents "$work/data/eval" \
+          --length $eval_length --contexts $contexts --report "$report/ttt-e2e-inner-lr-0" --device $device |
+          tee "$report/ttt-e2e-inner-lr-0/eval.log"
+      fi
       for variant in "${variants[@]}"; do
         cp "$work/runs/$variant/metrics.jsonl" "$report/$variant.metrics.jsonl"
         cp "$work/$variant.json" "$report/$variant.json"

@@ -31,7 +31,20 @@ struct EvalOptions {
   std::string documents_dir, json_path, report_dir, buckets, contexts;
   ComputeFlags compute;
   int64_t length = 0, max_documents = 0;
+  std::optional<double> inner_lr;
 };
+
+// A model as --inner-lr asks for it: ttt-e2e's inner steps at another learning rate (0: its
+// meta-learned weights without test-time training, the ablation that separates the two).
+Model load_model_for_eval(const EvalOptions& options, const std::string& path) {
+  Model model = options.compute.load_for_inference(path);
+  if (options.inner_lr) {
+    require(model.config.is_ttt(), path + ": --inner-lr applies to ttt-e2e models; this one is " +
+                                       variant_name(model.config.variant));
+    model.config.inner_lr = *options.inner_lr;
+  }
+  return model;
+}
 
 struct DocumentFile {
   std::string name, path;
@@ -69,7 +82,7 @@ void evaluate_one(const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const ComputeOptions compute = options.compute.compute();
   const MatmulDtypeGuard precision(compute.matmul_dtype);
-  const Model model = options.compute.load_for_inference(options.model_paths[0]);
+  const Model model = load_model_for_eval(options, options.model_paths[0]);
   const torch::Tensor tokens = load_tokens_for(model.config, options.token_paths[0]).to(compute.device);
   const EvalResult result = evaluate(model.config, model.params, tokens, progress_reporter("eval"));
   require_finite_loss(result.loss);
@@ -90,7 +103,7 @@ void evaluate_report(const EvalOptions& options) {
   std::vector<ReportModel> described;
   std::multiset<std::string> variants;
   for (const std::string& path : options.model_paths) {
-    models.push_back(options.compute.load_for_inference(path));
+    models.push_back(load_model_for_eval(options, path));
     variants.insert(variant_name(models.back().config.variant));
   }
   for (size_t m = 0; m < models.size(); ++m) {
@@ -100,7 +113,12 @@ void evaluate_report(const EvalOptions& options) {
                 options.model_paths[0] + "'s " + std::to_string(models[0].config.bos_id) +
                 " (models compared on the same documents must share a tokenizer)");
     const std::string variant = variant_name(config.variant);
-    described.push_back({variants.count(variant) > 1 ? options.model_paths[m] : variant, options.model_paths[m],
+    const std::string name = variants.count(variant) > 1 ? options.model_paths[m] : variant;
+    std::ostringstream shown;
+    shown << name;
+    if (options.inner_lr) shown << " (inner_lr " << *options.inner_lr << ")";
+    described.push_back({shown.str(),
+                         options.model_paths[m],
                          variant, count_params(config, models[m].params), config.attention_window(),
                          config.is_ttt() ? config.mini_batch : 0, 0.0});
   }
@@ -229,6 +247,10 @@ void add_eval_command(CLI::App& app) {
   command->add_option("--report", options->report_dir,
                       "write report.json, table.md, curve.dat, plot.gp, context.dat, context.gp, and with gnuplot\n"
                       "loss_by_position.png and loss_by_context.png here");
+  command->add_option("--inner-lr", options->inner_lr,
+                      "evaluate ttt-e2e models with this inner learning rate instead of their own (0: the "
+                      "meta-learned weights without test-time training)")
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--json", options->json_path,
                       "one model over one file: write {\"loss\": L, \"nll\": [per target token]} here");
   options->compute.add_to(command);

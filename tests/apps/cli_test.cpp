@@ -1,6 +1,7 @@
 // `ttt` driven as a user drives it: files in, files out, exit codes and messages.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -189,6 +190,35 @@ TEST(Cli, EvalReportsLossByPositionOverDocuments) {
       }
     }
   }
+}
+
+// --inner-lr evaluates a ttt-e2e model with another inner learning rate: 0 is its
+// meta-learned weights without test-time training.
+TEST(Cli, EvalInnerLrOverridesTheModelsOwn) {
+  const std::string ttt = init_model(Variant::kTttE2E);
+  const std::vector<int64_t> ids = sample_tokens(40);
+  const std::string tokens = write_tokens(ids);
+  Model model = load_model(ttt);
+  ASSERT_GT(model.config.inner_lr, 0);
+  const double own = evaluate(model.config, model.params, checked_tokens(model.config, ids)).loss;
+  model.config.inner_lr = 0;
+  const double without = evaluate(model.config, model.params, checked_tokens(model.config, ids)).loss;
+  ASSERT_GT(std::abs(own - without), 1e-6);  // the tokens span several inner steps
+
+  const std::string json_path = temp_path("eval.json");
+  const CliRun run = run_ttt("eval --model " + ttt + " --tokens " + tokens + " --inner-lr 0 --json " + json_path);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NEAR(nlohmann::json::parse(std::ifstream(json_path)).at("loss").get<double>(), without, 1e-9);
+
+  const std::string out = temp_path("report");
+  const CliRun report = run_ttt("eval --model " + ttt + " --tokens " + tokens + " --inner-lr 0 --report " + out);
+  ASSERT_EQ(report.exit_code, 0) << report.output;
+  EXPECT_NE(report.output.find("| ttt-e2e (inner_lr 0) |"), std::string::npos) << report.output;
+
+  const std::string swa = init_model(Variant::kSlidingWindow);
+  expect_clean_failure(run_ttt("eval --model " + swa + " --tokens " + tokens + " --inner-lr 0"),
+                       "--inner-lr applies to ttt-e2e models; this one is swa");
+  expect_clean_failure(run_ttt("eval --model " + ttt + " --tokens " + tokens + " --inner-lr -1"), "--inner-lr");
 }
 
 TEST(Cli, EvalReportInputErrors) {
