@@ -104,6 +104,9 @@ class HostParking {
     copy_queued(out, t);
     return out;
   }
+  static KvEntries fetch(const KvEntries& e, const torch::Device& device) {
+    return {fetch(e.keys, device), fetch(e.values, device), e.positions};
+  }
   static FastWeights fetch(const FastWeights& weights, const torch::Device& device) {
     FastWeights out;
     for (const MlpParams& w : weights) out.push_back({fetch(w.w1, device), fetch(w.w2, device), fetch(w.w3, device)});
@@ -123,9 +126,7 @@ class FetchedRows {
   const KvEntries& get(int64_t j, int64_t block, const KvEntries& kept, const torch::Device& device) {
     if (kept.rows() == 0 || kept.keys.device() == device) return kept;
     KvEntries& fetched = rows_[{j, block}];
-    if (fetched.rows() == 0) {
-      fetched = {HostParking::fetch(kept.keys, device), HostParking::fetch(kept.values, device), kept.positions};
-    }
+    if (fetched.rows() == 0) fetched = HostParking::fetch(kept, device);
     return fetched;
   }
   // Drops those of spans or chunks `from` and after: the pass has gone before them.
