@@ -191,8 +191,8 @@ for stage in "${stage_list[@]}"; do
       need "$pack/data.tar.xz" "pack (on the development machine)"
       grep -qx "quick=$quick" "$pack/made_with" ||
         { echo "figure1_gpu: $pack was packed with $(cat "$pack/made_with"); pack again or match --quick" >&2; exit 1; }
-      say "unpacking the tokens"
-      rm -rf "$work/data" && mkdir -p "$work/data"
+      say "unpacking the tokens (runs trained on earlier tokens are removed)"
+      rm -rf "$work/data" "$work/runs" "$work/steps" && mkdir -p "$work/data"
       xz -dc "$pack/data.tar.xz" | tar -C "$work/data" -xf -
       ;;
     pilot)
