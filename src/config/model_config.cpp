@@ -1,9 +1,8 @@
 #include "config/model_config.h"
 
 #include <cmath>
-#include <fstream>
+#include <limits>
 #include <set>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -20,14 +19,14 @@ const std::set<std::string> kCommonKeys = {
     "variant", "vocab_size", "d_model", "n_layers",  "n_heads", "d_ff",   "rms_eps",
     "rope_theta", "mini_batch", "tie_embeddings", "qk_norm", "bos_id", "eos_id"};
 
-std::string config_error(const std::string& key, const std::string& what) {
-  return "config: '" + key + "' " + what;
-}
+std::string config_key(const std::string& key) { return "config: '" + key + "'"; }
 
+std::string config_error(const std::string& key, const std::string& what) { return config_key(key) + " " + what; }
+
+// Ranges are validate()'s, with its messages.
 int64_t get_int(const json& j, const std::string& key) {
-  const json& value = j.at(key);
-  if (!value.is_number_integer()) throw Error(config_error(key, "must be an integer, got " + value.dump()));
-  return value.get<int64_t>();
+  return io::json_integer(j.at(key), std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
+                          config_key(key));
 }
 
 double get_real(const json& j, const std::string& key) {
@@ -132,12 +131,9 @@ ModelConfig ModelConfig::from_json_text(const std::string& text) {
 }
 
 ModelConfig ModelConfig::from_file(const std::string& path) {
-  std::ifstream in(path);
-  require(in.good(), "cannot open config file '" + path + "'");
-  std::stringstream text;
-  text << in.rdbuf();
+  const json j = io::read_json_file(path, path + ": ");
   try {
-    return from_json_text(text.str());
+    return from_json(j);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }

@@ -1,5 +1,7 @@
 #include "data/prepare_manifest.h"
 
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -14,18 +16,16 @@ std::optional<PrepareManifest> PrepareManifest::read(const std::string& dir) {
   const std::string prefix = path + ": not a valid prepare manifest: ";
   const nlohmann::json j = io::read_json_file(path, prefix);
   try {
-    // Integers only: get<int64_t>() of a float out of range is undefined behaviour.
-    const auto integer = [&](const char* key) {
-      require(j.at(key).is_number_integer(), std::string("\"") + key + "\" is not an integer");
-      return j.at(key).get<int64_t>();
-    };
+    constexpr int64_t kHighest = std::numeric_limits<int64_t>::max();
     PrepareManifest manifest;
     manifest.tokenizer = j.at("tokenizer").get<std::string>();
-    manifest.vocab_size = integer("vocab_size");
-    manifest.bos_id = integer("bos_id");
+    manifest.vocab_size = io::json_integer(j.at("vocab_size"), 1, kHighest, "\"vocab_size\"");
+    manifest.bos_id = io::json_integer(j.at("bos_id"), 0, kHighest, "\"bos_id\"");
     for (const auto& split : j.at("splits")) {
       const auto file = split.at("file").get<std::string>();
-      if (file.empty() && split.value("documents", int64_t{-1}) == 0) continue;  // an empty split has no file
+      const bool no_documents = split.contains("documents") &&
+                                io::json_integer(split.at("documents"), 0, kHighest, "a split's \"documents\"") == 0;
+      if (file.empty() && no_documents) continue;  // an empty split has no file
       require(!file.empty() && file.find('/') == std::string::npos, "a split's file is not a plain file name");
       manifest.entries.push_back({split.at("name").get<std::string>(), dir + "/" + file});
     }

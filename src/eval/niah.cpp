@@ -280,10 +280,9 @@ std::string Spec::to_json() const {
 
 namespace {
 
-// get<int64_t>() of a float out of range is undefined behaviour: integers are checked first.
+// Any int64: no range is checked here.
 int64_t integer(const nlohmann::json& value, const std::string& what) {
-  require(value.is_number_integer(), what + " must be an integer, not " + value.type_name());
-  return value.get<int64_t>();
+  return io::json_integer(value, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), what);
 }
 
 std::vector<int64_t> integers(const nlohmann::json& value, const std::string& what) {
@@ -304,7 +303,10 @@ Spec Spec::from_json(const std::string& text, const std::string& source) {
     spec.contexts = integers(j.at("contexts"), "contexts");
     spec.depths = j.at("depths").get<std::vector<double>>();
     spec.samples = integer(j.at("samples"), "samples");
-    spec.seed = static_cast<uint64_t>(integer(j.at("seed"), "seed"));  // written as uint64: the same bits
+    // Written as a uint64; nothing else (a negative or fractional number, a string) is one.
+    const nlohmann::json& seed = j.at("seed");
+    spec.seed = seed.is_number_unsigned() ? seed.get<uint64_t>()
+                                          : io::json_integer(seed, 0, std::numeric_limits<int64_t>::max(), "seed");
     spec.distractors = integer(j.at("distractors"), "distractors");
     spec.haystack_path = j.at("haystack").get<std::string>();
     return spec;

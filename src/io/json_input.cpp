@@ -1,5 +1,7 @@
 #include "io/json_input.h"
 
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -43,6 +45,22 @@ Json parse_bounded(std::string_view text, const std::string& prefix) {
   }
 }
 
+// "an integer from lo to hi", leaving out a bound that is no bound.
+std::string integer_range(int64_t lo, int64_t hi) {
+  constexpr int64_t kLowest = std::numeric_limits<int64_t>::min(), kHighest = std::numeric_limits<int64_t>::max();
+  if (lo == kLowest && hi == kHighest) return "an integer";
+  if (hi == kHighest) return "an integer >= " + std::to_string(lo);
+  if (lo == kLowest) return "an integer <= " + std::to_string(hi);
+  return "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+}
+
+// A JSON value for an error message, cut short so that one bad value cannot flood it.
+std::string excerpt(const nlohmann::json& value) {
+  std::string text = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (text.size() > 64) text = text.substr(0, 61) + "...";
+  return text;
+}
+
 }  // namespace
 
 nlohmann::json parse_json_input(std::string_view text, const std::string& prefix) {
@@ -55,6 +73,17 @@ nlohmann::json read_json_file(const std::string& path, const std::string& prefix
 
 nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& prefix) {
   return parse_bounded<nlohmann::ordered_json>(text, prefix);
+}
+
+int64_t json_integer(const nlohmann::json& value, int64_t lo, int64_t hi, const std::string& what) {
+  const bool fits_int64 =
+      value.is_number_integer() &&
+      !(value.is_number_unsigned() && value.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()));
+  if (fits_int64) {
+    const int64_t integer = value.get<int64_t>();
+    if (integer >= lo && integer <= hi) return integer;
+  }
+  throw Error(what + " must be " + integer_range(lo, hi) + ", got " + excerpt(value));
 }
 
 }  // namespace ttt::io

@@ -63,20 +63,20 @@ SafetensorsEntry parse_entry(const std::string& name, const json& value, uint64_
   const uint64_t element_size = safetensors_dtype_size(dtype_name.get<std::string>());
   require(element_size != 0, where + "unsupported dtype " + show(dtype_name) + " (" + kSafetensorsSupported + ")");
 
-  // Parsed non-negative integers are exactly the JSON unsigned numbers; torch sizes are int64.
-  const auto is_size = [](const json& v) { return v.is_number_unsigned(); };
   const json& shape = value["shape"];
-  require(shape.is_array() && std::all_of(shape.begin(), shape.end(),
-                                          [&](const json& dim) {
-                                            return is_size(dim) &&
-                                                   dim.get<uint64_t>() <= uint64_t(std::numeric_limits<int64_t>::max());
-                                          }),
-          where + "shape must be an array of non-negative integers, got " + show(shape));
-  SafetensorsEntry entry{name, dtype_name.get<std::string>(), shape.get<std::vector<int64_t>>(), 0, 0};
+  require(shape.is_array(), where + "shape must be an array of non-negative integers, got " + show(shape));
+  SafetensorsEntry entry{name, dtype_name.get<std::string>(), {}, 0, 0};
+  for (const json& dim : shape) {  // torch sizes are int64
+    const std::string what = where + "shape[" + std::to_string(entry.shape.size()) + "]";
+    entry.shape.push_back(json_integer(dim, 0, std::numeric_limits<int64_t>::max(), what));
+  }
 
+  // Offsets are uint64 (the data buffer's size bounds them below): parsed non-negative integers
+  // are exactly the JSON unsigned numbers.
   const json& offsets = value["data_offsets"];
-  require(offsets.is_array() && offsets.size() == 2 && is_size(offsets[0]) && is_size(offsets[1]),
-          where + "data_offsets must be two non-negative integers, got " + show(offsets));
+  require(
+      offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() && offsets[1].is_number_unsigned(),
+      where + "data_offsets must be two non-negative integers, got " + show(offsets));
   entry.begin = offsets[0].get<uint64_t>();
   entry.end = offsets[1].get<uint64_t>();
   require(entry.begin <= entry.end, where + "data_offsets " + show(offsets) + " end before they begin");

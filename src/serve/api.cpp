@@ -23,6 +23,15 @@ std::string type_name(const json& value) {
   return "null";
 }
 
+// io::json_integer, whose error is a 400 naming the field `param`.
+int64_t request_integer(const json& value, int64_t min, int64_t max, const std::string& what, const char* param) {
+  try {
+    return io::json_integer(value, min, max, what);
+  } catch (const Error& e) {
+    throw bad_request(e.what(), param);
+  }
+}
+
 // Fields are read through these: a wrong type or range is an ApiError naming the field.
 struct Fields {
   const json& body;
@@ -36,15 +45,7 @@ struct Fields {
   std::optional<int64_t> integer(const char* name, int64_t min, int64_t max) const {
     const json* value = find(name);
     if (!value) return std::nullopt;
-    const std::string range = " between " + std::to_string(min) + " and " + std::to_string(max);
-    if (!value->is_number_integer()) throw bad_request(std::string(name) + " must be an integer" + range, name);
-    // Unsigned JSON numbers above INT64_MAX are out of every range here.
-    if (value->is_number_unsigned() && value->get<uint64_t>() > static_cast<uint64_t>(max)) {
-      throw bad_request(std::string(name) + " must be" + range + ", not " + value->dump(), name);
-    }
-    const int64_t v = value->get<int64_t>();
-    if (v < min || v > max) throw bad_request(std::string(name) + " must be" + range + ", not " + value->dump(), name);
-    return v;
+    return request_integer(*value, min, max, name, name);
   }
 
   std::optional<double> number(const char* name, double min, double max, bool min_open = false) const {
@@ -94,14 +95,9 @@ struct Fields {
       if (id.is_string() || id.is_array()) {
         throw bad_request("one prompt per request: give text or one array of token ids", "prompt");
       }
-      const bool inside = id.is_number_integer() && !(id.is_number_unsigned() && id.get<uint64_t>() > INT64_MAX) &&
-                          id.get<int64_t>() >= 0 && id.get<int64_t>() < limits.vocab_size;
-      if (!inside) {
-        throw bad_request("prompt token " + id.dump() + " is outside the model's vocabulary (ids 0 to " +
-                              std::to_string(limits.vocab_size - 1) + ")",
-                          "prompt");
-      }
-      prompt.ids.push_back(id.get<int64_t>());
+      const std::string what =
+          "prompt[" + std::to_string(prompt.ids.size()) + "] (a token id of the model's vocabulary)";
+      prompt.ids.push_back(request_integer(id, 0, limits.vocab_size - 1, what, "prompt"));
     }
     return prompt;
   }

@@ -263,11 +263,8 @@ struct Engine::Impl {
     const std::string prefix = path + ": ";
     const json meta = io::read_json_file(path, prefix);
     require(meta.is_object(), prefix + "not a saved session's metadata (not a JSON object)");
-    // Integers only: get<int64_t>() of a float out of range is undefined behaviour.
     const auto count = [&](const json& value, const std::string& what, int64_t highest) {
-      require(value.is_number_unsigned() && value.get<uint64_t>() <= static_cast<uint64_t>(highest),
-              prefix + what + " must be an integer from 0 to " + std::to_string(highest));
-      return value.get<int64_t>();
+      return io::json_integer(value, 0, highest, prefix + what);
     };
     const auto field = [&](const std::string& key) -> const json& {
       require(meta.contains(key), prefix + "no \"" + key + "\" in a saved session's metadata");

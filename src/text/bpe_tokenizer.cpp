@@ -297,15 +297,12 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::strin
     // Bounding them before anything is sized by them keeps a small file from asking for gigabytes.
     const nlohmann::json& vocab = model.at("vocab");
     const nlohmann::json added_tokens = json.value("added_tokens", nlohmann::json::array());
-    const auto id_below = [&](const nlohmann::json& value, uint64_t limit) {
-      require(value.is_number_unsigned() && value.get<uint64_t>() < limit,
-              prefix + "bad id " + value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
-                  " (ids are integers below " + std::to_string(limit) + ")");
-      return static_cast<int64_t>(value.get<uint64_t>());
+    const auto id_below = [&](const nlohmann::json& value, size_t limit, const std::string& what) {
+      return io::json_integer(value, 0, static_cast<int64_t>(limit) - 1, prefix + what);
     };
     std::string bytes;
     for (const auto& [text, id_json] : vocab.items()) {
-      const int64_t id = id_below(id_json, vocab.size());
+      const int64_t id = id_below(id_json, vocab.size(), "the id of vocabulary entry '" + text + "'");
       require(byte_level_bytes(text, decoder, bytes), prefix + "vocabulary entry '" + text + "' is not byte-level");
       if (t->tokens_.size() <= size_t(id)) {
         t->tokens_.resize(id + 1);
@@ -340,7 +337,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::strin
     }
     std::vector<SpecialToken> specials;
     for (const auto& added : added_tokens) {
-      const int64_t id = id_below(added.at("id"), vocab.size() + added_tokens.size());
+      const int64_t id = id_below(added.at("id"), vocab.size() + added_tokens.size(), "an added token's id");
       specials.push_back({added.at("content").get<std::string>(), static_cast<TokenId>(id)});
     }
     std::string bos, eos;

@@ -1,6 +1,7 @@
 #include "train/train_config.h"
 
 #include <cmath>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -12,9 +13,9 @@ namespace {
 
 using nlohmann::json;
 
-std::string key_error(const std::string& key, const std::string& what) {
-  return "train config: '" + key + "' " + what;
-}
+std::string key_name(const std::string& key) { return "train config: '" + key + "'"; }
+
+std::string key_error(const std::string& key, const std::string& what) { return key_name(key) + " " + what; }
 
 }  // namespace
 
@@ -83,15 +84,19 @@ TrainConfig TrainConfig::from_json(const json& j) {
         [&](auto member) {
           using Value = std::remove_reference_t<decltype(config.*member)>;
           if constexpr (std::is_same_v<Value, int64_t>) {
-            require(value.is_number_integer(), key_error(key, "must be an integer, got " + value.dump()));
-          } else if constexpr (std::is_same_v<Value, double>) {
-            require(value.is_number(), key_error(key, "must be a number, got " + value.dump()));
-          } else if constexpr (std::is_same_v<Value, bool>) {
-            require(value.is_boolean(), key_error(key, "must be true or false, got " + value.dump()));
+            // Ranges are validate()'s, with its messages.
+            config.*member = io::json_integer(value, std::numeric_limits<int64_t>::min(),
+                                              std::numeric_limits<int64_t>::max(), key_name(key));
           } else {
-            require(value.is_string(), key_error(key, "must be a string, got " + value.dump()));
+            if constexpr (std::is_same_v<Value, double>) {
+              require(value.is_number(), key_error(key, "must be a number, got " + value.dump()));
+            } else if constexpr (std::is_same_v<Value, bool>) {
+              require(value.is_boolean(), key_error(key, "must be true or false, got " + value.dump()));
+            } else {
+              require(value.is_string(), key_error(key, "must be a string, got " + value.dump()));
+            }
+            config.*member = value.get<Value>();
           }
-          config.*member = value.get<Value>();
         },
         field->member);
   }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -161,6 +162,15 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   require(format == kCheckpointFormat || format == "ttt-train-checkpoint/1",
           path + ": unsupported checkpoint format '" + format + "' (expected " + kCheckpointFormat + ")");
   io::check_integrity(file.checksum_verified, path, format == kCheckpointFormat);
+  // save_checkpoint writes these numbers as decimal text, which is JSON; errors name the file and key.
+  const auto meta_number = [&](const std::string& key) {
+    return io::parse_json_input(meta(key), path + ": metadata '" + key + "': ");
+  };
+  const int64_t step =
+      io::json_integer(meta_number("step"), 0, std::numeric_limits<int64_t>::max(), path + ": metadata 'step'");
+  const json elapsed_s = meta_number("elapsed_s");
+  require(elapsed_s.is_number() && elapsed_s.get<double>() >= 0,
+          path + ": metadata 'elapsed_s' must be a number >= 0, got " + elapsed_s.dump());
   const std::string saved_text = meta("train_config");
   const TrainConfig saved = [&] {
     try {
@@ -202,8 +212,8 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   }
   model.params = trainable(model, requested, training_device(requested, job));
   std::unique_ptr<Trainer> trainer(new Trainer(requested, std::move(model), out_dir, job));
-  trainer->step_ = std::stoll(meta("step"));
-  trainer->elapsed_before_ = std::stod(meta("elapsed_s"));
+  trainer->step_ = step;
+  trainer->elapsed_before_ = elapsed_s.get<double>();
   trainer->optimizer_->load_state(optimizer_state, trainer->step_);
   trainer->check_ranks_agree();
   if (!trainer->is_main_rank()) return trainer;
@@ -219,10 +229,12 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   for (std::string line; std::getline(lines, line);) {
     try {
       const json metrics = io::parse_json_input(line, metrics_file + ": ");
-      const bool has_step = metrics.is_object() && metrics.contains("step") && metrics.at("step").is_number_integer();
-      if (has_step && metrics.at("step").get<int64_t>() <= trainer->step_) kept += line + "\n";
+      require(metrics.is_object() && metrics.contains("step"), "not a step's metrics");
+      io::json_integer(metrics.at("step"), 0, trainer->step_, "a step up to the checkpoint's");
+      kept += line + "\n";
     } catch (const Error&) {
-      // A line torn by a crash mid-write: dropped, as every line that is not a kept step's metrics.
+      // A step after the checkpoint, or a line torn by a crash mid-write: dropped, as every line
+      // that is not a kept step's metrics.
     }
   }
   io::write_text_file(metrics_path(out_dir), kept);

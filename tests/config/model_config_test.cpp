@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "config/model_config.h"
+#include "test_files.h"
 
 namespace ttt {
 namespace {
@@ -97,7 +98,28 @@ TEST(ModelConfig, RejectsBadInput) {
   EXPECT_FALSE(ModelConfig::from_json(swa).has_prime(11));
   expect_rejected(json::array(), "expected a JSON object");
   EXPECT_THROW(ModelConfig::from_json_text("{\"variant\": "), Error);
-  EXPECT_THROW(ModelConfig::from_file("/nonexistent/config.json"), Error);
+}
+
+// A config file is read as every JSON file is (io::read_json_file): each error is one line
+// that starts with the file's name.
+TEST(ModelConfig, FileErrorsNameTheFile) {
+  test::ScratchDir dir;
+  const std::string path = dir.path("config.json");
+  test::write_bytes(path, paper_125m().dump());
+  EXPECT_EQ(ModelConfig::from_file(path).to_json(), ModelConfig::from_json(paper_125m()).to_json());
+  json fractional = paper_125m();
+  fractional["d_model"] = 768.5;
+  for (const auto& [text, fragment] : std::vector<std::pair<std::string, std::string>>{
+           {paper_125m().dump().substr(0, 40), ": not valid JSON"},
+           {std::string("{\"variant\": \"fa\"}") + '\0', ": not valid JSON (a NUL byte at byte 17)"},
+           {std::string(100, '[') + std::string(100, ']'), ": JSON nested deeper than 64 levels"},
+           {fractional.dump(), ": config: 'd_model' must be an integer, got 768.5"}}) {
+    test::write_bytes(path, text);
+    test::expect_error([&] { ModelConfig::from_file(path); }, {path + fragment});
+  }
+  test::expect_error([&] { ModelConfig::from_file(dir.path("missing.json")); },
+                     {dir.path("missing.json") + ": no such file"});
+  test::expect_error([&] { ModelConfig::from_file(dir.dir()); }, {dir.dir() + ": not a regular file"});
 }
 
 }  // namespace

@@ -72,7 +72,11 @@ TEST(TokenDataset, ADamagedPrepareManifestIsAOneLineError) {
       {manifest.substr(0, 10) + std::string(1, '\0') + manifest.substr(11), "NUL byte"},
       {std::string(100, '[') + std::string(100, ']'), "nested deeper than"},
       {R"({"tokenizer": "t", "vocab_size": 1e999, "bos_id": 1, "splits": []})", "not valid JSON"},
-      {R"({"tokenizer": "t", "vocab_size": 1e300, "bos_id": 1, "splits": []})", "\"vocab_size\" is not an integer"},
+      {R"({"tokenizer": "t", "vocab_size": 1e300, "bos_id": 1, "splits": []})",
+       "\"vocab_size\" must be an integer >= 1, got 1e+300"},
+      {R"({"tokenizer": "t", "vocab_size": 100, "bos_id": -1, "splits": []})", "\"bos_id\" must be an integer >= 0"},
+      {R"({"tokenizer": "t", "vocab_size": 100, "bos_id": 1, "splits": [{"file": "", "documents": 1e300}]})",
+       "a split's \"documents\" must be an integer >= 0, got 1e+300"},
       {"[]", "not a valid prepare manifest"},
   };
   for (const auto& [text, fragment] : damaged) {

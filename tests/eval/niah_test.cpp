@@ -5,6 +5,8 @@
 #include <cmath>
 #include <regex>
 
+#include <nlohmann/json.hpp>
+
 #include "eval/niah.h"
 #include "test_files.h"
 #include "text/load_tokenizer.h"
@@ -286,14 +288,29 @@ TEST(Niah, DamagedSamplesAreRefused) {
       {good.substr(0, 20) + std::string(1, '\0') + good.substr(21), "NUL byte"},
       {"{}", "not a list of samples"},
       {"[{}]", "'context' not found"},
-      {with_first_context("1e300"), "a sample's context must be an integer"},
+      {with_first_context("1e300"), "a sample's context must be an integer, got 1e+300"},
       {with_first_context("-600"), "shorter than the samples"},
-      {with_first_context("18446744073709551615"), "shorter than the samples"},
+      {with_first_context("18446744073709551615"), "a sample's context must be an integer, got 18446744073709551615"},
       {with_first_context("500"), "longer than the samples"},
   };
   for (const auto& [text, fragment] : damaged) {
     test::write_bytes(path, text);
     expect_error([&] { read_samples(dir.dir()); }, {dir.dir(), fragment});
+  }
+}
+
+// The seed is a uint64 in the spec file; other numbers are refused, naming it.
+TEST(Niah, SpecKeepsEverySeed) {
+  Spec spec = spec_of(Task::kPasskey, {600}, {50}, 1);
+  for (const uint64_t seed : {uint64_t(0), uint64_t(1) << 63, ~uint64_t(0)}) {
+    spec.seed = seed;
+    EXPECT_EQ(Spec::from_json(spec.to_json(), "spec.json").seed, seed);
+  }
+  for (const std::string& seed : {"-1", "2.5", "\"7\""}) {
+    nlohmann::json j = nlohmann::json::parse(spec.to_json());
+    j["seed"] = nlohmann::json::parse(seed);
+    expect_error([&] { Spec::from_json(j.dump(), "spec.json"); },
+                 {"spec.json: malformed NIAH spec: seed must be an integer >= 0, got " + seed});
   }
 }
 

@@ -114,6 +114,9 @@ TEST(Orbax, ArrayMetadataTheReaderDoesNotImplementIsNamed) {
       {{"zarr_format", 3}, "\"zarr_format\" must be 2"},
       {{"chunks", {2}}, "does not fit \"shape\""},
       {{"chunks", {4, 2}}, "exceed \"shape\""},
+      {{"chunks", {2, 0}}, "\"chunks\"[1] must be an integer from 1 to 281474976710656, got 0"},
+      {{"shape", {2, 2.5}}, "\"shape\"[1] must be an integer from 0 to 281474976710656, got 2.5"},
+      {{"shape", "2,2"}, "\"shape\" must be an array of integers, got \"2,2\""},
       {{"dimension_separator", "/"}, "dimension_separator \"/\""},
   };
   OrbaxTestStore store;

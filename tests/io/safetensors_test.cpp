@@ -238,10 +238,16 @@ TEST_F(SafetensorsTest, RejectsUnknownDtypes) {
 }
 
 TEST_F(SafetensorsTest, RejectsBadShapes) {
-  for (const std::string shape : {"[-1]", "[1.5]", "[\"2\"]", "4", "[2,-3]"}) {
+  for (const auto& [shape, fragment] : std::vector<std::pair<std::string, std::string>>{
+           {"[-1]", "shape[0] must be an integer >= 0, got -1"},
+           {"[1.5]", "shape[0] must be an integer >= 0, got 1.5"},
+           {"[\"2\"]", "shape[0] must be an integer >= 0, got \"2\""},
+           {"[2,-3]", "shape[1] must be an integer >= 0, got -3"},
+           {"[1,9223372036854775808]", "shape[1] must be an integer >= 0, got 9223372036854775808"},
+           {"4", "shape must be an array of non-negative integers, got 4"}}) {
     SCOPED_TRACE(shape);
     const std::string header = R"({"w":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,4]}})";
-    expect_read_error(write_raw(header, std::string(4, '\0')), {"\"w\"", "shape", "non-negative integers"});
+    expect_read_error(write_raw(header, std::string(4, '\0')), {"\"w\"", fragment});
   }
 }
 

@@ -78,11 +78,12 @@ TEST(ServeApi, RefusesBadRequestsWithOpenAiErrors) {
   expect_refused(R"({"max_tokens": 3})", "prompt is required");
   expect_refused(R"({"prompt": 5})", "prompt must be");
   expect_refused(R"({"prompt": ["a", "b"]})", "one prompt per request");
-  expect_refused(R"({"prompt": [1, 50]})", "outside the model's vocabulary");
-  expect_refused(R"({"prompt": [1, -1]})", "outside the model's vocabulary");
-  expect_refused(R"({"prompt": [1, 2.5]})", "outside the model's vocabulary");
-  expect_refused(R"({"prompt": [18446744073709551615]})", "outside the model's vocabulary");
-  expect_refused(R"({"prompt": "x", "max_tokens": 101})", "max_tokens must be between 1 and 100");
+  const std::string vocabulary_id = " (a token id of the model's vocabulary) must be an integer from 0 to 49, got ";
+  expect_refused(R"({"prompt": [1, 50]})", "prompt[1]" + vocabulary_id + "50");
+  expect_refused(R"({"prompt": [1, -1]})", "prompt[1]" + vocabulary_id + "-1");
+  expect_refused(R"({"prompt": [1, 2.5]})", "prompt[1]" + vocabulary_id + "2.5");
+  expect_refused(R"({"prompt": [18446744073709551615]})", "prompt[0]" + vocabulary_id + "18446744073709551615");
+  expect_refused(R"({"prompt": "x", "max_tokens": 101})", "max_tokens must be an integer from 1 to 100, got 101");
   expect_refused(R"({"prompt": "x", "max_tokens": 99999999999999999999})", "max_tokens");
   expect_refused(R"({"prompt": "x", "max_tokens": 0})", "max_tokens");
   expect_refused(R"({"prompt": "x", "max_tokens": "10"})", "max_tokens must be an integer");
@@ -97,7 +98,8 @@ TEST(ServeApi, RefusesBadRequestsWithOpenAiErrors) {
   expect_refused(R"({"prompt": "x", "logprobs": 6})", "logprobs");
   expect_refused(R"({"prompt": "x", "session": 3})", "session must be a string");
   expect_refused(R"({"prompt": "x", "commit": true})", "commit needs a session");
-  expect_refused(R"({"prompt": "x", "n": 2})", "n must be between 1 and 1");
+  expect_refused(R"({"prompt": "x", "n": 2})", "n must be an integer from 1 to 1, got 2");
+  expect_refused(R"({"prompt": "x", "seed": 0.5})", "seed must be an integer, got 0.5");
   expect_refused(R"({"prompt": "x", "echo": true})", "echo");
   expect_refused(R"({"prompt": "x", "presence_penalty": 0.5})", "repetition_penalty");
   EXPECT_TRUE(std::holds_alternative<ApiError>(parse_session_request(R"({"prompt": {}})", kLimits)));

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <tuple>
 
 #include "test_files.h"
 #include "text/load_tokenizer.h"
@@ -178,6 +179,22 @@ TEST(BpeTokenizer, BadFilesAreClearErrors) {
   test::expect_error([&] { BpeTokenizer::from_tokenizer_json(json, "x"); }, {"tokenizer.json", "BPE"});
   std::ofstream(json) << "{not json";
   test::expect_error([&] { BpeTokenizer::from_tokenizer_json(json, "x"); }, {"tokenizer.json", "not valid JSON"});
+  // Ids are dense: below the vocabulary's size, added tokens below the total.
+  const auto with_ids = [&](const std::string& vocab_id, const std::string& added_id) {
+    std::ofstream(json) << R"({"model": {"type": "BPE", "vocab": {"a": )" << vocab_id
+                        << R"(, "b": 1}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"},
+                              "added_tokens": [{"id": )"
+                        << added_id << R"(, "content": "<s>"}]})";
+  };
+  for (const auto& [vocab_id, added_id, message] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"2", "2", "the id of vocabulary entry 'a' must be an integer from 0 to 1, got 2"},
+           {"0.5", "2", "the id of vocabulary entry 'a' must be an integer from 0 to 1, got 0.5"},
+           {"-1", "2", "the id of vocabulary entry 'a' must be an integer from 0 to 1, got -1"},
+           {"0", "3", "an added token's id must be an integer from 0 to 2, got 3"},
+           {"0", "1e300", "an added token's id must be an integer from 0 to 2, got 1e+300"}}) {
+    with_ids(vocab_id, added_id);
+    test::expect_error([&] { BpeTokenizer::from_tokenizer_json(json, "x"); }, {"tokenizer.json': " + message});
+  }
 }
 
 }  // namespace

@@ -143,7 +143,8 @@ TEST(Trainer, InterruptedRunResumesExactly) {
 }
 
 // A training checkpoint with one bit flipped anywhere in its header, or at any of many places
-// in its tensors, is refused naming the file (it carries a checksum of its contents).
+// in its tensors, is refused naming the file (it carries a checksum of its contents); so is
+// metadata that is not ours under a valid checksum, naming the key too.
 TEST(Trainer, ADamagedCheckpointIsRefused) {
   TrainConfig c = small_run(Variant::kTttE2E);
   c.model->d_model = 8;  // a small file: every byte of the header is tried
@@ -166,6 +167,25 @@ TEST(Trainer, ADamagedCheckpointIsRefused) {
     metadata["train_config"] = train_config;
     io::write_safetensors(checkpoint, file.tensors, metadata);
     expect_error([&] { Trainer::resume(dir.path("run"), json::object()); }, {checkpoint + ": ", fragment});
+  }
+  struct DamagedNumber {
+    std::string key, value, message;
+  };
+  for (const DamagedNumber& damaged : std::vector<DamagedNumber>{
+           {"step", "", "metadata 'step': not valid JSON"},
+           {"step", "1x", "metadata 'step': not valid JSON"},
+           {"step", "-1", "metadata 'step' must be an integer >= 0, got -1"},
+           {"step", "1.5", "metadata 'step' must be an integer >= 0, got 1.5"},
+           {"step", "99999999999999999999", "metadata 'step' must be an integer >= 0, got 1e+20"},
+           {"elapsed_s", "nan", "metadata 'elapsed_s': not valid JSON"},
+           {"elapsed_s", "1e999", "metadata 'elapsed_s': not valid JSON"},
+           {"elapsed_s", "-2.5", "metadata 'elapsed_s' must be a number >= 0, got -2.5"},
+           {"elapsed_s", "\"3\"", "metadata 'elapsed_s' must be a number >= 0, got \"3\""}}) {
+    SCOPED_TRACE(damaged.key + " = " + damaged.value);
+    std::map<std::string, std::string> metadata = file.metadata;
+    metadata[damaged.key] = damaged.value;
+    io::write_safetensors(checkpoint, file.tensors, metadata);
+    expect_error([&] { Trainer::resume(dir.path("run"), json::object()); }, {checkpoint + ": " + damaged.message});
   }
   test::write_bytes(checkpoint, bytes);
   EXPECT_EQ(Trainer::resume(dir.path("run"), json::object())->steps_done(), 1);

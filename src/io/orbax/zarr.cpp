@@ -27,13 +27,13 @@ std::string show(const json& value) {
 
 std::vector<int64_t> dimensions(const json& doc, const char* key, int64_t smallest, const std::string& prefix) {
   const json& value = doc.contains(key) ? doc[key] : json();
-  const bool valid =
-      value.is_array() && std::all_of(value.begin(), value.end(), [&](const json& d) {
-        return d.is_number_integer() && d.get<int64_t>() >= smallest && d.get<int64_t>() <= (int64_t(1) << 48);
-      });
-  require(valid, prefix + "\"" + key + "\" must be an array of integers >= " + std::to_string(smallest) + ", got " +
-                     show(value));
-  return value.get<std::vector<int64_t>>();
+  require(value.is_array(), prefix + "\"" + key + "\" must be an array of integers, got " + show(value));
+  std::vector<int64_t> dims;
+  for (const json& d : value) {
+    const std::string what = prefix + "\"" + key + "\"[" + std::to_string(dims.size()) + "]";
+    dims.push_back(json_integer(d, smallest, int64_t(1) << 48, what));
+  }
+  return dims;
 }
 
 uint64_t product(const std::vector<int64_t>& dims) {
