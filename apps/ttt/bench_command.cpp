@@ -14,6 +14,7 @@
 
 #include "cli_support.h"
 #include "commands.h"
+#include "infer/decode_step.h"
 #include "infer/session.h"
 #include "io/atomic_file.h"
 #include "io/paths.h"
@@ -171,6 +172,8 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
       token = session.feed(std::vector<int64_t>{token}).argmax().item<int64_t>();
       latencies.push_back(seconds_since(start));
     }
+    // Tokens that replayed the decode step's CUDA graph (infer/decode_step.h); 0: spans.
+    row["graph_replays"] = session.decode_step() ? session.decode_step()->replays() : 0;
     if (!profile_path.empty()) {
       profile(profile_path, [&] {
         for (int i = 0; i < 4; ++i) token = session.feed(std::vector<int64_t>{token}).argmax().item<int64_t>();
@@ -211,8 +214,9 @@ void print_row(const json& row) {
   if (row.contains("error")) {
     std::printf("%s\n", row["error"].get<std::string>().c_str());
   } else if (row["mode"] == "decode") {
-    std::printf("%9.3f ms/token  worst %8.2f ms  amortised %8.3f ms", row["ms_per_token"].get<double>(),
-                row["worst_ms"].get<double>(), row["amortised_ms"].get<double>());
+    std::printf("%9.3f ms/token  worst %8.2f ms  amortised %8.3f ms  %3lld graph replays",
+                row["ms_per_token"].get<double>(), row["worst_ms"].get<double>(), row["amortised_ms"].get<double>(),
+                static_cast<long long>(row.value("graph_replays", int64_t{0})));
   } else {
     std::printf("%9.3f s  %11.0f tokens/s", row["seconds"].get<double>(), row["tokens_per_s"].get<double>());
   }
