@@ -141,7 +141,9 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
                 std::to_string(config_.vocab_size) + ")");
   }
   const MatmulDtypeGuard precision(matmul_dtype_);
-  const torch::Tensor tokens = host_tokens.to(device_);
+  // A token for the decode step reaches the device as a value it writes into its buffer.
+  const bool decoding = n == 1 && decode_;
+  const torch::Tensor tokens = decoding ? torch::Tensor() : host_tokens.to(device_);
   const int64_t b = config_.mini_batch;
   // Spans end at the current chunk's end, so that none crosses an inner step; fa on a fused
   // kernel takes the whole feed at once (flash attention's causal square when fresh).
@@ -151,9 +153,11 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
     int64_t length = whole ? n - i : std::min(n - i, b - static_cast<int64_t>(pending_.size()));
     if (config_.is_ttt() && pending_.empty() && i + length < n && length == b) {
       const int64_t chunks = (n - i - 1) / b;  // whole chunks with their last targets in this feed
-      run_whole_chunks(tokens, i, chunks);
+      sync_cache();
+      run_whole_chunks(tokens, i, chunks, position_, state_);
+      ring_current_ = false;
       length = chunks * b;
-    } else if (n == 1 && decode_) {
+    } else if (decoding) {
       read_token(ids[i]);
     } else {
       read_span(tokens.narrow(0, i, length), ids + i);
@@ -201,9 +205,8 @@ void Session::sync_cache() {
 
 KvCache Session::current_cache() const { return cache_current_ ? state_.cache : decode_->unload(); }
 
-void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks) {
-  sync_cache();
-  ring_current_ = false;
+void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks, int64_t position,
+                               ScanState& state) {
   const int64_t n = chunks * config_.mini_batch;
   const torch::Tensor inputs = tokens.narrow(0, offset, n), targets = tokens.narrow(0, offset + 1, n);
   const bool ahead = fused_attention_available(params_.final_norm);
@@ -214,33 +217,30 @@ void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int6
                                    : ChunkInputs::embedded(params_, inputs);
   const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), graphs_.get()};
   try {
-    scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position_, /*update_last=*/true),
-                state_, scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
+    scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position, /*update_last=*/true), state,
+                scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
   } catch (...) {
     // Never left borrowing the buffers that the next replay overwrites.
-    if (graphs_) graphs_->release(state_);
+    if (graphs_) graphs_->release(state);
     throw;
   }
-  if (graphs_) graphs_->release(state_);  // the session keeps its state
+  if (graphs_) graphs_->release(state);  // the session keeps its state
 }
 
 void Session::train_on_pending(int64_t next) {
   const MatmulDtypeGuard precision(matmul_dtype_);
-  const int64_t length = static_cast<int64_t>(pending_.size());
-  std::vector<int64_t> targets(pending_.begin() + 1, pending_.end());
-  targets.push_back(next);
-  // The chunk recomputed from the cache it began with, as `ttt eval` computes it: the
-  // recomputed cache replaces the one built token by token (the same entries).
+  std::vector<int64_t> tokens = pending_;
+  tokens.push_back(next);
+  // The chunk recomputed from the cache it began with, as `ttt eval` computes it (on a GPU
+  // its chunk step replays a graph): the recomputed cache replaces the one built token by
+  // token (the same entries).
   ScanState state{state_.weights, chunk_start_cache_};
-  const ChunkSpan chunk{0, 0, length, position_ - length, /*update=*/true};
-  const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), nullptr};
-  step_chunk(config_, params_, chunk, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)), 0,
-             torch::tensor(targets, torch::kInt64).to(device_), state, scan);
+  run_whole_chunks(torch::tensor(tokens, torch::kInt64).to(device_), 0, 1,
+                   position_ - static_cast<int64_t>(pending_.size()), state);
   state_ = std::move(state);
   cache_current_ = true;
   ring_current_ = false;
   pending_.clear();
-  ++inner_steps_;
 }
 
 void Session::save(const std::string& path) const {

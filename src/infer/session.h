@@ -72,11 +72,12 @@ class Session {
   // The pending chunk is full and `next` is its last target: one inner step on it,
   // recomputed from the cache as it was when the chunk began (as `ttt eval` computes it).
   void train_on_pending(int64_t next);
-  // `chunks` whole chunks of tokens[offset...] from position_ on, each with its last target
-  // in `tokens`, by the chunk scan as `ttt eval` runs it: on a GPU, the blocks before the
-  // fast weights run ahead over many chunks at once and the chunk steps replay CUDA graphs.
-  // The caller advances position_.
-  void run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks);
+  // `chunks` whole chunks of tokens[offset...] from absolute `position` on, each with its
+  // last target in `tokens`, by the chunk scan as `ttt eval` runs it: on a GPU, the blocks
+  // before the fast weights run ahead over many chunks at once and the chunk steps replay
+  // CUDA graphs. `state` moves past them; the caller advances position_.
+  void run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks, int64_t position,
+                        ScanState& state);
   // A span that ends at or before the pending chunk's end: attended, the last logits kept.
   void read_span(const torch::Tensor& span, const int64_t* ids);
   // One token by the decode step, as read_span would read it.

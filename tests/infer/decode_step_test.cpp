@@ -57,6 +57,9 @@ struct Precision {
   torch::Dtype dtype;
   double tolerance;
 };
+void PrintTo(const Precision& precision, std::ostream* out) {
+  *out << c10::toString(precision.dtype) << " within " << precision.tolerance;
+}
 
 class DecodeStepVariant : public ::testing::TestWithParam<std::tuple<Variant, Precision>> {};
 
