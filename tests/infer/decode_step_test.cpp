@@ -159,7 +159,7 @@ TEST_P(DecodeStepOnCuda, GraphReplaysGiveTheSpansNumbers) {
   const torch::Tensor tokens = random_tokens(n, c.vocab_size, 9, {0, 70});
   for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
     SCOPED_TRACE(dtype ? "bf16" : "fp32");
-    const double tolerance = dtype ? 3e-2 : 1e-3;
+    const double tolerance = dtype ? 5e-2 : 1e-3;
     const MatmulDtypeGuard precision(dtype);
     const Params on_cuda = params_for_inference(c, convert_params(c, params, torch::kFloat32), {cuda_, dtype});
     Session spans(c, on_cuda, DecodePath::kSpans), graphed(c, on_cuda);  // the step by default where graphs serve
