@@ -63,25 +63,22 @@ int64_t DecodeStep::State::capacity_for(int64_t tokens) const {
 }
 
 void DecodeStep::State::reserve(int64_t tokens) {
-  const int64_t old_capacity = capacity(), capacity = std::max(old_capacity, capacity_for(tokens));
-  if (capacity == old_capacity) return;
+  const int64_t old_rows = capacity(), new_rows = std::max(old_rows, capacity_for(tokens));
+  if (new_rows == old_rows) return;
   const torch::TensorOptions options = params.final_norm.options();
   // Zeros, not garbage: masked slots are multiplied by a zero probability, which NaN bits would survive.
-  const auto rows = [&](int64_t n) {
-    return torch::zeros({n, config.n_heads, config.head_dim()}, options.dtype(kv_dtype));
+  const auto grown = [&](const torch::Tensor& old) {
+    torch::Tensor ring = torch::zeros({new_rows, config.n_heads, config.head_dim()}, options.dtype(kv_dtype));
+    if (old_rows > 0) ring.narrow(0, 0, old_rows).copy_(old);  // fa: slot = position in either ring
+    return ring;
   };
-  std::vector<KvEntries> grown;
-  for (int64_t l = 0; l < config.n_layers; ++l) {
-    KvEntries ring{rows(capacity), rows(capacity), {}};
-    if (old_capacity > 0) {  // fa: slot = position in either, so the rows keep their slots
-      ring.keys.narrow(0, 0, old_capacity).copy_(rings[l].keys);
-      ring.values.narrow(0, 0, old_capacity).copy_(rings[l].values);
-    }
-    grown.push_back(std::move(ring));
+  rings.resize(config.n_layers);
+  for (KvEntries& ring : rings) {  // block by block: one block's old rows beside the new ones at a time
+    ring.keys = grown(ring.keys);
+    ring.values = grown(ring.values);
   }
-  torch::Tensor positions = torch::full({capacity}, kEmptySlot, options.dtype(torch::kInt64));
-  if (old_capacity > 0) positions.narrow(0, 0, old_capacity).copy_(slot_positions);
-  rings = std::move(grown);
+  torch::Tensor positions = torch::full({new_rows}, kEmptySlot, options.dtype(torch::kInt64));
+  if (old_rows > 0) positions.narrow(0, 0, old_rows).copy_(slot_positions);
   slot_positions = positions;
   if (!token.defined()) {
     token = torch::zeros({1}, options.dtype(torch::kInt64));

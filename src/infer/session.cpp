@@ -190,7 +190,7 @@ void Session::read_token(int64_t id) {
   // once per mini-batch, never per token); from then on it alone holds the rows.
   if (!ring_current_) decode_->load(state_.cache, position_);
   ring_current_ = true;
-  state_.cache = KvCache::for_inference(config_);
+  if (cache_current_) state_.cache = KvCache::for_inference(config_);
   cache_current_ = false;
   // A copy: the step's buffer changes at the next token, the caller's logits must not.
   last_logits_ = decode_->step(id, state_.weights).clone();
