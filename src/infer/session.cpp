@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "infer/decode_step.h"
 #include "infer/session_file.h"
 #include "io/safetensors.h"
 #include "model/compute.h"
@@ -78,13 +79,16 @@ KvCache get_cache(const io::SafetensorsFile& file, const std::string& prefix, co
 
 }  // namespace
 
-Session::Session(const ModelConfig& config, const Params& params)
+Session::Session(const ModelConfig& config, const Params& params, DecodePath decode)
     : config_(config),
       params_(params),
       device_(params.final_norm.device()),
       matmul_dtype_(inference_matmul_dtype(params)),
       state_{{}, KvCache::for_inference(config)},
       chunk_start_cache_(KvCache::for_inference(config)) {
+  if (decode == DecodePath::kStaticStep || (decode == DecodePath::kAuto && DecodeStep::serves_by_default(params))) {
+    decode_ = std::make_unique<DecodeStep>(config, params, matmul_dtype_);
+  }
   reset();
 }
 
@@ -94,6 +98,8 @@ void Session::reset() {
   state_ = {detach_fast_weights(initial_fast_weights(config_, params_), /*requires_grad=*/false),
             KvCache::for_inference(config_)};
   chunk_start_cache_ = KvCache::for_inference(config_);
+  cache_current_ = true;
+  ring_current_ = false;
   pending_.clear();
   position_ = 0;
   inner_steps_ = 0;
@@ -101,7 +107,7 @@ void Session::reset() {
 }
 
 std::unique_ptr<Session> Session::fork() const {
-  auto copy = std::make_unique<Session>(config_, params_);
+  auto copy = std::make_unique<Session>(config_, params_, decode_ ? DecodePath::kStaticStep : DecodePath::kSpans);
   const auto cloned = [&](const KvCache& cache) {
     KvCache out = KvCache::for_inference(config_);
     for (int64_t l = 0; l < cache.n_layers(); ++l) {
@@ -111,7 +117,7 @@ std::unique_ptr<Session> Session::fork() const {
   };
   FastWeights weights;
   for (const MlpParams& m : state_.weights) weights.push_back({m.w1.clone(), m.w2.clone(), m.w3.clone()});
-  copy->state_ = {std::move(weights), cloned(state_.cache)};
+  copy->state_ = {std::move(weights), cloned(current_cache())};
   copy->chunk_start_cache_ = cloned(chunk_start_cache_);
   copy->pending_ = pending_;
   copy->position_ = position_;
@@ -135,7 +141,9 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
                 std::to_string(config_.vocab_size) + ")");
   }
   const MatmulDtypeGuard precision(matmul_dtype_);
-  const torch::Tensor tokens = host_tokens.to(device_);
+  // A token for the decode step reaches the device as a value it writes into its buffer.
+  const bool decoding = n == 1 && decode_;
+  const torch::Tensor tokens = decoding ? torch::Tensor() : host_tokens.to(device_);
   const int64_t b = config_.mini_batch;
   // Spans end at the current chunk's end, so that none crosses an inner step; fa on a fused
   // kernel takes the whole feed at once (flash attention's causal square when fresh).
@@ -145,8 +153,12 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
     int64_t length = whole ? n - i : std::min(n - i, b - static_cast<int64_t>(pending_.size()));
     if (config_.is_ttt() && pending_.empty() && i + length < n && length == b) {
       const int64_t chunks = (n - i - 1) / b;  // whole chunks with their last targets in this feed
-      run_whole_chunks(tokens, i, chunks);
+      sync_cache();
+      run_whole_chunks(tokens, i, chunks, position_, state_);
+      ring_current_ = false;
       length = chunks * b;
+    } else if (decoding) {
+      read_token(ids[i]);
     } else {
       read_span(tokens.narrow(0, i, length), ids + i);
     }
@@ -158,16 +170,43 @@ torch::Tensor Session::feed(const torch::Tensor& tokens_in) {
 
 void Session::read_span(const torch::Tensor& span, const int64_t* ids) {
   const int64_t length = span.size(0);
+  sync_cache();
   if (config_.is_ttt() && pending_.empty()) chunk_start_cache_ = state_.cache;
   torch::NoGradGuard no_grad;
   const FastWeights* prime = config_.is_ttt() ? &state_.weights : nullptr;
   const torch::Tensor h = hidden_states(config_, params_, span, position_, state_.cache, config_.n_layers, prime);
+  ring_current_ = false;
   // Only the last position's logits are wanted: the head runs on that one alone.
   last_logits_ = lm_logits(config_, params_, h.narrow(0, length - 1, 1))[0].to(h.scalar_type());
   if (config_.is_ttt()) pending_.insert(pending_.end(), ids, ids + length);
 }
 
-void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks) {
+void Session::read_token(int64_t id) {
+  if (config_.is_ttt() && pending_.empty()) {
+    sync_cache();
+    chunk_start_cache_ = state_.cache;
+  }
+  // The ring is loaded where it is behind (after spans and inner steps: a copy of the window
+  // once per mini-batch, never per token); from then on it alone holds the rows.
+  if (!ring_current_) decode_->load(state_.cache, position_);
+  ring_current_ = true;
+  if (cache_current_) state_.cache = KvCache::for_inference(config_);
+  cache_current_ = false;
+  // A copy: the step's buffer changes at the next token, the caller's logits must not.
+  last_logits_ = decode_->step(id, state_.weights).clone();
+  if (config_.is_ttt()) pending_.push_back(id);
+}
+
+void Session::sync_cache() {
+  if (cache_current_) return;
+  state_.cache = decode_->unload();
+  cache_current_ = true;
+}
+
+KvCache Session::current_cache() const { return cache_current_ ? state_.cache : decode_->unload(); }
+
+void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks, int64_t position,
+                               ScanState& state) {
   const int64_t n = chunks * config_.mini_batch;
   const torch::Tensor inputs = tokens.narrow(0, offset, n), targets = tokens.narrow(0, offset + 1, n);
   const bool ahead = fused_attention_available(params_.final_norm);
@@ -178,38 +217,37 @@ void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int6
                                    : ChunkInputs::embedded(params_, inputs);
   const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), graphs_.get()};
   try {
-    scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position_, /*update_last=*/true),
-                state_, scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
+    scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position, /*update_last=*/true), state,
+                scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
   } catch (...) {
     // Never left borrowing the buffers that the next replay overwrites.
-    if (graphs_) graphs_->release(state_);
+    if (graphs_) graphs_->release(state);
     throw;
   }
-  if (graphs_) graphs_->release(state_);  // the session keeps its state
+  if (graphs_) graphs_->release(state);  // the session keeps its state
 }
 
 void Session::train_on_pending(int64_t next) {
   const MatmulDtypeGuard precision(matmul_dtype_);
-  const int64_t length = static_cast<int64_t>(pending_.size());
-  std::vector<int64_t> targets(pending_.begin() + 1, pending_.end());
-  targets.push_back(next);
-  // The chunk recomputed from the cache it began with, as `ttt eval` computes it: the
-  // recomputed cache replaces the one built token by token (the same entries).
+  std::vector<int64_t> tokens = pending_;
+  tokens.push_back(next);
+  // The chunk recomputed from the cache it began with, as `ttt eval` computes it (on a GPU
+  // its chunk step replays a graph): the recomputed cache replaces the one built token by
+  // token (the same entries).
   ScanState state{state_.weights, chunk_start_cache_};
-  const ChunkSpan chunk{0, 0, length, position_ - length, /*update=*/true};
-  const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), nullptr};
-  step_chunk(config_, params_, chunk, embed_tokens(params_, torch::tensor(pending_, torch::kInt64).to(device_)), 0,
-             torch::tensor(targets, torch::kInt64).to(device_), state, scan);
+  run_whole_chunks(torch::tensor(tokens, torch::kInt64).to(device_), 0, 1,
+                   position_ - static_cast<int64_t>(pending_.size()), state);
   state_ = std::move(state);
+  cache_current_ = true;
+  ring_current_ = false;
   pending_.clear();
-  ++inner_steps_;
 }
 
 void Session::save(const std::string& path) const {
   std::map<std::string, torch::Tensor> tensors;
   const std::vector<torch::Tensor> weights = flatten(state_.weights);
   for (size_t i = 0; i < weights.size(); ++i) tensors["fast." + std::to_string(i)] = weights[i];
-  put_cache(tensors, "cache.", state_.cache);
+  put_cache(tensors, "cache.", current_cache());
   put_cache(tensors, "chunk_start_cache.", chunk_start_cache_);
   if (last_logits_.defined()) tensors["last_logits"] = last_logits_;
   std::string pending;
@@ -253,6 +291,8 @@ void Session::restore(const std::string& path) {
     // Nothing changes unless everything was read.
     last_logits_ = logits == file.tensors.end() ? torch::Tensor() : logits->second.to(device_);
     state_ = {std::move(weights), std::move(cache)};
+    cache_current_ = true;
+    ring_current_ = false;
     chunk_start_cache_ = std::move(chunk_start_cache);
     pending_ = header.pending;
     position_ = header.position;
@@ -264,7 +304,8 @@ void Session::restore(const std::string& path) {
 
 int64_t Session::state_bytes() const {
   int64_t bytes = state_.cache.bytes() + chunk_start_cache_.bytes() +
-                  static_cast<int64_t>(pending_.size() * sizeof(int64_t)) + bytes_of(last_logits_);
+                  static_cast<int64_t>(pending_.size() * sizeof(int64_t)) + bytes_of(last_logits_) +
+                  (decode_ ? decode_->bytes() : 0);
   for (const torch::Tensor& t : flatten(state_.weights)) bytes += bytes_of(t);
   return bytes;
 }

@@ -497,14 +497,21 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
   return visible;
 }
 
+torch::Tensor attention_bias(const torch::Tensor& mask, const torch::Tensor& q) {
+  // An additive bias (0 or -inf) in the softmax's dtype: one pass over the scores, which also
+  // lifts bf16 ones to fp32, and a backward that passes the gradient through.
+  const torch::Dtype softmax_dtype = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  return torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype)).masked_fill_(mask.logical_not(), -INFINITY);
+}
+
+torch::Tensor attend_with_bias(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& bias) {
+  return attention_mix(torch::softmax(attention_scores(q, k) + bias, -1), v, q);
+}
+
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask) {
-  // The mask as an additive bias (0 or -inf) in the softmax's dtype: one pass over the scores,
-  // which also lifts bf16 ones to fp32, and a backward that passes the gradient through.
-  const torch::Dtype softmax_dtype = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  const torch::Tensor bias =
-      torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype)).masked_fill_(mask.logical_not(), -INFINITY);
-  return attention_mix(torch::softmax(attention_scores(q, k) + bias, -1), v, q);
+  return attend_with_bias(q, k, v, attention_bias(mask, q));
 }
 
 bool fused_attention_available(const torch::Tensor& like) {

@@ -67,6 +67,11 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 // The composable reference: differentiable any number of times.
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask);
+// attend in two parts, for a mask that serves many calls (every block of a decode step):
+// the mask as an additive bias for queries like q, made once, and the attention under it.
+torch::Tensor attention_bias(const torch::Tensor& mask, const torch::Tensor& q);
+torch::Tensor attend_with_bias(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& bias);
 
 // Whether attend_span runs a fused kernel at Order::kFirst for tensors like `like` (CUDA
 // with libtorch 2.x, not fp64): where it does, the blocks before the fast weights run ahead

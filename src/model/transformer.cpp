@@ -9,12 +9,12 @@
 namespace ttt {
 namespace {
 
-// Attention_i of SPEC section 3 for the span, extending the block's cache. `a` is the
-// projections' input already in the matmul dtype; q and k are normed and rotated in the
-// residual stream's dtype; the result is in the matmul dtype (the post-norm reads it).
+// Attention_i of SPEC section 3 for the span. `a` is the projections' input already in the
+// matmul dtype; q and k are normed and rotated in the residual stream's dtype; `memory` finds
+// the keys; the result is in the matmul dtype (the post-norm reads it).
 torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const torch::Tensor& a,
-                        torch::Dtype residual_dtype, const torch::Tensor& positions, const RopeTable& rotation,
-                        KvCache& cache, int64_t block, Order order) {
+                        torch::Dtype residual_dtype, const RopeTable& rotation, const BlockAttention& memory,
+                        int64_t block, Order order) {
   const int64_t T = a.size(0), H = c.n_heads, d = c.head_dim();
   const torch::Dtype matmul = a.scalar_type();
   // Products stay in the matmul dtype: the norms read them as they are, values go to the
@@ -28,9 +28,7 @@ torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const to
   }
   q = rope(q.to(residual_dtype), rotation);
   k = rope(k.to(residual_dtype), rotation).to(matmul);
-  const KvEntries seen = cache.extend(block, {k, v, positions});
-  return project(attend_span(q, seen.keys, seen.values, positions, seen.positions, c.attention_window(), order), p.wo,
-                 matmul);
+  return project(memory(block, q, k, v, order), p.wo, matmul);
 }
 
 }  // namespace
@@ -41,7 +39,7 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
 }
 
 torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
-                         KvCache& cache, int64_t first, int64_t last, const FastWeights* prime,
+                         const BlockAttention& memory, int64_t first, int64_t last, const FastWeights* prime,
                          Order after_fast_weights) {
   if (first >= last) return h;
   const double eps = c.rms_eps;
@@ -53,8 +51,7 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
   for (int64_t i = first; i < last; ++i) {
     const BlockParams& b = params.blocks[i];
     const torch::Tensor a = rms_norm(h, b.attn_norm, eps, matmul);
-    h = h + rms_norm(attention(c, b.attn, a, residual, positions, rotation, cache, i, order), b.attn_post_norm, eps,
-                     residual);
+    h = h + rms_norm(attention(c, b.attn, a, residual, rotation, memory, i, order), b.attn_post_norm, eps, residual);
     if (c.has_prime(i)) {
       require(prime != nullptr, "internal: suffix block run without fast weights");
       order = after_fast_weights;
@@ -66,6 +63,17 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
                      residual);
   }
   return h;
+}
+
+torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
+                         KvCache& cache, int64_t first, int64_t last, const FastWeights* prime,
+                         Order after_fast_weights) {
+  const BlockAttention through_cache = [&](int64_t block, const torch::Tensor& q, const torch::Tensor& k,
+                                           const torch::Tensor& v, Order order) {
+    const KvEntries seen = cache.extend(block, {k, v, positions});
+    return attend_span(q, seen.keys, seen.values, positions, seen.positions, c.attention_window(), order);
+  };
+  return run_blocks(c, params, std::move(h), positions, through_cache, first, last, prime, after_fast_weights);
 }
 
 torch::Tensor span_positions(int64_t start, int64_t length, const torch::Device& device) {

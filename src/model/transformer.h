@@ -1,6 +1,7 @@
 // The decoder of SPEC section 3 run over a span of tokens with a per-block KV cache, so a
 // sequence can be processed whole or chunk by chunk with the same numbers.
 #pragma once
+#include <functional>
 
 #include <torch/types.h>
 
@@ -22,6 +23,17 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens);
 // prime MLP, that MLP included (layers.h's Order; the rest is differentiated at most once).
 torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch::Tensor h,
                          const torch::Tensor& positions, KvCache& cache, int64_t first, int64_t last,
+                         const FastWeights* prime = nullptr, Order after_fast_weights = Order::kFirst);
+
+// Where a block's attention finds its keys: given the span's rotated queries q [T, H, d] and
+// its own rotated keys and values (k, v [T, H, d], in the matmul dtype), block `block`'s
+// attention output as attend_span returns it. The KV cache's is run_blocks' above; the
+// decode step (infer/decode_step.h) keeps fixed-size buffers instead.
+using BlockAttention = std::function<torch::Tensor(int64_t block, const torch::Tensor& q, const torch::Tensor& k,
+                                                   const torch::Tensor& v, Order order)>;
+// run_blocks with the blocks' attention memory given as `memory`.
+torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch::Tensor h,
+                         const torch::Tensor& positions, const BlockAttention& memory, int64_t first, int64_t last,
                          const FastWeights* prime = nullptr, Order after_fast_weights = Order::kFirst);
 
 // Absolute positions start..start+length-1 ([length] int64 on `device`).

@@ -1,0 +1,207 @@
+// The fixed-shape decode step (infer/decode_step.h) against the session's span path: the same
+// tokens fed to a session that reads single tokens as spans and to one that reads them by
+// the step give the same logits, token by token, across the ring's wrap-around, inner steps,
+// fa's growing ring, spans between single tokens, save/restore, fork and reset. On a GPU
+// (skipped elsewhere; scripts/gpu.sh runs them) the step replays CUDA graphs.
+#include <gtest/gtest.h>
+
+#include <torch/cuda.h>
+
+#include <cstdlib>
+
+#include "infer/decode_step.h"
+#include "infer/session.h"
+#include "model/compute.h"
+#include "test_util.h"
+#include "ttt/graph_replay.h"
+
+namespace ttt {
+namespace {
+
+using test::random_params;
+using test::random_tokens;
+using test::tiny_config;
+
+// Largest difference relative to the reference's largest logit (at least 1).
+double logit_error(const torch::Tensor& value, const torch::Tensor& reference) {
+  const torch::Tensor a = value.detach().to(torch::kCPU, torch::kFloat64);
+  const torch::Tensor b = reference.detach().to(torch::kCPU, torch::kFloat64);
+  return (a - b).abs().max().item<double>() / std::max(1.0, b.abs().max().item<double>());
+}
+
+// Feeds tokens[at, at + length) to both sessions and checks that they agree.
+void feed_both(Session& spans, Session& step, const torch::Tensor& tokens, int64_t at, int64_t length,
+               double tolerance) {
+  const torch::Tensor piece = tokens.narrow(0, at, length);
+  const torch::Tensor expected = spans.feed(piece).clone();
+  const torch::Tensor got = step.feed(piece);
+  EXPECT_LT(logit_error(got, expected), tolerance) << "piece of " << length << " ending at position " << at + length;
+  EXPECT_EQ(step.position(), spans.position());
+  EXPECT_EQ(step.inner_steps(), spans.inner_steps());
+}
+
+// Pieces that mix spans with runs of single tokens longer than the tiny config's window (6)
+// and mini-batch (3): the ring wraps, inner steps fall between single tokens, spans follow
+// single tokens and single tokens spans.
+const std::vector<int64_t> kPieces = {4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1};
+
+int64_t singles_in(const std::vector<int64_t>& pieces, int64_t n) {
+  int64_t singles = 0;
+  for (int64_t at = 0, k = 0; at < n; at += std::min(pieces[k % pieces.size()], n - at), ++k) {
+    singles += std::min(pieces[k % pieces.size()], n - at) == 1 ? 1 : 0;
+  }
+  return singles;
+}
+
+struct Precision {
+  torch::Dtype dtype;
+  double tolerance;
+};
+void PrintTo(const Precision& precision, std::ostream* out) {
+  *out << c10::toString(precision.dtype) << " within " << precision.tolerance;
+}
+
+class DecodeStepVariant : public ::testing::TestWithParam<std::tuple<Variant, Precision>> {};
+
+TEST_P(DecodeStepVariant, SingleTokensGiveTheSpansNumbers) {
+  const auto [variant, precision] = GetParam();
+  const ModelConfig config = tiny_config(variant);
+  const Params params = random_params(config, 5, 0.3, precision.dtype);
+  const int64_t n = 70;
+  const torch::Tensor tokens = random_tokens(n, config.vocab_size, 7, {0, 23});
+  Session spans(config, params, DecodePath::kSpans), step(config, params, DecodePath::kStaticStep);
+  EXPECT_EQ(spans.decode_step(), nullptr);
+  EXPECT_EQ(Session(config, params).decode_step(), nullptr);  // on the CPU, spans by default
+  ASSERT_NE(step.decode_step(), nullptr);
+  for (int64_t at = 0, k = 0; at < n; ++k) {
+    const int64_t length = std::min(kPieces[k % kPieces.size()], n - at);
+    feed_both(spans, step, tokens, at, length, precision.tolerance);
+    at += length;
+  }
+  EXPECT_EQ(step.decode_step()->steps(), singles_in(kPieces, n));
+  EXPECT_EQ(step.decode_step()->captures(), 0);  // no graphs on the CPU
+  if (config.is_ttt()) EXPECT_EQ(step.inner_steps(), (n - 1) / config.mini_batch);
+  // fa's ring grew with the context from its first 16 rows; a window's is the window.
+  const int64_t capacity = step.decode_step()->capacity();
+  if (config.attention_window() > 0) {
+    EXPECT_EQ(capacity, config.window);
+  } else {
+    EXPECT_GE(capacity, n);
+    EXPECT_LE(capacity, 2 * n);
+  }
+}
+
+// The state a session saves, forks or starts over from is the same whether its last tokens
+// went through the decode step or not, and a restored or forked session decodes on as the
+// span path does.
+TEST_P(DecodeStepVariant, SavedForkedAndResetSessionsDecodeLikeSpans) {
+  const auto [variant, precision] = GetParam();
+  const ModelConfig config = tiny_config(variant);
+  const Params params = random_params(config, 5, 0.3, precision.dtype);
+  const torch::Tensor document = random_tokens(20, config.vocab_size, 3, {0});
+  const torch::Tensor question = random_tokens(12, config.vocab_size, 4);
+  Session spans(config, params, DecodePath::kSpans), step(config, params, DecodePath::kStaticStep);
+  feed_both(spans, step, document, 0, 5, precision.tolerance);
+  for (int64_t at = 5; at < 20; ++at) feed_both(spans, step, document, at, 1, precision.tolerance);
+
+  // Saved while the ring alone holds the newest rows, restored into either path.
+  test::ScratchDir dir;
+  step.save(dir.path("step.safetensors"));
+  spans.save(dir.path("spans.safetensors"));
+  for (const DecodePath path : {DecodePath::kSpans, DecodePath::kStaticStep}) {
+    Session reference(config, params, DecodePath::kSpans), restored(config, params, path);
+    reference.restore(dir.path("spans.safetensors"));
+    restored.feed(random_tokens(8, config.vocab_size, 9));  // restore replaces any state
+    restored.restore(dir.path("step.safetensors"));
+    for (int64_t at = 0; at < 12; ++at) feed_both(reference, restored, question, at, 1, precision.tolerance);
+  }
+
+  // Forked while the ring holds the newest rows: the fork and its origin decode on alone.
+  const std::unique_ptr<Session> spans_fork = spans.fork(), step_fork = step.fork();
+  ASSERT_NE(step_fork->decode_step(), nullptr);
+  for (int64_t at = 0; at < 12; ++at) feed_both(*spans_fork, *step_fork, question, at, 1, precision.tolerance);
+  for (int64_t at = 0; at < 6; ++at) feed_both(spans, step, document, at, 1, precision.tolerance);
+
+  // Started over: the ring's old rows are not seen again.
+  spans.reset();
+  step.reset();
+  for (int64_t at = 0; at < 12; ++at) feed_both(spans, step, question, at, 1, precision.tolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, DecodeStepVariant,
+    ::testing::Combine(::testing::Values(Variant::kFullAttention, Variant::kSlidingWindow, Variant::kTttE2E),
+                       ::testing::Values(Precision{torch::kFloat64, 1e-11}, Precision{torch::kFloat32, 1e-4})),
+    [](const auto& info) {
+      const Variant variant = std::get<0>(info.param);
+      return std::string(variant == Variant::kTttE2E          ? "ttt_e2e"
+                         : variant == Variant::kSlidingWindow ? "swa"
+                                                              : "fa") +
+             (std::get<1>(info.param).dtype == torch::kFloat64 ? "_f64" : "_f32");
+    });
+
+class DecodeStepOnCuda : public ::testing::TestWithParam<Variant> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  }
+  const torch::Device cuda_{torch::kCUDA, 0};
+};
+
+// Graph replays against the span path, token by token, in fp32 and bf16: a prompt, then
+// single tokens past the window (32: the ring wraps), across inner steps (every 16) and
+// fa's ring growing from 32 to 128 rows (32, 48, 64, 96, 128), with a span between them; the
+// same step without graphs (TTT_CUDA_GRAPHS=0) too.
+TEST_P(DecodeStepOnCuda, GraphReplaysGiveTheSpansNumbers) {
+  const ModelConfig c = test::kernel_sized_config(GetParam());
+  const Params params = random_params(c, 8, 0.1);
+  const int64_t n = 125;
+  const torch::Tensor tokens = random_tokens(n, c.vocab_size, 9, {0, 70});
+  for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+    SCOPED_TRACE(dtype ? "bf16" : "fp32");
+    const double tolerance = dtype ? 5e-2 : 1e-3;
+    const MatmulDtypeGuard precision(dtype);
+    const Params on_cuda = params_for_inference(c, convert_params(c, params, torch::kFloat32), {cuda_, dtype});
+    Session spans(c, on_cuda, DecodePath::kSpans), graphed(c, on_cuda);  // the step by default where graphs serve
+    setenv("TTT_CUDA_GRAPHS", "0", 1);
+    Session eager(c, on_cuda, DecodePath::kStaticStep);
+    EXPECT_EQ(Session(c, on_cuda).decode_step(), nullptr);  // graphs off: spans by default
+    unsetenv("TTT_CUDA_GRAPHS");
+    Session eager_spans(c, on_cuda, DecodePath::kSpans);
+    ASSERT_EQ(graphed.decode_step() != nullptr, cuda_graphs_enabled());
+    if (!graphed.decode_step()) GTEST_SKIP() << "TTT_CUDA_GRAPHS=0";
+    ASSERT_NE(eager.decode_step(), nullptr);
+    int64_t singles = 0;
+    for (int64_t at = 0; at < n;) {
+      const int64_t length = at == 0 ? 20 : at == 80 ? 5 : 1;
+      feed_both(spans, graphed, tokens, at, length, tolerance);
+      feed_both(eager_spans, eager, tokens, at, length, tolerance);
+      singles += length == 1 ? 1 : 0;
+      at += length;
+    }
+    const DecodeStep& step = *graphed.decode_step();
+    EXPECT_EQ(step.steps(), singles);
+    EXPECT_EQ(eager.decode_step()->captures(), 0);
+    EXPECT_EQ(step.capacity(), c.attention_window() > 0 ? c.window : 128);
+    // A fork decodes on with graphs of its own.
+    const std::unique_ptr<Session> fork = graphed.fork(), reference = spans.fork();
+    for (int64_t at = 0; at < 4; ++at) feed_both(*reference, *fork, tokens, at, 1, tolerance);
+    // One graph per ring capacity, each run eagerly once before its capture and replayed
+    // from the capture on.
+    EXPECT_EQ(step.captures(), c.attention_window() > 0 ? 1 : 5);
+    EXPECT_EQ(step.replays(), step.steps() - step.captures());
+    EXPECT_EQ(fork->decode_step()->captures(), 1);
+    EXPECT_EQ(fork->decode_step()->replays(), 3);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, DecodeStepOnCuda,
+                         ::testing::Values(Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention),
+                         [](const auto& info) {
+                           return std::string(info.param == Variant::kTttE2E          ? "ttt_e2e"
+                                              : info.param == Variant::kSlidingWindow ? "swa"
+                                                                                      : "fa");
+                         });
+
+}  // namespace
+}  // namespace ttt
