@@ -248,9 +248,11 @@ class PrefixSpans {
       spans_.push_back({static_cast<int64_t>(spans_.size()), start, std::min(span, n - start), start, false});
     }
     std::vector<torch::Tensor> outputs;
-    KvCache cache = KvCache::for_inference(seq.config);
     {
       torch::NoGradGuard no_graph;
+      // Gone before the last span's graph is built, which holds what rows_ keeps again (fa: a
+      // growing cache, every block's rows of the sequence and room for up to as many again).
+      KvCache cache = KvCache::for_inference(seq.config);
       for (size_t s = 0; s + 1 < spans_.size(); ++s) {
         outputs.push_back(run(spans_[s], cache));
         rows_.emplace_back();
