@@ -236,15 +236,6 @@ torch::Dtype softmax_dtype_for(const torch::Tensor& q) {
   return q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
 
-// softmax(scores + mask as an additive bias) [H, Tq, Tk], in softmax_dtype_for(q): the bias
-// (0 or -inf) is one pass over the scores, which also lifts bf16 ones to fp32, and a backward
-// that passes the gradient through.
-torch::Tensor attention_probs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& mask) {
-  const torch::Tensor bias =
-      torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype_for(q))).masked_fill_(mask.logical_not(), -INFINITY);
-  return torch::softmax(attention_scores(q, k) + bias, -1);
-}
-
 // attend for attend_span's layout a block of queries at a time, over only the keys the block
 // sees (consecutive positions: query i is key Tk - Tq + i). Each block's scores and
 // probabilities live while that block is computed, in the forward pass and again, recomputed,
@@ -274,9 +265,22 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
       b.q = q.narrow(0, first, b.rows);
       b.k = k.narrow(0, b.start, b.count);
       b.v = v.narrow(0, b.start, b.count);
-      b.probs = attention_probs(
-          b.q, b.k,
-          attention_mask(query_positions.narrow(0, first, b.rows), key_positions.narrow(0, b.start, b.count), window));
+      // Every row sees the keys from the band's far edge for the last row to the first row's
+      // own key: the mask is built for the columns outside those alone.
+      const int64_t own = cached + first;  // the first query's own key
+      const int64_t seen_by_all = (window > 0 ? std::max(b.start, own + b.rows - window) : b.start) - b.start;
+      const int64_t seen_by_all_end = std::max(seen_by_all, own + 1 - b.start);
+      torch::Tensor scores = attention_scores(b.q, b.k).to(softmax_dtype_for(q));  // [H, rows, count]
+      const auto mask_columns = [&](int64_t from, int64_t to) {
+        if (to <= from) return;
+        const torch::Tensor hidden = attention_mask(query_positions.narrow(0, first, b.rows),
+                                                    key_positions.narrow(0, b.start + from, to - from), window)
+                                         .logical_not();
+        scores.narrow(2, from, to - from).masked_fill_(hidden, -INFINITY);
+      };
+      mask_columns(0, seen_by_all);
+      mask_columns(seen_by_all_end, b.count);
+      b.probs = torch::softmax(scores, -1);
       visit(b);
     }
   }
@@ -295,10 +299,9 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
     return outputs.size() == 1 ? outputs[0] : torch::cat(outputs);
   }
 
-  // With P a block's probabilities, O = P V and dO its output's adjoint per head: dV = P^T dO,
-  // dS = P (dP - rowsum(dO O)) for dP = dO V^T (rowsum(dO O) = rowsum(dP P), without a
-  // product as large as P), dq = dS K / sqrt(d), dK = dS^T q / sqrt(d); in the softmax's
-  // dtype, keys' and values' adjoints summed over the blocks that see them.
+  // With P a block's probabilities and dO its output's adjoint per head: dV = P^T dO,
+  // dS = P (dP - rowsum(dP P)) for dP = dO V^T, dq = dS K / sqrt(d), dK = dS^T q / sqrt(d);
+  // in the softmax's dtype, keys' and values' adjoints summed over the blocks that see them.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
@@ -314,10 +317,9 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
         q, k, v, ctx->saved_data["query_positions"].toTensor(), ctx->saved_data["key_positions"].toTensor(),
         ctx->saved_data["window"].toInt(), ctx->saved_data["block_queries"].toInt(), [&](const Block& b) {
           const torch::Tensor grad_o = heads(grad_out.narrow(0, b.first, b.rows).reshape({b.rows, H, d}));
-          const torch::Tensor v_b = heads(b.v);
-          const torch::Tensor dots = (grad_o * torch::matmul(b.probs, v_b)).sum(-1, /*keepdim=*/true);
           grad_v.narrow(0, b.start, b.count).add_(torch::matmul(b.probs.transpose(1, 2), grad_o).transpose(0, 1));
-          const torch::Tensor grad_s = torch::matmul(grad_o, v_b.transpose(1, 2)).sub_(dots).mul_(b.probs);
+          torch::Tensor grad_s = torch::matmul(grad_o, heads(b.v).transpose(1, 2));  // dP, then dS in place
+          grad_s.sub_((grad_s * b.probs).sum(-1, /*keepdim=*/true)).mul_(b.probs);
           grad_q.narrow(0, b.first, b.rows).copy_((torch::matmul(grad_s, heads(b.k)) * scale).transpose(0, 1));
           grad_k.narrow(0, b.start, b.count)
               .add_((torch::matmul(grad_s.transpose(1, 2), heads(b.q)) * scale).transpose(0, 1));
@@ -601,7 +603,11 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask) {
-  return attention_mix(attention_probs(q, k, mask), v, q);
+  // The mask as an additive bias (0 or -inf) in the softmax's dtype: one pass over the scores,
+  // which also lifts bf16 ones to fp32, and a backward that passes the gradient through.
+  const torch::Tensor bias =
+      torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype_for(q))).masked_fill_(mask.logical_not(), -INFINITY);
+  return attention_mix(torch::softmax(attention_scores(q, k) + bias, -1), v, q);
 }
 
 torch::Tensor attend_by_query_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -662,7 +668,11 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
   // Once differentiated on the CPU: by blocks of queries, whose memory does not grow with the
   // span's keys times its queries (full attention's prefix spans in the training gradient).
   if (order == Order::kFirst && !q.is_cuda()) {
-    return attend_by_query_blocks(q, k, v, query_positions, key_positions, window);
+    // Blocks whose scores take about 2^18 elements (1 MiB in fp32), whatever the keys' count,
+    // of at least 16 queries (small matmuls are slow).
+    const int64_t keys = window > 0 ? std::min(k.size(0), window) : k.size(0);
+    const int64_t block_queries = std::max<int64_t>(16, (int64_t{1} << 18) / std::max<int64_t>(1, q.size(1) * keys));
+    return attend_by_query_blocks(q, k, v, query_positions, key_positions, window, block_queries);
   }
   return attend(q, k, v, attention_mask(query_positions, key_positions, window));
 }

@@ -74,7 +74,7 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
 // Written out to the first order (Order::kFirst): `attend` keeps [H, Tq, Tk] probabilities.
 torch::Tensor attend_by_query_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                      const torch::Tensor& query_positions, const torch::Tensor& key_positions,
-                                     int64_t window, int64_t block_queries = 64);
+                                     int64_t window, int64_t block_queries);
 
 // Whether attend_span runs a fused kernel at Order::kFirst for tensors like `like` (CUDA
 // with libtorch 2.x, not fp64): where it does, the blocks before the fast weights run ahead

@@ -189,6 +189,24 @@ KvEntries rows_for_later(const ModelConfig& config, const KvCache& cache, int64_
   return cache.entries(block).last(keep < 0 ? length : std::min(length, keep));
 }
 
+// The parts one after the other: a view where they already lie so in one buffer (the prefix's
+// rows, PrefixSpans::pack_rows), else their copy.
+torch::Tensor joined(const std::vector<torch::Tensor>& parts) {
+  if (parts.size() == 1) return parts[0];
+  bool adjacent = true;
+  int64_t rows = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const torch::Tensor& part = parts[i];
+    adjacent = adjacent && part.is_contiguous() && part.is_alias_of(parts[0]) &&
+               (i == 0 || part.storage_offset() == parts[i - 1].storage_offset() + parts[i - 1].numel());
+    rows += part.size(0);
+  }
+  if (!adjacent) return torch::cat(parts);
+  std::vector<int64_t> sizes = parts[0].sizes().vec();
+  sizes[0] = rows;
+  return parts[0].as_strided(sizes, parts[0].strides());
+}
+
 // Blocks [first, last) of a window cache as the span after the first `spans_before` spans
 // reads it, rebuilt from the rows each of them left (rows(span, block), rows_for_later),
 // keys and values as fresh leaves that require grad.
@@ -209,9 +227,6 @@ KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t f
       count += e.rows();
     }
     if (count == 0) continue;
-    const auto joined = [](const std::vector<torch::Tensor>& parts) {
-      return parts.size() == 1 ? parts[0] : torch::cat(parts);
-    };
     const KvEntries all{joined(keys), joined(values), joined(positions)};
     const KvEntries kept = keep < 0 ? all : all.last(keep);
     cache.assign(l, {kept.keys.detach().requires_grad_(), kept.values.detach().requires_grad_(), kept.positions});
@@ -261,6 +276,7 @@ class PrefixSpans {
         }
       }
     }
+    if (seq.parking == nullptr) pack_rows();
     last_ = recompute(spans_.size() - 1);
     fetched_.forget_from(0);  // the last span's graph holds what it read
     outputs.push_back(last_->h.detach());
@@ -313,6 +329,30 @@ class PrefixSpans {
   torch::Tensor run(const ChunkSpan& span, KvCache& cache) const {
     return hidden_states(seq_.config, seq_.params, seq_.inputs.narrow(0, span.start, span.length), span.position, cache,
                          seq_.first_suffix);
+  }
+
+  // Every span's keys and values of a block moved into one buffer, each span's rows a view of
+  // it: a span recomputed reads the rows before it as a view (joined), where their copy would
+  // be as large as the sequence's rows again (full attention).
+  void pack_rows() {
+    for (int64_t l = 0; l < seq_.first_suffix; ++l) {
+      std::vector<torch::Tensor> keys, values;
+      for (const std::vector<KvEntries>& span : rows_) {
+        if (span[l].rows() == 0) continue;
+        keys.push_back(span[l].keys);
+        values.push_back(span[l].values);
+      }
+      if (keys.size() < 2) continue;
+      const torch::Tensor packed_keys = torch::cat(keys), packed_values = torch::cat(values);
+      int64_t row = 0;
+      for (std::vector<KvEntries>& span : rows_) {
+        KvEntries& e = span[l];
+        const int64_t n = e.rows();
+        if (n == 0) continue;
+        e = {packed_keys.narrow(0, row, n), packed_values.narrow(0, row, n), e.positions};
+        row += n;
+      }
+    }
   }
 
   SpanGraph recompute(size_t s) {
