@@ -190,7 +190,7 @@ KvEntries rows_for_later(const ModelConfig& config, const KvCache& cache, int64_
 }
 
 // The parts one after the other: a view where they already lie so in one buffer (the prefix's
-// rows, PrefixSpans::pack_rows), else their copy.
+// rows, PrefixSpans::packed), else their copy.
 torch::Tensor joined(const std::vector<torch::Tensor>& parts) {
   if (parts.size() == 1) return parts[0];
   bool adjacent = true;
@@ -263,6 +263,7 @@ class PrefixSpans {
       spans_.push_back({static_cast<int64_t>(spans_.size()), start, std::min(span, n - start), start, false});
     }
     std::vector<torch::Tensor> outputs;
+    packed_.resize(seq.first_suffix);
     {
       torch::NoGradGuard no_graph;
       // Gone before the last span's graph is built, which holds what rows_ keeps again (fa: a
@@ -272,11 +273,11 @@ class PrefixSpans {
         outputs.push_back(run(spans_[s], cache));
         rows_.emplace_back();
         for (int64_t l = 0; l < seq.first_suffix; ++l) {
-          rows_.back().push_back(seq.keep(rows_for_later(seq.config, cache, l, spans_[s].length)));
+          const KvEntries rows = rows_for_later(seq.config, cache, l, spans_[s].length);
+          rows_.back().push_back(seq.parking != nullptr ? seq.keep(rows) : packed(l, rows));
         }
       }
     }
-    if (seq.parking == nullptr) pack_rows();
     last_ = recompute(spans_.size() - 1);
     fetched_.forget_from(0);  // the last span's graph holds what it read
     outputs.push_back(last_->h.detach());
@@ -331,28 +332,31 @@ class PrefixSpans {
                          seq_.first_suffix);
   }
 
-  // Every span's keys and values of a block moved into one buffer, each span's rows a view of
-  // it: a span recomputed reads the rows before it as a view (joined), where their copy would
-  // be as large as the sequence's rows again (full attention).
-  void pack_rows() {
-    for (int64_t l = 0; l < seq_.first_suffix; ++l) {
-      std::vector<torch::Tensor> keys, values;
-      for (const std::vector<KvEntries>& span : rows_) {
-        if (span[l].rows() == 0) continue;
-        keys.push_back(span[l].keys);
-        values.push_back(span[l].values);
+  // Where the rows stay on the device: a span's rows of a block copied into one buffer per
+  // block after those of the spans before (made at the first span, for every span's rows), as
+  // views of it. A span recomputed reads the rows before it as a view (joined), where their
+  // copy would be as large as the sequence's rows again (full attention).
+  KvEntries packed(int64_t block, const KvEntries& rows) {
+    if (rows.rows() == 0) return {};
+    PackedRows& p = packed_[block];
+    if (!p.keys.defined()) {
+      const int64_t keep = KvCache::rows_kept(seq_.config);
+      int64_t total = 0;
+      for (size_t s = 0; s + 1 < spans_.size(); ++s) {
+        total += keep < 0 ? spans_[s].length : std::min(spans_[s].length, keep);
       }
-      if (keys.size() < 2) continue;
-      const torch::Tensor packed_keys = torch::cat(keys), packed_values = torch::cat(values);
-      int64_t row = 0;
-      for (std::vector<KvEntries>& span : rows_) {
-        KvEntries& e = span[l];
-        const int64_t n = e.rows();
-        if (n == 0) continue;
-        e = {packed_keys.narrow(0, row, n), packed_values.narrow(0, row, n), e.positions};
-        row += n;
-      }
+      const auto empty = [total](const torch::Tensor& like) {
+        std::vector<int64_t> sizes = like.sizes().vec();
+        sizes[0] = total;
+        return torch::empty(sizes, like.options());
+      };
+      p = {empty(rows.keys), empty(rows.values), 0};
     }
+    const int64_t n = rows.rows();
+    const KvEntries out{p.keys.narrow(0, p.filled, n).copy_(rows.keys),
+                        p.values.narrow(0, p.filled, n).copy_(rows.values), rows.positions.clone()};
+    p.filled += n;
+    return out;
   }
 
   SpanGraph recompute(size_t s) {
@@ -368,6 +372,11 @@ class PrefixSpans {
   const Sequence& seq_;
   std::vector<ChunkSpan> spans_;
   std::vector<std::vector<KvEntries>> rows_;  // [span][block]: the rows it leaves for later spans
+  struct PackedRows {
+    torch::Tensor keys, values;
+    int64_t filled;  // rows written
+  };
+  std::vector<PackedRows> packed_;  // per prefix block, where the rows stay on the device
   FetchedRows fetched_;
   std::optional<SpanGraph> last_;
   torch::Tensor h_, h_grad_;
