@@ -669,9 +669,9 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
   // span's keys times its queries (full attention's prefix spans in the training gradient).
   if (order == Order::kFirst && !q.is_cuda()) {
     // Blocks whose scores take about 2^18 elements (1 MiB in fp32), whatever the keys' count,
-    // of at least 16 queries (small matmuls are slow).
+    // of at least 32 queries (fewer cost time: 64 chunks of bench/train_memory.sh took 1.4x with 16).
     const int64_t keys = window > 0 ? std::min(k.size(0), window) : k.size(0);
-    const int64_t block_queries = std::max<int64_t>(16, (int64_t{1} << 18) / std::max<int64_t>(1, q.size(1) * keys));
+    const int64_t block_queries = std::max<int64_t>(32, (int64_t{1} << 18) / std::max<int64_t>(1, q.size(1) * keys));
     return attend_by_query_blocks(q, k, v, query_positions, key_positions, window, block_queries);
   }
   return attend(q, k, v, attention_mask(query_positions, key_positions, window));
