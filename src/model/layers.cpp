@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 #include "model/compute.h"
@@ -229,6 +230,109 @@ torch::Tensor attention_mix(const torch::Tensor& probs, const torch::Tensor& v, 
       .transpose(0, 1)
       .reshape({q.size(0), q.size(1) * q.size(2)});
 }
+
+// The dtype of attention's softmax: fp64 for the reference, fp32 otherwise.
+torch::Dtype softmax_dtype_for(const torch::Tensor& q) {
+  return q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+// attend for attend_span's layout a block of queries at a time, over only the keys the block
+// sees (consecutive positions: query i is key Tk - Tq + i). Each block's scores and
+// probabilities live while that block is computed, in the forward pass and again, recomputed,
+// in the backward pass, which is written out and first order: attend keeps [H, Tq, Tk]
+// probabilities for autograd, a quadratic memory in the sequence for full attention's prefix
+// spans.
+class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
+ public:
+  // Queries [first, first + rows) and the keys [start, start + count) they may see.
+  struct Block {
+    int64_t first, rows, start, count;
+    torch::Tensor q, k, v, probs;  // the block's slices, and its probabilities [H, rows, count]
+  };
+
+  // Calls `visit` on every block of `block_queries` queries, its probabilities computed.
+  static void for_each_block(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
+                             int64_t block_queries, const std::function<void(const Block&)>& visit) {
+    const int64_t Tq = q.size(0), cached = k.size(0) - Tq;
+    for (int64_t first = 0; first < Tq; first += block_queries) {
+      Block b;
+      b.first = first;
+      b.rows = std::min(block_queries, Tq - first);
+      const int64_t end = cached + first + b.rows;  // one past the block's last query's own key
+      b.start = window > 0 ? std::max<int64_t>(0, cached + first - window + 1) : 0;
+      b.count = end - b.start;
+      b.q = q.narrow(0, first, b.rows);
+      b.k = k.narrow(0, b.start, b.count);
+      b.v = v.narrow(0, b.start, b.count);
+      // Every row sees the keys from the band's far edge for the last row to the first row's
+      // own key: the mask is built for the columns outside those alone.
+      const int64_t own = cached + first;  // the first query's own key
+      const int64_t seen_by_all = (window > 0 ? std::max(b.start, own + b.rows - window) : b.start) - b.start;
+      const int64_t seen_by_all_end = std::max(seen_by_all, own + 1 - b.start);
+      torch::Tensor scores = attention_scores(b.q, b.k).to(softmax_dtype_for(q));  // [H, rows, count]
+      const auto mask_columns = [&](int64_t from, int64_t to) {
+        if (to <= from) return;
+        const torch::Tensor hidden = attention_mask(query_positions.narrow(0, first, b.rows),
+                                                    key_positions.narrow(0, b.start + from, to - from), window)
+                                         .logical_not();
+        scores.narrow(2, from, to - from).masked_fill_(hidden, -INFINITY);
+      };
+      mask_columns(0, seen_by_all);
+      mask_columns(seen_by_all_end, b.count);
+      b.probs = torch::softmax(scores, -1);
+      visit(b);
+    }
+  }
+
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& query_positions,
+                               const torch::Tensor& key_positions, int64_t window, int64_t block_queries) {
+    std::vector<torch::Tensor> outputs;
+    for_each_block(q, k, v, query_positions, key_positions, window, block_queries,
+                   [&](const Block& b) { outputs.push_back(attention_mix(b.probs, b.v, b.q)); });
+    ctx->save_for_backward({q, k, v});
+    ctx->saved_data["query_positions"] = query_positions;
+    ctx->saved_data["key_positions"] = key_positions;
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["block_queries"] = block_queries;
+    return outputs.size() == 1 ? outputs[0] : torch::cat(outputs);
+  }
+
+  // With P a block's probabilities and dO its output's adjoint per head: dV = P^T dO,
+  // dS = P (dP - rowsum(dP P)) for dP = dO V^T, dq = dS K / sqrt(d), dK = dS^T q / sqrt(d);
+  // in the softmax's dtype, keys' and values' adjoints summed over the blocks that see them.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    const int64_t H = q.size(1), d = q.size(2);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const auto wide = q.options().dtype(softmax_dtype_for(q));
+    const auto heads = [&](const torch::Tensor& t) { return t.to(wide.dtype()).transpose(0, 1); };  // [H, T, d]
+    torch::Tensor grad_q = torch::empty(q.sizes(), wide), grad_k = torch::zeros(k.sizes(), wide),
+                  grad_v = torch::zeros(v.sizes(), wide);
+    const torch::Tensor grad_out = grads[0];
+    for_each_block(
+        q, k, v, ctx->saved_data["query_positions"].toTensor(), ctx->saved_data["key_positions"].toTensor(),
+        ctx->saved_data["window"].toInt(), ctx->saved_data["block_queries"].toInt(), [&](const Block& b) {
+          const torch::Tensor grad_o = heads(grad_out.narrow(0, b.first, b.rows).reshape({b.rows, H, d}));
+          grad_v.narrow(0, b.start, b.count).add_(torch::matmul(b.probs.transpose(1, 2), grad_o).transpose(0, 1));
+          torch::Tensor grad_s = torch::matmul(grad_o, heads(b.v).transpose(1, 2));  // dP, then dS in place
+          grad_s.sub_((grad_s * b.probs).sum(-1, /*keepdim=*/true)).mul_(b.probs);
+          grad_q.narrow(0, b.first, b.rows).copy_((torch::matmul(grad_s, heads(b.k)) * scale).transpose(0, 1));
+          grad_k.narrow(0, b.start, b.count)
+              .add_((torch::matmul(grad_s.transpose(1, 2), heads(b.q)) * scale).transpose(0, 1));
+        });
+    return {grad_q.to(q.scalar_type()),
+            grad_k.to(k.scalar_type()),
+            grad_v.to(v.scalar_type()),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
+  }
+};
 
 #if TTT_WITH_CUDA_KERNELS
 // kernels/token_nll.h as autograd functions. The backward is a function of its own
@@ -500,8 +604,7 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 torch::Tensor attention_bias(const torch::Tensor& mask, const torch::Tensor& q) {
   // An additive bias (0 or -inf) in the softmax's dtype: one pass over the scores, which also
   // lifts bf16 ones to fp32, and a backward that passes the gradient through.
-  const torch::Dtype softmax_dtype = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  return torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype)).masked_fill_(mask.logical_not(), -INFINITY);
+  return torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype_for(q))).masked_fill_(mask.logical_not(), -INFINITY);
 }
 
 torch::Tensor attend_with_bias(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -512,6 +615,12 @@ torch::Tensor attend_with_bias(const torch::Tensor& q, const torch::Tensor& k, c
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& mask) {
   return attend_with_bias(q, k, v, attention_bias(mask, q));
+}
+
+torch::Tensor attend_by_query_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& query_positions, const torch::Tensor& key_positions,
+                                     int64_t window, int64_t block_queries) {
+  return BlockedAttention::apply(q, k, v, query_positions, key_positions, window, block_queries);
 }
 
 bool fused_attention_available(const torch::Tensor& like) {
@@ -563,6 +672,15 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
     return attend_banded(q, k, v, window);
   }
 #endif
+  // Once differentiated on the CPU: by blocks of queries, whose memory does not grow with the
+  // span's keys times its queries (full attention's prefix spans in the training gradient).
+  if (order == Order::kFirst && !q.is_cuda()) {
+    // Blocks whose scores take about 2^18 elements (1 MiB in fp32), whatever the keys' count,
+    // of at least 32 queries (fewer cost time: 64 chunks of bench/train_memory.sh took 1.4x with 16).
+    const int64_t keys = window > 0 ? std::min(k.size(0), window) : k.size(0);
+    const int64_t block_queries = std::max<int64_t>(32, (int64_t{1} << 18) / std::max<int64_t>(1, q.size(1) * keys));
+    return attend_by_query_blocks(q, k, v, query_positions, key_positions, window, block_queries);
+  }
   return attend(q, k, v, attention_mask(query_positions, key_positions, window));
 }
 

@@ -73,6 +73,14 @@ torch::Tensor attention_bias(const torch::Tensor& mask, const torch::Tensor& q);
 torch::Tensor attend_with_bias(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& bias);
 
+// `attend` for attend_span's layout (below) and its mask, a block of `block_queries` queries at
+// a time over only the keys the block sees: the same numbers, with one block's [H, block,
+// keys] scores alive at once and none kept for the backward pass, which recomputes them.
+// Written out to the first order (Order::kFirst): `attend` keeps [H, Tq, Tk] probabilities.
+torch::Tensor attend_by_query_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& query_positions, const torch::Tensor& key_positions,
+                                     int64_t window, int64_t block_queries);
+
 // Whether attend_span runs a fused kernel at Order::kFirst for tensors like `like` (CUDA
 // with libtorch 2.x, not fp64): where it does, the blocks before the fast weights run ahead
 // over long spans.
@@ -83,9 +91,10 @@ bool fused_attention_available(const torch::Tensor& like);
 // attention_mask for `window`. Where fused_attention_available and at Order::kFirst it
 // runs fused kernels: scaled_dot_product_attention for a causal square or a single query,
 // the flash kernel with its sliding window for the rest in bf16/fp16 (whole tiles outside
-// the window skipped), the memory-efficient kernel with the band mask in fp32; elsewhere
-// `attend` (on CUDA with its probabilities in kernels, differentiable twice). The mask is
-// only built where needed. Returns what `attend` returns, in the same dtype.
+// the window skipped), the memory-efficient kernel with the band mask in fp32; on the CPU at
+// Order::kFirst attend_by_query_blocks; elsewhere `attend` (on CUDA with its probabilities
+// in kernels, differentiable twice). The mask is only built where needed. Returns what
+// `attend` returns, in the same dtype.
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
                           Order order = Order::kFirst);

@@ -190,6 +190,24 @@ KvEntries rows_for_later(const ModelConfig& config, const KvCache& cache, int64_
   return cache.entries(block).last(keep < 0 ? length : std::min(length, keep));
 }
 
+// The parts one after the other: a view where they already lie so in one buffer (the prefix's
+// rows, PrefixSpans::packed), else their copy.
+torch::Tensor joined(const std::vector<torch::Tensor>& parts) {
+  if (parts.size() == 1) return parts[0];
+  bool adjacent = true;
+  int64_t rows = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const torch::Tensor& part = parts[i];
+    adjacent = adjacent && part.is_contiguous() && part.is_alias_of(parts[0]) &&
+               (i == 0 || part.storage_offset() == parts[i - 1].storage_offset() + parts[i - 1].numel());
+    rows += part.size(0);
+  }
+  if (!adjacent) return torch::cat(parts);
+  std::vector<int64_t> sizes = parts[0].sizes().vec();
+  sizes[0] = rows;
+  return parts[0].as_strided(sizes, parts[0].strides());
+}
+
 // Blocks [first, last) of a window cache as the span after the first `spans_before` spans
 // reads it, rebuilt from the rows each of them left (rows(span, block), rows_for_later),
 // keys and values as fresh leaves that require grad.
@@ -210,9 +228,6 @@ KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t f
       count += e.rows();
     }
     if (count == 0) continue;
-    const auto joined = [](const std::vector<torch::Tensor>& parts) {
-      return parts.size() == 1 ? parts[0] : torch::cat(parts);
-    };
     const KvEntries all{joined(keys), joined(values), joined(positions)};
     const KvEntries kept = keep < 0 ? all : all.last(keep);
     cache.assign(l, {kept.keys.detach().requires_grad_(), kept.values.detach().requires_grad_(), kept.positions});
@@ -249,14 +264,18 @@ class PrefixSpans {
       spans_.push_back({static_cast<int64_t>(spans_.size()), start, std::min(span, n - start), start, false});
     }
     std::vector<torch::Tensor> outputs;
-    KvCache cache = KvCache::for_inference(seq.config);
+    packed_.resize(seq.first_suffix);
     {
       torch::NoGradGuard no_graph;
+      // Gone before the last span's graph is built, which holds what rows_ keeps again (fa: a
+      // growing cache, every block's rows of the sequence and room for up to as many again).
+      KvCache cache = KvCache::for_inference(seq.config);
       for (size_t s = 0; s + 1 < spans_.size(); ++s) {
         outputs.push_back(run(spans_[s], cache));
         rows_.emplace_back();
         for (int64_t l = 0; l < seq.first_suffix; ++l) {
-          rows_.back().push_back(seq.keep(rows_for_later(seq.config, cache, l, spans_[s].length)));
+          const KvEntries rows = rows_for_later(seq.config, cache, l, spans_[s].length);
+          rows_.back().push_back(seq.parking != nullptr ? seq.keep(rows) : packed(l, rows));
         }
       }
     }
@@ -314,6 +333,33 @@ class PrefixSpans {
                          seq_.first_suffix);
   }
 
+  // Where the rows stay on the device: a span's rows of a block copied into one buffer per
+  // block after those of the spans before (made at the first span, for every span's rows), as
+  // views of it. A span recomputed reads the rows before it as a view (joined), where their
+  // copy would be as large as the sequence's rows again (full attention).
+  KvEntries packed(int64_t block, const KvEntries& rows) {
+    if (rows.rows() == 0) return {};
+    PackedRows& p = packed_[block];
+    if (!p.keys.defined()) {
+      const int64_t keep = KvCache::rows_kept(seq_.config);
+      int64_t total = 0;
+      for (size_t s = 0; s + 1 < spans_.size(); ++s) {
+        total += keep < 0 ? spans_[s].length : std::min(spans_[s].length, keep);
+      }
+      const auto empty = [total](const torch::Tensor& like) {
+        std::vector<int64_t> sizes = like.sizes().vec();
+        sizes[0] = total;
+        return torch::empty(sizes, like.options());
+      };
+      p = {empty(rows.keys), empty(rows.values), 0};
+    }
+    const int64_t n = rows.rows();
+    const KvEntries out{p.keys.narrow(0, p.filled, n).copy_(rows.keys),
+                        p.values.narrow(0, p.filled, n).copy_(rows.values), rows.positions.clone()};
+    p.filled += n;
+    return out;
+  }
+
   SpanGraph recompute(size_t s) {
     KvCache cache = rebuilt_cache(
         seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
@@ -327,6 +373,11 @@ class PrefixSpans {
   const Sequence& seq_;
   std::vector<ChunkSpan> spans_;
   std::vector<std::vector<KvEntries>> rows_;  // [span][block]: the rows it leaves for later spans
+  struct PackedRows {
+    torch::Tensor keys, values;
+    int64_t filled;  // rows written
+  };
+  std::vector<PackedRows> packed_;  // per prefix block, where the rows stay on the device
   FetchedRows fetched_;
   std::optional<SpanGraph> last_;
   torch::Tensor h_, h_grad_;

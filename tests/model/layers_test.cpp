@@ -155,6 +155,57 @@ TEST(Layers, AttendMatchesNaiveSoftmaxAttention) {
   }
 }
 
+// attend_by_query_blocks against attend under attention_mask, in fp64: the output and the
+// gradients of q, k and v for a random adjoint, over attend_span's layout (`cached` keys
+// before a span of Tq queries), full and windowed, with blocks that do not divide the span.
+TEST(Layers, AttendByQueryBlocksMatchesAttendAndItsGradients) {
+  struct Case {
+    int64_t cached, Tq, window, block;
+  };
+  const int64_t H = 3, d = 4;
+  for (const Case c : {Case{0, 7, 0, 3}, Case{5, 7, 0, 3}, Case{5, 7, 4, 3}, Case{9, 6, 12, 4}, Case{2, 10, 3, 64},
+                       Case{6, 1, 0, 2}, Case{6, 5, 2, 1}}) {
+    SCOPED_TRACE(testing::Message() << "cached " << c.cached << " Tq " << c.Tq << " window " << c.window << " block "
+                                    << c.block);
+    torch::manual_seed(7);
+    const int64_t Tk = c.cached + c.Tq;
+    const torch::Tensor q = randn({c.Tq, H, d}), k = randn({Tk, H, d}), v = randn({Tk, H, d});
+    const torch::Tensor adjoint = randn({c.Tq, H * d});
+    const torch::Tensor key_positions = torch::arange(40, 40 + Tk),
+                        query_positions = key_positions.narrow(0, c.cached, c.Tq);
+    const auto run = [&](bool blocked) {
+      const torch::Tensor qs = q.clone().requires_grad_(), ks = k.clone().requires_grad_(),
+                          vs = v.clone().requires_grad_();
+      const torch::Tensor out =
+          blocked ? attend_by_query_blocks(qs, ks, vs, query_positions, key_positions, c.window, c.block)
+                  : attend(qs, ks, vs, attention_mask(query_positions, key_positions, c.window));
+      if (blocked) EXPECT_NE(out.grad_fn()->name().find("BlockedAttention"), std::string::npos);
+      std::vector<torch::Tensor> results = torch::autograd::grad({out}, {qs, ks, vs}, {adjoint});
+      results.insert(results.begin(), out.detach());
+      return results;
+    };
+    const std::vector<torch::Tensor> reference = run(false), blocked = run(true);
+    const char* names[] = {"output", "q", "k", "v"};
+    for (size_t i = 0; i < reference.size(); ++i) {
+      ASSERT_EQ(blocked[i].sizes(), reference[i].sizes()) << names[i];
+      EXPECT_GT(reference[i].abs().max().item<double>(), 1e-3) << names[i];
+      EXPECT_TRUE(torch::allclose(blocked[i], reference[i], 0, 1e-12)) << names[i];
+    }
+  }
+}
+
+// attend_span takes the blocked form on the CPU where it is differentiated once, and the
+// composable one where it must be differentiable twice.
+TEST(Layers, AttendSpanOnTheCpuIsBlockedOnlyAtTheFirstOrder) {
+  const torch::Tensor q = randn({4, 2, 4}).requires_grad_(), k = randn({6, 2, 4}), v = randn({6, 2, 4});
+  const torch::Tensor key_positions = torch::arange(0, 6), query_positions = torch::arange(2, 6);
+  const auto node = [&](Order order) {
+    return attend_span(q, k, v, query_positions, key_positions, 0, order).grad_fn()->name();
+  };
+  EXPECT_NE(node(Order::kFirst).find("BlockedAttention"), std::string::npos);
+  EXPECT_EQ(node(Order::kSecond).find("BlockedAttention"), std::string::npos);
+}
+
 TEST(Layers, TokenNllAndMaskedMeanLoss) {
   torch::manual_seed(6);
   const torch::Tensor logits = randn({4, 5});
