@@ -63,8 +63,9 @@ int64_t DecodeStep::State::capacity_for(int64_t tokens) const {
 }
 
 void DecodeStep::State::reserve(int64_t tokens) {
-  const int64_t old_rows = capacity(), new_rows = std::max(old_rows, capacity_for(tokens));
-  if (new_rows == old_rows) return;
+  const int64_t old_rows = capacity();
+  if (old_rows >= tokens) return;  // fa grows only when full, so that its graphs are few
+  const int64_t new_rows = capacity_for(tokens);
   const torch::TensorOptions options = params.final_norm.options();
   // Zeros, not garbage: masked slots are multiplied by a zero probability, which NaN bits would survive.
   const auto grown = [&](const torch::Tensor& old) {

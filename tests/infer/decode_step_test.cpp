@@ -73,11 +73,22 @@ TEST_P(DecodeStepVariant, SingleTokensGiveTheSpansNumbers) {
   EXPECT_EQ(spans.decode_step(), nullptr);
   EXPECT_EQ(Session(config, params).decode_step(), nullptr);  // on the CPU, spans by default
   ASSERT_NE(step.decode_step(), nullptr);
+  int64_t growths = 0;
   for (int64_t at = 0, k = 0; at < n; ++k) {
     const int64_t length = std::min(kPieces[k % kPieces.size()], n - at);
+    const int64_t before = step.decode_step()->capacity();
     feed_both(spans, step, tokens, at, length, precision.tolerance);
     at += length;
+    // The ring grows only when the tokens no longer fit (each size is a CUDA graph of its
+    // own), and then with room for a quarter more.
+    const int64_t after = step.decode_step()->capacity();
+    if (before > 0 && after != before) {
+      ++growths;
+      EXPECT_LT(before, at) << "grew at position " << at << " with room left";
+      EXPECT_GE(after, at + at / 4);
+    }
   }
+  if (config.attention_window() == 0) EXPECT_GT(growths, 0);
   EXPECT_EQ(step.decode_step()->steps(), singles_in(kPieces, n));
   EXPECT_EQ(step.decode_step()->captures(), 0);  // no graphs on the CPU
   if (config.is_ttt()) EXPECT_EQ(step.inner_steps(), (n - 1) / config.mini_batch);
