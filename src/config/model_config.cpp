@@ -20,9 +20,7 @@ const std::set<std::string> kCommonKeys = {
     "variant", "vocab_size", "d_model", "n_layers",  "n_heads", "d_ff",   "rms_eps",
     "rope_theta", "mini_batch", "tie_embeddings", "qk_norm", "bos_id", "eos_id"};
 
-std::string config_error(const std::string& key, const std::string& what) {
-  return "config: '" + key + "' " + what;
-}
+std::string config_error(const std::string& key, const std::string& what) { return "config: '" + key + "' " + what; }
 
 int64_t get_int(const json& j, const std::string& key) {
   const json& value = j.at(key);

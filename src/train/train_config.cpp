@@ -12,9 +12,7 @@ namespace {
 
 using nlohmann::json;
 
-std::string key_error(const std::string& key, const std::string& what) {
-  return "train config: '" + key + "' " + what;
-}
+std::string key_error(const std::string& key, const std::string& what) { return "train config: '" + key + "' " + what; }
 
 }  // namespace
 
