@@ -302,6 +302,8 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
   // With P a block's probabilities and dO its output's adjoint per head: dV = P^T dO,
   // dS = P (dP - rowsum(dP P)) for dP = dO V^T, dq = dS K / sqrt(d), dK = dS^T q / sqrt(d);
   // in the softmax's dtype, keys' and values' adjoints summed over the blocks that see them.
+  // Plain ops, none in place on what autograd saves: where a caller differentiates again
+  // anyway (forward_span's default order under an exact inner step), autograd records them.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
@@ -318,8 +320,8 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
         ctx->saved_data["window"].toInt(), ctx->saved_data["block_queries"].toInt(), [&](const Block& b) {
           const torch::Tensor grad_o = heads(grad_out.narrow(0, b.first, b.rows).reshape({b.rows, H, d}));
           grad_v.narrow(0, b.start, b.count).add_(torch::matmul(b.probs.transpose(1, 2), grad_o).transpose(0, 1));
-          torch::Tensor grad_s = torch::matmul(grad_o, heads(b.v).transpose(1, 2));  // dP, then dS in place
-          grad_s.sub_((grad_s * b.probs).sum(-1, /*keepdim=*/true)).mul_(b.probs);
+          const torch::Tensor grad_p = torch::matmul(grad_o, heads(b.v).transpose(1, 2));
+          const torch::Tensor grad_s = (grad_p - (grad_p * b.probs).sum(-1, /*keepdim=*/true)) * b.probs;
           grad_q.narrow(0, b.first, b.rows).copy_((torch::matmul(grad_s, heads(b.k)) * scale).transpose(0, 1));
           grad_k.narrow(0, b.start, b.count)
               .add_((torch::matmul(grad_s.transpose(1, 2), heads(b.q)) * scale).transpose(0, 1));

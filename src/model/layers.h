@@ -76,7 +76,8 @@ torch::Tensor attend_with_bias(const torch::Tensor& q, const torch::Tensor& k, c
 // `attend` for attend_span's layout (below) and its mask, a block of `block_queries` queries at
 // a time over only the keys the block sees: the same numbers, with one block's [H, block,
 // keys] scores alive at once and none kept for the backward pass, which recomputes them.
-// Written out to the first order (Order::kFirst): `attend` keeps [H, Tq, Tk] probabilities.
+// Its backward is written out for Order::kFirst (`attend` keeps [H, Tq, Tk] probabilities);
+// autograd differentiates that backward's plain ops again where a caller asks.
 torch::Tensor attend_by_query_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                      const torch::Tensor& query_positions, const torch::Tensor& key_positions,
                                      int64_t window, int64_t block_queries);

@@ -155,10 +155,11 @@ TEST(Layers, AttendMatchesNaiveSoftmaxAttention) {
   }
 }
 
-// attend_by_query_blocks against attend under attention_mask, in fp64: the output and the
-// gradients of q, k and v for a random adjoint, over attend_span's layout (`cached` keys
-// before a span of Tq queries), full and windowed, with blocks that do not divide the span.
-TEST(Layers, AttendByQueryBlocksMatchesAttendAndItsGradients) {
+// attend_by_query_blocks against attend under attention_mask, in fp64: the output and its
+// derivatives with respect to q, k and v to the second order (the first is written out, the
+// second autograd's through it), over attend_span's layout (`cached` keys before a span of
+// Tq queries), full and windowed, with blocks that do not divide the span.
+TEST(Layers, AttendByQueryBlocksMatchesAttendAndItsDerivatives) {
   struct Case {
     int64_t cached, Tq, window, block;
   };
@@ -170,26 +171,27 @@ TEST(Layers, AttendByQueryBlocksMatchesAttendAndItsGradients) {
     torch::manual_seed(7);
     const int64_t Tk = c.cached + c.Tq;
     const torch::Tensor q = randn({c.Tq, H, d}), k = randn({Tk, H, d}), v = randn({Tk, H, d});
-    const torch::Tensor adjoint = randn({c.Tq, H * d});
     const torch::Tensor key_positions = torch::arange(40, 40 + Tk),
                         query_positions = key_positions.narrow(0, c.cached, c.Tq);
-    const auto run = [&](bool blocked) {
+    const auto orders = [&](bool blocked) {
       const torch::Tensor qs = q.clone().requires_grad_(), ks = k.clone().requires_grad_(),
                           vs = v.clone().requires_grad_();
-      const torch::Tensor out =
-          blocked ? attend_by_query_blocks(qs, ks, vs, query_positions, key_positions, c.window, c.block)
-                  : attend(qs, ks, vs, attention_mask(query_positions, key_positions, c.window));
-      if (blocked) EXPECT_NE(out.grad_fn()->name().find("BlockedAttention"), std::string::npos);
-      std::vector<torch::Tensor> results = torch::autograd::grad({out}, {qs, ks, vs}, {adjoint});
-      results.insert(results.begin(), out.detach());
-      return results;
+      return test::derivatives(
+          [&] {
+            if (!blocked) return attend(qs, ks, vs, attention_mask(query_positions, key_positions, c.window));
+            const torch::Tensor out =
+                attend_by_query_blocks(qs, ks, vs, query_positions, key_positions, c.window, c.block);
+            EXPECT_NE(out.grad_fn()->name().find("BlockedAttention"), std::string::npos);
+            return out;
+          },
+          {qs, ks, vs}, 2, 9);
     };
-    const std::vector<torch::Tensor> reference = run(false), blocked = run(true);
-    const char* names[] = {"output", "q", "k", "v"};
+    const std::vector<torch::Tensor> reference = orders(false), blocked = orders(true);
+    ASSERT_EQ(blocked.size(), reference.size());
     for (size_t i = 0; i < reference.size(); ++i) {
-      ASSERT_EQ(blocked[i].sizes(), reference[i].sizes()) << names[i];
-      EXPECT_GT(reference[i].abs().max().item<double>(), 1e-3) << names[i];
-      EXPECT_TRUE(torch::allclose(blocked[i], reference[i], 0, 1e-12)) << names[i];
+      ASSERT_EQ(blocked[i].sizes(), reference[i].sizes()) << i;
+      if (i < 4) EXPECT_GT(reference[i].abs().max().item<double>(), 1e-3) << i;  // the value and first order
+      EXPECT_TRUE(torch::allclose(blocked[i], reference[i], 0, 1e-12)) << i;
     }
   }
 }
