@@ -39,8 +39,8 @@ struct EvalOptions {
 Model load_model_for_eval(const EvalOptions& options, const std::string& path) {
   Model model = options.compute.load_for_inference(path);
   if (options.inner_lr) {
-    require(model.config.is_ttt(), path + ": --inner-lr applies to ttt-e2e models; this one is " +
-                                       variant_name(model.config.variant));
+    require(model.config.is_ttt(),
+            path + ": --inner-lr applies to ttt-e2e models; this one is " + variant_name(model.config.variant));
     model.config.inner_lr = *options.inner_lr;
   }
   return model;
@@ -117,10 +117,8 @@ void evaluate_report(const EvalOptions& options) {
     std::ostringstream shown;
     shown << name;
     if (options.inner_lr) shown << " (inner_lr " << *options.inner_lr << ")";
-    described.push_back({shown.str(),
-                         options.model_paths[m],
-                         variant, count_params(config, models[m].params), config.attention_window(),
-                         config.is_ttt() ? config.mini_batch : 0, 0.0});
+    described.push_back({shown.str(), options.model_paths[m], variant, count_params(config, models[m].params),
+                         config.attention_window(), config.is_ttt() ? config.mini_batch : 0, 0.0});
   }
 
   std::optional<PrepareManifest> manifest;
@@ -247,9 +245,10 @@ void add_eval_command(CLI::App& app) {
   command->add_option("--report", options->report_dir,
                       "write report.json, table.md, curve.dat, plot.gp, context.dat, context.gp, and with gnuplot\n"
                       "loss_by_position.png and loss_by_context.png here");
-  command->add_option("--inner-lr", options->inner_lr,
-                      "evaluate ttt-e2e models with this inner learning rate instead of their own (0: the "
-                      "meta-learned weights without test-time training)")
+  command
+      ->add_option("--inner-lr", options->inner_lr,
+                   "evaluate ttt-e2e models with this inner learning rate instead of their own (0: the "
+                   "meta-learned weights without test-time training)")
       ->check(CLI::NonNegativeNumber);
   command->add_option("--json", options->json_path,
                       "one model over one file: write {\"loss\": L, \"nll\": [per target token]} here");

@@ -606,7 +606,8 @@ torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::
 torch::Tensor attention_bias(const torch::Tensor& mask, const torch::Tensor& q) {
   // An additive bias (0 or -inf) in the softmax's dtype: one pass over the scores, which also
   // lifts bf16 ones to fp32, and a backward that passes the gradient through.
-  return torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype_for(q))).masked_fill_(mask.logical_not(), -INFINITY);
+  return torch::zeros(mask.sizes(), q.options().dtype(softmax_dtype_for(q)))
+      .masked_fill_(mask.logical_not(), -INFINITY);
 }
 
 torch::Tensor attend_with_bias(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
