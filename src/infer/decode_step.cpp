@@ -133,7 +133,7 @@ DecodeStep::DecodeStep(const ModelConfig& config, const Params& params, std::opt
   s.matmul_dtype = matmul_dtype;
   s.residual_dtype = params.final_norm.scalar_type();
   s.kv_dtype = s.residual_dtype == torch::kFloat64 ? torch::kFloat64 : matmul_dtype.value_or(s.residual_dtype);
-  s.with_graphs = cuda_graphs_enabled() && params.final_norm.is_cuda();
+  s.with_graphs = serves_by_default(params);  // the same condition: where graphs serve
 }
 
 DecodeStep::~DecodeStep() = default;

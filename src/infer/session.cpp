@@ -117,7 +117,8 @@ std::unique_ptr<Session> Session::fork() const {
   };
   FastWeights weights;
   for (const MlpParams& m : state_.weights) weights.push_back({m.w1.clone(), m.w2.clone(), m.w3.clone()});
-  copy->state_ = {std::move(weights), cloned(current_cache())};
+  // The ring's rows come out as copies already: no second copy of them.
+  copy->state_ = {std::move(weights), cache_current_ ? cloned(state_.cache) : decode_->unload()};
   copy->chunk_start_cache_ = cloned(chunk_start_cache_);
   copy->pending_ = pending_;
   copy->position_ = position_;

@@ -183,11 +183,16 @@ struct Sequence {
   }
 };
 
-// The rows of block `block` that a span of `length` inputs leaves for the spans after it to
-// read (all of them for full attention, at most the window's otherwise), as the cache holds them.
-KvEntries rows_for_later(const ModelConfig& config, const KvCache& cache, int64_t block, int64_t length) {
+// How many rows a span of `length` inputs leaves for the spans after it to read: all of them
+// for full attention, at most the window's otherwise.
+int64_t rows_left_for_later(const ModelConfig& config, int64_t length) {
   const int64_t keep = KvCache::rows_kept(config);
-  return cache.entries(block).last(keep < 0 ? length : std::min(length, keep));
+  return keep < 0 ? length : std::min(length, keep);
+}
+
+// Those rows of block `block`, as the cache holds them.
+KvEntries rows_for_later(const ModelConfig& config, const KvCache& cache, int64_t block, int64_t length) {
+  return cache.entries(block).last(rows_left_for_later(config, length));
 }
 
 // The parts one after the other: a view where they already lie so in one buffer (the prefix's
@@ -341,11 +346,8 @@ class PrefixSpans {
     if (rows.rows() == 0) return {};
     PackedRows& p = packed_[block];
     if (!p.keys.defined()) {
-      const int64_t keep = KvCache::rows_kept(seq_.config);
       int64_t total = 0;
-      for (size_t s = 0; s + 1 < spans_.size(); ++s) {
-        total += keep < 0 ? spans_[s].length : std::min(spans_[s].length, keep);
-      }
+      for (size_t s = 0; s + 1 < spans_.size(); ++s) total += rows_left_for_later(seq_.config, spans_[s].length);
       const auto empty = [total](const torch::Tensor& like) {
         std::vector<int64_t> sizes = like.sizes().vec();
         sizes[0] = total;
