@@ -34,6 +34,7 @@ struct DecodeStep::State {
   bool with_graphs = false;     // CUDA graphs replay the step
   int64_t position = 0;         // the next token's
   int64_t steps = 0;
+  int64_t allocations = 0;
   // Inputs, state and output, where every graph finds them.
   torch::Tensor token, token_position;     // [1] int64
   std::vector<KvEntries> rings;            // per block: keys and values [capacity, H, d]; positions unused
@@ -63,9 +64,11 @@ int64_t DecodeStep::State::capacity_for(int64_t tokens) const {
 }
 
 void DecodeStep::State::reserve(int64_t tokens) {
-  const int64_t old_rows = capacity();
-  if (old_rows >= tokens) return;  // fa grows only when full, so that its graphs are few
-  const int64_t new_rows = capacity_for(tokens);
+  const int64_t old_rows = capacity(), new_rows = capacity_for(tokens);
+  // A window's ring never changes and fa's grows only when full: graphs read the buffers in
+  // place, so new ones under a capacity already captured would leave its graph on freed memory.
+  if (old_rows >= std::min(tokens, new_rows)) return;
+  ++allocations;
   const torch::TensorOptions options = params.final_norm.options();
   // Zeros, not garbage: masked slots are multiplied by a zero probability, which NaN bits would survive.
   const auto grown = [&](const torch::Tensor& old) {
@@ -192,6 +195,7 @@ const torch::Tensor& DecodeStep::step(int64_t id, const FastWeights& weights) {
 int64_t DecodeStep::position() const { return state_->position; }
 int64_t DecodeStep::capacity() const { return state_->capacity(); }
 int64_t DecodeStep::steps() const { return state_->steps; }
+int64_t DecodeStep::allocations() const { return state_->allocations; }
 int64_t DecodeStep::captures() const { return state_->graphs.captures(); }
 int64_t DecodeStep::replays() const { return state_->graphs.replays(); }
 

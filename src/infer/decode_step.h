@@ -64,6 +64,7 @@ class DecodeStep {
   int64_t capacity() const;  // rows of the ring (0 before the first load)
   int64_t bytes() const;     // held by the buffers
   int64_t steps() const;     // tokens read
+  int64_t allocations() const;  // times the buffers were made: the first load and each growth
   int64_t captures() const;  // CUDA graphs captured
   int64_t replays() const;   // steps that replayed one
 
