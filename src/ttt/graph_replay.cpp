@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "model/compute.h"
@@ -47,13 +48,18 @@ void GraphReplay::run(int64_t key, const std::function<void()>& body) {
   if (graph == s.graphs.end() && s.seen.count(key) > 0) {
     // Captured on a side stream (graphs cannot be captured on the default one); nothing runs.
     auto captured = std::make_unique<at::cuda::CUDAGraph>();
+    // One capture at a time in the process (`ttt serve --slots N` decodes sessions on threads
+    // of their own): the synchronization and the cache release below would break another
+    // thread's capture. Thread-local capture mode lets the other threads compute meanwhile.
+    static std::mutex one_capture;
+    const std::lock_guard lock(one_capture);
     torch::cuda::synchronize();
     // The eager run's freed blocks back to the driver: the graph's private pool needs memory
     // of its own (the 3B training step ran out with 70 GiB cached but free).
     release_cached_device_memory(torch::Device(torch::kCUDA, c10::cuda::current_device()));
     {
       const c10::cuda::CUDAStreamGuard side(s.capture_stream);
-      captured->capture_begin(s.pool);
+      captured->capture_begin(s.pool, cudaStreamCaptureModeThreadLocal);
       try {
         body();
       } catch (...) {

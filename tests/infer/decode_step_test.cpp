@@ -8,6 +8,7 @@
 #include <torch/cuda.h>
 
 #include <cstdlib>
+#include <thread>
 
 #include "infer/decode_step.h"
 #include "infer/session.h"
@@ -205,6 +206,48 @@ TEST_P(DecodeStepOnCuda, GraphReplaysGiveTheSpansNumbers) {
     EXPECT_EQ(step.replays(), step.steps() - step.captures());
     EXPECT_EQ(fork->decode_step()->captures(), 1);
     EXPECT_EQ(fork->decode_step()->replays(), 3);
+  }
+}
+
+// Sessions decoding on threads of their own, as `ttt serve --slots N` runs them: each one's
+// first graph is captured while the other computes (eagerly or by replays), and every token's
+// logits are those of a span session fed alone.
+TEST_P(DecodeStepOnCuda, SessionsOnThreadsDecodeAsAlone) {
+  const ModelConfig c = test::kernel_sized_config(GetParam());
+  const Params on_cuda =
+      params_for_inference(c, convert_params(c, random_params(c, 8, 0.1), torch::kFloat32), {cuda_, std::nullopt});
+  if (!cuda_graphs_enabled()) GTEST_SKIP() << "TTT_CUDA_GRAPHS=0";
+  const int64_t n = 60, prompt = 10, threads = 3;
+  std::vector<torch::Tensor> tokens, expected;
+  for (int64_t t = 0; t < threads; ++t) {
+    tokens.push_back(random_tokens(n, c.vocab_size, 20 + t, {0, 40}));
+    Session alone(c, on_cuda, DecodePath::kSpans);
+    std::vector<torch::Tensor> logits = {alone.feed(tokens[t].narrow(0, 0, prompt)).clone()};
+    for (int64_t at = prompt; at < n; ++at) logits.push_back(alone.feed(tokens[t].narrow(0, at, 1)).clone());
+    expected.push_back(torch::stack(logits));
+  }
+  std::vector<torch::Tensor> got(threads);
+  std::vector<int64_t> captures(threads);
+  std::vector<std::thread> workers;
+  for (int64_t t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      try {
+        Session session(c, on_cuda);
+        std::vector<torch::Tensor> logits = {session.feed(tokens[t].narrow(0, 0, prompt)).clone()};
+        for (int64_t at = prompt; at < n; ++at) logits.push_back(session.feed(tokens[t].narrow(0, at, 1)).clone());
+        torch::cuda::synchronize();
+        got[t] = torch::stack(logits);
+        captures[t] = session.decode_step() ? session.decode_step()->captures() : 0;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "session " << t << ": " << e.what();
+      }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  for (int64_t t = 0; t < threads; ++t) {
+    EXPECT_GE(captures[t], 1) << "session " << t;
+    ASSERT_TRUE(got[t].defined()) << "session " << t;
+    EXPECT_LT(logit_error(got[t], expected[t]), 1e-3) << "session " << t;
   }
 }
 
