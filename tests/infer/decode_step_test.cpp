@@ -218,13 +218,17 @@ TEST_P(DecodeStepOnCuda, SessionsOnThreadsDecodeAsAlone) {
       params_for_inference(c, convert_params(c, random_params(c, 8, 0.1), torch::kFloat32), {cuda_, std::nullopt});
   if (!cuda_graphs_enabled()) GTEST_SKIP() << "TTT_CUDA_GRAPHS=0";
   const int64_t n = 60, prompt = 10, threads = 3;
+  // A prompt, then single tokens: every feed's logits stacked.
+  const auto decode = [&](Session& session, const torch::Tensor& tokens) {
+    std::vector<torch::Tensor> logits = {session.feed(tokens.narrow(0, 0, prompt)).clone()};
+    for (int64_t at = prompt; at < n; ++at) logits.push_back(session.feed(tokens.narrow(0, at, 1)).clone());
+    return torch::stack(logits);
+  };
   std::vector<torch::Tensor> tokens, expected;
   for (int64_t t = 0; t < threads; ++t) {
     tokens.push_back(random_tokens(n, c.vocab_size, 20 + t, {0, 40}));
     Session alone(c, on_cuda, DecodePath::kSpans);
-    std::vector<torch::Tensor> logits = {alone.feed(tokens[t].narrow(0, 0, prompt)).clone()};
-    for (int64_t at = prompt; at < n; ++at) logits.push_back(alone.feed(tokens[t].narrow(0, at, 1)).clone());
-    expected.push_back(torch::stack(logits));
+    expected.push_back(decode(alone, tokens[t]));
   }
   std::vector<torch::Tensor> got(threads);
   std::vector<int64_t> captures(threads);
@@ -233,11 +237,9 @@ TEST_P(DecodeStepOnCuda, SessionsOnThreadsDecodeAsAlone) {
     workers.emplace_back([&, t] {
       try {
         Session session(c, on_cuda);
-        std::vector<torch::Tensor> logits = {session.feed(tokens[t].narrow(0, 0, prompt)).clone()};
-        for (int64_t at = prompt; at < n; ++at) logits.push_back(session.feed(tokens[t].narrow(0, at, 1)).clone());
         // To the host by this thread's stream: a device-wide synchronization here would break
         // another thread's capture (cudaErrorStreamCaptureUnsupported), as it would in the engine.
-        got[t] = torch::stack(logits).to(torch::kCPU);
+        got[t] = decode(session, tokens[t]).to(torch::kCPU);
         captures[t] = session.decode_step() ? session.decode_step()->captures() : 0;
       } catch (const std::exception& e) {
         ADD_FAILURE() << "session " << t << ": " << e.what();
