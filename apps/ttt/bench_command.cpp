@@ -179,8 +179,11 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     }
     row["graph_replays"] = replays() - replays_before;  // timed tokens that replayed the step's graph
     if (!profile_path.empty()) {
+      // ttt-e2e: the first of the profiled tokens is the next one that takes an inner step.
+      const auto next = [&] { token = session.feed(std::vector<int64_t>{token}).argmax().item<int64_t>(); };
+      while (config.is_ttt() && session.position() % config.mini_batch != 0) next();
       profile(profile_path, [&] {
-        for (int i = 0; i < 4; ++i) token = session.feed(std::vector<int64_t>{token}).argmax().item<int64_t>();
+        for (int i = 0; i < 4; ++i) next();
       });
     }
     const double typical = median(latencies), worst = *std::max_element(latencies.begin(), latencies.end());
@@ -351,7 +354,8 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--config-out", options->config_out,
                       "write the model config of the one --sizes and --variants here and exit (nothing is timed)");
   command->add_option("--profile", options->profile_dir,
-                      "profile one more run of each row (decode: 4 tokens) into DIR/SIZE-VARIANT-MODE-CONTEXT.json,\n"
+                      "profile one more run of each row (decode: 4 tokens, for ttt-e2e from the next inner step on)\n"
+                      "into DIR/SIZE-VARIANT-MODE-CONTEXT.json,\n"
                       "a Chrome trace of host ops and kernels; scripts/profile_summary.py sums it up. The\n"
                       "profiler's hooks slow the host a little even when off: take timings without it");
   command->callback([options] { run_bench(*options); });

@@ -109,14 +109,18 @@ void DecodeStep::State::run() {
   const torch::Tensor slot = slots_of(token_position);
   slot_positions.index_copy_(0, slot, token_position);
   const torch::Tensor h = embed_tokens(params, token);
-  // One mask for every block: the slots whose tokens the query sees.
-  const torch::Tensor bias =
-      attention_bias(attention_mask(token_position, slot_positions, config.attention_window()), h);
+  const int64_t window = config.attention_window();
+  // Where the fused kernels do not serve, one mask for every block: the slots whose tokens the query sees.
+  torch::Tensor bias;
   const BlockAttention ring = [&](int64_t block, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                   Order) {
     const KvEntries& memory = rings[block];
     memory.keys.index_copy_(0, slot, k);
     memory.values.index_copy_(0, slot, v);
+    if (decode_attention_serves(q, memory.keys)) {
+      return decode_attention(q, memory.keys, memory.values, slot_positions, token_position, window);
+    }
+    if (!bias.defined()) bias = attention_bias(attention_mask(token_position, slot_positions, window), h);
     return attend_with_bias(q, memory.keys, memory.values, bias);
   };
   const torch::Tensor out =

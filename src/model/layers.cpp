@@ -8,6 +8,7 @@
 #include <functional>
 #include <optional>
 
+#include "common/error.h"
 #include "model/compute.h"
 #include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
 
@@ -16,8 +17,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/autograd.h>
 
-#include "common/error.h"
 #include "kernels/attention_probs.h"
+#include "kernels/decode_attention.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -685,6 +686,47 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
     return attend_by_query_blocks(q, k, v, query_positions, key_positions, window, block_queries);
   }
   return attend(q, k, v, attention_mask(query_positions, key_positions, window));
+}
+
+bool decode_attention_serves(const torch::Tensor& q, const torch::Tensor& keys) {
+#if TTT_WITH_CUDA_KERNELS
+  const auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  return !torch::GradMode::is_enabled() && q.is_cuda() && q.scalar_type() == torch::kFloat32 && q.size(0) == 1 &&
+         keys.is_contiguous() && aligned(keys) && kernels::decode_attention_serves(storage_of(keys), q.size(2)) &&
+         (matmul_dtype_for(q) == torch::kFloat32 || matmul_dtype_for(q) == torch::kBFloat16);
+#else
+  (void)q;
+  (void)keys;
+  return false;
+#endif
+}
+
+torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                               const torch::Tensor& slot_positions, const torch::Tensor& token_position,
+                               int64_t window) {
+  require(decode_attention_serves(q, keys) && values.sizes() == keys.sizes() &&
+              values.scalar_type() == keys.scalar_type() && values.is_contiguous() &&
+              reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0,
+          "internal: decode_attention called where it does not serve");
+#if TTT_WITH_CUDA_KERNELS
+  const c10::cuda::CUDAGuard device(q.device());
+  const int64_t capacity = keys.size(0), H = keys.size(1), d = keys.size(2);
+  const torch::Tensor query = q.contiguous();
+  const torch::Tensor scratch =
+      torch::empty({kernels::decode_attention_scratch(capacity, H, d)}, q.options().dtype(torch::kFloat32));
+  torch::Tensor out = torch::empty({1, H * d}, q.options().dtype(matmul_dtype_for(q)));
+  check("decode_attention",
+        kernels::decode_attention(query.data_ptr<float>(), keys.data_ptr(), values.data_ptr(), storage_of(keys),
+                                  slot_positions.data_ptr<int64_t>(), token_position.data_ptr<int64_t>(), capacity, H,
+                                  d, window, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))),
+                                  scratch.data_ptr<float>(), out.data_ptr(), storage_of(out), stream()));
+  return out;
+#else
+  (void)slot_positions;
+  (void)token_position;
+  (void)window;
+  return torch::Tensor();
+#endif
 }
 
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets) {

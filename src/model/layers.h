@@ -100,6 +100,17 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
                           Order order = Order::kFirst);
 
+// One query's attention over a decode step's ring (infer/decode_step.h): q [1, H, d], keys
+// and values [C, H, d] in slots whose token positions are slot_positions [C] (int64), seen
+// under attention_mask's rule from token_position [1] (int64, on the device). Returns what
+// `attend` returns under that mask, in two fused kernels that read every position on the
+// device (one CUDA graph serves every token). Inference only (no autograd), where
+// decode_attention_serves.
+bool decode_attention_serves(const torch::Tensor& q, const torch::Tensor& keys);
+torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                               const torch::Tensor& slot_positions, const torch::Tensor& token_position,
+                               int64_t window);
+
 // Per-token negative log-likelihood of `targets` [T] under `logits` [T, V], in at least fp32.
 torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& targets);
 

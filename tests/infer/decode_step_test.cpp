@@ -8,11 +8,13 @@
 #include <torch/cuda.h>
 
 #include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include "infer/decode_step.h"
 #include "infer/session.h"
 #include "model/compute.h"
+#include "model/layers.h"
 #include "test_util.h"
 #include "ttt/graph_replay.h"
 
@@ -252,6 +254,59 @@ TEST_P(DecodeStepOnCuda, SessionsOnThreadsDecodeAsAlone) {
     ASSERT_TRUE(got[t].defined()) << "session " << t;
     EXPECT_LT(logit_error(got[t], expected[t]), 1e-3) << "session " << t;
   }
+}
+
+// The step's fused attention (model/layers.h decode_attention) against `attend` under
+// attention_mask in fp64, over rings with empty slots, wrapped windows, keys outside a window,
+// ranges of keys with no seen key, heads of 8 to 256 dimensions and more keys than one block
+// per range takes (several per thread).
+TEST(DecodeAttentionOnCuda, MatchesAttendUnderTheMask) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::NoGradGuard no_grad;
+  constexpr int64_t kEmpty = std::numeric_limits<int64_t>::max();
+  struct Ring {
+    int64_t capacity, heads, dim, window, token, filled;  // slots [0, filled) hold tokens; a window wraps
+  };
+  const std::vector<Ring> rings = {{1, 1, 8, 0, 0, 1},           {37, 3, 16, 0, 29, 30},
+                                   {64, 2, 64, 64, 200, 64},     {300, 4, 80, 100, 299, 300},
+                                   {50, 2, 256, 0, 49, 50},      {20000, 2, 128, 0, 19999, 20000},
+                                   {200000, 1, 64, 0, 149999, 150000}};
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+    const MatmulDtypeGuard precision(dtype);
+    const torch::Dtype storage = dtype.value_or(torch::kFloat32);
+    for (const Ring& r : rings) {
+      SCOPED_TRACE(std::to_string(r.capacity) + " slots, " + std::to_string(r.heads) + "x" + std::to_string(r.dim) +
+                   (dtype ? " bf16" : " fp32"));
+      torch::manual_seed(r.capacity + r.dim);
+      // A window's ring holds position p in slot p % capacity; otherwise slot j holds position j.
+      std::vector<int64_t> positions(r.capacity, kEmpty);
+      for (int64_t p = r.token - r.filled + 1; p <= r.token; ++p) positions[p % r.capacity] = p;
+      const torch::Tensor slot_positions = torch::tensor(positions, torch::kInt64);
+      const torch::Tensor token_position = torch::full({1}, r.token, torch::kInt64);
+      const torch::Tensor q = torch::randn({1, r.heads, r.dim});
+      const torch::Tensor keys = torch::randn({r.capacity, r.heads, r.dim}).to(storage);
+      const torch::Tensor values = torch::randn({r.capacity, r.heads, r.dim}).to(storage);
+      const torch::Tensor q_cuda = q.to(cuda);
+      const torch::Tensor keys_cuda = keys.to(cuda), values_cuda = values.to(cuda);
+      ASSERT_TRUE(decode_attention_serves(q_cuda, keys_cuda));
+      const torch::Tensor got = decode_attention(q_cuda, keys_cuda, values_cuda, slot_positions.to(cuda),
+                                                 token_position.to(cuda), r.window);
+      EXPECT_EQ(got.scalar_type(), storage);
+      ASSERT_EQ(got.sizes(), torch::IntArrayRef({1, r.heads * r.dim}));
+      const auto f64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
+      const torch::Tensor expected = attend(f64(q), f64(keys), f64(values),
+                                            attention_mask(token_position, slot_positions, r.window));
+      const torch::Tensor error = (got.to(torch::kCPU, torch::kFloat64) - expected).norm() / expected.norm();
+      // bf16: q * scale rounded to bf16 as the matmul paths do; the rest in fp32.
+      EXPECT_LT(error.item<double>(), dtype ? 1e-2 : 1e-5);
+    }
+  }
+  // Not where autograd records, nor on the CPU: the composable ops serve there.
+  const torch::Tensor q = torch::randn({1, 2, 16}, cuda), keys = torch::randn({4, 2, 16}, cuda);
+  EXPECT_FALSE(decode_attention_serves(q.cpu(), keys.cpu()));
+  const torch::AutoGradMode recording(true);
+  EXPECT_FALSE(decode_attention_serves(q, keys));
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, DecodeStepOnCuda,
