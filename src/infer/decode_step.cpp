@@ -89,7 +89,9 @@ void DecodeStep::State::reserve(int64_t tokens) {
     token_position = torch::zeros({1}, options.dtype(torch::kInt64));
     logits = torch::empty({config.vocab_size}, options);
     for (const MlpParams& w : initial_fast_weights(config, params)) {
-      weights.push_back({torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)});
+      MlpParams copy{torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)};
+      place_side_by_side({&copy.w1, &copy.w3});  // one matmul for both (swiglu)
+      weights.push_back(std::move(copy));
     }
   }
 }

@@ -136,6 +136,11 @@ Params params_for_inference(const ModelConfig& config, const Params& params, con
                       tensor.scalar_type() != torch::kFloat64;
     tensor = tensor.to(options.device, cast ? *options.matmul_dtype : tensor.scalar_type());
   });
+  // Projections that read the same input, side by side: a decoded token's are one matmul each.
+  for (BlockParams& b : out.blocks) {
+    place_side_by_side({&b.attn.wq, &b.attn.wk, &b.attn.wv});
+    place_side_by_side({&b.mlp.w1, &b.mlp.w3});
+  }
   return out;
 }
 

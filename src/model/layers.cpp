@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <utility>
 
 #include "common/error.h"
 #include "model/compute.h"
@@ -553,19 +554,27 @@ torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional
                      std::optional<torch::Dtype> out, Order order) {
   const torch::Dtype inner = hidden.value_or(x.scalar_type());
   const torch::Tensor operand = matmul_operand(x);  // cast once for both input projections
+  // A single row (a decoded token) with w1 and w3 side by side (params.h): one matmul, whose
+  // halves are contiguous.
+  const torch::Tensor joint = x.dim() == 2 && x.size(0) == 1 ? joint_columns({mlp.w1, mlp.w3}) : torch::Tensor();
+  const auto inputs = [&](torch::Dtype dtype) -> std::pair<torch::Tensor, torch::Tensor> {
+    if (!joint.defined()) return {project(operand, mlp.w1, dtype), project(operand, mlp.w3, dtype)};
+    const torch::Tensor both = project(operand, joint, dtype);
+    const int64_t width = mlp.w1.size(1);
+    return {both.narrow(1, 0, width), both.narrow(1, width, width)};
+  };
 #if TTT_WITH_CUDA_KERNELS
   // The gate in one kernel on the products as they are (kernels/swiglu.h), where the product
   // is fp32 and the products fp32 or bf16.
   const torch::Dtype narrow = operand.scalar_type();
   if (x.is_cuda() && order == Order::kFirst && inner == torch::kFloat32 &&
       (narrow == torch::kFloat32 || narrow == torch::kBFloat16)) {
-    const torch::Tensor gate = FusedSwigluGate::apply(project(operand, mlp.w1, narrow).contiguous(),
-                                                      project(operand, mlp.w3, narrow).contiguous());
-    return project(gate, mlp.w2, out.value_or(inner));
+    const auto [a, b] = inputs(narrow);
+    return project(FusedSwigluGate::apply(a.contiguous(), b.contiguous()), mlp.w2, out.value_or(inner));
   }
 #endif
-  return project(torch::silu(project(operand, mlp.w1, inner)) * project(operand, mlp.w3, inner), mlp.w2,
-                 out.value_or(inner));
+  const auto [a, b] = inputs(inner);
+  return project(torch::silu(a) * b, mlp.w2, out.value_or(inner));
 }
 
 RopeTable rope_table(const torch::Tensor& positions, int64_t head_dim, double theta, torch::Dtype dtype) {

@@ -115,6 +115,35 @@ Params convert_params(const ModelConfig& config, const Params& params, torch::Dt
   return converted;
 }
 
+void place_side_by_side(const std::vector<torch::Tensor*>& parts) {
+  std::vector<torch::Tensor> matrices;
+  for (const torch::Tensor* part : parts) matrices.push_back(*part);
+  const torch::Tensor joint = torch::cat(matrices, 1);
+  int64_t column = 0;
+  for (torch::Tensor* part : parts) {
+    const int64_t width = part->size(1);
+    *part = joint.narrow(1, column, width);
+    column += width;
+  }
+}
+
+torch::Tensor joint_columns(const std::vector<torch::Tensor>& parts) {
+  if (parts.empty() || !parts[0].defined() || parts[0].dim() != 2) return {};
+  const torch::Tensor& first = parts[0];
+  int64_t width = 0;
+  for (const torch::Tensor& part : parts) width += part.defined() ? part.size(-1) : 0;
+  int64_t column = 0;
+  for (const torch::Tensor& part : parts) {
+    const bool placed = part.defined() && part.dim() == 2 && part.size(0) == first.size(0) && part.stride(1) == 1 &&
+                        part.stride(0) == width && part.scalar_type() == first.scalar_type() &&
+                        part.device() == first.device() && part.storage().is_alias_of(first.storage()) &&
+                        part.storage_offset() == first.storage_offset() + column;
+    if (!placed) return {};
+    column += part.size(1);
+  }
+  return first.as_strided({first.size(0), width}, {width, 1});
+}
+
 std::vector<torch::Tensor> flatten(const FastWeights& weights) {
   std::vector<torch::Tensor> flat;
   for (const MlpParams& w : weights) flat.insert(flat.end(), {w.w1, w.w2, w.w3});

@@ -71,6 +71,14 @@ std::vector<torch::Tensor> flatten(const FastWeights& weights);
 // The fast weights cut from any graph (sharing storage), as fresh leaves if `requires_grad`.
 FastWeights detach_fast_weights(const FastWeights& weights, bool requires_grad);
 
+// Matrices [D, n_i] moved side by side into one [D, sum n_i] matrix, each replaced by its
+// column block (a view): where one row is projected by all of them (a decoded token's q, k
+// and v; an MLP's two input projections), joint_columns makes that one matmul.
+void place_side_by_side(const std::vector<torch::Tensor*>& parts);
+// The [D, sum n_i] matrix whose consecutive column blocks `parts` are, or an undefined tensor
+// where they are not views laid out so (place_side_by_side's).
+torch::Tensor joint_columns(const std::vector<torch::Tensor>& parts);
+
 // Every parameter converted to `dtype` (and moved to `device` if given), optionally as
 // fresh leaves that require grad.
 Params convert_params(const ModelConfig& config, const Params& params, torch::Dtype dtype,

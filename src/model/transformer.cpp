@@ -19,9 +19,15 @@ torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const to
   const torch::Dtype matmul = a.scalar_type();
   // Products stay in the matmul dtype: the norms read them as they are, values go to the
   // cache so (half the memory of fp32: fa at 128K).
-  torch::Tensor q = project(a, p.wq, matmul).reshape({T, H, d});
-  torch::Tensor k = project(a, p.wk, matmul).reshape({T, H, d});
-  const torch::Tensor v = project(a, p.wv, matmul).reshape({T, H, d});
+  // A single row (a decoded token) with the three side by side (params_for_inference): one
+  // matmul instead of three launches, whose slices are contiguous.
+  const torch::Tensor joint = T == 1 ? joint_columns({p.wq, p.wk, p.wv}) : torch::Tensor();
+  const torch::Tensor qkv = joint.defined() ? project(a, joint, matmul) : torch::Tensor();
+  const auto projected = [&](const torch::Tensor& w, int64_t index) {
+    return (qkv.defined() ? qkv.narrow(1, index * w.size(1), w.size(1)) : project(a, w, matmul)).reshape({T, H, d});
+  };
+  torch::Tensor q = projected(p.wq, 0), k = projected(p.wk, 1);
+  const torch::Tensor v = projected(p.wv, 2);
   if (c.qk_norm) {
     q = rms_norm(q, p.q_norm, c.rms_eps, residual_dtype);
     k = rms_norm(k, p.k_norm, c.rms_eps, residual_dtype);

@@ -10,6 +10,8 @@
 #include "eval/evaluate.h"
 #include "infer/session.h"
 #include "model/compute.h"
+#include "model/kv_cache.h"
+#include "model/transformer.h"
 #include "test_files.h"
 #include "test_util.h"
 
@@ -84,6 +86,39 @@ TEST(Compute, InferenceParamsCastMatricesButNotFastWeightsOrGains) {
   for (const torch::Tensor& w : flatten(initial_fast_weights(c, params))) EXPECT_EQ(w.scalar_type(), torch::kFloat32);
   EXPECT_EQ(params.final_norm.scalar_type(), torch::kFloat32);
   EXPECT_EQ(inference_matmul_dtype(params), torch::kBFloat16);
+}
+
+// params_for_inference puts the projections of one input side by side; a single row then
+// takes them in one matmul (transformer.cpp, swiglu) with the numbers of separate ones.
+TEST(Compute, InferenceParamsProjectOneRowJointly) {
+  const ModelConfig c = test::kernel_sized_config(Variant::kTttE2E);
+  const Params separate = random_params(c, 1, 0.1, torch::kFloat32);
+  const Params params = params_for_inference(c, separate, ComputeOptions{torch::kCPU, std::nullopt});
+  const AttentionParams& a = params.blocks[0].attn;
+  const torch::Tensor qkv = joint_columns({a.wq, a.wk, a.wv});
+  ASSERT_TRUE(qkv.defined());
+  EXPECT_TRUE(torch::equal(qkv, torch::cat({separate.blocks[0].attn.wq, separate.blocks[0].attn.wk,
+                                            separate.blocks[0].attn.wv},
+                                           1)));
+  EXPECT_TRUE(torch::equal(a.wk, separate.blocks[0].attn.wk));
+  ASSERT_TRUE(joint_columns({params.blocks[1].mlp.w1, params.blocks[1].mlp.w3}).defined());
+  // Not side by side: separate tensors, another order, a gap.
+  EXPECT_FALSE(joint_columns({separate.blocks[0].attn.wq, separate.blocks[0].attn.wk}).defined());
+  EXPECT_FALSE(joint_columns({a.wk, a.wq, a.wv}).defined());
+  EXPECT_FALSE(joint_columns({a.wq, a.wv}).defined());
+  EXPECT_FALSE(joint_columns({a.wq, a.wk}).defined());  // two of three: the row stride is three blocks
+  // A token's logits alone and in a span, joint and separate, agree.
+  const torch::Tensor tokens = random_tokens(9, c.vocab_size, 4, {0});
+  for (const Params* p : {&separate, &params}) {
+    KvCache one_by_one = KvCache::for_inference(c), whole = KvCache::for_inference(c);
+    const FastWeights weights = initial_fast_weights(c, *p);
+    torch::Tensor last;
+    for (int64_t t = 0; t < 9; ++t) {
+      last = forward_span(c, *p, tokens.narrow(0, t, 1), span_positions(t, 1, torch::kCPU), one_by_one, &weights);
+    }
+    const torch::Tensor span = forward_span(c, separate, tokens, span_positions(0, 9, torch::kCPU), whole, &weights);
+    EXPECT_LT((last[0] - span[8]).abs().max().item<double>(), 1e-4);
+  }
 }
 
 // The precision rules themselves, checked on the CPU: bf16 matmuls change the numbers (they
