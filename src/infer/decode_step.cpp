@@ -35,12 +35,14 @@ struct DecodeStep::State {
   int64_t position = 0;         // the next token's
   int64_t steps = 0;
   int64_t allocations = 0;
+  int64_t loads = 0;
   // Inputs, state and output, where every graph finds them.
   torch::Tensor token, token_position;     // [1] int64
   std::vector<KvEntries> rings;            // per block: keys and values [capacity, H, d]; positions unused
   torch::Tensor slot_positions;            // [capacity] int64, shared by the blocks (they hold the same tokens)
   FastWeights weights;                     // ttt-e2e: the step's copy of the session's fast weights
   std::vector<torch::Tensor> copied_from;  // the session's tensors that `weights` holds, kept alive
+  torch::Tensor suffix_inputs;             // ttt-e2e: [mini_batch, D]
   torch::Tensor logits;                    // [V]
   GraphReplay graphs;                      // one per capacity; destroyed before the buffers
 
@@ -88,6 +90,7 @@ void DecodeStep::State::reserve(int64_t tokens) {
     token = torch::zeros({1}, options.dtype(torch::kInt64));
     token_position = torch::zeros({1}, options.dtype(torch::kInt64));
     logits = torch::empty({config.vocab_size}, options);
+    if (config.is_ttt()) suffix_inputs = torch::zeros({config.mini_batch, config.d_model}, options);
     for (const MlpParams& w : initial_fast_weights(config, params)) {
       MlpParams copy{torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)};
       place_side_by_side({&copy.w1, &copy.w3});  // one matmul for both (swiglu)
@@ -125,8 +128,15 @@ void DecodeStep::State::run() {
     if (!bias.defined()) bias = attention_bias(attention_mask(token_position, slot_positions, window), h);
     return attend_with_bias(q, memory.keys, memory.values, bias);
   };
-  const torch::Tensor out =
-      run_blocks(config, params, h, token_position, ring, 0, config.n_layers, config.is_ttt() ? &weights : nullptr);
+  torch::Tensor out;
+  if (config.is_ttt()) {
+    const int64_t first_suffix = config.first_suffix_block();
+    const torch::Tensor entering = run_blocks(config, params, h, token_position, ring, 0, first_suffix, nullptr);
+    suffix_inputs.index_copy_(0, token_position.remainder(config.mini_batch), entering);
+    out = run_blocks(config, params, entering, token_position, ring, first_suffix, config.n_layers, &weights);
+  } else {
+    out = run_blocks(config, params, h, token_position, ring, 0, config.n_layers, nullptr);
+  }
   logits.copy_(lm_logits(config, params, out)[0]);
 }
 
@@ -163,6 +173,7 @@ void DecodeStep::load(const KvCache& cache, int64_t position) {
     if (l == 0) s.slot_positions.index_copy_(0, slots, rows.positions);
   }
   s.position = position;
+  ++s.loads;
 }
 
 KvCache DecodeStep::unload() const {
@@ -198,10 +209,12 @@ const torch::Tensor& DecodeStep::step(int64_t id, const FastWeights& weights) {
   return s.logits;
 }
 
+const torch::Tensor& DecodeStep::suffix_inputs() const { return state_->suffix_inputs; }
 int64_t DecodeStep::position() const { return state_->position; }
 int64_t DecodeStep::capacity() const { return state_->capacity(); }
 int64_t DecodeStep::steps() const { return state_->steps; }
 int64_t DecodeStep::allocations() const { return state_->allocations; }
+int64_t DecodeStep::loads() const { return state_->loads; }
 int64_t DecodeStep::captures() const { return state_->graphs.captures(); }
 int64_t DecodeStep::replays() const { return state_->graphs.replays(); }
 

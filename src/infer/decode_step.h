@@ -60,11 +60,17 @@ class DecodeStep {
   // buffer that the next step overwrites.
   const torch::Tensor& step(int64_t id, const FastWeights& weights);
 
+  // ttt-e2e: [mini_batch, D] rows that entered the first block with fast weights, the token at
+  // position p in row p % mini_batch: once a chunk's tokens have all been stepped, its inner
+  // step starts from them instead of running the blocks before again.
+  const torch::Tensor& suffix_inputs() const;
+
   int64_t position() const;  // tokens the ring has seen: the next token's position
   int64_t capacity() const;  // rows of the ring (0 before the first load)
   int64_t bytes() const;     // held by the buffers
   int64_t steps() const;     // tokens read
   int64_t allocations() const;  // times the buffers were made: the first load and each growth
+  int64_t loads() const;        // times the ring took a cache's rows
   int64_t captures() const;  // CUDA graphs captured
   int64_t replays() const;   // steps that replayed one
 

@@ -101,6 +101,7 @@ void Session::reset() {
   cache_current_ = true;
   ring_current_ = false;
   pending_.clear();
+  stepped_ = 0;
   position_ = 0;
   inner_steps_ = 0;
   last_logits_ = torch::Tensor();
@@ -195,7 +196,10 @@ void Session::read_token(int64_t id) {
   cache_current_ = false;
   // A copy: the step's buffer changes at the next token, the caller's logits must not.
   last_logits_ = decode_->step(id, state_.weights).clone();
-  if (config_.is_ttt()) pending_.push_back(id);
+  if (config_.is_ttt()) {
+    pending_.push_back(id);
+    ++stepped_;
+  }
 }
 
 void Session::sync_cache() {
@@ -210,16 +214,22 @@ void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int6
                                ScanState& state) {
   const int64_t n = chunks * config_.mini_batch;
   const torch::Tensor inputs = tokens.narrow(0, offset, n), targets = tokens.narrow(0, offset + 1, n);
-  const bool ahead = fused_attention_available(params_.final_norm);
+  ChunkInputs chunk_inputs = fused_attention_available(params_.final_norm)
+                                 ? ChunkInputs::run_ahead(config_, params_, inputs, config_.first_suffix_block(),
+                                                          /*with_graph=*/false)
+                                 : ChunkInputs::embedded(params_, inputs);
+  scan(chunk_inputs, targets, position, state);
+}
+
+void Session::scan(ChunkInputs& inputs, const torch::Tensor& targets, int64_t position, ScanState& state) {
   // Made under feed's matmul dtype, as every later call is; null where not supported.
-  if (ahead && !graphs_) graphs_ = ChunkGraphs::where_supported(config_, params_);
-  ChunkInputs chunk_inputs = ahead ? ChunkInputs::run_ahead(config_, params_, inputs, config_.first_suffix_block(),
-                                                            /*with_graph=*/false)
-                                   : ChunkInputs::embedded(params_, inputs);
-  const ScanOptions scan{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), graphs_.get()};
+  if (fused_attention_available(params_.final_norm) && !graphs_) {
+    graphs_ = ChunkGraphs::where_supported(config_, params_);
+  }
+  const ScanOptions options{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), graphs_.get()};
   try {
-    scan_chunks(config_, params_, chunk_inputs, targets, plan_chunks(config_, n, position, /*update_last=*/true), state,
-                scan, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
+    scan_chunks(config_, params_, inputs, targets, plan_chunks(config_, targets.size(0), position, /*update_last=*/true),
+                state, options, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
   } catch (...) {
     // Never left borrowing the buffers that the next replay overwrites.
     if (graphs_) graphs_->release(state);
@@ -230,18 +240,27 @@ void Session::run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int6
 
 void Session::train_on_pending(int64_t next) {
   const MatmulDtypeGuard precision(matmul_dtype_);
+  const int64_t start = position_ - static_cast<int64_t>(pending_.size());
   std::vector<int64_t> tokens = pending_;
   tokens.push_back(next);
-  // The chunk recomputed from the cache it began with, as `ttt eval` computes it (on a GPU
-  // its chunk step replays a graph): the recomputed cache replaces the one built token by
-  // token (the same entries).
+  const torch::Tensor ids = torch::tensor(tokens, torch::kInt64).to(device_);
   ScanState state{state_.weights, chunk_start_cache_};
-  run_whole_chunks(torch::tensor(tokens, torch::kInt64).to(device_), 0, 1,
-                   position_ - static_cast<int64_t>(pending_.size()), state);
-  state_ = std::move(state);
-  cache_current_ = true;
-  ring_current_ = false;
+  if (decode_ && ring_current_ && stepped_ == static_cast<int64_t>(pending_.size())) {
+    // The blocks before the fast weights ran token by token in the decode step already; the
+    // scan extends only the later blocks' rows, which the ring holds too: it stays the cache.
+    ChunkInputs inputs = ChunkInputs::given(decode_->suffix_inputs(), config_.first_suffix_block());
+    scan(inputs, ids.narrow(0, 1, config_.mini_batch), start, state);
+    state_.weights = std::move(state.weights);
+  } else {
+    // The chunk recomputed from the cache it began with (on a GPU its chunk step replays a
+    // graph): the recomputed cache replaces the one built token by token (the same entries).
+    run_whole_chunks(ids, 0, 1, start, state);
+    state_ = std::move(state);
+    cache_current_ = true;
+    ring_current_ = false;
+  }
   pending_.clear();
+  stepped_ = 0;
 }
 
 void Session::save(const std::string& path) const {
@@ -296,6 +315,7 @@ void Session::restore(const std::string& path) {
     ring_current_ = false;
     chunk_start_cache_ = std::move(chunk_start_cache);
     pending_ = header.pending;
+    stepped_ = 0;  // the decode step keeps no rows across a restore
     position_ = header.position;
     inner_steps_ = header.inner_steps;
   } catch (const std::exception& e) {

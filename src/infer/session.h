@@ -69,8 +69,10 @@ class Session {
   int64_t state_bytes() const;
 
  private:
-  // The pending chunk is full and `next` is its last target: one inner step on it,
-  // recomputed from the cache as it was when the chunk began (as `ttt eval` computes it).
+  // The pending chunk is full and `next` is its last target: one inner step on it, from the
+  // cache as it was when the chunk began (as `ttt eval` computes it). Where the decode step
+  // read every token of the chunk, from the rows it kept at the first block with fast weights
+  // (its ring keeps every block's rows); otherwise the chunk is recomputed from its tokens.
   void train_on_pending(int64_t next);
   // `chunks` whole chunks of tokens[offset...] from absolute `position` on, each with its
   // last target in `tokens`, by the chunk scan as `ttt eval` runs it: on a GPU, the blocks
@@ -78,6 +80,9 @@ class Session {
   // CUDA graphs. `state` moves past them; the caller advances position_.
   void run_whole_chunks(const torch::Tensor& tokens, int64_t offset, int64_t chunks, int64_t position,
                         ScanState& state);
+  // The chunk scan over `inputs` from absolute `position` on, inner step after the last chunk
+  // too; on a GPU chunk steps replay CUDA graphs. `state` moves past the chunks.
+  void scan(ChunkInputs& inputs, const torch::Tensor& targets, int64_t position, ScanState& state);
   // A span that ends at or before the pending chunk's end: attended, the last logits kept.
   void read_span(const torch::Tensor& span, const int64_t* ids);
   // One token by the decode step, as read_span would read it.
@@ -94,6 +99,7 @@ class Session {
   ScanState state_;              // fast weights and the cache after every token read (see cache_current_)
   KvCache chunk_start_cache_;    // ttt-e2e: the cache before the pending chunk's first token
   std::vector<int64_t> pending_;  // ttt-e2e: inputs of the current chunk, not yet trained on
+  int64_t stepped_ = 0;           // ttt-e2e: how many of them the decode step read
   int64_t position_ = 0;
   int64_t inner_steps_ = 0;
   torch::Tensor last_logits_;
