@@ -91,8 +91,11 @@ void DecodeStep::State::reserve(int64_t tokens) {
     token_position = torch::zeros({1}, options.dtype(torch::kInt64));
     logits = torch::empty({config.vocab_size}, options);
     if (config.is_ttt()) suffix_inputs = torch::zeros({config.mini_batch, config.d_model}, options);
+    // In the matmul dtype, where the step's matmuls would cast them at every token: cast once
+    // per inner step instead, with the same rounding.
+    const auto like = [&](const torch::Tensor& w) { return torch::empty(w.sizes(), w.options().dtype(kv_dtype)); };
     for (const MlpParams& w : initial_fast_weights(config, params)) {
-      MlpParams copy{torch::empty_like(w.w1), torch::empty_like(w.w2), torch::empty_like(w.w3)};
+      MlpParams copy{like(w.w1), like(w.w2), like(w.w3)};
       place_side_by_side({&copy.w1, &copy.w3});  // one matmul for both (swiglu)
       weights.push_back(std::move(copy));
     }
