@@ -20,6 +20,7 @@
 
 #include "kernels/attention_probs.h"
 #include "kernels/decode_attention.h"
+#include "kernels/norm_rope.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -603,6 +604,41 @@ torch::Tensor rope(const torch::Tensor& x, const RopeTable& table) {
 
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& positions, double theta) {
   return rope(x, rope_table(positions, x.size(2), theta, x.scalar_type()));
+}
+
+std::pair<torch::Tensor, torch::Tensor> normed_rotated_qk(const torch::Tensor& q, const torch::Tensor& k,
+                                                          const torch::Tensor& q_gain, const torch::Tensor& k_gain,
+                                                          double eps, const RopeTable& table, torch::Dtype q_dtype,
+                                                          torch::Dtype k_dtype) {
+#if TTT_WITH_CUDA_KERNELS
+  const auto served = [](torch::Dtype d) { return d == torch::kFloat32 || d == torch::kBFloat16; };
+  const auto gain_served = [&](const torch::Tensor& g) {
+    return !g.defined() || (g.scalar_type() == torch::kFloat32 && g.is_contiguous() && g.is_cuda());
+  };
+  if (!torch::GradMode::is_enabled() && q.is_cuda() && q.sizes() == k.sizes() && q.size(2) % 2 == 0 &&
+      served(q.scalar_type()) && served(k.scalar_type()) && served(q_dtype) && served(k_dtype) &&
+      q_gain.defined() == k_gain.defined() && gain_served(q_gain) && gain_served(k_gain) &&
+      table.cos.scalar_type() == torch::kFloat32) {
+    const c10::cuda::CUDAGuard device(q.device());
+    const torch::Tensor q_in = q.contiguous(), k_in = k.contiguous();
+    const torch::Tensor cos = table.cos.contiguous(), sin = table.sin.contiguous();
+    torch::Tensor q_out = torch::empty(q.sizes(), q.options().dtype(q_dtype));
+    torch::Tensor k_out = torch::empty(k.sizes(), k.options().dtype(k_dtype));
+    const auto gain = [](const torch::Tensor& g) { return g.defined() ? g.data_ptr<float>() : nullptr; };
+    check("norm_rope", kernels::norm_rope_forward(
+                           {q_in.data_ptr(), storage_of(q_in), gain(q_gain), q_out.data_ptr(), storage_of(q_out)},
+                           {k_in.data_ptr(), storage_of(k_in), gain(k_gain), k_out.data_ptr(), storage_of(k_out)},
+                           cos.data_ptr<float>(), sin.data_ptr<float>(), q.size(0), q.size(1), q.size(2),
+                           static_cast<float>(eps), stream()));
+    return {q_out, k_out};
+  }
+#endif
+  const torch::Dtype rotated = table.cos.scalar_type();  // the residual stream's
+  const auto prepared = [&](const torch::Tensor& x, const torch::Tensor& gain, torch::Dtype out) {
+    const torch::Tensor normed = gain.defined() ? rms_norm(x, gain, eps, rotated) : x.to(rotated);
+    return rope(normed, table).to(out);
+  };
+  return {prepared(q, q_gain, q_dtype), prepared(k, k_gain, k_dtype)};
 }
 
 torch::Tensor attention_mask(const torch::Tensor& query_positions, const torch::Tensor& key_positions,

@@ -3,6 +3,7 @@
 // except that matmuls run in the thread's matmul dtype when one is set (model/compute.h).
 #pragma once
 #include <optional>
+#include <utility>
 
 #include <torch/types.h>
 
@@ -55,6 +56,15 @@ struct RopeTable {
 RopeTable rope_table(const torch::Tensor& positions, int64_t head_dim, double theta, torch::Dtype dtype);
 torch::Tensor rope(const torch::Tensor& x, const RopeTable& table);
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& positions, double theta);
+
+// Attention's q and k [T, H, d] as the blocks prepare them: RMS-normed per head with their
+// gains where given (qk_norm; undefined: no norm), rotated by `table`, q returned in
+// `q_dtype` and k in `k_dtype`. Where autograd does not record, on CUDA, one kernel for both
+// (inference: a decoded token's launches dominate); the composed ops elsewhere.
+std::pair<torch::Tensor, torch::Tensor> normed_rotated_qk(const torch::Tensor& q, const torch::Tensor& k,
+                                                          const torch::Tensor& q_gain, const torch::Tensor& k_gain,
+                                                          double eps, const RopeTable& table, torch::Dtype q_dtype,
+                                                          torch::Dtype k_dtype);
 
 // Which keys each query may see: [Tq, Tk] bool, true iff key_pos <= query_pos and, for a
 // window k > 0, query_pos - key_pos < k. window = 0 means full causal attention.

@@ -26,14 +26,10 @@ torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const to
   const auto projected = [&](const torch::Tensor& w, int64_t index) {
     return (qkv.defined() ? qkv.narrow(1, index * w.size(1), w.size(1)) : project(a, w, matmul)).reshape({T, H, d});
   };
-  torch::Tensor q = projected(p.wq, 0), k = projected(p.wk, 1);
   const torch::Tensor v = projected(p.wv, 2);
-  if (c.qk_norm) {
-    q = rms_norm(q, p.q_norm, c.rms_eps, residual_dtype);
-    k = rms_norm(k, p.k_norm, c.rms_eps, residual_dtype);
-  }
-  q = rope(q.to(residual_dtype), rotation);
-  k = rope(k.to(residual_dtype), rotation).to(matmul);
+  const auto [q, k] = normed_rotated_qk(projected(p.wq, 0), projected(p.wk, 1), c.qk_norm ? p.q_norm : torch::Tensor(),
+                                        c.qk_norm ? p.k_norm : torch::Tensor(), c.rms_eps, rotation, residual_dtype,
+                                        matmul);
   return project(memory(block, q, k, v, order), p.wo, matmul);
 }
 

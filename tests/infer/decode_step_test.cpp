@@ -15,6 +15,7 @@
 #include "infer/session.h"
 #include "model/compute.h"
 #include "model/layers.h"
+#include "model/transformer.h"
 #include "test_util.h"
 #include "ttt/graph_replay.h"
 
@@ -68,9 +69,11 @@ class DecodeStepVariant : public ::testing::TestWithParam<std::tuple<Variant, Pr
 
 // ttt-e2e's inner steps after chunks read token by token start from the rows the step
 // computed (its spans recompute them): fp32 rounding that differs, compounded by the tiny
-// config's inner steps (learning rate 1 on weights of scale 0.3), reaches ~7e-4.
+// config's inner steps (learning rate 1 on weights of scale 0.3), reaches ~1e-3 by the 23rd
+// inner step, and moves with any change of operation order. The fp64 case holds the paths
+// equal to 1e-11.
 double tolerance_for(Variant variant, const Precision& precision) {
-  return variant == Variant::kTttE2E && precision.dtype == torch::kFloat32 ? 1e-3 : precision.tolerance;
+  return variant == Variant::kTttE2E && precision.dtype == torch::kFloat32 ? 5e-3 : precision.tolerance;
 }
 
 TEST_P(DecodeStepVariant, SingleTokensGiveTheSpansNumbers) {
@@ -333,6 +336,49 @@ TEST(DecodeAttentionOnCuda, MatchesAttendUnderTheMask) {
   EXPECT_FALSE(decode_attention_serves(q.cpu(), keys.cpu()));
   const torch::AutoGradMode recording(true);
   EXPECT_FALSE(decode_attention_serves(q, keys));
+}
+
+// The fused preparation of q and k (one kernel where autograd does not record) against the
+// composed norms, rotations and casts (autograd recording): with and without gains, a decoded
+// token and a span, bf16 and fp32 inputs and outputs.
+TEST(NormedRotatedQkOnCuda, MatchesTheComposedOps) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  struct Shape {
+    int64_t tokens, heads, dim;
+  };
+  for (const Shape& shape : {Shape{1, 12, 64}, Shape{5, 3, 80}, Shape{2, 2, 128}, Shape{3, 1, 6}}) {
+    for (const bool with_gains : {true, false}) {
+      for (const torch::Dtype in : {torch::kBFloat16, torch::kFloat32}) {
+        SCOPED_TRACE(std::to_string(shape.tokens) + "x" + std::to_string(shape.heads) + "x" +
+                     std::to_string(shape.dim) + (with_gains ? " normed " : " ") + c10::toString(in));
+        torch::manual_seed(shape.dim + shape.tokens);
+        const auto options = torch::TensorOptions().device(cuda);
+        const torch::Tensor q = torch::randn({shape.tokens, shape.heads, shape.dim}, options).to(in);
+        const torch::Tensor k = torch::randn({shape.tokens, shape.heads, shape.dim}, options).to(in);
+        const torch::Tensor q_gain = with_gains ? torch::rand({shape.dim}, options) + 0.5 : torch::Tensor();
+        const torch::Tensor k_gain = with_gains ? torch::rand({shape.dim}, options) + 0.5 : torch::Tensor();
+        const RopeTable table =
+            rope_table(span_positions(40, shape.tokens, cuda), shape.dim, 500000.0, torch::kFloat32);
+        std::pair<torch::Tensor, torch::Tensor> fused, composed;
+        {
+          const torch::NoGradGuard inference;
+          fused = normed_rotated_qk(q, k, q_gain, k_gain, 1e-6, table, torch::kFloat32, torch::kBFloat16);
+        }
+        {
+          const torch::AutoGradMode recording(true);
+          composed = normed_rotated_qk(q, k, q_gain, k_gain, 1e-6, table, torch::kFloat32, torch::kBFloat16);
+        }
+        EXPECT_EQ(fused.first.scalar_type(), torch::kFloat32);
+        EXPECT_EQ(fused.second.scalar_type(), torch::kBFloat16);
+        // The same arithmetic in the same order: equal up to the norm's summation order.
+        EXPECT_LT((fused.first - composed.first).abs().max().item<double>(), 1e-5);
+        EXPECT_LT((fused.second.to(torch::kFloat32) - composed.second.to(torch::kFloat32)).abs().max().item<double>(),
+                  2e-2);
+        EXPECT_GT(composed.first.abs().max().item<double>(), 0.5);
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, DecodeStepOnCuda,
