@@ -54,6 +54,16 @@ __device__ __forceinline__ MaxSum shuffle_xor(MaxSum v, int offset) {
   return {shuffle_xor(v.max, offset), shuffle_xor(v.sum, offset)};
 }
 
+// Over a warp's 32 lanes; every lane gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 // `op` over a block of kThreads threads (a multiple of 32); every thread gets the result.
 // Safe to call several times in a row (the shared slots are reused).
 template <int kThreads, typename T, typename Op>

@@ -74,15 +74,6 @@ __device__ __forceinline__ bool seen(int64_t key_position, int64_t token_positio
   return key_position <= token_position && (window <= 0 || token_position - key_position < window);
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // Per (range, head): the range's max score m, sum of exp(s - m), and sum of exp(s - m) v,
 // into scratch as [heads][ranges] values and [heads][ranges][head_dim] sums.
 template <typename T, int kMaxDim>

@@ -7,11 +7,6 @@ namespace {
 // A warp per row (a head of a token), four rows per block; q's rows, then k's.
 constexpr int kWarps = 4;
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 template <typename X, typename Y>
 __device__ void prepare_row(const X* __restrict__ in, const float* __restrict__ gain, const float* __restrict__ cos,
                             const float* __restrict__ sin, int64_t half, float eps, Y* __restrict__ out) {

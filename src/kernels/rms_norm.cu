@@ -7,11 +7,6 @@ namespace {
 // A warp per row (rows are 64 to a few thousand values), four rows per block.
 constexpr int kWarps = 4;
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // y = x * r * gain, or with `residual` (then Y is float) residual + that, rounded as the
 // sum of the two fp32 tensors would be; rstd written unless null.
 template <typename X, typename Y>
