@@ -7,10 +7,12 @@ namespace {
 // A warp per row (rows are 64 to a few thousand values), four rows per block.
 constexpr int kWarps = 4;
 
+// y = x * r * gain, or with `residual` (then Y is float) residual + that, rounded as the
+// sum of the two fp32 tensors would be; rstd written unless null.
 template <typename X, typename Y>
 __global__ void __launch_bounds__(32 * kWarps)
     forward_rows(const X* __restrict__ x, const float* __restrict__ gain, int64_t rows, int64_t dim, float eps,
-                 Y* __restrict__ y, float* __restrict__ rstd) {
+                 const float* __restrict__ residual, Y* __restrict__ y, float* __restrict__ rstd) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= rows) return;
   const int lane = threadIdx.x % 32;
@@ -22,8 +24,13 @@ __global__ void __launch_bounds__(32 * kWarps)
   }
   const float r = rsqrtf(warp_sum(squares) / static_cast<float>(dim) + eps);
   Y* out = y + row * dim;
-  for (int64_t j = lane; j < dim; j += 32) store(out, j, load(in, j) * r * gain[j]);
-  if (lane == 0) rstd[row] = r;
+  if (residual == nullptr) {
+    for (int64_t j = lane; j < dim; j += 32) store(out, j, load(in, j) * r * gain[j]);
+  } else {
+    const float* add = residual + row * dim;
+    for (int64_t j = lane; j < dim; j += 32) store(out, j, __fadd_rn(add[j], load(in, j) * r * gain[j]));
+  }
+  if (lane == 0 && rstd != nullptr) rstd[row] = r;
 }
 
 template <typename X, typename Y>
@@ -143,7 +150,19 @@ const char* rms_norm_forward(const void* x, Storage x_type, const float* gain, i
     using X = decltype(x_tag);
     using Y = decltype(y_tag);
     forward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), static_cast<Y*>(y), rstd);
+        static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), nullptr, static_cast<Y*>(y), rstd);
+    return launched();
+  });
+}
+
+const char* rms_norm_add_forward(const float* residual, const void* x, Storage x_type, const float* gain, int64_t rows,
+                                 int64_t dim, double eps, float* y, void* stream) {
+  if (rows == 0) return nullptr;
+  if (x_type == Storage::kFloat16) return "rms_norm: fp16 is not supported";
+  return with_types(x_type, Storage::kFloat32, [&](auto x_tag, auto) {
+    using X = decltype(x_tag);
+    forward_rows<X, float><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), residual, y, nullptr);
     return launched();
   });
 }

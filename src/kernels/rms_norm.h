@@ -18,6 +18,12 @@ namespace ttt::kernels {
 const char* rms_norm_forward(const void* x, Storage x_type, const float* gain, int64_t rows, int64_t dim, double eps,
                              void* y, Storage y_type, float* rstd, void* stream);
 
+// Inference's residual update in one kernel: y = residual + x * rstd * gain (residual and
+// y: [rows, dim] fp32, apart), rounded as the sum of the norm's fp32 output and
+// the residual. No rstd is kept (nothing differentiates it).
+const char* rms_norm_add_forward(const float* residual, const void* x, Storage x_type, const float* gain, int64_t rows,
+                                 int64_t dim, double eps, float* y, void* stream);
+
 // The gain's gradient comes in partial sums over blocks of kRmsNormChunkRows rows:
 // [rms_norm_chunks(rows), dim] fp32, to be summed over the first axis.
 constexpr int64_t kRmsNormChunkRows = 16;

@@ -538,6 +538,23 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double
   return RmsNormFunction::apply(x, gain, eps, static_cast<int64_t>(out.value_or(x.scalar_type())));
 }
 
+torch::Tensor add_rms_norm(const torch::Tensor& h, const torch::Tensor& x, const torch::Tensor& gain, double eps) {
+#if TTT_WITH_CUDA_KERNELS
+  if (!torch::GradMode::is_enabled() && h.scalar_type() == torch::kFloat32 && h.sizes() == x.sizes() &&
+      rms_norm_kernels_serve(x, gain, torch::kFloat32)) {
+    const c10::cuda::CUDAGuard device(x.device());
+    const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
+    const torch::Tensor residual = h.contiguous();
+    torch::Tensor y = torch::empty_like(residual);
+    check("rms_norm", kernels::rms_norm_add_forward(residual.data_ptr<float>(), x.contiguous().data_ptr(),
+                                                    storage_of(x), gain.data_ptr<float>(), rows, dim, eps,
+                                                    y.data_ptr<float>(), stream()));
+    return y;
+  }
+#endif
+  return h + rms_norm(x, gain, eps, h.scalar_type());
+}
+
 torch::Dtype matmul_dtype_for(const torch::Tensor& x) {
   return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : matmul_dtype().value_or(x.scalar_type());
 }

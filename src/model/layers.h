@@ -31,6 +31,10 @@ enum class Order { kFirst = 1, kSecond = 2 };
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps,
                        std::optional<torch::Dtype> out = std::nullopt);
 
+// h + rms_norm(x, gain, eps) in h's dtype: a block's residual update. Where autograd does not
+// record, on CUDA with an fp32 h, one kernel (inference); the two ops elsewhere.
+torch::Tensor add_rms_norm(const torch::Tensor& h, const torch::Tensor& x, const torch::Tensor& gain, double eps);
+
 // x @ w, in the matmul dtype if one is set (both operands cast to it), returned in `out`
 // (default: x's dtype). fp64 ignores the setting: it is the reference.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optional<torch::Dtype> out = std::nullopt);

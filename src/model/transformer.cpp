@@ -53,16 +53,16 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
   for (int64_t i = first; i < last; ++i) {
     const BlockParams& b = params.blocks[i];
     const torch::Tensor a = rms_norm(h, b.attn_norm, eps, matmul);
-    h = h + rms_norm(attention(c, b.attn, a, residual, rotation, memory, i, order), b.attn_post_norm, eps, residual);
+    h = add_rms_norm(h, attention(c, b.attn, a, residual, rotation, memory, i, order), b.attn_post_norm, eps);
     if (c.has_prime(i)) {
       require(prime != nullptr, "internal: suffix block run without fast weights");
       order = after_fast_weights;
       const MlpParams& w = prime->at(i - c.first_suffix_block());
-      h = h + rms_norm(swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul, order), b.prime_post_norm,
-                       eps, residual);
+      h = add_rms_norm(h, swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul, order),
+                       b.prime_post_norm, eps);
     }
-    h = h + rms_norm(swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul, order), b.mlp_post_norm, eps,
-                     residual);
+    h = add_rms_norm(h, swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul, order), b.mlp_post_norm,
+                     eps);
   }
   return h;
 }

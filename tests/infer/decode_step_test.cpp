@@ -381,6 +381,33 @@ TEST(NormedRotatedQkOnCuda, MatchesTheComposedOps) {
   }
 }
 
+// The residual update in one kernel (autograd not recording) gives the composed ops' numbers
+// exactly: the same norm kernel, then the same fp32 sum.
+TEST(AddRmsNormOnCuda, MatchesTheComposedOps) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const auto options = torch::TensorOptions().device(torch::kCUDA, 0);
+  for (const int64_t rows : {int64_t{1}, int64_t{37}, int64_t{131072}}) {
+    for (const torch::Dtype x_dtype : {torch::kBFloat16, torch::kFloat32}) {
+      SCOPED_TRACE(std::to_string(rows) + " rows of " + c10::toString(x_dtype));
+      torch::manual_seed(rows);
+      const torch::Tensor h = torch::randn({rows, 96}, options), x = torch::randn({rows, 96}, options).to(x_dtype);
+      const torch::Tensor gain = torch::rand({96}, options) + 0.5;
+      torch::Tensor fused, composed;
+      {
+        const torch::NoGradGuard inference;
+        fused = add_rms_norm(h, x, gain, 1e-6);
+      }
+      {
+        const torch::AutoGradMode recording(true);
+        composed = add_rms_norm(h, x, gain, 1e-6);
+      }
+      EXPECT_EQ(fused.scalar_type(), torch::kFloat32);
+      EXPECT_TRUE(torch::equal(fused, composed)) << (fused - composed).abs().max().item<double>();
+      EXPECT_FALSE(torch::equal(fused, h));
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, DecodeStepOnCuda,
                          ::testing::Values(Variant::kTttE2E, Variant::kSlidingWindow, Variant::kFullAttention),
                          [](const auto& info) {
