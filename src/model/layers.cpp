@@ -662,10 +662,10 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
       result[2] = key_gradient(torch::matmul(grad_of_grad_probs.transpose(1, 2), grad_o), v);
     }
     if (ctx->needs_input_grad(3)) {
-      torch::Tensor of_grad_o = grad_of_grad_probs.defined() ? torch::matmul(grad_of_grad_probs, vh) : torch::Tensor();
-      if (a_v.defined())
-        of_grad_o = of_grad_o.defined() ? torch::baddbmm(of_grad_o, p.narrow, a_v) : torch::matmul(p.narrow, a_v);
-      if (of_grad_o.defined()) result[3] = merged_heads(of_grad_o).to(grad_out.scalar_type());
+      const torch::Tensor of_grad_o = grad_of_grad_probs.defined()
+                                          ? plus_product(torch::matmul(grad_of_grad_probs, vh), p.narrow, a_v)
+                                          : torch::matmul(p.narrow, a_v);  // a_v is defined then
+      result[3] = merged_heads(of_grad_o).to(grad_out.scalar_type());
     }
     return result;
   }
