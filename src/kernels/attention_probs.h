@@ -1,9 +1,10 @@
-// The attention probabilities of the composable attention (the form the exact meta-gradient
+// The elementwise work of the composable attention (the form the exact meta-gradient
 // differentiates twice) in fused kernels (CUDA): softmax of the scores under the sliding
-// window's band, its backward, and that backward's own backward. The composable ops take
-// ~15 passes over [heads, queries, keys] fp32 tensors per block and chunk (mask, casts,
-// softmax, their backward and double backward); these take 3 kernels. Scores, the
-// probabilities the PV product reads, and the gradients are in the matmul dtype (bf16, or
+// window's band, its backward, and the row-wise part of attention's double backward; the
+// products around them are GEMMs (model/layers.cpp, BandedAttention). Each kernel makes one
+// or two contiguous passes over its [heads * queries, keys] rows, where the composable ops
+// take ~15 (mask, casts, softmax, their backward and double backward). Scores, the
+// probabilities the products read, and the gradients are in the matmul dtype (bf16, or
 // fp32); softmax and its reductions in fp32 (SPEC section 6), with an fp32 copy of the
 // probabilities for the backward; fp32 or bf16 storage (fp16 is refused). Plain launchers
 // without torch headers; model/layers.cpp wraps them for autograd.
@@ -25,12 +26,16 @@ const char* attention_probs_forward(const void* scores, Storage type, int64_t he
 const char* attention_probs_backward(const float* probs32, const void* grad_probs, Storage type, int64_t rows,
                                      int64_t keys, void* grad_scores, float* dots, void* stream);
 
-// The backward of attention_probs_backward given `adjoint` (the gradient of grad_scores),
-// with E = sum_j probs * adjoint: the gradient of grad_probs, probs * (adjoint - E), and of
-// the scores through the probabilities, probs * (q - sum_j probs * q) with
-// q = adjoint * (grad_probs - D) - E * grad_probs.
+// The second order of the two above, for the written-out double backward of attention
+// (model/layers.cpp): given the adjoint G of grad_scores and an adjoint A of the probabilities
+// from elsewhere (the product that reads them; either null: zero), with E = sum_j probs * G:
+// the gradient of grad_probs, probs * (G - E) (into grad_of_grad_probs, not written if G is
+// null), and of the scores, probs * (Q - sum_j probs * Q) with Q = A + G * (grad_probs - D) -
+// E * grad_probs. All [rows, keys] in `type` but probs32, dots as attention_probs_backward
+// wrote them.
 const char* attention_probs_double_backward(const float* probs32, const void* grad_probs, const float* dots,
-                                            const void* adjoint, Storage type, int64_t rows, int64_t keys,
-                                            void* grad_of_scores, void* grad_of_grad_probs, void* stream);
+                                            const void* grad_of_grad_scores, const void* grad_of_probs, Storage type,
+                                            int64_t rows, int64_t keys, void* grad_of_grad_probs, void* grad_of_scores,
+                                            void* stream);
 
 }  // namespace ttt::kernels

@@ -146,7 +146,7 @@ class RmsNormGradient : public torch::autograd::Function<RmsNormGradient> {
         partials = torch::empty({kernels::rms_norm_chunks(rows), dim}, rstd.options());
         x_coefficient = torch::empty({rows}, rstd.options());
       }
-      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.contiguous().data_ptr() : nullptr; };
       check("rms_norm", kernels::rms_norm_double_backward(
                             x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(), rstd.data_ptr<float>(),
                             grad_y_c.data_ptr(), storage_of(grad_y), pointer(u), static_cast<const float*>(pointer(w)),
@@ -219,19 +219,27 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   }
 };
 
-// The two products both attention forms take, in the matmul dtype (matmul_dtype_for):
-// [H, Tq, Tk] scores of q (scaled first: it is smaller than the scores) against k, and the
-// heads mixed from the probabilities and v, merged to [Tq, H * d].
+// The layouts attention's products take: [T, H, d] as [H, T, d] in `dtype` (a view where no
+// cast is needed: GEMMs take the strides, and transposes as flags), and back.
+torch::Tensor by_head(const torch::Tensor& t, torch::Dtype dtype) { return t.to(dtype).transpose(0, 1); }
+torch::Tensor merged_heads(const torch::Tensor& heads) {  // [H, Tq, d] -> [Tq, H * d]
+  return heads.transpose(0, 1).reshape({heads.size(1), heads.size(0) * heads.size(2)});
+}
+
+double attention_scale(const torch::Tensor& q) { return 1.0 / std::sqrt(static_cast<double>(q.size(2))); }
+
+// q as the scores take it: scaled first (it is smaller than the scores), in the matmul dtype
+// (matmul_dtype_for), by head.
+torch::Tensor scaled_queries(const torch::Tensor& q) { return by_head(q * attention_scale(q), matmul_dtype_for(q)); }
+
+// The two products every attention form takes, in the matmul dtype: [H, Tq, Tk] scores of q
+// against k, and the heads mixed from the probabilities and v, merged to [Tq, H * d].
 torch::Tensor attention_scores(const torch::Tensor& q, const torch::Tensor& k) {
-  const torch::Dtype dtype = matmul_dtype_for(q);
-  return torch::matmul((q * (1.0 / std::sqrt(static_cast<double>(q.size(2))))).to(dtype).transpose(0, 1),
-                       k.to(dtype).permute({1, 2, 0}));
+  return torch::matmul(scaled_queries(q), by_head(k, matmul_dtype_for(q)).transpose(1, 2));
 }
 torch::Tensor attention_mix(const torch::Tensor& probs, const torch::Tensor& v, const torch::Tensor& q) {
   const torch::Dtype dtype = matmul_dtype_for(q);
-  return torch::matmul(probs.to(dtype), v.to(dtype).transpose(0, 1))
-      .transpose(0, 1)
-      .reshape({q.size(0), q.size(1) * q.size(2)});
+  return merged_heads(torch::matmul(probs.to(dtype), by_head(v, dtype)));
 }
 
 // The dtype of attention's softmax: fp64 for the reference, fp32 otherwise.
@@ -312,9 +320,9 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
     const int64_t H = q.size(1), d = q.size(2);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const double scale = attention_scale(q);
     const auto wide = q.options().dtype(softmax_dtype_for(q));
-    const auto heads = [&](const torch::Tensor& t) { return t.to(wide.dtype()).transpose(0, 1); };  // [H, T, d]
+    const auto heads = [&](const torch::Tensor& t) { return by_head(t, softmax_dtype_for(q)); };  // [H, T, d]
     torch::Tensor grad_q = torch::empty(q.sizes(), wide), grad_k = torch::zeros(k.sizes(), wide),
                   grad_v = torch::zeros(v.sizes(), wide);
     const torch::Tensor grad_out = grads[0];
@@ -446,73 +454,253 @@ class FusedRope : public torch::autograd::Function<FusedRope> {
   }
 };
 
-// kernels/attention_probs.h as autograd functions: the probabilities, and their backward as
-// a function of its own whose backward is fused too (the exact meta-gradient's second order).
+#endif
 
-// d probs -> d scores; inputs (scores: only for the graph's edge, grad_probs, probs32).
-class AttentionProbsGrad : public torch::autograd::Function<AttentionProbsGrad> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& scores,
-                               const torch::Tensor& grad_probs, const torch::Tensor& probs32) {
-    const c10::cuda::CUDAGuard device(grad_probs.device());
-    const int64_t keys = probs32.size(-1), rows = probs32.numel() / std::max<int64_t>(keys, 1);
-    torch::Tensor grad_scores = torch::empty_like(grad_probs);
-    torch::Tensor dots = torch::empty({rows}, probs32.options());
+// attend for attend_span's layout (the cached keys, then the span's) as autograd functions
+// whose backward and that backward's own backward are written out: the exact meta-gradient
+// differentiates the fast-weight blocks' attention twice, and autograd's generic formulas for
+// the composed products take ~40 passes over [H, Tq, Tk] tensors, several of them strided.
+// Here every [H, Tq, Tk] tensor is contiguous, the products are GEMMs (transposes as their
+// flags), and the row-wise work between them is our kernels (kernels/attention_probs.h) on
+// CUDA in fp32 or bf16; plain ops with the same formulas elsewhere and while autograd records
+// (a third order). The band comes from the layout: query i sees key j iff
+// 0 <= i + (Tk - Tq) - j < window (window 0: causal). Per head, with P the probabilities, dO
+// the output's adjoint and s = 1/sqrt(d):
+//   backward: dP = dO V^T, D = rowsum(P dP), dS = P (dP - D), dQ = s dS K, dK = s dS^T Q,
+//             dV = P^T dO;
+//   its backward, given the adjoints a_Q, a_K, a_V of dQ, dK, dV (undefined: zero):
+//     G = s (a_Q K^T + Q a_K^T) (the adjoint of dS), A = dO a_V^T (of P through dV),
+//     E = rowsum(P G), dP' = P (G - E), G_P = A + G (dP - D) - E dP, F = rowsum(P G_P),
+//     S' = P (G_P - F), and then
+//     g_q = s (S' K + dS a_K), g_k = s (S'^T Q + dS^T a_Q), g_v = dP'^T dO, g_dO = dP' V + P a_V.
+
+#if TTT_WITH_CUDA_KERNELS
+// Where our kernels take the row-wise work: fp32 or bf16 on CUDA, and not while autograd
+// records (their results have no backward).
+bool attention_kernels_serve(const torch::Tensor& t) {
+  return t.is_cuda() && (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16) &&
+         !torch::GradMode::is_enabled();
+}
+#endif
+
+// The probabilities under the band: `wide` in the softmax's dtype (what the row-wise work
+// reads), `narrow` in the scores' (what the products read; the same tensor where they agree).
+struct BandedProbs {
+  torch::Tensor wide, narrow;
+};
+
+BandedProbs banded_probs(const torch::Tensor& scores, int64_t window) {  // scores [H, Tq, Tk], contiguous
+  const int64_t Tq = scores.size(1), Tk = scores.size(2);
+#if TTT_WITH_CUDA_KERNELS
+  if (attention_kernels_serve(scores)) {
+    const c10::cuda::CUDAGuard device(scores.device());
+    const torch::Tensor rows = scores.contiguous();  // a GEMM's output already: no copy
+    const torch::Tensor wide = torch::empty(rows.sizes(), rows.options().dtype(torch::kFloat32));
+    const bool narrow = rows.scalar_type() != torch::kFloat32;
+    const torch::Tensor probs = narrow ? torch::empty_like(rows) : wide;
     check("attention_probs",
-          kernels::attention_probs_backward(probs32.data_ptr<float>(), grad_probs.data_ptr(), storage_of(grad_probs),
-                                            rows, keys, grad_scores.data_ptr(), dots.data_ptr<float>(), stream()));
-    ctx->save_for_backward({grad_probs});
-    ctx->saved_data["probs32"] = probs32;
-    ctx->saved_data["dots"] = dots;
-    return grad_scores;
+          kernels::attention_probs_forward(rows.data_ptr(), storage_of(rows), rows.size(0), Tq, Tk, window,
+                                           wide.data_ptr<float>(), narrow ? probs.data_ptr() : nullptr, stream()));
+    return {wide, probs};
   }
+#endif
+  const torch::Tensor keys = torch::arange(Tk, scores.options().dtype(torch::kInt64));
+  const torch::Tensor mask = attention_mask(keys.narrow(0, Tk - Tq, Tq), keys, window);
+  const torch::Tensor wide = torch::softmax(scores + attention_bias(mask, scores), -1);
+  return {wide, wide.to(scores.scalar_type())};
+}
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
-    const torch::Tensor grad_probs = ctx->get_saved_variables()[0];
-    const torch::Tensor probs32 = ctx->saved_data["probs32"].toTensor(), dots = ctx->saved_data["dots"].toTensor();
+// The probabilities' backward given their adjoint dP [H, Tq, Tk] (in the matmul dtype):
+// D = rowsum(P dP) [H, Tq, 1] in the softmax's dtype, dS = P (dP - D) in dP's.
+struct ProbsBackward {
+  torch::Tensor grad_probs, dots, grad_scores;
+};
+
+ProbsBackward probs_backward(const BandedProbs& p, const torch::Tensor& grad_probs) {
+#if TTT_WITH_CUDA_KERNELS
+  if (attention_kernels_serve(grad_probs)) {
     const c10::cuda::CUDAGuard device(grad_probs.device());
-    const torch::Tensor adjoint = grads[0].to(grad_probs.scalar_type()).contiguous();
-    const int64_t keys = probs32.size(-1), rows = probs32.numel() / std::max<int64_t>(keys, 1);
-    torch::Tensor grad_of_scores = torch::empty_like(grad_probs), grad_of_grad_probs = torch::empty_like(grad_probs);
+    const int64_t keys = grad_probs.size(2), rows = grad_probs.size(0) * grad_probs.size(1);
+    const ProbsBackward b{grad_probs.contiguous(),
+                          torch::empty({grad_probs.size(0), grad_probs.size(1), 1}, p.wide.options()),
+                          torch::empty_like(grad_probs, at::MemoryFormat::Contiguous)};
+    check("attention_probs",
+          kernels::attention_probs_backward(p.wide.data_ptr<float>(), b.grad_probs.data_ptr(), storage_of(grad_probs),
+                                            rows, keys, b.grad_scores.data_ptr(), b.dots.data_ptr<float>(), stream()));
+    return b;
+  }
+#endif
+  const torch::Tensor dots = (p.wide * grad_probs).sum(-1, /*keepdim=*/true);
+  return {grad_probs, dots, (p.wide * (grad_probs - dots)).to(grad_probs.scalar_type())};
+}
+
+// The row-wise part of the double backward (see above): dP' and S' in dP's dtype from the
+// adjoints G of dS and A of P, either undefined (zero; not both); dP' is undefined with G.
+std::pair<torch::Tensor, torch::Tensor> probs_double_backward(const BandedProbs& p, const ProbsBackward& b,
+                                                              const torch::Tensor& grad_of_grad_scores,
+                                                              const torch::Tensor& grad_of_probs) {
+  const torch::Tensor &G = grad_of_grad_scores, &A = grad_of_probs;
+  const torch::Dtype dtype = b.grad_probs.scalar_type();
+#if TTT_WITH_CUDA_KERNELS
+  if (attention_kernels_serve(b.grad_probs)) {
+    const c10::cuda::CUDAGuard device(b.grad_probs.device());
+    const int64_t keys = b.grad_probs.size(2), rows = b.grad_probs.size(0) * b.grad_probs.size(1);
+    const torch::Tensor of_grad_probs = G.defined() ? torch::empty_like(b.grad_probs) : torch::Tensor();
+    const torch::Tensor of_scores = torch::empty_like(b.grad_probs);
+    const auto rows_of = [](const torch::Tensor& t) { return t.defined() ? t.contiguous() : t; };  // GEMMs': no copy
+    const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+    const torch::Tensor G_rows = rows_of(G), A_rows = rows_of(A);
     check("attention_probs",
           kernels::attention_probs_double_backward(
-              probs32.data_ptr<float>(), grad_probs.data_ptr(), dots.data_ptr<float>(), adjoint.data_ptr(),
-              storage_of(grad_probs), rows, keys, grad_of_scores.data_ptr(), grad_of_grad_probs.data_ptr(), stream()));
-    return {grad_of_scores, grad_of_grad_probs, torch::Tensor()};
+              p.wide.data_ptr<float>(), b.grad_probs.data_ptr(), b.dots.data_ptr<float>(), pointer(G_rows),
+              pointer(A_rows), storage_of(dtype), rows, keys, pointer(of_grad_probs), of_scores.data_ptr(), stream()));
+    return {of_grad_probs, of_scores};
   }
-};
+#endif
+  torch::Tensor of_grad_probs, of_probs = A;  // dP', G_P
+  if (G.defined()) {
+    const torch::Tensor E = (p.wide * G).sum(-1, /*keepdim=*/true);
+    of_grad_probs = (p.wide * (G - E)).to(dtype);
+    const torch::Tensor through_grad_scores = G * (b.grad_probs - b.dots) - E * b.grad_probs;
+    of_probs = A.defined() ? A + through_grad_scores : through_grad_scores;
+  }
+  const torch::Tensor F = (p.wide * of_probs).sum(-1, /*keepdim=*/true);
+  return {of_grad_probs, (p.wide * (of_probs - F)).to(dtype)};
+}
 
-// softmax of scores [H, Tq, Tk] (fp32 or bf16) under the band of attend_span's layout, in
-// the scores' dtype; fp32 inside.
-class AttentionProbs : public torch::autograd::Function<AttentionProbs> {
+// The adjoint of the merged output [Tq, H * d] by head, in the matmul dtype; and gradients of
+// q and k (or v) from theirs by head in the matmul dtype, back through the casts (and q's
+// scaling) in their own dtypes.
+torch::Tensor output_by_head(const torch::Tensor& grad_out, const torch::Tensor& q) {
+  return by_head(grad_out.reshape(q.sizes()), matmul_dtype_for(q));
+}
+torch::Tensor query_gradient(const torch::Tensor& heads, const torch::Tensor& q) {
+  return heads.transpose(0, 1).to(q.scalar_type()) * attention_scale(q);
+}
+torch::Tensor key_gradient(const torch::Tensor& heads, const torch::Tensor& k) {
+  return heads.transpose(0, 1).to(k.scalar_type());
+}
+
+// sum + a b (batched products), or sum where b is undefined.
+torch::Tensor plus_product(const torch::Tensor& sum, const torch::Tensor& a, const torch::Tensor& b) {
+  return b.defined() ? torch::baddbmm(sum, a, b) : sum;
+}
+
+// attend's backward as a function of q, k, v and the output's adjoint dO, given the forward's
+// probabilities (values: their dependence on q and k is in the formulas of the backward).
+// Returns dQ, dK, dV in q's, k's and v's dtypes.
+class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& scores, int64_t window) {
-    const c10::cuda::CUDAGuard device(scores.device());
-    const bool narrow = scores.scalar_type() == torch::kBFloat16;
-    torch::Tensor probs32 = torch::empty(scores.sizes(), scores.options().dtype(torch::kFloat32));
-    torch::Tensor probs = narrow ? torch::empty_like(scores) : probs32;
-    check("attention_probs", kernels::attention_probs_forward(
-                                 scores.data_ptr(), storage_of(scores), scores.size(0), scores.size(1), scores.size(2),
-                                 window, probs32.data_ptr<float>(), narrow ? probs.data_ptr() : nullptr, stream()));
-    // Saved as a variable, never as data: in fp32 probs32 is the output itself, and an output
-    // kept in saved_data holds its own node alive (a cycle: the graph outlives its use).
-    ctx->save_for_backward({scores, probs32});
-    return probs;
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                                                const torch::Tensor& k, const torch::Tensor& v,
+                                                const torch::Tensor& grad_out, const torch::Tensor& probs32,
+                                                const torch::Tensor& probs, int64_t window) {
+    const torch::Dtype dtype = matmul_dtype_for(q);
+    const torch::Tensor grad_o = output_by_head(grad_out, q);
+    const BandedProbs p{probs32, probs};
+    const ProbsBackward b = probs_backward(p, torch::matmul(grad_o, by_head(v, dtype).transpose(1, 2)));
+    ctx->save_for_backward({q, k, v, grad_out});
+    // Intermediates and inputs outside the graph, never an output: kept as data.
+    ctx->saved_data["probs32"] = probs32;
+    ctx->saved_data["probs"] = probs;
+    ctx->saved_data["grad_probs"] = b.grad_probs;
+    ctx->saved_data["dots"] = b.dots;
+    ctx->saved_data["grad_scores"] = b.grad_scores;
+    ctx->saved_data["window"] = window;
+    ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one: no zeros made
+    return {query_gradient(torch::matmul(b.grad_scores, by_head(k, dtype)), q),
+            key_gradient(torch::matmul(b.grad_scores.transpose(1, 2), scaled_queries(q)), k),
+            key_gradient(torch::matmul(probs.transpose(1, 2), grad_o), v)};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    torch::autograd::variable_list result(7);
+    if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return result;
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor& scores = saved[0];
-    const torch::Tensor grad_probs = grads[0].to(scores.scalar_type()).contiguous();
-    return {AttentionProbsGrad::apply(scores, grad_probs, saved[1].detach()), torch::Tensor()};
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &grad_out = saved[3];
+    const torch::Dtype dtype = matmul_dtype_for(q);
+    const torch::Tensor qs = scaled_queries(q), kh = by_head(k, dtype), vh = by_head(v, dtype);
+    const torch::Tensor grad_o = output_by_head(grad_out, q);
+    // The forward's terms; while autograd records (a third order) recomputed from q, k, v and
+    // dO, so that the formulas below differentiate again.
+    BandedProbs p{ctx->saved_data["probs32"].toTensor(), ctx->saved_data["probs"].toTensor()};
+    ProbsBackward b{ctx->saved_data["grad_probs"].toTensor(), ctx->saved_data["dots"].toTensor(),
+                    ctx->saved_data["grad_scores"].toTensor()};
+    if (torch::GradMode::is_enabled()) {
+      p = banded_probs(attention_scores(q, k), ctx->saved_data["window"].toInt());
+      b = probs_backward(p, torch::matmul(grad_o, vh.transpose(1, 2)));
+    }
+    // The adjoints by head in the matmul dtype (dQ's through its scaling), and G = [s a_Q | Q]
+    // [K | a_K]^T as one product over the concatenated inner dimension.
+    const auto adjoint = [&](const torch::Tensor& t, double scale) {
+      return t.defined() ? by_head(t * scale, dtype) : torch::Tensor();
+    };
+    const torch::Tensor a_q = adjoint(grads[0], attention_scale(q)), a_k = adjoint(grads[1], 1.0),
+                        a_v = adjoint(grads[2], 1.0);
+    std::vector<torch::Tensor> left, right;
+    if (a_q.defined()) {
+      left.push_back(a_q);
+      right.push_back(kh);
+    }
+    if (a_k.defined()) {
+      left.push_back(qs);
+      right.push_back(a_k);
+    }
+    const auto joined = [](const std::vector<torch::Tensor>& parts) {
+      return parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
+    };
+    const torch::Tensor grad_of_grad_scores =
+        left.empty() ? torch::Tensor() : torch::matmul(joined(left), joined(right).transpose(1, 2));
+    const torch::Tensor grad_of_probs = a_v.defined() ? torch::matmul(grad_o, a_v.transpose(1, 2)) : torch::Tensor();
+    const auto [grad_of_grad_probs, grad_of_scores] = probs_double_backward(p, b, grad_of_grad_scores, grad_of_probs);
+    if (ctx->needs_input_grad(0)) {
+      result[0] = query_gradient(plus_product(torch::matmul(grad_of_scores, kh), b.grad_scores, a_k), q);
+    }
+    if (ctx->needs_input_grad(1)) {
+      result[1] = key_gradient(
+          plus_product(torch::matmul(grad_of_scores.transpose(1, 2), qs), b.grad_scores.transpose(1, 2), a_q), k);
+    }
+    if (ctx->needs_input_grad(2) && grad_of_grad_probs.defined()) {
+      result[2] = key_gradient(torch::matmul(grad_of_grad_probs.transpose(1, 2), grad_o), v);
+    }
+    if (ctx->needs_input_grad(3)) {
+      const torch::Tensor of_grad_o = grad_of_grad_probs.defined()
+                                          ? plus_product(torch::matmul(grad_of_grad_probs, vh), p.narrow, a_v)
+                                          : torch::matmul(p.narrow, a_v);  // a_v is defined then
+      result[3] = merged_heads(of_grad_o).to(grad_out.scalar_type());
+    }
+    return result;
   }
 };
 
-// attend for attend_span's layout (the cached keys, then the span's), with the band computed
-// in the kernels instead of a mask. Same numbers as attend.
+// The attention itself; its backward is BandedAttentionGrad.
+class BandedAttention : public torch::autograd::Function<BandedAttention> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, int64_t window) {
+    const BandedProbs p = banded_probs(attention_scores(q, k), window);
+    ctx->save_for_backward({q, k, v});
+    ctx->saved_data["probs32"] = p.wide;  // intermediates (never the output): kept as data
+    ctx->saved_data["probs"] = p.narrow;
+    ctx->saved_data["window"] = window;
+    ctx->set_materialize_grads(false);
+    return attention_mix(p.narrow, v, q);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::autograd::variable_list dq_dk_dv =
+        BandedAttentionGrad::apply(saved[0], saved[1], saved[2], grads[0], ctx->saved_data["probs32"].toTensor(),
+                                   ctx->saved_data["probs"].toTensor(), ctx->saved_data["window"].toInt());
+    return {dq_dk_dv[0], dq_dk_dv[1], dq_dk_dv[2], torch::Tensor()};
+  }
+};
+
+// attend for attend_span's layout, with the band computed from it instead of a mask. Same
+// numbers as attend.
 torch::Tensor attend_banded(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, int64_t window) {
   // cuBLAS takes its slow unaligned kernels (2-3x, a fifth of a 32K training step) unless the
   // keys' count, the scores' row stride, is a multiple of 8; a full window's cache has
@@ -528,9 +716,8 @@ torch::Tensor attend_banded(const torch::Tensor& q, torch::Tensor k, torch::Tens
     k = padded(k);
     v = padded(v);
   }
-  return attention_mix(AttentionProbs::apply(attention_scores(q, k).contiguous(), window), v, q);
+  return BandedAttention::apply(q, k, v, window);
 }
-#endif
 
 }  // namespace
 
@@ -732,12 +919,6 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                       .transpose(0, 1));
   }
 #endif
-#if TTT_WITH_CUDA_KERNELS
-  // Composable (differentiable twice), the probabilities in fused kernels.
-  if (q.is_cuda() && (matmul_dtype_for(q) == torch::kFloat32 || matmul_dtype_for(q) == torch::kBFloat16)) {
-    return attend_banded(q, k, v, window);
-  }
-#endif
   // Once differentiated on the CPU: by blocks of queries, whose memory does not grow with the
   // span's keys times its queries (full attention's prefix spans in the training gradient).
   if (order == Order::kFirst && !q.is_cuda()) {
@@ -747,7 +928,9 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
     const int64_t block_queries = std::max<int64_t>(32, (int64_t{1} << 18) / std::max<int64_t>(1, q.size(1) * keys));
     return attend_by_query_blocks(q, k, v, query_positions, key_positions, window, block_queries);
   }
-  return attend(q, k, v, attention_mask(query_positions, key_positions, window));
+  // Differentiable twice, with its backward and double backward written out (on CUDA the
+  // row-wise work in our kernels).
+  return attend_banded(q, k, v, window);
 }
 
 bool decode_attention_serves(const torch::Tensor& q, const torch::Tensor& keys) {

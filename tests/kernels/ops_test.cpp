@@ -322,8 +322,8 @@ const std::vector<Op>& ops() {
                  .kernel_node = "FusedSwigluGate"});
     // cuDNN's and flash's kernels (the memory-efficient one in fp32), whose autograd nodes
     // are named after them (ScaledDotProduct...AttentionBackward, FlashAttentionBackward),
-    // not a composable form (ours, whose probabilities are AttentionProbs, or PyTorch's math
-    // one, a softmax): first order.
+    // not a composable form (ours, BandedAttention, or PyTorch's math one, a softmax): first
+    // order.
     t.push_back({.name = "attention_fused",
                  .max_order = 1,
                  .shapes = {attention_shape(0, 64, 0, 4, 16), attention_shape(0, 64, 16, 4, 16),
@@ -338,8 +338,9 @@ const std::vector<Op>& ops() {
                  .build = fused_attention_case,
                  .kernel_node = "Attention",
                  .ours = false,
-                 .composable_nodes = {"AttentionProbs", "Softmax"}});
-    // The composable form, its probabilities our kernels: to the second order.
+                 .composable_nodes = {"BandedAttention", "Softmax"}});
+    // The composable form, BandedAttention (its backward and double backward written out, the
+    // row-wise work our kernels): to the second order.
     t.push_back({.name = "attention_composable",
                  .max_order = 2,
                  .shapes = {attention_shape(21, 13, 16, 2, 8), attention_shape(21, 13, 0, 2, 8),
@@ -350,7 +351,7 @@ const std::vector<Op>& ops() {
                  .precisions = matmul_precisions,
                  .reduction = attention_reduction,
                  .build = composable_attention_case,
-                 .kernel_node = "AttentionProbs"});
+                 .kernel_node = "BandedAttention"});
     return t;
   }();
   return table;
