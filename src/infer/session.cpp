@@ -228,8 +228,9 @@ void Session::scan(ChunkInputs& inputs, const torch::Tensor& targets, int64_t po
   }
   const ScanOptions options{OuterGradient::kNone, inner_step_size(config_, 1.0, params_.final_norm), graphs_.get()};
   try {
-    scan_chunks(config_, params_, inputs, targets, plan_chunks(config_, targets.size(0), position, /*update_last=*/true),
-                state, options, [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
+    scan_chunks(config_, params_, inputs, targets,
+                plan_chunks(config_, targets.size(0), position, /*update_last=*/true), state, options,
+                [&](const ChunkSpan&, const ChunkStep&) { ++inner_steps_; });
   } catch (...) {
     // Never left borrowing the buffers that the next replay overwrites.
     if (graphs_) graphs_->release(state);

@@ -114,13 +114,17 @@ __global__ void __launch_bounds__(kThreads)
   const T* dp = grad_probs + base;
   const T* g = grad_of_grad_scores == nullptr ? nullptr : grad_of_grad_scores + base;
   const T* a = grad_of_probs == nullptr ? nullptr : grad_of_probs + base;
-  RowSums partial{0.f, 0.f, 0.f};
-  for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
-    float pv[kVec], dpv[kVec], gv[kVec], av[kVec];
+  // The row's terms at j .. j + kVec, read by both passes.
+  const auto load_terms = [&](int64_t j, float(&pv)[kVec], float(&dpv)[kVec], float(&gv)[kVec], float(&av)[kVec]) {
     load_pack(p, j, pv);
     load_pack(dp, j, dpv);
     load_pack(g, j, gv);
     load_pack(a, j, av);
+  };
+  RowSums partial{0.f, 0.f, 0.f};
+  for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
+    float pv[kVec], dpv[kVec], gv[kVec], av[kVec];
+    load_terms(j, pv, dpv, gv, av);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) {
       partial.pg += pv[m] * gv[m];
@@ -139,10 +143,7 @@ __global__ void __launch_bounds__(kThreads)
   T* out_dp = g == nullptr ? nullptr : grad_of_grad_probs + base;
   for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
     float pv[kVec], dpv[kVec], gv[kVec], av[kVec], of_scores[kVec];
-    load_pack(p, j, pv);
-    load_pack(dp, j, dpv);
-    load_pack(g, j, gv);
-    load_pack(a, j, av);
+    load_terms(j, pv, dpv, gv, av);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) {
       of_scores[m] = pv[m] * (av[m] + gv[m] * (dpv[m] - d) - e * dpv[m] - f);

@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kThreads)
                  int64_t capacity, int heads, int dim, int64_t window, float scale, int64_t per_warp,
                  float* __restrict__ range_max, float* __restrict__ range_sum, float* __restrict__ range_out) {
   constexpr int kVector = Vector<T>::kSize, kPairs = kMaxDim / 64;  // a lane's dimension pairs
-  __shared__ float query[kMaxDim];  // read by every lane at once: broadcasts
+  __shared__ float query[kMaxDim];                                  // read by every lane at once: broadcasts
   __shared__ float warp_out[kWarps][kMaxDim];
   __shared__ float warp_m[kWarps], warp_l[kWarps];
   const int head = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     s = visible ? s : -INFINITY;
     const float chunk_max = warp_max(s);
-    if (chunk_max == -INFINITY) continue;  // nothing seen in the chunk
+    if (chunk_max == -INFINITY) continue;                                   // nothing seen in the chunk
     const float m_new = fmaxf(m, chunk_max), correction = expf(m - m_new);  // exp(-inf) = 0 at the first
     const float p = visible ? expf(s - m_new) : 0.f;
     l = l * correction + warp_sum(p);
@@ -200,7 +200,8 @@ __global__ void __launch_bounds__(kThreads)
   const float* outs = range_out + static_cast<int64_t>(head) * ranges * dim;
   float local = -INFINITY;
   for (int64_t r = threadIdx.x; r < ranges; r += kThreads) local = fmaxf(local, maxes[r]);
-  const float m = block_reduce<kThreads>(local, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
+  const float m = block_reduce<kThreads>(
+      local, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
   const auto weight = [&](int64_t r) { return m == -INFINITY ? 0.f : expf(maxes[r] - m); };  // exp(-inf) = 0
   float partial = 0.f;
   for (int64_t r = threadIdx.x; r < ranges; r += kThreads) partial += sums[r] * weight(r);
@@ -249,24 +250,23 @@ const char* launch(const float* q, const void* keys, const void* values, const i
         range_max, range_sum, range_out, ranges, static_cast<int>(dim), static_cast<__nv_bfloat16*>(out));
   } else {
     merge_kernel<float, kMaxDim><<<grid, kThreads, 0, stream>>>(range_max, range_sum, range_out, ranges,
-                                                               static_cast<int>(dim), static_cast<float*>(out));
+                                                                static_cast<int>(dim), static_cast<float*>(out));
   }
   return launched();
 }
 
 template <typename T>
 const char* launch_for_dim(const float* q, const void* keys, const void* values, const int64_t* slot_positions,
-                           const int64_t* token_position, int64_t capacity, int64_t heads, int64_t dim,
-                           int64_t window, float scale, float* scratch, void* out, Storage out_type,
-                           cudaStream_t stream) {
+                           const int64_t* token_position, int64_t capacity, int64_t heads, int64_t dim, int64_t window,
+                           float scale, float* scratch, void* out, Storage out_type, cudaStream_t stream) {
   // Registers and shared memory sized by the head's dimension, rounded up to 64.
   if (dim <= 64) {
     return launch<T, 64>(q, keys, values, slot_positions, token_position, capacity, heads, dim, window, scale, scratch,
                          out, out_type, stream);
   }
   if (dim <= 128) {
-    return launch<T, 128>(q, keys, values, slot_positions, token_position, capacity, heads, dim, window, scale,
-                          scratch, out, out_type, stream);
+    return launch<T, 128>(q, keys, values, slot_positions, token_position, capacity, heads, dim, window, scale, scratch,
+                          out, out_type, stream);
   }
   return launch<T, 256>(q, keys, values, slot_positions, token_position, capacity, heads, dim, window, scale, scratch,
                         out, out_type, stream);
@@ -295,10 +295,10 @@ const char* decode_attention(const float* q, const void* keys, const void* value
   if (ranges_for(capacity) > 2147483647) return "decode_attention: too many keys";
   const auto s = static_cast<cudaStream_t>(stream);
   return type == Storage::kBFloat16
-             ? launch_for_dim<__nv_bfloat16>(q, keys, values, slot_positions, token_position, capacity, heads,
-                                             head_dim, window, scale, scratch, out, out_type, s)
-             : launch_for_dim<float>(q, keys, values, slot_positions, token_position, capacity, heads, head_dim,
-                                     window, scale, scratch, out, out_type, s);
+             ? launch_for_dim<__nv_bfloat16>(q, keys, values, slot_positions, token_position, capacity, heads, head_dim,
+                                             window, scale, scratch, out, out_type, s)
+             : launch_for_dim<float>(q, keys, values, slot_positions, token_position, capacity, heads, head_dim, window,
+                                     scale, scratch, out, out_type, s);
 }
 
 }  // namespace ttt::kernels

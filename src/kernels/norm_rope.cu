@@ -80,7 +80,7 @@ const char* norm_rope_forward(const NormRopeRows& q, const NormRopeRows& k, cons
   if (rows == 0) return nullptr;
   const int64_t blocks = (2 * rows + kWarps - 1) / kWarps;
   norm_rope_rows<<<blocks, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(q, k, cos, sin, rows, heads,
-                                                                                 head_dim / 2, eps);
+                                                                                head_dim / 2, eps);
   return launched();
 }
 

@@ -733,9 +733,9 @@ torch::Tensor add_rms_norm(const torch::Tensor& h, const torch::Tensor& x, const
     const int64_t dim = x.size(-1), rows = x.numel() / std::max<int64_t>(dim, 1);
     const torch::Tensor residual = h.contiguous();
     torch::Tensor y = torch::empty_like(residual);
-    check("rms_norm", kernels::rms_norm_add_forward(residual.data_ptr<float>(), x.contiguous().data_ptr(),
-                                                    storage_of(x), gain.data_ptr<float>(), rows, dim, eps,
-                                                    y.data_ptr<float>(), stream()));
+    check("rms_norm",
+          kernels::rms_norm_add_forward(residual.data_ptr<float>(), x.contiguous().data_ptr(), storage_of(x),
+                                        gain.data_ptr<float>(), rows, dim, eps, y.data_ptr<float>(), stream()));
     return y;
   }
 #endif

@@ -27,9 +27,9 @@ torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const to
     return (qkv.defined() ? qkv.narrow(1, index * w.size(1), w.size(1)) : project(a, w, matmul)).reshape({T, H, d});
   };
   const torch::Tensor v = projected(p.wv, 2);
-  const auto [q, k] = normed_rotated_qk(projected(p.wq, 0), projected(p.wk, 1), c.qk_norm ? p.q_norm : torch::Tensor(),
-                                        c.qk_norm ? p.k_norm : torch::Tensor(), c.rms_eps, rotation, residual_dtype,
-                                        matmul);
+  const auto [q, k] =
+      normed_rotated_qk(projected(p.wq, 0), projected(p.wk, 1), c.qk_norm ? p.q_norm : torch::Tensor(),
+                        c.qk_norm ? p.k_norm : torch::Tensor(), c.rms_eps, rotation, residual_dtype, matmul);
   return project(memory(block, q, k, v, order), p.wo, matmul);
 }
 
@@ -58,8 +58,8 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
       require(prime != nullptr, "internal: suffix block run without fast weights");
       order = after_fast_weights;
       const MlpParams& w = prime->at(i - c.first_suffix_block());
-      h = add_rms_norm(h, swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul, order),
-                       b.prime_post_norm, eps);
+      h = add_rms_norm(h, swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul, order), b.prime_post_norm,
+                       eps);
     }
     h = add_rms_norm(h, swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul, order), b.mlp_post_norm,
                      eps);

@@ -296,9 +296,12 @@ TEST(DecodeAttentionOnCuda, MatchesAttendUnderTheMask) {
   struct Ring {
     int64_t capacity, heads, dim, window, token, filled;  // slots [0, filled) hold tokens; a window wraps
   };
-  const std::vector<Ring> rings = {{1, 1, 8, 0, 0, 1},           {37, 3, 16, 0, 29, 30},
-                                   {64, 2, 64, 64, 200, 64},     {300, 4, 80, 100, 299, 300},
-                                   {50, 2, 256, 0, 49, 50},      {20000, 2, 128, 0, 19999, 20000},
+  const std::vector<Ring> rings = {{1, 1, 8, 0, 0, 1},
+                                   {37, 3, 16, 0, 29, 30},
+                                   {64, 2, 64, 64, 200, 64},
+                                   {300, 4, 80, 100, 299, 300},
+                                   {50, 2, 256, 0, 49, 50},
+                                   {20000, 2, 128, 0, 19999, 20000},
                                    {200000, 1, 64, 0, 149999, 150000}};
   const torch::Device cuda(torch::kCUDA, 0);
   for (const std::optional<torch::Dtype> dtype : {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
@@ -319,13 +322,13 @@ TEST(DecodeAttentionOnCuda, MatchesAttendUnderTheMask) {
       const torch::Tensor q_cuda = q.to(cuda);
       const torch::Tensor keys_cuda = keys.to(cuda), values_cuda = values.to(cuda);
       ASSERT_TRUE(decode_attention_serves(q_cuda, keys_cuda));
-      const torch::Tensor got = decode_attention(q_cuda, keys_cuda, values_cuda, slot_positions.to(cuda),
-                                                 token_position.to(cuda), r.window);
+      const torch::Tensor got =
+          decode_attention(q_cuda, keys_cuda, values_cuda, slot_positions.to(cuda), token_position.to(cuda), r.window);
       EXPECT_EQ(got.scalar_type(), storage);
       ASSERT_EQ(got.sizes(), torch::IntArrayRef({1, r.heads * r.dim}));
       const auto f64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
-      const torch::Tensor expected = attend(f64(q), f64(keys), f64(values),
-                                            attention_mask(token_position, slot_positions, r.window));
+      const torch::Tensor expected =
+          attend(f64(q), f64(keys), f64(values), attention_mask(token_position, slot_positions, r.window));
       const torch::Tensor error = (got.to(torch::kCPU, torch::kFloat64) - expected).norm() / expected.norm();
       // bf16: q * scale rounded to bf16 as the matmul paths do; the rest in fp32.
       EXPECT_LT(error.item<double>(), dtype ? 1e-2 : 1e-5);

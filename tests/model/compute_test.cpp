@@ -97,9 +97,8 @@ TEST(Compute, InferenceParamsProjectOneRowJointly) {
   const AttentionParams& a = params.blocks[0].attn;
   const torch::Tensor qkv = joint_columns({a.wq, a.wk, a.wv});
   ASSERT_TRUE(qkv.defined());
-  EXPECT_TRUE(torch::equal(qkv, torch::cat({separate.blocks[0].attn.wq, separate.blocks[0].attn.wk,
-                                            separate.blocks[0].attn.wv},
-                                           1)));
+  EXPECT_TRUE(torch::equal(
+      qkv, torch::cat({separate.blocks[0].attn.wq, separate.blocks[0].attn.wk, separate.blocks[0].attn.wv}, 1)));
   EXPECT_TRUE(torch::equal(a.wk, separate.blocks[0].attn.wk));
   ASSERT_TRUE(joint_columns({params.blocks[1].mlp.w1, params.blocks[1].mlp.w3}).defined());
   // Not side by side: separate tensors, another order, a gap.
