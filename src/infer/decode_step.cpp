@@ -131,14 +131,15 @@ void DecodeStep::State::run() {
     if (!bias.defined()) bias = attention_bias(attention_mask(token_position, slot_positions, window), h);
     return attend_with_bias(q, memory.keys, memory.values, bias);
   };
+  const RopeTable rotation = rope_table(token_position, config.head_dim(), config.rope_theta, h.scalar_type());
   torch::Tensor out;
   if (config.is_ttt()) {
     const int64_t first_suffix = config.first_suffix_block();
-    const torch::Tensor entering = run_blocks(config, params, h, token_position, ring, 0, first_suffix, nullptr);
+    const torch::Tensor entering = run_blocks(config, params, h, rotation, ring, 0, first_suffix, nullptr);
     suffix_inputs.index_copy_(0, token_position.remainder(config.mini_batch), entering);
-    out = run_blocks(config, params, entering, token_position, ring, first_suffix, config.n_layers, &weights);
+    out = run_blocks(config, params, entering, rotation, ring, first_suffix, config.n_layers, &weights);
   } else {
-    out = run_blocks(config, params, h, token_position, ring, 0, config.n_layers, nullptr);
+    out = run_blocks(config, params, h, rotation, ring, 0, config.n_layers, nullptr);
   }
   logits.copy_(lm_logits(config, params, out)[0]);
 }

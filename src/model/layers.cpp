@@ -146,7 +146,7 @@ class RmsNormGradient : public torch::autograd::Function<RmsNormGradient> {
         partials = torch::empty({kernels::rms_norm_chunks(rows), dim}, rstd.options());
         x_coefficient = torch::empty({rows}, rstd.options());
       }
-      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.contiguous().data_ptr() : nullptr; };
+      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
       check("rms_norm", kernels::rms_norm_double_backward(
                             x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(), rstd.data_ptr<float>(),
                             grad_y_c.data_ptr(), storage_of(grad_y), pointer(u), static_cast<const float*>(pointer(w)),
@@ -963,8 +963,8 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys
   check("decode_attention",
         kernels::decode_attention(query.data_ptr<float>(), keys.data_ptr(), values.data_ptr(), storage_of(keys),
                                   slot_positions.data_ptr<int64_t>(), token_position.data_ptr<int64_t>(), capacity, H,
-                                  d, window, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))),
-                                  scratch.data_ptr<float>(), out.data_ptr(), storage_of(out), stream()));
+                                  d, window, static_cast<float>(attention_scale(q)), scratch.data_ptr<float>(),
+                                  out.data_ptr(), storage_of(out), stream()));
   return out;
 #else
   (void)slot_positions;

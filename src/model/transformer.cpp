@@ -40,7 +40,7 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
   return params.embed.index_select(0, tokens).to(params.final_norm.scalar_type());
 }
 
-torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
+torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const RopeTable& rotation,
                          const BlockAttention& memory, int64_t first, int64_t last, const FastWeights* prime,
                          Order after_fast_weights) {
   if (first >= last) return h;
@@ -48,7 +48,6 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
   // The residual stream, the norms and SwiGLU's product in the residual dtype; the pre-norms
   // write the matmuls' inputs in the matmul dtype, the post-norms read their outputs so.
   const torch::Dtype residual = h.scalar_type(), matmul = matmul_dtype_for(h);
-  const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, residual);
   Order order = Order::kFirst;  // what precedes the fast weights is differentiated at most once
   for (int64_t i = first; i < last; ++i) {
     const BlockParams& b = params.blocks[i];
@@ -75,7 +74,8 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
     const KvEntries seen = cache.extend(block, {k, v, positions});
     return attend_span(q, seen.keys, seen.values, positions, seen.positions, c.attention_window(), order);
   };
-  return run_blocks(c, params, std::move(h), positions, through_cache, first, last, prime, after_fast_weights);
+  const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, h.scalar_type());
+  return run_blocks(c, params, std::move(h), rotation, through_cache, first, last, prime, after_fast_weights);
 }
 
 torch::Tensor span_positions(int64_t start, int64_t length, const torch::Device& device) {

@@ -31,10 +31,12 @@ torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch:
 // decode step (infer/decode_step.h) keeps fixed-size buffers instead.
 using BlockAttention = std::function<torch::Tensor(int64_t block, const torch::Tensor& q, const torch::Tensor& k,
                                                    const torch::Tensor& v, Order order)>;
-// run_blocks with the blocks' attention memory given as `memory`.
-torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch::Tensor h,
-                         const torch::Tensor& positions, const BlockAttention& memory, int64_t first, int64_t last,
-                         const FastWeights* prime = nullptr, Order after_fast_weights = Order::kFirst);
+// run_blocks with the blocks' attention memory given as `memory` and the positions as their
+// rotation (rope_table for the head dimension and rope_theta, in h's dtype), which a caller
+// running blocks in several calls makes once.
+torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch::Tensor h, const RopeTable& rotation,
+                         const BlockAttention& memory, int64_t first, int64_t last, const FastWeights* prime = nullptr,
+                         Order after_fast_weights = Order::kFirst);
 
 // Absolute positions start..start+length-1 ([length] int64 on `device`).
 torch::Tensor span_positions(int64_t start, int64_t length, const torch::Device& device);
