@@ -228,6 +228,16 @@ torch::Tensor merged_heads(const torch::Tensor& heads) {  // [H, Tq, d] -> [Tq, 
 
 double attention_scale(const torch::Tensor& q) { return 1.0 / std::sqrt(static_cast<double>(q.size(2))); }
 
+// The forward's matmul dtype (MatmulDtypeGuard: thread-local) kept for the backward: autograd
+// runs a CUDA graph's backward on its own device thread, where the guard does not reach.
+void save_matmul_dtype(torch::autograd::AutogradContext* ctx) {
+  ctx->saved_data["matmul_dtype"] = matmul_dtype() ? static_cast<int64_t>(*matmul_dtype()) : int64_t{-1};
+}
+MatmulDtypeGuard forwards_matmul_dtype(torch::autograd::AutogradContext* ctx) {
+  const int64_t saved = ctx->saved_data["matmul_dtype"].toInt();
+  return MatmulDtypeGuard(saved < 0 ? std::nullopt : std::optional<torch::Dtype>(static_cast<torch::Dtype>(saved)));
+}
+
 // q as the scores take it: scaled first (it is smaller than the scores), in the matmul dtype
 // (matmul_dtype_for), by head.
 torch::Tensor scaled_queries(const torch::Tensor& q) { return by_head(q * attention_scale(q), matmul_dtype_for(q)); }
@@ -307,6 +317,7 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
     ctx->saved_data["key_positions"] = key_positions;
     ctx->saved_data["window"] = window;
     ctx->saved_data["block_queries"] = block_queries;
+    save_matmul_dtype(ctx);
     return outputs.size() == 1 ? outputs[0] : torch::cat(outputs);
   }
 
@@ -317,6 +328,7 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
   // anyway (forward_span's default order under an exact inner step), autograd records them.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
     const int64_t H = q.size(1), d = q.size(2);
@@ -607,6 +619,7 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     ctx->saved_data["dots"] = b.dots;
     ctx->saved_data["grad_scores"] = b.grad_scores;
     ctx->saved_data["window"] = window;
+    save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one: no zeros made
     return {query_gradient(torch::matmul(b.grad_scores, by_head(k, dtype)), q),
             key_gradient(torch::matmul(b.grad_scores.transpose(1, 2), scaled_queries(q)), k),
@@ -617,6 +630,7 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
                                                  torch::autograd::variable_list grads) {
     torch::autograd::variable_list result(7);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return result;
+    const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &grad_out = saved[3];
     const torch::Dtype dtype = matmul_dtype_for(q);
@@ -684,6 +698,7 @@ class BandedAttention : public torch::autograd::Function<BandedAttention> {
     ctx->saved_data["probs32"] = p.wide;  // intermediates (never the output): kept as data
     ctx->saved_data["probs"] = p.narrow;
     ctx->saved_data["window"] = window;
+    save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);
     return attention_mix(p.narrow, v, q);
   }
@@ -691,6 +706,7 @@ class BandedAttention : public torch::autograd::Function<BandedAttention> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::autograd::variable_list dq_dk_dv =
         BandedAttentionGrad::apply(saved[0], saved[1], saved[2], grads[0], ctx->saved_data["probs32"].toTensor(),
@@ -777,6 +793,8 @@ torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional
     const auto [a, b] = inputs(narrow);
     return project(FusedSwigluGate::apply(a.contiguous(), b.contiguous()), mlp.w2, out.value_or(inner));
   }
+#else
+  (void)order;  // only the kernel's path depends on it
 #endif
   const auto [a, b] = inputs(inner);
   return project(torch::silu(a) * b, mlp.w2, out.value_or(inner));

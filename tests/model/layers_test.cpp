@@ -2,7 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <exception>
+#include <thread>
 
+#include "model/compute.h"
 #include "model/layers.h"
 #include "test_util.h"
 
@@ -308,6 +311,51 @@ TEST(Layers, BandedAttentionsDoubleBackwardTakesUndefinedAdjoints) {
         EXPECT_EQ(reference[i].abs().max().item<double>() == 0, zero) << i;
       }
     }
+  }
+}
+
+// Autograd runs a CUDA graph's backward on a device thread of its own, outside the forward's
+// MatmulDtypeGuard (thread-local): the attention Functions keep their forward's matmul dtype.
+// Here the backward runs on a thread of the test's own, against the same on the forward's.
+TEST(Layers, AttentionBackwardsKeepTheForwardsMatmulDtypeOnAnotherThread) {
+  const BandedCase c{5, 7, 6};
+  const BandedInputs in(c);
+  for (const Order order : {Order::kFirst, Order::kSecond}) {
+    SCOPED_TRACE(order == Order::kFirst ? "first order" : "second order");
+    const auto derivatives = [&](bool other_thread) {
+      const torch::Tensor qs = in.q.to(torch::kFloat32).requires_grad_(),
+                          ks = in.k.to(torch::kFloat32).requires_grad_(),
+                          vs = in.v.to(torch::kFloat32).requires_grad_();
+      const MatmulDtypeGuard precision(torch::kBFloat16);
+      const torch::Tensor out = attend_span(qs, ks, vs, in.query_positions, in.key_positions, c.window, order);
+      std::vector<torch::Tensor> result;
+      const auto backward = [&] {
+        const torch::Tensor probe = torch::linspace(-1, 1, out.numel()).reshape(out.sizes());
+        result = torch::autograd::grad({(out * probe).sum()}, {qs, ks, vs}, {}, /*retain_graph=*/true,
+                                       /*create_graph=*/order == Order::kSecond);
+        if (order == Order::kSecond) {
+          const torch::Tensor objective = (result[0] * result[0]).sum() + (result[1] * result[2]).sum();
+          for (const torch::Tensor& g : torch::autograd::grad({objective}, {qs, ks, vs})) result.push_back(g);
+        }
+      };
+      if (other_thread) {
+        std::exception_ptr error;
+        std::thread([&] {
+          try {
+            backward();
+          } catch (...) {
+            error = std::current_exception();
+          }
+        }).join();
+        if (error) std::rethrow_exception(error);
+      } else {
+        backward();
+      }
+      return result;
+    };
+    const std::vector<torch::Tensor> here = derivatives(false), there = derivatives(true);
+    ASSERT_EQ(here.size(), there.size());
+    for (size_t i = 0; i < here.size(); ++i) EXPECT_TRUE(torch::equal(here[i], there[i])) << i;
   }
 }
 
