@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -120,6 +121,72 @@ void copy_queued(const torch::Tensor& dst, const torch::Tensor& src) {
 #endif
   torch::NoGradGuard no_graph;
   dst.copy_(src);
+}
+
+struct CopyStream::State {
+  std::vector<torch::Tensor> queued, settling;  // held since the last settle(), and the one before
+#if TTT_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> stream;  // made at the first GPU copy, on its device
+  std::optional<at::cuda::CUDAEvent> settling_done;  // recorded on `stream` at the last settle()
+
+  c10::cuda::CUDAStream current() const { return c10::cuda::getCurrentCUDAStream(stream->device_index()); }
+#endif
+};
+
+CopyStream::CopyStream() : state_(std::make_unique<State>()) {}
+CopyStream::~CopyStream() {
+  try {
+    join();
+  } catch (...) {  // a failed GPU: nothing to wait for
+  }
+}
+CopyStream::CopyStream(CopyStream&&) noexcept = default;
+CopyStream& CopyStream::operator=(CopyStream&&) noexcept = default;
+
+void CopyStream::copy(const torch::Tensor& dst, const torch::Tensor& src) {
+#if TTT_WITH_CUDA
+  if (dst.is_cuda() || src.is_cuda()) {
+    const c10::DeviceIndex device = dst.is_cuda() ? dst.get_device() : src.get_device();
+    if (!state_->stream) state_->stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
+    require(state_->stream->device_index() == device, "internal: a CopyStream serves one GPU");
+    const c10::cuda::CUDAGuard on(device);
+    at::cuda::CUDAEvent queued_so_far;
+    queued_so_far.record(state_->current());
+    queued_so_far.block(*state_->stream);
+    const c10::cuda::CUDAStreamGuard side(*state_->stream);
+    copy_queued(dst, src);
+    state_->queued.insert(state_->queued.end(), {dst, src});
+    return;
+  }
+#endif
+  copy_queued(dst, src);
+}
+
+void CopyStream::settle() {
+#if TTT_WITH_CUDA
+  if (state_->stream) {
+    const c10::cuda::CUDAGuard on(state_->stream->device_index());
+    if (state_->settling_done) state_->settling_done->block(state_->current());
+    state_->settling_done.emplace();
+    state_->settling_done->record(*state_->stream);
+  }
+#endif
+  state_->settling = std::move(state_->queued);
+  state_->queued.clear();
+}
+
+void CopyStream::join() {
+#if TTT_WITH_CUDA
+  if (state_->stream && !(state_->queued.empty() && state_->settling.empty())) {
+    const c10::cuda::CUDAGuard on(state_->stream->device_index());
+    at::cuda::CUDAEvent all_done;
+    all_done.record(*state_->stream);
+    all_done.block(state_->current());
+    state_->settling_done.reset();
+  }
+#endif
+  state_->queued.clear();
+  state_->settling.clear();
 }
 
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {

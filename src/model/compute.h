@@ -2,8 +2,10 @@
 // in bf16 on fp32 parameters; the fast weights, their gradients and updates, softmax and
 // losses in fp32. Everything else stays in the parameters' dtype.
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -63,6 +65,28 @@ torch::Tensor host_buffer(int64_t bytes, const torch::Tensor& like);
 // stream (cudaMemcpyAsync: the host does not wait, a CUDA graph captures it); both
 // contiguous, of one dtype and size. A plain copy where neither is on a GPU.
 void copy_queued(const torch::Tensor& dst, const torch::Tensor& src);
+
+// copy_queued's copies on a CUDA stream of their own, so that they overlap the work of the
+// current stream (a CUDA graph captures both, joined). A copy starts after everything the
+// current stream queued before it; the current stream waits for copies only at settle()
+// (those queued before the previous settle: a pipeline one step deep) and join() (all).
+// Both tensors stay alive until then, so neither's memory is reused while a copy reads or
+// writes it; the source must not be written meanwhile. Plain copies where no GPU is involved.
+class CopyStream {
+ public:
+  CopyStream();
+  ~CopyStream();
+  CopyStream(CopyStream&&) noexcept;
+  CopyStream& operator=(CopyStream&&) noexcept;
+
+  void copy(const torch::Tensor& dst, const torch::Tensor& src);
+  void settle();
+  void join();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // The matmul dtype params_for_inference gave `params`: their matrices' dtype where it
 // differs from the gains' (which stay in the parameters' own dtype); unset otherwise.

@@ -7,6 +7,8 @@
 #include <map>
 #include <optional>
 
+#include <unistd.h>
+
 #include "common/error.h"
 #include "model/compute.h"
 #include "model/layers.h"
@@ -73,10 +75,12 @@ Params suffix_params(const ModelConfig& config, const Params& params, int64_t fi
 // Where the gradient keeps, parked, what grows with the sequence until its backward pass
 // reads it again (the cache rows every span and chunk leaves, the fast weights kept every so
 // many chunks): in host memory, pinned on a GPU, so that the device's peak stays flat in the
-// length (3B at 128K: about 60 GB of them). The copies queue on the stream without waiting,
-// and a CUDA graph captures them. Buffers are reused call after call in the order they are
-// asked for, so a graph replays its copies into the buffers its capture saw (the eager run
-// before it made them).
+// length (3B at 128K: about 60 GB of them). The copies run on a stream of their own
+// (CopyStream), overlapping the computation: parked rows and weights leave as snapshots, and
+// the passes that read them back fetch them a chunk or span ahead (prefetch) and join() before
+// they read. A CUDA graph captures both streams. Buffers are reused call after call in the
+// order they are asked for, so a graph replays its copies into the buffers its capture saw
+// (the eager run before it made them).
 class HostParking {
  public:
   void rewind() { next_ = 0; }
@@ -87,7 +91,8 @@ class HostParking {
     torch::Tensor& buffer = buffers_[next_++];
     if (!buffer.defined() || buffer.numel() < bytes) buffer = host_buffer(bytes, t);
     torch::Tensor parked = torch::from_blob(buffer.data_ptr(), t.sizes(), t.options().device(torch::kCPU));
-    copy_queued(parked, t.contiguous());
+    // A snapshot on a GPU: the computation goes on while the copy reads it.
+    copies_.copy(parked, t.is_cuda() ? t.clone(at::MemoryFormat::Contiguous) : t.contiguous());
     return parked;
   }
   KvEntries park(const KvEntries& e) { return {park(e.keys), park(e.values), e.positions.clone()}; }
@@ -97,42 +102,61 @@ class HostParking {
     return out;
   }
 
-  // `t` on `device`: a fresh copy if it is parked, else itself.
-  static torch::Tensor fetch(const torch::Tensor& t, const torch::Device& device) {
+  // `t` on `device`: a fresh copy if it is parked (readable after join()), else itself.
+  torch::Tensor fetch(const torch::Tensor& t, const torch::Device& device) {
     if (t.device() == device) return t;
     torch::Tensor out = torch::empty(t.sizes(), t.options().device(device));
-    copy_queued(out, t);
+    copies_.copy(out, t);
     return out;
   }
-  static KvEntries fetch(const KvEntries& e, const torch::Device& device) {
+  KvEntries fetch(const KvEntries& e, const torch::Device& device) {
     return {fetch(e.keys, device), fetch(e.values, device), e.positions};
   }
-  static FastWeights fetch(const FastWeights& weights, const torch::Device& device) {
+  FastWeights fetch(const FastWeights& weights, const torch::Device& device) {
     FastWeights out;
     for (const MlpParams& w : weights) out.push_back({fetch(w.w1, device), fetch(w.w2, device), fetch(w.w3, device)});
     return out;
   }
 
+  // After each chunk or span parked: the copies of the one before are done (CopyStream).
+  void settle() { copies_.settle(); }
+  // Before the computation reads what was fetched: every copy so far is done.
+  void join() { copies_.join(); }
+
  private:
   std::vector<torch::Tensor> buffers_;
   size_t next_ = 0;
+  CopyStream copies_;
 };
 
 // Parked rows fetched back to the device while the backward pass, which runs from the last
-// span or chunk to the first, still reads them: each is fetched once.
+// span or chunk to the first, still reads them: each is fetched once, ahead of its use where
+// prefetched (the pass joins the parking's copies before it reads them).
 class FetchedRows {
  public:
+  explicit FetchedRows(HostParking* parking) : parking_(parking) {}
+
   // The rows of span or chunk `j`, block `block` (`kept`: as the forward pass kept them).
   const KvEntries& get(int64_t j, int64_t block, const KvEntries& kept, const torch::Device& device) {
     if (kept.rows() == 0 || kept.keys.device() == device) return kept;
     KvEntries& fetched = rows_[{j, block}];
-    if (fetched.rows() == 0) fetched = HostParking::fetch(kept, device);
+    if (fetched.rows() == 0) {  // not prefetched
+      fetched = parking_->fetch(kept, device);
+      parking_->join();
+    }
     return fetched;
+  }
+  // The same, fetched without waiting for the copy.
+  void prefetch(int64_t j, int64_t block, const KvEntries& kept, const torch::Device& device) {
+    if (kept.rows() == 0 || kept.keys.device() == device) return;
+    KvEntries& fetched = rows_[{j, block}];
+    if (fetched.rows() == 0) fetched = parking_->fetch(kept, device);
   }
   // Drops those of spans or chunks `from` and after: the pass has gone before them.
   void forget_from(int64_t from) { rows_.erase(rows_.lower_bound({from, 0}), rows_.end()); }
 
  private:
+  HostParking* parking_;
   std::map<std::pair<int64_t, int64_t>, KvEntries> rows_;
 };
 
@@ -160,26 +184,56 @@ struct Sequence {
     chunks = plan_chunks(c, n, 0, /*update_last=*/false);
     loss_weights = chunk_loss_weights(c, targets);
     first_suffix = c.is_ttt() ? c.first_suffix_block() : c.n_layers;
-    weights_every = options.keep_weights_every > 0 ? options.keep_weights_every : auto_weights_every(n_chunks());
     parking = options.park_on_host.value_or(device.is_cuda() && n_chunks() > kAllKeptUpTo) ? &host : nullptr;
     if (parking != nullptr) parking->rewind();
+    weights_every = options.keep_weights_every > 0 ? options.keep_weights_every : auto_weights_every();
   }
   // What the backward pass reads again: parked, or copied out of what it came from (a cache
   // view) so that it pins nothing else.
   KvEntries keep(const KvEntries& rows) const { return parking != nullptr ? parking->park(rows) : rows.cloned(); }
   FastWeights keep(const FastWeights& weights) const { return parking != nullptr ? parking->park(weights) : weights; }
+  // Kept weights on the device: parked ones fetched, readable after join_copies() (prefetch)
+  // or at once (fetched).
+  FastWeights prefetch(const FastWeights& weights) const {
+    return parking != nullptr ? parking->fetch(weights, device) : weights;
+  }
+  FastWeights fetched(const FastWeights& weights) const {
+    const bool parked = !weights.empty() && weights[0].w1.device() != device;
+    if (!parked) return weights;
+    FastWeights out = prefetch(weights);
+    join_copies();
+    return out;
+  }
+  void settle_copies() const {
+    if (parking != nullptr) parking->settle();
+  }
+  void join_copies() const {
+    if (parking != nullptr) parking->join();
+  }
   int64_t n_chunks() const { return static_cast<int64_t>(chunks.size()); }
   // Whether the forward pass keeps the fast weights chunk c starts from: every
   // weights_every-th chunk's, and all of the last stretch's (the reverse scan starts there).
   bool keeps_weights(int64_t c) const {
     return c % weights_every == 0 || c >= (n_chunks() - 1) / weights_every * weights_every;
   }
-  // Every chunk's weights up to 16 chunks (3B: 1.4 GB each); beyond, one in sqrt(chunks),
-  // so what is kept grows as the square root of the length, for one more forward pass
-  // of the suffix.
+  // Every chunk's weights where they fit: up to 16 chunks on the device (3B: 1.4 GB each), and
+  // parked in host memory as many as a budget holds (125M at 128K: 7 GB); beyond, one in
+  // sqrt(chunks), so what is kept grows as the square root of the length, for one more
+  // forward pass of the suffix (5% of a 125M step at 32K).
   static constexpr int64_t kAllKeptUpTo = 16;
-  static int64_t auto_weights_every(int64_t chunks) {
-    return chunks <= kAllKeptUpTo ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
+  int64_t auto_weights_every() const {
+    const int64_t chunks = n_chunks();
+    int64_t bytes = 0;
+    for (const MlpParams& w : initial_fast_weights(config, params)) {
+      for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) bytes += t->numel() * t->element_size();
+    }
+    const bool all_fit = chunks <= kAllKeptUpTo || (parking != nullptr && bytes * chunks <= parked_weights_budget());
+    return all_fit ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
+  }
+  // 16 GiB, at most a quarter of the host's memory.
+  static int64_t parked_weights_budget() {
+    const int64_t host = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+    return std::min(int64_t{16} << 30, host / 4);
   }
 };
 
@@ -213,29 +267,58 @@ torch::Tensor joined(const std::vector<torch::Tensor>& parts) {
   return parts[0].as_strided(sizes, parts[0].strides());
 }
 
-// Blocks [first, last) of a window cache as the span after the first `spans_before` spans
-// reads it, rebuilt from the rows each of them left (rows(span, block), rows_for_later),
-// keys and values as fresh leaves that require grad.
-KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t first, int64_t last,
-                      const std::function<const KvEntries&(int64_t, int64_t)>& rows) {
-  KvCache cache = KvCache::window(config);
+// The rows each span (or chunk) left for later ones, per span and block, as the forward pass
+// kept them (on the device or parked), and those fetched back.
+using KeptRows = std::function<const KvEntries&(int64_t span, int64_t block)>;
+
+// Calls visit(j, block) for every span j before the first `spans_before` whose rows of a block
+// in [first, last) the span after them reads: back from the latest until the window's rows
+// are there (all of them for full attention).
+void for_rows_read(const ModelConfig& config, int64_t spans_before, int64_t first, int64_t last, const KeptRows& kept,
+                   const std::function<void(int64_t, int64_t)>& visit) {
   const int64_t keep = KvCache::rows_kept(config);  // -1: everything (full attention)
-  if (keep == 0) return cache;
+  if (keep == 0) return;
   for (int64_t l = first; l < last; ++l) {
-    std::vector<torch::Tensor> keys, values, positions;
     int64_t count = 0;
     for (int64_t j = spans_before - 1; j >= 0 && (keep < 0 || count < keep); --j) {
-      const KvEntries& e = rows(j, l);
-      if (e.rows() == 0) continue;
-      keys.insert(keys.begin(), e.keys);
-      values.insert(values.begin(), e.values);
-      positions.insert(positions.begin(), e.positions);
-      count += e.rows();
+      const int64_t rows = kept(j, l).rows();
+      if (rows == 0) continue;
+      visit(j, l);
+      count += rows;
     }
-    if (count == 0) continue;
-    const KvEntries all{joined(keys), joined(values), joined(positions)};
-    const KvEntries kept = keep < 0 ? all : all.last(keep);
-    cache.assign(l, {kept.keys.detach().requires_grad_(), kept.values.detach().requires_grad_(), kept.positions});
+  }
+}
+
+// Fetches what rebuilt_cache will read, without waiting for the copies.
+void prefetch_cache(const ModelConfig& config, int64_t spans_before, int64_t first, int64_t last, const KeptRows& kept,
+                    FetchedRows& fetched, const torch::Device& device) {
+  for_rows_read(config, spans_before, first, last, kept,
+                [&](int64_t j, int64_t l) { fetched.prefetch(j, l, kept(j, l), device); });
+}
+
+// Blocks [first, last) of a window cache as the span after the first `spans_before` spans
+// reads it, rebuilt from the rows each of them left (rows_for_later), keys and values as
+// fresh leaves that require grad.
+KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t first, int64_t last, const KeptRows& kept,
+                      FetchedRows& fetched, const torch::Device& device) {
+  KvCache cache = KvCache::window(config);
+  std::vector<std::vector<KvEntries>> read(last - first);  // per block, the earliest first
+  for_rows_read(config, spans_before, first, last, kept, [&](int64_t j, int64_t l) {
+    std::vector<KvEntries>& parts = read[l - first];
+    parts.insert(parts.begin(), fetched.get(j, l, kept(j, l), device));
+  });
+  const int64_t keep = KvCache::rows_kept(config);
+  for (int64_t l = first; l < last; ++l) {
+    const std::vector<KvEntries>& parts = read[l - first];
+    if (parts.empty()) continue;
+    const auto all_of = [&](torch::Tensor KvEntries::*member) {
+      std::vector<torch::Tensor> tensors;
+      for (const KvEntries& e : parts) tensors.push_back(e.*member);
+      return joined(tensors);
+    };
+    const KvEntries all{all_of(&KvEntries::keys), all_of(&KvEntries::values), all_of(&KvEntries::positions)};
+    const KvEntries window = keep < 0 ? all : all.last(keep);
+    cache.assign(l, {window.keys.detach().requires_grad_(), window.values.detach().requires_grad_(), window.positions});
   }
   return cache;
 }
@@ -262,7 +345,7 @@ class PrefixSpans {
   }
 
   // Phase 1: h for every input, detached (its gradient is gathered in h_grad()).
-  PrefixSpans(const Sequence& seq, int64_t span_asked) : seq_(seq) {
+  PrefixSpans(const Sequence& seq, int64_t span_asked) : seq_(seq), fetched_(seq.parking) {
     RECORD_USER_SCOPE("gradient: prefix forward");  // phases, for ttt bench --profile
     const int64_t n = seq.inputs.size(0), span = span_tokens(seq, span_asked);
     for (int64_t start = 0; start < n; start += span) {
@@ -282,8 +365,11 @@ class PrefixSpans {
           const KvEntries rows = rows_for_later(seq.config, cache, l, spans_[s].length);
           rows_.back().push_back(seq.parking != nullptr ? seq.keep(rows) : packed(l, rows));
         }
+        seq.settle_copies();
       }
     }
+    prefetch(spans_.size() - 1);
+    seq.join_copies();
     last_ = recompute(spans_.size() - 1);
     fetched_.forget_from(0);  // the last span's graph holds what it read
     outputs.push_back(last_->h.detach());
@@ -300,8 +386,10 @@ class PrefixSpans {
     std::vector<KvEntries> later(seq_.first_suffix);  // adjoints of the rows the span after reads
     for (int64_t s = static_cast<int64_t>(spans_.size()) - 1; s >= 0; --s) {
       fetched_.forget_from(s);
+      seq_.join_copies();  // what was prefetched for this span
       SpanGraph graph = s + 1 == static_cast<int64_t>(spans_.size()) ? std::move(*last_) : recompute(s);
       if (!graph.h.requires_grad()) return;  // nothing in the prefix requires grad
+      if (s > 0) prefetch(s - 1);  // while this span's backward runs
       std::vector<torch::Tensor> outputs{graph.h}, adjoints{h_grad_.narrow(0, spans_[s].start, spans_[s].length)};
       std::vector<torch::Tensor> wrt = sinks.params;
       for (int64_t l = 0; l < seq_.first_suffix; ++l) {
@@ -362,10 +450,15 @@ class PrefixSpans {
     return out;
   }
 
+  const KvEntries& kept(int64_t j, int64_t l) const { return rows_[j][l]; }
+  void prefetch(size_t s) {
+    prefetch_cache(seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
+                   [&](int64_t j, int64_t l) -> const KvEntries& { return kept(j, l); }, fetched_, seq_.device);
+  }
   SpanGraph recompute(size_t s) {
     KvCache cache = rebuilt_cache(
         seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
-        [&](int64_t j, int64_t l) -> const KvEntries& { return fetched_.get(j, l, rows_[j][l], seq_.device); });
+        [&](int64_t j, int64_t l) -> const KvEntries& { return kept(j, l); }, fetched_, seq_.device);
     std::vector<KvEntries> read;
     for (int64_t l = 0; l < seq_.first_suffix; ++l) read.push_back(cache.entries(l));
     torch::Tensor h = run(spans_[s], cache);
@@ -416,17 +509,26 @@ torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const to
                 }
                 const int64_t next = chunk.index + 1;
                 if (next < seq.n_chunks() && seq.keeps_weights(next)) saved[next].weights = seq.keep(state.weights);
+                seq.settle_copies();
                 report(next);
               });
   return loss;
 }
 
 // The suffix blocks' cache as chunk c reads it, rebuilt from the rows saved after the chunks before it.
+KeptRows saved_rows(const Sequence& seq, const std::vector<SavedChunk>& saved) {
+  return [&](int64_t j, int64_t l) -> const KvEntries& { return saved[j].entries[l - seq.first_suffix]; };
+}
 KvCache cache_before(const Sequence& seq, const std::vector<SavedChunk>& saved, FetchedRows& fetched, int64_t c) {
-  return rebuilt_cache(seq.config, c, seq.first_suffix, seq.config.n_layers,
-                       [&](int64_t j, int64_t l) -> const KvEntries& {
-                         return fetched.get(j, l, saved[j].entries[l - seq.first_suffix], seq.device);
-                       });
+  return rebuilt_cache(seq.config, c, seq.first_suffix, seq.config.n_layers, saved_rows(seq, saved), fetched,
+                       seq.device);
+}
+
+// Fetches what chunk c starts from (its weights, if kept, and the rows cache_before reads)
+// without waiting: the reverse scan asks for them a chunk ahead.
+void prefetch_chunk(const Sequence& seq, std::vector<SavedChunk>& saved, FetchedRows& fetched, int64_t c) {
+  saved[c].weights = seq.prefetch(saved[c].weights);
+  prefetch_cache(seq.config, c, seq.first_suffix, seq.config.n_layers, saved_rows(seq, saved), fetched, seq.device);
 }
 
 // The fast weights chunk c starts from, where suffix_forward did not keep them: the scan
@@ -438,7 +540,7 @@ void refill_weights(const Sequence& seq, const Params& suffix, const torch::Tens
   const int64_t from = c - c % seq.weights_every;
   const Params frozen = detach_params(seq.config, suffix);
   torch::AutoGradMode grad_mode(true);  // the inner gradients
-  ScanState state{HostParking::fetch(saved[from].weights, seq.device), cache_before(seq, saved, fetched, from)};
+  ScanState state{seq.fetched(saved[from].weights), cache_before(seq, saved, fetched, from)};
   state.cache.detach();
   ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   const std::vector<ChunkSpan> chunks(seq.chunks.begin() + from, seq.chunks.begin() + c);
@@ -498,7 +600,7 @@ Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vec
                        const torch::Tensor& h_grad) {
   RECORD_USER_SCOPE("gradient: reverse scan chunk");
   ChunkVariables leaves{suffix_theta, {}, {}, h.narrow(0, chunk.start, chunk.length).detach().requires_grad_()};
-  ScanState state{detach_fast_weights(HostParking::fetch(saved[chunk.index].weights, seq.device), true),
+  ScanState state{detach_fast_weights(seq.fetched(saved[chunk.index].weights), true),
                   cache_before(seq, saved, fetched, chunk.index)};
   leaves.weights = flatten(state.weights);
   for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) leaves.cache.push_back(state.cache.entries(l));
@@ -549,16 +651,20 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
 
   // Phase 3, the reverse scan: each chunk's adjoints go to the chunk before it.
   Adjoints adjoints{{}, std::vector<KvEntries>(config.n_layers - seq.first_suffix)};
-  FetchedRows fetched;
+  FetchedRows fetched(seq.parking);
+  prefetch_chunk(seq, saved, fetched, seq.n_chunks() - 1);
   for (int64_t c = seq.n_chunks() - 1; c >= 0; --c) {
     fetched.forget_from(c);
+    seq.join_copies();  // what was prefetched for chunk c
     if (config.is_ttt() && saved[c].weights.empty()) refill_weights(seq, suffix, h, saved, fetched, c);
+    if (c > 0) prefetch_chunk(seq, saved, fetched, c - 1);  // while chunk c runs
     adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, fetched, seq.chunks[c], h, adjoints, options.first_order,
                              sinks, prefix.h_grad());
     saved[c].weights.clear();  // no chunk before it reads them
     report(2 * seq.n_chunks() - c);
   }
   prefix.backward(sinks);  // phase 4
+  seq.join_copies();  // nothing left in flight (a CUDA graph's capture ends joined)
   // What reached W_0 is the gradient of the prime weights in theta.
   const std::vector<torch::Tensor> prime = flatten(initial_fast_weights(config, params));
   for (size_t i = 0; i < prime.size(); ++i) sinks.add(sinks.index_of(prime[i]), adjoints.weights[i]);
