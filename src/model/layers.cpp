@@ -75,11 +75,13 @@ struct RmsNormTerms {
 };
 
 #if TTT_WITH_CUDA_KERNELS
+// The dtypes our kernels read and write: fp32 and bf16.
+bool kernel_dtype(torch::Dtype d) { return d == torch::kFloat32 || d == torch::kBFloat16; }
+
 // Where our kernels take the norm: fp32 or bf16 x and y (or dy) on CUDA, an fp32 gain.
 bool rms_norm_kernels_serve(const torch::Tensor& x, const torch::Tensor& gain, torch::Dtype y_dtype) {
-  const auto served = [](torch::Dtype d) { return d == torch::kFloat32 || d == torch::kBFloat16; };
-  return x.is_cuda() && served(x.scalar_type()) && served(y_dtype) && gain.scalar_type() == torch::kFloat32 &&
-         gain.is_contiguous();
+  return x.is_cuda() && kernel_dtype(x.scalar_type()) && kernel_dtype(y_dtype) &&
+         gain.scalar_type() == torch::kFloat32 && gain.is_contiguous();
 }
 #endif
 
@@ -490,7 +492,7 @@ class FusedRope : public torch::autograd::Function<FusedRope> {
 // Where our kernels take the row-wise work: fp32 or bf16 on CUDA, and not while autograd
 // records (their results have no backward).
 bool attention_kernels_serve(const torch::Tensor& t) {
-  return t.is_cuda() && (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16) &&
+  return t.is_cuda() && kernel_dtype(t.scalar_type()) &&
          !torch::GradMode::is_enabled();
 }
 #endif
@@ -789,7 +791,7 @@ torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional
   // is fp32 and the products fp32 or bf16.
   const torch::Dtype narrow = operand.scalar_type();
   if (x.is_cuda() && order == Order::kFirst && inner == torch::kFloat32 &&
-      (narrow == torch::kFloat32 || narrow == torch::kBFloat16)) {
+      kernel_dtype(narrow)) {
     const auto [a, b] = inputs(narrow);
     return project(FusedSwigluGate::apply(a.contiguous(), b.contiguous()), mlp.w2, out.value_or(inner));
   }
@@ -833,12 +835,11 @@ std::pair<torch::Tensor, torch::Tensor> normed_rotated_qk(const torch::Tensor& q
                                                           double eps, const RopeTable& table, torch::Dtype q_dtype,
                                                           torch::Dtype k_dtype) {
 #if TTT_WITH_CUDA_KERNELS
-  const auto served = [](torch::Dtype d) { return d == torch::kFloat32 || d == torch::kBFloat16; };
   const auto gain_served = [&](const torch::Tensor& g) {
     return !g.defined() || (g.scalar_type() == torch::kFloat32 && g.is_contiguous() && g.is_cuda());
   };
   if (!torch::GradMode::is_enabled() && q.is_cuda() && q.sizes() == k.sizes() && q.size(2) % 2 == 0 &&
-      served(q.scalar_type()) && served(k.scalar_type()) && served(q_dtype) && served(k_dtype) &&
+      kernel_dtype(q.scalar_type()) && kernel_dtype(k.scalar_type()) && kernel_dtype(q_dtype) && kernel_dtype(k_dtype) &&
       q_gain.defined() == k_gain.defined() && gain_served(q_gain) && gain_served(k_gain) &&
       table.cos.scalar_type() == torch::kFloat32) {
     const c10::cuda::CUDAGuard device(q.device());
@@ -951,12 +952,18 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
   return attend_banded(q, k, v, window);
 }
 
+namespace {
+// The decode attention's kernel reads rows of keys or values 16 bytes at a time.
+bool packed_rows(const torch::Tensor& t) {
+  return t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+}  // namespace
+
 bool decode_attention_serves(const torch::Tensor& q, const torch::Tensor& keys) {
 #if TTT_WITH_CUDA_KERNELS
-  const auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   return !torch::GradMode::is_enabled() && q.is_cuda() && q.scalar_type() == torch::kFloat32 && q.size(0) == 1 &&
-         keys.is_contiguous() && aligned(keys) && kernels::decode_attention_serves(storage_of(keys), q.size(2)) &&
-         (matmul_dtype_for(q) == torch::kFloat32 || matmul_dtype_for(q) == torch::kBFloat16);
+         packed_rows(keys) && kernels::decode_attention_serves(storage_of(keys), q.size(2)) &&
+         kernel_dtype(matmul_dtype_for(q));
 #else
   (void)q;
   (void)keys;
@@ -968,8 +975,7 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys
                                const torch::Tensor& slot_positions, const torch::Tensor& token_position,
                                int64_t window) {
   require(decode_attention_serves(q, keys) && values.sizes() == keys.sizes() &&
-              values.scalar_type() == keys.scalar_type() && values.is_contiguous() &&
-              reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0,
+              values.scalar_type() == keys.scalar_type() && packed_rows(values),
           "internal: decode_attention called where it does not serve");
 #if TTT_WITH_CUDA_KERNELS
   const c10::cuda::CUDAGuard device(q.device());
