@@ -126,7 +126,7 @@ void copy_queued(const torch::Tensor& dst, const torch::Tensor& src) {
 struct CopyStream::State {
   std::vector<torch::Tensor> queued, settling;  // held since the last settle(), and the one before
 #if TTT_WITH_CUDA
-  std::optional<c10::cuda::CUDAStream> stream;  // made at the first GPU copy, on its device
+  std::optional<c10::cuda::CUDAStream> stream;       // made at the first GPU copy, on its device
   std::optional<at::cuda::CUDAEvent> settling_done;  // recorded on `stream` at the last settle()
 
   c10::cuda::CUDAStream current() const { return c10::cuda::getCurrentCUDAStream(stream->device_index()); }

@@ -492,8 +492,7 @@ class FusedRope : public torch::autograd::Function<FusedRope> {
 // Where our kernels take the row-wise work: fp32 or bf16 on CUDA, and not while autograd
 // records (their results have no backward).
 bool attention_kernels_serve(const torch::Tensor& t) {
-  return t.is_cuda() && kernel_dtype(t.scalar_type()) &&
-         !torch::GradMode::is_enabled();
+  return t.is_cuda() && kernel_dtype(t.scalar_type()) && !torch::GradMode::is_enabled();
 }
 #endif
 
@@ -790,8 +789,7 @@ torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional
   // The gate in one kernel on the products as they are (kernels/swiglu.h), where the product
   // is fp32 and the products fp32 or bf16.
   const torch::Dtype narrow = operand.scalar_type();
-  if (x.is_cuda() && order == Order::kFirst && inner == torch::kFloat32 &&
-      kernel_dtype(narrow)) {
+  if (x.is_cuda() && order == Order::kFirst && inner == torch::kFloat32 && kernel_dtype(narrow)) {
     const auto [a, b] = inputs(narrow);
     return project(FusedSwigluGate::apply(a.contiguous(), b.contiguous()), mlp.w2, out.value_or(inner));
   }
@@ -839,8 +837,8 @@ std::pair<torch::Tensor, torch::Tensor> normed_rotated_qk(const torch::Tensor& q
     return !g.defined() || (g.scalar_type() == torch::kFloat32 && g.is_contiguous() && g.is_cuda());
   };
   if (!torch::GradMode::is_enabled() && q.is_cuda() && q.sizes() == k.sizes() && q.size(2) % 2 == 0 &&
-      kernel_dtype(q.scalar_type()) && kernel_dtype(k.scalar_type()) && kernel_dtype(q_dtype) && kernel_dtype(k_dtype) &&
-      q_gain.defined() == k_gain.defined() && gain_served(q_gain) && gain_served(k_gain) &&
+      kernel_dtype(q.scalar_type()) && kernel_dtype(k.scalar_type()) && kernel_dtype(q_dtype) &&
+      kernel_dtype(k_dtype) && q_gain.defined() == k_gain.defined() && gain_served(q_gain) && gain_served(k_gain) &&
       table.cos.scalar_type() == torch::kFloat32) {
     const c10::cuda::CUDAGuard device(q.device());
     const torch::Tensor q_in = q.contiguous(), k_in = k.contiguous();

@@ -299,8 +299,8 @@ void prefetch_cache(const ModelConfig& config, int64_t spans_before, int64_t fir
 // Blocks [first, last) of a window cache as the span after the first `spans_before` spans
 // reads it, rebuilt from the rows each of them left (rows_for_later), keys and values as
 // fresh leaves that require grad.
-KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t first, int64_t last, const KeptRows& kept,
-                      FetchedRows& fetched, const torch::Device& device) {
+KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t first, int64_t last,
+                      const KeptRows& kept, FetchedRows& fetched, const torch::Device& device) {
   KvCache cache = KvCache::window(config);
   std::vector<std::vector<KvEntries>> read(last - first);  // per block, the earliest first
   for_rows_read(config, spans_before, first, last, kept, [&](int64_t j, int64_t l) {
@@ -389,7 +389,7 @@ class PrefixSpans {
       seq_.join_copies();  // what was prefetched for this span
       SpanGraph graph = s + 1 == static_cast<int64_t>(spans_.size()) ? std::move(*last_) : recompute(s);
       if (!graph.h.requires_grad()) return;  // nothing in the prefix requires grad
-      if (s > 0) prefetch(s - 1);  // while this span's backward runs
+      if (s > 0) prefetch(s - 1);            // while this span's backward runs
       std::vector<torch::Tensor> outputs{graph.h}, adjoints{h_grad_.narrow(0, spans_[s].start, spans_[s].length)};
       std::vector<torch::Tensor> wrt = sinks.params;
       for (int64_t l = 0; l < seq_.first_suffix; ++l) {
@@ -452,8 +452,9 @@ class PrefixSpans {
 
   const KvEntries& kept(int64_t j, int64_t l) const { return rows_[j][l]; }
   void prefetch(size_t s) {
-    prefetch_cache(seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
-                   [&](int64_t j, int64_t l) -> const KvEntries& { return kept(j, l); }, fetched_, seq_.device);
+    prefetch_cache(
+        seq_.config, static_cast<int64_t>(s), 0, seq_.first_suffix,
+        [&](int64_t j, int64_t l) -> const KvEntries& { return kept(j, l); }, fetched_, seq_.device);
   }
   SpanGraph recompute(size_t s) {
     KvCache cache = rebuilt_cache(
@@ -664,7 +665,7 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
     report(2 * seq.n_chunks() - c);
   }
   prefix.backward(sinks);  // phase 4
-  seq.join_copies();  // nothing left in flight (a CUDA graph's capture ends joined)
+  seq.join_copies();       // nothing left in flight (a CUDA graph's capture ends joined)
   // What reached W_0 is the gradient of the prime weights in theta.
   const std::vector<torch::Tensor> prime = flatten(initial_fast_weights(config, params));
   for (size_t i = 0; i < prime.size(); ++i) sinks.add(sinks.index_of(prime[i]), adjoints.weights[i]);
