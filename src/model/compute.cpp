@@ -140,8 +140,6 @@ CopyStream::~CopyStream() {
   } catch (...) {  // a failed GPU: nothing to wait for
   }
 }
-CopyStream::CopyStream(CopyStream&&) noexcept = default;
-CopyStream& CopyStream::operator=(CopyStream&&) noexcept = default;
 
 void CopyStream::copy(const torch::Tensor& dst, const torch::Tensor& src) {
 #if TTT_WITH_CUDA
@@ -182,11 +180,29 @@ void CopyStream::join() {
     at::cuda::CUDAEvent all_done;
     all_done.record(*state_->stream);
     all_done.block(state_->current());
-    state_->settling_done.reset();
   }
+  // Even with nothing held: a settle's event of an eager run must not reach a later capture.
+  state_->settling_done.reset();
 #endif
   state_->queued.clear();
   state_->settling.clear();
+}
+
+void CopyStream::restart() {
+#if TTT_WITH_CUDA
+  if (state_->stream) {
+    const c10::cuda::CUDAGuard on(state_->stream->device_index());
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    const cudaError_t status = cudaStreamIsCapturing(state_->current().stream(), &capturing);
+    if (status != cudaSuccess || capturing != cudaStreamCaptureStatusNone) {
+      state_->settling_done.reset();
+      state_->queued.clear();
+      state_->settling.clear();
+      return;
+    }
+  }
+#endif
+  join();
 }
 
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {

@@ -76,12 +76,16 @@ class CopyStream {
  public:
   CopyStream();
   ~CopyStream();
-  CopyStream(CopyStream&&) noexcept;
-  CopyStream& operator=(CopyStream&&) noexcept;
+  CopyStream(const CopyStream&) = delete;  // its copies in flight belong to this one
+  CopyStream& operator=(const CopyStream&) = delete;
 
   void copy(const torch::Tensor& dst, const torch::Tensor& src);
   void settle();
   void join();
+  // A fresh start after a call that may have failed midway: joins what it holds, or, while
+  // the current stream is being captured (a capture that failed before left them), drops it
+  // without a CUDA call.
+  void restart();
 
  private:
   struct State;

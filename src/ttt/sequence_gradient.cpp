@@ -83,7 +83,10 @@ Params suffix_params(const ModelConfig& config, const Params& params, int64_t fi
 // (the eager run before it made them).
 class HostParking {
  public:
-  void rewind() { next_ = 0; }
+  void rewind() {
+    copies_.restart();
+    next_ = 0;
+  }
 
   torch::Tensor park(const torch::Tensor& t) {
     const int64_t bytes = t.numel() * t.element_size();
@@ -541,7 +544,11 @@ void refill_weights(const Sequence& seq, const Params& suffix, const torch::Tens
   const int64_t from = c - c % seq.weights_every;
   const Params frozen = detach_params(seq.config, suffix);
   torch::AutoGradMode grad_mode(true);  // the inner gradients
-  ScanState state{seq.fetched(saved[from].weights), cache_before(seq, saved, fetched, from)};
+  // Weights and rows fetched together, one wait for their copies.
+  FastWeights weights = seq.prefetch(saved[from].weights);
+  prefetch_cache(seq.config, from, seq.first_suffix, seq.config.n_layers, saved_rows(seq, saved), fetched, seq.device);
+  seq.join_copies();
+  ScanState state{std::move(weights), cache_before(seq, saved, fetched, from)};
   state.cache.detach();
   ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   const std::vector<ChunkSpan> chunks(seq.chunks.begin() + from, seq.chunks.begin() + c);

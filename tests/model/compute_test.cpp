@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <type_traits>
+
 #include "common/error.h"
 #include "eval/evaluate.h"
 #include "infer/session.h"
@@ -13,6 +15,7 @@
 #include "model/kv_cache.h"
 #include "model/transformer.h"
 #include "test_files.h"
+#include "ttt/graph_replay.h"
 #include "test_util.h"
 
 namespace ttt {
@@ -108,6 +111,42 @@ TEST(Compute, CopyStreamCopiesLandInStreamOrder) {
       EXPECT_TRUE(torch::equal((back[r] + 0).cpu(), sources[r].cpu())) << "round " << r;
     }
   }
+}
+
+// Copies queued, settled and joined inside a CUDA graph, after an eager run whose settles
+// left an event behind (the graph must not wait on it), and after a run that failed midway
+// (restart() drops what it held): the replays land the right numbers.
+TEST(Compute, CopyStreamUnderCudaGraphsAfterEagerRuns) {
+  static_assert(!std::is_move_constructible_v<CopyStream>, "copies in flight belong to one CopyStream");
+  if (!torch::cuda::is_available() || !cuda_graphs_enabled()) GTEST_SKIP() << "needs a CUDA GPU and graphs";
+  const torch::Device gpu(torch::kCUDA, 0);
+  const torch::Tensor x = torch::arange(1 << 20, torch::dtype(torch::kFloat32).device(gpu));
+  const torch::Tensor scale = torch::ones({}, x.options());
+  const torch::Tensor parked = host_buffer(x.numel() * 4, x);
+  const torch::Tensor host = torch::from_blob(parked.data_ptr(), x.sizes());
+  CopyStream copies;
+  copies.copy(host, x * 3);
+  copies.settle();
+  copies.settle();  // an event recorded with nothing held
+  copies.join();
+  copies.copy(host, x * 4);
+  copies.settle();  // held, as a failed call would leave it
+  copies.restart();
+  GraphReplay graphs;
+  for (int run = 0; run < 4; ++run) {
+    scale.fill_(run + 1);
+    graphs.run(0, [&] {
+      copies.restart();
+      copies.copy(host, x * scale);
+      copies.settle();
+      copies.settle();
+      copies.join();
+    });
+    torch::cuda::synchronize();
+    EXPECT_TRUE(torch::equal(host, (x * (run + 1)).cpu())) << "run " << run;
+  }
+  EXPECT_EQ(graphs.captures(), 1);
+  EXPECT_EQ(graphs.replays(), 3);  // the capture's run replays too
 }
 
 TEST(Compute, InferenceParamsCastMatricesButNotFastWeightsOrGains) {
