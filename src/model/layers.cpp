@@ -5,12 +5,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include "common/error.h"
 #include "model/compute.h"
+#include "model/window_attention.h"
 #include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
 
 #if TTT_WITH_CUDA_KERNELS
@@ -897,6 +900,19 @@ bool fused_attention_available(const torch::Tensor& like) {
   return TORCH_VERSION_MAJOR >= 2 && like.is_cuda() && like.scalar_type() != torch::kFloat64;
 }
 
+namespace {
+// Spans of fewer queries stay on FA2's window: cuDNN's parts pay from about 2048 queries
+// (bench/attention_by_parts.py). TTT_WINDOW_BY_PARTS=0 keeps FA2 everywhere (comparisons).
+constexpr int64_t kWindowByPartsMinQueries = 2048;
+bool window_attention_by_parts_enabled() {
+  static const bool enabled = [] {
+    const char* setting = std::getenv("TTT_WINDOW_BY_PARTS");
+    return setting == nullptr || std::string(setting) != "0";
+  }();
+  return enabled;
+}
+}  // namespace
+
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
                           Order order) {
@@ -918,6 +934,12 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                                                      /*dropout_p=*/0.0, /*is_causal=*/!all_visible)
                         .squeeze(0)
                         .transpose(0, 1));
+    }
+    // A span after a full window cache (the prefix's spans): cuDNN's kernel by parts.
+    if (flash && window_attention_by_parts_serves(Tq, Tk, window, kWindowByPartsMinQueries) &&
+        window_attention_by_parts_enabled()) {
+      const auto rows = [&](const torch::Tensor& t) { return t.to(dtype); };
+      return merged(window_attention_by_parts(rows(q), rows(k), rows(v), window));
     }
     if (flash) {
       // The flash kernel's causal mask is aligned to the last key, as the layout above is,

@@ -1,0 +1,83 @@
+// window_attention_by_parts (model/window_attention.h): the three rectangles merged by their
+// logsumexps give `attend` under the window's mask, forward and gradients, in fp64 on the CPU
+// (plain ops for the parts); on a GPU in bf16 (cuDNN's kernel for the parts) within bf16
+// rounding of the fp32 composable form.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <tuple>
+#include <vector>
+
+#include "model/layers.h"
+#include "model/window_attention.h"
+
+namespace ttt {
+namespace {
+
+struct Attended {
+  torch::Tensor out;
+  std::vector<torch::Tensor> grads;  // of q, k, v
+};
+
+// q [Tq, H, d], k and v [window - 1 + Tq, H, d] from a seed; the output [Tq, H * d] and the
+// gradients of a fixed random weighting of it.
+Attended run(bool by_parts, int64_t Tq, int64_t window, int64_t H, int64_t d, const torch::TensorOptions& options,
+             torch::Dtype compute) {
+  torch::manual_seed(7);
+  const int64_t Tk = window - 1 + Tq;
+  const auto rand = [&](int64_t rows) { return torch::randn({rows, H, d}, options.dtype(torch::kFloat64)); };
+  const torch::Tensor q0 = rand(Tq), k0 = rand(Tk), v0 = rand(Tk);
+  const torch::Tensor weights = torch::randn({Tq, H * d}, options.dtype(torch::kFloat64));
+  const auto leaf = [&](const torch::Tensor& t) { return t.to(compute).requires_grad_(); };
+  const torch::Tensor q = leaf(q0), k = leaf(k0), v = leaf(v0);
+  torch::Tensor out;
+  if (by_parts) {
+    out = window_attention_by_parts(q, k, v, window).reshape({Tq, H * d});
+  } else {
+    const torch::Tensor key_positions = torch::arange(Tk, options.dtype(torch::kInt64));
+    out = attend(q, k, v, attention_mask(key_positions.narrow(0, Tk - Tq, Tq), key_positions, window));
+  }
+  const torch::Tensor loss = (out.to(torch::kFloat64) * weights).sum();
+  return {out.detach().to(torch::kFloat64), torch::autograd::grad({loss}, {q, k, v})};
+}
+
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor x = a.to(torch::kCPU, torch::kFloat64), y = b.to(torch::kCPU, torch::kFloat64);
+  return (x - y).norm().item<double>() / y.norm().item<double>();
+}
+
+TEST(WindowAttention, ByPartsIsTheWindowsAttentionInFp64) {
+  // (queries, window): a middle part of several keys, of one, of none; one query.
+  for (const auto& [Tq, window] : std::vector<std::pair<int64_t, int64_t>>{{4, 8}, {6, 8}, {7, 8}, {1, 5}, {5, 16}}) {
+    SCOPED_TRACE("queries " + std::to_string(Tq) + ", window " + std::to_string(window));
+    const auto options = torch::TensorOptions();
+    const Attended parts = run(true, Tq, window, 3, 4, options, torch::kFloat64);
+    const Attended reference = run(false, Tq, window, 3, 4, options, torch::kFloat64);
+    EXPECT_LT(relative_error(parts.out, reference.out), 1e-12);
+    for (int i = 0; i < 3; ++i) EXPECT_LT(relative_error(parts.grads[i], reference.grads[i]), 1e-12) << "input " << i;
+  }
+}
+
+TEST(WindowAttention, ServesOnlyASpanAfterAFullCache) {
+  EXPECT_TRUE(window_attention_by_parts_serves(4096, 8191 + 4096, 8192, 2048));
+  EXPECT_FALSE(window_attention_by_parts_serves(4096, 4096 + 4096, 8192, 2048));  // cache not full
+  EXPECT_FALSE(window_attention_by_parts_serves(1024, 8191 + 1024, 8192, 2048));  // too few queries
+  EXPECT_FALSE(window_attention_by_parts_serves(8192, 8191 + 8192, 8192, 1));     // more than window - 1
+  EXPECT_FALSE(window_attention_by_parts_serves(4, 4, 0, 1));                      // no window
+}
+
+TEST(WindowAttentionOnCuda, ByPartsInBf16IsTheWindowsAttentionWithinRounding) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0);
+  for (const auto& [Tq, window] : std::vector<std::pair<int64_t, int64_t>>{{2048, 4096}, {1000, 1500}}) {
+    SCOPED_TRACE("queries " + std::to_string(Tq) + ", window " + std::to_string(window));
+    const Attended parts = run(true, Tq, window, 4, 64, gpu, torch::kBFloat16);
+    const Attended reference = run(false, Tq, window, 4, 64, gpu, torch::kFloat32);
+    EXPECT_LT(relative_error(parts.out, reference.out), 1e-2);
+    for (int i = 0; i < 3; ++i) EXPECT_LT(relative_error(parts.grads[i], reference.grads[i]), 1e-2) << "input " << i;
+  }
+}
+
+}  // namespace
+}  // namespace ttt
