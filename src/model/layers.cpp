@@ -28,30 +28,11 @@
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
 #include "kernels/token_nll.h"
+#include "model/kernel_launch.h"
 #endif
 
 namespace ttt {
 namespace {
-
-#if TTT_WITH_CUDA_KERNELS
-// What every wrapper below hands our kernels' launchers: the storage dtype, the current
-// stream, and their error text as a ttt::Error naming the kernel.
-kernels::Storage storage_of(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kBFloat16:
-      return kernels::Storage::kBFloat16;
-    case torch::kHalf:
-      return kernels::Storage::kFloat16;
-    default:
-      return kernels::Storage::kFloat32;
-  }
-}
-kernels::Storage storage_of(const torch::Tensor& t) { return storage_of(t.scalar_type()); }
-void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-void check(const char* kernel, const char* error) {
-  if (error != nullptr) throw Error(std::string("CUDA kernel ") + kernel + ": " + error);
-}
-#endif
 
 // RMSNorm, y = x r gain with r = rsqrt(mean(x^2) + eps), as autograd functions whose backward
 // and backward's backward are written out: the exact meta-gradient differentiates norms twice,
@@ -904,6 +885,7 @@ namespace {
 // Spans of fewer queries stay on FA2's window: cuDNN's parts pay from about 2048 queries
 // (bench/attention_by_parts.py). TTT_WINDOW_BY_PARTS=0 keeps FA2 everywhere (comparisons).
 constexpr int64_t kWindowByPartsMinQueries = 2048;
+constexpr int64_t kWindowByPartsQueries = 4096;  // the blocks of a longer span
 bool window_attention_by_parts_enabled() {
   static const bool enabled = [] {
     const char* setting = std::getenv("TTT_WINDOW_BY_PARTS");
@@ -935,11 +917,25 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                         .squeeze(0)
                         .transpose(0, 1));
     }
-    // A span after a full window cache (the prefix's spans): cuDNN's kernel by parts.
-    if (flash && window_attention_by_parts_serves(Tq, Tk, window, kWindowByPartsMinQueries) &&
-        window_attention_by_parts_enabled()) {
-      const auto rows = [&](const torch::Tensor& t) { return t.to(dtype); };
-      return merged(window_attention_by_parts(rows(q), rows(k), rows(v), window));
+    // A span after a full window cache (the prefix's spans): cuDNN's kernel by parts. A span
+    // longer than the window by blocks of queries, each after the keys it sees.
+    if (flash && window_attention_by_parts_enabled() && window - 1 >= kWindowByPartsMinQueries) {
+      if (window_attention_by_parts_serves(Tq, Tk, window, kWindowByPartsMinQueries)) {
+        const auto rows = [&](const torch::Tensor& t) { return t.to(dtype); };
+        return merged(window_attention_by_parts(rows(q), rows(k), rows(v), window));
+      }
+      if (Tq > window - 1) {
+        const int64_t block = std::min<int64_t>(kWindowByPartsQueries, window - 1), cached = Tk - Tq;
+        std::vector<torch::Tensor> blocks;
+        for (int64_t first = 0; first < Tq; first += block) {
+          const int64_t rows = std::min(block, Tq - first), end = cached + first + rows;
+          const int64_t start = std::max<int64_t>(0, cached + first - (window - 1));
+          blocks.push_back(attend_span(q.narrow(0, first, rows), k.narrow(0, start, end - start),
+                                       v.narrow(0, start, end - start), query_positions.narrow(0, first, rows),
+                                       key_positions.narrow(0, start, end - start), window, order));
+        }
+        return torch::cat(blocks);
+      }
     }
     if (flash) {
       // The flash kernel's causal mask is aligned to the last key, as the layout above is,

@@ -8,6 +8,14 @@
 #include <vector>
 
 #include "common/error.h"
+#include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
+
+#if TTT_WITH_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/window_merge.h"
+#include "model/kernel_launch.h"
+#endif
 
 namespace ttt {
 namespace {
@@ -100,46 +108,89 @@ std::vector<Part> parts_of(const torch::Tensor& q, const torch::Tensor& k, const
   return parts;
 }
 
+// The parts' outputs and logsumexps merged: out [Tq, H, d] in the parts' dtype, lse [H, Tq]
+// in the wide dtype. One kernel on CUDA; plain ops elsewhere.
+std::pair<torch::Tensor, torch::Tensor> merged(const std::vector<Part>& parts, const std::vector<torch::Tensor>& outs,
+                                               const std::vector<torch::Tensor>& lses) {
+  const torch::Tensor& like = outs[0];
+  const int64_t H = like.size(0), Tq = like.size(1), d = like.size(2);
+#if TTT_WITH_CUDA_KERNELS
+  if (like.is_cuda() && like.scalar_type() != torch::kFloat32 && like.scalar_type() != torch::kFloat64) {
+    std::vector<kernels::WindowPart> described;
+    std::vector<torch::Tensor> held;  // contiguous logsumexps, alive through the launch
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const torch::Tensor out = outs[i].stride(2) == 1 ? outs[i] : outs[i].contiguous();
+      held.push_back(out);
+      held.push_back(lses[i].to(torch::kFloat32).contiguous());
+      described.push_back({out.data_ptr(), out.stride(0), out.stride(1), held.back().data_ptr<float>(),
+                           parts[i].reversed});
+    }
+    const c10::cuda::CUDAGuard device(like.device());
+    torch::Tensor out = torch::empty({Tq, H, d}, like.options());
+    torch::Tensor lse = torch::empty({H, Tq}, like.options().dtype(torch::kFloat32));
+    check("window_merge", kernels::window_merge(described.data(), static_cast<int>(described.size()),
+                                                storage_of(like), H, Tq, d, out.data_ptr(), lse.data_ptr<float>(),
+                                                stream()));
+    return {out, lse};
+  }
+#endif
+  // lse = log sum_k exp(lse_k); out = sum_k exp(lse_k - lse) out_k, in the wide dtype.
+  std::vector<torch::Tensor> in_order;
+  for (size_t i = 0; i < parts.size(); ++i) in_order.push_back(parts[i].reversed ? reversed(lses[i]) : lses[i]);
+  const torch::Tensor lse = torch::logsumexp(torch::stack(in_order), 0);
+  torch::Tensor sum = torch::zeros({H, Tq, d}, lse.options());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const torch::Tensor out = parts[i].reversed ? reversed(outs[i]) : outs[i];
+    sum.add_(out.to(lse.scalar_type()) * (in_order[i] - lse).exp().unsqueeze(-1));
+  }
+  return {sum.to(like.scalar_type()).transpose(0, 1).contiguous(), lse};
+}
+
 class WindowAttentionByParts : public torch::autograd::Function<WindowAttentionByParts> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, int64_t window) {
     const auto heads = [](const torch::Tensor& t) { return t.transpose(0, 1).contiguous(); };
-    const torch::Tensor qh = heads(q), kh = heads(k), vh = heads(v);
-    std::vector<torch::Tensor> outs, lses;
-    for (const Part& p : parts_of(qh, kh, vh, window)) {
+    const std::vector<Part> parts = parts_of(heads(q), heads(k), heads(v), window);
+    std::vector<torch::Tensor> outs, lses, saved;
+    for (const Part& p : parts) {
       auto [out, lse] = part_forward(p);
-      outs.push_back(p.reversed ? reversed(out) : out);
-      lses.push_back(p.reversed ? reversed(lse) : lse);
+      outs.push_back(out);
+      lses.push_back(lse);
+      saved.insert(saved.end(), {p.q, p.k, p.v});
     }
-    // lse = log sum_k exp(lse_k); out = sum_k exp(lse_k - lse) out_k, in the wide dtype.
-    const torch::Tensor lse = torch::logsumexp(torch::stack(lses), 0);
-    torch::Tensor merged = torch::zeros(outs[0].sizes(), lse.options());
-    for (size_t i = 0; i < outs.size(); ++i) merged.add_(outs[i].to(lse.scalar_type()) * (lses[i] - lse).exp().unsqueeze(-1));
-    const torch::Tensor out = merged.to(q.scalar_type());
-    ctx->save_for_backward({qh, kh, vh, out, lse});
-    ctx->saved_data["window"] = window;
-    return out.transpose(0, 1);  // [Tq, H, d]
+    auto [out, lse] = merged(parts, outs, lses);  // [Tq, H, d], [H, Tq]
+    saved.insert(saved.end(), {out, lse});
+    ctx->save_for_backward(saved);
+    std::vector<int64_t> shape;  // per part: causal, reversed
+    for (const Part& p : parts) shape.insert(shape.end(), {p.causal, p.reversed});
+    ctx->saved_data["parts"] = shape;
+    return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &qh = saved[0], &kh = saved[1], &vh = saved[2], &out = saved[3], &lse = saved[4];
-    const torch::Tensor grad = grads[0].transpose(0, 1).to(qh.scalar_type()).contiguous();  // [H, Tq, d]
-    torch::Tensor grad_q = torch::zeros(qh.sizes(), lse.options());
+    const std::vector<int64_t> shape = ctx->saved_data["parts"].toIntVector();
+    const size_t count = shape.size() / 2;
+    const torch::Tensor &out = saved[3 * count], &lse = saved[3 * count + 1];
+    const torch::Dtype dtype = saved[0].scalar_type();
+    const auto by_head = [&](const torch::Tensor& t) { return t.transpose(0, 1).to(dtype).contiguous(); };
+    const torch::Tensor grad = by_head(grads[0]), out_h = by_head(out);  // [H, Tq, d]
+    torch::Tensor grad_q = torch::zeros(out_h.sizes(), lse.options());
     std::vector<torch::Tensor> grad_k, grad_v;
-    for (const Part& p : parts_of(qh, kh, vh, ctx->saved_data["window"].toInt())) {
-      const auto flipped = [&](const torch::Tensor& t) { return p.reversed ? reversed(t).contiguous() : t; };
-      const std::vector<torch::Tensor> g = part_backward(p, flipped(grad), flipped(out), flipped(lse));
+    for (size_t i = 0; i < count; ++i) {
+      const Part p{saved[3 * i], saved[3 * i + 1], saved[3 * i + 2], shape[2 * i] != 0, shape[2 * i + 1] != 0};
+      const auto flipped = [&](const torch::Tensor& t) { return p.reversed ? reversed(t) : t; };
+      const std::vector<torch::Tensor> g = part_backward(p, flipped(grad), flipped(out_h), flipped(lse));
       grad_q.add_(flipped(g[0]));
       grad_k.push_back(flipped(g[1]));
       grad_v.push_back(flipped(g[2]));
     }
     const auto rows = [&](const std::vector<torch::Tensor>& parts) {
-      return torch::cat(parts, 1).transpose(0, 1).to(qh.scalar_type());  // [Tk, H, d]
+      return torch::cat(parts, 1).transpose(0, 1).to(dtype);  // [Tk, H, d]
     };
-    return {grad_q.transpose(0, 1).to(qh.scalar_type()), rows(grad_k), rows(grad_v), torch::Tensor()};
+    return {grad_q.transpose(0, 1).to(dtype), rows(grad_k), rows(grad_v), torch::Tensor()};
   }
 };
 

@@ -79,5 +79,25 @@ TEST(WindowAttentionOnCuda, ByPartsInBf16IsTheWindowsAttentionWithinRounding) {
   }
 }
 
+// attend_span sends a span longer than the window to the parts by blocks of queries (those
+// after a full cache), the first blocks of a sequence to the causal and windowed kernels.
+TEST(WindowAttentionOnCuda, LongSpansGoByBlocksWithinRounding) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0);
+  for (const auto& [cached, Tq] : std::vector<std::pair<int64_t, int64_t>>{{0, 14000}, {4095, 9000}}) {
+    SCOPED_TRACE("cached " + std::to_string(cached) + ", queries " + std::to_string(Tq));
+    const int64_t window = 4096, H = 4, d = 64, Tk = cached + Tq;
+    torch::manual_seed(3);
+    const torch::Tensor q = torch::randn({Tq, H, d}, gpu), k = torch::randn({Tk, H, d}, gpu),
+                        v = torch::randn({Tk, H, d}, gpu);
+    const torch::Tensor key_positions = torch::arange(Tk, gpu.dtype(torch::kInt64));
+    const torch::Tensor query_positions = key_positions.narrow(0, cached, Tq);
+    const torch::Tensor fused = attend_span(q.to(torch::kBFloat16), k.to(torch::kBFloat16), v.to(torch::kBFloat16),
+                                            query_positions, key_positions, window, Order::kFirst);
+    const torch::Tensor reference = attend(q, k, v, attention_mask(query_positions, key_positions, window));
+    EXPECT_LT(relative_error(fused, reference), 1e-2);
+  }
+}
+
 }  // namespace
 }  // namespace ttt
