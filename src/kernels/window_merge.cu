@@ -9,38 +9,57 @@ struct Parts {
   int count;
 };
 
-constexpr int kWarps = 8;
+// kVec elements of a row moved at once (16 bytes for kVec = 8 of bf16 or fp16).
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
 
-// A warp per (query, head): its lanes walk the head's dimensions.
-template <typename T>
+// A thread per kVec elements of a (query, head) row.
+template <typename T, int kVec>
 __global__ void window_merge_kernel(Parts parts, int64_t heads, int64_t queries, int64_t head_dim, T* out,
                                     float* lse_out) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (row >= heads * queries) return;
+  const int64_t packs = head_dim / kVec;
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= heads * queries * packs) return;
+  const int64_t row = id / packs, pack = id % packs;
   const int64_t q = row / heads, h = row % heads;
-  const int lane = threadIdx.x % 32;
   float lse[kMaxWindowParts];
-  int64_t base[kMaxWindowParts];
+  int64_t at[kMaxWindowParts];
   float m = -INFINITY;
   for (int k = 0; k < parts.count; ++k) {
     const WindowPart& p = parts.part[k];
     const int64_t r = p.reversed ? queries - 1 - q : q;
     lse[k] = p.lse[h * queries + r];
-    base[k] = h * p.head_stride + r * p.query_stride;
+    at[k] = h * p.head_stride + r * p.query_stride + pack * kVec;
     m = fmaxf(m, lse[k]);
   }
   float sum = 0.f;
   for (int k = 0; k < parts.count; ++k) sum += expf(lse[k] - m);
   const float total = m + logf(sum);
-  float weight[kMaxWindowParts];
-  for (int k = 0; k < parts.count; ++k) weight[k] = expf(lse[k] - total);
-  T* o = out + (q * heads + h) * head_dim;
-  for (int64_t i = lane; i < head_dim; i += 32) {
-    float acc = 0.f;
-    for (int k = 0; k < parts.count; ++k) acc += weight[k] * load(static_cast<const T*>(parts.part[k].out), base[k] + i);
-    store(o, i, acc);
+  float acc[kVec] = {};
+  for (int k = 0; k < parts.count; ++k) {
+    const float weight = expf(lse[k] - total);
+    const Pack<T, kVec> in = *reinterpret_cast<const Pack<T, kVec>*>(static_cast<const T*>(parts.part[k].out) + at[k]);
+    for (int i = 0; i < kVec; ++i) acc[i] += weight * to_float(in.v[i]);
   }
-  if (lane == 0) lse_out[h * queries + q] = total;
+  Pack<T, kVec> result;
+  for (int i = 0; i < kVec; ++i) result.v[i] = from_float<T>(acc[i]);
+  *reinterpret_cast<Pack<T, kVec>*>(out + row * head_dim + pack * kVec) = result;
+  if (pack == 0) lse_out[h * queries + q] = total;
+}
+
+template <typename T>
+void launch(const Parts& all, int64_t heads, int64_t queries, int64_t head_dim, bool wide, T* out, float* lse,
+            cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t threads = heads * queries * (wide ? head_dim / 8 : head_dim);
+  const dim3 grid(static_cast<unsigned>((threads + kThreads - 1) / kThreads)), block(kThreads);
+  if (wide) {
+    window_merge_kernel<T, 8><<<grid, block, 0, stream>>>(all, heads, queries, head_dim, out, lse);
+  } else {
+    window_merge_kernel<T, 1><<<grid, block, 0, stream>>>(all, heads, queries, head_dim, out, lse);
+  }
 }
 
 }  // namespace
@@ -53,14 +72,19 @@ const char* window_merge(const WindowPart* parts, int count, Storage type, int64
   Parts all{};
   for (int k = 0; k < count; ++k) all.part[k] = parts[k];
   all.count = count;
-  const dim3 grid(static_cast<unsigned>((rows + kWarps - 1) / kWarps)), block(kWarps * 32);
+  // 16-byte packs where every row starts on one.
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  bool wide = head_dim % 8 == 0 && aligned(out);
+  for (int k = 0; k < count; ++k) {
+    wide = wide && aligned(parts[k].out) && parts[k].head_stride % 8 == 0 && parts[k].query_stride % 8 == 0;
+  }
   const auto s = static_cast<cudaStream_t>(stream);
   switch (type) {
     case Storage::kBFloat16:
-      window_merge_kernel<<<grid, block, 0, s>>>(all, heads, queries, head_dim, static_cast<__nv_bfloat16*>(out), lse);
+      launch(all, heads, queries, head_dim, wide, static_cast<__nv_bfloat16*>(out), lse, s);
       break;
     case Storage::kFloat16:
-      window_merge_kernel<<<grid, block, 0, s>>>(all, heads, queries, head_dim, static_cast<__half*>(out), lse);
+      launch(all, heads, queries, head_dim, wide, static_cast<__half*>(out), lse, s);
       break;
     default:
       return "window_merge takes bf16 or fp16";

@@ -20,7 +20,7 @@
 namespace ttt {
 namespace {
 
-// One rectangle's attention, by head: q [H, Tq, d], k and v [H, Tk, d] (contiguous); causal:
+// One rectangle's attention, by head: q [H, Tq, d], k and v [H, Tk, d] (head_dim contiguous); causal:
 // query i sees keys 0..i. Its output [H, Tq, d] in q's dtype and logsumexp [H, Tq] (fp32, or
 // fp64 for fp64 inputs) of the scaled scores.
 struct Part {
@@ -93,18 +93,19 @@ std::vector<torch::Tensor> part_backward(const Part& p, const torch::Tensor& gra
           torch::matmul(probs.transpose(1, 2), g)};
 }
 
-// Along the rows of [H, T, d] or [H, T].
-torch::Tensor reversed(const torch::Tensor& t) { return t.flip({1}).contiguous(); }
+// Along the rows of [H, T, d] or [H, T] (a copy).
+torch::Tensor reversed(const torch::Tensor& t) { return t.flip({1}); }
 
-// The three parts of q, k and v by head ([H, T, d], contiguous).
+// The three parts of q, k and v by head ([H, T, d]; views where not reversed: cuDNN takes
+// strides, head_dim contiguous).
 std::vector<Part> parts_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
   const int64_t Tq = q.size(1), cache = window - 1;
   std::vector<Part> parts;
   parts.push_back({reversed(q), reversed(k.narrow(1, 0, Tq)), reversed(v.narrow(1, 0, Tq)), true, true});
   if (cache > Tq) {
-    parts.push_back({q, k.narrow(1, Tq, cache - Tq).contiguous(), v.narrow(1, Tq, cache - Tq).contiguous(), false});
+    parts.push_back({q, k.narrow(1, Tq, cache - Tq), v.narrow(1, Tq, cache - Tq), false});
   }
-  parts.push_back({q, k.narrow(1, cache, Tq).contiguous(), v.narrow(1, cache, Tq).contiguous(), true});
+  parts.push_back({q, k.narrow(1, cache, Tq), v.narrow(1, cache, Tq), true});
   return parts;
 }
 
@@ -150,7 +151,7 @@ class WindowAttentionByParts : public torch::autograd::Function<WindowAttentionB
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, int64_t window) {
-    const auto heads = [](const torch::Tensor& t) { return t.transpose(0, 1).contiguous(); };
+    const auto heads = [](const torch::Tensor& t) { return t.transpose(0, 1); };  // views, [H, T, d]
     const std::vector<Part> parts = parts_of(heads(q), heads(k), heads(v), window);
     std::vector<torch::Tensor> outs, lses, saved;
     for (const Part& p : parts) {
@@ -181,7 +182,7 @@ class WindowAttentionByParts : public torch::autograd::Function<WindowAttentionB
     std::vector<torch::Tensor> grad_k, grad_v;
     for (size_t i = 0; i < count; ++i) {
       const Part p{saved[3 * i], saved[3 * i + 1], saved[3 * i + 2], shape[2 * i] != 0, shape[2 * i + 1] != 0};
-      const auto flipped = [&](const torch::Tensor& t) { return p.reversed ? reversed(t) : t; };
+      const auto flipped = [&](const torch::Tensor& t) { return p.reversed ? reversed(t).contiguous() : t; };
       const std::vector<torch::Tensor> g = part_backward(p, flipped(grad), flipped(out_h), flipped(lse));
       grad_q.add_(flipped(g[0]));
       grad_k.push_back(flipped(g[1]));
