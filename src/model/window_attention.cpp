@@ -123,15 +123,14 @@ std::pair<torch::Tensor, torch::Tensor> merged(const std::vector<Part>& parts, c
       const torch::Tensor out = outs[i].stride(2) == 1 ? outs[i] : outs[i].contiguous();
       held.push_back(out);
       held.push_back(lses[i].to(torch::kFloat32).contiguous());
-      described.push_back({out.data_ptr(), out.stride(0), out.stride(1), held.back().data_ptr<float>(),
-                           parts[i].reversed});
+      described.push_back(
+          {out.data_ptr(), out.stride(0), out.stride(1), held.back().data_ptr<float>(), parts[i].reversed});
     }
     const c10::cuda::CUDAGuard device(like.device());
     torch::Tensor out = torch::empty({Tq, H, d}, like.options());
     torch::Tensor lse = torch::empty({H, Tq}, like.options().dtype(torch::kFloat32));
-    check("window_merge", kernels::window_merge(described.data(), static_cast<int>(described.size()),
-                                                storage_of(like), H, Tq, d, out.data_ptr(), lse.data_ptr<float>(),
-                                                stream()));
+    check("window_merge", kernels::window_merge(described.data(), static_cast<int>(described.size()), storage_of(like),
+                                                H, Tq, d, out.data_ptr(), lse.data_ptr<float>(), stream()));
     return {out, lse};
   }
 #endif

@@ -64,7 +64,7 @@ TEST(WindowAttention, ServesOnlyASpanAfterAFullCache) {
   EXPECT_FALSE(window_attention_by_parts_serves(4096, 4096 + 4096, 8192, 2048));  // cache not full
   EXPECT_FALSE(window_attention_by_parts_serves(1024, 8191 + 1024, 8192, 2048));  // too few queries
   EXPECT_FALSE(window_attention_by_parts_serves(8192, 8191 + 8192, 8192, 1));     // more than window - 1
-  EXPECT_FALSE(window_attention_by_parts_serves(4, 4, 0, 1));                      // no window
+  EXPECT_FALSE(window_attention_by_parts_serves(4, 4, 0, 1));                     // no window
 }
 
 TEST(WindowAttentionOnCuda, ByPartsInBf16IsTheWindowsAttentionWithinRounding) {
