@@ -20,9 +20,8 @@
 namespace ttt {
 namespace {
 
-// One rectangle's attention, by head: q [H, Tq, d], k and v [H, Tk, d] (head_dim contiguous); causal:
-// query i sees keys 0..i. Its output [H, Tq, d] in q's dtype and logsumexp [H, Tq] (fp32, or
-// fp64 for fp64 inputs) of the scaled scores.
+// One rectangle of the band, by head: q [H, Tq, d], k and v [H, Tk, d] (head_dim contiguous);
+// causal: query i sees keys 0..i.
 struct Part {
   torch::Tensor q, k, v;
   bool causal = false;
@@ -51,6 +50,8 @@ torch::Tensor plain_scores(const Part& p) {
   return s;
 }
 
+// The part's attention: its output [H, Tq, d] in q's dtype and the logsumexp [H, Tq] of its
+// scaled scores (fp32, or fp64 for fp64 inputs).
 std::pair<torch::Tensor, torch::Tensor> part_forward(const Part& p) {
 #if TORCH_VERSION_MAJOR >= 2
   if (cudnn_serves(p.q)) {
