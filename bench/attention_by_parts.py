@@ -155,6 +155,18 @@ def main():
                   f"  bwd ms FA2 {t_fa_b:.3f}  parts {t_p_b:.3f};  fwd+bwd ratio {(t_fa + t_fa_b) / (t_p + t_p_b):.2f}x")
             parts_ms = [timed(lambda: cudnn(pq, pk, pv, c)) for pq, pk, pv, c, _ in parts(qh, kh, vh, window)]
             print("   cuDNN parts alone, fwd ms: " + " ".join(f"{t:.3f}" for t in parts_ms))
+            back_ms = []
+            for pq, pk, pv, c, r in parts(qh, kh, vh, window):
+                g, o, l = (doh.flip(2), out_h.flip(2), lse.flip(2).contiguous()) if r else (doh, out_h, lse)
+                back_ms.append(timed(lambda: cudnn_backward(g, pq, pk, pv, o, l, c)))
+            fa2_split = timed(lambda: fa2(q[:, :1024], k[:, tk - 1024 - window + 1:], v[:, tk - 1024 - window + 1:], window))
+            print("   cuDNN parts alone, bwd ms: " + " ".join(f"{t:.3f}" for t in back_ms)
+                  + f";  FA2 fwd of the last 1024 queries {fa2_split:.3f}")
+            if tq == 4096:  # where the parts' backward spends its time
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    by_parts_backward(doh, qh, kh, vh, out_h, lse, window)
+                    torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
         except Exception as e:
             print(f"{tq} queries, window {window}: fails: {e!r}"[:400])
             traceback.print_exc()

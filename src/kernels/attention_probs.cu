@@ -14,32 +14,6 @@ constexpr int kThreads = 256;
 constexpr int kWide = 4;
 
 template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T v[kVec];
-};
-
-// Elements [j, j + kVec) of p as fp32 (j a multiple of kVec), or zeros where p is null.
-template <int kVec, typename T>
-__device__ __forceinline__ void load_pack(const T* p, int64_t j, float (&out)[kVec]) {
-  if (p == nullptr) {
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) out[i] = 0.f;
-    return;
-  }
-  const Pack<T, kVec> raw = *reinterpret_cast<const Pack<T, kVec>*>(p + j);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) out[i] = to_float(raw.v[i]);
-}
-
-template <int kVec, typename T>
-__device__ __forceinline__ void store_pack(T* p, int64_t j, const float (&values)[kVec]) {
-  Pack<T, kVec> raw;
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) raw.v[i] = from_float<T>(values[i]);
-  *reinterpret_cast<Pack<T, kVec>*>(p + j) = raw;
-}
-
-template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
     forward_rows(const T* __restrict__ scores, int64_t queries, int64_t keys, int64_t window,
                  float* __restrict__ probs32, T* __restrict__ probs) {

@@ -38,6 +38,42 @@ __device__ __forceinline__ void store(T* p, int64_t i, float v) {
   p[i] = from_float<T>(v);
 }
 
+// kVec consecutive elements moved at once: 16 bytes (8 of bf16 or fp16, 4 of fp32) in one
+// access, 32 bytes (8 of fp32) in two. The address must be aligned to packs_fit's bytes.
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec < 16 ? sizeof(T) * kVec : 16) Pack {
+  T v[kVec];
+};
+
+// Elements [j, j + kVec) of p as fp32 (j a multiple of kVec), or zeros where p is null.
+template <int kVec, typename T>
+__device__ __forceinline__ void load_pack(const T* p, int64_t j, float (&out)[kVec]) {
+  if (p == nullptr) {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) out[i] = 0.f;
+    return;
+  }
+  const Pack<T, kVec> raw = *reinterpret_cast<const Pack<T, kVec>*>(p + j);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) out[i] = to_float(raw.v[i]);
+}
+
+template <int kVec, typename T>
+__device__ __forceinline__ void store_pack(T* p, int64_t j, const float (&values)[kVec]) {
+  Pack<T, kVec> raw;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) raw.v[i] = from_float<T>(values[i]);
+  *reinterpret_cast<Pack<T, kVec>*>(p + j) = raw;
+}
+
+// Whether rows of `row_elements` values of T, the first at p (null: no tensor), take packs of
+// kVec: every row starts on a pack's alignment.
+template <typename T>
+inline bool packs_fit(const void* p, int64_t row_elements, int kVec) {
+  const size_t bytes = sizeof(T) * kVec < 16 ? sizeof(T) * kVec : 16;
+  return row_elements % kVec == 0 && reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
 // max and sum(exp(x - max)) of a set of values: merged without a second pass.
 struct MaxSum {
   float max, sum;

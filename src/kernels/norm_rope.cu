@@ -1,6 +1,8 @@
 #include "kernels/common.cuh"
 #include "kernels/norm_rope.h"
 
+#include <type_traits>
+
 namespace ttt::kernels {
 namespace {
 
@@ -67,6 +69,56 @@ __global__ void __launch_bounds__(32 * kWarps)
   }
 }
 
+// Rows of head_dim = 8 * kGroup values (a power of two up to 256) by groups of kGroup lanes,
+// 8 values (4 pairs) a lane, 32 / kGroup rows a warp: a row of 64 is 128 bytes of bf16, too
+// little for a whole warp to keep memory busy. Same arithmetic as prepare_row, the norm's sum
+// in another order.
+template <int kGroup>
+__global__ void __launch_bounds__(32 * kWarps)
+    norm_rope_packed(NormRopeRows q, NormRopeRows k, const float* __restrict__ cos, const float* __restrict__ sin,
+                     int64_t rows, int64_t heads, float eps) {
+  constexpr int kVec = 8, kDim = 8 * kGroup, kHalf = kDim / 2;
+  const int lane = threadIdx.x % 32, member = lane % kGroup;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * (32 / kGroup) + lane / kGroup;
+  const bool valid = row < 2 * rows;  // the others still take part in the group's shuffles
+  const NormRopeRows& t = row < rows ? q : k;
+  const int64_t r = row < rows ? row : row - rows, token = r / heads, at = r * kDim + member * kVec;
+  float x[kVec] = {};
+  if (valid) {
+    if (t.x_type == Storage::kBFloat16) {
+      load_pack(static_cast<const __nv_bfloat16*>(t.x), at, x);
+    } else {
+      load_pack(static_cast<const float*>(t.x), at, x);
+    }
+  }
+  float squares = 0.f;
+#pragma unroll
+  for (int m = 0; m < kVec; ++m) squares += x[m] * x[m];
+  for (int offset = kGroup / 2; offset > 0; offset >>= 1) squares += shuffle_xor(squares, offset);
+  if (!valid) return;
+  if (t.gain != nullptr) {
+    const float norm = rsqrtf(squares / static_cast<float>(kDim) + eps);
+    float g[kVec];
+    load_pack(t.gain, member * kVec, g);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) x[m] = x[m] * norm * g[m];
+  }
+  float c[kVec / 2], s[kVec / 2], y[kVec];
+  load_pack(cos, token * kHalf + member * (kVec / 2), c);
+  load_pack(sin, token * kHalf + member * (kVec / 2), s);
+#pragma unroll
+  for (int p = 0; p < kVec / 2; ++p) {
+    const float x0 = x[2 * p], x1 = x[2 * p + 1];
+    y[2 * p] = __fsub_rn(__fmul_rn(x0, c[p]), __fmul_rn(x1, s[p]));
+    y[2 * p + 1] = __fadd_rn(__fmul_rn(x0, s[p]), __fmul_rn(x1, c[p]));
+  }
+  if (t.y_type == Storage::kBFloat16) {
+    store_pack(static_cast<__nv_bfloat16*>(t.y), at, y);
+  } else {
+    store_pack(static_cast<float*>(t.y), at, y);
+  }
+}
+
 bool served(Storage type) { return type == Storage::kFloat32 || type == Storage::kBFloat16; }
 
 }  // namespace
@@ -78,9 +130,34 @@ const char* norm_rope_forward(const NormRopeRows& q, const NormRopeRows& k, cons
   }
   const int64_t rows = tokens * heads;
   if (rows == 0) return nullptr;
+  const auto s = static_cast<cudaStream_t>(stream);
+  // Packs where every row and table row starts on one: 8 values of x and y, 4 of cos and sin.
+  const auto packed = [&](const NormRopeRows& t) {
+    const bool x_fits = t.x_type == Storage::kBFloat16 ? packs_fit<__nv_bfloat16>(t.x, head_dim, 8)
+                                                        : packs_fit<float>(t.x, head_dim, 8);
+    const bool y_fits = t.y_type == Storage::kBFloat16 ? packs_fit<__nv_bfloat16>(t.y, head_dim, 8)
+                                                        : packs_fit<float>(t.y, head_dim, 8);
+    return x_fits && y_fits && (t.gain == nullptr || packs_fit<float>(t.gain, head_dim, 8));
+  };
+  const int group = static_cast<int>(head_dim / 8);
+  if (head_dim % 8 == 0 && group <= 32 && (group & (group - 1)) == 0 && packed(q) && packed(k) &&
+      packs_fit<float>(cos, head_dim / 2, 4) && packs_fit<float>(sin, head_dim / 2, 4)) {
+    const int64_t rows_per_block = kWarps * (32 / group), blocks = (2 * rows + rows_per_block - 1) / rows_per_block;
+    const auto launch = [&](auto g) {
+      norm_rope_packed<decltype(g)::value><<<blocks, 32 * kWarps, 0, s>>>(q, k, cos, sin, rows, heads, eps);
+    };
+    switch (group) {
+      case 1: launch(std::integral_constant<int, 1>()); break;
+      case 2: launch(std::integral_constant<int, 2>()); break;
+      case 4: launch(std::integral_constant<int, 4>()); break;
+      case 8: launch(std::integral_constant<int, 8>()); break;
+      case 16: launch(std::integral_constant<int, 16>()); break;
+      default: launch(std::integral_constant<int, 32>()); break;
+    }
+    return launched();
+  }
   const int64_t blocks = (2 * rows + kWarps - 1) / kWarps;
-  norm_rope_rows<<<blocks, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(q, k, cos, sin, rows, heads,
-                                                                                head_dim / 2, eps);
+  norm_rope_rows<<<blocks, 32 * kWarps, 0, s>>>(q, k, cos, sin, rows, heads, head_dim / 2, eps);
   return launched();
 }
 

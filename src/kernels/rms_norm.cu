@@ -1,15 +1,21 @@
 #include "kernels/common.cuh"
 #include "kernels/rms_norm.h"
 
+#include <initializer_list>
+#include <type_traits>
+
 namespace ttt::kernels {
 namespace {
 
 // A warp per row (rows are 64 to a few thousand values), four rows per block.
 constexpr int kWarps = 4;
 
+// Rows are read kVec values at a time (a lane's pack; kVec = 1 where the rows or pointers
+// do not allow packs): rows_packs below picks it.
+
 // y = x * r * gain, or with `residual` (then Y is float) residual + that, rounded as the
 // sum of the two fp32 tensors would be; rstd written unless null.
-template <typename X, typename Y>
+template <typename X, typename Y, int kVec>
 __global__ void __launch_bounds__(32 * kWarps)
     forward_rows(const X* __restrict__ x, const float* __restrict__ gain, int64_t rows, int64_t dim, float eps,
                  const float* __restrict__ residual, Y* __restrict__ y, float* __restrict__ rstd) {
@@ -18,22 +24,33 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int lane = threadIdx.x % 32;
   const X* in = x + row * dim;
   float squares = 0.f;
-  for (int64_t j = lane; j < dim; j += 32) {
-    const float v = load(in, j);
-    squares += v * v;
+  for (int64_t j = lane * kVec; j < dim; j += 32 * kVec) {
+    float v[kVec];
+    load_pack(in, j, v);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) squares += v[m] * v[m];
   }
   const float r = rsqrtf(warp_sum(squares) / static_cast<float>(dim) + eps);
   Y* out = y + row * dim;
-  if (residual == nullptr) {
-    for (int64_t j = lane; j < dim; j += 32) store(out, j, load(in, j) * r * gain[j]);
-  } else {
-    const float* add = residual + row * dim;
-    for (int64_t j = lane; j < dim; j += 32) store(out, j, __fadd_rn(add[j], load(in, j) * r * gain[j]));
+  const float* add = residual == nullptr ? nullptr : residual + row * dim;
+  for (int64_t j = lane * kVec; j < dim; j += 32 * kVec) {
+    float v[kVec], g[kVec];
+    load_pack(in, j, v);
+    load_pack(gain, j, g);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) v[m] = v[m] * r * g[m];
+    if (add != nullptr) {
+      float a[kVec];
+      load_pack(add, j, a);
+#pragma unroll
+      for (int m = 0; m < kVec; ++m) v[m] = __fadd_rn(a[m], v[m]);
+    }
+    store_pack(out, j, v);
   }
   if (lane == 0 && rstd != nullptr) rstd[row] = r;
 }
 
-template <typename X, typename Y>
+template <typename X, typename Y, int kVec>
 __global__ void __launch_bounds__(32 * kWarps)
     backward_rows(const X* __restrict__ x, const float* __restrict__ gain, const float* __restrict__ rstd,
                   const Y* __restrict__ dy, int64_t rows, int64_t dim, X* __restrict__ dx) {
@@ -43,11 +60,26 @@ __global__ void __launch_bounds__(32 * kWarps)
   const X* in = x + row * dim;
   const Y* grad = dy + row * dim;
   float dot = 0.f;
-  for (int64_t j = lane; j < dim; j += 32) dot += gain[j] * load(grad, j) * load(in, j);
+  for (int64_t j = lane * kVec; j < dim; j += 32 * kVec) {
+    float v[kVec], g[kVec], d[kVec];
+    load_pack(in, j, v);
+    load_pack(gain, j, g);
+    load_pack(grad, j, d);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) dot += g[m] * d[m] * v[m];
+  }
   dot = warp_sum(dot);
   const float r = rstd[row], correction = r * r * r / static_cast<float>(dim) * dot;
   X* out = dx + row * dim;
-  for (int64_t j = lane; j < dim; j += 32) store(out, j, r * gain[j] * load(grad, j) - correction * load(in, j));
+  for (int64_t j = lane * kVec; j < dim; j += 32 * kVec) {
+    float v[kVec], g[kVec], d[kVec];
+    load_pack(in, j, v);
+    load_pack(gain, j, g);
+    load_pack(grad, j, d);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) v[m] = r * g[m] * d[m] - correction * v[m];
+    store_pack(out, j, v);
+  }
 }
 
 // The backward's own backward, per row (see rms_norm.h), with u and w the adjoints of dx and
@@ -130,6 +162,27 @@ const char* launch_gain_partials(const A* a, const B* b, const float* alpha, con
   return launched();
 }
 
+// The widest pack (8, 4 or 1 values) that rows of `dim` values at the X tensors, the Y tensors
+// and the fp32 ones (null: none) take, as launch(std::integral_constant<int, kVec>()).
+template <typename X, typename Y, typename Launch>
+void with_packs(int64_t dim, std::initializer_list<const void*> xs, std::initializer_list<const void*> ys,
+                std::initializer_list<const float*> wide, Launch launch) {
+  const auto fit = [&](int vec) {
+    bool ok = true;
+    for (const void* p : xs) ok = ok && packs_fit<X>(p, dim, vec);
+    for (const void* p : ys) ok = ok && packs_fit<Y>(p, dim, vec);
+    for (const float* p : wide) ok = ok && packs_fit<float>(p, dim, vec);
+    return ok;
+  };
+  if (fit(8)) {
+    launch(std::integral_constant<int, 8>());
+  } else if (fit(4)) {
+    launch(std::integral_constant<int, 4>());
+  } else {
+    launch(std::integral_constant<int, 1>());
+  }
+}
+
 // Calls launch(X(), Y()) with the storage types named by the two dtypes.
 template <typename Launch>
 const char* with_types(Storage x_type, Storage y_type, Launch launch) {
@@ -149,8 +202,11 @@ const char* rms_norm_forward(const void* x, Storage x_type, const float* gain, i
   return with_types(x_type, y_type, [&](auto x_tag, auto y_tag) {
     using X = decltype(x_tag);
     using Y = decltype(y_tag);
-    forward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), nullptr, static_cast<Y*>(y), rstd);
+    with_packs<X, Y>(dim, {x}, {y}, {gain}, [&](auto vec) {
+      forward_rows<X, Y, decltype(vec)::value>
+          <<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+              static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), nullptr, static_cast<Y*>(y), rstd);
+    });
     return launched();
   });
 }
@@ -161,8 +217,11 @@ const char* rms_norm_add_forward(const float* residual, const void* x, Storage x
   if (x_type == Storage::kFloat16) return "rms_norm: fp16 is not supported";
   return with_types(x_type, Storage::kFloat32, [&](auto x_tag, auto) {
     using X = decltype(x_tag);
-    forward_rows<X, float><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), residual, y, nullptr);
+    with_packs<X, float>(dim, {x}, {y}, {gain, residual}, [&](auto vec) {
+      forward_rows<X, float, decltype(vec)::value>
+          <<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+              static_cast<const X*>(x), gain, rows, dim, static_cast<float>(eps), residual, y, nullptr);
+    });
     return launched();
   });
 }
@@ -174,8 +233,12 @@ const char* rms_norm_backward(const void* x, Storage x_type, const float* gain, 
   return with_types(x_type, y_type, [&](auto x_tag, auto y_tag) -> const char* {
     using X = decltype(x_tag);
     using Y = decltype(y_tag);
-    backward_rows<X, Y><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const X*>(x), gain, rstd, static_cast<const Y*>(dy), rows, dim, static_cast<X*>(dx));
+    const auto launch = [&](auto vec) {
+      backward_rows<X, Y, decltype(vec)::value>
+          <<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+              static_cast<const X*>(x), gain, rstd, static_cast<const Y*>(dy), rows, dim, static_cast<X*>(dx));
+    };
+    with_packs<X, Y>(dim, {x, dx}, {dy}, {gain}, launch);
     if (const char* error = launched(); error != nullptr || gain_partials == nullptr) return error;
     return launch_gain_partials(static_cast<const Y*>(dy), static_cast<const X*>(x), rstd,
                                 static_cast<const X*>(nullptr), nullptr, rows, dim, gain_partials, stream);

@@ -1,72 +1,103 @@
 #include "kernels/common.cuh"
 #include "kernels/swiglu.h"
 
+#include <initializer_list>
+#include <type_traits>
+
 namespace ttt::kernels {
 namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
+// A thread per kVec values (a 16-byte pack where the tensors allow, else one value).
+template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    gate_forward(const T* __restrict__ a, const T* __restrict__ b, int64_t n, T* __restrict__ y) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+    gate_forward(const T* __restrict__ a, const T* __restrict__ b, int64_t packs, T* __restrict__ y) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const float x = load(a, i);
-    store(y, i, x / (1.f + expf(-x)) * load(b, i));
+    float x[kVec], w[kVec];
+    load_pack(a, i * kVec, x);
+    load_pack(b, i * kVec, w);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) x[m] = x[m] / (1.f + expf(-x[m])) * w[m];
+    store_pack(y, i * kVec, x);
   }
 }
 
-template <typename T>
+template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    gate_backward(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dy, int64_t n,
+    gate_backward(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dy, int64_t packs,
                   T* __restrict__ da, T* __restrict__ db) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const float x = load(a, i), g = load(dy, i);
-    const float s = 1.f / (1.f + expf(-x));
-    store(da, i, g * load(b, i) * (s * (1.f + x * (1.f - s))));
-    store(db, i, g * (x * s));
+    float x[kVec], w[kVec], g[kVec], ga[kVec], gb[kVec];
+    load_pack(a, i * kVec, x);
+    load_pack(b, i * kVec, w);
+    load_pack(dy, i * kVec, g);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) {
+      const float s = 1.f / (1.f + expf(-x[m]));
+      ga[m] = g[m] * w[m] * (s * (1.f + x[m] * (1.f - s)));
+      gb[m] = g[m] * (x[m] * s);
+    }
+    store_pack(da, i * kVec, ga);
+    store_pack(db, i * kVec, gb);
   }
 }
 
-int blocks_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
+int blocks_for(int64_t threads) {
+  const int64_t blocks = (threads + kThreads - 1) / kThreads;
   return static_cast<int>(blocks < 65536 ? blocks : 65536);
+}
+
+// Calls launch(T(), kVec) for `type` (bf16 or fp32) with 16-byte packs where n and every
+// pointer allow them, else single values.
+template <typename Launch>
+const char* dispatch(Storage type, int64_t n, std::initializer_list<const void*> pointers, Launch launch) {
+  if (type == Storage::kFloat16) return "fp16 is not supported";
+  const auto fit = [&](auto tag, int vec) {
+    for (const void* p : pointers) {
+      if (!packs_fit<decltype(tag)>(p, n, vec)) return false;
+    }
+    return true;
+  };
+  if (type == Storage::kBFloat16) {
+    using B = __nv_bfloat16;
+    if (fit(B(), 8)) {
+      launch(B(), std::integral_constant<int, 8>());
+    } else {
+      launch(B(), std::integral_constant<int, 1>());
+    }
+  } else if (fit(float(), 4)) {
+    launch(float(), std::integral_constant<int, 4>());
+  } else {
+    launch(float(), std::integral_constant<int, 1>());
+  }
+  return launched();
 }
 
 }  // namespace
 
 const char* swiglu_gate_forward(const void* a, const void* b, Storage type, int64_t n, void* y, void* stream) {
   if (n == 0) return nullptr;
-  if (type == Storage::kFloat16) return "fp16 is not supported";
-  const auto s = static_cast<cudaStream_t>(stream);
-  if (type == Storage::kBFloat16) {
-    using B = __nv_bfloat16;
-    gate_forward<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const B*>(a), static_cast<const B*>(b), n,
-                                                    static_cast<B*>(y));
-  } else {
-    gate_forward<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const float*>(a), static_cast<const float*>(b), n,
-                                                    static_cast<float*>(y));
-  }
-  return launched();
+  return dispatch(type, n, {a, b, y}, [&](auto tag, auto vec) {
+    using T = decltype(tag);
+    constexpr int kVec = decltype(vec)::value;
+    gate_forward<T, kVec><<<blocks_for(n / kVec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(a), static_cast<const T*>(b), n / kVec, static_cast<T*>(y));
+  });
 }
 
 const char* swiglu_gate_backward(const void* a, const void* b, const void* dy, Storage type, int64_t n, void* da,
                                  void* db, void* stream) {
   if (n == 0) return nullptr;
-  if (type == Storage::kFloat16) return "fp16 is not supported";
-  const auto s = static_cast<cudaStream_t>(stream);
-  if (type == Storage::kBFloat16) {
-    using B = __nv_bfloat16;
-    gate_backward<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const B*>(a), static_cast<const B*>(b),
-                                                     static_cast<const B*>(dy), n, static_cast<B*>(da),
-                                                     static_cast<B*>(db));
-  } else {
-    gate_backward<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const float*>(a), static_cast<const float*>(b),
-                                                     static_cast<const float*>(dy), n, static_cast<float*>(da),
-                                                     static_cast<float*>(db));
-  }
-  return launched();
+  return dispatch(type, n, {a, b, dy, da, db}, [&](auto tag, auto vec) {
+    using T = decltype(tag);
+    constexpr int kVec = decltype(vec)::value;
+    gate_backward<T, kVec><<<blocks_for(n / kVec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(dy), n / kVec, static_cast<T*>(da),
+        static_cast<T*>(db));
+  });
 }
 
 }  // namespace ttt::kernels

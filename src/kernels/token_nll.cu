@@ -22,22 +22,33 @@ __global__ void __launch_bounds__(kThreads)
   const T* x = logits + row * vocab;
   MaxSum acc{-INFINITY, 0.f};
   if constexpr (kVector) {
-    constexpr int kPer = kPerLoad<T>;
+    // Two packs in flight a thread; the running maximum rescales the sum only when it grows.
+    constexpr int kPer = kPerLoad<T>, kUnroll = 2;
     const uint4* packs = reinterpret_cast<const uint4*>(x);
-    for (int64_t i = threadIdx.x; i < vocab / kPer; i += kThreads) {
-      const uint4 pack = packs[i];
-      const T* e = reinterpret_cast<const T*>(&pack);
-      float values[kPer], m = -INFINITY;
+    const int64_t count = vocab / kPer;
+    for (int64_t first = threadIdx.x; first < count; first += kUnroll * kThreads) {
+      uint4 loaded[kUnroll];
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) {
-        values[j] = to_float(e[j]);
-        m = fmaxf(m, values[j]);
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = first + u * kThreads;
+        loaded[u] = i < count ? packs[i] : uint4{};
       }
-      if (m == -INFINITY) continue;
-      float s = 0.f;
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) s += expf(values[j] - m);
-      acc = merge(acc, {m, s});
+      for (int u = 0; u < kUnroll; ++u) {
+        if (first + u * kThreads >= count) break;
+        const T* e = reinterpret_cast<const T*>(&loaded[u]);
+        float values[kPer], m = acc.max;
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) {
+          values[j] = to_float(e[j]);
+          m = fmaxf(m, values[j]);
+        }
+        if (m == -INFINITY) continue;
+        float sum = m == acc.max ? acc.sum : acc.sum * expf(acc.max - m);  // exp(-inf) = 0: no sum yet
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) sum += expf(values[j] - m);
+        acc = {m, sum};
+      }
     }
   } else {
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {

@@ -9,12 +9,6 @@ struct Parts {
   int count;
 };
 
-// kVec elements of a row moved at once (16 bytes for kVec = 8 of bf16 or fp16).
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T v[kVec];
-};
-
 // A thread per kVec elements of a (query, head) row.
 template <typename T, int kVec>
 __global__ void window_merge_kernel(Parts parts, int64_t heads, int64_t queries, int64_t head_dim, T* out,

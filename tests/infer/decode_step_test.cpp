@@ -350,7 +350,10 @@ TEST(NormedRotatedQkOnCuda, MatchesTheComposedOps) {
   struct Shape {
     int64_t tokens, heads, dim;
   };
-  for (const Shape& shape : {Shape{1, 12, 64}, Shape{5, 3, 80}, Shape{2, 2, 128}, Shape{3, 1, 6}}) {
+  // Head widths the packed kernel takes (64, 128, 16: 8, 16, 2 lanes a row, q's and k's rows
+  // sharing warps) and those it leaves to a warp a row (80, 6).
+  for (const Shape& shape :
+       {Shape{1, 12, 64}, Shape{5, 3, 80}, Shape{2, 2, 128}, Shape{3, 1, 6}, Shape{7, 3, 64}, Shape{33, 5, 16}}) {
     for (const bool with_gains : {true, false}) {
       for (const torch::Dtype in : {torch::kBFloat16, torch::kFloat32}) {
         SCOPED_TRACE(std::to_string(shape.tokens) + "x" + std::to_string(shape.heads) + "x" +

@@ -263,7 +263,8 @@ int64_t attention_reduction(const Shape& s) {
 // The table. Shapes: the hand-written tests' before this one, odd sizes, rows that are not
 // a multiple of the kernels' blocks (4 rows a block and the gain's sums in blocks of 16 for
 // RMSNorm, 256 threads a row for the NLL and the attention probabilities, 256 pairs or
-// values a block for RoPE and the gate), a 128K vocabulary, vocabularies with and without
+// values a block for RoPE and the gate; the gate's 16-byte packs, and values that do not
+// fill them), a 128K vocabulary, vocabularies with and without
 // whole 16-byte rows (the NLL's vector loads), windows in and out, single queries, causal
 // squares and spans after a cache.
 const std::vector<Op>& ops() {
@@ -315,7 +316,7 @@ const std::vector<Op>& ops() {
     t.push_back({.name = "swiglu",
                  .max_order = 1,
                  .shapes = {sizes_shape({37, 32, 48}), sizes_shape({1, 64, 96}), sizes_shape({67, 48, 136}),
-                            sizes_shape({130, 256, 688})},
+                            sizes_shape({130, 256, 688}), sizes_shape({5, 16, 13})},
                  .precisions = matmul_precisions,
                  .reduction = largest_size,
                  .build = swiglu_case,
