@@ -81,14 +81,21 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int lane = threadIdx.x % 32, member = lane % kGroup;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * (32 / kGroup) + lane / kGroup;
   const bool valid = row < 2 * rows;  // the others still take part in the group's shuffles
-  const NormRopeRows& t = row < rows ? q : k;
-  const int64_t r = row < rows ? row : row - rows, token = r / heads, at = r * kDim + member * kVec;
+  // The row's tensor, field by field: a reference to q or k picked at run time would copy
+  // both parameter structs to local memory.
+  const bool of_q = row < rows;
+  const void* in = of_q ? q.x : k.x;
+  void* out = of_q ? q.y : k.y;
+  const float* gain = of_q ? q.gain : k.gain;
+  const bool in16 = (of_q ? q.x_type : k.x_type) == Storage::kBFloat16;
+  const bool out16 = (of_q ? q.y_type : k.y_type) == Storage::kBFloat16;
+  const int64_t r = of_q ? row : row - rows, token = r / heads, at = r * kDim + member * kVec;
   float x[kVec] = {};
   if (valid) {
-    if (t.x_type == Storage::kBFloat16) {
-      load_pack(static_cast<const __nv_bfloat16*>(t.x), at, x);
+    if (in16) {
+      load_pack(static_cast<const __nv_bfloat16*>(in), at, x);
     } else {
-      load_pack(static_cast<const float*>(t.x), at, x);
+      load_pack(static_cast<const float*>(in), at, x);
     }
   }
   float squares = 0.f;
@@ -96,10 +103,10 @@ __global__ void __launch_bounds__(32 * kWarps)
   for (int m = 0; m < kVec; ++m) squares += x[m] * x[m];
   for (int offset = kGroup / 2; offset > 0; offset >>= 1) squares += shuffle_xor(squares, offset);
   if (!valid) return;
-  if (t.gain != nullptr) {
+  if (gain != nullptr) {
     const float norm = rsqrtf(squares / static_cast<float>(kDim) + eps);
     float g[kVec];
-    load_pack(t.gain, member * kVec, g);
+    load_pack(gain, member * kVec, g);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) x[m] = x[m] * norm * g[m];
   }
@@ -112,10 +119,10 @@ __global__ void __launch_bounds__(32 * kWarps)
     y[2 * p] = __fsub_rn(__fmul_rn(x0, c[p]), __fmul_rn(x1, s[p]));
     y[2 * p + 1] = __fadd_rn(__fmul_rn(x0, s[p]), __fmul_rn(x1, c[p]));
   }
-  if (t.y_type == Storage::kBFloat16) {
-    store_pack(static_cast<__nv_bfloat16*>(t.y), at, y);
+  if (out16) {
+    store_pack(static_cast<__nv_bfloat16*>(out), at, y);
   } else {
-    store_pack(static_cast<float*>(t.y), at, y);
+    store_pack(static_cast<float*>(out), at, y);
   }
 }
 

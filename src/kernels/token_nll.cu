@@ -10,6 +10,8 @@ namespace {
 // block's loads in flight, and the row's reduction stays in the block.
 constexpr int kThreads = 256;
 
+constexpr float kLog2e = 1.4426950408889634f;
+
 // Values per 16-byte load.
 template <typename T>
 constexpr int kPerLoad = 16 / sizeof(T);
@@ -45,8 +47,11 @@ __global__ void __launch_bounds__(kThreads)
         }
         if (m == -INFINITY) continue;
         float sum = m == acc.max ? acc.sum : acc.sum * expf(acc.max - m);  // exp(-inf) = 0: no sum yet
+        // exp(v - m) as 2^(v log2(e) - m log2(e)): one FMA and the hardware's exp2 a value (the
+        // instruction count, not memory, bounds this loop).
+        const float shift = m * kLog2e;
 #pragma unroll
-        for (int j = 0; j < kPer; ++j) sum += expf(values[j] - m);
+        for (int j = 0; j < kPer; ++j) sum += exp2f(fmaf(values[j], kLog2e, -shift));
         acc = {m, sum};
       }
     }
