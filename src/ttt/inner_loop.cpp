@@ -3,6 +3,7 @@
 #include <torch/autograd.h>
 
 #include <algorithm>
+#include <numeric>
 #include <optional>
 
 #include "common/error.h"
@@ -107,14 +108,35 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   const std::vector<ChunkSpan> chunks = plan_chunks(config, n, 0, /*update_last=*/false);
   std::vector<torch::Tensor> weighted_losses, chunk_nlls;
   SequenceResult result;
-  scan_chunks(config, params, chunk_inputs, targets, chunks, state, scan,
-              [&](const ChunkSpan& chunk, const ChunkStep& step) {
-                const torch::Tensor loss = step.loss * loss_weights[chunk.index];
-                weighted_losses.push_back(differentiable ? loss : loss.detach());
-                chunk_nlls.push_back(step.nll.detach());
-                result.inner_steps += chunk.update ? 1 : 0;
-                if (options.on_chunk) options.on_chunk(chunk.index + 1, static_cast<int64_t>(chunks.size()));
-              });
+  const auto record = [&](const ChunkSpan& chunk, const ChunkStep& step) {
+    const torch::Tensor loss = step.loss * loss_weights[chunk.index];
+    weighted_losses.push_back(differentiable ? loss : loss.detach());
+    chunk_nlls.push_back(step.nll.detach());
+    result.inner_steps += chunk.update ? 1 : 0;
+    if (options.on_chunk) options.on_chunk(chunk.index + 1, static_cast<int64_t>(chunks.size()));
+  };
+  if (run_ahead && !config.is_ttt() && !differentiable) {
+    // fa and swa evaluated: with every block run ahead, nothing happens between chunks, so
+    // the head and the NLL take groups of chunks (GEMMs of 8K rows, fewer launches), each
+    // chunk's loss then read from its rows. A group stays within a span run ahead.
+    const int64_t per_span = one_span ? static_cast<int64_t>(chunks.size()) : run_ahead_tokens(config, n) / config.mini_batch;
+    const auto group = static_cast<size_t>(std::gcd(std::max<int64_t>(1, 8192 / config.mini_batch), per_span));
+    for (size_t first = 0; first < chunks.size(); first += group) {
+      const size_t end = std::min(chunks.size(), first + group);
+      ChunkSpan rows = chunks[first];
+      rows.length = chunks[end - 1].start + chunks[end - 1].length - rows.start;
+      const torch::Tensor nll = token_nll(lm_logits(config, params, chunk_inputs.of(rows, state.cache)),
+                                          targets.narrow(0, rows.start, rows.length));
+      for (size_t i = first; i < end; ++i) {
+        ChunkStep step;
+        step.nll = nll.narrow(0, chunks[i].start - rows.start, chunks[i].length);
+        step.loss = masked_mean_loss(step.nll, targets.narrow(0, chunks[i].start, chunks[i].length), config.bos_id);
+        record(chunks[i], step);
+      }
+    }
+  } else {
+    scan_chunks(config, params, chunk_inputs, targets, chunks, state, scan, record);
+  }
   result.loss = torch::stack(weighted_losses).sum();
   result.nll = torch::cat(chunk_nlls);
   return result;

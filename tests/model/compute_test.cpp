@@ -236,6 +236,19 @@ TEST_P(OnCuda, EvaluationMatchesTheCpuReference) {
   EXPECT_EQ(bf16.inner_steps, reference.inner_steps);
 }
 
+// Past 8192 tokens: fa and swa evaluated take the head and the NLL by groups of chunks
+// (run_sequence), here two of 512 chunks and a partial third, BOS masking each chunk's loss.
+TEST_P(OnCuda, EvaluationOfManyChunksMatchesTheCpuReference) {
+  const ModelConfig c = test::kernel_sized_config(GetParam());
+  const Params params = random_params(c, 8, 0.1);
+  const torch::Tensor tokens = random_tokens(2 * 8192 + 700, c.vocab_size, 9, {0, 77, 8191, 8300, 16500});
+  const EvalResult reference = evaluate(c, params, tokens);
+  const EvalResult fp32 = evaluate_on(c, params, tokens, {cuda_, std::nullopt});
+  ASSERT_EQ(fp32.nll.size(), reference.nll.size());
+  EXPECT_NEAR(fp32.loss, reference.loss, 1e-4 * reference.loss);
+  EXPECT_LT(max_abs_difference(fp32.nll, reference.nll), 1e-3);
+}
+
 TEST_P(OnCuda, GradientMatchesTheCpuReference) {
   const ModelConfig c = test::kernel_sized_config(GetParam());
   const Params params = random_params(c, 6, 0.1);
