@@ -88,9 +88,10 @@ def by_node(events, host_ops, device, top=15):
         starts[tid] = [op["ts"] for op in ops]
     prefix = "autograd::engine::evaluate_function: "
     table = collections.defaultdict(lambda: [0.0, 0])
+    small = collections.defaultdict(lambda: [0.0, 0])  # (node, innermost op) of the small kernels
     for kernel in device:
         launch = launched.get(kernel.get("args", {}).get("correlation"))
-        node = "?"
+        node, op = "?", "?"
         if launch is not None and launch["tid"] in per_thread:
             ops, ts = per_thread[launch["tid"]], launch["ts"]
             enclosing = [op["name"] for op in ops[max(0, bisect.bisect_right(starts[launch["tid"]], ts) - 400):
@@ -98,12 +99,20 @@ def by_node(events, host_ops, device, top=15):
                          if op["ts"] + op["dur"] >= ts]
             nodes = [name[len(prefix):] for name in enclosing if name.startswith(prefix)]
             node = nodes[-1] if nodes else "forward: " + (enclosing[0] if enclosing else "?")
+            op = enclosing[-1] if enclosing else "?"
         node = re.sub(r"torch::autograd::CppNode<(?:ttt::)?(?:\(anonymous namespace\)::)?(\w+)>", r"\1", node)
         table[node][0] += kernel["dur"]
         table[node][1] += 1
+        if classify(kernel.get("name", "?")) in ("elementwise", "copy/cast", "reduction"):
+            small[(node, op)][0] += kernel["dur"]
+            small[(node, op)][1] += 1
     print(f"{'GPU ms by autograd node':<48} {'ms':>8} {'count':>7}")
     for name, (dur, count) in sorted(table.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"  {name[:46]:<46} {dur / 1e3:8.2f} {count:7d}")
+    # Where the many small kernels (elementwise, copies and casts, reductions) come from.
+    print(f"{'small kernels by autograd node / operator':<72} {'ms':>8} {'count':>7}")
+    for (name, op), (dur, count) in sorted(small.items(), key=lambda kv: -kv[1][0])[:2 * top]:
+        print(f"  {(name[:40] + ' / ' + op)[:70]:<70} {dur / 1e3:8.2f} {count:7d}")
 
 
 def summarise(path):

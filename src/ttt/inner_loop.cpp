@@ -11,8 +11,88 @@
 #include "model/layers.h"
 #include "model/transformer.h"
 #include "ttt/chunk_scan.h"
+#include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
+
+#if TTT_WITH_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/inner_step.h"
+#include "model/kernel_launch.h"
+#endif
 
 namespace ttt {
+namespace {
+
+FastWeights unflatten(const std::vector<torch::Tensor>& flat) {
+  FastWeights weights;
+  for (size_t i = 0; i + 2 < flat.size(); i += 3) weights.push_back({flat[i], flat[i + 1], flat[i + 2]});
+  return weights;
+}
+
+// SPEC section 5's update from the gradients, as plain ops (differentiable: the exact
+// meta-gradient goes through g and s); the norm in the loss's dtype. A gradient in a
+// narrower dtype than its weight (fast_weight_leaves') is widened first, exactly.
+std::vector<torch::Tensor> clipped_update(const ModelConfig& config, const std::vector<torch::Tensor>& flat,
+                                          std::vector<torch::Tensor> grads, const torch::Tensor& loss,
+                                          const torch::Tensor& step_size) {
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = grads[i].to(flat[i].scalar_type());
+  torch::Tensor scale = torch::ones({}, loss.options());
+  if (config.inner_clip > 0) {
+    torch::Tensor squares = torch::zeros({}, loss.options());
+    for (const auto& g : grads) squares = squares + g.pow(2).sum();
+    // sqrt'(0) is infinite: a chunk without valid targets (g = 0) would poison the second
+    // order with NaN, so its norm is taken at 1 instead (the update is 0 either way).
+    const torch::Tensor norm = torch::sqrt(torch::where(squares > 0, squares, torch::ones_like(squares)));
+    scale = config.inner_clip / torch::clamp_min(norm, config.inner_clip);  // = min(1, clip / norm)
+  }
+  const torch::Tensor factor = step_size * scale;
+  std::vector<torch::Tensor> updated;
+  for (size_t i = 0; i < flat.size(); ++i) updated.push_back(flat[i] - factor * grads[i]);
+  return updated;
+}
+
+// The same update in two kernels (kernels/inner_step.h), where nothing differentiates it and
+// it serves: fp32 weights and step size on CUDA, contiguous gradients of one dtype. Else
+// an empty result.
+std::vector<torch::Tensor> fused_clipped_update(const ModelConfig& config, const std::vector<torch::Tensor>& flat,
+                                                const std::vector<torch::Tensor>& grads,
+                                                const torch::Tensor& step_size) {
+#if TTT_WITH_CUDA_KERNELS
+  const auto f32 = [](const torch::Tensor& t) { return t.scalar_type() == torch::kFloat32 && t.is_contiguous(); };
+  const torch::Dtype grad_dtype = grads.empty() ? torch::kFloat32 : grads[0].scalar_type();
+  const bool stored = grad_dtype == torch::kFloat32 || grad_dtype == torch::kBFloat16 || grad_dtype == torch::kHalf;
+  bool serves = stored && step_size.is_cuda() && f32(step_size) && !flat.empty() &&
+                flat.size() <= static_cast<size_t>(kernels::kSgdMaxTensors) && !torch::GradMode::is_enabled();
+  for (size_t i = 0; serves && i < flat.size(); ++i) {
+    serves = f32(flat[i]) && flat[i].device() == step_size.device() && grads[i].is_contiguous() &&
+             grads[i].device() == step_size.device() && grads[i].scalar_type() == grad_dtype &&
+             grads[i].sizes() == flat[i].sizes();
+  }
+  if (!serves) return {};
+  const c10::cuda::CUDAGuard device(step_size.device());
+  std::vector<torch::Tensor> updated;
+  std::vector<kernels::SgdTensor> described;
+  for (size_t i = 0; i < flat.size(); ++i) {
+    updated.push_back(torch::empty_like(flat[i]));
+    described.push_back({flat[i].data_ptr<float>(), grads[i].data_ptr(), updated.back().data_ptr<float>(),
+                         flat[i].numel()});
+  }
+  torch::Tensor partials = torch::empty({kernels::clipped_sgd_partials()}, step_size.options());
+  check("clipped_sgd_step",
+        kernels::clipped_sgd_step(described.data(), static_cast<int>(described.size()), storage_of(grads[0]),
+                                  step_size.data_ptr<float>(), static_cast<float>(config.inner_clip),
+                                  partials.data_ptr<float>(), stream()));
+  return updated;
+#else
+  (void)config;
+  (void)flat;
+  (void)grads;
+  (void)step_size;
+  return {};
+#endif
+}
+
+}  // namespace
 
 torch::Tensor inner_step_size(const ModelConfig& config, double ilr_mult, const torch::Tensor& like) {
   return torch::full({}, config.inner_lr * ilr_mult, like.options());
@@ -24,24 +104,25 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
   const std::vector<torch::Tensor> grads =
       torch::autograd::grad({loss}, flat, /*grad_outputs=*/{}, /*retain_graph=*/outer != OuterGradient::kNone,
                             /*create_graph=*/outer == OuterGradient::kExact);
+  return unflatten(clipped_update(config, flat, grads, loss, step_size));
+}
 
-  torch::Tensor scale = torch::ones({}, loss.options());
-  if (config.inner_clip > 0) {
-    torch::Tensor squares = torch::zeros({}, loss.options());
-    for (const auto& g : grads) squares = squares + g.pow(2).sum();
-    // sqrt'(0) is infinite: a chunk without valid targets (g = 0) would poison the second
-    // order with NaN, so its norm is taken at 1 instead (the update is 0 either way).
-    const torch::Tensor norm = torch::sqrt(torch::where(squares > 0, squares, torch::ones_like(squares)));
-    scale = config.inner_clip / torch::clamp_min(norm, config.inner_clip);  // = min(1, clip / norm)
-  }
-  const torch::Tensor factor = step_size * scale;
-  FastWeights updated;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    const auto step = [&](const torch::Tensor& w, const torch::Tensor& g) { return w - factor * g; };
-    updated.push_back({step(flat[3 * i], grads[3 * i]), step(flat[3 * i + 1], grads[3 * i + 1]),
-                       step(flat[3 * i + 2], grads[3 * i + 2])});
-  }
-  return updated;
+FastWeights inner_step_from_leaves(const ModelConfig& config, const FastWeights& weights, const FastWeights& leaves,
+                                   const torch::Tensor& loss, const torch::Tensor& step_size) {
+  const std::vector<torch::Tensor> flat = flatten(weights);
+  const std::vector<torch::Tensor> grads = torch::autograd::grad({loss}, flatten(leaves));
+  const torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> updated = fused_clipped_update(config, flat, grads, step_size);
+  return unflatten(updated.empty() ? clipped_update(config, flat, grads, loss, step_size) : updated);
+}
+
+FastWeights fast_weight_leaves(const FastWeights& weights) {
+  FastWeights leaves;
+  const auto leaf = [](const torch::Tensor& w) {
+    return w.detach().to(matmul_dtype_for(w)).requires_grad_(true);
+  };
+  for (const MlpParams& w : weights) leaves.push_back({leaf(w.w1), leaf(w.w2), leaf(w.w3)});
+  return leaves;
 }
 
 ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
@@ -51,14 +132,16 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
   // first prime MLP; a chunk without an inner step has no such graph.
   const Order after_fast_weights = outer == OuterGradient::kExact && update ? Order::kSecond : Order::kFirst;
   // Without an outer graph the inner gradient needs leaves of its own.
-  const FastWeights chunk_weights =
-      update && outer == OuterGradient::kNone ? detach_fast_weights(weights, /*requires_grad=*/true) : weights;
+  const bool own_leaves = update && outer == OuterGradient::kNone;
+  const FastWeights chunk_weights = own_leaves ? fast_weight_leaves(weights) : weights;
   const torch::Tensor h = run_blocks(config, params, hidden, positions, cache, first_block, config.n_layers,
                                      &chunk_weights, after_fast_weights);
   ChunkStep step;
   step.nll = token_nll(lm_logits(config, params, h), targets);
   step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
-  step.next_weights = update ? inner_step(config, chunk_weights, step.loss, step_size, outer) : chunk_weights;
+  step.next_weights = !update     ? chunk_weights
+                      : own_leaves ? inner_step_from_leaves(config, weights, chunk_weights, step.loss, step_size)
+                                   : inner_step(config, chunk_weights, step.loss, step_size, outer);
   return step;
 }
 

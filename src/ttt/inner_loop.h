@@ -73,4 +73,13 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
 FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
                        const torch::Tensor& step_size, OuterGradient outer);
 
+// Where nothing differentiates the step (OuterGradient::kNone): the leaves the chunk ran on
+// are the fast weights in the matmul dtype (the projections read them without a cast of their
+// own, the gradients come out in that dtype, their exact fp32 values), made by
+// fast_weight_leaves; the step updates `weights` from those gradients (on CUDA in two
+// kernels: kernels/inner_step.h).
+FastWeights fast_weight_leaves(const FastWeights& weights);
+FastWeights inner_step_from_leaves(const ModelConfig& config, const FastWeights& weights, const FastWeights& leaves,
+                                   const torch::Tensor& loss, const torch::Tensor& step_size);
+
 }  // namespace ttt

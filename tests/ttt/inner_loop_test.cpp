@@ -3,6 +3,7 @@
 
 #include <torch/autograd.h>
 
+#include "model/compute.h"
 #include "model/layers.h"
 #include "model/transformer.h"
 #include "test_util.h"
@@ -135,6 +136,115 @@ TEST(InnerLoop, ChunkWithoutValidTargetsTakesAZeroStep) {
   // The second order through the clip stays finite: the norm of a zero gradient is guarded.
   const auto second = torch::autograd::grad({w1[0].w1.sum() + w1[1].w2.sum()}, {leaves[0].w1, leaves[1].w2});
   for (const auto& g : second) EXPECT_TRUE(torch::isfinite(g).all().item<bool>());
+}
+
+// Fast weights of odd shapes (also sizes that are no multiple of 4: the kernel's single-value
+// path), a loss whose gradient w.r.t. each leaf is a known tensor (c_i, in the leaf's dtype).
+struct StepCase {
+  FastWeights weights, leaves;
+  torch::Tensor loss;
+  std::vector<torch::Tensor> grads;  // the exact gradients, in the weights' dtype
+};
+StepCase step_case(const torch::TensorOptions& options, double grad_scale, uint64_t seed) {
+  torch::manual_seed(seed);
+  StepCase x;
+  const std::vector<std::vector<int64_t>> shapes = {{8, 16}, {16, 8}, {8, 16}, {5, 7}, {7, 5}, {5, 7}};
+  for (size_t i = 0; i < shapes.size(); i += 3) {
+    x.weights.push_back({torch::randn(shapes[i], options), torch::randn(shapes[i + 1], options),
+                         torch::randn(shapes[i + 2], options)});
+  }
+  x.leaves = fast_weight_leaves(x.weights);
+  x.loss = torch::zeros({}, options);
+  for (const torch::Tensor& leaf : flatten(x.leaves)) {
+    const torch::Tensor c = (torch::randn(leaf.sizes(), options) * grad_scale).to(leaf.scalar_type());
+    x.loss = x.loss + (leaf * c).sum().to(options.dtype());
+    x.grads.push_back(c.to(options.dtype()));
+  }
+  return x;
+}
+
+// W - step * min(1, clip / ||g||) * g written out in fp64.
+std::vector<torch::Tensor> expected_step(const ModelConfig& c, const StepCase& x, double step) {
+  double squares = 0;
+  for (const auto& g : x.grads) squares += g.to(torch::kFloat64).pow(2).sum().item<double>();
+  const double norm = squares > 0 ? std::sqrt(squares) : 1.0;
+  const double s = c.inner_clip > 0 ? std::min(1.0, c.inner_clip / norm) : 1.0;
+  std::vector<torch::Tensor> out;
+  const std::vector<torch::Tensor> flat = flatten(x.weights);
+  for (size_t i = 0; i < flat.size(); ++i) out.push_back(flat[i].to(torch::kFloat64) - step * s * x.grads[i].to(torch::kFloat64).cpu());
+  return out;
+}
+
+void expect_step(const ModelConfig& c, const torch::TensorOptions& options, std::optional<torch::Dtype> matmul,
+                 double tolerance) {
+  const MatmulDtypeGuard guard(matmul);
+  for (double grad_scale : {1.0, 0.0}) {  // the second: a zero gradient, its norm taken at 1
+    const StepCase x = step_case(options, grad_scale, 7);
+    for (const auto& leaf : flatten(x.leaves)) EXPECT_EQ(leaf.scalar_type(), matmul.value_or(options.dtype().toScalarType()));
+    const torch::Tensor step = inner_step_size(c, 1.0, x.loss);
+    const std::vector<torch::Tensor> got = flatten(inner_step_from_leaves(c, x.weights, x.leaves, x.loss, step));
+    const std::vector<torch::Tensor> want = expected_step(c, x, c.inner_lr);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].scalar_type(), options.dtype().toScalarType());
+      EXPECT_FALSE(got[i].requires_grad());
+      EXPECT_TRUE(torch::allclose(got[i].cpu().to(torch::kFloat64), want[i], tolerance, tolerance))
+          << "clip " << c.inner_clip << " tensor " << i << " grad scale " << grad_scale;
+    }
+  }
+}
+
+TEST(InnerLoop, StepFromLeavesInTheMatmulDtype) {
+  for (double clip : {0.0, 1e6, 0.5}) {  // off, inactive, active
+    ModelConfig c = tiny_config(Variant::kTttE2E);
+    c.inner_clip = clip;
+    c.inner_lr = 0.3;
+    expect_step(c, torch::TensorOptions().dtype(torch::kFloat64), std::nullopt, 1e-12);
+    // bf16 leaves on fp32 weights: the gradients' bf16 values are exact, the step in fp32.
+    expect_step(c, torch::TensorOptions().dtype(torch::kFloat32), torch::kBFloat16, 1e-5);
+  }
+}
+
+TEST(InnerLoopOnCuda, FusedStepIsTheStep) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  for (double clip : {0.0, 1e6, 0.5}) {
+    ModelConfig c = tiny_config(Variant::kTttE2E);
+    c.inner_clip = clip;
+    c.inner_lr = 0.3;
+    const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+    for (auto matmul : {std::optional<torch::Dtype>(torch::kBFloat16), std::optional<torch::Dtype>(torch::kHalf),
+                        std::optional<torch::Dtype>()}) {
+      expect_step(c, cuda, matmul, 1e-5);
+    }
+  }
+  // Large tensors (many blocks a tensor, 16-byte packs), against the plain ops on the GPU.
+  ModelConfig c = tiny_config(Variant::kTttE2E);
+  c.inner_clip = 1.0;
+  const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  torch::manual_seed(3);
+  const FastWeights weights{{torch::randn({768, 2048}, cuda), torch::randn({2048, 768}, cuda),
+                             torch::randn({768, 2048}, cuda)}};
+  const MatmulDtypeGuard guard(torch::kBFloat16);
+  const FastWeights leaves = fast_weight_leaves(weights);
+  std::vector<torch::Tensor> grads;
+  for (const auto& leaf : flatten(leaves)) grads.push_back(torch::randn(leaf.sizes(), cuda).to(torch::kBFloat16));
+  const auto loss = [&] {  // its gradients are `grads`
+    torch::Tensor sum = torch::zeros({}, cuda);
+    for (size_t i = 0; i < grads.size(); ++i) sum = sum + (flatten(leaves)[i] * grads[i]).sum().to(torch::kFloat32);
+    return sum;
+  };
+  const torch::Tensor step = inner_step_size(c, 1.0, weights[0].w1);
+  const std::vector<torch::Tensor> got = flatten(inner_step_from_leaves(c, weights, leaves, loss(), step));
+  torch::Tensor squares = torch::zeros({}, cuda);
+  for (const auto& g : grads) squares = squares + g.to(torch::kFloat32).pow(2).sum();
+  const torch::Tensor factor = step * (c.inner_clip / torch::clamp_min(torch::sqrt(squares), c.inner_clip));
+  const std::vector<torch::Tensor> flat = flatten(weights);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(got[i], flat[i] - factor * grads[i].to(torch::kFloat32), 1e-6, 1e-6)) << i;
+  }
+  // Run to run the same bits: the partials are summed in one order.
+  const std::vector<torch::Tensor> again = flatten(inner_step_from_leaves(c, weights, leaves, loss(), step));
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(torch::equal(got[i], again[i])) << i;
 }
 
 }  // namespace

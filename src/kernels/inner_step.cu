@@ -1,0 +1,105 @@
+#include "kernels/inner_step.h"
+
+#include <type_traits>
+
+#include "kernels/common.cuh"
+
+namespace ttt::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kBlocks = 512;  // also the partials' count: every block sums them all
+
+struct SgdTensors {
+  SgdTensor at[kSgdMaxTensors];
+  int count;
+};
+
+// Block b's partial sum of g^2 over every tensor (kVec values a thread at a time).
+template <typename G, int kVec>
+__global__ void __launch_bounds__(kThreads) sum_squares(SgdTensors tensors, float* partials) {
+  float sum = 0.f;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int t = 0; t < tensors.count; ++t) {
+    const G* g = static_cast<const G*>(tensors.at[t].grad);
+    const int64_t packs = tensors.at[t].n / kVec;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs; i += stride) {
+      float v[kVec];
+      load_pack<kVec>(g, i * kVec, v);
+#pragma unroll
+      for (int m = 0; m < kVec; ++m) sum += v[m] * v[m];
+    }
+  }
+  sum = block_sum<kThreads>(sum);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+// W' = W - factor * g, the factor from the partials as the composable form takes it.
+template <typename G, int kVec>
+__global__ void __launch_bounds__(kThreads) update(SgdTensors tensors, const float* partials, const float* step_size,
+                                                   float clip) {
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < kBlocks; i += kThreads) sum += partials[i];
+  const float squares = block_sum<kThreads>(sum);
+  float factor = *step_size;
+  if (clip > 0.f) {
+    const float norm = sqrtf(squares > 0.f ? squares : 1.f);
+    factor = __fmul_rn(factor, __fdiv_rn(clip, fmaxf(norm, clip)));
+  }
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int t = 0; t < tensors.count; ++t) {
+    const SgdTensor& x = tensors.at[t];
+    const G* g = static_cast<const G*>(x.grad);
+    const int64_t packs = x.n / kVec;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs; i += stride) {
+      float w[kVec], d[kVec];
+      load_pack<kVec>(x.weights, i * kVec, w);
+      load_pack<kVec>(g, i * kVec, d);
+#pragma unroll
+      for (int m = 0; m < kVec; ++m) w[m] = __fsub_rn(w[m], __fmul_rn(factor, d[m]));
+      store_pack(x.out, i * kVec, w);
+    }
+  }
+}
+
+template <typename G>
+const char* launch(const SgdTensors& tensors, const float* step_size, float clip, float* partials,
+                   cudaStream_t stream) {
+  bool packed = true;  // 4 values a thread: 16 bytes of fp32, 8 of bf16 or fp16
+  for (int t = 0; t < tensors.count; ++t) {
+    const SgdTensor& x = tensors.at[t];
+    packed = packed && packs_fit<float>(x.weights, x.n, 4) && packs_fit<float>(x.out, x.n, 4) &&
+             packs_fit<G>(x.grad, x.n, 4);
+  }
+  if (packed) {
+    sum_squares<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
+    update<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip);
+  } else {
+    sum_squares<G, 1><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
+    update<G, 1><<<kBlocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip);
+  }
+  return launched();
+}
+
+}  // namespace
+
+int64_t clipped_sgd_partials() { return kBlocks; }
+
+const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size,
+                             float clip, float* partials, void* stream) {
+  if (count < 0 || count > kSgdMaxTensors) return "too many tensors for one launch";
+  SgdTensors all{};
+  for (int t = 0; t < count; ++t) all.at[t] = tensors[t];
+  all.count = count;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (grad_type) {
+    case Storage::kBFloat16:
+      return launch<__nv_bfloat16>(all, step_size, clip, partials, s);
+    case Storage::kFloat16:
+      return launch<__half>(all, step_size, clip, partials, s);
+    default:
+      return launch<float>(all, step_size, clip, partials, s);
+  }
+}
+
+}  // namespace ttt::kernels

@@ -1,0 +1,35 @@
+// The inner loop's SGD step over every fast weight at once (SPEC section 5), where no graph is
+// kept (evaluation, sessions, the training's forward scan):
+//   W' = W - (step * s) * g,   s = min(1, clip / ||g||), ||g|| over all tensors together
+// (s = 1 when clip = 0; a zero gradient takes its norm as 1, as the composable form does).
+// Two kernels for any number of tensors where the composable form takes five a tensor and a
+// cast of each gradient to fp32: the squares summed by blocks into `partials`, then every
+// block sums the partials in one fixed order (run to run the same bits) and updates its
+// share. The products and the difference are rounded apart, as the composable form's mul
+// and sub; only the order of the squares' sum differs from it. Graph-capturable.
+#pragma once
+#include <cstdint>
+
+#include "kernels/storage.h"
+
+namespace ttt::kernels {
+
+// One fast weight: `n` values of W (fp32), of g (in the launch's gradient storage) and of W'
+// (fp32), each contiguous; W' may not overlap W or g.
+struct SgdTensor {
+  const float* weights;
+  const void* grad;
+  float* out;
+  int64_t n;
+};
+constexpr int kSgdMaxTensors = 64;
+
+// The fp32 scratch values the launch needs in `partials`.
+int64_t clipped_sgd_partials();
+
+// `count` tensors (at most kSgdMaxTensors), gradients of `grad_type`; `step_size` a device
+// fp32 scalar. `stream` is a cudaStream_t. Returns null, or CUDA's error text.
+const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size,
+                             float clip, float* partials, void* stream);
+
+}  // namespace ttt::kernels
