@@ -36,8 +36,8 @@ __global__ void __launch_bounds__(kThreads) sum_squares(SgdTensors tensors, floa
 
 // W' = W - factor * g, the factor from the partials as the composable form takes it.
 template <typename G, int kVec>
-__global__ void __launch_bounds__(kThreads) update(SgdTensors tensors, const float* partials, const float* step_size,
-                                                   float clip) {
+__global__ void __launch_bounds__(kThreads)
+    update(SgdTensors tensors, const float* partials, const float* step_size, float clip) {
   float sum = 0.f;
   for (int i = threadIdx.x; i < kBlocks; i += kThreads) sum += partials[i];
   const float squares = block_sum<kThreads>(sum);
@@ -85,8 +85,8 @@ const char* launch(const SgdTensors& tensors, const float* step_size, float clip
 
 int64_t clipped_sgd_partials() { return kBlocks; }
 
-const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size,
-                             float clip, float* partials, void* stream) {
+const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size, float clip,
+                             float* partials, void* stream) {
   if (count < 0 || count > kSgdMaxTensors) return "too many tensors for one launch";
   SgdTensors all{};
   for (int t = 0; t < count; ++t) all.at[t] = tensors[t];

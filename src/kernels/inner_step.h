@@ -29,7 +29,7 @@ int64_t clipped_sgd_partials();
 
 // `count` tensors (at most kSgdMaxTensors), gradients of `grad_type`; `step_size` a device
 // fp32 scalar. `stream` is a cudaStream_t. Returns null, or CUDA's error text.
-const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size,
-                             float clip, float* partials, void* stream);
+const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size, float clip,
+                             float* partials, void* stream);
 
 }  // namespace ttt::kernels

@@ -141,9 +141,9 @@ const char* norm_rope_forward(const NormRopeRows& q, const NormRopeRows& k, cons
   // Packs where every row and table row starts on one: 8 values of x and y, 4 of cos and sin.
   const auto packed = [&](const NormRopeRows& t) {
     const bool x_fits = t.x_type == Storage::kBFloat16 ? packs_fit<__nv_bfloat16>(t.x, head_dim, 8)
-                                                        : packs_fit<float>(t.x, head_dim, 8);
+                                                       : packs_fit<float>(t.x, head_dim, 8);
     const bool y_fits = t.y_type == Storage::kBFloat16 ? packs_fit<__nv_bfloat16>(t.y, head_dim, 8)
-                                                        : packs_fit<float>(t.y, head_dim, 8);
+                                                       : packs_fit<float>(t.y, head_dim, 8);
     return x_fits && y_fits && (t.gain == nullptr || packs_fit<float>(t.gain, head_dim, 8));
   };
   const int group = static_cast<int>(head_dim / 8);
@@ -154,12 +154,24 @@ const char* norm_rope_forward(const NormRopeRows& q, const NormRopeRows& k, cons
       norm_rope_packed<decltype(g)::value><<<blocks, 32 * kWarps, 0, s>>>(q, k, cos, sin, rows, heads, eps);
     };
     switch (group) {
-      case 1: launch(std::integral_constant<int, 1>()); break;
-      case 2: launch(std::integral_constant<int, 2>()); break;
-      case 4: launch(std::integral_constant<int, 4>()); break;
-      case 8: launch(std::integral_constant<int, 8>()); break;
-      case 16: launch(std::integral_constant<int, 16>()); break;
-      default: launch(std::integral_constant<int, 32>()); break;
+      case 1:
+        launch(std::integral_constant<int, 1>());
+        break;
+      case 2:
+        launch(std::integral_constant<int, 2>());
+        break;
+      case 4:
+        launch(std::integral_constant<int, 4>());
+        break;
+      case 8:
+        launch(std::integral_constant<int, 8>());
+        break;
+      case 16:
+        launch(std::integral_constant<int, 16>());
+        break;
+      default:
+        launch(std::integral_constant<int, 32>());
+        break;
     }
     return launched();
   }

@@ -29,10 +29,10 @@ torch::Tensor attention(const ModelConfig& c, const AttentionParams& p, const to
   const torch::Tensor v = projected(p.wv, 2);
   // A span's fused attention (attend_span) reads q in the matmul dtype: written so at once,
   // the same single rounding as its own cast. A decoded token's kernel reads it in fp32.
-  const torch::Dtype q_dtype = T > 1 && order == Order::kFirst && fused_attention_available(a) ? matmul : residual_dtype;
-  const auto [q, k] =
-      normed_rotated_qk(projected(p.wq, 0), projected(p.wk, 1), c.qk_norm ? p.q_norm : torch::Tensor(),
-                        c.qk_norm ? p.k_norm : torch::Tensor(), c.rms_eps, rotation, q_dtype, matmul);
+  const torch::Dtype q_dtype =
+      T > 1 && order == Order::kFirst && fused_attention_available(a) ? matmul : residual_dtype;
+  const auto [q, k] = normed_rotated_qk(projected(p.wq, 0), projected(p.wk, 1), c.qk_norm ? p.q_norm : torch::Tensor(),
+                                        c.qk_norm ? p.k_norm : torch::Tensor(), c.rms_eps, rotation, q_dtype, matmul);
   return project(memory(block, q, k, v, order), p.wo, matmul);
 }
 

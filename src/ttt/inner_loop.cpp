@@ -74,8 +74,8 @@ std::vector<torch::Tensor> fused_clipped_update(const ModelConfig& config, const
   std::vector<kernels::SgdTensor> described;
   for (size_t i = 0; i < flat.size(); ++i) {
     updated.push_back(torch::empty_like(flat[i]));
-    described.push_back({flat[i].data_ptr<float>(), grads[i].data_ptr(), updated.back().data_ptr<float>(),
-                         flat[i].numel()});
+    described.push_back(
+        {flat[i].data_ptr<float>(), grads[i].data_ptr(), updated.back().data_ptr<float>(), flat[i].numel()});
   }
   torch::Tensor partials = torch::empty({kernels::clipped_sgd_partials()}, step_size.options());
   check("clipped_sgd_step",
@@ -118,9 +118,7 @@ FastWeights inner_step_from_leaves(const ModelConfig& config, const FastWeights&
 
 FastWeights fast_weight_leaves(const FastWeights& weights) {
   FastWeights leaves;
-  const auto leaf = [](const torch::Tensor& w) {
-    return w.detach().to(matmul_dtype_for(w)).requires_grad_(true);
-  };
+  const auto leaf = [](const torch::Tensor& w) { return w.detach().to(matmul_dtype_for(w)).requires_grad_(true); };
   for (const MlpParams& w : weights) leaves.push_back({leaf(w.w1), leaf(w.w2), leaf(w.w3)});
   return leaves;
 }
@@ -139,7 +137,7 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
   ChunkStep step;
   step.nll = token_nll(lm_logits(config, params, h), targets);
   step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
-  step.next_weights = !update     ? chunk_weights
+  step.next_weights = !update      ? chunk_weights
                       : own_leaves ? inner_step_from_leaves(config, weights, chunk_weights, step.loss, step_size)
                                    : inner_step(config, chunk_weights, step.loss, step_size, outer);
   return step;
@@ -202,7 +200,8 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
     // fa and swa evaluated: with every block run ahead, nothing happens between chunks, so
     // the head and the NLL take groups of chunks (GEMMs of 8K rows, fewer launches), each
     // chunk's loss then read from its rows. A group stays within a span run ahead.
-    const int64_t per_span = one_span ? static_cast<int64_t>(chunks.size()) : run_ahead_tokens(config, n) / config.mini_batch;
+    const int64_t per_span =
+        one_span ? static_cast<int64_t>(chunks.size()) : run_ahead_tokens(config, n) / config.mini_batch;
     const auto group = static_cast<size_t>(std::gcd(std::max<int64_t>(1, 8192 / config.mini_batch), per_span));
     for (size_t first = 0; first < chunks.size(); first += group) {
       const size_t end = std::min(chunks.size(), first + group);

@@ -150,8 +150,8 @@ StepCase step_case(const torch::TensorOptions& options, double grad_scale, uint6
   StepCase x;
   const std::vector<std::vector<int64_t>> shapes = {{8, 16}, {16, 8}, {8, 16}, {5, 7}, {7, 5}, {5, 7}};
   for (size_t i = 0; i < shapes.size(); i += 3) {
-    x.weights.push_back({torch::randn(shapes[i], options), torch::randn(shapes[i + 1], options),
-                         torch::randn(shapes[i + 2], options)});
+    x.weights.push_back(
+        {torch::randn(shapes[i], options), torch::randn(shapes[i + 1], options), torch::randn(shapes[i + 2], options)});
   }
   x.leaves = fast_weight_leaves(x.weights);
   x.loss = torch::zeros({}, options);
@@ -171,7 +171,8 @@ std::vector<torch::Tensor> expected_step(const ModelConfig& c, const StepCase& x
   const double s = c.inner_clip > 0 ? std::min(1.0, c.inner_clip / norm) : 1.0;
   std::vector<torch::Tensor> out;
   const std::vector<torch::Tensor> flat = flatten(x.weights);
-  for (size_t i = 0; i < flat.size(); ++i) out.push_back(flat[i].to(torch::kFloat64) - step * s * x.grads[i].to(torch::kFloat64).cpu());
+  for (size_t i = 0; i < flat.size(); ++i)
+    out.push_back(flat[i].to(torch::kFloat64).cpu() - step * s * x.grads[i].to(torch::kFloat64).cpu());
   return out;
 }
 
@@ -180,7 +181,8 @@ void expect_step(const ModelConfig& c, const torch::TensorOptions& options, std:
   const MatmulDtypeGuard guard(matmul);
   for (double grad_scale : {1.0, 0.0}) {  // the second: a zero gradient, its norm taken at 1
     const StepCase x = step_case(options, grad_scale, 7);
-    for (const auto& leaf : flatten(x.leaves)) EXPECT_EQ(leaf.scalar_type(), matmul.value_or(options.dtype().toScalarType()));
+    for (const auto& leaf : flatten(x.leaves))
+      EXPECT_EQ(leaf.scalar_type(), matmul.value_or(options.dtype().toScalarType()));
     const torch::Tensor step = inner_step_size(c, 1.0, x.loss);
     const std::vector<torch::Tensor> got = flatten(inner_step_from_leaves(c, x.weights, x.leaves, x.loss, step));
     const std::vector<torch::Tensor> want = expected_step(c, x, c.inner_lr);
@@ -222,8 +224,8 @@ TEST(InnerLoopOnCuda, FusedStepIsTheStep) {
   c.inner_clip = 1.0;
   const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
   torch::manual_seed(3);
-  const FastWeights weights{{torch::randn({768, 2048}, cuda), torch::randn({2048, 768}, cuda),
-                             torch::randn({768, 2048}, cuda)}};
+  const FastWeights weights{
+      {torch::randn({768, 2048}, cuda), torch::randn({2048, 768}, cuda), torch::randn({768, 2048}, cuda)}};
   const MatmulDtypeGuard guard(torch::kBFloat16);
   const FastWeights leaves = fast_weight_leaves(weights);
   std::vector<torch::Tensor> grads;
