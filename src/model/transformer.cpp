@@ -44,18 +44,21 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens) {
 }
 
 torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const RopeTable& rotation,
-                         const BlockAttention& memory, int64_t first, int64_t last, const FastWeights* prime,
+                         const BlockAttention& memory, BlockPoint first, BlockPoint last, const FastWeights* prime,
                          Order after_fast_weights) {
-  if (first >= last) return h;
+  if (!(first < last)) return h;
   const double eps = c.rms_eps;
   // The residual stream, the norms and SwiGLU's product in the residual dtype; the pre-norms
   // write the matmuls' inputs in the matmul dtype, the post-norms read their outputs so.
   const torch::Dtype residual = h.scalar_type(), matmul = matmul_dtype_for(h);
   Order order = Order::kFirst;  // what precedes the fast weights is differentiated at most once
-  for (int64_t i = first; i < last; ++i) {
+  for (int64_t i = first.block; i < last.block || (i == last.block && last.past_attention); ++i) {
     const BlockParams& b = params.blocks[i];
-    const torch::Tensor a = rms_norm(h, b.attn_norm, eps, matmul);
-    h = add_rms_norm(h, attention(c, b.attn, a, residual, rotation, memory, i, order), b.attn_post_norm, eps);
+    if (i != first.block || !first.past_attention) {
+      const torch::Tensor a = rms_norm(h, b.attn_norm, eps, matmul);
+      h = add_rms_norm(h, attention(c, b.attn, a, residual, rotation, memory, i, order), b.attn_post_norm, eps);
+    }
+    if (i == last.block) break;  // `last` is past this block's attention
     if (c.has_prime(i)) {
       require(prime != nullptr, "internal: suffix block run without fast weights");
       order = after_fast_weights;
@@ -70,7 +73,7 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
 }
 
 torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tensor h, const torch::Tensor& positions,
-                         KvCache& cache, int64_t first, int64_t last, const FastWeights* prime,
+                         KvCache& cache, BlockPoint first, BlockPoint last, const FastWeights* prime,
                          Order after_fast_weights) {
   const BlockAttention through_cache = [&](int64_t block, const torch::Tensor& q, const torch::Tensor& k,
                                            const torch::Tensor& v, Order order) {
@@ -86,7 +89,7 @@ torch::Tensor span_positions(int64_t start, int64_t length, const torch::Device&
 }
 
 torch::Tensor hidden_states(const ModelConfig& c, const Params& params, const torch::Tensor& tokens, int64_t start,
-                            KvCache& cache, int64_t last, const FastWeights* prime) {
+                            KvCache& cache, BlockPoint last, const FastWeights* prime) {
   return run_blocks(c, params, embed_tokens(params, tokens), span_positions(start, tokens.size(0), tokens.device()),
                     cache, 0, last, prime);
 }

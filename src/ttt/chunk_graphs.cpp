@@ -51,7 +51,7 @@ struct ChunkGraphs::State {
   void make_buffers(const torch::Tensor& hidden, const torch::Tensor& positions, const FastWeights& like,
                     const torch::Tensor& like_step_size);
   // The chunk step on the buffers, the cache holding `rows` rows, writing its results back into them.
-  void run(int64_t rows);
+  void run(int64_t rows, bool past_attention);
 };
 
 void ChunkGraphs::State::make_buffers(const torch::Tensor& like_hidden, const torch::Tensor& like_positions,
@@ -73,17 +73,18 @@ void ChunkGraphs::State::make_buffers(const torch::Tensor& like_hidden, const to
   loss = torch::empty({}, nll.options());
 }
 
-void ChunkGraphs::State::run(int64_t rows) {
+void ChunkGraphs::State::run(int64_t rows, bool past_attention) {
   const int64_t next_rows = std::min(rows + config.mini_batch, max_rows);
+  const int64_t cached = first + (past_attention ? 1 : 0);  // the first block whose cache the chunk extends
   KvCache local = KvCache::window(config);
-  for (int64_t l = first; l < config.n_layers; ++l) local.assign(l, first_rows(caches[l - first], rows));
+  for (int64_t l = cached; l < config.n_layers; ++l) local.assign(l, first_rows(caches[l - first], rows));
   ChunkStep step;
   {
     torch::AutoGradMode grad_mode(true);
-    step = run_chunk(config, params, hidden, first, targets, positions, local, weights, /*update=*/true, step_size,
-                     OuterGradient::kNone);
+    step = run_chunk(config, params, hidden, BlockPoint(first, past_attention), targets, positions, local, weights,
+                     /*update=*/true, step_size, OuterGradient::kNone);
   }
-  for (int64_t l = first; l < config.n_layers; ++l) {
+  for (int64_t l = cached; l < config.n_layers; ++l) {
     const KvEntries buffer = first_rows(caches[l - first], next_rows), result = local.entries(l);
     buffer.keys.copy_(result.keys);
     buffer.values.copy_(result.values);
@@ -119,9 +120,9 @@ ChunkGraphs::~ChunkGraphs() = default;
 int64_t ChunkGraphs::captures() const { return state_->graphs.captures(); }
 int64_t ChunkGraphs::replays() const { return state_->graphs.replays(); }
 
-ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, const torch::Tensor& targets,
-                            const torch::Tensor& positions, KvCache& cache, const FastWeights& weights,
-                            const torch::Tensor& step_size) {
+ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, bool past_attention,
+                            const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
+                            const FastWeights& weights, const torch::Tensor& step_size) {
   State& s = *state_;
   const ModelConfig& c = s.config;
   require(params.final_norm.data_ptr() == s.params.final_norm.data_ptr() &&
@@ -129,7 +130,10 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
           "internal: chunk graphs used with other parameters than their own");
   require(matmul_dtype() == s.matmul_dtype, "internal: chunk graphs used under another precision than their own");
   require(hidden.size(0) == c.mini_batch, "internal: chunk graphs serve full chunks only");
-  const int64_t rows = cache.entries(s.first).rows();
+  // The blocks whose caches the chunk extends: from the first suffix block's, or the next one's
+  // where that block's attention ran ahead (none when it is the last block).
+  const int64_t cached = s.first + (past_attention ? 1 : 0);
+  const int64_t rows = cached < c.n_layers ? cache.entries(cached).rows() : 0;
   require(rows <= s.max_rows, "internal: a cache longer than the window");
 
   torch::NoGradGuard no_grad;
@@ -138,7 +142,7 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
   adopt(s.targets, targets);
   adopt(s.positions, positions);
   adopt(s.step_size, step_size);
-  for (int64_t l = s.first; l < c.n_layers; ++l) {
+  for (int64_t l = cached; l < c.n_layers; ++l) {
     const KvEntries& from = cache.entries(l);
     require(from.rows() == rows, "internal: suffix caches of different lengths");
     if (rows == 0) continue;
@@ -150,10 +154,10 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, c
   const std::vector<torch::Tensor> ours = flatten(s.weights), given = flatten(weights);
   for (size_t i = 0; i < ours.size(); ++i) adopt(ours[i], given[i]);
 
-  s.graphs.run(rows, [&] { s.run(rows); });  // a graph per cache length
+  s.graphs.run(2 * rows + (past_attention ? 1 : 0), [&] { s.run(rows, past_attention); });
 
   const int64_t next_rows = std::min(rows + c.mini_batch, s.max_rows);
-  for (int64_t l = s.first; l < c.n_layers; ++l) cache.assign(l, first_rows(s.caches[l - s.first], next_rows));
+  for (int64_t l = cached; l < c.n_layers; ++l) cache.assign(l, first_rows(s.caches[l - s.first], next_rows));
   ChunkStep result;
   result.nll = s.nll.clone();
   result.loss = s.loss.clone();

@@ -44,13 +44,14 @@ class ChunkGraphs {
   ChunkGraphs(const ChunkGraphs&) = delete;
   ChunkGraphs& operator=(const ChunkGraphs&) = delete;
 
-  // run_chunk(config, params, hidden, first_suffix_block, targets, positions,
-  // cache, weights, update = true, step_size, kNone) for a full chunk
-  // (mini_batch rows). Afterwards the suffix blocks' cache entries and the
+  // run_chunk(config, params, hidden, {first_suffix_block, past_attention},
+  // targets, positions, cache, weights, update = true, step_size, kNone) for a
+  // full chunk (mini_batch rows): a graph per cache length and entry. Afterwards
+  // the cache entries of the suffix blocks the chunk extended and the
   // returned next_weights BORROW this object's buffers: the next call
   // overwrites them (a chunk scan's state passes from step to step so, and
   // `release` makes it the caller's own). nll and loss are the caller's own.
-  ChunkStep step(const Params& params, const torch::Tensor& hidden, const torch::Tensor& targets,
+  ChunkStep step(const Params& params, const torch::Tensor& hidden, bool past_attention, const torch::Tensor& targets,
                  const torch::Tensor& positions, KvCache& cache, const FastWeights& weights,
                  const torch::Tensor& step_size);
   // Copies whatever of `state` borrows the buffers out of them.

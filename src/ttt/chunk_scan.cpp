@@ -33,14 +33,14 @@ ChunkInputs ChunkInputs::embedded(const Params& params, torch::Tensor inputs) {
 }
 
 ChunkInputs ChunkInputs::run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
-                                   int64_t first_block, bool with_graph, int64_t span) {
+                                   BlockPoint entry, bool with_graph, int64_t span) {
   require(span % config.mini_batch == 0, "internal: spans run ahead in whole chunks");
   if (span <= 0) span = run_ahead_tokens(config, inputs.size(0));
-  return ChunkInputs(Source::kAhead, &config, &params, std::move(inputs), first_block, with_graph, span);
+  return ChunkInputs(Source::kAhead, &config, &params, std::move(inputs), entry, with_graph, span);
 }
 
-ChunkInputs ChunkInputs::given(torch::Tensor hidden, int64_t first_block) {
-  return ChunkInputs(Source::kGiven, nullptr, nullptr, std::move(hidden), first_block, false, 0);
+ChunkInputs ChunkInputs::given(torch::Tensor hidden, BlockPoint entry) {
+  return ChunkInputs(Source::kGiven, nullptr, nullptr, std::move(hidden), entry, false, 0);
 }
 
 torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
@@ -58,22 +58,22 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
     if (!with_graph_) no_grad.emplace();
     const int64_t length = std::min(span_, n - chunk.start);
     ahead_ =
-        hidden_states(*config_, *params_, inputs_.narrow(0, chunk.start, length), chunk.position, cache, first_block_);
+        hidden_states(*config_, *params_, inputs_.narrow(0, chunk.start, length), chunk.position, cache, entry_);
     ahead_start_ = chunk.start;
   }
   return ahead_.narrow(0, chunk.start - ahead_start_, chunk.length);
 }
 
 ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,
-                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets, ScanState& state,
+                     const torch::Tensor& hidden, BlockPoint entry, const torch::Tensor& targets, ScanState& state,
                      const ScanOptions& options) {
   const torch::Tensor positions = span_positions(chunk.position, chunk.length, hidden.device());
   const bool replay = options.graphs != nullptr && chunk.update && options.outer == OuterGradient::kNone &&
-                      first_block == config.first_suffix_block();
-  ChunkStep step =
-      replay ? options.graphs->step(params, hidden, targets, positions, state.cache, state.weights, options.step_size)
-             : run_chunk(config, params, hidden, first_block, targets, positions, state.cache, state.weights,
-                         chunk.update, options.step_size, options.outer);
+                      entry.block == config.first_suffix_block();
+  ChunkStep step = replay ? options.graphs->step(params, hidden, entry.past_attention, targets, positions, state.cache,
+                                                 state.weights, options.step_size)
+                          : run_chunk(config, params, hidden, entry, targets, positions, state.cache, state.weights,
+                                      chunk.update, options.step_size, options.outer);
   state.weights = step.next_weights;
   if (options.outer == OuterGradient::kNone) {
     state.weights = detach_fast_weights(state.weights, /*requires_grad=*/false);
@@ -87,7 +87,7 @@ void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& i
                  const std::function<void(const ChunkSpan&, const ChunkStep&)>& on_chunk) {
   for (const ChunkSpan& chunk : chunks) {
     const torch::Tensor hidden = inputs.of(chunk, state.cache);
-    const ChunkStep step = step_chunk(config, params, chunk, hidden, inputs.first_block(),
+    const ChunkStep step = step_chunk(config, params, chunk, hidden, inputs.entry(),
                                       targets.narrow(0, chunk.start, chunk.length), state, options);
     if (on_chunk) on_chunk(chunk, step);
   }

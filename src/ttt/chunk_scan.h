@@ -58,27 +58,27 @@ class ChunkInputs {
   // Each chunk's embeddings: every block runs chunk by chunk (the CPU's way, and the exact
   // meta-gradient's reference).
   static ChunkInputs embedded(const Params& params, torch::Tensor inputs);
-  // Blocks [0, first_block) over `span` inputs at a time (whole chunks; 0: run_ahead_tokens),
+  // Blocks [0, entry) over `span` inputs at a time (whole chunks; 0: run_ahead_tokens),
   // ahead of the chunks and through the scan state's cache; autograd records them only if
   // `with_graph`.
   static ChunkInputs run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
-                               int64_t first_block, bool with_graph, int64_t span = 0);
-  // Rows computed already, entering block `first_block` (the meta-gradient's prefix).
-  static ChunkInputs given(torch::Tensor hidden, int64_t first_block);
+                               BlockPoint entry, bool with_graph, int64_t span = 0);
+  // Rows computed already, at `entry` (the meta-gradient's prefix).
+  static ChunkInputs given(torch::Tensor hidden, BlockPoint entry);
 
-  int64_t first_block() const { return first_block_; }
+  BlockPoint entry() const { return entry_; }
   // The chunk's rows; `cache` is the scan state's, which the blocks run ahead extend.
   torch::Tensor of(const ChunkSpan& chunk, KvCache& cache);
 
  private:
   enum class Source { kEmbedded, kAhead, kGiven };
-  ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs, int64_t first_block,
+  ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs, BlockPoint entry,
               bool with_graph, int64_t span)
       : source_(source),
         config_(config),
         params_(params),
         inputs_(std::move(inputs)),
-        first_block_(first_block),
+        entry_(entry),
         with_graph_(with_graph),
         span_(span) {}
 
@@ -86,7 +86,7 @@ class ChunkInputs {
   const ModelConfig* config_;
   const Params* params_;
   torch::Tensor inputs_;  // token ids, or the given rows
-  int64_t first_block_;
+  BlockPoint entry_;
   bool with_graph_;
   int64_t span_;         // kAhead: inputs per span
   torch::Tensor ahead_;  // kAhead: rows of the inputs from ahead_start_ on
@@ -101,12 +101,12 @@ struct ScanOptions {
   ChunkGraphs* graphs = nullptr;
 };
 
-// One chunk: its CUDA graph where one serves, else run_chunk, on `hidden` (the rows entering
-// block `first_block`) and `targets` (the chunk's own); `state` moves past the chunk. Without
+// One chunk: its CUDA graph where one serves, else run_chunk, on `hidden` (the rows at
+// `entry`) and `targets` (the chunk's own); `state` moves past the chunk. Without
 // an outer gradient the state is cut from autograd afterwards. Where the graph replayed, the
 // state is a view of the graphs' buffers until ChunkGraphs::release.
 ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,
-                     const torch::Tensor& hidden, int64_t first_block, const torch::Tensor& targets, ScanState& state,
+                     const torch::Tensor& hidden, BlockPoint entry, const torch::Tensor& targets, ScanState& state,
                      const ScanOptions& options);
 
 // Every chunk of `chunks` in order (targets indexed like the inputs), calling

@@ -123,7 +123,7 @@ FastWeights fast_weight_leaves(const FastWeights& weights) {
   return leaves;
 }
 
-ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
+ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, BlockPoint entry,
                     const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
                     const FastWeights& weights, bool update, const torch::Tensor& step_size, OuterGradient outer) {
   // The exact meta-gradient differentiates the inner step's graph again, which begins at the
@@ -132,7 +132,7 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
   // Without an outer graph the inner gradient needs leaves of its own.
   const bool own_leaves = update && outer == OuterGradient::kNone;
   const FastWeights chunk_weights = own_leaves ? fast_weight_leaves(weights) : weights;
-  const torch::Tensor h = run_blocks(config, params, hidden, positions, cache, first_block, config.n_layers,
+  const torch::Tensor h = run_blocks(config, params, hidden, positions, cache, entry, config.n_layers,
                                      &chunk_weights, after_fast_weights);
   ChunkStep step;
   step.nll = token_nll(lm_logits(config, params, h), targets);
@@ -173,8 +173,12 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
   // sequence as one causal square, keeping no cache). The exact meta-gradient of ttt-e2e
   // keeps the plain chunk loop: it is the reference the faster trainer is held to.
   const bool run_ahead = fused_attention_available(params.final_norm) && !(config.is_ttt() && differentiable);
-  const int64_t first_block = !run_ahead ? 0 : config.is_ttt() ? config.first_suffix_block() : config.n_layers;
-  ChunkInputs chunk_inputs = run_ahead ? ChunkInputs::run_ahead(config, params, inputs, first_block, differentiable)
+  // Evaluated, ttt-e2e's first suffix block runs its attention ahead too (it reads no fast
+  // weight): large spans on cuDNN's kernel instead of a chunk at a time.
+  const BlockPoint entry = !run_ahead         ? BlockPoint(0)
+                           : !config.is_ttt() ? BlockPoint(config.n_layers)
+                                              : BlockPoint(config.first_suffix_block(), /*past_attention=*/true);
+  ChunkInputs chunk_inputs = run_ahead ? ChunkInputs::run_ahead(config, params, inputs, entry, differentiable)
                                        : ChunkInputs::embedded(params, inputs);
   // fa's whole sequence in one span needs no cache after it; autograd goes through windows.
   const bool one_span = config.variant == Variant::kFullAttention && run_ahead;

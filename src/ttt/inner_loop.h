@@ -42,17 +42,17 @@ struct SequenceResult {
 // dtype and on its device (a value CUDA graphs read at replay, not one fixed at capture).
 torch::Tensor inner_step_size(const ModelConfig& config, double ilr_mult, const torch::Tensor& like);
 
-// One chunk of the inner loop: the model runs on the chunk's hidden states entering block
-// `first_block` (embed_tokens of its tokens for 0; the prefix's output where the prefix ran
-// ahead), at absolute `positions` (span_positions of its start), attending through `cache`, which it extends,
-// with fast weights `weights`; the chunk's loss is recorded, then, if `update`, one inner
+// One chunk of the inner loop: the model runs on the chunk's hidden states at `entry`
+// (embed_tokens of its tokens for block 0; what ran ahead: the prefix's output, or past the
+// first suffix block's attention), at absolute `positions` (span_positions of its start),
+// attending through `cache`, which it extends (blocks past `entry`), with fast weights `weights`; the chunk's loss is recorded, then, if `update`, one inner
 // step of `step_size` (inner_step_size) gives the next weights.
 struct ChunkStep {
   torch::Tensor nll;           // [length] per-target NLL
   torch::Tensor loss;          // masked mean of nll (SPEC section 4)
   FastWeights next_weights;    // after the inner step; `weights` itself without an update
 };
-ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, int64_t first_block,
+ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch::Tensor& hidden, BlockPoint entry,
                     const torch::Tensor& targets, const torch::Tensor& positions, KvCache& cache,
                     const FastWeights& weights, bool update, const torch::Tensor& step_size, OuterGradient outer);
 

@@ -73,7 +73,8 @@ void expect_same(const ScanResult& a, const ScanResult& b, const ModelConfig& c)
 class ChunkInputsAgree : public ::testing::TestWithParam<Variant> {};
 
 // Each chunk embedded and every block run chunk by chunk, the blocks before the fast weights
-// run ahead in spans of two chunks and of the whole sequence, and those blocks' output given
+// (for ttt-e2e also with the first suffix block's attention, as evaluation runs them) run
+// ahead in spans of two chunks and of the whole sequence, and those blocks' output given
 // whole: the same losses, NLLs, fast weights and cache.
 TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
   const ModelConfig c = tiny_config(GetParam());
@@ -86,18 +87,55 @@ TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
   const ScanResult reference = scan(c, p, tokens, embedded);
   EXPECT_EQ(reference.losses.size(), 7u);
   EXPECT_GT(reference.state.cache.entries(c.n_layers - 1).rows(), 0);
-  for (const int64_t span : {2 * c.mini_batch, int64_t{0}}) {
-    SCOPED_TRACE("span " + std::to_string(span));
-    ChunkInputs ahead = ChunkInputs::run_ahead(c, p, inputs, first, /*with_graph=*/false, span);
-    expect_same(scan(c, p, tokens, ahead), reference, c);
+  std::vector<BlockPoint> entries = {first};
+  if (c.is_ttt()) entries.push_back(BlockPoint(first, /*past_attention=*/true));
+  for (const BlockPoint& entry : entries) {
+    SCOPED_TRACE(std::string("entry ") + (entry.past_attention ? "past the attention of " : "") + "block " +
+                 std::to_string(entry.block));
+    for (const int64_t span : {2 * c.mini_batch, int64_t{0}}) {
+      SCOPED_TRACE("span " + std::to_string(span));
+      ChunkInputs ahead = ChunkInputs::run_ahead(c, p, inputs, entry, /*with_graph=*/false, span);
+      expect_same(scan(c, p, tokens, ahead), reference, c);
+    }
+    KvCache prefix = KvCache::window(c);
+    ChunkInputs given = ChunkInputs::given(hidden_states(c, p, inputs, 0, prefix, entry), entry);
+    ScanResult from_given = scan(c, p, tokens, given);
+    // The given rows bring no cache of the blocks that made them: those blocks' rows come
+    // from the pass that did.
+    const int64_t made = entry.block + (entry.past_attention ? 1 : 0);
+    for (int64_t l = 0; l < made; ++l) from_given.state.cache.assign(l, prefix.entries(l));
+    expect_same(from_given, reference, c);
   }
-  KvCache prefix = KvCache::window(c);
-  ChunkInputs given = ChunkInputs::given(hidden_states(c, p, inputs, 0, prefix, first), first);
-  ScanResult from_given = scan(c, p, tokens, given);
-  // The given rows bring no cache of the blocks that made them: those blocks' rows come
-  // from the pass that did.
-  for (int64_t l = 0; l < first; ++l) from_given.state.cache.assign(l, prefix.entries(l));
-  expect_same(from_given, reference, c);
+}
+
+// Blocks run in parts meet where one part stops past a block's attention and the next starts
+// there: the same output and cache as in one run.
+TEST(RunBlocks, SplitPastAnAttentionIsOneRun) {
+  const ModelConfig c = tiny_config(Variant::kTttE2E);
+  const Params p = random_params(c, 8, 0.3);
+  const torch::Tensor tokens = random_tokens(7, c.vocab_size, 9, {});
+  const FastWeights weights = initial_fast_weights(c, p);
+  const torch::Tensor positions = torch::arange(7);
+  KvCache whole = KvCache::window(c), parts = KvCache::window(c);
+  const torch::Tensor h = embed_tokens(p, tokens);
+  const torch::Tensor expected = run_blocks(c, p, h, positions, whole, 0, c.n_layers, &weights);
+  for (int64_t b = 0; b < c.n_layers; ++b) {
+    SCOPED_TRACE("block " + std::to_string(b));
+    KvCache split = KvCache::window(c);
+    const BlockPoint middle(b, /*past_attention=*/true);
+    const torch::Tensor ahead = run_blocks(c, p, h, positions, split, 0, middle, &weights);
+    // Past a block's attention, before its MLPs: that block's cache is extended, later ones not.
+    EXPECT_EQ(split.entries(b).rows(), whole.entries(b).rows());
+    if (b + 1 < c.n_layers) EXPECT_EQ(split.entries(b + 1).rows(), 0);
+    const torch::Tensor got = run_blocks(c, p, ahead, positions, split, middle, c.n_layers, &weights);
+    EXPECT_TRUE(torch::allclose(got, expected, 1e-12, 1e-12));
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      EXPECT_TRUE(torch::allclose(split.entries(l).keys, whole.entries(l).keys, 1e-12, 1e-12)) << "cache " << l;
+    }
+  }
+  EXPECT_TRUE(BlockPoint(2) < BlockPoint(2, true));
+  EXPECT_TRUE(BlockPoint(2, true) < BlockPoint(3));
+  EXPECT_FALSE(BlockPoint(2, true) < BlockPoint(2, true));
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, ChunkInputsAgree,
