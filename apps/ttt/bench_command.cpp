@@ -14,6 +14,7 @@
 
 #include "cli_support.h"
 #include "commands.h"
+#include "eval/model_flops.h"
 #include "infer/decode_step.h"
 #include "infer/session.h"
 #include "io/atomic_file.h"
@@ -79,6 +80,7 @@ struct BenchOptions {
   int64_t decode_tokens = 64;
   double repeat_below_s = 5.0;
   int64_t repeats = 3;
+  double peak_tflops = -1;  // negative: from the device's name
 };
 
 std::vector<std::string> split(const std::string& text) {
@@ -151,6 +153,7 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     const double s = run_timed([&] { evaluate(config, inference, tokens, {}, graphs.get()); });
     row["seconds"] = s;
     row["tokens_per_s"] = static_cast<double>(context) / s;
+    row["model_flops"] = evaluation_flops(config, context);
   } else if (mode == "prefill") {
     const torch::Tensor tokens = random_ids(context, config, device);
     const double s = run_timed([&] {
@@ -230,6 +233,7 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     });
     row["seconds"] = s;
     row["tokens_per_s"] = static_cast<double>(context) / s;
+    row["model_flops"] = training_flops(config, context);
   } else {
     throw Error("unknown mode '" + mode + "' (expected eval, prefill, decode or train)");
   }
@@ -247,6 +251,7 @@ void print_row(const json& row) {
                 static_cast<long long>(row.value("graph_replays", int64_t{0})));
   } else {
     std::printf("%9.3f s  %11.0f tokens/s", row["seconds"].get<double>(), row["tokens_per_s"].get<double>());
+    if (row.contains("mfu")) std::printf("  MFU %4.1f%%", 100 * row["mfu"].get<double>());
   }
   if (!row.contains("error") && row.contains("gpu_peak_reserved_gib")) {
     std::printf("  GPU peak %.1f GiB (%.1f reserved)", row["gpu_peak_allocated_gib"].get<double>(),
@@ -287,6 +292,14 @@ void run_bench(const BenchOptions& options) {
   const std::vector<int64_t> train_contexts =
       parse_integers("--train-contexts", options.train_contexts, "lengths like 8192,32768");
   if (!options.profile_dir.empty()) io::make_directories(options.profile_dir);
+  // MFU: the rows' model FLOPs (eval/model_flops.h) against the device's matmul peak.
+  const std::string device = device_name(compute.device);
+  const bool half = compute.matmul_dtype == torch::kBFloat16 || compute.matmul_dtype == torch::kHalf;
+  const std::optional<double> peak = options.peak_tflops > 0    ? std::optional<double>(options.peak_tflops * 1e12)
+                                     : options.peak_tflops == 0 ? std::nullopt
+                                     : half                     ? peak_half_precision_flops(device)
+                                                                : std::nullopt;
+  if (peak) std::printf("%s: MFU against a matmul peak of %.0f TFLOP/s\n", device.c_str(), *peak / 1e12);
   json rows = json::array();
   std::printf("%-5s %-8s %-8s %8s  result\n", "size", "variant", "mode", "context");
   for (const std::string& size : split(options.sizes)) {
@@ -312,6 +325,9 @@ void run_bench(const BenchOptions& options) {
           reset_device_memory_peaks(compute.device);
           try {
             measure(options, config, inference, trainable, mode, context, compute.device, row);
+            if (peak && row.contains("model_flops")) {
+              row["mfu"] = row["model_flops"].get<double>() / row["seconds"].get<double>() / *peak;
+            }
           } catch (const std::exception& e) {
             std::string what = describe(e);
             what = what.substr(0, what.find('\n'));
@@ -330,9 +346,12 @@ void run_bench(const BenchOptions& options) {
           print_row(row);
           rows.push_back(row);
           if (!options.json_path.empty()) {
-            io::write_text_file(options.json_path, json{{"device", options.compute.device},
-                                                        {"dtype", options.compute.dtype},
-                                                        {"rows", rows}}.dump(1) + "\n");
+            json out{{"device", options.compute.device},
+                     {"device_name", device},
+                     {"dtype", options.compute.dtype},
+                     {"rows", rows}};
+            if (peak) out["peak_flops"] = *peak;
+            io::write_text_file(options.json_path, out.dump(1) + "\n");
           }
         }
       }
@@ -373,6 +392,12 @@ void add_bench_command(CLI::App& app) {
   command->add_option("--repeat-below", options->repeat_below_s, "repeat only runs shorter than this (seconds)")
       ->capture_default_str();
   command->add_option("--json", options->json_path, "write every row here as JSON (rewritten after each row)");
+  command
+      ->add_option("--peak-tflops", options->peak_tflops,
+                   "the device's dense matmul peak for the MFU of eval and train rows (their model FLOPs:\n"
+                   "src/eval/model_flops.h); default: from the GPU's name under bf16 matmuls (H100, H200,\n"
+                   "A100), none elsewhere; 0: no MFU")
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--config-out", options->config_out,
                       "write the model config of the one --sizes and --variants here and exit (nothing is timed)");
   command->add_option("--profile", options->profile_dir,

@@ -62,6 +62,19 @@ MatmulDtypeGuard::MatmulDtypeGuard(std::optional<torch::Dtype> dtype) : previous
 }
 MatmulDtypeGuard::~MatmulDtypeGuard() { g_matmul_dtype = previous_; }
 
+std::string device_name(const torch::Device& device) {
+#if TTT_WITH_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp properties{};
+    if (cudaGetDeviceProperties(&properties, device.has_index() ? device.index() : 0) == cudaSuccess) {
+      return properties.name;
+    }
+    return "cuda";
+  }
+#endif
+  return device.str();
+}
+
 std::optional<DeviceMemory> device_memory(const torch::Device& device) {
 #if TTT_WITH_CUDA
   if (device.is_cuda()) {

@@ -58,6 +58,9 @@ void reset_device_memory_peaks(const torch::Device& device);
 // elsewhere): work that follows differently shaped work starts unfragmented.
 void release_cached_device_memory(const torch::Device& device);
 
+// The GPU's name as its driver reports it ("NVIDIA H200"), or "cpu".
+std::string device_name(const torch::Device& device);
+
 // Host memory that a GPU copies to and from without waiting (pinned by CUDA where the
 // tensor `like` is on a GPU, plain otherwise): an uninitialised CPU tensor of `bytes` bytes.
 torch::Tensor host_buffer(int64_t bytes, const torch::Tensor& like);

@@ -886,7 +886,7 @@ namespace {
 // (bench/attention_by_parts.py). TTT_WINDOW_BY_PARTS=0 keeps FA2 everywhere (comparisons).
 constexpr int64_t kWindowByPartsMinQueries = 2048;
 constexpr int64_t kWindowByPartsQueries = 4096;  // the blocks of a longer span
-bool window_attention_by_parts_enabled() {
+[[maybe_unused]] bool window_attention_by_parts_enabled() {  // unused before libtorch 2
   static const bool enabled = [] {
     const char* setting = std::getenv("TTT_WINDOW_BY_PARTS");
     return setting == nullptr || std::string(setting) != "0";

@@ -138,6 +138,34 @@ TEST(Cli, BenchWritesTheConfigOfAShape) {
                        "ttt: error: unknown size '2b' (expected 125m, 760m or 3b)");
 }
 
+// `ttt bench` gives eval and train rows their model FLOPs and, against a peak, their MFU.
+TEST(Cli, BenchReportsModelFlopsAndMfu) {
+  const std::string path = temp_path("bench_rows.json");
+  const CliRun run = run_ttt(
+      "bench --device cpu --sizes 125m --variants swa --modes eval,train --contexts 32 "
+      "--train-contexts 16 --repeats 1 --peak-tflops 2 --json " +
+      path);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("MFU against a matmul peak of 2 TFLOP/s"), std::string::npos) << run.output;
+  const nlohmann::json out = nlohmann::json::parse(std::ifstream(path));
+  EXPECT_EQ(out.at("peak_flops").get<double>(), 2e12);
+  ASSERT_EQ(out.at("rows").size(), 2u);
+  for (const auto& row : out.at("rows")) {
+    const double flops = row.at("model_flops").get<double>(), seconds = row.at("seconds").get<double>();
+    EXPECT_GT(flops, 0);
+    EXPECT_NEAR(row.at("mfu").get<double>(), flops / seconds / 2e12, 1e-12);
+  }
+  EXPECT_NE(run.output.find("MFU"), run.output.rfind("MFU")) << run.output;  // the header and the rows
+  // Without a known GPU nor --peak-tflops: model FLOPs, no MFU.
+  const CliRun plain = run_ttt(
+      "bench --device cpu --sizes 125m --variants swa --modes eval --contexts 16 "
+      "--repeats 1 --json " +
+      path);
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_EQ(plain.output.find("MFU"), std::string::npos) << plain.output;
+  EXPECT_FALSE(nlohmann::json::parse(std::ifstream(path)).at("rows")[0].contains("mfu"));
+}
+
 TEST(Cli, InitStoresEveryDtypeAndInfoReadsIt) {
   for (const char* dtype : {"f32", "bf16", "f16"}) {
     const std::string path = init_model(Variant::kTttE2E, dtype);
