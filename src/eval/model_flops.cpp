@@ -26,7 +26,7 @@ double evaluation_flops(const ModelConfig& c, int64_t tokens) {
     const int64_t full = tokens / c.mini_batch;
     const int64_t updating = tokens % c.mini_batch == 0 ? std::max<int64_t>(0, full - 1) : full;
     const int64_t end = updating * c.mini_batch;
-    const double per_token = head + s * 2 * mlp + (s - 1) * (mlp + projections);
+    const double per_token = head + s * (6 + 8) * d * f + (s - 1) * (4 * d * f + projections);
     flops += static_cast<double>(end) * per_token + (s - 1) * 8 * d * keys_seen(c, end);
   }
   return flops;
@@ -36,6 +36,7 @@ double training_flops(const ModelConfig& config, int64_t tokens) { return 3 * ev
 
 std::optional<double> peak_half_precision_flops(const std::string& device_name) {
   const auto has = [&](const char* part) { return device_name.find(part) != std::string::npos; };
+  if ((has("H100") || has("H200")) && has("NVL")) return 835e12;
   if (has("H100") && has("PCIe")) return 756e12;
   if (has("H100") || has("H200")) return 989e12;
   if (has("A100")) return 312e12;

@@ -6,10 +6,11 @@
 //   forward   L (8 d^2 + 6 d f + 4 d k(t)) + s 6 d f + 2 d V
 // (L blocks: q, k, v, o projections, the MLP, scores and mix; s suffix blocks' prime MLPs;
 // the head). ttt-e2e's inner step adds, for every token of a chunk that updates, the backward
-// from the chunk's loss to the fast weights: the head's input gradient 2 d V; every suffix
-// block's MLP input gradient and prime MLP weight gradient; the prime MLP's input gradient
-// and the attention's backward (projections 8 d^2, scores and mix 8 d k(t)) in every suffix
-// block but the first (the gradient stops at the first prime MLP).
+// from the chunk's loss to the fast weights: the head's input gradient 2 d V; in every suffix
+// block the MLP's input gradient 6 d f and the prime MLP's weight gradients 8 d f (its hidden
+// layer's gradient 2 d f, then the three matrices'); in every suffix block but the first (the
+// gradient stops at the first prime MLP) the prime MLP's input gradient 4 d f and the
+// attention's backward (projections 8 d^2, scores and mix 8 d k(t)).
 // Training differentiates that whole computation once more, each product's backward costing
 // two of it: 3x the evaluation's FLOPs (for fa and swa 3x the forward, as usual).
 #pragma once
@@ -29,7 +30,7 @@ double evaluation_flops(const ModelConfig& config, int64_t tokens);
 double training_flops(const ModelConfig& config, int64_t tokens);
 
 // The dense bf16/fp16 matmul peak of a GPU by its name (NVIDIA's data sheet, without
-// sparsity: H100 SXM and H200 989 TFLOP/s, H100 PCIe 756, A100 312), in FLOP/s; none for
+// sparsity: H100 SXM and H200 989 TFLOP/s, their NVL cards 835, H100 PCIe 756, A100 312), in FLOP/s; none for
 // devices it does not know.
 std::optional<double> peak_half_precision_flops(const std::string& device_name);
 

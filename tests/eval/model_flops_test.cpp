@@ -39,10 +39,10 @@ double counted(const ModelConfig& c, int64_t tokens) {
       total += 2 * d * f * 3;                      // MLP
       if (c.has_prime(l)) total += 2 * d * f * 3;  // prime MLP
       if (!updates || l < c.first_suffix_block()) continue;
-      total += 2 * d * f * 3;                     // the MLP's input gradient
-      total += 2 * d * f * 3;                     // the prime MLP's weight gradient
+      total += 2 * d * f * 3;                     // the MLP's input gradient: its hidden layer's, then its input's
+      total += 2 * d * f * 4;                     // the prime MLP's hidden layer's gradient, then W1's, W2's, W3's
       if (l == c.first_suffix_block()) continue;  // the gradient stops at the first prime MLP
-      total += 2 * d * f * 3;                     // the prime MLP's input gradient
+      total += 2 * d * f * 2;                     // the prime MLP's input gradient (through W1 and W3)
       total += 2 * d * d * 4;                     // through the projections
       total += 2 * d * keys * 4;                  // dP, dV, dQ, dK
     }
@@ -85,6 +85,7 @@ TEST(ModelFlops, PeaksByDeviceName) {
   EXPECT_EQ(peak_half_precision_flops("NVIDIA H200"), 989e12);
   EXPECT_EQ(peak_half_precision_flops("NVIDIA H100 80GB HBM3"), 989e12);
   EXPECT_EQ(peak_half_precision_flops("NVIDIA H100 PCIe"), 756e12);
+  EXPECT_EQ(peak_half_precision_flops("NVIDIA H200 NVL"), 835e12);
   EXPECT_EQ(peak_half_precision_flops("NVIDIA A100-SXM4-80GB"), 312e12);
   EXPECT_FALSE(peak_half_precision_flops("cpu").has_value());
 }
