@@ -30,8 +30,8 @@ double evaluation_flops(const ModelConfig& config, int64_t tokens);
 double training_flops(const ModelConfig& config, int64_t tokens);
 
 // The dense bf16/fp16 matmul peak of a GPU by its name (NVIDIA's data sheet, without
-// sparsity: H100 SXM and H200 989 TFLOP/s, their NVL cards 835, H100 PCIe 756, A100 312), in FLOP/s; none for
-// devices it does not know.
+// sparsity: H100 SXM and H200 989 TFLOP/s, their NVL cards 835, H100 PCIe 756, A100 312),
+// in FLOP/s; none for devices it does not know.
 std::optional<double> peak_half_precision_flops(const std::string& device_name);
 
 }  // namespace ttt

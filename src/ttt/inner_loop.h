@@ -45,8 +45,9 @@ torch::Tensor inner_step_size(const ModelConfig& config, double ilr_mult, const 
 // One chunk of the inner loop: the model runs on the chunk's hidden states at `entry`
 // (embed_tokens of its tokens for block 0; what ran ahead: the prefix's output, or past the
 // first suffix block's attention), at absolute `positions` (span_positions of its start),
-// attending through `cache`, which it extends (blocks past `entry`), with fast weights `weights`; the chunk's loss is recorded, then, if `update`, one inner
-// step of `step_size` (inner_step_size) gives the next weights.
+// attending through `cache`, which it extends (blocks past `entry`), with fast weights
+// `weights`; the chunk's loss is recorded, then, if `update`, one inner step of `step_size`
+// (inner_step_size) gives the next weights.
 struct ChunkStep {
   torch::Tensor nll;           // [length] per-target NLL
   torch::Tensor loss;          // masked mean of nll (SPEC section 4)
