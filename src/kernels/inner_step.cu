@@ -38,11 +38,11 @@ __global__ void __launch_bounds__(kThreads) sum_squares(SgdTensors tensors, floa
 template <typename G, int kVec>
 __global__ void __launch_bounds__(kThreads)
     update(SgdTensors tensors, const float* partials, const float* step_size, float clip) {
-  float sum = 0.f;
-  for (int i = threadIdx.x; i < kBlocks; i += kThreads) sum += partials[i];
-  const float squares = block_sum<kThreads>(sum);
   float factor = *step_size;
-  if (clip > 0.f) {
+  if (clip > 0.f) {  // else no partials were summed
+    float sum = 0.f;
+    for (int i = threadIdx.x; i < kBlocks; i += kThreads) sum += partials[i];
+    const float squares = block_sum<kThreads>(sum);
     const float norm = sqrtf(squares > 0.f ? squares : 1.f);
     factor = __fmul_rn(factor, __fdiv_rn(clip, fmaxf(norm, clip)));
   }
@@ -72,10 +72,10 @@ const char* launch(const SgdTensors& tensors, const float* step_size, float clip
              packs_fit<G>(x.grad, x.n, 4);
   }
   if (packed) {
-    sum_squares<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
+    if (clip > 0.f) sum_squares<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
     update<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip);
   } else {
-    sum_squares<G, 1><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
+    if (clip > 0.f) sum_squares<G, 1><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
     update<G, 1><<<kBlocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip);
   }
   return launched();

@@ -24,7 +24,8 @@ struct SgdTensor {
 };
 constexpr int kSgdMaxTensors = 64;
 
-// The fp32 scratch values the launch needs in `partials`.
+// The fp32 scratch values the launch needs in `partials`: block b's sum of squares in
+// partials[b] after the launch (untouched when clip <= 0: no norm is needed then).
 int64_t clipped_sgd_partials();
 
 // `count` tensors (at most kSgdMaxTensors), gradients of `grad_type`; `step_size` a device

@@ -20,6 +20,8 @@ struct BlockPoint {
       : block(block), past_attention(past_attention) {}
   int64_t block;
   bool past_attention;
+  // The first block whose attention runs from here on (whose cache a chunk entering here extends).
+  int64_t next_attention() const { return block + (past_attention ? 1 : 0); }
   bool operator==(const BlockPoint&) const = default;
   bool operator<(const BlockPoint& other) const {
     return block < other.block || (block == other.block && !past_attention && other.past_attention);

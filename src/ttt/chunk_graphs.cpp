@@ -75,7 +75,7 @@ void ChunkGraphs::State::make_buffers(const torch::Tensor& like_hidden, const to
 
 void ChunkGraphs::State::run(int64_t rows, bool past_attention) {
   const int64_t next_rows = std::min(rows + config.mini_batch, max_rows);
-  const int64_t cached = first + (past_attention ? 1 : 0);  // the first block whose cache the chunk extends
+  const int64_t cached = BlockPoint(first, past_attention).next_attention();
   KvCache local = KvCache::window(config);
   for (int64_t l = cached; l < config.n_layers; ++l) local.assign(l, first_rows(caches[l - first], rows));
   ChunkStep step;
@@ -132,7 +132,7 @@ ChunkStep ChunkGraphs::step(const Params& params, const torch::Tensor& hidden, b
   require(hidden.size(0) == c.mini_batch, "internal: chunk graphs serve full chunks only");
   // The blocks whose caches the chunk extends: from the first suffix block's, or the next one's
   // where that block's attention ran ahead (none when it is the last block).
-  const int64_t cached = s.first + (past_attention ? 1 : 0);
+  const int64_t cached = BlockPoint(s.first, past_attention).next_attention();
   const int64_t rows = cached < c.n_layers ? cache.entries(cached).rows() : 0;
   require(rows <= s.max_rows, "internal: a cache longer than the window");
 

@@ -102,7 +102,7 @@ TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
     ScanResult from_given = scan(c, p, tokens, given);
     // The given rows bring no cache of the blocks that made them: those blocks' rows come
     // from the pass that did.
-    const int64_t made = entry.block + (entry.past_attention ? 1 : 0);
+    const int64_t made = entry.next_attention();
     for (int64_t l = 0; l < made; ++l) from_given.state.cache.assign(l, prefix.entries(l));
     expect_same(from_given, reference, c);
   }

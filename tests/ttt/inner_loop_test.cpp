@@ -3,11 +3,20 @@
 
 #include <torch/autograd.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "model/compute.h"
 #include "model/layers.h"
 #include "model/transformer.h"
 #include "test_util.h"
 #include "ttt/inner_loop.h"
+#include "ttt_build_features.h"
+
+#if TTT_WITH_CUDA_KERNELS
+#include "kernels/inner_step.h"
+#include "model/kernel_launch.h"
+#endif
 
 namespace ttt {
 namespace {
@@ -248,6 +257,47 @@ TEST(InnerLoopOnCuda, FusedStepIsTheStep) {
   const std::vector<torch::Tensor> again = flatten(inner_step_from_leaves(c, weights, leaves, loss(), step));
   for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(torch::equal(got[i], again[i])) << i;
 }
+
+#if TTT_WITH_CUDA_KERNELS
+// The kernels called directly (the test above passes on the plain fallback too): block b's
+// sum of squares lands in partials[b], the update takes the clipped norm's factor, and without
+// a clip no squares are summed at all.
+TEST(InnerLoopOnCuda, ClippedSgdKernelsSumTheSquaresAndStep) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  torch::manual_seed(5);
+  for (int64_t n : {int64_t{3 * 4096}, int64_t{4097}}) {  // 16-byte packs; one value a thread
+    for (double clip : {0.0, 2.0, 1e9}) {
+      const std::vector<torch::Tensor> weights{torch::randn({n}, cuda), torch::randn({n - 2048}, cuda)};
+      std::vector<torch::Tensor> grads, out;
+      std::vector<kernels::SgdTensor> described;
+      for (const auto& w : weights) {
+        grads.push_back(torch::randn_like(w).to(torch::kBFloat16));
+        out.push_back(torch::empty_like(w));
+        described.push_back({w.data_ptr<float>(), grads.back().data_ptr(), out.back().data_ptr<float>(), w.numel()});
+      }
+      const torch::Tensor step = torch::full({}, 0.3, cuda);
+      const torch::Tensor partials = torch::full({kernels::clipped_sgd_partials()}, NAN, cuda);
+      check("clipped_sgd_step", kernels::clipped_sgd_step(described.data(), static_cast<int>(described.size()),
+                                                          kernels::Storage::kBFloat16, step.data_ptr<float>(),
+                                                          static_cast<float>(clip), partials.data_ptr<float>(),
+                                                          stream()));
+      double squares = 0;
+      for (const auto& g : grads) squares += g.to(torch::kFloat64).pow(2).sum().item<double>();
+      if (clip > 0) {
+        EXPECT_NEAR(partials.to(torch::kFloat64).sum().item<double>(), squares, 1e-5 * squares) << n << " " << clip;
+      } else {
+        EXPECT_TRUE(partials.isnan().all().item<bool>()) << n;
+      }
+      const double factor = 0.3 * (clip > 0 ? std::min(1.0, clip / std::sqrt(squares)) : 1.0);
+      for (size_t i = 0; i < weights.size(); ++i) {
+        const torch::Tensor want = weights[i] - static_cast<float>(factor) * grads[i].to(torch::kFloat32);
+        EXPECT_TRUE(torch::allclose(out[i], want, 1e-6, 1e-6)) << n << " " << clip << " " << i;
+      }
+    }
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace ttt
