@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -47,8 +48,10 @@ std::string copy_fixture(const std::string& fixture) {
   return copy;
 }
 
-// Runs `eval_command` with --json and compares its NLLs and loss with the authors' (reference.json).
-void expect_authors_numbers(const std::string& eval_command, const json& ref, double per_token, double loss) {
+// Runs `eval_command` with --json and compares its NLLs and loss with the authors' (reference.json):
+// each NLL within `per_token`, their mean distance within `mean`.
+void expect_authors_numbers(const std::string& eval_command, const json& ref, double per_token, double mean,
+                            double loss) {
   const std::string out = temp_path("eval.json");
   const CliRun eval = run_ttt(eval_command + " --json " + out);
   ASSERT_EQ(eval.exit_code, 0) << eval.output;
@@ -57,9 +60,18 @@ void expect_authors_numbers(const std::string& eval_command, const json& ref, do
   const std::vector<double> nll = result["nll"].get<std::vector<double>>();
   const std::vector<double> expected = ref["nll"].get<std::vector<double>>();
   ASSERT_EQ(nll.size(), expected.size());
-  for (size_t t = 0; t < nll.size(); ++t) EXPECT_NEAR(nll[t], expected[t], per_token) << "target " << t;
+  double distance = 0;
+  for (size_t t = 0; t < nll.size(); ++t) {
+    EXPECT_NEAR(nll[t], expected[t], per_token) << "target " << t;
+    distance += std::abs(nll[t] - expected[t]);
+  }
+  EXPECT_LE(distance / static_cast<double>(nll.size()), mean);
   EXPECT_NEAR(result["loss"].get<double>(), ref["loss"].get<double>(), loss);
 }
+
+// SPEC's bf16 matmuls against the authors' fp32 numbers: rounding that the inner steps (lr 1)
+// carry on. On the CPU the sharded fixture's worst token moves by 0.063 and the mean by 0.011.
+constexpr double kBf16PerToken = 0.1, kBf16Mean = 0.025, kBf16Loss = 1e-2;
 
 TEST(ConvertCli, ConvertedFixturesEvaluateToTheAuthorsNumbers) {
   for (const std::string fixture : {"orbax_e2e_a", "orbax_e2e_sharded"}) {
@@ -77,7 +89,9 @@ TEST(ConvertCli, ConvertedFixturesEvaluateToTheAuthorsNumbers) {
 
     const std::string tokens = temp_path("tokens.u32");
     io::write_token_file(tokens, ref["tokens"].get<std::vector<int64_t>>());
-    expect_authors_numbers("eval --model " + model + " --tokens " + tokens, ref, 1e-4, 1e-5);
+    expect_authors_numbers("eval --model " + model + " --tokens " + tokens, ref, 1e-4, 1e-4, 1e-5);
+    expect_authors_numbers("eval --dtype bf16 --model " + model + " --tokens " + tokens, ref, kBf16PerToken, kBf16Mean,
+                           kBf16Loss);
   }
 }
 
@@ -97,8 +111,9 @@ TEST(ConvertCli, ConvertedFixturesRunOnCuda) {
     io::write_token_file(tokens, ref["tokens"].get<std::vector<int64_t>>());
     for (const std::string dtype : {"f32", "bf16"}) {
       SCOPED_TRACE(dtype);
+      const bool f32 = dtype == "f32";
       expect_authors_numbers("eval --device cuda --dtype " + dtype + " --model " + model + " --tokens " + tokens, ref,
-                             dtype == "f32" ? 1e-4 : 5e-2, dtype == "f32" ? 1e-5 : 1e-2);
+                             f32 ? 1e-4 : kBf16PerToken, f32 ? 1e-4 : kBf16Mean, f32 ? 1e-5 : kBf16Loss);
     }
     std::vector<int64_t> prompt = ref["tokens"].get<std::vector<int64_t>>();
     prompt.resize(40);
