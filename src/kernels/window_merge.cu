@@ -18,10 +18,13 @@ __global__ void window_merge_kernel(Parts parts, int64_t heads, int64_t queries,
   if (id >= heads * queries * packs) return;
   const int64_t row = id / packs, pack = id % packs;
   const int64_t q = row / heads, h = row % heads;
+  // Unrolled over the most parts there can be, so that lse and at stay in registers.
   float lse[kMaxWindowParts];
   int64_t at[kMaxWindowParts];
   float m = -INFINITY;
-  for (int k = 0; k < parts.count; ++k) {
+#pragma unroll
+  for (int k = 0; k < kMaxWindowParts; ++k) {
+    if (k >= parts.count) break;
     const WindowPart& p = parts.part[k];
     const int64_t r = p.reversed ? queries - 1 - q : q;
     lse[k] = p.lse[h * queries + r];
@@ -29,10 +32,15 @@ __global__ void window_merge_kernel(Parts parts, int64_t heads, int64_t queries,
     m = fmaxf(m, lse[k]);
   }
   float sum = 0.f;
-  for (int k = 0; k < parts.count; ++k) sum += expf(lse[k] - m);
+#pragma unroll
+  for (int k = 0; k < kMaxWindowParts; ++k) {
+    if (k < parts.count) sum += expf(lse[k] - m);
+  }
   const float total = m + logf(sum);
   float acc[kVec] = {};
-  for (int k = 0; k < parts.count; ++k) {
+#pragma unroll
+  for (int k = 0; k < kMaxWindowParts; ++k) {
+    if (k >= parts.count) break;
     const float weight = expf(lse[k] - total);
     const Pack<T, kVec> in = *reinterpret_cast<const Pack<T, kVec>*>(static_cast<const T*>(parts.part[k].out) + at[k]);
     for (int i = 0; i < kVec; ++i) acc[i] += weight * to_float(in.v[i]);
@@ -56,7 +64,100 @@ void launch(const Parts& all, int64_t heads, int64_t queries, int64_t head_dim, 
   }
 }
 
+struct PartGrads {
+  WindowPartGrads part[kMaxWindowParts];
+  int count;
+};
+
+template <typename T, int kVec>
+__device__ __forceinline__ void load_rows(const PartRows& rows, int64_t h, int64_t r, int64_t pack,
+                                          float (&out)[kVec]) {
+  load_pack<kVec>(static_cast<const T*>(rows.at), h * rows.head_stride + r * rows.row_stride + pack * kVec, out);
+}
+
+// A thread per kVec elements of a row of dq, then of dk, then of dv.
+template <typename T, int kVec>
+__global__ void window_part_grads_kernel(PartGrads parts, int64_t heads, int64_t queries, int64_t keys,
+                                         int64_t head_dim, T* dq, T* dk, T* dv) {
+  const int64_t packs = head_dim / kVec;
+  const int64_t query_threads = queries * heads * packs, key_threads = keys * heads * packs;
+  int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id < query_threads) {
+    const int64_t row = id / packs, pack = id % packs, t = row / heads, h = row % heads;
+    float sum[kVec] = {};
+    for (int k = 0; k < parts.count; ++k) {
+      float v[kVec];
+      load_rows<T, kVec>(parts.part[k].dq, h, parts.part[k].reversed ? queries - 1 - t : t, pack, v);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) sum[i] += v[i];
+    }
+    store_pack(dq, row * head_dim + pack * kVec, sum);
+    return;
+  }
+  id -= query_threads;
+  if (id >= 2 * key_threads) return;
+  const bool values = id >= key_threads;
+  if (values) id -= key_threads;
+  const int64_t row = id / packs, pack = id % packs, t = row / heads, h = row % heads;
+  int k = 0;
+  int64_t first = 0;  // the part's first key among all
+  while (k + 1 < parts.count && t >= first + parts.part[k].keys) first += parts.part[k++].keys;
+  const WindowPartGrads& p = parts.part[k];
+  float v[kVec];
+  load_rows<T, kVec>(values ? p.dv : p.dk, h, p.reversed ? p.keys - 1 - (t - first) : t - first, pack, v);
+  store_pack(values ? dv : dk, row * head_dim + pack * kVec, v);
+}
+
+template <typename T>
+void launch_grads(const PartGrads& all, int64_t heads, int64_t queries, int64_t keys, int64_t head_dim, bool wide,
+                  T* dq, T* dk, T* dv, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t threads = heads * (queries + 2 * keys) * (wide ? head_dim / 8 : head_dim);
+  const dim3 grid(static_cast<unsigned>((threads + kThreads - 1) / kThreads)), block(kThreads);
+  if (wide) {
+    window_part_grads_kernel<T, 8><<<grid, block, 0, stream>>>(all, heads, queries, keys, head_dim, dq, dk, dv);
+  } else {
+    window_part_grads_kernel<T, 1><<<grid, block, 0, stream>>>(all, heads, queries, keys, head_dim, dq, dk, dv);
+  }
+}
+
 }  // namespace
+
+const char* window_part_grads(const WindowPartGrads* parts, int count, Storage type, int64_t heads, int64_t queries,
+                              int64_t head_dim, void* dq, void* dk, void* dv, void* stream) {
+  if (count < 1 || count > kMaxWindowParts) return "window_part_grads takes 1 to 3 parts";
+  PartGrads all{};
+  int64_t keys = 0;
+  for (int k = 0; k < count; ++k) {
+    all.part[k] = parts[k];
+    keys += parts[k].keys;
+  }
+  all.count = count;
+  if (heads * (queries + keys) * head_dim == 0) return nullptr;
+  // 16-byte packs where every row starts on one.
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const auto rows_aligned = [&](const PartRows& r) {
+    return aligned(r.at) && r.head_stride % 8 == 0 && r.row_stride % 8 == 0;
+  };
+  bool wide = head_dim % 8 == 0 && aligned(dq) && aligned(dk) && aligned(dv);
+  for (int k = 0; k < count; ++k) {
+    wide = wide && rows_aligned(parts[k].dq) && rows_aligned(parts[k].dk) && rows_aligned(parts[k].dv);
+  }
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case Storage::kBFloat16:
+      launch_grads(all, heads, queries, keys, head_dim, wide, static_cast<__nv_bfloat16*>(dq),
+                   static_cast<__nv_bfloat16*>(dk), static_cast<__nv_bfloat16*>(dv), s);
+      break;
+    case Storage::kFloat16:
+      launch_grads(all, heads, queries, keys, head_dim, wide, static_cast<__half*>(dq), static_cast<__half*>(dk),
+                   static_cast<__half*>(dv), s);
+      break;
+    default:
+      return "window_part_grads takes bf16 or fp16";
+  }
+  return launched();
+}
 
 const char* window_merge(const WindowPart* parts, int count, Storage type, int64_t heads, int64_t queries,
                          int64_t head_dim, void* out, float* lse, void* stream) {

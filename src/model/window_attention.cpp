@@ -147,6 +147,52 @@ std::pair<torch::Tensor, torch::Tensor> merged(const std::vector<Part>& parts, c
   return {sum.to(like.scalar_type()).transpose(0, 1).contiguous(), lse};
 }
 
+// The span's gradients from its parts' ([H, T, d] in each part's order): of q [Tq, H, d], the
+// parts' sum in the wide dtype rounded once; of k and v [Tk, H, d], the parts' rows one after
+// the other. One kernel on CUDA in bf16 or fp16 (the same numbers); plain ops elsewhere.
+std::vector<torch::Tensor> gathered_grads(const std::vector<Part>& parts,
+                                          const std::vector<std::vector<torch::Tensor>>& grads) {
+  const torch::Tensor& like = grads[0][0];
+  const torch::Dtype dtype = parts[0].q.scalar_type();
+  const int64_t H = like.size(0), Tq = like.size(1), d = like.size(2);
+#if TTT_WITH_CUDA_KERNELS
+  if (like.is_cuda() && (dtype == torch::kBFloat16 || dtype == torch::kHalf)) {
+    std::vector<kernels::WindowPartGrads> described;
+    std::vector<torch::Tensor> held;  // head_dim contiguous, alive through the launch
+    const auto rows = [&](const torch::Tensor& t) {
+      held.push_back(t.scalar_type() == dtype && t.stride(2) == 1 ? t : t.to(dtype).contiguous());
+      return kernels::PartRows{held.back().data_ptr(), held.back().stride(0), held.back().stride(1)};
+    };
+    int64_t Tk = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      described.push_back(
+          {rows(grads[i][0]), rows(grads[i][1]), rows(grads[i][2]), grads[i][1].size(1), parts[i].reversed});
+      Tk += grads[i][1].size(1);
+    }
+    const c10::cuda::CUDAGuard device(like.device());
+    const auto options = like.options().dtype(dtype);
+    torch::Tensor dq = torch::empty({Tq, H, d}, options), dk = torch::empty({Tk, H, d}, options),
+                  dv = torch::empty({Tk, H, d}, options);
+    check("window_part_grads",
+          kernels::window_part_grads(described.data(), static_cast<int>(described.size()), storage_of(dtype), H, Tq, d,
+                                     dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), stream()));
+    return {dq, dk, dv};
+  }
+#endif
+  torch::Tensor grad_q = torch::zeros({H, Tq, d}, like.options().dtype(wide_dtype(parts[0].q)));
+  std::vector<torch::Tensor> grad_k, grad_v;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const auto flipped = [&](const torch::Tensor& t) { return parts[i].reversed ? reversed(t) : t; };
+    grad_q.add_(flipped(grads[i][0]));
+    grad_k.push_back(flipped(grads[i][1]));
+    grad_v.push_back(flipped(grads[i][2]));
+  }
+  const auto joined_rows = [&](const std::vector<torch::Tensor>& g) {
+    return torch::cat(g, 1).transpose(0, 1).to(dtype);  // [Tk, H, d]
+  };
+  return {grad_q.transpose(0, 1).to(dtype), joined_rows(grad_k), joined_rows(grad_v)};
+}
+
 class WindowAttentionByParts : public torch::autograd::Function<WindowAttentionByParts> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
@@ -178,20 +224,16 @@ class WindowAttentionByParts : public torch::autograd::Function<WindowAttentionB
     const torch::Dtype dtype = saved[0].scalar_type();
     const auto by_head = [&](const torch::Tensor& t) { return t.transpose(0, 1).to(dtype).contiguous(); };
     const torch::Tensor grad = by_head(grads[0]), out_h = by_head(out);  // [H, Tq, d]
-    torch::Tensor grad_q = torch::zeros(out_h.sizes(), lse.options());
-    std::vector<torch::Tensor> grad_k, grad_v;
+    std::vector<Part> parts;
+    std::vector<std::vector<torch::Tensor>> part_grads;  // per part: of q, k, v, in its order
     for (size_t i = 0; i < count; ++i) {
-      const Part p{saved[3 * i], saved[3 * i + 1], saved[3 * i + 2], shape[2 * i] != 0, shape[2 * i + 1] != 0};
-      const auto flipped = [&](const torch::Tensor& t) { return p.reversed ? reversed(t).contiguous() : t; };
-      const std::vector<torch::Tensor> g = part_backward(p, flipped(grad), flipped(out_h), flipped(lse));
-      grad_q.add_(flipped(g[0]));
-      grad_k.push_back(flipped(g[1]));
-      grad_v.push_back(flipped(g[2]));
+      parts.push_back({saved[3 * i], saved[3 * i + 1], saved[3 * i + 2], shape[2 * i] != 0, shape[2 * i + 1] != 0});
+      const auto flipped = [&](const torch::Tensor& t) { return parts.back().reversed ? reversed(t).contiguous() : t; };
+      part_grads.push_back(part_backward(parts.back(), flipped(grad), flipped(out_h), flipped(lse)));
     }
-    const auto rows = [&](const std::vector<torch::Tensor>& parts) {
-      return torch::cat(parts, 1).transpose(0, 1).to(dtype);  // [Tk, H, d]
-    };
-    return {grad_q.transpose(0, 1).to(dtype), rows(grad_k), rows(grad_v), torch::Tensor()};
+    std::vector<torch::Tensor> gathered = gathered_grads(parts, part_grads);
+    gathered.push_back(torch::Tensor());  // window
+    return gathered;
   }
 };
 

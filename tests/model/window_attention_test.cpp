@@ -11,6 +11,12 @@
 
 #include "model/layers.h"
 #include "model/window_attention.h"
+#include "ttt_build_features.h"
+
+#if TTT_WITH_CUDA_KERNELS
+#include "kernels/window_merge.h"
+#include "model/kernel_launch.h"
+#endif
 
 namespace ttt {
 namespace {
@@ -98,6 +104,54 @@ TEST(WindowAttentionOnCuda, LongSpansGoByBlocksWithinRounding) {
     EXPECT_LT(relative_error(fused, reference), 1e-2);
   }
 }
+
+#if TTT_WITH_CUDA_KERNELS
+// The backward's gather kernel called directly, against the plain ops it replaces (fp32 zeros
+// plus each part's dq, flipped where reversed, rounded once; the parts' key rows concatenated):
+// the same bits, with parts of head-major and of row-major layout, 16-byte packs and single values.
+TEST(WindowAttentionOnCuda, PartGradsGatherAsThePlainOps) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0).dtype(torch::kBFloat16);
+  for (const int64_t d : {int64_t{64}, int64_t{6}}) {
+    SCOPED_TRACE("head_dim " + std::to_string(d));
+    const int64_t H = 3, Tq = 37;
+    const std::vector<int64_t> keys{Tq, 50, Tq};
+    const std::vector<bool> reversed{true, false, false};
+    torch::manual_seed(11);
+    // [H, T, d] as cuDNN hands them: contiguous for the reversed part, views of [T, H, d] for the others.
+    const auto part_rows = [&](int64_t rows, bool head_major) {
+      return head_major ? torch::randn({H, rows, d}, gpu) : torch::randn({rows, H, d}, gpu).transpose(0, 1);
+    };
+    std::vector<kernels::WindowPartGrads> described;
+    std::vector<torch::Tensor> dq_parts, dk_parts, dv_parts;
+    torch::Tensor want_q = torch::zeros({H, Tq, d}, gpu.dtype(torch::kFloat32));
+    for (size_t i = 0; i < keys.size(); ++i) {
+      dq_parts.push_back(part_rows(Tq, reversed[i]));
+      dk_parts.push_back(part_rows(keys[i], reversed[i]));
+      dv_parts.push_back(part_rows(keys[i], reversed[i]));
+      const auto rows = [](const torch::Tensor& t) {
+        return kernels::PartRows{t.data_ptr(), t.stride(0), t.stride(1)};
+      };
+      described.push_back({rows(dq_parts[i]), rows(dk_parts[i]), rows(dv_parts[i]), keys[i], reversed[i]});
+      want_q.add_(reversed[i] ? dq_parts[i].flip({1}) : dq_parts[i]);
+    }
+    const auto joined = [&](const std::vector<torch::Tensor>& parts) {
+      std::vector<torch::Tensor> in_order;
+      for (size_t i = 0; i < parts.size(); ++i) in_order.push_back(reversed[i] ? parts[i].flip({1}) : parts[i]);
+      return torch::cat(in_order, 1).transpose(0, 1);
+    };
+    const int64_t Tk = keys[0] + keys[1] + keys[2];
+    torch::Tensor dq = torch::empty({Tq, H, d}, gpu), dk = torch::empty({Tk, H, d}, gpu),
+                  dv = torch::empty({Tk, H, d}, gpu);
+    check("window_part_grads",
+          kernels::window_part_grads(described.data(), 3, kernels::Storage::kBFloat16, H, Tq, d, dq.data_ptr(),
+                                     dk.data_ptr(), dv.data_ptr(), stream()));
+    EXPECT_TRUE(torch::equal(dq, want_q.transpose(0, 1).to(torch::kBFloat16)));
+    EXPECT_TRUE(torch::equal(dk, joined(dk_parts)));
+    EXPECT_TRUE(torch::equal(dv, joined(dv_parts)));
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace ttt
