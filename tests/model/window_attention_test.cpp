@@ -143,9 +143,8 @@ TEST(WindowAttentionOnCuda, PartGradsGatherAsThePlainOps) {
     const int64_t Tk = keys[0] + keys[1] + keys[2];
     torch::Tensor dq = torch::empty({Tq, H, d}, gpu), dk = torch::empty({Tk, H, d}, gpu),
                   dv = torch::empty({Tk, H, d}, gpu);
-    check("window_part_grads",
-          kernels::window_part_grads(described.data(), 3, kernels::Storage::kBFloat16, H, Tq, d, dq.data_ptr(),
-                                     dk.data_ptr(), dv.data_ptr(), stream()));
+    check("window_part_grads", kernels::window_part_grads(described.data(), 3, kernels::Storage::kBFloat16, H, Tq, d,
+                                                          dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), stream()));
     EXPECT_TRUE(torch::equal(dq, want_q.transpose(0, 1).to(torch::kBFloat16)));
     EXPECT_TRUE(torch::equal(dk, joined(dk_parts)));
     EXPECT_TRUE(torch::equal(dv, joined(dv_parts)));

@@ -278,10 +278,10 @@ TEST(InnerLoopOnCuda, ClippedSgdKernelsSumTheSquaresAndStep) {
       }
       const torch::Tensor step = torch::full({}, 0.3, cuda);
       const torch::Tensor partials = torch::full({kernels::clipped_sgd_partials()}, NAN, cuda);
-      check("clipped_sgd_step", kernels::clipped_sgd_step(described.data(), static_cast<int>(described.size()),
-                                                          kernels::Storage::kBFloat16, step.data_ptr<float>(),
-                                                          static_cast<float>(clip), partials.data_ptr<float>(),
-                                                          stream()));
+      check("clipped_sgd_step",
+            kernels::clipped_sgd_step(described.data(), static_cast<int>(described.size()), kernels::Storage::kBFloat16,
+                                      step.data_ptr<float>(), static_cast<float>(clip), partials.data_ptr<float>(),
+                                      stream()));
       double squares = 0;
       for (const auto& g : grads) squares += g.to(torch::kFloat64).pow(2).sum().item<double>();
       if (clip > 0) {
