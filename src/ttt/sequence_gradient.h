@@ -39,8 +39,9 @@ struct GradientOptions {
   // recomputes the others from them (ttt-e2e); 0: every chunk's up to 16 chunks, then one in
   // sqrt(chunks). The gradient is the same whatever it is.
   int64_t keep_weights_every = 0;
-  // Inputs per span of the prefix's checkpoints (whole chunks); 0: 4K tokens on a GPU, one
-  // chunk elsewhere. The gradient is the same whatever it is.
+  // Inputs per span of the prefix's checkpoints (whole chunks); 0: 4K tokens on a GPU (a
+  // sequence of at most two such spans as one where its graph is small), one chunk elsewhere.
+  // The gradient is the same whatever it is.
   int64_t prefix_span_tokens = 0;
   // Whether what grows with the sequence until the backward pass reads it again (the cache
   // rows every span and chunk leaves, the fast weights kept) waits in host memory; unset: on
