@@ -156,11 +156,15 @@ std::vector<torch::Tensor> gathered_grads(const std::vector<Part>& parts,
   const torch::Dtype dtype = parts[0].q.scalar_type();
   const int64_t H = like.size(0), Tq = like.size(1), d = like.size(2);
 #if TTT_WITH_CUDA_KERNELS
-  if (like.is_cuda() && (dtype == torch::kBFloat16 || dtype == torch::kHalf)) {
+  bool in_dtype = true;  // the parts' gradients as cuDNN hands them (not the plain ops' fp32)
+  for (const auto& part : grads) {
+    for (const torch::Tensor& g : part) in_dtype = in_dtype && g.scalar_type() == dtype;
+  }
+  if (like.is_cuda() && (dtype == torch::kBFloat16 || dtype == torch::kHalf) && in_dtype) {
     std::vector<kernels::WindowPartGrads> described;
     std::vector<torch::Tensor> held;  // head_dim contiguous, alive through the launch
     const auto rows = [&](const torch::Tensor& t) {
-      held.push_back(t.scalar_type() == dtype && t.stride(2) == 1 ? t : t.to(dtype).contiguous());
+      held.push_back(t.stride(2) == 1 ? t : t.contiguous());
       return kernels::PartRows{held.back().data_ptr(), held.back().stride(0), held.back().stride(1)};
     };
     int64_t Tk = 0;

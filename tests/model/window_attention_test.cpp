@@ -90,9 +90,15 @@ TEST(WindowAttentionOnCuda, ByPartsInBf16IsTheWindowsAttentionWithinRounding) {
 TEST(WindowAttentionOnCuda, LongSpansGoByBlocksWithinRounding) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
   const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0);
-  for (const auto& [cached, Tq] : std::vector<std::pair<int64_t, int64_t>>{{0, 14000}, {4095, 9000}}) {
-    SCOPED_TRACE("cached " + std::to_string(cached) + ", queries " + std::to_string(Tq));
-    const int64_t window = 4096, H = 4, d = 64, Tk = cached + Tq;
+  struct Case {
+    int64_t cached, Tq, window, H;
+  };
+  // Blocks of window - 1 queries: at 8192 two full blocks by parts and a remainder on FA2.
+  for (const Case& c : std::vector<Case>{{0, 14000, 4096, 4}, {4095, 9000, 4096, 4}, {8191, 16500, 8192, 2}}) {
+    const auto [cached, Tq, window, H] = c;
+    SCOPED_TRACE("cached " + std::to_string(cached) + ", queries " + std::to_string(Tq) + ", window " +
+                 std::to_string(window));
+    const int64_t d = 64, Tk = cached + Tq;
     torch::manual_seed(3);
     const torch::Tensor q = torch::randn({Tq, H, d}, gpu), k = torch::randn({Tk, H, d}, gpu),
                         v = torch::randn({Tk, H, d}, gpu);
@@ -112,42 +118,52 @@ TEST(WindowAttentionOnCuda, LongSpansGoByBlocksWithinRounding) {
 TEST(WindowAttentionOnCuda, PartGradsGatherAsThePlainOps) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
   const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0).dtype(torch::kBFloat16);
+  struct Layout {
+    std::vector<int64_t> keys;
+    std::vector<bool> reversed;
+  };
+  // The engine's (a reversed square first), and reversed parts elsewhere with other key counts.
+  const std::vector<Layout> layouts{{{37, 50, 37}, {true, false, false}}, {{29, 50, 41}, {false, true, true}}};
   for (const int64_t d : {int64_t{64}, int64_t{6}}) {
-    SCOPED_TRACE("head_dim " + std::to_string(d));
-    const int64_t H = 3, Tq = 37;
-    const std::vector<int64_t> keys{Tq, 50, Tq};
-    const std::vector<bool> reversed{true, false, false};
-    torch::manual_seed(11);
-    // [H, T, d] as cuDNN hands them: contiguous for the reversed part, views of [T, H, d] for the others.
-    const auto part_rows = [&](int64_t rows, bool head_major) {
-      return head_major ? torch::randn({H, rows, d}, gpu) : torch::randn({rows, H, d}, gpu).transpose(0, 1);
-    };
-    std::vector<kernels::WindowPartGrads> described;
-    std::vector<torch::Tensor> dq_parts, dk_parts, dv_parts;
-    torch::Tensor want_q = torch::zeros({H, Tq, d}, gpu.dtype(torch::kFloat32));
-    for (size_t i = 0; i < keys.size(); ++i) {
-      dq_parts.push_back(part_rows(Tq, reversed[i]));
-      dk_parts.push_back(part_rows(keys[i], reversed[i]));
-      dv_parts.push_back(part_rows(keys[i], reversed[i]));
-      const auto rows = [](const torch::Tensor& t) {
+    for (const Layout& layout : layouts) {
+      SCOPED_TRACE("head_dim " + std::to_string(d) + ", first part's keys " + std::to_string(layout.keys[0]));
+      const int64_t H = 3, Tq = 37;
+      torch::manual_seed(11);
+      // [H, T, d] as cuDNN hands them: contiguous for reversed parts, views of [T, H, d] for the others.
+      const auto part_rows = [&](int64_t rows, bool head_major) {
+        return head_major ? torch::randn({H, rows, d}, gpu) : torch::randn({rows, H, d}, gpu).transpose(0, 1);
+      };
+      const auto rows_of = [](const torch::Tensor& t) {
         return kernels::PartRows{t.data_ptr(), t.stride(0), t.stride(1)};
       };
-      described.push_back({rows(dq_parts[i]), rows(dk_parts[i]), rows(dv_parts[i]), keys[i], reversed[i]});
-      want_q.add_(reversed[i] ? dq_parts[i].flip({1}) : dq_parts[i]);
+      std::vector<kernels::WindowPartGrads> described;
+      std::vector<torch::Tensor> dq_parts, dk_parts, dv_parts;
+      torch::Tensor want_q = torch::zeros({H, Tq, d}, gpu.dtype(torch::kFloat32));
+      int64_t Tk = 0;
+      for (size_t i = 0; i < layout.keys.size(); ++i) {
+        const bool reversed = layout.reversed[i];
+        dq_parts.push_back(part_rows(Tq, reversed));
+        dk_parts.push_back(part_rows(layout.keys[i], reversed));
+        dv_parts.push_back(part_rows(layout.keys[i], reversed));
+        described.push_back(
+            {rows_of(dq_parts[i]), rows_of(dk_parts[i]), rows_of(dv_parts[i]), layout.keys[i], reversed});
+        want_q.add_(reversed ? dq_parts[i].flip({1}) : dq_parts[i]);
+        Tk += layout.keys[i];
+      }
+      const auto joined = [&](const std::vector<torch::Tensor>& parts) {
+        std::vector<torch::Tensor> in_order;
+        for (size_t i = 0; i < parts.size(); ++i)
+          in_order.push_back(layout.reversed[i] ? parts[i].flip({1}) : parts[i]);
+        return torch::cat(in_order, 1).transpose(0, 1);
+      };
+      torch::Tensor dq = torch::empty({Tq, H, d}, gpu), dk = torch::empty({Tk, H, d}, gpu),
+                    dv = torch::empty({Tk, H, d}, gpu);
+      check("window_part_grads", kernels::window_part_grads(described.data(), 3, kernels::Storage::kBFloat16, H, Tq, d,
+                                                            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), stream()));
+      EXPECT_TRUE(torch::equal(dq, want_q.transpose(0, 1).to(torch::kBFloat16)));
+      EXPECT_TRUE(torch::equal(dk, joined(dk_parts)));
+      EXPECT_TRUE(torch::equal(dv, joined(dv_parts)));
     }
-    const auto joined = [&](const std::vector<torch::Tensor>& parts) {
-      std::vector<torch::Tensor> in_order;
-      for (size_t i = 0; i < parts.size(); ++i) in_order.push_back(reversed[i] ? parts[i].flip({1}) : parts[i]);
-      return torch::cat(in_order, 1).transpose(0, 1);
-    };
-    const int64_t Tk = keys[0] + keys[1] + keys[2];
-    torch::Tensor dq = torch::empty({Tq, H, d}, gpu), dk = torch::empty({Tk, H, d}, gpu),
-                  dv = torch::empty({Tk, H, d}, gpu);
-    check("window_part_grads", kernels::window_part_grads(described.data(), 3, kernels::Storage::kBFloat16, H, Tq, d,
-                                                          dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), stream()));
-    EXPECT_TRUE(torch::equal(dq, want_q.transpose(0, 1).to(torch::kBFloat16)));
-    EXPECT_TRUE(torch::equal(dk, joined(dk_parts)));
-    EXPECT_TRUE(torch::equal(dv, joined(dv_parts)));
   }
 }
 #endif
