@@ -152,8 +152,9 @@ TEST(WindowAttentionOnCuda, PartGradsGatherAsThePlainOps) {
       }
       const auto joined = [&](const std::vector<torch::Tensor>& parts) {
         std::vector<torch::Tensor> in_order;
-        for (size_t i = 0; i < parts.size(); ++i)
+        for (size_t i = 0; i < parts.size(); ++i) {
           in_order.push_back(layout.reversed[i] ? parts[i].flip({1}) : parts[i]);
+        }
         return torch::cat(in_order, 1).transpose(0, 1);
       };
       torch::Tensor dq = torch::empty({Tq, H, d}, gpu), dk = torch::empty({Tk, H, d}, gpu),
