@@ -30,7 +30,7 @@ struct Part {
 
 double scale_of(const torch::Tensor& q) { return 1.0 / std::sqrt(static_cast<double>(q.size(2))); }
 
-bool cudnn_serves(const torch::Tensor& q) {
+[[maybe_unused]] bool cudnn_serves(const torch::Tensor& q) {  // unused before libtorch 2
   return TORCH_VERSION_MAJOR >= 2 && q.is_cuda() &&
          (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf);
 }
