@@ -78,6 +78,7 @@ struct BenchOptions {
   std::string json_path, profile_dir, config_out;
   std::string train_contexts = "8192";
   int64_t decode_tokens = 64;
+  int64_t prefix_span = 0;  // train rows' prefix span in tokens; 0: the engine's choice
   double repeat_below_s = 5.0;
   int64_t repeats = 3;
   double peak_tflops = -1;  // negative: from the device's name
@@ -225,6 +226,11 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     const std::unique_ptr<GradientGraphs> graphs = GradientGraphs::where_supported(config, trainable);
     GradientOptions gradient;
     gradient.graphs = graphs.get();
+    require(options.prefix_span % config.mini_batch == 0,
+            "--prefix-span " + std::to_string(options.prefix_span) + " is not a whole number of chunks (" +
+                std::to_string(config.mini_batch) + " tokens)");
+    gradient.prefix_span_tokens = options.prefix_span;
+    if (options.prefix_span > 0) row["prefix_span_tokens"] = options.prefix_span;
     if (graphs) accumulate_sequence_gradient(config, trainable, tokens, gradient);
     const double s = run_timed([&] {
       for (const auto& [name, p] : named_params(config, trainable)) p.mutable_grad() = torch::Tensor();
@@ -382,6 +388,13 @@ void add_bench_command(CLI::App& app) {
   command
       ->add_option("--train-contexts,--train-context", options->train_contexts,
                    "sequence lengths of the train mode (comma-separated)")
+      ->capture_default_str();
+  command
+      ->add_option("--prefix-span", options->prefix_span,
+                   "train rows: tokens per span of the prefix's checkpoints, a whole number of chunks (more:\n"
+                   "faster, more GPU memory); 0: the engine's choice (4K on a GPU, a sequence of two such spans\n"
+                   "as one where its graph is small)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   command->add_option("--decode-tokens", options->decode_tokens, "tokens timed one by one in the decode mode")
       ->check(CLI::PositiveNumber)

@@ -166,6 +166,23 @@ TEST(Cli, BenchReportsModelFlopsAndMfu) {
   EXPECT_FALSE(nlohmann::json::parse(std::ifstream(path)).at("rows")[0].contains("mfu"));
 }
 
+// `ttt bench --prefix-span` sets the train rows' prefix spans (whole chunks) and records them.
+TEST(Cli, BenchTakesThePrefixSpanOfTrainRows) {
+  const std::string path = temp_path("bench_span.json");
+  const CliRun run = run_ttt(
+      "bench --device cpu --sizes 125m --variants swa --modes train --train-contexts 16 --repeats 1 "
+      "--prefix-span 2048 --json " +
+      path);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json row = nlohmann::json::parse(std::ifstream(path)).at("rows").at(0);
+  EXPECT_EQ(row.at("prefix_span_tokens").get<int64_t>(), 2048);
+  EXPECT_GT(row.at("tokens_per_s").get<double>(), 0);
+  const CliRun odd = run_ttt("bench --device cpu --sizes 125m --variants swa --modes train --train-contexts 16 "
+                             "--repeats 1 --prefix-span 1000");
+  EXPECT_NE(odd.output.find("--prefix-span 1000 is not a whole number of chunks (1024 tokens)"), std::string::npos)
+      << odd.output;
+}
+
 TEST(Cli, InitStoresEveryDtypeAndInfoReadsIt) {
   for (const char* dtype : {"f32", "bf16", "f16"}) {
     const std::string path = init_model(Variant::kTttE2E, dtype);
