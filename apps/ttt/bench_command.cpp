@@ -226,9 +226,9 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     const std::unique_ptr<GradientGraphs> graphs = GradientGraphs::where_supported(config, trainable);
     GradientOptions gradient;
     gradient.graphs = graphs.get();
-    require(options.prefix_span % config.mini_batch == 0,
-            "--prefix-span " + std::to_string(options.prefix_span) + " is not a whole number of chunks (" +
-                std::to_string(config.mini_batch) + " tokens)");
+    require(options.prefix_span % config.mini_batch == 0, "--prefix-span " + std::to_string(options.prefix_span) +
+                                                              " is not a whole number of chunks (" +
+                                                              std::to_string(config.mini_batch) + " tokens)");
     gradient.prefix_span_tokens = options.prefix_span;
     if (options.prefix_span > 0) row["prefix_span_tokens"] = options.prefix_span;
     if (graphs) accumulate_sequence_gradient(config, trainable, tokens, gradient);

@@ -177,8 +177,9 @@ TEST(Cli, BenchTakesThePrefixSpanOfTrainRows) {
   const nlohmann::json row = nlohmann::json::parse(std::ifstream(path)).at("rows").at(0);
   EXPECT_EQ(row.at("prefix_span_tokens").get<int64_t>(), 2048);
   EXPECT_GT(row.at("tokens_per_s").get<double>(), 0);
-  const CliRun odd = run_ttt("bench --device cpu --sizes 125m --variants swa --modes train --train-contexts 16 "
-                             "--repeats 1 --prefix-span 1000");
+  const CliRun odd = run_ttt(
+      "bench --device cpu --sizes 125m --variants swa --modes train --train-contexts 16 "
+      "--repeats 1 --prefix-span 1000");
   EXPECT_NE(odd.output.find("--prefix-span 1000 is not a whole number of chunks (1024 tokens)"), std::string::npos)
       << odd.output;
 }
