@@ -138,16 +138,21 @@ TEST(Cli, BenchWritesTheConfigOfAShape) {
                        "ttt: error: unknown size '2b' (expected 125m, 760m or 3b)");
 }
 
+// `ttt bench --device cpu` of 125M swa with one run a row and `flags`, its rows written as JSON
+// into `rows` (left as it was when the command fails).
+CliRun bench_on_cpu(const std::string& flags, nlohmann::json* rows) {
+  const std::string path = temp_path("bench_rows.json");
+  const CliRun run = run_ttt("bench --device cpu --sizes 125m --variants swa --repeats 1 --json " + path + " " + flags);
+  if (run.exit_code == 0) *rows = nlohmann::json::parse(std::ifstream(path));
+  return run;
+}
+
 // `ttt bench` gives eval and train rows their model FLOPs and, against a peak, their MFU.
 TEST(Cli, BenchReportsModelFlopsAndMfu) {
-  const std::string path = temp_path("bench_rows.json");
-  const CliRun run = run_ttt(
-      "bench --device cpu --sizes 125m --variants swa --modes eval,train --contexts 32 "
-      "--train-contexts 16 --repeats 1 --peak-tflops 2 --json " +
-      path);
+  nlohmann::json out;
+  const CliRun run = bench_on_cpu("--modes eval,train --contexts 32 --train-contexts 16 --peak-tflops 2", &out);
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("MFU against a matmul peak of 2 TFLOP/s"), std::string::npos) << run.output;
-  const nlohmann::json out = nlohmann::json::parse(std::ifstream(path));
   EXPECT_EQ(out.at("peak_flops").get<double>(), 2e12);
   ASSERT_EQ(out.at("rows").size(), 2u);
   for (const auto& row : out.at("rows")) {
@@ -157,29 +162,21 @@ TEST(Cli, BenchReportsModelFlopsAndMfu) {
   }
   EXPECT_NE(run.output.find("MFU"), run.output.rfind("MFU")) << run.output;  // the header and the rows
   // Without a known GPU nor --peak-tflops: model FLOPs, no MFU.
-  const CliRun plain = run_ttt(
-      "bench --device cpu --sizes 125m --variants swa --modes eval --contexts 16 "
-      "--repeats 1 --json " +
-      path);
+  const CliRun plain = bench_on_cpu("--modes eval --contexts 16", &out);
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   EXPECT_EQ(plain.output.find("MFU"), std::string::npos) << plain.output;
-  EXPECT_FALSE(nlohmann::json::parse(std::ifstream(path)).at("rows")[0].contains("mfu"));
+  EXPECT_FALSE(out.at("rows")[0].contains("mfu"));
 }
 
 // `ttt bench --prefix-span` sets the train rows' prefix spans (whole chunks) and records them.
 TEST(Cli, BenchTakesThePrefixSpanOfTrainRows) {
-  const std::string path = temp_path("bench_span.json");
-  const CliRun run = run_ttt(
-      "bench --device cpu --sizes 125m --variants swa --modes train --train-contexts 16 --repeats 1 "
-      "--prefix-span 2048 --json " +
-      path);
+  nlohmann::json out;
+  const CliRun run = bench_on_cpu("--modes train --train-contexts 16 --prefix-span 2048", &out);
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  const nlohmann::json row = nlohmann::json::parse(std::ifstream(path)).at("rows").at(0);
+  const nlohmann::json& row = out.at("rows").at(0);
   EXPECT_EQ(row.at("prefix_span_tokens").get<int64_t>(), 2048);
   EXPECT_GT(row.at("tokens_per_s").get<double>(), 0);
-  const CliRun odd = run_ttt(
-      "bench --device cpu --sizes 125m --variants swa --modes train --train-contexts 16 "
-      "--repeats 1 --prefix-span 1000");
+  const CliRun odd = bench_on_cpu("--modes train --train-contexts 16 --prefix-span 1000", &out);
   EXPECT_NE(odd.output.find("--prefix-span 1000 is not a whole number of chunks (1024 tokens)"), std::string::npos)
       << odd.output;
 }
