@@ -336,27 +336,11 @@ KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t f
 // first): a sequence of one span is never recomputed.
 class PrefixSpans {
  public:
-  // Inputs per span (whole chunks): `asked` if given, else on a GPU enough rows for large
-  // GEMMs and few enough that one span's graph stays small (3B: about 25 GB at 4K), and
-  // elsewhere one chunk, like the scan. A sequence of at most two such spans runs as one where
-  // that span's graph is small, so that nothing is recomputed (125M ttt-e2e at 8K: a step 10%
-  // faster for 0.8 GB more).
+  // Inputs per span (whole chunks): `asked` if given, else default_prefix_span_tokens.
   static int64_t span_tokens(const Sequence& seq, int64_t asked) {
-    const int64_t b = seq.config.mini_batch, n = seq.inputs.size(0);
-    require(asked % b == 0, "internal: the prefix's spans are whole chunks");
+    require(asked % seq.config.mini_batch == 0, "internal: the prefix's spans are whole chunks");
     if (asked > 0) return asked;
-    if (!fused_attention_available(seq.params.final_norm)) return b;
-    constexpr int64_t kFusedTokens = 4096;
-    const int64_t span = std::max<int64_t>(1, kFusedTokens / b) * b;
-    const int64_t whole = (n + b - 1) / b * b;
-    return whole <= 2 * span && whole * graph_bytes_per_token(seq) <= kOneSpanGraphBytes ? whole : span;
-  }
-  // A span's graph by a rough count (bf16 rows kept for the backward: about 8 of the model's
-  // width and 3 of the MLP's a block); the real one is a few times larger. 125M fits (ttt-e2e
-  // 1.6 GB at 8K, fa 2.4 GB), 760M does not (6.6 GB).
-  static constexpr int64_t kOneSpanGraphBytes = int64_t{3} << 30;
-  static int64_t graph_bytes_per_token(const Sequence& seq) {
-    return seq.first_suffix * (8 * seq.config.d_model + 3 * seq.config.d_ff) * 2;
+    return default_prefix_span_tokens(seq.config, seq.inputs.size(0), fused_attention_available(seq.params.final_norm));
   }
 
   // Phase 1: h for every input, detached (its gradient is gathered in h_grad()).
@@ -692,6 +676,21 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
 }
 
 }  // namespace
+
+int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused) {
+  const int64_t b = config.mini_batch;
+  if (!fused) return b;
+  // Enough rows for large GEMMs, few enough that a span's graph stays small (3B: about 25 GB at 4K).
+  constexpr int64_t kFusedTokens = 4096;
+  const int64_t span = std::max<int64_t>(1, kFusedTokens / b) * b;
+  // A span's graph by a rough count (bf16 rows kept for the backward: about 8 of the model's
+  // width and 3 of the MLP's a block of the prefix); the real one is a few times larger.
+  constexpr int64_t kOneSpanGraphBytes = int64_t{3} << 30;
+  const int64_t prefix_blocks = config.first_suffix_block();
+  const int64_t graph_bytes_per_token = prefix_blocks * (8 * config.d_model + 3 * config.d_ff) * 2;
+  const int64_t whole = (inputs + b - 1) / b * b;
+  return whole <= 2 * span && whole * graph_bytes_per_token <= kOneSpanGraphBytes ? whole : span;
+}
 
 torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                                            const GradientOptions& options) {

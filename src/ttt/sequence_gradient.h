@@ -39,9 +39,8 @@ struct GradientOptions {
   // recomputes the others from them (ttt-e2e); 0: every chunk's up to 16 chunks, then one in
   // sqrt(chunks). The gradient is the same whatever it is.
   int64_t keep_weights_every = 0;
-  // Inputs per span of the prefix's checkpoints (whole chunks); 0: 4K tokens on a GPU (a
-  // sequence of at most two such spans as one where its graph is small), one chunk elsewhere.
-  // The gradient is the same whatever it is.
+  // Inputs per span of the prefix's checkpoints (whole chunks); 0: default_prefix_span_tokens
+  // (below). The gradient is the same whatever it is.
   int64_t prefix_span_tokens = 0;
   // Whether what grows with the sequence until the backward pass reads it again (the cache
   // rows every span and chunk leaves, the fast weights kept) waits in host memory; unset: on
@@ -55,6 +54,13 @@ struct GradientOptions {
   // made for the same parameters and precision.
   GradientGraphs* graphs = nullptr;
 };
+
+// Inputs per span of the prefix's checkpoints (whole chunks) for a sequence of `inputs` tokens
+// when GradientOptions asks none: where the fused kernels serve (`fused`, a GPU) 4K tokens, and a
+// sequence of at most two such spans as one where that span's graph is small by a rough count
+// (nothing is recomputed then: 125M at 8K, a step 10% faster for 0.8 GB more; 760M does not
+// qualify); elsewhere one chunk, like the scan.
+int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused);
 
 // Adds d(loss_scale * loss)/d(theta) to the .grad of every tensor of `params` (leaves that
 // require grad) and returns the loss (a detached scalar). `tokens`: [n] int64, n >= 2.

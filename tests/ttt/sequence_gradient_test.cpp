@@ -117,6 +117,34 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) { return info.param.name; });
 
 // Gradients of several sequences add up, each scaled: what a batch with accumulation needs.
+// The prefix's default spans: one chunk without the fused kernels; 4K tokens with them, and a
+// sequence of at most two such spans as one where that span's rough graph count (2 bytes x
+// (8 d_model + 3 d_ff) a token and prefix block) is at most 3 GiB.
+TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
+  const auto paper = [](Variant variant, int64_t d_model, int64_t n_layers, int64_t d_ff) {
+    ModelConfig c = tiny_config(variant);
+    c.d_model = d_model;
+    c.n_layers = n_layers;
+    c.n_heads = d_model / 64;
+    c.d_ff = d_ff;
+    c.window = variant == Variant::kFullAttention ? 0 : 8192;
+    c.mini_batch = 1024;
+    c.suffix_len = variant == Variant::kTttE2E ? n_layers / 4 : 0;
+    c.validate();
+    return c;
+  };
+  const ModelConfig ttt_125m = paper(Variant::kTttE2E, 768, 12, 1664),
+                    fa_125m = paper(Variant::kFullAttention, 768, 12, 2048),
+                    ttt_760m = paper(Variant::kTttE2E, 1536, 24, 3328);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8192, /*fused=*/false), 1024);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8192, true), 8192);  // 9 blocks: 1.6 GB
+  EXPECT_EQ(default_prefix_span_tokens(fa_125m, 8192, true), 8192);   // 12 blocks: 2.4 GB
+  EXPECT_EQ(default_prefix_span_tokens(ttt_760m, 8192, true), 4096);  // 18 blocks: 6.6 GB
+  EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 3000, true), 3072);  // whole chunks
+  EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8193, true), 4096);  // more than two spans
+  EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 131072, true), 4096);
+}
+
 TEST(SequenceGradientAccumulation, AddsScaledGradients) {
   const ModelConfig c = tiny_config(Variant::kTttE2E);
   const Params params = random_params(c, 211, 0.4);
