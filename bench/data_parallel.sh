@@ -18,7 +18,8 @@ ranks=${5:-2}
 backend=${6:-auto}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-perl -0777 -ne 'print pack("V*", 256, unpack("C*", $_))' /usr/share/common-licenses/GPL-3 >"$work/text.u32"
+source bench/train_jobs.sh
+byte_text_tokens "$work/text.u32"
 
 case $size in
   tiny) model='"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512, "window": 256, "mini_batch": 128, "suffix_len": 1'
@@ -41,25 +42,17 @@ train=(train --model-config "$work/model.json" --train-tokens "$work/text.u32" -
        --batch-size "$batch" --seq-len "$seq_len" --checkpoint-every 0 --device "$device" --dtype "$dtype"
        --dist-backend "$backend")
 
-median() {
-  python3 - "$1" <<'PY'
-import json, statistics, sys
-rates = [json.loads(line)["tokens_per_s"] for line in open(sys.argv[1])][1:]
-print("%.0f" % statistics.median(rates))
-PY
-}
-
 echo "ttt-e2e $size, $batch x $seq_len tokens per step, $steps steps, device $device, $dtype, $cores cores, $(git rev-parse --short HEAD)"
 printf "%-28s %12s\n" run "tokens/s"
 OMP_NUM_THREADS=$cores "$build/ttt" "${train[@]}" --out "$work/plain" >/dev/null 2>&1
-printf "%-28s %12s\n" "plain trainer" "$(median "$work/plain/metrics.jsonl")"
+printf "%-28s %12s\n" "plain trainer" "$(median_tokens_per_s "$work/plain/metrics.jsonl")"
 OMP_NUM_THREADS=$cores "$build/ttt" launch -n 1 -- "${train[@]}" --out "$work/world1" >/dev/null 2>&1
-printf "%-28s %12s\n" "launch, world of 1" "$(median "$work/world1/metrics.jsonl")"
+printf "%-28s %12s\n" "launch, world of 1" "$(median_tokens_per_s "$work/world1/metrics.jsonl")"
 if [[ $ranks -gt 1 ]]; then
   # NCCL refuses two ranks on one GPU in some versions: say so and keep the other rows.
   if OMP_NUM_THREADS=$(( cores > ranks ? cores / ranks : 1 )) "$build/ttt" launch -n "$ranks" -- "${train[@]}" \
     --out "$work/world$ranks" >"$work/world$ranks.log" 2>&1; then
-    printf "%-28s %12s\n" "launch, $ranks ranks" "$(median "$work/world$ranks/metrics.jsonl")"
+    printf "%-28s %12s\n" "launch, $ranks ranks" "$(median_tokens_per_s "$work/world$ranks/metrics.jsonl")"
   else
     printf "%-28s %12s\n" "launch, $ranks ranks" "failed:"
     grep "ttt: error" "$work/world$ranks.log" | head -3

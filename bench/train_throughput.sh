@@ -11,7 +11,8 @@ seq_len=${2:-1024}
 steps=${3:-8}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-perl -0777 -ne 'print pack("V*", 256, unpack("C*", $_))' /usr/share/common-licenses/GPL-3 >"$work/text.u32"
+source bench/train_jobs.sh
+byte_text_tokens "$work/text.u32"
 
 echo "shape: d_model 128, 4 blocks, 4 heads, d_ff 512, window 256, mini_batch 128, seq_len $seq_len, threads ${OMP_NUM_THREADS:-all}"
 printf "%-8s %-6s %12s\n" variant remat "tokens/s"
@@ -28,10 +29,6 @@ JSON
     "$build/ttt" train --model-config "$work/$variant.json" --train-tokens "$work/text.u32" \
       --out "$work/$variant-$remat" --steps "$steps" --batch-size 1 --seq-len "$seq_len" \
       --remat "$remat" --checkpoint-every 0 >/dev/null 2>&1
-    python3 - "$work/$variant-$remat/metrics.jsonl" "$variant" "$remat" <<'PY'
-import json, statistics, sys
-rates = [json.loads(line)["tokens_per_s"] for line in open(sys.argv[1])][1:]
-print("%-8s %-6s %12.0f" % (sys.argv[2], sys.argv[3], statistics.median(rates)))
-PY
+    printf "%-8s %-6s %12s\n" "$variant" "$remat" "$(median_tokens_per_s "$work/$variant-$remat/metrics.jsonl")"
   done
 done

@@ -22,7 +22,8 @@ device=${2:-cuda}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 trap 'echo "failed; the last lines of its log:"; tail -5 "$work/log" 2>/dev/null' ERR
-perl -0777 -ne 'print pack("V*", 256, unpack("C*", $_))' /usr/share/common-licenses/GPL-3 >"$work/text.u32"
+source bench/train_jobs.sh
+byte_text_tokens "$work/text.u32"
 dtype=bf16
 [[ $device == cpu ]] && dtype=f32
 threads=$(nproc)
@@ -78,14 +79,6 @@ train() {
   fi
 }
 
-median_rate() {
-  python3 - "$1" <<'PY'
-import json, statistics, sys
-rates = [json.loads(line)["tokens_per_s"] for line in open(sys.argv[1])][1:]
-print("%.0f" % statistics.median(rates))
-PY
-}
-
 # The most memory each GPU used while a command ran ("-" on the CPU).
 gpu_memory() {
   if [[ $device == cpu ]]; then
@@ -132,9 +125,9 @@ for variant in ttt-e2e fa; do
     seq_len=8192
     [[ $size == tiny ]] && seq_len=512
     gpu_memory train "$work/$variant-$size-1" 1 "$work/model.json" "$seq_len" 8 6
-    one=$(median_rate "$work/$variant-$size-1/metrics.jsonl") memory_one=$(cat "$work/memory")
+    one=$(median_tokens_per_s "$work/$variant-$size-1/metrics.jsonl") memory_one=$(cat "$work/memory")
     gpu_memory train "$work/$variant-$size-2" 2 "$work/model.json" "$seq_len" 8 6
-    two=$(median_rate "$work/$variant-$size-2/metrics.jsonl") memory_two=$(cat "$work/memory")
+    two=$(median_tokens_per_s "$work/$variant-$size-2/metrics.jsonl") memory_two=$(cat "$work/memory")
     efficiency=$(python3 -c "print(f'{100 * $two / (2 * $one):.1f}%')")
     printf "%-8s %-6s %14s %14s %10s  %s; %s\n" "$variant" "$size" "$one" "$two" "$efficiency" "$memory_one" "$memory_two"
   done
