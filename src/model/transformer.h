@@ -33,8 +33,9 @@ torch::Tensor embed_tokens(const Params& params, const torch::Tensor& tokens);
 
 // Runs blocks [first, last) (from and to those points: BlockPoint) on hidden states h [T, D]
 // of tokens at absolute `positions` (consecutive, following those in the cache), attending
-// through `cache` and appending this span to it. `prime` holds the fast weights of the suffix blocks, indexed from
-// config.first_suffix_block(); it is required iff the range includes a suffix block.
+// through `cache` and appending this span to it. `prime` holds the fast weights of the suffix
+// blocks, indexed from config.first_suffix_block(); it is required iff the range includes a
+// suffix block.
 // `after_fast_weights`: how many times autograd will differentiate what follows the first
 // prime MLP, that MLP included (layers.h's Order; the rest is differentiated at most once).
 torch::Tensor run_blocks(const ModelConfig& config, const Params& params, torch::Tensor h,
