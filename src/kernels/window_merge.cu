@@ -121,6 +121,12 @@ void launch_grads(const PartGrads& all, int64_t heads, int64_t queries, int64_t 
   }
 }
 
+// Whether rows of 8 two-byte elements, head_stride and row_stride apart from at, each start on
+// 16 bytes: the packs the kernels' wide path loads.
+bool packs_aligned(const void* at, int64_t head_stride, int64_t row_stride) {
+  return reinterpret_cast<uintptr_t>(at) % 16 == 0 && head_stride % 8 == 0 && row_stride % 8 == 0;
+}
+
 }  // namespace
 
 const char* window_part_grads(const WindowPartGrads* parts, int count, Storage type, int64_t heads, int64_t queries,
@@ -134,12 +140,8 @@ const char* window_part_grads(const WindowPartGrads* parts, int count, Storage t
   }
   all.count = count;
   if (heads * (queries + keys) * head_dim == 0) return nullptr;
-  // 16-byte packs where every row starts on one.
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const auto rows_aligned = [&](const PartRows& r) {
-    return aligned(r.at) && r.head_stride % 8 == 0 && r.row_stride % 8 == 0;
-  };
-  bool wide = head_dim % 8 == 0 && aligned(dq) && aligned(dk) && aligned(dv);
+  const auto rows_aligned = [](const PartRows& r) { return packs_aligned(r.at, r.head_stride, r.row_stride); };
+  bool wide = head_dim % 8 == 0 && packs_aligned(dq, 0, 0) && packs_aligned(dk, 0, 0) && packs_aligned(dv, 0, 0);
   for (int k = 0; k < count; ++k) {
     wide = wide && rows_aligned(parts[k].dq) && rows_aligned(parts[k].dk) && rows_aligned(parts[k].dv);
   }
@@ -167,11 +169,9 @@ const char* window_merge(const WindowPart* parts, int count, Storage type, int64
   Parts all{};
   for (int k = 0; k < count; ++k) all.part[k] = parts[k];
   all.count = count;
-  // 16-byte packs where every row starts on one.
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  bool wide = head_dim % 8 == 0 && aligned(out);
+  bool wide = head_dim % 8 == 0 && packs_aligned(out, 0, 0);
   for (int k = 0; k < count; ++k) {
-    wide = wide && aligned(parts[k].out) && parts[k].head_stride % 8 == 0 && parts[k].query_stride % 8 == 0;
+    wide = wide && packs_aligned(parts[k].out, parts[k].head_stride, parts[k].query_stride);
   }
   const auto s = static_cast<cudaStream_t>(stream);
   switch (type) {
