@@ -9,46 +9,67 @@ namespace {
 // One block per row (a row is up to window + mini_batch keys); passes over it re-read L2.
 constexpr int kThreads = 256;
 
-// Rows are read and written kVec elements at a time: 4 where every row's start is aligned to
-// 4 elements (the key count a multiple of 4, the pointers to 16 bytes), else 1.
-constexpr int kWide = 4;
+// Rows are read and written kVec elements at a time: 8 where every row's start is aligned to
+// 16 bytes (the key count a multiple of 8, the pointers to 16 bytes), else 1.
+constexpr int kWide = 8;
+constexpr float kLog2e = 1.4426950408889634f;
 
-template <typename T, int kVec>
-__global__ void __launch_bounds__(kThreads)
-    forward_rows(const T* __restrict__ scores, int64_t queries, int64_t keys, int64_t window,
-                 float* __restrict__ probs32, T* __restrict__ probs) {
-  const int64_t row = blockIdx.x, i = row % queries, offset = keys - queries;
-  const int64_t hi = i + offset, lo = window > 0 ? (hi - window + 1 > 0 ? hi - window + 1 : 0) : 0;
-  const T* s = scores + row * keys;
-  MaxSum acc{-INFINITY, 0.f};
-  for (int64_t j = lo + threadIdx.x; j <= hi; j += kThreads) acc = merge(acc, {load(s, j), 1.f});
-  acc = block_reduce<kThreads>(acc, merge, MaxSum{-INFINITY, 0.f});
-  const float inverse = 1.f / acc.sum;
-  float* p32 = probs32 + row * keys;
-  T* p = probs == nullptr ? nullptr : probs + row * keys;
-  for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
-    float value[kVec];
-    load_pack(s, j, value);
+// Row `row`'s band: query i = row % queries sees keys lo..hi (offset = keys - queries: the
+// cached keys come first), and its probabilities are exp(s - lse) there, 0 elsewhere.
+struct Band {
+  int64_t lo, hi;
+  float lse_log2e;  // lse * log2(e): the probability as 2^(s log2(e) - lse log2(e)), one FMA
+};
+
+__device__ __forceinline__ Band band_of(int64_t row, int64_t queries, int64_t keys, int64_t window, float lse) {
+  const int64_t hi = row % queries + keys - queries;
+  return {window > 0 && hi - window + 1 > 0 ? hi - window + 1 : 0, hi, lse * kLog2e};
+}
+
+// The probabilities [j, j + kVec) of a row recomputed from its scores s (fp32).
+template <int kVec, typename T>
+__device__ __forceinline__ void load_probs(const T* s, int64_t j, const Band& band, float (&p)[kVec]) {
+  load_pack(s, j, p);
 #pragma unroll
-    for (int m = 0; m < kVec; ++m) {
-      value[m] = j + m >= lo && j + m <= hi ? expf(value[m] - acc.max) * inverse : 0.f;
-    }
-    store_pack(p32, j, value);
-    if (p != nullptr) store_pack(p, j, value);
+  for (int m = 0; m < kVec; ++m) {
+    p[m] = j + m >= band.lo && j + m <= band.hi ? exp2f(fmaf(p[m], kLog2e, -band.lse_log2e)) : 0.f;
   }
 }
 
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    backward_rows(const float* __restrict__ probs32, const T* __restrict__ grad_probs, int64_t keys,
-                  T* __restrict__ grad_scores, float* __restrict__ dots) {
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * keys;
-  const float* p = probs32 + base;
+    forward_rows(const T* __restrict__ scores, int64_t queries, int64_t keys, int64_t window, float* __restrict__ lse,
+                 T* __restrict__ probs) {
+  const int64_t row = blockIdx.x;
+  const T* s = scores + row * keys;
+  Band band = band_of(row, queries, keys, window, 0.f);
+  MaxSum acc{-INFINITY, 0.f};
+  for (int64_t j = band.lo + threadIdx.x; j <= band.hi; j += kThreads) acc = merge(acc, {load(s, j), 1.f});
+  acc = block_reduce<kThreads>(acc, merge, MaxSum{-INFINITY, 0.f});
+  const float row_lse = acc.max + logf(acc.sum);
+  band.lse_log2e = row_lse * kLog2e;
+  T* p = probs + row * keys;
+  for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
+    float value[kVec];
+    load_probs(s, j, band, value);
+    store_pack(p, j, value);
+  }
+  if (threadIdx.x == 0) lse[row] = row_lse;
+}
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    backward_rows(const T* __restrict__ scores, const float* __restrict__ lse, const T* __restrict__ grad_probs,
+                  int64_t queries, int64_t keys, int64_t window, T* __restrict__ grad_scores,
+                  float* __restrict__ dots) {
+  const int64_t row = blockIdx.x, base = row * keys;
+  const Band band = band_of(row, queries, keys, window, lse[row]);
+  const T* s = scores + base;
   const T* dp = grad_probs + base;
   float partial = 0.f;
   for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
     float pv[kVec], dpv[kVec];
-    load_pack(p, j, pv);
+    load_probs(s, j, band, pv);
     load_pack(dp, j, dpv);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) partial += pv[m] * dpv[m];
@@ -57,13 +78,13 @@ __global__ void __launch_bounds__(kThreads)
   T* out = grad_scores + base;
   for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
     float pv[kVec], dpv[kVec];
-    load_pack(p, j, pv);
+    load_probs(s, j, band, pv);
     load_pack(dp, j, dpv);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) dpv[m] = pv[m] * (dpv[m] - d);
     store_pack(out, j, dpv);
   }
-  if (threadIdx.x == 0) dots[blockIdx.x] = d;
+  if (threadIdx.x == 0) dots[row] = d;
 }
 
 // The three row sums of the double backward, reduced together.
@@ -79,18 +100,19 @@ __device__ __forceinline__ RowSums shuffle_xor(RowSums v, int offset) {
 // sum_j P dP = D it is sum_j P A + sum_j P G dP - 2 D E.
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    double_backward_rows(const float* __restrict__ probs32, const T* __restrict__ grad_probs,
+    double_backward_rows(const T* __restrict__ scores, const float* __restrict__ lse, const T* __restrict__ grad_probs,
                          const float* __restrict__ dots, const T* __restrict__ grad_of_grad_scores,
-                         const T* __restrict__ grad_of_probs, int64_t keys, T* __restrict__ grad_of_grad_probs,
-                         T* __restrict__ grad_of_scores) {
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * keys;
-  const float* p = probs32 + base;
+                         const T* __restrict__ grad_of_probs, int64_t queries, int64_t keys, int64_t window,
+                         T* __restrict__ grad_of_grad_probs, T* __restrict__ grad_of_scores) {
+  const int64_t row = blockIdx.x, base = row * keys;
+  const Band band = band_of(row, queries, keys, window, lse[row]);
+  const T* s = scores + base;
   const T* dp = grad_probs + base;
   const T* g = grad_of_grad_scores == nullptr ? nullptr : grad_of_grad_scores + base;
   const T* a = grad_of_probs == nullptr ? nullptr : grad_of_probs + base;
   // The row's terms at j .. j + kVec, read by both passes.
   const auto load_terms = [&](int64_t j, float(&pv)[kVec], float(&dpv)[kVec], float(&gv)[kVec], float(&av)[kVec]) {
-    load_pack(p, j, pv);
+    load_probs(s, j, band, pv);
     load_pack(dp, j, dpv);
     load_pack(g, j, gv);
     load_pack(a, j, av);
@@ -112,7 +134,7 @@ __global__ void __launch_bounds__(kThreads)
         return RowSums{x.pg + y.pg, x.pa + y.pa, x.pgdp + y.pgdp};
       },
       RowSums{0.f, 0.f, 0.f});
-  const float d = dots[blockIdx.x], e = sums.pg, f = sums.pa + sums.pgdp - 2.f * d * e;
+  const float d = dots[row], e = sums.pg, f = sums.pa + sums.pgdp - 2.f * d * e;
   T* out_s = grad_of_scores + base;
   T* out_dp = g == nullptr ? nullptr : grad_of_grad_probs + base;
   for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
@@ -132,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
 bool wide_rows(int64_t keys, std::initializer_list<const void*> pointers) {
   if (keys % kWide != 0) return false;
   for (const void* pointer : pointers) {
-    if (reinterpret_cast<uintptr_t>(pointer) % (kWide * sizeof(float)) != 0) return false;
+    if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) return false;
   }
   return true;
 }
@@ -166,42 +188,47 @@ const char* dispatch(Storage type, bool wide, Launch launch) {
 }  // namespace
 
 const char* attention_probs_forward(const void* scores, Storage type, int64_t heads, int64_t queries, int64_t keys,
-                                    int64_t window, float* probs32, void* probs, void* stream) {
+                                    int64_t window, float* lse, void* probs, void* stream) {
   const int64_t rows = heads * queries;
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  return dispatch(type, wide_rows(keys, {scores, probs32, probs}), [&](auto layout) {
+  return dispatch(type, wide_rows(keys, {scores, probs}), [&](auto layout) {
     using T = typename decltype(layout)::Type;
-    forward_rows<T, decltype(layout)::kVector><<<rows, kThreads, 0, s>>>(static_cast<const T*>(scores), queries, keys,
-                                                                         window, probs32, static_cast<T*>(probs));
+    forward_rows<T, decltype(layout)::kVector>
+        <<<rows, kThreads, 0, s>>>(static_cast<const T*>(scores), queries, keys, window, lse, static_cast<T*>(probs));
   });
 }
 
-const char* attention_probs_backward(const float* probs32, const void* grad_probs, Storage type, int64_t rows,
-                                     int64_t keys, void* grad_scores, float* dots, void* stream) {
+const char* attention_probs_backward(const void* scores, const float* lse, const void* grad_probs, Storage type,
+                                     int64_t heads, int64_t queries, int64_t keys, int64_t window, void* grad_scores,
+                                     float* dots, void* stream) {
+  const int64_t rows = heads * queries;
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  return dispatch(type, wide_rows(keys, {probs32, grad_probs, grad_scores}), [&](auto layout) {
+  return dispatch(type, wide_rows(keys, {scores, grad_probs, grad_scores}), [&](auto layout) {
     using T = typename decltype(layout)::Type;
-    backward_rows<T, decltype(layout)::kVector><<<rows, kThreads, 0, s>>>(probs32, static_cast<const T*>(grad_probs),
-                                                                          keys, static_cast<T*>(grad_scores), dots);
+    backward_rows<T, decltype(layout)::kVector>
+        <<<rows, kThreads, 0, s>>>(static_cast<const T*>(scores), lse, static_cast<const T*>(grad_probs), queries, keys,
+                                   window, static_cast<T*>(grad_scores), dots);
   });
 }
 
-const char* attention_probs_double_backward(const float* probs32, const void* grad_probs, const float* dots,
-                                            const void* grad_of_grad_scores, const void* grad_of_probs, Storage type,
-                                            int64_t rows, int64_t keys, void* grad_of_grad_probs, void* grad_of_scores,
-                                            void* stream) {
+const char* attention_probs_double_backward(const void* scores, const float* lse, const void* grad_probs,
+                                            const float* dots, const void* grad_of_grad_scores,
+                                            const void* grad_of_probs, Storage type, int64_t heads, int64_t queries,
+                                            int64_t keys, int64_t window, void* grad_of_grad_probs,
+                                            void* grad_of_scores, void* stream) {
+  const int64_t rows = heads * queries;
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
   const bool wide =
-      wide_rows(keys, {probs32, grad_probs, grad_of_grad_scores, grad_of_probs, grad_of_grad_probs, grad_of_scores});
+      wide_rows(keys, {scores, grad_probs, grad_of_grad_scores, grad_of_probs, grad_of_grad_probs, grad_of_scores});
   return dispatch(type, wide, [&](auto layout) {
     using T = typename decltype(layout)::Type;
-    double_backward_rows<T, decltype(layout)::kVector>
-        <<<rows, kThreads, 0, s>>>(probs32, static_cast<const T*>(grad_probs), dots,
-                                   static_cast<const T*>(grad_of_grad_scores), static_cast<const T*>(grad_of_probs),
-                                   keys, static_cast<T*>(grad_of_grad_probs), static_cast<T*>(grad_of_scores));
+    double_backward_rows<T, decltype(layout)::kVector><<<rows, kThreads, 0, s>>>(
+        static_cast<const T*>(scores), lse, static_cast<const T*>(grad_probs), dots,
+        static_cast<const T*>(grad_of_grad_scores), static_cast<const T*>(grad_of_probs), queries, keys, window,
+        static_cast<T*>(grad_of_grad_probs), static_cast<T*>(grad_of_scores));
   });
 }
 

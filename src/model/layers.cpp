@@ -480,11 +480,27 @@ bool attention_kernels_serve(const torch::Tensor& t) {
 }
 #endif
 
-// The probabilities under the band: `wide` in the softmax's dtype (what the row-wise work
-// reads), `narrow` in the scores' (what the products read; the same tensor where they agree).
+// The probabilities under the band [H, Tq, Tk]: `narrow` in the scores' dtype (what the
+// products read), and for the row-wise work either `wide`, themselves in the softmax's dtype
+// (plain ops), or, where our kernels made them, the `scores` and each row's logsumexp `lse`
+// [H, Tq] (fp32) under the band of `window`, from which the kernels recompute them in fp32.
 struct BandedProbs {
-  torch::Tensor wide, narrow;
+  torch::Tensor narrow, wide, scores, lse;
+  int64_t window = 0;
 };
+
+// The band's mask [Tq, Tk] (true: visible) of attend_span's layout.
+torch::Tensor band_mask(int64_t Tq, int64_t Tk, int64_t window, const torch::TensorOptions& options) {
+  const torch::Tensor keys = torch::arange(Tk, options.dtype(torch::kInt64));
+  return attention_mask(keys.narrow(0, Tk - Tq, Tq), keys, window);
+}
+
+// P in the softmax's dtype for plain ops: `wide`, or recomputed from the kernels' scores and lse.
+torch::Tensor wide_probs(const BandedProbs& p) {
+  if (p.wide.defined()) return p.wide;
+  const torch::Tensor mask = band_mask(p.scores.size(1), p.scores.size(2), p.window, p.scores.options());
+  return (p.scores.to(p.lse.scalar_type()) - p.lse.unsqueeze(-1)).exp().masked_fill(mask.logical_not(), 0);
+}
 
 BandedProbs banded_probs(const torch::Tensor& scores, int64_t window) {  // scores [H, Tq, Tk], contiguous
   const int64_t Tq = scores.size(1), Tk = scores.size(2);
@@ -492,19 +508,17 @@ BandedProbs banded_probs(const torch::Tensor& scores, int64_t window) {  // scor
   if (attention_kernels_serve(scores)) {
     const c10::cuda::CUDAGuard device(scores.device());
     const torch::Tensor rows = scores.contiguous();  // a GEMM's output already: no copy
-    const torch::Tensor wide = torch::empty(rows.sizes(), rows.options().dtype(torch::kFloat32));
-    const bool narrow = rows.scalar_type() != torch::kFloat32;
-    const torch::Tensor probs = narrow ? torch::empty_like(rows) : wide;
+    const torch::Tensor probs = torch::empty_like(rows);
+    const torch::Tensor lse = torch::empty({rows.size(0), Tq}, rows.options().dtype(torch::kFloat32));
     check("attention_probs",
           kernels::attention_probs_forward(rows.data_ptr(), storage_of(rows), rows.size(0), Tq, Tk, window,
-                                           wide.data_ptr<float>(), narrow ? probs.data_ptr() : nullptr, stream()));
-    return {wide, probs};
+                                           lse.data_ptr<float>(), probs.data_ptr(), stream()));
+    return {probs, torch::Tensor(), rows, lse, window};
   }
 #endif
-  const torch::Tensor keys = torch::arange(Tk, scores.options().dtype(torch::kInt64));
-  const torch::Tensor mask = attention_mask(keys.narrow(0, Tk - Tq, Tq), keys, window);
+  const torch::Tensor mask = band_mask(Tq, Tk, window, scores.options());
   const torch::Tensor wide = torch::softmax(scores + attention_bias(mask, scores), -1);
-  return {wide, wide.to(scores.scalar_type())};
+  return {wide.to(scores.scalar_type()), wide, torch::Tensor(), torch::Tensor(), window};
 }
 
 // The probabilities' backward given their adjoint dP [H, Tq, Tk] (in the matmul dtype):
@@ -513,22 +527,30 @@ struct ProbsBackward {
   torch::Tensor grad_probs, dots, grad_scores;
 };
 
+#if TTT_WITH_CUDA_KERNELS
+// Whether the kernels take the row-wise work of `p` with `t` (the other operand).
+bool probs_kernels_serve(const BandedProbs& p, const torch::Tensor& t) {
+  return attention_kernels_serve(t) && p.scores.defined() && p.scores.scalar_type() == t.scalar_type();
+}
+#endif
+
 ProbsBackward probs_backward(const BandedProbs& p, const torch::Tensor& grad_probs) {
 #if TTT_WITH_CUDA_KERNELS
-  if (attention_kernels_serve(grad_probs)) {
+  if (probs_kernels_serve(p, grad_probs)) {
     const c10::cuda::CUDAGuard device(grad_probs.device());
-    const int64_t keys = grad_probs.size(2), rows = grad_probs.size(0) * grad_probs.size(1);
-    const ProbsBackward b{grad_probs.contiguous(),
-                          torch::empty({grad_probs.size(0), grad_probs.size(1), 1}, p.wide.options()),
+    const int64_t H = grad_probs.size(0), Tq = grad_probs.size(1), keys = grad_probs.size(2);
+    const ProbsBackward b{grad_probs.contiguous(), torch::empty({H, Tq, 1}, p.lse.options()),
                           torch::empty_like(grad_probs, at::MemoryFormat::Contiguous)};
     check("attention_probs",
-          kernels::attention_probs_backward(p.wide.data_ptr<float>(), b.grad_probs.data_ptr(), storage_of(grad_probs),
-                                            rows, keys, b.grad_scores.data_ptr(), b.dots.data_ptr<float>(), stream()));
+          kernels::attention_probs_backward(p.scores.data_ptr(), p.lse.data_ptr<float>(), b.grad_probs.data_ptr(),
+                                            storage_of(grad_probs), H, Tq, keys, p.window, b.grad_scores.data_ptr(),
+                                            b.dots.data_ptr<float>(), stream()));
     return b;
   }
 #endif
-  const torch::Tensor dots = (p.wide * grad_probs).sum(-1, /*keepdim=*/true);
-  return {grad_probs, dots, (p.wide * (grad_probs - dots)).to(grad_probs.scalar_type())};
+  const torch::Tensor wide = wide_probs(p);
+  const torch::Tensor dots = (wide * grad_probs).sum(-1, /*keepdim=*/true);
+  return {grad_probs, dots, (wide * (grad_probs - dots)).to(grad_probs.scalar_type())};
 }
 
 // The row-wise part of the double backward (see above): dP' and S' in dP's dtype from the
@@ -539,30 +561,44 @@ std::pair<torch::Tensor, torch::Tensor> probs_double_backward(const BandedProbs&
   const torch::Tensor &G = grad_of_grad_scores, &A = grad_of_probs;
   const torch::Dtype dtype = b.grad_probs.scalar_type();
 #if TTT_WITH_CUDA_KERNELS
-  if (attention_kernels_serve(b.grad_probs)) {
+  if (probs_kernels_serve(p, b.grad_probs)) {
     const c10::cuda::CUDAGuard device(b.grad_probs.device());
-    const int64_t keys = b.grad_probs.size(2), rows = b.grad_probs.size(0) * b.grad_probs.size(1);
+    const int64_t H = b.grad_probs.size(0), Tq = b.grad_probs.size(1), keys = b.grad_probs.size(2);
     const torch::Tensor of_grad_probs = G.defined() ? torch::empty_like(b.grad_probs) : torch::Tensor();
     const torch::Tensor of_scores = torch::empty_like(b.grad_probs);
     const auto rows_of = [](const torch::Tensor& t) { return t.defined() ? t.contiguous() : t; };  // GEMMs': no copy
     const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
     const torch::Tensor G_rows = rows_of(G), A_rows = rows_of(A);
-    check("attention_probs",
-          kernels::attention_probs_double_backward(
-              p.wide.data_ptr<float>(), b.grad_probs.data_ptr(), b.dots.data_ptr<float>(), pointer(G_rows),
-              pointer(A_rows), storage_of(dtype), rows, keys, pointer(of_grad_probs), of_scores.data_ptr(), stream()));
+    check("attention_probs", kernels::attention_probs_double_backward(
+                                 p.scores.data_ptr(), p.lse.data_ptr<float>(), b.grad_probs.data_ptr(),
+                                 b.dots.data_ptr<float>(), pointer(G_rows), pointer(A_rows), storage_of(dtype), H, Tq,
+                                 keys, p.window, pointer(of_grad_probs), of_scores.data_ptr(), stream()));
     return {of_grad_probs, of_scores};
   }
 #endif
+  const torch::Tensor wide = wide_probs(p);
   torch::Tensor of_grad_probs, of_probs = A;  // dP', G_P
   if (G.defined()) {
-    const torch::Tensor E = (p.wide * G).sum(-1, /*keepdim=*/true);
-    of_grad_probs = (p.wide * (G - E)).to(dtype);
+    const torch::Tensor E = (wide * G).sum(-1, /*keepdim=*/true);
+    of_grad_probs = (wide * (G - E)).to(dtype);
     const torch::Tensor through_grad_scores = G * (b.grad_probs - b.dots) - E * b.grad_probs;
     of_probs = A.defined() ? A + through_grad_scores : through_grad_scores;
   }
-  const torch::Tensor F = (p.wide * of_probs).sum(-1, /*keepdim=*/true);
-  return {of_grad_probs, (p.wide * (of_probs - F)).to(dtype)};
+  const torch::Tensor F = (wide * of_probs).sum(-1, /*keepdim=*/true);
+  return {of_grad_probs, (wide * (of_probs - F)).to(dtype)};
+}
+
+// BandedProbs kept in an autograd context as data (never an output); undefined ones too.
+void save_probs(torch::autograd::AutogradContext* ctx, const BandedProbs& p) {
+  ctx->saved_data["probs"] = p.narrow;
+  ctx->saved_data["probs_wide"] = p.wide;
+  ctx->saved_data["scores"] = p.scores;
+  ctx->saved_data["lse"] = p.lse;
+  ctx->saved_data["window"] = p.window;
+}
+BandedProbs saved_probs(torch::autograd::AutogradContext* ctx) {
+  const auto tensor = [&](const char* name) { return ctx->saved_data[name].toTensor(); };
+  return {tensor("probs"), tensor("probs_wide"), tensor("scores"), tensor("lse"), ctx->saved_data["window"].toInt()};
 }
 
 // The adjoint of the merged output [Tq, H * d] by head, in the matmul dtype; and gradients of
@@ -590,30 +626,26 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                                 const torch::Tensor& k, const torch::Tensor& v,
-                                                const torch::Tensor& grad_out, const torch::Tensor& probs32,
-                                                const torch::Tensor& probs, int64_t window) {
+                                                const torch::Tensor& grad_out, const BandedProbs& p) {
     const torch::Dtype dtype = matmul_dtype_for(q);
     const torch::Tensor grad_o = output_by_head(grad_out, q);
-    const BandedProbs p{probs32, probs};
     const ProbsBackward b = probs_backward(p, torch::matmul(grad_o, by_head(v, dtype).transpose(1, 2)));
     ctx->save_for_backward({q, k, v, grad_out});
     // Intermediates and inputs outside the graph, never an output: kept as data.
-    ctx->saved_data["probs32"] = probs32;
-    ctx->saved_data["probs"] = probs;
+    save_probs(ctx, p);
     ctx->saved_data["grad_probs"] = b.grad_probs;
     ctx->saved_data["dots"] = b.dots;
     ctx->saved_data["grad_scores"] = b.grad_scores;
-    ctx->saved_data["window"] = window;
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one: no zeros made
     return {query_gradient(torch::matmul(b.grad_scores, by_head(k, dtype)), q),
             key_gradient(torch::matmul(b.grad_scores.transpose(1, 2), scaled_queries(q)), k),
-            key_gradient(torch::matmul(probs.transpose(1, 2), grad_o), v)};
+            key_gradient(torch::matmul(p.narrow.transpose(1, 2), grad_o), v)};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    torch::autograd::variable_list result(7);
+    torch::autograd::variable_list result(5);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return result;
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
@@ -623,11 +655,11 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     const torch::Tensor grad_o = output_by_head(grad_out, q);
     // The forward's terms; while autograd records (a third order) recomputed from q, k, v and
     // dO, so that the formulas below differentiate again.
-    BandedProbs p{ctx->saved_data["probs32"].toTensor(), ctx->saved_data["probs"].toTensor()};
+    BandedProbs p = saved_probs(ctx);
     ProbsBackward b{ctx->saved_data["grad_probs"].toTensor(), ctx->saved_data["dots"].toTensor(),
                     ctx->saved_data["grad_scores"].toTensor()};
     if (torch::GradMode::is_enabled()) {
-      p = banded_probs(attention_scores(q, k), ctx->saved_data["window"].toInt());
+      p = banded_probs(attention_scores(q, k), p.window);
       b = probs_backward(p, torch::matmul(grad_o, vh.transpose(1, 2)));
     }
     // The adjoints by head in the matmul dtype (dQ's through its scaling), and G = [s a_Q | Q]
@@ -680,9 +712,7 @@ class BandedAttention : public torch::autograd::Function<BandedAttention> {
                                const torch::Tensor& v, int64_t window) {
     const BandedProbs p = banded_probs(attention_scores(q, k), window);
     ctx->save_for_backward({q, k, v});
-    ctx->saved_data["probs32"] = p.wide;  // intermediates (never the output): kept as data
-    ctx->saved_data["probs"] = p.narrow;
-    ctx->saved_data["window"] = window;
+    save_probs(ctx, p);  // intermediates (never the output): kept as data
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);
     return attention_mix(p.narrow, v, q);
@@ -694,8 +724,7 @@ class BandedAttention : public torch::autograd::Function<BandedAttention> {
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::autograd::variable_list dq_dk_dv =
-        BandedAttentionGrad::apply(saved[0], saved[1], saved[2], grads[0], ctx->saved_data["probs32"].toTensor(),
-                                   ctx->saved_data["probs"].toTensor(), ctx->saved_data["window"].toInt());
+        BandedAttentionGrad::apply(saved[0], saved[1], saved[2], grads[0], saved_probs(ctx));
     return {dq_dk_dv[0], dq_dk_dv[1], dq_dk_dv[2], torch::Tensor()};
   }
 };
