@@ -115,6 +115,17 @@ def by_parts_backward(do, q, k, v, out, lse, window):
     return dq.to(q.dtype), torch.cat(dks, 2), torch.cat(dvs, 2)
 
 
+def span_case(tq, window):
+    """Random bf16 q, k, v and dO of Q queries after a cache of window - 1 keys ([1, T, H, D]),
+    FA2's output (with its logsumexp) and gradients, and q, k, v, dO by head."""
+    tk = window - 1 + tq
+    q, k, v = (torch.randn(1, t, H, D, device="cuda", dtype=torch.bfloat16) for t in (tq, tk, tk))
+    do = torch.randn(1, tq, H, D, device="cuda", dtype=torch.bfloat16)
+    ref = fa2(q, k, v, window)
+    ref_grads = fa2_backward(do, q, k, v, ref[0], ref[1], window)
+    return (q, k, v, do), ref, ref_grads, tuple(heads(t) for t in (q, k, v, do))
+
+
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -124,11 +135,7 @@ def main():
     for tq, window in [(4096, 8192), (2048, 8192), (1024, 8192), (2048, 4096)]:
         try:
             tk = window - 1 + tq
-            q, k, v = (torch.randn(1, t, H, D, device="cuda", dtype=torch.bfloat16) for t in (tq, tk, tk))
-            do = torch.randn(1, tq, H, D, device="cuda", dtype=torch.bfloat16)
-            ref = fa2(q, k, v, window)
-            ref_grads = fa2_backward(do, q, k, v, ref[0], ref[1], window)
-            qh, kh, vh, doh = (heads(t) for t in (q, k, v, do))
+            (q, k, v, do), ref, ref_grads, (qh, kh, vh, doh) = span_case(tq, window)
             out_h, lse = by_parts(qh, kh, vh, window)
             out = out_h.transpose(1, 2)
             grads = [g.transpose(1, 2) for g in by_parts_backward(doh, qh, kh, vh, out_h, lse, window)]

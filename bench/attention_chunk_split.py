@@ -10,7 +10,7 @@ machine:
   python3 bench/attention_chunk_split.py"""
 import torch
 
-from attention_by_parts import D, H, cudnn, cudnn_backward, fa2, fa2_backward, heads, rel, timed
+from attention_by_parts import D, H, cudnn, cudnn_backward, fa2, fa2_backward, rel, span_case, timed
 
 
 def split_parts(q, k, v, window, n):
@@ -61,12 +61,7 @@ def backward(parts, do, out, lse):
 def main():
     torch.manual_seed(0)
     tq, window = 1024, 8192
-    tk = window - 1 + tq
-    q, k, v = (torch.randn(1, t, H, D, device="cuda", dtype=torch.bfloat16) for t in (tq, tk, tk))
-    do = torch.randn(1, tq, H, D, device="cuda", dtype=torch.bfloat16)
-    ref = fa2(q, k, v, window)
-    ref_grads = fa2_backward(do, q, k, v, ref[0], ref[1], window)
-    qh, kh, vh, doh = (heads(t) for t in (q, k, v, do))
+    (q, k, v, do), ref, ref_grads, (qh, kh, vh, doh) = span_case(tq, window)
     flops = 4 * tq * window * H * D
     t_fa, t_fa_b = timed(lambda: fa2(q, k, v, window)), timed(lambda: fa2_backward(do, q, k, v, ref[0], ref[1], window))
     print(f"{tq} queries, window {window}: FA2 fwd {t_fa:.3f} ms ({flops / t_fa / 1e9:.0f} TFLOP/s), bwd {t_fa_b:.3f} ms")
