@@ -7,9 +7,8 @@
 #include <map>
 #include <optional>
 
-#include <unistd.h>
-
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "model/compute.h"
 #include "model/layers.h"
 #include "model/transformer.h"
@@ -233,11 +232,8 @@ struct Sequence {
     const bool all_fit = chunks <= kAllKeptUpTo || (parking != nullptr && bytes * chunks <= parked_weights_budget());
     return all_fit ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
   }
-  // 16 GiB, at most a quarter of the host's memory.
-  static int64_t parked_weights_budget() {
-    const int64_t host = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
-    return std::min(int64_t{16} << 30, host / 4);
-  }
+  // 16 GiB, at most a quarter of the memory this process may use (a container's limit).
+  static int64_t parked_weights_budget() { return std::min(int64_t{16} << 30, host_memory_limit() / 4); }
 };
 
 // How many rows a span of `length` inputs leaves for the spans after it to read: all of them
