@@ -4,7 +4,8 @@ suffix chunks' shape) by cuDNN's parts, with the middle rectangle (every query s
 cut into n key slices run as one batched call: a chunk's 1024 queries give cuDNN only
 8 x 12 = 96 query tiles, fewer than the H200's 132 SMs, so slices add tiles. Against FA2's
 window (what the engine calls for chunks) and the three parts unsplit. GPU time of the
-forward and the backward by CUDA graph (bench/attention_by_parts.py's timer). Run on the GPU
+forward and the backward (dq is checked; cuDNN computes the keys' and values' gradients too,
+timed but dropped) by CUDA graph (bench/attention_by_parts.py's timer). Run on the GPU
 machine:
 
   python3 bench/attention_chunk_split.py"""

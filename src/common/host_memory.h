@@ -13,8 +13,8 @@ int64_t host_memory_limit();
 
 // The same from given sources, for tests: `physical` bytes; `self_cgroup`, the text of
 // /proc/self/cgroup; `cgroup_root`, where the cgroup filesystems are mounted (/sys/fs/cgroup).
-// Reads cgroup v2's memory.max and v1's memory.limit_in_bytes at the mount's root and along the
-// process's own path; a file that is missing, "max" or unreadable sets no limit.
+// Reads cgroup v2's memory.max and v1's memory.limit_in_bytes at the mount's root and in every
+// cgroup down to the process's own; a file that is missing, "max" or unreadable sets no limit.
 int64_t host_memory_limit(int64_t physical, const std::string& self_cgroup, const std::string& cgroup_root);
 
 }  // namespace ttt

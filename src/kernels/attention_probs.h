@@ -21,7 +21,7 @@ namespace ttt::kernels {
 // scores: [heads * queries, keys] rows (contiguous, `type`). Query i (row r, i = r % queries)
 // sees key j iff 0 <= i + offset - j < window (window 0: no upper bound), offset = keys -
 // queries (the cached keys come first). Writes lse[r], the logsumexp of row r's visible
-// scores (fp32), and probs in `type`: exp(s - lse) where visible, 0 elsewhere. `stream` is a
+// scores (fp32), and probs (not null) in `type`: exp(s - lse) where visible, 0 elsewhere. `stream` is a
 // cudaStream_t. Returns null, or CUDA's error text.
 const char* attention_probs_forward(const void* scores, Storage type, int64_t heads, int64_t queries, int64_t keys,
                                     int64_t window, float* lse, void* probs, void* stream);

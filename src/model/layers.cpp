@@ -483,7 +483,9 @@ bool attention_kernels_serve(const torch::Tensor& t) {
 // The probabilities under the band [H, Tq, Tk]: `narrow` in the scores' dtype (what the
 // products read), and for the row-wise work either `wide`, themselves in the softmax's dtype
 // (plain ops), or, where our kernels made them, the `scores` and each row's logsumexp `lse`
-// [H, Tq] (fp32) under the band of `window`, from which the kernels recompute them in fp32.
+// [H, Tq] (fp32) under the band of `window`, from which the kernels recompute them in fp32
+// (with bf16 products 4 bytes an element kept where an fp32 copy made 6; with fp32 products
+// the scores are kept besides the probabilities, 8 where 4 were).
 struct BandedProbs {
   torch::Tensor narrow, wide, scores, lse;
   int64_t window = 0;
