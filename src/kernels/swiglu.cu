@@ -45,6 +45,36 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The gradients of gate_backward's da and db (adjoints u and v; null: zero) with respect to
+// a, b and dy: with f = silu, f' = s (1 + a (1 - s)), f'' = s (1 - s) (2 + a (1 - 2 s)),
+//   g_a = u dy b f''(a) + v dy f'(a),  g_b = u dy f'(a),  g_dy = u b f'(a) + v f(a).
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    gate_double_backward(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dy,
+                         const T* __restrict__ u, const T* __restrict__ v, int64_t packs, T* __restrict__ ga,
+                         T* __restrict__ gb, T* __restrict__ gdy) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    float x[kVec], w[kVec], g[kVec], uv[kVec], vv[kVec], out_a[kVec], out_b[kVec], out_dy[kVec];
+    load_pack(a, i * kVec, x);
+    load_pack(b, i * kVec, w);
+    load_pack(dy, i * kVec, g);
+    load_pack(u, i * kVec, uv);
+    load_pack(v, i * kVec, vv);
+#pragma unroll
+    for (int m = 0; m < kVec; ++m) {
+      const float s = 1.f / (1.f + expf(-x[m]));
+      const float f1 = s * (1.f + x[m] * (1.f - s)), f2 = s * (1.f - s) * (2.f + x[m] * (1.f - 2.f * s));
+      out_a[m] = uv[m] * g[m] * w[m] * f2 + vv[m] * g[m] * f1;
+      out_b[m] = uv[m] * g[m] * f1;
+      out_dy[m] = uv[m] * w[m] * f1 + vv[m] * (x[m] * s);
+    }
+    store_pack(ga, i * kVec, out_a);
+    store_pack(gb, i * kVec, out_b);
+    store_pack(gdy, i * kVec, out_dy);
+  }
+}
+
 int blocks_for(int64_t threads) {
   const int64_t blocks = (threads + kThreads - 1) / kThreads;
   return static_cast<int>(blocks < 65536 ? blocks : 65536);
@@ -97,6 +127,18 @@ const char* swiglu_gate_backward(const void* a, const void* b, const void* dy, S
     gate_backward<T, kVec><<<blocks_for(n / kVec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(dy), n / kVec, static_cast<T*>(da),
         static_cast<T*>(db));
+  });
+}
+
+const char* swiglu_gate_double_backward(const void* a, const void* b, const void* dy, const void* u, const void* v,
+                                        Storage type, int64_t n, void* ga, void* gb, void* gdy, void* stream) {
+  if (n == 0) return nullptr;
+  return dispatch(type, n, {a, b, dy, u, v, ga, gb, gdy}, [&](auto tag, auto vec) {
+    using T = decltype(tag);
+    constexpr int kVec = decltype(vec)::value;
+    gate_double_backward<T, kVec><<<blocks_for(n / kVec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(dy), static_cast<const T*>(u),
+        static_cast<const T*>(v), n / kVec, static_cast<T*>(ga), static_cast<T*>(gb), static_cast<T*>(gdy));
   });
 }
 

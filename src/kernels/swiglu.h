@@ -3,7 +3,7 @@
 // matmuls, else fp32), the product in fp32: the composable form takes five kernels for that
 // (two casts up, silu, the product, a cast down) and more for its backward; fp16 is
 // refused. Plain launchers without torch headers; model/layers.cpp wraps them for autograd
-// (first order: the exact meta-gradient takes the composable form).
+// (to the second order: the exact meta-gradient differentiates the backward once more).
 #pragma once
 #include <cstdint>
 
@@ -18,5 +18,11 @@ const char* swiglu_gate_forward(const void* a, const void* b, Storage type, int6
 // da = dy * b * silu'(a), db = dy * silu(a), with silu'(a) = s (1 + a (1 - s)), s = sigmoid(a).
 const char* swiglu_gate_backward(const void* a, const void* b, const void* dy, Storage type, int64_t n, void* da,
                                  void* db, void* stream);
+
+// The backward's own backward: given adjoints u of da and v of db (either null: zero), writes
+// ga = u dy b silu''(a) + v dy silu'(a), gb = u dy silu'(a), gdy = u b silu'(a) + v silu(a),
+// with silu''(a) = s (1 - s) (2 + a (1 - 2 s)). All n values of `type`.
+const char* swiglu_gate_double_backward(const void* a, const void* b, const void* dy, const void* u, const void* v,
+                                        Storage type, int64_t n, void* ga, void* gb, void* gdy, void* stream);
 
 }  // namespace ttt::kernels

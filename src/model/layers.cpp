@@ -403,31 +403,6 @@ class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
   }
 };
 
-// kernels/swiglu.h as an autograd function, first order only (Order::kFirst).
-class FusedSwigluGate : public torch::autograd::Function<FusedSwigluGate> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a, const torch::Tensor& b) {
-    const c10::cuda::CUDAGuard device(a.device());
-    torch::Tensor y = torch::empty_like(a);
-    check("swiglu",
-          kernels::swiglu_gate_forward(a.data_ptr(), b.data_ptr(), storage_of(a), a.numel(), y.data_ptr(), stream()));
-    ctx->save_for_backward({a, b});
-    return y;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &a = saved[0], &b = saved[1];
-    const c10::cuda::CUDAGuard device(a.device());
-    const torch::Tensor dy = grads[0].to(a.scalar_type()).contiguous();
-    torch::Tensor da = torch::empty_like(a), db = torch::empty_like(b);
-    check("swiglu", kernels::swiglu_gate_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), storage_of(a), a.numel(),
-                                                  da.data_ptr(), db.data_ptr(), stream()));
-    return {da, db};
-  }
-};
-
 // kernels/rope.h as an autograd function: a rotation, whose backward is the inverse rotation
 // (this function again), so it is differentiable any number of times.
 class FusedRope : public torch::autograd::Function<FusedRope> {
@@ -787,8 +762,118 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, std::optio
   return torch::matmul(x.to(*dtype), w.to(*dtype)).to(result);
 }
 
+namespace {
+// SwiGLU's gate silu(a) * b (kernels/swiglu.h) as autograd functions: the value in a's dtype
+// from fp32 arithmetic (fp64 for fp64), and a backward that is an autograd function too, with
+// its own backward written out, so the gate differentiates any number of times. Our kernels
+// on CUDA in fp32 or bf16 while autograd does not record (a third order); plain ops with the
+// same formulas elsewhere. With s = sigmoid(a), f = silu, f' = s (1 + a (1 - s)):
+//   backward: da = dy b f'(a), db = dy f(a);
+//   its backward, given adjoints u of da and v of db: with f'' = s (1 - s) (2 + a (1 - 2 s)),
+//     g_a = u dy b f''(a) + v dy f'(a), g_b = u dy f'(a), g_dy = u b f'(a) + v f(a).
+#if TTT_WITH_CUDA_KERNELS
+bool gate_kernels_serve(const torch::Tensor& a) {
+  return a.is_cuda() && kernel_dtype(a.scalar_type()) && !torch::GradMode::is_enabled();
+}
+#endif
+
+torch::Tensor widened(const torch::Tensor& t) {
+  return t.to(t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
+}
+
+class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
+                                                const torch::Tensor& b, const torch::Tensor& dy) {
+    ctx->save_for_backward({a, b, dy});
+    ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one
+#if TTT_WITH_CUDA_KERNELS
+    if (gate_kernels_serve(a)) {
+      const c10::cuda::CUDAGuard device(a.device());
+      torch::Tensor da = torch::empty_like(a), db = torch::empty_like(b);
+      check("swiglu", kernels::swiglu_gate_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), storage_of(a), a.numel(),
+                                                    da.data_ptr(), db.data_ptr(), stream()));
+      return {da, db};
+    }
+#endif
+    const torch::Tensor x = widened(a), w = widened(b), g = widened(dy), sig = torch::sigmoid(x);
+    return {(g * w * (sig * (1 + x * (1 - sig)))).to(a.scalar_type()), (g * (x * sig)).to(b.scalar_type())};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::Tensor &u = grads[0], &v = grads[1];
+    if (!u.defined() && !v.defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &a = saved[0], &b = saved[1], &dy = saved[2];
+#if TTT_WITH_CUDA_KERNELS
+    if (gate_kernels_serve(a)) {
+      const c10::cuda::CUDAGuard device(a.device());
+      const auto operand = [&](const torch::Tensor& t) { return t.defined() ? t.to(a.scalar_type()).contiguous() : t; };
+      const torch::Tensor u_rows = operand(u), v_rows = operand(v);
+      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+      torch::Tensor ga = torch::empty_like(a), gb = torch::empty_like(b), gdy = torch::empty_like(dy);
+      check("swiglu", kernels::swiglu_gate_double_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), pointer(u_rows),
+                                                           pointer(v_rows), storage_of(a), a.numel(), ga.data_ptr(),
+                                                           gb.data_ptr(), gdy.data_ptr(), stream()));
+      return {ga, gb, gdy};
+    }
+#endif
+    // Plain ops, differentiable while autograd records (a third order).
+    const torch::Tensor x = widened(a), w = widened(b), g = widened(dy), sig = torch::sigmoid(x);
+    const torch::Tensor f1 = sig * (1 + x * (1 - sig));
+    torch::Tensor ga, gb, gdy;
+    if (u.defined()) {
+      const torch::Tensor uw = widened(u);
+      ga = uw * g * w * (sig * (1 - sig) * (2 + x * (1 - 2 * sig)));
+      gb = uw * g * f1;
+      gdy = uw * w * f1;
+    }
+    if (v.defined()) {
+      const torch::Tensor vw = widened(v);
+      ga = ga.defined() ? ga + vw * g * f1 : vw * g * f1;
+      gdy = gdy.defined() ? gdy + vw * (x * sig) : vw * (x * sig);
+    }
+    const auto in = [](const torch::Tensor& t, const torch::Tensor& like) {
+      return t.defined() ? t.to(like.scalar_type()) : t;
+    };
+    return {in(ga, a), in(gb, b), in(gdy, dy)};
+  }
+};
+
+class SwigluGate : public torch::autograd::Function<SwigluGate> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a, const torch::Tensor& b) {
+    ctx->save_for_backward({a, b});
+#if TTT_WITH_CUDA_KERNELS
+    if (gate_kernels_serve(a)) {
+      const c10::cuda::CUDAGuard device(a.device());
+      torch::Tensor y = torch::empty_like(a);
+      check("swiglu",
+            kernels::swiglu_gate_forward(a.data_ptr(), b.data_ptr(), storage_of(a), a.numel(), y.data_ptr(), stream()));
+      return y;
+    }
+#endif
+    return (torch::silu(widened(a)) * widened(b)).to(a.scalar_type());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &a = saved[0], &b = saved[1];
+    return SwigluGateGradient::apply(a, b, grads[0].to(a.scalar_type()).contiguous());
+  }
+};
+}  // namespace
+
+torch::Tensor swiglu_gate(const torch::Tensor& a, const torch::Tensor& b) {
+  require(a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && a.device() == b.device(),
+          "internal: swiglu_gate takes two tensors of one shape, dtype and device");
+  return SwigluGate::apply(a.contiguous(), b.contiguous());
+}
+
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional<torch::Dtype> hidden,
-                     std::optional<torch::Dtype> out, Order order) {
+                     std::optional<torch::Dtype> out) {
   const torch::Dtype inner = hidden.value_or(x.scalar_type());
   const torch::Tensor operand = matmul_operand(x);  // cast once for both input projections
   // A single row (a decoded token) with w1 and w3 side by side (params.h): one matmul, whose
@@ -800,16 +885,15 @@ torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional
     const int64_t width = mlp.w1.size(1);
     return {both.narrow(1, 0, width), both.narrow(1, width, width)};
   };
-#if TTT_WITH_CUDA_KERNELS
   // The gate in one kernel on the products as they are (kernels/swiglu.h), where the product
-  // is fp32 and the products fp32 or bf16.
+  // is fp32 and the products fp32 or bf16 on CUDA: the same numbers as the plain ops below
+  // (the products widen exactly, the product rounds once to the next matmul's dtype).
+#if TTT_WITH_CUDA_KERNELS
   const torch::Dtype narrow = operand.scalar_type();
-  if (x.is_cuda() && order == Order::kFirst && inner == torch::kFloat32 && kernel_dtype(narrow)) {
+  if (x.is_cuda() && inner == torch::kFloat32 && kernel_dtype(narrow)) {
     const auto [a, b] = inputs(narrow);
-    return project(FusedSwigluGate::apply(a.contiguous(), b.contiguous()), mlp.w2, out.value_or(inner));
+    return project(swiglu_gate(a, b), mlp.w2, out.value_or(inner));
   }
-#else
-  (void)order;  // only the kernel's path depends on it
 #endif
   const auto [a, b] = inputs(inner);
   return project(torch::silu(a) * b, mlp.w2, out.value_or(inner));

@@ -20,7 +20,7 @@ namespace ttt {
 //   rms_norm     any (kernels to the second order, plain ops from the third; no argument)
 //   token_nll    2   (its backward is a kernel with a kernel backward; the engine needs no more)
 //   rope         any (a rotation: its backward is the inverse rotation)
-//   swiglu gate  1
+//   swiglu gate  any (kernels to the second order, plain ops from the third; no argument)
 //   attention    1 for cuDNN's and flash's kernels; 2 for the composable form, whose backward
 //                and double backward are written out (GEMMs around our row-wise kernels;
 //                plain ops from the third order)
@@ -48,9 +48,15 @@ torch::Dtype matmul_dtype_for(const torch::Tensor& x);
 torch::Tensor matmul_operand(const torch::Tensor& x);
 
 // (silu(x @ w1) * (x @ w3)) @ w2, the product silu(.) * (.) in `hidden` (default: x's
-// dtype), the result in `out` (default: `hidden`); the gate a fused kernel for Order::kFirst.
+// dtype), the result in `out` (default: `hidden`); on CUDA with an fp32 `hidden`, the gate is
+// swiglu_gate on the products as the matmuls wrote them.
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional<torch::Dtype> hidden = std::nullopt,
-                     std::optional<torch::Dtype> out = std::nullopt, Order order = Order::kFirst);
+                     std::optional<torch::Dtype> out = std::nullopt);
+
+// silu(a) * b in a's dtype, computed in fp32 (fp64 for fp64), for a and b of one shape and
+// dtype: one autograd function whose backward and that backward's own are written out (our
+// kernels on CUDA to the second order, plain ops elsewhere), differentiable any number of times.
+torch::Tensor swiglu_gate(const torch::Tensor& a, const torch::Tensor& b);
 
 // Rotates adjacent pairs (x[2j], x[2j+1]) of x [T, H, d] by angle t * theta^(-2j/d), t the
 // token's absolute position (positions: [T], int64). Angles are computed in fp64, once per

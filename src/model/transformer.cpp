@@ -63,11 +63,9 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
       require(prime != nullptr, "internal: suffix block run without fast weights");
       order = after_fast_weights;
       const MlpParams& w = prime->at(i - c.first_suffix_block());
-      h = add_rms_norm(h, swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul, order), b.prime_post_norm,
-                       eps);
+      h = add_rms_norm(h, swiglu(rms_norm(h, b.prime_norm, eps, matmul), w, residual, matmul), b.prime_post_norm, eps);
     }
-    h = add_rms_norm(h, swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul, order), b.mlp_post_norm,
-                     eps);
+    h = add_rms_norm(h, swiglu(rms_norm(h, b.mlp_norm, eps, matmul), b.mlp, residual, matmul), b.mlp_post_norm, eps);
   }
   return h;
 }

@@ -187,7 +187,7 @@ Instance swiglu_case(const Shape& s, const Precision& p, const Side& side) {
   const torch::Tensor w3 = side.leaf(torch::randn({D, F}, kF64) * in_scale, torch::kFloat32);
   const std::optional<torch::Dtype> hidden = side.dtype(torch::kFloat32), out = side.dtype(p.output);
   Instance in{{x, w1, w2, w3}, {"x", "w1", "w2", "w3"}};
-  in.f = [=] { return swiglu(x, MlpParams{w1, w2, w3}, hidden, out, Order::kFirst); };
+  in.f = [=] { return swiglu(x, MlpParams{w1, w2, w3}, hidden, out); };
   in.value_dtype = p.output;
   return in;
 }
@@ -314,13 +314,13 @@ const std::vector<Op>& ops() {
                  .build = token_nll_case,
                  .kernel_node = "FusedTokenNll"});
     t.push_back({.name = "swiglu",
-                 .max_order = 1,
+                 .max_order = 2,
                  .shapes = {sizes_shape({37, 32, 48}), sizes_shape({1, 64, 96}), sizes_shape({67, 48, 136}),
                             sizes_shape({130, 256, 688}), sizes_shape({5, 16, 13})},
                  .precisions = matmul_precisions,
                  .reduction = largest_size,
                  .build = swiglu_case,
-                 .kernel_node = "FusedSwigluGate"});
+                 .kernel_node = "SwigluGate"});
     // cuDNN's and flash's kernels (the memory-efficient one in fp32), whose autograd nodes
     // are named after them (ScaledDotProduct...AttentionBackward, FlashAttentionBackward),
     // not a composable form (ours, BandedAttention, or PyTorch's math one, a softmax): first

@@ -247,6 +247,55 @@ std::string describe(const BandedCase& c) {
 const std::vector<BandedCase> kBandedCases = {{0, 7, 0}, {5, 7, 0}, {4, 5, 6}, {5, 4, 6},
                                               {9, 3, 4}, {6, 1, 0}, {5, 1, 6}};
 
+// SwiGLU's gate as autograd functions (its backward and that backward's own written out)
+// against autograd through silu(a) * b, in fp64 to the third order (the third through the
+// written-out backward's plain ops), and with one of the backward's adjoints undefined (a
+// second derivative of da or of db alone).
+TEST(Layers, SwigluGateMatchesTheComposableFormToTheThirdOrder) {
+  torch::manual_seed(5);
+  const torch::Tensor a0 = 2 * randn({7, 5}), b0 = randn({7, 5});
+  const auto orders = [&](bool gate, int n) {
+    const torch::Tensor a = a0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+    return test::derivatives([&] { return gate ? swiglu_gate(a, b) : torch::silu(a) * b; }, {a, b}, n, 21);
+  };
+  const std::vector<torch::Tensor> reference = orders(false, 3);
+  for (size_t i = 0; i < reference.size(); ++i) EXPECT_GT(reference[i].abs().max().item<double>(), 1e-3) << i;
+  const std::vector<torch::Tensor> ours = orders(true, 3);
+  ASSERT_EQ(ours.size(), reference.size());
+  for (size_t i = 0; i < ours.size(); ++i) {
+    ASSERT_EQ(ours[i].sizes(), reference[i].sizes()) << i;
+    EXPECT_TRUE(torch::allclose(ours[i], reference[i], 0, 1e-12)) << i;
+  }
+  for (const int which : {0, 1}) {
+    const auto second = [&](bool gate) {
+      torch::manual_seed(13);
+      const torch::Tensor a = a0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+      const torch::Tensor y = gate ? swiglu_gate(a, b) : torch::silu(a) * b;
+      const torch::Tensor probe = randn(y.sizes().vec()).requires_grad_();
+      const std::vector<torch::Tensor> first =
+          torch::autograd::grad({(y * probe).sum()}, {a, b}, {}, /*retain_graph=*/true, /*create_graph=*/true);
+      const torch::Tensor objective = (first[which] * randn(first[which].sizes().vec())).sum();
+      const std::vector<torch::Tensor> leaves = {a, b, probe};
+      std::vector<torch::Tensor> grads = torch::autograd::grad({objective}, leaves, {}, /*retain_graph=*/false,
+                                                               /*create_graph=*/false, /*allow_unused=*/true);
+      for (size_t i = 0; i < grads.size(); ++i) {
+        if (!grads[i].defined()) grads[i] = torch::zeros_like(leaves[i]);  // unused: zero
+      }
+      return grads;
+    };
+    const std::vector<torch::Tensor> reference_second = second(false), ours_second = second(true);
+    for (size_t i = 0; i < reference_second.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(ours_second[i], reference_second[i], 0, 1e-12)) << which << " " << i;
+    }
+  }
+  // fp32 and bf16 values: the fp32 arithmetic's, rounded once to the inputs' dtype.
+  for (const torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const torch::Tensor a = a0.to(dtype), b = b0.to(dtype);
+    const torch::Tensor want = (torch::silu(a.to(torch::kFloat32)) * b.to(torch::kFloat32)).to(dtype);
+    EXPECT_TRUE(torch::equal(swiglu_gate(a, b), want)) << dtype;
+  }
+}
+
 // The banded attention (attend_span at Order::kSecond on the CPU: its backward and that
 // backward's backward written out) against autograd through attend under attention_mask, in
 // fp64: the value and its derivatives with respect to q, k, v (and the probes) to the second
