@@ -785,6 +785,7 @@ class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> 
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
                                                 const torch::Tensor& b, const torch::Tensor& dy) {
+    require(dy.scalar_type() == a.scalar_type(), "internal: the gate's adjoint in its inputs' dtype");
     ctx->save_for_backward({a, b, dy});
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one
 #if TTT_WITH_CUDA_KERNELS
@@ -816,7 +817,7 @@ class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> 
       check("swiglu", kernels::swiglu_gate_double_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), pointer(u_rows),
                                                            pointer(v_rows), storage_of(a), a.numel(), ga.data_ptr(),
                                                            gb.data_ptr(), gdy.data_ptr(), stream()));
-      return {ga, gb, gdy};
+      return {ga, u.defined() ? gb : torch::Tensor(), gdy};  // b's is u's alone, as below
     }
 #endif
     // Plain ops, differentiable while autograd records (a third order).

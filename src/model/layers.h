@@ -48,8 +48,8 @@ torch::Dtype matmul_dtype_for(const torch::Tensor& x);
 torch::Tensor matmul_operand(const torch::Tensor& x);
 
 // (silu(x @ w1) * (x @ w3)) @ w2, the product silu(.) * (.) in `hidden` (default: x's
-// dtype), the result in `out` (default: `hidden`); on CUDA with an fp32 `hidden`, the gate is
-// swiglu_gate on the products as the matmuls wrote them.
+// dtype), the result in `out` (default: `hidden`); on CUDA with an fp32 `hidden` and products
+// in fp32 or bf16, the gate is swiglu_gate on the products as the matmuls wrote them.
 torch::Tensor swiglu(const torch::Tensor& x, const MlpParams& mlp, std::optional<torch::Dtype> hidden = std::nullopt,
                      std::optional<torch::Dtype> out = std::nullopt);
 
