@@ -466,17 +466,12 @@ struct BandedProbs {
   int64_t window = 0;
 };
 
-// The band's mask [Tq, Tk] (true: visible) of attend_span's layout.
-torch::Tensor band_mask(int64_t Tq, int64_t Tk, int64_t window, const torch::TensorOptions& options) {
-  const torch::Tensor keys = torch::arange(Tk, options.dtype(torch::kInt64));
-  return attention_mask(keys.narrow(0, Tk - Tq, Tq), keys, window);
-}
-
-// P in the softmax's dtype for plain ops: `wide`, or recomputed from the kernels' scores and lse.
-torch::Tensor wide_probs(const BandedProbs& p) {
-  if (p.wide.defined()) return p.wide;
-  const torch::Tensor mask = band_mask(p.scores.size(1), p.scores.size(2), p.window, p.scores.options());
-  return (p.scores.to(p.lse.scalar_type()) - p.lse.unsqueeze(-1)).exp().masked_fill(mask.logical_not(), 0);
+// P in the softmax's dtype for plain ops. Kernel-made probabilities never reach them: the
+// kernels take every row-wise step of the probabilities they made (same device and dtype, and
+// while autograd records the backward remakes them with plain ops).
+const torch::Tensor& wide_probs(const BandedProbs& p) {
+  require(p.wide.defined(), "internal: probabilities our kernels made, on the plain ops' path");
+  return p.wide;
 }
 
 BandedProbs banded_probs(const torch::Tensor& scores, int64_t window) {  // scores [H, Tq, Tk], contiguous
@@ -493,7 +488,8 @@ BandedProbs banded_probs(const torch::Tensor& scores, int64_t window) {  // scor
     return {probs, torch::Tensor(), rows, lse, window};
   }
 #endif
-  const torch::Tensor mask = band_mask(Tq, Tk, window, scores.options());
+  const torch::Tensor keys = torch::arange(Tk, scores.options().dtype(torch::kInt64));
+  const torch::Tensor mask = attention_mask(keys.narrow(0, Tk - Tq, Tq), keys, window);
   const torch::Tensor wide = torch::softmax(scores + attention_bias(mask, scores), -1);
   return {wide.to(scores.scalar_type()), wide, torch::Tensor(), torch::Tensor(), window};
 }
@@ -525,7 +521,7 @@ ProbsBackward probs_backward(const BandedProbs& p, const torch::Tensor& grad_pro
     return b;
   }
 #endif
-  const torch::Tensor wide = wide_probs(p);
+  const torch::Tensor& wide = wide_probs(p);
   const torch::Tensor dots = (wide * grad_probs).sum(-1, /*keepdim=*/true);
   return {grad_probs, dots, (wide * (grad_probs - dots)).to(grad_probs.scalar_type())};
 }
@@ -553,7 +549,7 @@ std::pair<torch::Tensor, torch::Tensor> probs_double_backward(const BandedProbs&
     return {of_grad_probs, of_scores};
   }
 #endif
-  const torch::Tensor wide = wide_probs(p);
+  const torch::Tensor& wide = wide_probs(p);
   torch::Tensor of_grad_probs, of_probs = A;  // dP', G_P
   if (G.defined()) {
     const torch::Tensor E = (wide * G).sum(-1, /*keepdim=*/true);
@@ -777,9 +773,7 @@ bool gate_kernels_serve(const torch::Tensor& a) {
 }
 #endif
 
-torch::Tensor widened(const torch::Tensor& t) {
-  return t.to(t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
-}
+torch::Tensor widened(const torch::Tensor& t) { return t.to(softmax_dtype_for(t)); }
 
 class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> {
  public:
