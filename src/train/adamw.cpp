@@ -14,11 +14,20 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
     m_.emplace(name, torch::zeros_like(p, torch::MemoryFormat::Contiguous).detach());
     v_.emplace(name, torch::zeros_like(p, torch::MemoryFormat::Contiguous).detach());
   }
+  bool fused = options_.fused && TORCH_VERSION_MAJOR >= 2 && !params_.empty();
+  for (const auto& [name, p] : params_) {
+    fused = fused && p.is_cuda() && p.device() == params_.begin()->second.device();
+  }
+  if (fused) {
+    step_counts_ = torch::zeros({static_cast<int64_t>(params_.size())},
+                                torch::TensorOptions().dtype(torch::kFloat32).device(params_.begin()->second.device()));
+  }
 }
 
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   ++steps_;
+  if (step_counts_.defined()) return fused_step(lr);
   const double b1 = options_.beta1, b2 = options_.beta2;
   const double correction1 = 1 - std::pow(b1, static_cast<double>(steps_));
   const double correction2 = 1 - std::pow(b2, static_cast<double>(steps_));
@@ -31,6 +40,25 @@ void AdamW::step(double lr) {
     const torch::Tensor update = (m / correction1) / ((v / correction2).sqrt() + options_.eps);
     p.sub_(lr * (update + options_.weight_decay * p));
   }
+}
+
+void AdamW::fused_step(double lr) {
+#if TORCH_VERSION_MAJOR >= 2
+  std::vector<torch::Tensor> params, grads, m, v, counts;
+  step_counts_.fill_(static_cast<double>(steps_));
+  for (auto& [name, p] : params_) {
+    params.push_back(p);
+    grads.push_back(p.grad().defined() ? p.grad() : torch::zeros_like(p));
+    m.push_back(m_.at(name));
+    v.push_back(v_.at(name));
+    counts.push_back(step_counts_[static_cast<int64_t>(counts.size())]);
+  }
+  at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, counts, lr, options_.beta1, options_.beta2,
+                    options_.weight_decay, options_.eps, /*amsgrad=*/false, /*maximize=*/false);
+#else
+  (void)lr;
+  throw Error("internal: the fused AdamW needs PyTorch 2");
+#endif
 }
 
 std::map<std::string, torch::Tensor> AdamW::state() const {

@@ -285,8 +285,7 @@ std::vector<torch::Tensor> Trainer::batch(int64_t step) const {
 }
 
 std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::function<bool()>& stop_requested) {
-  const auto params = named_params(model_.config, model_.params);
-  for (const auto& [name, p] : params) p.mutable_grad() = torch::Tensor();
+  clear_gradients();
   const double scale = 1.0 / static_cast<double>(config_.batch_size);
   const double ilr_mult = inner_lr_multiplier(config_, step);
   const MatmulDtypeGuard precision(matmul_dtype(config_));
@@ -323,18 +322,36 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
     ranks_->all_reduce_sum({shared});
     total = shared[0].item<double>();
     stopped = shared[1].item<double>() > 0;
-    if (!stopped) {
-      std::vector<torch::Tensor> gradients;
-      for (const auto& [name, p] : params) {
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p, torch::MemoryFormat::Contiguous);
-        if (!p.grad().is_contiguous()) p.mutable_grad() = p.grad().contiguous();
-        gradients.push_back(p.grad());
-      }
-      ranks_->all_reduce_sum(gradients);
-    }
+    if (!stopped) ranks_->all_reduce_sum({gradients_});
   }
   if (stopped) return std::nullopt;
   return total * scale;
+}
+
+void Trainer::clear_gradients() {
+  torch::NoGradGuard no_grad;
+  const auto params = named_params(model_.config, model_.params);
+  const char* base = gradients_.defined() ? static_cast<const char*>(gradients_.data_ptr()) : nullptr;
+  int64_t total = 0;
+  bool in_place = base != nullptr;
+  for (const auto& [name, p] : params) {
+    in_place = in_place && p.grad().defined() && p.grad().data_ptr() == base + total * gradients_.element_size() &&
+               p.grad().sizes() == p.sizes() && p.grad().is_contiguous();
+    total += p.numel();
+  }
+  if (in_place && total == gradients_.numel()) {
+    gradients_.zero_();
+    return;
+  }
+  const torch::Tensor& first = params.begin()->second;
+  gradients_ = torch::zeros({total}, first.options());
+  int64_t offset = 0;
+  for (const auto& [name, p] : params) {
+    require(p.dtype() == first.dtype() && p.device() == first.device(),
+            "internal: the parameters differ in dtype or device (" + name + ")");
+    p.mutable_grad() = gradients_.narrow(0, offset, p.numel()).view(p.sizes());
+    offset += p.numel();
+  }
 }
 
 double Trainer::validation_loss() const {
@@ -360,19 +377,17 @@ double Trainer::validation_loss() const {
 double Trainer::clip_and_update(double lr) {
   torch::NoGradGuard no_grad;
   const auto params = named_params(model_.config, model_.params);
-  torch::Tensor squares = torch::zeros({}, model_.params.embed.options());
+  std::vector<torch::Tensor> grads;
   for (const auto& [name, p] : params) {
-    if (p.grad().defined()) squares += p.grad().pow(2).sum();
+    if (p.grad().defined()) grads.push_back(p.grad());
   }
-  const double grad_norm = std::sqrt(squares.item<double>());
+  // Multi-tensor kernels: a pass or two for all the gradients, where a pow and a sum each
+  // took ~4.6 ms a step at 125M on an H200 (kernel launches, ~110 tensors).
+  const double grad_norm = grads.empty() ? 0.0 : torch::stack(at::_foreach_norm(grads)).norm().item<double>();
   require(std::isfinite(grad_norm), "training diverged at step " + std::to_string(step_ + 1) +
                                         " (the gradient is not finite); the last checkpoint in " + out_dir_ +
                                         " is intact; a smaller lr may help");
-  if (config_.grad_clip > 0 && grad_norm > config_.grad_clip) {
-    for (const auto& [name, p] : params) {
-      if (p.grad().defined()) p.mutable_grad().mul_(config_.grad_clip / grad_norm);
-    }
-  }
+  if (config_.grad_clip > 0 && grad_norm > config_.grad_clip) at::_foreach_mul_(grads, config_.grad_clip / grad_norm);
   optimizer_->step(lr);
   return grad_norm;
 }

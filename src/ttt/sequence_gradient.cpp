@@ -729,7 +729,12 @@ GradientGraphs::GradientGraphs(const ModelConfig& config, const Params& params) 
   s.params = params;
   s.matmul_dtype = matmul_dtype();
   s.sinks.params = param_tensors(config, params);
-  for (const torch::Tensor& p : s.sinks.params) s.sinks.sinks.push_back(torch::zeros_like(p));
+  for (const torch::Tensor& p : s.sinks.params) {
+    const torch::Tensor& grad = p.grad();
+    const bool adopt = grad.defined() && grad.sizes() == p.sizes() && grad.dtype() == p.dtype() &&
+                       grad.device() == p.device() && grad.is_contiguous();
+    s.sinks.sinks.push_back(adopt ? grad : torch::zeros_like(p));
+  }
   s.step_size = torch::zeros({}, params.final_norm.options());
   s.loss_scale = torch::zeros({}, params.final_norm.options());
   s.loss = torch::zeros({}, params.final_norm.options());

@@ -70,9 +70,11 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
 // accumulate_sequence_gradient as CUDA graphs, one per sequence length: training reads
 // thousands of sequences of one length, and eagerly the reverse scan's ~2,500 kernels per
 // chunk cost the host more time than the GPU spends on them. The graph adds the gradient
-// into buffers of its own that it lends the parameters as their .grad, so there is no
-// second copy of the gradient (3B: 12 GB); the inner step size and loss_scale are device
-// tensors too, so the inner-LR warm-up and any scale replay the same graph. Like
+// into buffers that it lends the parameters as their .grad, so there is no second copy of
+// the gradient (3B: 12 GB): the parameters' own .grad when the graphs are made (contiguous,
+// of their shape: the trainer's one allocation for all gradients), else its own. The inner
+// step size and loss_scale are device tensors too, so the inner-LR warm-up and any scale
+// replay the same graph. Like
 // GraphReplay, a length runs eagerly first, is captured the second time, replayed after.
 // The parameters must stay where they are (optimisers update them in place), and a .grad
 // set to another tensor is copied into the lent buffer at the next call.

@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -60,6 +63,38 @@ TEST(AdamW, RestoredStateContinuesIdentically) {
   state = first.state();
   state["m.w"] = torch::zeros({2}, torch::kFloat64);
   test::expect_error([&] { second.load_state(state, 1); }, {"'m.w'", "shape"});
+}
+
+TEST(AdamWOnCuda, FusedUpdateMatchesThePlainOne) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  const torch::Tensor w = torch::randn({64, 48}, options), b = torch::randn({48}, options);
+  std::map<std::string, torch::Tensor> fused_params{{"w", w.clone()}, {"b", b.clone()}},
+      plain_params{{"w", w.clone()}, {"b", b.clone()}};
+  AdamWOptions o;
+  AdamW fused(fused_params, o);
+  o.fused = false;
+  AdamW plain(plain_params, o);
+  ASSERT_EQ(fused.fused(), TORCH_VERSION_MAJOR >= 2);
+  ASSERT_FALSE(plain.fused());
+  const std::vector<double> lrs = {1e-2, 3e-3, 1e-3};
+  for (size_t t = 0; t < lrs.size(); ++t) {
+    for (const std::string name : {"w", "b"}) {
+      // "b" has no gradient at the second step: it counts as zero, its moments still decay.
+      const torch::Tensor g = t == 1 && name == "b" ? torch::Tensor() : torch::randn_like(fused_params[name]);
+      fused_params[name].mutable_grad() = g.defined() ? g.clone() : g;
+      plain_params[name].mutable_grad() = g;
+    }
+    fused.step(lrs[t]);
+    plain.step(lrs[t]);
+    for (const std::string name : {"w", "b"}) {
+      EXPECT_TRUE(torch::allclose(fused_params[name], plain_params[name], 1e-6, 1e-7)) << name << " at step " << t;
+      EXPECT_FALSE(torch::equal(fused_params[name], name == "w" ? w : b)) << name << " did not move";
+    }
+  }
+  for (const auto& [key, moment] : plain.state()) {
+    EXPECT_TRUE(torch::allclose(fused.state().at(key), moment, 1e-6, 1e-6)) << key;  // m: a few ulps of g (it cancels)
+  }
 }
 
 }  // namespace

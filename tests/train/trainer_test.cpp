@@ -11,6 +11,7 @@
 
 #include "io/safetensors.h"
 #include "io/token_file.h"
+#include "model/params.h"
 #include "test_util.h"
 #include "train/trainer.h"
 
@@ -214,6 +215,29 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   EXPECT_EQ(resumed->steps_done(), 8);
   EXPECT_TRUE(resumed->model().params.embed.is_cuda());
   EXPECT_NEAR(resumed->validation_loss(), val_b, 1e-6 * val_b);
+}
+
+// The gradients live in one allocation (the ranks' all-reduce sends it whole): every step
+// clears it and adds into it in place, and a .grad replaced from outside is pointed back.
+TEST(Trainer, GradientsLiveInOneAllocationThatEveryStepClears) {
+  test::ScratchDir dir;
+  auto trainer = Trainer::start(small_run(Variant::kTttE2E), dir.path("run"));
+  const auto params = named_params(trainer->model().config, trainer->model().params);
+  ASSERT_TRUE(trainer->accumulate_gradients(0).has_value());
+  std::map<std::string, torch::Tensor> first;
+  const void* storage = params.begin()->second.grad().storage().data_ptr().get();
+  for (const auto& [name, p] : params) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    EXPECT_EQ(p.grad().storage().data_ptr().get(), storage) << name;
+    first.emplace(name, p.grad().clone());
+  }
+  params.begin()->second.mutable_grad() = torch::ones_like(params.begin()->second);
+  ASSERT_TRUE(trainer->accumulate_gradients(0).has_value());
+  for (const auto& [name, p] : params) {
+    EXPECT_TRUE(torch::allclose(p.grad(), first.at(name), 1e-6, 1e-9)) << name << ": not cleared before the step";
+  }
+  const void* again = params.begin()->second.grad().storage().data_ptr().get();
+  for (const auto& [name, p] : params) EXPECT_EQ(p.grad().storage().data_ptr().get(), again) << name;
 }
 
 // The paper's Stage 2: a model trained at one length goes on at a longer one from its weights
