@@ -9,9 +9,8 @@ namespace {
 // One block per row (a row is up to window + mini_batch keys); passes over it re-read L2.
 constexpr int kThreads = 256;
 
-// Rows are read and written kVec elements at a time: 8 where every row's start is aligned to
-// 16 bytes (the key count a multiple of 8, the pointers to 16 bytes), else 1.
-constexpr int kWide = 8;
+// Rows are read and written kVec elements at a time: 8, 4 or 1, the most that every row's
+// start allows (`dispatch`).
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Row `row`'s band: query i = row % queries sees keys lo..hi (offset = keys - queries: the
@@ -150,15 +149,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Whether rows of `keys` elements at these addresses take packs of kWide elements.
-bool wide_rows(int64_t keys, std::initializer_list<const void*> pointers) {
-  if (keys % kWide != 0) return false;
-  for (const void* pointer : pointers) {
-    if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) return false;
-  }
-  return true;
-}
-
 // What `dispatch` hands its launch: the storage type and the pack width, as types.
 template <typename T, int kVec>
 struct Layout {
@@ -166,21 +156,32 @@ struct Layout {
   static constexpr int kVector = kVec;
 };
 
-// Calls launch(Layout<T, kVec>{}) for the storage of `type` (fp32 or bf16) and packs of kWide
-// elements where `wide`, else of 1; returns the launch's error text or null.
+// Calls launch(Layout<T, kVec>{}) for the storage of `type` (fp32 or bf16) with the widest
+// packs, 8, 4 or 1 elements, that rows of `keys` elements at these addresses allow (every
+// row's start aligned to the pack); returns the launch's error text or null.
 template <typename Launch>
-const char* dispatch(Storage type, bool wide, Launch launch) {
+const char* dispatch(Storage type, int64_t keys, std::initializer_list<const void*> pointers, Launch launch) {
   if (type == Storage::kFloat16) return "fp16 is not supported";
-  if (type == Storage::kBFloat16) {
-    if (wide) {
-      launch(Layout<__nv_bfloat16, kWide>{});
+  const auto widest = [&](auto tag) {
+    using T = decltype(tag);
+    const auto fit = [&](int vec) {
+      for (const void* pointer : pointers) {
+        if (!packs_fit<T>(pointer, keys, vec)) return false;
+      }
+      return true;
+    };
+    if (fit(8)) {
+      launch(Layout<T, 8>{});
+    } else if (fit(4)) {
+      launch(Layout<T, 4>{});
     } else {
-      launch(Layout<__nv_bfloat16, 1>{});
+      launch(Layout<T, 1>{});
     }
-  } else if (wide) {
-    launch(Layout<float, kWide>{});
+  };
+  if (type == Storage::kBFloat16) {
+    widest(__nv_bfloat16());
   } else {
-    launch(Layout<float, 1>{});
+    widest(float());
   }
   return launched();
 }
@@ -192,7 +193,7 @@ const char* attention_probs_forward(const void* scores, Storage type, int64_t he
   const int64_t rows = heads * queries;
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  return dispatch(type, wide_rows(keys, {scores, probs}), [&](auto layout) {
+  return dispatch(type, keys, {scores, probs}, [&](auto layout) {
     using T = typename decltype(layout)::Type;
     forward_rows<T, decltype(layout)::kVector>
         <<<rows, kThreads, 0, s>>>(static_cast<const T*>(scores), queries, keys, window, lse, static_cast<T*>(probs));
@@ -205,7 +206,7 @@ const char* attention_probs_backward(const void* scores, const float* lse, const
   const int64_t rows = heads * queries;
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  return dispatch(type, wide_rows(keys, {scores, grad_probs, grad_scores}), [&](auto layout) {
+  return dispatch(type, keys, {scores, grad_probs, grad_scores}, [&](auto layout) {
     using T = typename decltype(layout)::Type;
     backward_rows<T, decltype(layout)::kVector>
         <<<rows, kThreads, 0, s>>>(static_cast<const T*>(scores), lse, static_cast<const T*>(grad_probs), queries, keys,
@@ -221,9 +222,9 @@ const char* attention_probs_double_backward(const void* scores, const float* lse
   const int64_t rows = heads * queries;
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  const bool wide =
-      wide_rows(keys, {scores, grad_probs, grad_of_grad_scores, grad_of_probs, grad_of_grad_probs, grad_of_scores});
-  return dispatch(type, wide, [&](auto layout) {
+  const std::initializer_list<const void*> rows_of = {scores,        grad_probs,         grad_of_grad_scores,
+                                                      grad_of_probs, grad_of_grad_probs, grad_of_scores};
+  return dispatch(type, keys, rows_of, [&](auto layout) {
     using T = typename decltype(layout)::Type;
     double_backward_rows<T, decltype(layout)::kVector><<<rows, kThreads, 0, s>>>(
         static_cast<const T*>(scores), lse, static_cast<const T*>(grad_probs), dots,

@@ -9,6 +9,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+// silu'(x) for s = sigmoid(x).
+__device__ __forceinline__ float silu_slope(float x, float s) { return s * (1.f + x * (1.f - s)); }
+
 // A thread per kVec values (a 16-byte pack where the tensors allow, else one value).
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
@@ -19,7 +23,7 @@ __global__ void __launch_bounds__(kThreads)
     load_pack(a, i * kVec, x);
     load_pack(b, i * kVec, w);
 #pragma unroll
-    for (int m = 0; m < kVec; ++m) x[m] = x[m] / (1.f + expf(-x[m])) * w[m];
+    for (int m = 0; m < kVec; ++m) x[m] = x[m] / (1.f + expf(-x[m])) * w[m];  // as torch's silu rounds it
     store_pack(y, i * kVec, x);
   }
 }
@@ -36,8 +40,8 @@ __global__ void __launch_bounds__(kThreads)
     load_pack(dy, i * kVec, g);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) {
-      const float s = 1.f / (1.f + expf(-x[m]));
-      ga[m] = g[m] * w[m] * (s * (1.f + x[m] * (1.f - s)));
+      const float s = sigmoid(x[m]);
+      ga[m] = g[m] * w[m] * silu_slope(x[m], s);
       gb[m] = g[m] * (x[m] * s);
     }
     store_pack(da, i * kVec, ga);
@@ -63,8 +67,8 @@ __global__ void __launch_bounds__(kThreads)
     load_pack(v, i * kVec, vv);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) {
-      const float s = 1.f / (1.f + expf(-x[m]));
-      const float f1 = s * (1.f + x[m] * (1.f - s)), f2 = s * (1.f - s) * (2.f + x[m] * (1.f - 2.f * s));
+      const float s = sigmoid(x[m]);
+      const float f1 = silu_slope(x[m], s), f2 = s * (1.f - s) * (2.f + x[m] * (1.f - 2.f * s));
       out_a[m] = uv[m] * g[m] * w[m] * f2 + vv[m] * g[m] * f1;
       out_b[m] = uv[m] * g[m] * f1;
       out_dy[m] = uv[m] * w[m] * f1 + vv[m] * (x[m] * s);

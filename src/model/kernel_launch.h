@@ -23,6 +23,8 @@ inline kernels::Storage storage_of(torch::Dtype dtype) {
   }
 }
 inline kernels::Storage storage_of(const torch::Tensor& t) { return storage_of(t.scalar_type()); }
+// A launcher's optional operand: null where the tensor is undefined.
+inline void* data_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 inline void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 inline void check(const char* kernel, const char* error) {
   if (error != nullptr) throw Error(std::string("CUDA kernel ") + kernel + ": " + error);

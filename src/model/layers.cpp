@@ -132,12 +132,12 @@ class RmsNormGradient : public torch::autograd::Function<RmsNormGradient> {
         partials = torch::empty({kernels::rms_norm_chunks(rows), dim}, rstd.options());
         x_coefficient = torch::empty({rows}, rstd.options());
       }
-      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
-      check("rms_norm", kernels::rms_norm_double_backward(
-                            x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(), rstd.data_ptr<float>(),
-                            grad_y_c.data_ptr(), storage_of(grad_y), pointer(u), static_cast<const float*>(pointer(w)),
-                            rows, dim, pointer(result[0]), pointer(result[2]), static_cast<float*>(pointer(partials)),
-                            static_cast<float*>(pointer(x_coefficient)), stream()));
+      check("rms_norm",
+            kernels::rms_norm_double_backward(
+                x_c.data_ptr(), storage_of(x), gain.data_ptr<float>(), rstd.data_ptr<float>(), grad_y_c.data_ptr(),
+                storage_of(grad_y), data_or_null(u), static_cast<const float*>(data_or_null(w)), rows, dim,
+                data_or_null(result[0]), data_or_null(result[2]), static_cast<float*>(data_or_null(partials)),
+                static_cast<float*>(data_or_null(x_coefficient)), stream()));
       if (want_gain) result[1] = partials.sum(0);
       return result;
     }
@@ -540,12 +540,12 @@ std::pair<torch::Tensor, torch::Tensor> probs_double_backward(const BandedProbs&
     const torch::Tensor of_grad_probs = G.defined() ? torch::empty_like(b.grad_probs) : torch::Tensor();
     const torch::Tensor of_scores = torch::empty_like(b.grad_probs);
     const auto rows_of = [](const torch::Tensor& t) { return t.defined() ? t.contiguous() : t; };  // GEMMs': no copy
-    const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
     const torch::Tensor G_rows = rows_of(G), A_rows = rows_of(A);
-    check("attention_probs", kernels::attention_probs_double_backward(
-                                 p.scores.data_ptr(), p.lse.data_ptr<float>(), b.grad_probs.data_ptr(),
-                                 b.dots.data_ptr<float>(), pointer(G_rows), pointer(A_rows), storage_of(dtype), H, Tq,
-                                 keys, p.window, pointer(of_grad_probs), of_scores.data_ptr(), stream()));
+    check("attention_probs",
+          kernels::attention_probs_double_backward(
+              p.scores.data_ptr(), p.lse.data_ptr<float>(), b.grad_probs.data_ptr(), b.dots.data_ptr<float>(),
+              data_or_null(G_rows), data_or_null(A_rows), storage_of(dtype), H, Tq, keys, p.window,
+              data_or_null(of_grad_probs), of_scores.data_ptr(), stream()));
     return {of_grad_probs, of_scores};
   }
 #endif
@@ -806,11 +806,10 @@ class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> 
       const c10::cuda::CUDAGuard device(a.device());
       const auto operand = [&](const torch::Tensor& t) { return t.defined() ? t.to(a.scalar_type()).contiguous() : t; };
       const torch::Tensor u_rows = operand(u), v_rows = operand(v);
-      const auto pointer = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
       torch::Tensor ga = torch::empty_like(a), gb = torch::empty_like(b), gdy = torch::empty_like(dy);
-      check("swiglu", kernels::swiglu_gate_double_backward(a.data_ptr(), b.data_ptr(), dy.data_ptr(), pointer(u_rows),
-                                                           pointer(v_rows), storage_of(a), a.numel(), ga.data_ptr(),
-                                                           gb.data_ptr(), gdy.data_ptr(), stream()));
+      check("swiglu", kernels::swiglu_gate_double_backward(
+                          a.data_ptr(), b.data_ptr(), dy.data_ptr(), data_or_null(u_rows), data_or_null(v_rows),
+                          storage_of(a), a.numel(), ga.data_ptr(), gb.data_ptr(), gdy.data_ptr(), stream()));
       return {ga, u.defined() ? gb : torch::Tensor(), gdy};  // b's is u's alone, as below
     }
 #endif
