@@ -72,9 +72,9 @@ def plain_adamw(params, grads, m, v, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, wd=0.1,
 
 
 def main():
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl")
     rank = dist.get_rank()
-    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     for name, model in [("125m", shapes(768, 12, 2048)), ("760m", shapes(1536, 24, 4096))]:
         params = [torch.randn(s, device="cuda") for s in model]
         grads = [torch.randn_like(p) for p in params]

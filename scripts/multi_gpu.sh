@@ -158,6 +158,8 @@ if part 3; then
     [[ -f $work/split/metrics.jsonl && $(wc -l <"$work/split/metrics.jsonl") -ge 5 ]] && break
     sleep 0.1
   done
+  [[ -f $work/split/metrics.jsonl && $(wc -l <"$work/split/metrics.jsonl") -ge 5 ]] ||
+    { echo "the 2-rank run did not reach step 5 in 60 s"; exit 1; }
   kill -INT "$trainer"
   wait "$trainer" || true
   saved=$(wc -l <"$work/split/metrics.jsonl")

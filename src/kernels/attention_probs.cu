@@ -8,9 +8,6 @@ namespace {
 
 // One block per row (a row is up to window + mini_batch keys); passes over it re-read L2.
 constexpr int kThreads = 256;
-
-// Rows are read and written kVec elements at a time: 8, 4 or 1, the most that every row's
-// start allows (`dispatch`).
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Row `row`'s band: query i = row % queries sees keys lo..hi (offset = keys - queries: the
@@ -156,9 +153,10 @@ struct Layout {
   static constexpr int kVector = kVec;
 };
 
-// Calls launch(Layout<T, kVec>{}) for the storage of `type` (fp32 or bf16) with the widest
-// packs, 8, 4 or 1 elements, that rows of `keys` elements at these addresses allow (every
-// row's start aligned to the pack); returns the launch's error text or null.
+// Rows are read and written kVec elements at a time. Calls launch(Layout<T, kVec>{}) for the
+// storage of `type` (fp32 or bf16) with the widest packs, 8, 4 or 1 elements, that rows of
+// `keys` elements at these addresses allow (every row's start aligned to the pack); returns
+// the launch's error text or null.
 template <typename Launch>
 const char* dispatch(Storage type, int64_t keys, std::initializer_list<const void*> pointers, Launch launch) {
   if (type == Storage::kFloat16) return "fp16 is not supported";

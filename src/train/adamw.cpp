@@ -16,11 +16,13 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
   }
   bool fused = options_.fused && TORCH_VERSION_MAJOR >= 2 && !params_.empty();
   for (const auto& [name, p] : params_) {
-    fused = fused && p.is_cuda() && p.device() == params_.begin()->second.device();
+    // The fused update wants p, g, m and v of one layout: the moments and gradients are contiguous.
+    fused = fused && p.is_cuda() && p.device() == params_.begin()->second.device() && p.is_contiguous();
   }
   if (fused) {
     step_counts_ = torch::zeros({static_cast<int64_t>(params_.size())},
                                 torch::TensorOptions().dtype(torch::kFloat32).device(params_.begin()->second.device()));
+    for (int64_t i = 0; i < step_counts_.size(0); ++i) step_count_views_.push_back(step_counts_[i]);
   }
 }
 
@@ -44,16 +46,15 @@ void AdamW::step(double lr) {
 
 void AdamW::fused_step(double lr) {
 #if TORCH_VERSION_MAJOR >= 2
-  std::vector<torch::Tensor> params, grads, m, v, counts;
+  std::vector<torch::Tensor> params, grads, m, v;
   step_counts_.fill_(static_cast<double>(steps_));
   for (auto& [name, p] : params_) {
     params.push_back(p);
     grads.push_back(p.grad().defined() ? p.grad() : torch::zeros_like(p));
     m.push_back(m_.at(name));
     v.push_back(v_.at(name));
-    counts.push_back(step_counts_[static_cast<int64_t>(counts.size())]);
   }
-  at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, counts, lr, options_.beta1, options_.beta2,
+  at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, step_count_views_, lr, options_.beta1, options_.beta2,
                     options_.weight_decay, options_.eps, /*amsgrad=*/false, /*maximize=*/false);
 #else
   (void)lr;

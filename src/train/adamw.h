@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -40,7 +41,10 @@ class AdamW {
   std::map<std::string, torch::Tensor> params_, m_, v_;
   AdamWOptions options_;
   int64_t steps_ = 0;
-  torch::Tensor step_counts_;  // the fused update's step count, one entry per parameter; else undefined
+  // The fused update's step count, an entry a parameter (views of one tensor, filled each
+  // step); undefined where the update is the plain one.
+  torch::Tensor step_counts_;
+  std::vector<torch::Tensor> step_count_views_;
 };
 
 }  // namespace ttt

@@ -331,26 +331,33 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
 void Trainer::clear_gradients() {
   torch::NoGradGuard no_grad;
   const auto params = named_params(model_.config, model_.params);
-  const char* base = gradients_.defined() ? static_cast<const char*>(gradients_.data_ptr()) : nullptr;
-  int64_t total = 0;
-  bool in_place = base != nullptr;
-  for (const auto& [name, p] : params) {
-    in_place = in_place && p.grad().defined() && p.grad().data_ptr() == base + total * gradients_.element_size() &&
-               p.grad().sizes() == p.sizes() && p.grad().is_contiguous();
-    total += p.numel();
-  }
-  if (in_place && total == gradients_.numel()) {
-    gradients_.zero_();
-    return;
-  }
   const torch::Tensor& first = params.begin()->second;
-  gradients_ = torch::zeros({total}, first.options());
-  int64_t offset = 0;
+  bool fits = gradients_.defined() && gradient_views_.size() == params.size() &&
+              gradients_.device() == first.device() && gradients_.dtype() == first.dtype();
+  int64_t total = 0, i = 0;
   for (const auto& [name, p] : params) {
     require(p.dtype() == first.dtype() && p.device() == first.device(),
             "internal: the parameters differ in dtype or device (" + name + ")");
-    p.mutable_grad() = gradients_.narrow(0, offset, p.numel()).view(p.sizes());
-    offset += p.numel();
+    fits = fits && gradient_views_[i++].sizes() == p.sizes();
+    total += p.numel();
+  }
+  if (!fits || total != gradients_.numel()) {
+    gradients_ = torch::zeros({total}, first.options());
+    gradient_views_.clear();
+    int64_t offset = 0;
+    for (const auto& [name, p] : params) {
+      gradient_views_.push_back(gradients_.narrow(0, offset, p.numel()).view(p.sizes()));
+      offset += p.numel();
+    }
+    gradient_graphs_.reset();  // its buffers were views of the old allocation
+  } else {
+    gradients_.zero_();
+  }
+  // The same view objects every step: CUDA graphs of the gradient lend them back as .grad.
+  i = 0;
+  for (const auto& [name, p] : params) {
+    const torch::Tensor& view = gradient_views_[i++];
+    if (!p.grad().is_same(view)) p.mutable_grad() = view;
   }
 }
 

@@ -95,8 +95,8 @@ class Trainer {
   void check_ranks_agree();
   void append_metrics(const StepReport& report) const;
   double elapsed_s() const;
-  // Points every parameter's .grad at its slice of gradients_ (made at the first call, or
-  // again if a .grad was replaced) and zeroes it.
+  // Zeroes gradients_ and points every parameter's .grad at its view of it (again where a .grad
+  // was replaced); makes them at the first call, or anew if the parameters' shapes changed.
   void clear_gradients();
   // Clips the accumulated gradient to grad_clip, takes the AdamW step; returns the norm before clipping.
   double clip_and_update(double lr);
@@ -111,6 +111,7 @@ class Trainer {
   // whole, with no packing into buckets and back (760M: 11 ms a step on an H200), and a step
   // clears it with one fill.
   torch::Tensor gradients_;
+  std::vector<torch::Tensor> gradient_views_;  // one a parameter, in named_params' order
   // On a GPU, the gradient of a sequence replayed as a CUDA graph (made at the first step;
   // it adds into gradients_, which it takes as its own buffers).
   std::unique_ptr<GradientGraphs> gradient_graphs_;

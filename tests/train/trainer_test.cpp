@@ -3,9 +3,13 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -217,27 +221,49 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   EXPECT_NEAR(resumed->validation_loss(), val_b, 1e-6 * val_b);
 }
 
-// The gradients live in one allocation (the ranks' all-reduce sends it whole): every step
-// clears it and adds into it in place, and a .grad replaced from outside is pointed back.
+// The gradients live in one allocation (the ranks' all-reduce sends it whole), a slice a
+// parameter: every step clears it and adds into it in place, and a .grad replaced from
+// outside is pointed back at its slice.
 TEST(Trainer, GradientsLiveInOneAllocationThatEveryStepClears) {
   test::ScratchDir dir;
   auto trainer = Trainer::start(small_run(Variant::kTttE2E), dir.path("run"));
   const auto params = named_params(trainer->model().config, trainer->model().params);
+  const auto check_one_allocation = [&](const std::string& when) {
+    const void* storage = params.begin()->second.grad().storage().data_ptr().get();
+    std::vector<std::pair<const char*, int64_t>> slices;  // start, bytes
+    int64_t bytes = 0;
+    for (const auto& [name, p] : params) {
+      ASSERT_TRUE(p.grad().defined()) << name << " " << when;
+      EXPECT_EQ(p.grad().storage().data_ptr().get(), storage) << name << " " << when;
+      slices.emplace_back(static_cast<const char*>(p.grad().data_ptr()), p.grad().nbytes());
+      bytes += p.grad().nbytes();
+    }
+    std::sort(slices.begin(), slices.end());
+    for (size_t i = 1; i < slices.size(); ++i) {
+      EXPECT_LE(slices[i - 1].first + slices[i - 1].second, slices[i].first) << "slices overlap " << when;
+    }
+    EXPECT_EQ(params.begin()->second.grad().storage().nbytes(), static_cast<size_t>(bytes)) << when;
+  };
+  const auto expect_gradients = [&](const std::map<std::string, torch::Tensor>& expected, const std::string& when) {
+    for (const auto& [name, p] : params) {
+      EXPECT_TRUE(torch::allclose(p.grad(), expected.at(name), 1e-6, 1e-9)) << name << " " << when;
+    }
+  };
   ASSERT_TRUE(trainer->accumulate_gradients(0).has_value());
+  check_one_allocation("after the first step");
   std::map<std::string, torch::Tensor> first;
-  const void* storage = params.begin()->second.grad().storage().data_ptr().get();
-  for (const auto& [name, p] : params) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    EXPECT_EQ(p.grad().storage().data_ptr().get(), storage) << name;
-    first.emplace(name, p.grad().clone());
-  }
+  for (const auto& [name, p] : params) first.emplace(name, p.grad().clone());
+  const void* allocation = params.begin()->second.grad().data_ptr();
+
+  ASSERT_TRUE(trainer->accumulate_gradients(0).has_value());
+  expect_gradients(first, "again: cleared before the step, not added to");
+  EXPECT_EQ(params.begin()->second.grad().data_ptr(), allocation) << "a new allocation";
+
   params.begin()->second.mutable_grad() = torch::ones_like(params.begin()->second);
   ASSERT_TRUE(trainer->accumulate_gradients(0).has_value());
-  for (const auto& [name, p] : params) {
-    EXPECT_TRUE(torch::allclose(p.grad(), first.at(name), 1e-6, 1e-9)) << name << ": not cleared before the step";
-  }
-  const void* again = params.begin()->second.grad().storage().data_ptr().get();
-  for (const auto& [name, p] : params) EXPECT_EQ(p.grad().storage().data_ptr().get(), again) << name;
+  check_one_allocation("after a .grad was replaced");
+  expect_gradients(first, "after a .grad was replaced");
+  EXPECT_EQ(params.begin()->second.grad().data_ptr(), allocation) << "a new allocation";
 }
 
 // The paper's Stage 2: a model trained at one length goes on at a longer one from its weights
