@@ -774,6 +774,8 @@ bool gate_kernels_serve(const torch::Tensor& a) {
 #endif
 
 torch::Tensor widened(const torch::Tensor& t) { return t.to(softmax_dtype_for(t)); }
+// f'(x) = s (1 + x (1 - s)) for s = sigmoid(x), as the plain paths below write it.
+torch::Tensor silu_slope(const torch::Tensor& x, const torch::Tensor& s) { return s * (1 + x * (1 - s)); }
 
 class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> {
  public:
@@ -792,7 +794,7 @@ class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> 
     }
 #endif
     const torch::Tensor x = widened(a), w = widened(b), g = widened(dy), sig = torch::sigmoid(x);
-    return {(g * w * (sig * (1 + x * (1 - sig)))).to(a.scalar_type()), (g * (x * sig)).to(b.scalar_type())};
+    return {(g * w * silu_slope(x, sig)).to(a.scalar_type()), (g * (x * sig)).to(b.scalar_type())};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -815,7 +817,7 @@ class SwigluGateGradient : public torch::autograd::Function<SwigluGateGradient> 
 #endif
     // Plain ops, differentiable while autograd records (a third order).
     const torch::Tensor x = widened(a), w = widened(b), g = widened(dy), sig = torch::sigmoid(x);
-    const torch::Tensor f1 = sig * (1 + x * (1 - sig));
+    const torch::Tensor f1 = silu_slope(x, sig);
     torch::Tensor ga, gb, gdy;
     if (u.defined()) {
       const torch::Tensor uw = widened(u);

@@ -74,8 +74,8 @@ torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Para
 // the gradient (3B: 12 GB): the parameters' own .grad when the graphs are made (contiguous,
 // of their shape: the trainer's one allocation for all gradients), else its own. The inner
 // step size and loss_scale are device tensors too, so the inner-LR warm-up and any scale
-// replay the same graph. Like
-// GraphReplay, a length runs eagerly first, is captured the second time, replayed after.
+// replay the same graph. Like GraphReplay, a length runs eagerly first, is captured the
+// second time, replayed after.
 // The parameters must stay where they are (optimisers update them in place), and a .grad
 // set to another tensor is copied into the lent buffer at the next call.
 class GradientGraphs {
