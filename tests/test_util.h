@@ -80,6 +80,18 @@ inline torch::Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed, std:
   return tokens;
 }
 
+// d(objective)/d(leaves), once (no graph kept), a leaf the objective does not reach getting
+// zeros of its shape.
+inline std::vector<torch::Tensor> gradients_or_zeros(const torch::Tensor& objective,
+                                                     const std::vector<torch::Tensor>& leaves) {
+  std::vector<torch::Tensor> grads = torch::autograd::grad({objective}, leaves, {}, /*retain_graph=*/false,
+                                                           /*create_graph=*/false, /*allow_unused=*/true);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    if (!grads[i].defined()) grads[i] = torch::zeros_like(leaves[i]);
+  }
+  return grads;
+}
+
 // A function's value and its derivatives up to `orders`, for comparing two implementations:
 // order 1 differentiates <f(), p> (p a random probe) with respect to the leaves; each further
 // order differentiates the sum of the previous order's results' inner products with fresh

@@ -275,13 +275,7 @@ TEST(Layers, SwigluGateMatchesTheComposableFormToTheThirdOrder) {
       const std::vector<torch::Tensor> first =
           torch::autograd::grad({(y * probe).sum()}, {a, b}, {}, /*retain_graph=*/true, /*create_graph=*/true);
       const torch::Tensor objective = (first[which] * randn(first[which].sizes().vec())).sum();
-      const std::vector<torch::Tensor> leaves = {a, b, probe};
-      std::vector<torch::Tensor> grads = torch::autograd::grad({objective}, leaves, {}, /*retain_graph=*/false,
-                                                               /*create_graph=*/false, /*allow_unused=*/true);
-      for (size_t i = 0; i < grads.size(); ++i) {
-        if (!grads[i].defined()) grads[i] = torch::zeros_like(leaves[i]);  // unused: zero
-      }
-      return grads;
+      return test::gradients_or_zeros(objective, {a, b, probe});
     };
     const std::vector<torch::Tensor> reference_second = second(false), ours_second = second(true);
     for (size_t i = 0; i < reference_second.size(); ++i) {
@@ -342,13 +336,7 @@ TEST(Layers, BandedAttentionsDoubleBackwardTakesUndefinedAdjoints) {
         torch::Tensor objective = torch::zeros({}, torch::kFloat64);
         for (const int i : which)
           objective = objective + (first[i] * torch::randn(first[i].sizes(), torch::kFloat64)).sum();
-        const std::vector<torch::Tensor> leaves = {qs, ks, vs, probe};
-        std::vector<torch::Tensor> grads = torch::autograd::grad({objective}, leaves, {}, /*retain_graph=*/false,
-                                                                 /*create_graph=*/false, /*allow_unused=*/true);
-        for (size_t i = 0; i < grads.size(); ++i) {
-          if (!grads[i].defined()) grads[i] = torch::zeros_like(leaves[i]);  // unused: zero
-        }
-        return grads;
+        return test::gradients_or_zeros(objective, {qs, ks, vs, probe});
       };
       const std::vector<torch::Tensor> reference = second(false), banded = second(true);
       for (size_t i = 0; i < reference.size(); ++i) {
