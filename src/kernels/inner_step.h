@@ -33,4 +33,26 @@ int64_t clipped_sgd_partials();
 const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size, float clip,
                              float* partials, void* stream);
 
+// The step's backward, given the adjoints A of W' (the exact meta-gradient differentiates the
+// step through g and the clip): with n = ||g|| (1 for a zero gradient), s and f = step * s as
+// above, and k = <A, g> over all tensors,
+//   dW = A (no kernel needed), dg = -f A + c g, c = f k / n^2 where the clip binds (n > clip),
+//   else 0, and d(step) = -s k.
+// Two kernels: <A, g> and the squares summed by blocks into `partials`, then every block sums
+// them in one fixed order and writes its share of dg (in the gradients' storage).
+struct SgdAdjoint {
+  const float* adjoint;  // of W', fp32; null: zero
+  const void* grad;      // g
+  void* grad_out;        // dg, in g's storage; may not overlap the others
+  int64_t n;
+};
+
+// The fp32 scratch values clipped_sgd_backward needs in `partials`.
+int64_t clipped_sgd_backward_partials();
+
+// `count` tensors (at most kSgdMaxTensors); `step_grad` (a device fp32 scalar, or null) is
+// overwritten with d(step). Returns null, or CUDA's error text.
+const char* clipped_sgd_backward(const SgdAdjoint* tensors, int count, Storage grad_type, const float* step_size,
+                                 float clip, float* partials, float* step_grad, void* stream);
+
 }  // namespace ttt::kernels

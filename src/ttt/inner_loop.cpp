@@ -29,21 +29,20 @@ FastWeights unflatten(const std::vector<torch::Tensor>& flat) {
   return weights;
 }
 
-// SPEC section 5's update from the gradients, as plain ops (differentiable: the exact
-// meta-gradient goes through g and s); the norm in the loss's dtype. A gradient in a
-// narrower dtype than its weight (fast_weight_leaves') is widened first, exactly.
-std::vector<torch::Tensor> clipped_update(const ModelConfig& config, const std::vector<torch::Tensor>& flat,
-                                          std::vector<torch::Tensor> grads, const torch::Tensor& loss,
-                                          const torch::Tensor& step_size) {
+// SPEC section 5's update from the gradients, as plain ops; the norm in the step size's
+// dtype (the loss's). A gradient in a narrower dtype than its weight (fast_weight_leaves') is
+// widened first, exactly.
+std::vector<torch::Tensor> plain_clipped_update(double clip, torch::TensorList flat, std::vector<torch::Tensor> grads,
+                                                const torch::Tensor& step_size) {
   for (size_t i = 0; i < grads.size(); ++i) grads[i] = grads[i].to(flat[i].scalar_type());
-  torch::Tensor scale = torch::ones({}, loss.options());
-  if (config.inner_clip > 0) {
-    torch::Tensor squares = torch::zeros({}, loss.options());
+  torch::Tensor scale = torch::ones({}, step_size.options());
+  if (clip > 0) {
+    torch::Tensor squares = torch::zeros({}, step_size.options());
     for (const auto& g : grads) squares = squares + g.pow(2).sum();
-    // sqrt'(0) is infinite: a chunk without valid targets (g = 0) would poison the second
-    // order with NaN, so its norm is taken at 1 instead (the update is 0 either way).
+    // sqrt'(0) is infinite: a chunk without valid targets (g = 0) takes its norm as 1 (the
+    // update is 0 either way), which keeps the second order finite.
     const torch::Tensor norm = torch::sqrt(torch::where(squares > 0, squares, torch::ones_like(squares)));
-    scale = config.inner_clip / torch::clamp_min(norm, config.inner_clip);  // = min(1, clip / norm)
+    scale = clip / torch::clamp_min(norm, clip);  // = min(1, clip / norm)
   }
   const torch::Tensor factor = step_size * scale;
   std::vector<torch::Tensor> updated;
@@ -51,45 +50,137 @@ std::vector<torch::Tensor> clipped_update(const ModelConfig& config, const std::
   return updated;
 }
 
-// The same update in two kernels (kernels/inner_step.h), where nothing differentiates it and
-// it serves: fp32 weights and step size on CUDA, contiguous gradients of one dtype. Else
-// an empty result.
-std::vector<torch::Tensor> fused_clipped_update(const ModelConfig& config, const std::vector<torch::Tensor>& flat,
-                                                const std::vector<torch::Tensor>& grads,
-                                                const torch::Tensor& step_size) {
 #if TTT_WITH_CUDA_KERNELS
-  const auto f32 = [](const torch::Tensor& t) { return t.scalar_type() == torch::kFloat32 && t.is_contiguous(); };
+bool f32_on_cuda(const torch::Tensor& t) {
+  return t.is_cuda() && t.scalar_type() == torch::kFloat32 && t.is_contiguous();
+}
+// Where the step's kernels serve: fp32 weights and step size on CUDA, contiguous gradients of
+// one stored dtype, and autograd not recording (nothing differentiates the kernels).
+bool sgd_kernels_serve(torch::TensorList flat, torch::TensorList grads, const torch::Tensor& step_size) {
   const torch::Dtype grad_dtype = grads.empty() ? torch::kFloat32 : grads[0].scalar_type();
   const bool stored = grad_dtype == torch::kFloat32 || grad_dtype == torch::kBFloat16 || grad_dtype == torch::kHalf;
-  bool serves = stored && step_size.is_cuda() && f32(step_size) && !flat.empty() &&
+  bool serves = stored && f32_on_cuda(step_size) && !flat.empty() &&
                 flat.size() <= static_cast<size_t>(kernels::kSgdMaxTensors) && !torch::GradMode::is_enabled();
   for (size_t i = 0; serves && i < flat.size(); ++i) {
-    serves = f32(flat[i]) && flat[i].device() == step_size.device() && grads[i].is_contiguous() &&
+    serves = f32_on_cuda(flat[i]) && flat[i].device() == step_size.device() && grads[i].is_contiguous() &&
              grads[i].device() == step_size.device() && grads[i].scalar_type() == grad_dtype &&
              grads[i].sizes() == flat[i].sizes();
   }
-  if (!serves) return {};
-  const c10::cuda::CUDAGuard device(step_size.device());
-  std::vector<torch::Tensor> updated;
-  std::vector<kernels::SgdTensor> described;
-  for (size_t i = 0; i < flat.size(); ++i) {
-    updated.push_back(torch::empty_like(flat[i]));
-    described.push_back(
-        {flat[i].data_ptr<float>(), grads[i].data_ptr(), updated.back().data_ptr<float>(), flat[i].numel()});
-  }
-  torch::Tensor partials = torch::empty({kernels::clipped_sgd_partials()}, step_size.options());
-  check("clipped_sgd_step",
-        kernels::clipped_sgd_step(described.data(), static_cast<int>(described.size()), storage_of(grads[0]),
-                                  step_size.data_ptr<float>(), static_cast<float>(config.inner_clip),
-                                  partials.data_ptr<float>(), stream()));
-  return updated;
-#else
-  (void)config;
-  (void)flat;
-  (void)grads;
-  (void)step_size;
-  return {};
+  return serves;
+}
 #endif
+
+// The update (SPEC section 5) as an autograd function: forward in two kernels
+// (kernels/inner_step.h) where they serve, and a backward written out, where autograd's chain
+// of the plain form takes about ten small kernels a tensor (the exact meta-gradient
+// differentiates one step a chunk). The backward is kernels too unless autograd records it
+// (a third order), then the plain formulas below, differentiable. Inputs: the weights, their
+// gradients g, the step size and the clip.
+class ClippedUpdate : public torch::autograd::Function<ClippedUpdate> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::TensorList flat,
+                                                torch::TensorList grads, const torch::Tensor& step_size, double clip) {
+    std::vector<torch::Tensor> saved(grads.begin(), grads.end());
+    saved.push_back(step_size);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["clip"] = clip;
+    ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one
+#if TTT_WITH_CUDA_KERNELS
+    if (sgd_kernels_serve(flat, grads, step_size)) {
+      const c10::cuda::CUDAGuard device(step_size.device());
+      std::vector<torch::Tensor> updated;
+      std::vector<kernels::SgdTensor> described;
+      for (size_t i = 0; i < flat.size(); ++i) {
+        updated.push_back(torch::empty_like(flat[i]));
+        described.push_back(
+            {flat[i].data_ptr<float>(), grads[i].data_ptr(), updated.back().data_ptr<float>(), flat[i].numel()});
+      }
+      torch::Tensor partials = torch::empty({kernels::clipped_sgd_partials()}, step_size.options());
+      check("clipped_sgd_step",
+            kernels::clipped_sgd_step(described.data(), static_cast<int>(described.size()), storage_of(grads[0]),
+                                      step_size.data_ptr<float>(), static_cast<float>(clip), partials.data_ptr<float>(),
+                                      stream()));
+      return updated;
+    }
+#endif
+    return plain_clipped_update(clip, flat, grads.vec(), step_size);
+  }
+
+  // With n = ||g|| (1 for a zero gradient), s = clip / n where the clip binds (n > clip),
+  // else 1, f = step s and k = sum <A, g> over the adjoints A of W':
+  //   dW = A, dg = -f A + (f k / n^2) g where it binds, d(step) = -s k.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list adjoints) {
+    const size_t count = adjoints.size();
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const std::vector<torch::Tensor> grads(saved.begin(), saved.begin() + static_cast<int64_t>(count));
+    const torch::Tensor& step_size = saved[count];
+    const double clip = ctx->saved_data["clip"].toDouble();
+    torch::autograd::variable_list out(2 * count + 2);  // W, g, the step size, the clip
+    for (size_t i = 0; i < count; ++i) out[i] = adjoints[i];
+    const bool want_grads = ctx->needs_input_grad({{count, 2 * count}});
+    const bool want_step = ctx->needs_input_grad(2 * count);
+    bool any = false;
+    for (const torch::Tensor& a : adjoints) any = any || a.defined();
+    if (!any || (!want_grads && !want_step)) return out;
+#if TTT_WITH_CUDA_KERNELS
+    std::vector<torch::Tensor> a_rows;
+    bool serve = sgd_kernels_serve(grads, grads, step_size) && count <= static_cast<size_t>(kernels::kSgdMaxTensors);
+    for (size_t i = 0; serve && i < count; ++i) {
+      a_rows.push_back(adjoints[i].defined() ? adjoints[i].to(torch::kFloat32).contiguous() : torch::Tensor());
+      serve = !a_rows.back().defined() ||
+              (a_rows.back().device() == step_size.device() && a_rows.back().sizes() == grads[i].sizes());
+    }
+    if (serve) {
+      const c10::cuda::CUDAGuard device(step_size.device());
+      std::vector<kernels::SgdAdjoint> described;
+      for (size_t i = 0; i < count; ++i) {
+        out[count + i] = torch::empty_like(grads[i]);
+        described.push_back({a_rows[i].defined() ? a_rows[i].data_ptr<float>() : nullptr, grads[i].data_ptr(),
+                             out[count + i].data_ptr(), grads[i].numel()});
+      }
+      torch::Tensor partials = torch::empty({kernels::clipped_sgd_backward_partials()}, step_size.options());
+      torch::Tensor step_grad = want_step ? torch::empty({}, step_size.options()) : torch::Tensor();
+      check("clipped_sgd_backward",
+            kernels::clipped_sgd_backward(described.data(), static_cast<int>(count), storage_of(grads[0]),
+                                          step_size.data_ptr<float>(), static_cast<float>(clip),
+                                          partials.data_ptr<float>(), want_step ? step_grad.data_ptr<float>() : nullptr,
+                                          stream()));
+      for (size_t i = 0; !want_grads && i < count; ++i) out[count + i] = torch::Tensor();
+      out[2 * count] = step_grad;
+      return out;
+    }
+#endif
+    // Plain ops, in the step size's dtype (differentiable while autograd records).
+    const torch::Dtype wide = step_size.scalar_type();
+    torch::Tensor squares = torch::zeros({}, step_size.options()), dot = torch::zeros({}, step_size.options());
+    std::vector<torch::Tensor> g;
+    for (size_t i = 0; i < count; ++i) {
+      g.push_back(grads[i].to(wide));
+      squares = squares + g[i].pow(2).sum();
+      if (adjoints[i].defined()) dot = dot + (adjoints[i].to(wide) * g[i]).sum();
+    }
+    const torch::Tensor norm = torch::sqrt(torch::where(squares > 0, squares, torch::ones_like(squares)));
+    const torch::Tensor binds = torch::full({}, clip > 0, step_size.options().dtype(torch::kBool)) & (norm > clip);
+    const torch::Tensor scale = torch::where(binds, clip / norm, torch::ones_like(norm));
+    const torch::Tensor factor = step_size * scale;
+    const torch::Tensor coef = torch::where(binds, factor * dot / (norm * norm), torch::zeros_like(norm));
+    if (want_grads) {
+      for (size_t i = 0; i < count; ++i) {
+        torch::Tensor d = coef * g[i];
+        if (adjoints[i].defined()) d = d - factor * adjoints[i].to(wide);
+        out[count + i] = d.to(grads[i].scalar_type());
+      }
+    }
+    if (want_step) out[2 * count] = -scale * dot;
+    return out;
+  }
+};
+
+std::vector<torch::Tensor> clipped_update(const ModelConfig& config, const std::vector<torch::Tensor>& flat,
+                                          const std::vector<torch::Tensor>& grads, const torch::Tensor& step_size) {
+  // As TensorLists: autograd takes a std::vector argument for no tensor at all.
+  return ClippedUpdate::apply(torch::TensorList(flat), torch::TensorList(grads), step_size, config.inner_clip);
 }
 
 }  // namespace
@@ -104,7 +195,7 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
   const std::vector<torch::Tensor> grads =
       torch::autograd::grad({loss}, flat, /*grad_outputs=*/{}, /*retain_graph=*/outer != OuterGradient::kNone,
                             /*create_graph=*/outer == OuterGradient::kExact);
-  return unflatten(clipped_update(config, flat, grads, loss, step_size));
+  return unflatten(clipped_update(config, flat, grads, step_size));
 }
 
 FastWeights inner_step_from_leaves(const ModelConfig& config, const FastWeights& weights, const FastWeights& leaves,
@@ -112,8 +203,7 @@ FastWeights inner_step_from_leaves(const ModelConfig& config, const FastWeights&
   const std::vector<torch::Tensor> flat = flatten(weights);
   const std::vector<torch::Tensor> grads = torch::autograd::grad({loss}, flatten(leaves));
   const torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> updated = fused_clipped_update(config, flat, grads, step_size);
-  return unflatten(updated.empty() ? clipped_update(config, flat, grads, loss, step_size) : updated);
+  return unflatten(clipped_update(config, flat, grads, step_size));
 }
 
 FastWeights fast_weight_leaves(const FastWeights& weights) {

@@ -15,6 +15,14 @@
 #include "ttt/chunk_scan.h"
 #include "ttt/graph_replay.h"
 #include "ttt/inner_loop.h"
+#include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
+
+#if TTT_WITH_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/accumulate.h"
+#include "model/kernel_launch.h"
+#endif
 
 namespace ttt {
 namespace {
@@ -27,7 +35,37 @@ struct GradientSinks {
   void add(size_t i, const torch::Tensor& grad) const {
     if (grad.defined()) sinks[i].add_(grad);
   }
+  // grads[i] into sinks[i], where defined: on CUDA in launches of many tensors each
+  // (kernels/accumulate.h), one add a tensor elsewhere.
   void add(const std::vector<torch::Tensor>& grads) const {
+#if TTT_WITH_CUDA_KERNELS
+    if (!sinks.empty() && sinks[0].is_cuda()) {
+      const c10::cuda::CUDAGuard device(sinks[0].device());
+      std::vector<kernels::AccumulateTensor> batch;
+      const auto launch = [&] {
+        check("accumulate_into_fp32",
+              kernels::accumulate_into_fp32(batch.data(), static_cast<int>(batch.size()), stream()));
+        batch.clear();
+      };
+      for (size_t i = 0; i < grads.size(); ++i) {
+        const torch::Tensor &sink = sinks[i], &grad = grads[i];
+        if (!grad.defined()) continue;
+        const torch::Dtype type = grad.scalar_type();
+        const bool serves = sink.device() == sinks[0].device() && sink.scalar_type() == torch::kFloat32 &&
+                            sink.is_contiguous() && grad.device() == sink.device() && grad.is_contiguous() &&
+                            grad.sizes() == sink.sizes() &&
+                            (type == torch::kFloat32 || type == torch::kBFloat16 || type == torch::kHalf);
+        if (!serves) {
+          add(i, grad);
+          continue;
+        }
+        batch.push_back({sink.data_ptr<float>(), grad.data_ptr(), storage_of(type), sink.numel()});
+        if (batch.size() == static_cast<size_t>(kernels::kAccumulateMaxTensors)) launch();
+      }
+      if (!batch.empty()) launch();
+      return;
+    }
+#endif
     for (size_t i = 0; i < grads.size(); ++i) add(i, grads[i]);
   }
   // The position of `param` (a parameter tensor, not a copy) in the list.

@@ -216,6 +216,83 @@ TEST(InnerLoop, StepFromLeavesInTheMatmulDtype) {
   }
 }
 
+// The step differentiated, its meta-gradient through g, the clip and the step size, against
+// autograd's on the plain formula composed here: W' = W - step * min(1, clip / ||g||) * g.
+// The loss makes g depend on W (tanh), the outer function's adjoint on W' (a square), so a
+// gradient of the gradient reaches the backward's own formulas (a third order).
+struct StepGradients {
+  std::vector<torch::Tensor> first, second;  // d(outer)/d(W, step), then d(<first, e>)/dW
+};
+// (`third_order` false: the first gradients alone, taken without a graph.)
+using Shapes = std::vector<std::vector<int64_t>>;
+const Shapes kOddShapes = {{8, 16}, {16, 8}, {8, 16}, {5, 7}, {7, 5}, {5, 7}};
+StepGradients step_gradients(const ModelConfig& c, const torch::TensorOptions& options, bool plain,
+                             const Shapes& shapes = kOddShapes, bool third_order = true) {
+  torch::manual_seed(13);
+  FastWeights weights;
+  std::vector<torch::Tensor> flat, targets, adjoints, probes;
+  for (size_t i = 0; i < shapes.size(); i += 3) {
+    const auto leaf = [&](size_t j) { return torch::randn(shapes[j], options).requires_grad_(); };
+    weights.push_back({leaf(i), leaf(i + 1), leaf(i + 2)});
+  }
+  flat = flatten(weights);
+  for (const torch::Tensor& w : flat) {
+    targets.push_back(torch::randn(w.sizes(), options));
+    adjoints.push_back(torch::randn(w.sizes(), options));
+    probes.push_back(torch::randn(w.sizes(), options));
+  }
+  const torch::Tensor step = torch::full({}, 0.3, options).requires_grad_();
+  torch::Tensor loss = torch::zeros({}, options);
+  for (size_t i = 0; i < flat.size(); ++i) loss = loss + (torch::tanh(flat[i]) * targets[i]).sum();
+  std::vector<torch::Tensor> updated;
+  if (plain) {
+    const std::vector<torch::Tensor> g = torch::autograd::grad({loss}, flat, {}, true, true);
+    torch::Tensor squares = torch::zeros({}, options);
+    for (const torch::Tensor& t : g) squares = squares + t.pow(2).sum();
+    const torch::Tensor scale = c.inner_clip > 0 ? c.inner_clip / torch::clamp_min(torch::sqrt(squares), c.inner_clip)
+                                                 : torch::ones({}, options);
+    for (size_t i = 0; i < flat.size(); ++i) updated.push_back(flat[i] - step * scale * g[i]);
+  } else {
+    updated = flatten(inner_step(c, weights, loss, step, OuterGradient::kExact));
+  }
+  torch::Tensor outer = torch::zeros({}, options);
+  for (size_t i = 0; i < flat.size(); ++i) outer = outer + (updated[i] * adjoints[i] + 0.1 * updated[i].pow(2)).sum();
+  std::vector<torch::Tensor> wrt = flat;
+  wrt.push_back(step);
+  StepGradients out;
+  out.first = torch::autograd::grad({outer}, wrt, {}, true, third_order);
+  if (!third_order) return out;
+  torch::Tensor probe = torch::zeros({}, options);
+  for (size_t i = 0; i < flat.size(); ++i) probe = probe + (out.first[i] * probes[i]).sum();
+  out.second = torch::autograd::grad({probe + out.first.back()}, flat);
+  return out;
+}
+
+TEST(InnerLoop, StepBackwardIsAutogradsOnThePlainForm) {
+  for (double clip : {0.0, 1e6, 0.5}) {  // off, inactive, active
+    ModelConfig c = tiny_config(Variant::kTttE2E);
+    c.inner_clip = clip;
+    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    const StepGradients got = step_gradients(c, f64, false), want = step_gradients(c, f64, true);
+    for (size_t i = 0; i < want.first.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(got.first[i], want.first[i], 1e-12, 1e-12)) << "clip " << clip << " first " << i;
+    }
+    for (size_t i = 0; i < want.second.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(got.second[i], want.second[i], 1e-12, 1e-12)) << "clip " << clip << " second " << i;
+    }
+    // The clip binds at 0.5 (the meta-gradient then has the clip's own term).
+    if (clip == 0.5)
+      EXPECT_FALSE(torch::allclose(got.first.back(), step_gradients(
+                                                         [&] {
+                                                           ModelConfig off = c;
+                                                           off.inner_clip = 0;
+                                                           return off;
+                                                         }(),
+                                                         f64, false)
+                                                         .first.back()));
+  }
+}
+
 TEST(InnerLoopOnCuda, FusedStepIsTheStep) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   for (double clip : {0.0, 1e6, 0.5}) {
@@ -258,6 +335,24 @@ TEST(InnerLoopOnCuda, FusedStepIsTheStep) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(torch::equal(got[i], again[i])) << i;
 }
 
+// The same on the GPU without a third order: the backward in kernels, on the shapes of a 125M
+// model's fast weights, against autograd's on the plain form in fp32.
+TEST(InnerLoopOnCuda, StepBackwardKernelsAreThePlainForm) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  const Shapes shapes = {{768, 2048}, {2048, 768}, {768, 2048}, {5, 7}, {7, 5}, {5, 7}};
+  for (double clip : {0.0, 1e9, 0.5}) {
+    ModelConfig c = tiny_config(Variant::kTttE2E);
+    c.inner_clip = clip;
+    const StepGradients got = step_gradients(c, cuda, false, shapes, false);
+    const StepGradients want = step_gradients(c, cuda, true, shapes, false);
+    for (size_t i = 0; i < want.first.size(); ++i) {
+      const double scale = want.first[i].abs().max().item<double>();
+      EXPECT_TRUE(torch::allclose(got.first[i], want.first[i], 1e-5, 1e-5 * scale)) << "clip " << clip << " " << i;
+    }
+  }
+}
+
 #if TTT_WITH_CUDA_KERNELS
 // The kernels called directly (the test above passes on the plain fallback too): block b's
 // sum of squares lands in partials[b], the update takes the clipped norm's factor, and without
@@ -294,6 +389,45 @@ TEST(InnerLoopOnCuda, ClippedSgdKernelsSumTheSquaresAndStep) {
         const torch::Tensor want = weights[i] - static_cast<float>(factor) * grads[i].to(torch::kFloat32);
         EXPECT_TRUE(torch::allclose(out[i], want, 1e-6, 1e-6)) << n << " " << clip << " " << i;
       }
+    }
+  }
+}
+
+// The backward's kernels on bf16 gradients (which the engine's backward does not meet: its g
+// are fp32), one adjoint null (zero), against the formulas in fp64.
+TEST(InnerLoopOnCuda, ClippedSgdBackwardKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  torch::manual_seed(6);
+  for (int64_t n : {int64_t{3 * 4096}, int64_t{4097}}) {
+    for (double clip : {0.0, 2.0, 1e9}) {
+      const std::vector<torch::Tensor> grads{torch::randn({n}, cuda).to(torch::kBFloat16),
+                                             torch::randn({n - 2048}, cuda).to(torch::kBFloat16)};
+      const std::vector<torch::Tensor> adjoints{torch::randn({n}, cuda), torch::Tensor()};
+      std::vector<torch::Tensor> out;
+      std::vector<kernels::SgdAdjoint> described;
+      for (size_t i = 0; i < grads.size(); ++i) {
+        out.push_back(torch::empty_like(grads[i]));
+        described.push_back({adjoints[i].defined() ? adjoints[i].data_ptr<float>() : nullptr, grads[i].data_ptr(),
+                             out.back().data_ptr(), grads[i].numel()});
+      }
+      const torch::Tensor step = torch::full({}, 0.3, cuda), step_grad = torch::full({}, NAN, cuda);
+      const torch::Tensor partials = torch::empty({kernels::clipped_sgd_backward_partials()}, cuda);
+      check("clipped_sgd_backward",
+            kernels::clipped_sgd_backward(described.data(), 2, kernels::Storage::kBFloat16, step.data_ptr<float>(),
+                                          static_cast<float>(clip), partials.data_ptr<float>(),
+                                          step_grad.data_ptr<float>(), stream()));
+      const auto f64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64).cpu(); };
+      const double squares = (f64(grads[0]).pow(2).sum() + f64(grads[1]).pow(2).sum()).item<double>();
+      const double dot = (f64(adjoints[0]) * f64(grads[0])).sum().item<double>();
+      const double norm = std::sqrt(squares);
+      const bool binds = clip > 0 && norm > clip;
+      const double scale = binds ? clip / norm : 1.0, factor = 0.3 * scale;
+      const double coef = binds ? factor * dot / squares : 0.0;
+      EXPECT_NEAR(step_grad.item<double>(), -scale * dot, 1e-4 * std::abs(dot)) << n << " " << clip;
+      const torch::Tensor want0 = coef * f64(grads[0]) - factor * f64(adjoints[0]), want1 = coef * f64(grads[1]);
+      EXPECT_TRUE(torch::allclose(f64(out[0]), want0, 1e-2, 1e-2)) << n << " " << clip;  // dg rounded to bf16
+      EXPECT_TRUE(torch::allclose(f64(out[1]), want1, 1e-2, 1e-2 * std::abs(coef) + 1e-30)) << n << " " << clip;
     }
   }
 }

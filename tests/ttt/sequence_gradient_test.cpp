@@ -9,6 +9,12 @@
 #include "model/compute.h"
 #include "test_util.h"
 #include "ttt/inner_loop.h"
+#include "ttt_build_features.h"
+
+#if TTT_WITH_CUDA_KERNELS
+#include "kernels/accumulate.h"
+#include "model/kernel_launch.h"
+#endif
 
 namespace ttt {
 namespace {
@@ -207,6 +213,64 @@ TEST(SequenceGradient, LeavesNoGraphBehind) {
     }
   }
 }
+
+// On the GPU, the whole gradient through our kernels (norms, attention, the NLL, the inner
+// step and its backward, the sinks' adds) against the CPU's plain ops in fp64, the clip
+// binding: fp32 within 1e-3 of each gradient's largest entry; with bf16 matmuls within 5e-2
+// in norm (a gross error, such as a chunk's gradient not added, is of order 1).
+TEST(SequenceGradient, OnCudaMatchesTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const Variant variant : {Variant::kTttE2E, Variant::kSlidingWindow}) {
+    ModelConfig c = test::kernel_sized_config(variant);
+    if (c.is_ttt()) c.inner_clip = 0.05;
+    const Params params = random_params(c, 11, 0.3);
+    const torch::Tensor tokens = random_tokens(4 * c.mini_batch + 3, c.vocab_size, 12, {7});
+    const Params reference = convert_params(c, params, torch::kFloat64, true);
+    accumulate_sequence_gradient(c, reference, tokens, {});
+    for (const std::optional<torch::Dtype> precision :
+         {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
+      const MatmulDtypeGuard matmuls(precision);
+      const Params gpu = convert_params(c, params, torch::kFloat32, true, cuda);
+      accumulate_sequence_gradient(c, gpu, tokens.to(cuda), {});
+      const auto expected = grads_of(c, reference), actual = grads_of(c, gpu);
+      for (const auto& [name, want] : expected) {
+        const torch::Tensor got = actual.at(name).cpu().to(torch::kFloat64);
+        const std::string where = std::string(variant_name(variant)) + (precision ? " bf16 " : " fp32 ") + name;
+        if (precision) {
+          EXPECT_LE((got - want).norm().item<double>(), 5e-2 * want.norm().item<double>()) << where;
+        } else {
+          EXPECT_LE((got - want).abs().max().item<double>(), 1e-3 * want.abs().max().item<double>()) << where;
+        }
+      }
+    }
+  }
+}
+
+#if TTT_WITH_CUDA_KERNELS
+// The sinks' kernel called directly: fp32, bf16 and fp16 gradients in one launch, 16-byte
+// packs and sizes or offsets that take one value a thread, a tensor larger than the grid.
+TEST(SequenceGradientOnCuda, AccumulateIntoFp32AddsEveryTensor) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  torch::manual_seed(21);
+  const std::vector<std::pair<int64_t, torch::Dtype>> cases = {
+      {int64_t{3} << 20, torch::kBFloat16}, {4097, torch::kFloat32}, {768, torch::kHalf}, {5, torch::kBFloat16}};
+  std::vector<torch::Tensor> sinks, grads, before;
+  std::vector<kernels::AccumulateTensor> described;
+  for (const auto& [n, dtype] : cases) {
+    sinks.push_back(torch::randn({n}, cuda));
+    before.push_back(sinks.back().clone());
+    grads.push_back(torch::randn({n + 1}, cuda).to(dtype).narrow(0, n == 5 ? 1 : 0, n));  // an odd offset
+    described.push_back({sinks.back().data_ptr<float>(), grads.back().data_ptr(), storage_of(dtype), n});
+  }
+  check("accumulate_into_fp32",
+        kernels::accumulate_into_fp32(described.data(), static_cast<int>(described.size()), stream()));
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    EXPECT_TRUE(torch::equal(sinks[i], before[i] + grads[i].to(torch::kFloat32))) << i;
+  }
+}
+#endif
 
 // Graph replays against the eager computation on the GPU, over sequences with different
 // inner-LR multipliers (no new capture for them) and loss scales, the second order included;
