@@ -162,15 +162,9 @@ const char* dispatch(Storage type, int64_t keys, std::initializer_list<const voi
   if (type == Storage::kFloat16) return "fp16 is not supported";
   const auto widest = [&](auto tag) {
     using T = decltype(tag);
-    const auto fit = [&](int vec) {
-      for (const void* pointer : pointers) {
-        if (!packs_fit<T>(pointer, keys, vec)) return false;
-      }
-      return true;
-    };
-    if (fit(8)) {
+    if (packs_fit<T>(pointers, keys, 8)) {
       launch(Layout<T, 8>{});
-    } else if (fit(4)) {
+    } else if (packs_fit<T>(pointers, keys, 4)) {
       launch(Layout<T, 4>{});
     } else {
       launch(Layout<T, 1>{});

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 namespace ttt::kernels {
 
@@ -72,6 +73,14 @@ template <typename T>
 inline bool packs_fit(const void* p, int64_t row_elements, int kVec) {
   const size_t bytes = sizeof(T) * kVec < 16 ? sizeof(T) * kVec : 16;
   return row_elements % kVec == 0 && reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+// The same for rows of T at every one of `pointers`.
+template <typename T>
+inline bool packs_fit(std::initializer_list<const void*> pointers, int64_t row_elements, int kVec) {
+  for (const void* p : pointers) {
+    if (!packs_fit<T>(p, row_elements, kVec)) return false;
+  }
+  return true;
 }
 
 // max and sum(exp(x - max)) of a set of values: merged without a second pass.

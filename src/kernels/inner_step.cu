@@ -68,8 +68,7 @@ const char* launch(const SgdTensors& tensors, const float* step_size, float clip
   bool packed = true;  // 4 values a thread: 16 bytes of fp32, 8 of bf16 or fp16
   for (int t = 0; t < tensors.count; ++t) {
     const SgdTensor& x = tensors.at[t];
-    packed = packed && packs_fit<float>(x.weights, x.n, 4) && packs_fit<float>(x.out, x.n, 4) &&
-             packs_fit<G>(x.grad, x.n, 4);
+    packed = packed && packs_fit<float>({x.weights, x.out}, x.n, 4) && packs_fit<G>(x.grad, x.n, 4);
   }
   if (packed) {
     if (clip > 0.f) sum_squares<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
@@ -154,8 +153,7 @@ const char* launch_backward(const SgdAdjoints& tensors, const float* step_size, 
   bool packed = true;  // as launch's
   for (int t = 0; t < tensors.count; ++t) {
     const SgdAdjoint& x = tensors.at[t];
-    packed = packed && packs_fit<float>(x.adjoint, x.n, 4) && packs_fit<G>(x.grad, x.n, 4) &&
-             packs_fit<G>(x.grad_out, x.n, 4);
+    packed = packed && packs_fit<float>(x.adjoint, x.n, 4) && packs_fit<G>({x.grad, x.grad_out}, x.n, 4);
   }
   if (packed) {
     dot_and_squares<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);

@@ -166,13 +166,9 @@ const char* launch_gain_partials(const A* a, const B* b, const float* alpha, con
 // and the fp32 ones (null: none) take, as launch(std::integral_constant<int, kVec>()).
 template <typename X, typename Y, typename Launch>
 void with_packs(int64_t dim, std::initializer_list<const void*> xs, std::initializer_list<const void*> ys,
-                std::initializer_list<const float*> wide, Launch launch) {
+                std::initializer_list<const void*> wide, Launch launch) {
   const auto fit = [&](int vec) {
-    bool ok = true;
-    for (const void* p : xs) ok = ok && packs_fit<X>(p, dim, vec);
-    for (const void* p : ys) ok = ok && packs_fit<Y>(p, dim, vec);
-    for (const float* p : wide) ok = ok && packs_fit<float>(p, dim, vec);
-    return ok;
+    return packs_fit<X>(xs, dim, vec) && packs_fit<Y>(ys, dim, vec) && packs_fit<float>(wide, dim, vec);
   };
   if (fit(8)) {
     launch(std::integral_constant<int, 8>());

@@ -89,20 +89,14 @@ int blocks_for(int64_t threads) {
 template <typename Launch>
 const char* dispatch(Storage type, int64_t n, std::initializer_list<const void*> pointers, Launch launch) {
   if (type == Storage::kFloat16) return "fp16 is not supported";
-  const auto fit = [&](auto tag, int vec) {
-    for (const void* p : pointers) {
-      if (!packs_fit<decltype(tag)>(p, n, vec)) return false;
-    }
-    return true;
-  };
   if (type == Storage::kBFloat16) {
     using B = __nv_bfloat16;
-    if (fit(B(), 8)) {
+    if (packs_fit<B>(pointers, n, 8)) {
       launch(B(), std::integral_constant<int, 8>());
     } else {
       launch(B(), std::integral_constant<int, 1>());
     }
-  } else if (fit(float(), 4)) {
+  } else if (packs_fit<float>(pointers, n, 4)) {
     launch(float(), std::integral_constant<int, 4>());
   } else {
     launch(float(), std::integral_constant<int, 1>());

@@ -7,6 +7,12 @@
 #include "common/error.h"
 
 namespace ttt {
+namespace {
+
+// A parameter without a gradient steps as if its gradient were zero (weight decay still applies).
+torch::Tensor gradient_or_zeros(const torch::Tensor& p) { return p.grad().defined() ? p.grad() : torch::zeros_like(p); }
+
+}  // namespace
 
 AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
     : params_(std::move(params)), options_(options) {
@@ -36,7 +42,7 @@ void AdamW::step(double lr) {
   for (auto& [name, p] : params_) {
     torch::Tensor& m = m_.at(name);
     torch::Tensor& v = v_.at(name);
-    const torch::Tensor g = p.grad().defined() ? p.grad() : torch::zeros_like(p);
+    const torch::Tensor g = gradient_or_zeros(p);
     m.mul_(b1).add_(g, 1 - b1);
     v.mul_(b2).addcmul_(g, g, 1 - b2);
     const torch::Tensor update = (m / correction1) / ((v / correction2).sqrt() + options_.eps);
@@ -50,7 +56,7 @@ void AdamW::fused_step(double lr) {
   step_counts_.fill_(static_cast<double>(steps_));
   for (auto& [name, p] : params_) {
     params.push_back(p);
-    grads.push_back(p.grad().defined() ? p.grad() : torch::zeros_like(p));
+    grads.push_back(gradient_or_zeros(p));
     m.push_back(m_.at(name));
     v.push_back(v_.at(name));
   }
