@@ -79,6 +79,7 @@ struct BenchOptions {
   std::string train_contexts = "8192";
   int64_t decode_tokens = 64;
   int64_t prefix_span = 0;  // train rows' prefix span in tokens; 0: the engine's choice
+  int64_t tail_chunks = 0;  // train rows' chunks run once, as one graph; 0: the engine's choice
   double repeat_below_s = 5.0;
   int64_t repeats = 3;
   double peak_tflops = -1;  // negative: from the device's name
@@ -231,6 +232,8 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
                                                               std::to_string(config.mini_batch) + " tokens)");
     gradient.prefix_span_tokens = options.prefix_span;
     if (options.prefix_span > 0) row["prefix_span_tokens"] = options.prefix_span;
+    gradient.tail_chunks = options.tail_chunks;
+    if (options.tail_chunks > 0) row["tail_chunks"] = options.tail_chunks;
     if (graphs) accumulate_sequence_gradient(config, trainable, tokens, gradient);
     const double s = run_timed([&] {
       for (const auto& [name, p] : named_params(config, trainable)) p.mutable_grad() = torch::Tensor();
@@ -394,6 +397,13 @@ void add_bench_command(CLI::App& app) {
                    "train rows: tokens per span of the prefix's checkpoints, a whole number of chunks (more:\n"
                    "faster, more GPU memory); 0: the engine's choice (4K on a GPU, a sequence of two such spans\n"
                    "as one where its graph is small)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command
+      ->add_option("--tail-chunks", options->tail_chunks,
+                   "train rows: the last chunks that skip the forward pass and run once, as one graph, in\n"
+                   "the reverse scan (more: faster, more GPU memory); 0: the engine's choice (ttt-e2e: the\n"
+                   "whole sequence where a rough count of its graphs fits 16 GiB and a quarter of the GPU)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   command->add_option("--decode-tokens", options->decode_tokens, "tokens timed one by one in the decode mode")

@@ -87,6 +87,18 @@ std::optional<DeviceMemory> device_memory(const torch::Device& device) {
   return std::nullopt;
 }
 
+std::optional<int64_t> device_total_memory(const torch::Device& device) {
+#if TTT_WITH_CUDA
+  cudaDeviceProp properties{};
+  if (device.is_cuda() &&
+      cudaGetDeviceProperties(&properties, device.has_index() ? device.index() : 0) == cudaSuccess) {
+    return static_cast<int64_t>(properties.totalGlobalMem);
+  }
+#endif
+  (void)device;
+  return std::nullopt;
+}
+
 void reset_device_memory_peaks(const torch::Device& device) {
 #if TTT_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);

@@ -54,6 +54,8 @@ struct DeviceMemory {
 };
 std::optional<DeviceMemory> device_memory(const torch::Device& device);
 void reset_device_memory_peaks(const torch::Device& device);
+// The device's whole memory in bytes (CUDA); unset elsewhere.
+std::optional<int64_t> device_total_memory(const torch::Device& device);
 // Hands the caching allocator's free blocks on `device` back to the driver (CUDA; nothing
 // elsewhere): work that follows differently shaped work starts unfragmented.
 void release_cached_device_memory(const torch::Device& device);

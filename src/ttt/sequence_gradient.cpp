@@ -211,6 +211,7 @@ struct Sequence {
   torch::Tensor step_size;
   torch::Tensor loss_scale;   // 0-dim, on the device: the gradient is that of loss_scale * loss
   int64_t weights_every = 1;  // the forward pass keeps the fast weights of every so many chunks
+  int64_t tail_chunks = 1;    // the last so many chunks run once, in the reverse scan, as one graph
   HostParking* parking;       // null: what the backward pass reads again stays on the device
   torch::Device device;
 
@@ -227,6 +228,11 @@ struct Sequence {
     parking = options.park_on_host.value_or(device.is_cuda() && n_chunks() > kAllKeptUpTo) ? &host : nullptr;
     if (parking != nullptr) parking->rewind();
     weights_every = options.keep_weights_every > 0 ? options.keep_weights_every : auto_weights_every();
+    const bool fused = fused_attention_available(p.final_norm);
+    const int64_t tail = options.tail_chunks > 0 ? options.tail_chunks
+                         : fused                 ? default_tail_chunks(c, n, device_total_memory(device))
+                                                 : 1;
+    tail_chunks = std::min(tail, n_chunks());
   }
   // What the backward pass reads again: parked, or copied out of what it came from (a cache
   // view) so that it pins nothing else.
@@ -519,21 +525,23 @@ struct SavedChunk {
   std::vector<KvEntries> entries;  // indexed by block - first_suffix
 };
 
-// Phase 2, the inner loop over the suffix without an outer graph, saving each chunk's cache
-// rows and the fast weights of the chunks Sequence::keeps_weights names. Returns the
-// sequence's loss.
-torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const torch::Tensor& h,
+// Phase 2, the inner loop over the suffix without an outer graph for chunks [0, until),
+// saving each chunk's cache rows and the fast weights of the chunks Sequence::keeps_weights
+// names (chunk `until`'s among them). Returns those chunks' weighted loss (undefined if none).
+torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const torch::Tensor& h, int64_t until,
                              std::vector<SavedChunk>& saved, const std::function<void(int64_t)>& report) {
   RECORD_USER_SCOPE("gradient: suffix forward");
-  const Params frozen = detach_params(seq.config, suffix);
-  torch::AutoGradMode grad_mode(seq.config.is_ttt());  // only ttt-e2e's inner gradients need a graph here
   ScanState state{detach_fast_weights(initial_fast_weights(seq.config, seq.params), false),
                   KvCache::window(seq.config)};
-  ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   saved.assign(seq.chunks.size(), {});
   saved[0].weights = seq.keep(state.weights);
+  if (until == 0) return {};
+  const Params frozen = detach_params(seq.config, suffix);
+  torch::AutoGradMode grad_mode(seq.config.is_ttt());  // only ttt-e2e's inner gradients need a graph here
+  ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   torch::Tensor loss;
-  scan_chunks(seq.config, frozen, hidden_rows, seq.targets, seq.chunks, state, {OuterGradient::kNone, seq.step_size},
+  const std::vector<ChunkSpan> chunks(seq.chunks.begin(), seq.chunks.begin() + until);
+  scan_chunks(seq.config, frozen, hidden_rows, seq.targets, chunks, state, {OuterGradient::kNone, seq.step_size},
               [&](const ChunkSpan& chunk, const ChunkStep& step) {
                 const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[chunk.index];
                 loss = loss.defined() ? loss + weighted : weighted;
@@ -628,32 +636,46 @@ struct Adjoints {
   std::vector<KvEntries> cache;  // per suffix block
 };
 
-// One step of phase 3: chunk c recomputed from its saved starting point, its inner step
-// included (second order unless first_order), and its weighted loss backpropagated together
-// with the adjoints of what it hands on, into theta's sinks, its rows of h_grad, and the
-// adjoints it returns.
-Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vector<torch::Tensor>& suffix_theta,
-                       const std::vector<SavedChunk>& saved, FetchedRows& fetched, const ChunkSpan& chunk,
-                       const torch::Tensor& h, const Adjoints& later, bool first_order, const GradientSinks& sinks,
-                       const torch::Tensor& h_grad) {
+// One step of phase 3: chunks [first, last) run from chunk `first`'s saved starting point
+// (recomputed, or run for the first time where the forward pass stopped before them) as one
+// graph, their inner steps included (second order unless first_order), and their weighted
+// losses backpropagated together with the adjoints of what the last hands on, into theta's
+// sinks, their rows of h_grad, and the adjoints it returns for the chunk before `first`.
+struct SpanResult {
+  Adjoints adjoints;
+  torch::Tensor loss;  // the chunks' weighted losses, detached
+};
+SpanResult reverse_span(const Sequence& seq, const Params& suffix, const std::vector<torch::Tensor>& suffix_theta,
+                        const std::vector<SavedChunk>& saved, FetchedRows& fetched, int64_t first, int64_t last,
+                        const torch::Tensor& h, const Adjoints& later, bool first_order, const GradientSinks& sinks,
+                        const torch::Tensor& h_grad) {
   RECORD_USER_SCOPE("gradient: reverse scan chunk");
-  ChunkVariables leaves{suffix_theta, {}, {}, h.narrow(0, chunk.start, chunk.length).detach().requires_grad_()};
-  ScanState state{detach_fast_weights(seq.fetched(saved[chunk.index].weights), true),
-                  cache_before(seq, saved, fetched, chunk.index)};
+  const int64_t start = seq.chunks[first].start;
+  const int64_t rows = seq.chunks[last - 1].start + seq.chunks[last - 1].length - start;
+  ChunkVariables leaves{suffix_theta, {}, {}, h.narrow(0, start, rows).detach().requires_grad_()};
+  ScanState state{detach_fast_weights(seq.fetched(saved[first].weights), true),
+                  cache_before(seq, saved, fetched, first)};
   leaves.weights = flatten(state.weights);
   for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) leaves.cache.push_back(state.cache.entries(l));
   const ScanOptions options{first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact, seq.step_size};
-  const ChunkStep step = step_chunk(seq.config, suffix, chunk, leaves.hidden, seq.first_suffix,
-                                    seq.targets.narrow(0, chunk.start, chunk.length), state, options);
-
-  std::vector<torch::Tensor> outputs{step.loss};
-  std::vector<torch::Tensor> adjoints{(seq.loss_scale * seq.loss_weights[chunk.index]).to(step.loss.dtype())};
+  std::vector<torch::Tensor> outputs, adjoints;
+  torch::Tensor loss;
+  for (int64_t c = first; c < last; ++c) {
+    const ChunkSpan& chunk = seq.chunks[c];
+    const ChunkStep step =
+        step_chunk(seq.config, suffix, chunk, leaves.hidden.narrow(0, chunk.start - start, chunk.length),
+                   seq.first_suffix, seq.targets.narrow(0, chunk.start, chunk.length), state, options);
+    outputs.push_back(step.loss);
+    adjoints.push_back((seq.loss_scale * seq.loss_weights[c]).to(step.loss.dtype()));
+    const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[c];
+    loss = loss.defined() ? loss + weighted : weighted;
+  }
   const auto add_output = [&](const torch::Tensor& output, const torch::Tensor& adjoint) {
     if (!adjoint.defined() || !output.defined() || !output.requires_grad()) return;
     outputs.push_back(output);
     adjoints.push_back(adjoint);
   };
-  if (chunk.update) {
+  if (seq.chunks[last - 1].update) {
     const std::vector<torch::Tensor> next = flatten(state.weights);
     for (size_t i = 0; i < next.size(); ++i) add_output(next[i], later.weights[i]);
   }
@@ -664,8 +686,8 @@ Adjoints reverse_chunk(const Sequence& seq, const Params& suffix, const std::vec
   }
   const ChunkVariables grads = leaves.gradients(outputs, adjoints);
   sinks.add(grads.theta);
-  if (grads.hidden.defined()) h_grad.narrow(0, chunk.start, chunk.length).copy_(grads.hidden);
-  return {grads.weights, grads.cache};
+  if (grads.hidden.defined()) h_grad.narrow(0, start, rows).copy_(grads.hidden);
+  return {{grads.weights, grads.cache}, loss};
 }
 
 // Adds d(loss_scale * loss)/d(theta) into `sinks` and returns the loss (detached). Device
@@ -684,22 +706,31 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
   const Params suffix = suffix_params(config, params, seq.first_suffix);
   const std::vector<torch::Tensor> suffix_theta = param_tensors(config, suffix);  // in the sinks' order
 
+  // The last chunks (Sequence::tail_chunks) run once, as one graph, in the reverse scan: the
+  // forward pass stops before them.
+  const int64_t first_of_tail = seq.n_chunks() - seq.tail_chunks;
   std::vector<SavedChunk> saved;
-  const torch::Tensor loss = suffix_forward(seq, suffix, h, saved, report);
+  torch::Tensor loss = suffix_forward(seq, suffix, h, first_of_tail, saved, report);
 
-  // Phase 3, the reverse scan: each chunk's adjoints go to the chunk before it.
+  // Phase 3, the reverse scan: the tail, then each chunk before it, hand their adjoints to
+  // the chunk before them.
   Adjoints adjoints{{}, std::vector<KvEntries>(config.n_layers - seq.first_suffix)};
   FetchedRows fetched(seq.parking);
-  prefetch_chunk(seq, saved, fetched, seq.n_chunks() - 1);
-  for (int64_t c = seq.n_chunks() - 1; c >= 0; --c) {
-    fetched.forget_from(c);
-    seq.join_copies();  // what was prefetched for chunk c
-    if (config.is_ttt() && saved[c].weights.empty()) refill_weights(seq, suffix, h, saved, fetched, c);
-    if (c > 0) prefetch_chunk(seq, saved, fetched, c - 1);  // while chunk c runs
-    adjoints = reverse_chunk(seq, suffix, suffix_theta, saved, fetched, seq.chunks[c], h, adjoints, options.first_order,
-                             sinks, prefix.h_grad());
-    saved[c].weights.clear();  // no chunk before it reads them
-    report(2 * seq.n_chunks() - c);
+  prefetch_chunk(seq, saved, fetched, first_of_tail);
+  for (int64_t first = first_of_tail, last = seq.n_chunks(); first >= 0; last = first--) {
+    fetched.forget_from(first);
+    seq.join_copies();  // what was prefetched for this span
+    if (config.is_ttt() && saved[first].weights.empty()) refill_weights(seq, suffix, h, saved, fetched, first);
+    if (first > 0) prefetch_chunk(seq, saved, fetched, first - 1);  // while this span runs
+    const SpanResult span = reverse_span(seq, suffix, suffix_theta, saved, fetched, first, last, h, adjoints,
+                                         options.first_order, sinks, prefix.h_grad());
+    adjoints = span.adjoints;
+    if (last == seq.n_chunks()) loss = loss.defined() ? loss + span.loss : span.loss;
+    saved[first].weights.clear();  // no chunk before it reads them
+    // Progress in chunk passes, 2 a chunk (the forward pass reported its own): the tail's
+    // forward and backward passes at once.
+    const int64_t passes = 2 * seq.n_chunks() - first;
+    for (int64_t done = last == seq.n_chunks() ? first_of_tail + 1 : passes; done <= passes; ++done) report(done);
   }
   prefix.backward(sinks);  // phase 4
   seq.join_copies();       // nothing left in flight (a CUDA graph's capture ends joined)
@@ -724,6 +755,23 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
   const int64_t graph_bytes_per_token = prefix_blocks * (8 * config.d_model + 3 * config.d_ff) * 2;
   const int64_t whole = (inputs + b - 1) / b * b;
   return whole <= 2 * span && whole * graph_bytes_per_token <= kOneSpanGraphBytes ? whole : span;
+}
+
+int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::optional<int64_t> device_bytes) {
+  const int64_t b = config.mini_batch, chunks = (inputs + b - 1) / b;
+  // Measured for ttt-e2e only; fa's and swa's chunks (the head alone) keep the forward pass.
+  if (!device_bytes || chunks <= 1 || !config.is_ttt()) return 1;
+  // A chunk's graph by a rough count, from 125M's measured peaks at 8K (1.3 GiB a chunk on
+  // average): about nine of the head's [B, V] bf16 tensors and, per suffix block, three bytes
+  // a head for each query and key the band spans.
+  const int64_t suffix_blocks = config.n_layers - config.first_suffix_block();
+  int64_t bytes = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t keys = (config.window > 0 ? std::min(c * b, config.window - 1) : c * b) + b;
+    bytes += b * (9 * config.vocab_size + 3 * suffix_blocks * config.n_heads * keys);
+  }
+  constexpr int64_t kTailBytes = int64_t{16} << 30;
+  return bytes <= std::min(kTailBytes, *device_bytes / 4) ? chunks : 1;
 }
 
 torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,

@@ -42,6 +42,10 @@ struct GradientOptions {
   // Inputs per span of the prefix's checkpoints (whole chunks); 0: default_prefix_span_tokens
   // (below). The gradient is the same whatever it is.
   int64_t prefix_span_tokens = 0;
+  // The last so many chunks skip the forward pass: the reverse scan runs them once, as one
+  // graph (their graphs alive together); 0: default_tail_chunks (below). The gradient is the
+  // same whatever it is.
+  int64_t tail_chunks = 0;
   // Whether what grows with the sequence until the backward pass reads it again (the cache
   // rows every span and chunk leaves, the fast weights kept) waits in host memory; unset: on
   // a GPU beyond 16 chunks, so that the device's peak stays flat in the length. The
@@ -61,6 +65,13 @@ struct GradientOptions {
 // (nothing is recomputed then: 125M at 8K, a step 10% faster for 0.8 GB more; 760M does not
 // qualify); elsewhere one chunk, like the scan.
 int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused);
+
+// The tail's chunks (GradientOptions::tail_chunks) for a sequence of `inputs` tokens when the
+// options ask none, on a GPU of `device_bytes` (unset: the CPU, 1): for ttt-e2e every chunk
+// where a rough count of all their graphs fits 16 GiB and a quarter of the device (125M at
+// 8K: a step 17% faster for a GPU peak of 17.6 GiB against 8.2, measured), else 1 (fa, swa).
+// Without the fused kernels, 1.
+int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::optional<int64_t> device_bytes);
 
 // Adds d(loss_scale * loss)/d(theta) to the .grad of every tensor of `params` (leaves that
 // require grad) and returns the loss (a detached scalar). `tokens`: [n] int64, n >= 2.

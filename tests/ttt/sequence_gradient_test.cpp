@@ -35,6 +35,7 @@ struct Case {
   int64_t keep_weights_every = 0;  // 0: automatic
   int64_t prefix_span_chunks = 0;  // 0: automatic
   bool park_on_host = false;       // on the CPU, copies into the parking's own buffers
+  int64_t tail_chunks = 0;         // 0: automatic (one chunk on the CPU)
 };
 
 std::ostream& operator<<(std::ostream& out, const Case& c) { return out << c.name; }
@@ -79,8 +80,12 @@ TEST_P(SequenceGradient, EqualsDifferentiatingTheWholeLoop) {
   options.keep_weights_every = k.keep_weights_every;
   options.prefix_span_tokens = k.prefix_span_chunks * c.mini_batch;
   options.park_on_host = k.park_on_host;
+  options.tail_chunks = k.tail_chunks;
   int64_t reports = 0;
-  options.on_chunk = [&](int64_t, int64_t) { ++reports; };
+  options.on_chunk = [&](int64_t done, int64_t total) {
+    EXPECT_EQ(done, ++reports) << "progress in order, one pass at a time";
+    EXPECT_EQ(total, 2 * ((k.n_tokens - 1 + c.mini_batch - 1) / c.mini_batch));
+  };
   const torch::Tensor loss = accumulate_sequence_gradient(c, remat, tokens, options);
 
   const int64_t n_chunks = (k.n_tokens - 1 + c.mini_batch - 1) / c.mini_batch;
@@ -118,6 +123,14 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"ttt_parked", Variant::kTttE2E, 29, 8, 0, 1.0, true, false, 3, 2, true},
         Case{"swa_parked", Variant::kSlidingWindow, 29, 5, 0, 0.0, true, false, 0, 3, true},
         Case{"fa_parked", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2, true},
+        // The last chunks run once, as one graph, in the reverse scan (the forward pass stops
+        // before them): some of them, with kept weights every 2 and parked rows before them;
+        // every chunk (no forward pass at all).
+        Case{"ttt_tail_of_3_chunks", Variant::kTttE2E, 29, 8, 0, 0.05, true, false, 2, 2, true, 3},
+        Case{"ttt_tail_of_every_chunk", Variant::kTttE2E, 17, 0, 0, 1.0, true, false, 0, 0, false, 6},
+        Case{"ttt_tail_first_order", Variant::kTttE2E, 17, 0, 0, 1.0, true, true, 0, 0, false, 2},
+        Case{"swa_tail_of_2_chunks", Variant::kSlidingWindow, 29, 5, 0, 0.0, true, false, 0, 3, false, 2},
+        Case{"fa_tail_of_2_chunks", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2, false, 2},
         Case{"swa", Variant::kSlidingWindow, 17, 0, 0, 0.0, true, false},
         Case{"fa", Variant::kFullAttention, 17, 0, 0, 0.0, false, false}),
     [](const auto& info) { return info.param.name; });
@@ -126,19 +139,23 @@ INSTANTIATE_TEST_SUITE_P(
 // The prefix's default spans: one chunk without the fused kernels; 4K tokens with them, and a
 // sequence of at most two such spans as one where that span's rough graph count (2 bytes x
 // (8 d_model + 3 d_ff) a token and prefix block) is at most 3 GiB.
+// The paper's model shapes (SPEC section 2) with its 128K vocabulary.
+ModelConfig paper_config(Variant variant, int64_t d_model, int64_t n_layers, int64_t d_ff) {
+  ModelConfig c = tiny_config(variant);
+  c.vocab_size = 128256;
+  c.d_model = d_model;
+  c.n_layers = n_layers;
+  c.n_heads = d_model / 64;
+  c.d_ff = d_ff;
+  c.window = variant == Variant::kFullAttention ? 0 : 8192;
+  c.mini_batch = 1024;
+  c.suffix_len = variant == Variant::kTttE2E ? n_layers / 4 : 0;
+  c.validate();
+  return c;
+}
+
 TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
-  const auto paper = [](Variant variant, int64_t d_model, int64_t n_layers, int64_t d_ff) {
-    ModelConfig c = tiny_config(variant);
-    c.d_model = d_model;
-    c.n_layers = n_layers;
-    c.n_heads = d_model / 64;
-    c.d_ff = d_ff;
-    c.window = variant == Variant::kFullAttention ? 0 : 8192;
-    c.mini_batch = 1024;
-    c.suffix_len = variant == Variant::kTttE2E ? n_layers / 4 : 0;
-    c.validate();
-    return c;
-  };
+  const auto paper = paper_config;
   const ModelConfig ttt_125m = paper(Variant::kTttE2E, 768, 12, 1664),
                     fa_125m = paper(Variant::kFullAttention, 768, 12, 2048),
                     ttt_760m = paper(Variant::kTttE2E, 1536, 24, 3328);
@@ -149,6 +166,23 @@ TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 3000, true), 3072);  // whole chunks
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8193, true), 4096);  // more than two spans
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 131072, true), 4096);
+}
+
+// The tail (the last chunks run once, as one graph): every chunk of 125M ttt-e2e at 8K on an
+// H200 (the rough count: 12.6 GiB), one at longer contexts, for larger models, on smaller
+// devices, on the CPU and for fa.
+TEST(TailChunks, WholeShortSequencesWhereTheirGraphsFit) {
+  const ModelConfig ttt_125m = paper_config(Variant::kTttE2E, 768, 12, 1664),
+                    ttt_760m = paper_config(Variant::kTttE2E, 1536, 24, 3328),
+                    fa_125m = paper_config(Variant::kFullAttention, 768, 12, 2048);
+  const int64_t h200 = int64_t{141} << 30, small = int64_t{24} << 30;
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, h200), 8);
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 4000, h200), 4);
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 32768, h200), 1);
+  EXPECT_EQ(default_tail_chunks(ttt_760m, 8192, h200), 1);
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, small), 1);
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, std::nullopt), 1);
+  EXPECT_EQ(default_tail_chunks(fa_125m, 8192, h200), 1);
 }
 
 TEST(SequenceGradientAccumulation, AddsScaledGradients) {
