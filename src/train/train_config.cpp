@@ -46,6 +46,11 @@ const std::vector<TrainConfig::Field>& TrainConfig::fields() {
       {"ilr_warmup_frac", &T::ilr_warmup_frac, "ttt-e2e: fraction of the steps over which the inner LR warms up", true},
       {"first_order", &T::first_order, "ttt-e2e: drop the second-order terms (for comparison only)", true},
       {"remat", &T::remat, "recompute each chunk in the backward pass (memory flat in the sequence length)", true},
+      {"tail_chunks", &T::tail_chunks,
+       "with remat: the last chunks of a sequence run once, as one graph (more: faster, more GPU memory; 1: "
+       "the least); 0: the engine's choice (ttt-e2e on a GPU: all, where their graphs fit 16 GiB and a quarter "
+       "of the GPU)",
+       false},
       {"dtype", &T::dtype, "training precision: f32, f64, or bf16 (matmuls in bf16 on fp32 parameters)", true},
       {"device", &T::device, "where to train: cpu, cuda or cuda:N (cuda: each rank of a job on cuda:LOCAL_RANK)",
        false},
@@ -150,6 +155,7 @@ void TrainConfig::validate() const {
   fraction(ilr_init, "ilr_init");
   fraction(ilr_warmup_frac, "ilr_warmup_frac");
   require(eval_every >= 0, key_error("eval_every", "must be >= 0"));
+  require(tail_chunks >= 0, key_error("tail_chunks", "must be >= 0"));
   require(checkpoint_every >= 0, key_error("checkpoint_every", "must be >= 0"));
   require(val_sequences >= 0, key_error("val_sequences", "must be >= 0"));
   require(dist_backend == "auto" || dist_backend == "gloo" || dist_backend == "nccl",

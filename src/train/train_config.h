@@ -39,6 +39,7 @@ struct TrainConfig {
   double ilr_warmup_frac = 0.1;
   bool first_order = false;
   bool remat = true;
+  int64_t tail_chunks = 0;
   std::string dtype = "f32";
   std::string device = "cpu";
   std::string dist_backend = "auto";

@@ -305,6 +305,7 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
       options.ilr_mult = ilr_mult;
       options.loss_scale = scale;
       options.first_order = config_.first_order;
+      options.tail_chunks = config_.tail_chunks;
       total += accumulate_sequence_gradient(model_.config, model_.params, tokens, options).item<double>();
     } else {
       SequenceOptions options;

@@ -47,6 +47,7 @@ TEST(TrainConfig, BadKeysAndValuesNameTheKey) {
   expect_error([] { TrainConfig::from_json({{"dtype", "f16"}}); }, {"'dtype'", "f32"});
   expect_error([] { TrainConfig::from_json({{"dist_backend", "mpi"}}); }, {"'dist_backend'", "gloo"});
   expect_error([] { TrainConfig::from_json({{"dist_timeout", 0}}); }, {"'dist_timeout'", "> 0"});
+  expect_error([] { TrainConfig::from_json({{"tail_chunks", -1}}); }, {"'tail_chunks'", ">= 0"});
   expect_error([] { TrainConfig::from_json({{"model", {{"variant", "rnn"}}}}); }, {"'model'", "variant"});
 }
 
@@ -100,6 +101,7 @@ TEST(TrainConfig, OnlyReportingKeysMayChangeOnResume) {
   b.val_tokens = "other.u32";
   b.dist_backend = "gloo";  // a job may resume on other machines, with other ranks
   b.dist_timeout = 60;
+  b.tail_chunks = 3;  // the same gradient, in another memory
   EXPECT_TRUE(a.training_differences(b).empty());
   b.seq_len = 2 * a.seq_len;
   b.lr = 1.0;
