@@ -9,7 +9,8 @@
 
 namespace ttt::kernels {
 
-// sink[i] += grad[i] for i < n: `sink` fp32, `grad` in `type`, each contiguous, not overlapping.
+// sink[i] += grad[i] for i < n: `sink` fp32, `grad` in `type`, each contiguous, not overlapping
+// (nor any other entry's sink: one launch adds into all of them in no order between entries).
 struct AccumulateTensor {
   float* sink;
   const void* grad;

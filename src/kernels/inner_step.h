@@ -1,5 +1,5 @@
-// The inner loop's SGD step over every fast weight at once (SPEC section 5), where no graph is
-// kept (evaluation, sessions, the training's forward scan):
+// The inner loop's SGD step over every fast weight at once (SPEC section 5), and its backward
+// (ttt/inner_loop.cpp's ClippedUpdate runs both while autograd does not record):
 //   W' = W - (step * s) * g,   s = min(1, clip / ||g||), ||g|| over all tensors together
 // (s = 1 when clip = 0; a zero gradient takes its norm as 1, as the composable form does).
 // Two kernels for any number of tensors where the composable form takes five a tensor and a
@@ -51,7 +51,8 @@ struct SgdAdjoint {
 int64_t clipped_sgd_backward_partials();
 
 // `count` tensors (at most kSgdMaxTensors); `step_grad` (a device fp32 scalar, or null) is
-// overwritten with d(step). Returns null, or CUDA's error text.
+// overwritten with d(step). Returns null, or CUDA's error text. (ClippedUpdate's g are
+// gradients of fp32 weights, fp32: the bf16 and fp16 builds serve direct callers.)
 const char* clipped_sgd_backward(const SgdAdjoint* tensors, int count, Storage grad_type, const float* step_size,
                                  float clip, float* partials, float* step_grad, void* stream);
 

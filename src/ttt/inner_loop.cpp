@@ -55,7 +55,8 @@ bool f32_on_cuda(const torch::Tensor& t) {
   return t.is_cuda() && t.scalar_type() == torch::kFloat32 && t.is_contiguous();
 }
 // Where the step's kernels serve: fp32 weights and step size on CUDA, contiguous gradients of
-// one stored dtype, and autograd not recording (nothing differentiates the kernels).
+// one stored dtype, and autograd not recording (nothing differentiates the kernels: it
+// matters in the backward, which records for a third order; a forward never records).
 bool sgd_kernels_serve(torch::TensorList flat, torch::TensorList grads, const torch::Tensor& step_size) {
   const torch::Dtype grad_dtype = grads.empty() ? torch::kFloat32 : grads[0].scalar_type();
   const bool stored = grad_dtype == torch::kFloat32 || grad_dtype == torch::kBFloat16 || grad_dtype == torch::kHalf;
@@ -80,10 +81,18 @@ class ClippedUpdate : public torch::autograd::Function<ClippedUpdate> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::TensorList flat,
                                                 torch::TensorList grads, const torch::Tensor& step_size, double clip) {
-    std::vector<torch::Tensor> saved(grads.begin(), grads.end());
+    // The backward reads g where it differentiates through the step size or g's norm; else
+    // (first order, or no clip) dg = -step A at most, and g is not kept alive for it.
+    bool grads_differentiated = false;
+    for (const torch::Tensor& g : grads) grads_differentiated = grads_differentiated || g.requires_grad();
+    const bool keep_grads = step_size.requires_grad() || (clip > 0 && grads_differentiated);
+    std::vector<torch::Tensor> saved;
+    if (keep_grads) saved.assign(grads.begin(), grads.end());
     saved.push_back(step_size);
     ctx->save_for_backward(saved);
     ctx->saved_data["clip"] = clip;
+    ctx->saved_data["grads_kept"] = keep_grads;
+    ctx->saved_data["grad_dtype"] = static_cast<int64_t>(grads.empty() ? torch::kFloat32 : grads[0].scalar_type());
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one
 #if TTT_WITH_CUDA_KERNELS
     if (sgd_kernels_serve(flat, grads, step_size)) {
@@ -113,8 +122,7 @@ class ClippedUpdate : public torch::autograd::Function<ClippedUpdate> {
                                                  torch::autograd::variable_list adjoints) {
     const size_t count = adjoints.size();
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const std::vector<torch::Tensor> grads(saved.begin(), saved.begin() + static_cast<int64_t>(count));
-    const torch::Tensor& step_size = saved[count];
+    const torch::Tensor& step_size = saved.back();
     const double clip = ctx->saved_data["clip"].toDouble();
     torch::autograd::variable_list out(2 * count + 2);  // W, g, the step size, the clip
     for (size_t i = 0; i < count; ++i) out[i] = adjoints[i];
@@ -123,6 +131,14 @@ class ClippedUpdate : public torch::autograd::Function<ClippedUpdate> {
     bool any = false;
     for (const torch::Tensor& a : adjoints) any = any || a.defined();
     if (!any || (!want_grads && !want_step)) return out;
+    if (!ctx->saved_data["grads_kept"].toBool()) {  // no clip and a constant step size: dg = -step A
+      const auto grad_dtype = static_cast<torch::Dtype>(ctx->saved_data["grad_dtype"].toInt());
+      for (size_t i = 0; i < count; ++i) {
+        if (adjoints[i].defined()) out[count + i] = (-step_size * adjoints[i]).to(grad_dtype);
+      }
+      return out;
+    }
+    const std::vector<torch::Tensor> grads(saved.begin(), saved.begin() + static_cast<int64_t>(count));
 #if TTT_WITH_CUDA_KERNELS
     std::vector<torch::Tensor> a_rows;
     bool serve = sgd_kernels_serve(grads, grads, step_size) && count <= static_cast<size_t>(kernels::kSgdMaxTensors);

@@ -258,9 +258,10 @@ struct Sequence {
   }
   int64_t n_chunks() const { return static_cast<int64_t>(chunks.size()); }
   // Whether the forward pass keeps the fast weights chunk c starts from: every
-  // weights_every-th chunk's, and all of the last stretch's (the reverse scan starts there).
+  // weights_every-th chunk's, and all of the last stretch's before the tail (the reverse scan
+  // starts there).
   bool keeps_weights(int64_t c) const {
-    return c % weights_every == 0 || c >= (n_chunks() - 1) / weights_every * weights_every;
+    return c % weights_every == 0 || c >= (n_chunks() - tail_chunks) / weights_every * weights_every;
   }
   // Every chunk's weights where they fit: up to 16 chunks on the device (3B: 1.4 GB each), and
   // parked in host memory as many as a budget holds (125M at 128K: 7 GB); beyond, one in
@@ -643,13 +644,13 @@ struct Adjoints {
 // sinks, their rows of h_grad, and the adjoints it returns for the chunk before `first`.
 struct SpanResult {
   Adjoints adjoints;
-  torch::Tensor loss;  // the chunks' weighted losses, detached
+  torch::Tensor loss;  // the tail's weighted losses, detached (undefined for other spans)
 };
 SpanResult reverse_span(const Sequence& seq, const Params& suffix, const std::vector<torch::Tensor>& suffix_theta,
                         const std::vector<SavedChunk>& saved, FetchedRows& fetched, int64_t first, int64_t last,
                         const torch::Tensor& h, const Adjoints& later, bool first_order, const GradientSinks& sinks,
                         const torch::Tensor& h_grad) {
-  RECORD_USER_SCOPE("gradient: reverse scan chunk");
+  RECORD_USER_SCOPE("gradient: reverse scan span");
   const int64_t start = seq.chunks[first].start;
   const int64_t rows = seq.chunks[last - 1].start + seq.chunks[last - 1].length - start;
   ChunkVariables leaves{suffix_theta, {}, {}, h.narrow(0, start, rows).detach().requires_grad_()};
@@ -659,7 +660,8 @@ SpanResult reverse_span(const Sequence& seq, const Params& suffix, const std::ve
   for (int64_t l = seq.first_suffix; l < seq.config.n_layers; ++l) leaves.cache.push_back(state.cache.entries(l));
   const ScanOptions options{first_order ? OuterGradient::kFirstOrder : OuterGradient::kExact, seq.step_size};
   std::vector<torch::Tensor> outputs, adjoints;
-  torch::Tensor loss;
+  torch::Tensor loss;  // only the tail's is asked for: the forward pass had the others
+  const bool tail = last == seq.n_chunks();
   for (int64_t c = first; c < last; ++c) {
     const ChunkSpan& chunk = seq.chunks[c];
     const ChunkStep step =
@@ -667,8 +669,10 @@ SpanResult reverse_span(const Sequence& seq, const Params& suffix, const std::ve
                    seq.first_suffix, seq.targets.narrow(0, chunk.start, chunk.length), state, options);
     outputs.push_back(step.loss);
     adjoints.push_back((seq.loss_scale * seq.loss_weights[c]).to(step.loss.dtype()));
-    const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[c];
-    loss = loss.defined() ? loss + weighted : weighted;
+    if (tail) {
+      const torch::Tensor weighted = step.loss.detach() * seq.loss_weights[c];
+      loss = loss.defined() ? loss + weighted : weighted;
+    }
   }
   const auto add_output = [&](const torch::Tensor& output, const torch::Tensor& adjoint) {
     if (!adjoint.defined() || !output.defined() || !output.requires_grad()) return;
@@ -725,7 +729,7 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
     const SpanResult span = reverse_span(seq, suffix, suffix_theta, saved, fetched, first, last, h, adjoints,
                                          options.first_order, sinks, prefix.h_grad());
     adjoints = span.adjoints;
-    if (last == seq.n_chunks()) loss = loss.defined() ? loss + span.loss : span.loss;
+    if (span.loss.defined()) loss = loss.defined() ? loss + span.loss : span.loss;
     saved[first].weights.clear();  // no chunk before it reads them
     // Progress in chunk passes, 2 a chunk (the forward pass reported its own): the tail's
     // forward and backward passes at once.
@@ -765,13 +769,14 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   // average): about nine of the head's [B, V] bf16 tensors and, per suffix block, three bytes
   // a head for each query and key the band spans.
   const int64_t suffix_blocks = config.n_layers - config.first_suffix_block();
+  constexpr int64_t kTailBytes = int64_t{16} << 30;
+  const int64_t budget = std::min(kTailBytes, *device_bytes / 4);
   int64_t bytes = 0;
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t keys = (config.window > 0 ? std::min(c * b, config.window - 1) : c * b) + b;
+  for (int64_t c = 0; c < chunks && bytes <= budget; ++c) {
+    const int64_t keys = std::min(c * b, config.window - 1) + b;  // ttt-e2e has a window
     bytes += b * (9 * config.vocab_size + 3 * suffix_blocks * config.n_heads * keys);
   }
-  constexpr int64_t kTailBytes = int64_t{16} << 30;
-  return bytes <= std::min(kTailBytes, *device_bytes / 4) ? chunks : 1;
+  return bytes <= budget ? chunks : 1;
 }
 
 torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,

@@ -11,7 +11,8 @@
 // starts from recomputed from the last kept ones where needed), its inner step included
 // (second order for ttt-e2e), with those weights, the cache it reads and h as fresh leaves,
 // and backpropagates the chunk's weighted loss plus the adjoints of the weights and cache it
-// hands to the next chunk. Last, the gradient of h goes back through the prefix span by
+// hands to the next chunk. The last chunks (the tail) skip the forward pass: the reverse scan
+// starts by running them once, as one graph. Last, the gradient of h goes back through the prefix span by
 // span from the last, each span recomputed with the rows before it as leaves (DESIGN.md).
 // On a GPU beyond 16 chunks, the saved rows and fast weights wait in pinned host memory
 // (park_on_host), so the device keeps per token only h and its gradient.
@@ -44,15 +45,16 @@ struct GradientOptions {
   int64_t prefix_span_tokens = 0;
   // The last so many chunks skip the forward pass: the reverse scan runs them once, as one
   // graph (their graphs alive together); 0: default_tail_chunks (below). The gradient is the
-  // same whatever it is.
+  // same whatever it is, up to rounding (the tail sums its chunks' gradients before the sinks).
   int64_t tail_chunks = 0;
   // Whether what grows with the sequence until the backward pass reads it again (the cache
   // rows every span and chunk leaves, the fast weights kept) waits in host memory; unset: on
   // a GPU beyond 16 chunks, so that the device's peak stays flat in the length. The
   // gradient is the same whatever it is.
   std::optional<bool> park_on_host;
-  // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks);
-  // not where graphs replay the whole sequence.
+  // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks),
+  // the tail's 2 * tail_chunks calls at once after it; not where graphs replay the whole
+  // sequence.
   std::function<void(int64_t, int64_t)> on_chunk;
   // On a GPU: the whole computation replayed as a CUDA graph per sequence length (below),
   // made for the same parameters and precision.
@@ -67,10 +69,10 @@ struct GradientOptions {
 int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused);
 
 // The tail's chunks (GradientOptions::tail_chunks) for a sequence of `inputs` tokens when the
-// options ask none, on a GPU of `device_bytes` (unset: the CPU, 1): for ttt-e2e every chunk
-// where a rough count of all their graphs fits 16 GiB and a quarter of the device (125M at
-// 8K: a step 17% faster for a GPU peak of 17.6 GiB against 8.2, measured), else 1 (fa, swa).
-// Without the fused kernels, 1.
+// options ask none, on a GPU of `device_bytes` (unset: 1) where the fused kernels serve (the
+// caller asks only there): for ttt-e2e every chunk where a rough count of all their graphs
+// fits 16 GiB and a quarter of the device (125M at 8K: a step 17% faster for a GPU peak of
+// 17.6 GiB against 8.2, measured), else 1 (fa, swa).
 int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::optional<int64_t> device_bytes);
 
 // Adds d(loss_scale * loss)/d(theta) to the .grad of every tensor of `params` (leaves that

@@ -227,7 +227,7 @@ struct StepGradients {
 using Shapes = std::vector<std::vector<int64_t>>;
 const Shapes kOddShapes = {{8, 16}, {16, 8}, {8, 16}, {5, 7}, {7, 5}, {5, 7}};
 StepGradients step_gradients(const ModelConfig& c, const torch::TensorOptions& options, bool plain,
-                             const Shapes& shapes = kOddShapes, bool third_order = true) {
+                             const Shapes& shapes = kOddShapes, bool third_order = true, bool step_learned = true) {
   torch::manual_seed(13);
   FastWeights weights;
   std::vector<torch::Tensor> flat, targets, adjoints, probes;
@@ -241,7 +241,7 @@ StepGradients step_gradients(const ModelConfig& c, const torch::TensorOptions& o
     adjoints.push_back(torch::randn(w.sizes(), options));
     probes.push_back(torch::randn(w.sizes(), options));
   }
-  const torch::Tensor step = torch::full({}, 0.3, options).requires_grad_();
+  const torch::Tensor step = torch::full({}, 0.3, options).requires_grad_(step_learned);
   torch::Tensor loss = torch::zeros({}, options);
   for (size_t i = 0; i < flat.size(); ++i) loss = loss + (torch::tanh(flat[i]) * targets[i]).sum();
   std::vector<torch::Tensor> updated;
@@ -258,38 +258,39 @@ StepGradients step_gradients(const ModelConfig& c, const torch::TensorOptions& o
   torch::Tensor outer = torch::zeros({}, options);
   for (size_t i = 0; i < flat.size(); ++i) outer = outer + (updated[i] * adjoints[i] + 0.1 * updated[i].pow(2)).sum();
   std::vector<torch::Tensor> wrt = flat;
-  wrt.push_back(step);
+  if (step_learned) wrt.push_back(step);
   StepGradients out;
   out.first = torch::autograd::grad({outer}, wrt, {}, true, third_order);
   if (!third_order) return out;
-  torch::Tensor probe = torch::zeros({}, options);
+  torch::Tensor probe = step_learned ? out.first.back() : torch::zeros({}, options);
   for (size_t i = 0; i < flat.size(); ++i) probe = probe + (out.first[i] * probes[i]).sum();
-  out.second = torch::autograd::grad({probe + out.first.back()}, flat);
+  out.second = torch::autograd::grad({probe}, flat);
   return out;
 }
 
 TEST(InnerLoop, StepBackwardIsAutogradsOnThePlainForm) {
-  for (double clip : {0.0, 1e6, 0.5}) {  // off, inactive, active
-    ModelConfig c = tiny_config(Variant::kTttE2E);
-    c.inner_clip = clip;
-    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-    const StepGradients got = step_gradients(c, f64, false), want = step_gradients(c, f64, true);
-    for (size_t i = 0; i < want.first.size(); ++i) {
-      EXPECT_TRUE(torch::allclose(got.first[i], want.first[i], 1e-12, 1e-12)) << "clip " << clip << " first " << i;
+  // A constant step size without a clip: the backward keeps no g (dg = -step A).
+  for (const bool step_learned : {true, false}) {
+    for (double clip : {0.0, 1e6, 0.5}) {  // off, inactive, active
+      SCOPED_TRACE(step_learned ? "step size learned" : "step size constant");
+      ModelConfig c = tiny_config(Variant::kTttE2E);
+      c.inner_clip = clip;
+      const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+      const StepGradients got = step_gradients(c, f64, false, kOddShapes, true, step_learned),
+                          want = step_gradients(c, f64, true, kOddShapes, true, step_learned);
+      for (size_t i = 0; i < want.first.size(); ++i) {
+        EXPECT_TRUE(torch::allclose(got.first[i], want.first[i], 1e-12, 1e-12)) << "clip " << clip << " first " << i;
+      }
+      for (size_t i = 0; i < want.second.size(); ++i) {
+        EXPECT_TRUE(torch::allclose(got.second[i], want.second[i], 1e-12, 1e-12)) << "clip " << clip << " second " << i;
+      }
+      // The clip binds at 0.5 (the meta-gradient then has the clip's own term).
+      if (clip == 0.5 && step_learned) {
+        ModelConfig off = c;
+        off.inner_clip = 0;
+        EXPECT_FALSE(torch::allclose(got.first.back(), step_gradients(off, f64, false).first.back()));
+      }
     }
-    for (size_t i = 0; i < want.second.size(); ++i) {
-      EXPECT_TRUE(torch::allclose(got.second[i], want.second[i], 1e-12, 1e-12)) << "clip " << clip << " second " << i;
-    }
-    // The clip binds at 0.5 (the meta-gradient then has the clip's own term).
-    if (clip == 0.5)
-      EXPECT_FALSE(torch::allclose(got.first.back(), step_gradients(
-                                                         [&] {
-                                                           ModelConfig off = c;
-                                                           off.inner_clip = 0;
-                                                           return off;
-                                                         }(),
-                                                         f64, false)
-                                                         .first.back()));
   }
 }
 

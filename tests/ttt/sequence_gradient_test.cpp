@@ -127,7 +127,7 @@ INSTANTIATE_TEST_SUITE_P(
         // before them): some of them, with kept weights every 2 and parked rows before them;
         // every chunk (no forward pass at all).
         Case{"ttt_tail_of_3_chunks", Variant::kTttE2E, 29, 8, 0, 0.05, true, false, 2, 2, true, 3},
-        Case{"ttt_tail_of_every_chunk", Variant::kTttE2E, 17, 0, 0, 1.0, true, false, 0, 0, false, 6},
+        Case{"ttt_tail_of_every_chunk", Variant::kTttE2E, 17, 0, 0, 1.0, true, false, 0, 0, false, 8},  // of 6
         Case{"ttt_tail_first_order", Variant::kTttE2E, 17, 0, 0, 1.0, true, true, 0, 0, false, 2},
         Case{"swa_tail_of_2_chunks", Variant::kSlidingWindow, 29, 5, 0, 0.0, true, false, 0, 3, false, 2},
         Case{"fa_tail_of_2_chunks", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2, false, 2},
@@ -264,17 +264,22 @@ TEST(SequenceGradient, OnCudaMatchesTheCpu) {
     accumulate_sequence_gradient(c, reference, tokens, {});
     for (const std::optional<torch::Dtype> precision :
          {std::optional<torch::Dtype>(), std::optional(torch::kBFloat16)}) {
-      const MatmulDtypeGuard matmuls(precision);
-      const Params gpu = convert_params(c, params, torch::kFloat32, true, cuda);
-      accumulate_sequence_gradient(c, gpu, tokens.to(cuda), {});
-      const auto expected = grads_of(c, reference), actual = grads_of(c, gpu);
-      for (const auto& [name, want] : expected) {
-        const torch::Tensor got = actual.at(name).cpu().to(torch::kFloat64);
-        const std::string where = std::string(variant_name(variant)) + (precision ? " bf16 " : " fp32 ") + name;
-        if (precision) {
-          EXPECT_LE((got - want).norm().item<double>(), 5e-2 * want.norm().item<double>()) << where;
-        } else {
-          EXPECT_LE((got - want).abs().max().item<double>(), 1e-3 * want.abs().max().item<double>()) << where;
+      for (const int64_t tail : {0, 1}) {  // the default (here the whole sequence), one chunk
+        const MatmulDtypeGuard matmuls(precision);
+        const Params gpu = convert_params(c, params, torch::kFloat32, true, cuda);
+        GradientOptions options;
+        options.tail_chunks = tail;
+        accumulate_sequence_gradient(c, gpu, tokens.to(cuda), options);
+        const auto expected = grads_of(c, reference), actual = grads_of(c, gpu);
+        for (const auto& [name, want] : expected) {
+          const torch::Tensor got = actual.at(name).cpu().to(torch::kFloat64);
+          const std::string where = std::string(variant_name(variant)) + (precision ? " bf16 " : " fp32 ") + "tail " +
+                                    std::to_string(tail) + " " + name;
+          if (precision) {
+            EXPECT_LE((got - want).norm().item<double>(), 5e-2 * want.norm().item<double>()) << where;
+          } else {
+            EXPECT_LE((got - want).abs().max().item<double>(), 1e-3 * want.abs().max().item<double>()) << where;
+          }
         }
       }
     }
@@ -319,18 +324,21 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
     bool parked;             // the graphs' copies in and out of pinned host memory
     int64_t span_chunks;     // the prefix by spans of so many chunks (0: one span here)
     int64_t weights_every;   // fast weights kept every so many chunks (0: all here)
+    int64_t tail;            // chunks that skip the forward pass (0: the default, here all)
   };
   // The eager gradient runs without any of these: they do not change the gradient, but in
   // bf16 other spans round differently (2e-2 of the largest entry), so spans only in fp32.
-  for (const auto& [variant, precision, parked, span_chunks, weights_every] :
-       {Row{Variant::kTttE2E, bf16, false, 0, 0}, Row{Variant::kTttE2E, f32, false, 0, 0},
-        Row{Variant::kSlidingWindow, bf16, false, 0, 0}, Row{Variant::kTttE2E, f32, true, 0, 0},
-        Row{Variant::kTttE2E, f32, false, 2, 0}, Row{Variant::kTttE2E, f32, false, 0, 2},
-        Row{Variant::kSlidingWindow, bf16, true, 0, 0}, Row{Variant::kSlidingWindow, f32, true, 2, 0},
-        Row{Variant::kTttE2E, f32, true, 2, 2}}) {
+  // The tail, unlike those, is given to both sides: rows that park or keep weights every 2
+  // need a forward pass (a tail of one chunk) to exercise them.
+  for (const auto& [variant, precision, parked, span_chunks, weights_every, tail] :
+       {Row{Variant::kTttE2E, bf16, false, 0, 0, 0}, Row{Variant::kTttE2E, f32, false, 0, 0, 1},
+        Row{Variant::kSlidingWindow, bf16, false, 0, 0, 0}, Row{Variant::kTttE2E, f32, true, 0, 0, 1},
+        Row{Variant::kTttE2E, f32, false, 2, 0, 1}, Row{Variant::kTttE2E, f32, false, 0, 2, 1},
+        Row{Variant::kSlidingWindow, bf16, true, 0, 0, 0}, Row{Variant::kSlidingWindow, f32, true, 2, 0, 0},
+        Row{Variant::kTttE2E, f32, true, 2, 2, 1}, Row{Variant::kTttE2E, f32, true, 0, 2, 3}}) {
     SCOPED_TRACE(std::string(variant == Variant::kTttE2E ? "ttt-e2e" : "swa") + (precision ? " bf16" : " f32") +
                  (parked ? " parked" : "") + " spans " + std::to_string(span_chunks) + " weights every " +
-                 std::to_string(weights_every));
+                 std::to_string(weights_every) + " tail " + std::to_string(tail));
     const ModelConfig c = test::kernel_sized_config(variant);
     const MatmulDtypeGuard matmuls(precision);
     const Params graphed = convert_params(c, random_params(c, 7, 0.3), torch::kFloat32, true, cuda);
@@ -348,6 +356,7 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
       GradientOptions options;
       options.ilr_mult = 0.4 + 0.2 * sequence;
       options.loss_scale = sequence % 2 == 0 ? 1.0 : 0.25;
+      options.tail_chunks = tail;
       const double eager_loss = accumulate_sequence_gradient(c, eager, tokens, options).item<double>();
       options.graphs = &graphs;
       options.park_on_host = parked;
