@@ -12,8 +12,9 @@
 // (second order for ttt-e2e), with those weights, the cache it reads and h as fresh leaves,
 // and backpropagates the chunk's weighted loss plus the adjoints of the weights and cache it
 // hands to the next chunk. The last chunks (the tail) skip the forward pass: the reverse scan
-// starts by running them once, as one graph. Last, the gradient of h goes back through the prefix span by
-// span from the last, each span recomputed with the rows before it as leaves (DESIGN.md).
+// starts by running them once, as one graph. Last, the gradient of h goes back through the
+// prefix span by span from the last, each span recomputed with the rows before it as leaves
+// (DESIGN.md).
 // On a GPU beyond 16 chunks, the saved rows and fast weights wait in pinned host memory
 // (park_on_host), so the device keeps per token only h and its gradient.
 // The result equals differentiating run_sequence with OuterGradient::kExact (or
