@@ -14,29 +14,19 @@ struct AccumulateTensors {
   int count;
 };
 
-template <int kVec, typename G>
-__device__ void add_into(float* sink, const G* grad, int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n / kVec; i += stride) {
-    float s[kVec], g[kVec];
-    load_pack<kVec>(sink, i * kVec, s);
-    load_pack<kVec>(grad, i * kVec, g);
-#pragma unroll
-    for (int m = 0; m < kVec; ++m) s[m] += g[m];
-    store_pack(sink, i * kVec, s);
-  }
-}
-
 template <int kVec>
 __device__ void add_tensor(const AccumulateTensor& x) {
-  switch (x.type) {
-    case Storage::kBFloat16:
-      return add_into<kVec>(x.sink, static_cast<const __nv_bfloat16*>(x.grad), x.n);
-    case Storage::kFloat16:
-      return add_into<kVec>(x.sink, static_cast<const __half*>(x.grad), x.n);
-    default:
-      return add_into<kVec>(x.sink, static_cast<const float*>(x.grad), x.n);
-  }
+  with_storage_type(x.type, [&](auto tag) {
+    const auto* grad = static_cast<const decltype(tag)*>(x.grad);
+    for_each_pack<kVec>(x.n, [&](int64_t j) {
+      float s[kVec], g[kVec];
+      load_pack<kVec>(x.sink, j, s);
+      load_pack<kVec>(grad, j, g);
+#pragma unroll
+      for (int m = 0; m < kVec; ++m) s[m] += g[m];
+      store_pack(x.sink, j, s);
+    });
+  });
 }
 
 __global__ void __launch_bounds__(kThreads) accumulate(AccumulateTensors tensors) {
@@ -50,14 +40,8 @@ __global__ void __launch_bounds__(kThreads) accumulate(AccumulateTensors tensors
 }
 
 bool fits_packs(const AccumulateTensor& x) {
-  switch (x.type) {
-    case Storage::kBFloat16:
-      return packs_fit<float>(x.sink, x.n, 4) && packs_fit<__nv_bfloat16>(x.grad, x.n, 4);
-    case Storage::kFloat16:
-      return packs_fit<float>(x.sink, x.n, 4) && packs_fit<__half>(x.grad, x.n, 4);
-    default:
-      return packs_fit<float>(x.sink, x.n, 4) && packs_fit<float>(x.grad, x.n, 4);
-  }
+  return packs_fit<float>(x.sink, x.n, 4) &&
+         with_storage_type(x.type, [&](auto tag) { return packs_fit<decltype(tag)>(x.grad, x.n, 4); });
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "kernels/storage.h"
+
 namespace ttt::kernels {
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -83,6 +85,31 @@ inline bool packs_fit(std::initializer_list<const void*> pointers, int64_t row_e
   return true;
 }
 
+// f(j) for the first element j of every kVec-value pack of an n-value tensor (n a multiple of
+// kVec), the packs dealt to the grid's threads in turn.
+template <int kVec, typename F>
+__device__ __forceinline__ void for_each_pack(int64_t n, F&& f) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n / kVec; i += stride) {
+    f(i * kVec);
+  }
+}
+
+// f(T()) with T the C++ type of `type`'s values (fp32 for kFloat32), on the host or the
+// device as f is (the pragma, as CUB's, lets one template serve both).
+#pragma nv_exec_check_disable
+template <typename F>
+__host__ __device__ __forceinline__ auto with_storage_type(Storage type, F&& f) {
+  switch (type) {
+    case Storage::kBFloat16:
+      return f(__nv_bfloat16());
+    case Storage::kFloat16:
+      return f(__half());
+    default:
+      return f(float());
+  }
+}
+
 // max and sum(exp(x - max)) of a set of values: merged without a second pass.
 struct MaxSum {
   float max, sum;
@@ -135,6 +162,15 @@ template <int kThreads>
 __device__ float block_sum(float v) {
   return block_reduce<kThreads>(
       v, [](float a, float b) { return a + b; }, 0.f);
+}
+
+// The sum of `count` fp32 values over a block of kThreads threads, in one fixed order (the
+// same bits in every block); every thread gets it.
+template <int kThreads>
+__device__ float block_sum_of(const float* values, int count) {
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < count; i += kThreads) sum += values[i];
+  return block_sum<kThreads>(sum);
 }
 
 // Null after a good launch, else CUDA's error text.

@@ -1,7 +1,5 @@
 #include "kernels/inner_step.h"
 
-#include <type_traits>
-
 #include "kernels/common.cuh"
 
 namespace ttt::kernels {
@@ -19,16 +17,14 @@ struct SgdTensors {
 template <typename G, int kVec>
 __global__ void __launch_bounds__(kThreads) sum_squares(SgdTensors tensors, float* partials) {
   float sum = 0.f;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int t = 0; t < tensors.count; ++t) {
     const G* g = static_cast<const G*>(tensors.at[t].grad);
-    const int64_t packs = tensors.at[t].n / kVec;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs; i += stride) {
+    for_each_pack<kVec>(tensors.at[t].n, [&](int64_t j) {
       float v[kVec];
-      load_pack<kVec>(g, i * kVec, v);
+      load_pack<kVec>(g, j, v);
 #pragma unroll
       for (int m = 0; m < kVec; ++m) sum += v[m] * v[m];
-    }
+    });
   }
   sum = block_sum<kThreads>(sum);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
@@ -40,25 +36,21 @@ __global__ void __launch_bounds__(kThreads)
     update(SgdTensors tensors, const float* partials, const float* step_size, float clip) {
   float factor = *step_size;
   if (clip > 0.f) {  // else no partials were summed
-    float sum = 0.f;
-    for (int i = threadIdx.x; i < kBlocks; i += kThreads) sum += partials[i];
-    const float squares = block_sum<kThreads>(sum);
+    const float squares = block_sum_of<kThreads>(partials, kBlocks);
     const float norm = sqrtf(squares > 0.f ? squares : 1.f);
     factor = __fmul_rn(factor, __fdiv_rn(clip, fmaxf(norm, clip)));
   }
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int t = 0; t < tensors.count; ++t) {
     const SgdTensor& x = tensors.at[t];
     const G* g = static_cast<const G*>(x.grad);
-    const int64_t packs = x.n / kVec;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs; i += stride) {
+    for_each_pack<kVec>(x.n, [&](int64_t j) {
       float w[kVec], d[kVec];
-      load_pack<kVec>(x.weights, i * kVec, w);
-      load_pack<kVec>(g, i * kVec, d);
+      load_pack<kVec>(x.weights, j, w);
+      load_pack<kVec>(g, j, d);
 #pragma unroll
       for (int m = 0; m < kVec; ++m) w[m] = __fsub_rn(w[m], __fmul_rn(factor, d[m]));
-      store_pack(x.out, i * kVec, w);
-    }
+      store_pack(x.out, j, w);
+    });
   }
 }
 
@@ -89,21 +81,19 @@ struct SgdAdjoints {
 template <typename G, int kVec>
 __global__ void __launch_bounds__(kThreads) dot_and_squares(SgdAdjoints tensors, float* partials) {
   float dot = 0.f, squares = 0.f;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int t = 0; t < tensors.count; ++t) {
     const SgdAdjoint& x = tensors.at[t];
     const G* g = static_cast<const G*>(x.grad);
-    const int64_t packs = x.n / kVec;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs; i += stride) {
+    for_each_pack<kVec>(x.n, [&](int64_t j) {
       float a[kVec], v[kVec];
-      load_pack<kVec>(x.adjoint, i * kVec, a);
-      load_pack<kVec>(g, i * kVec, v);
+      load_pack<kVec>(x.adjoint, j, a);
+      load_pack<kVec>(g, j, v);
 #pragma unroll
       for (int m = 0; m < kVec; ++m) {
         dot += a[m] * v[m];
         squares += v[m] * v[m];
       }
-    }
+    });
   }
   dot = block_sum<kThreads>(dot);
   squares = block_sum<kThreads>(squares);
@@ -113,37 +103,32 @@ __global__ void __launch_bounds__(kThreads) dot_and_squares(SgdAdjoints tensors,
   }
 }
 
-// dg = -f A + c g and d(step) = -s k, from the partials (clipped_sgd_backward's formulas).
+// dg = -f A + c g (where asked) and d(step) = -s k, from the partials (clipped_sgd_backward's
+// formulas).
 template <typename G, int kVec>
 __global__ void __launch_bounds__(kThreads)
     backward_update(SgdAdjoints tensors, const float* partials, const float* step_size, float clip, float* step_grad) {
-  float dot = 0.f, squares = 0.f;
-  for (int i = threadIdx.x; i < kBlocks; i += kThreads) {
-    dot += partials[i];
-    squares += partials[kBlocks + i];
-  }
-  dot = block_sum<kThreads>(dot);
-  squares = block_sum<kThreads>(squares);
+  const float dot = block_sum_of<kThreads>(partials, kBlocks);
+  const float squares = block_sum_of<kThreads>(partials + kBlocks, kBlocks);
   const float norm = sqrtf(squares > 0.f ? squares : 1.f);
   const bool binds = clip > 0.f && norm > clip;
   const float scale = binds ? __fdiv_rn(clip, norm) : 1.f;
   const float factor = __fmul_rn(*step_size, scale);
   const float coef = binds ? factor * dot / (norm * norm) : 0.f;
   if (step_grad != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *step_grad = -scale * dot;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int t = 0; t < tensors.count; ++t) {
     const SgdAdjoint& x = tensors.at[t];
+    if (x.grad_out == nullptr) continue;
     const G* g = static_cast<const G*>(x.grad);
     G* out = static_cast<G*>(x.grad_out);
-    const int64_t packs = x.n / kVec;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs; i += stride) {
+    for_each_pack<kVec>(x.n, [&](int64_t j) {
       float a[kVec], v[kVec];
-      load_pack<kVec>(x.adjoint, i * kVec, a);
-      load_pack<kVec>(g, i * kVec, v);
+      load_pack<kVec>(x.adjoint, j, a);
+      load_pack<kVec>(g, j, v);
 #pragma unroll
       for (int m = 0; m < kVec; ++m) v[m] = coef * v[m] - factor * a[m];
-      store_pack(out, i * kVec, v);
-    }
+      store_pack(out, j, v);
+    });
   }
 }
 
@@ -165,6 +150,15 @@ const char* launch_backward(const SgdAdjoints& tensors, const float* step_size, 
   return launched();
 }
 
+// Copies `count` descriptions (at most kSgdMaxTensors) into the kernels' argument struct.
+template <typename All, typename One>
+bool gather(const One* tensors, int count, All& all) {
+  if (count < 0 || count > kSgdMaxTensors) return false;
+  for (int t = 0; t < count; ++t) all.at[t] = tensors[t];
+  all.count = count;
+  return true;
+}
+
 }  // namespace
 
 int64_t clipped_sgd_partials() { return kBlocks; }
@@ -172,36 +166,20 @@ int64_t clipped_sgd_backward_partials() { return 2 * kBlocks; }
 
 const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_type, const float* step_size, float clip,
                              float* partials, void* stream) {
-  if (count < 0 || count > kSgdMaxTensors) return "too many tensors for one launch";
   SgdTensors all{};
-  for (int t = 0; t < count; ++t) all.at[t] = tensors[t];
-  all.count = count;
-  const auto s = static_cast<cudaStream_t>(stream);
-  switch (grad_type) {
-    case Storage::kBFloat16:
-      return launch<__nv_bfloat16>(all, step_size, clip, partials, s);
-    case Storage::kFloat16:
-      return launch<__half>(all, step_size, clip, partials, s);
-    default:
-      return launch<float>(all, step_size, clip, partials, s);
-  }
+  if (!gather(tensors, count, all)) return "too many tensors for one launch";
+  return with_storage_type(grad_type, [&](auto tag) {
+    return launch<decltype(tag)>(all, step_size, clip, partials, static_cast<cudaStream_t>(stream));
+  });
 }
 
 const char* clipped_sgd_backward(const SgdAdjoint* tensors, int count, Storage grad_type, const float* step_size,
                                  float clip, float* partials, float* step_grad, void* stream) {
-  if (count < 0 || count > kSgdMaxTensors) return "too many tensors for one launch";
   SgdAdjoints all{};
-  for (int t = 0; t < count; ++t) all.at[t] = tensors[t];
-  all.count = count;
-  const auto s = static_cast<cudaStream_t>(stream);
-  switch (grad_type) {
-    case Storage::kBFloat16:
-      return launch_backward<__nv_bfloat16>(all, step_size, clip, partials, step_grad, s);
-    case Storage::kFloat16:
-      return launch_backward<__half>(all, step_size, clip, partials, step_grad, s);
-    default:
-      return launch_backward<float>(all, step_size, clip, partials, step_grad, s);
-  }
+  if (!gather(tensors, count, all)) return "too many tensors for one launch";
+  return with_storage_type(grad_type, [&](auto tag) {
+    return launch_backward<decltype(tag)>(all, step_size, clip, partials, step_grad, static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace ttt::kernels

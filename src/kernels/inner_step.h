@@ -43,7 +43,7 @@ const char* clipped_sgd_step(const SgdTensor* tensors, int count, Storage grad_t
 struct SgdAdjoint {
   const float* adjoint;  // of W', fp32; null: zero
   const void* grad;      // g
-  void* grad_out;        // dg, in g's storage; may not overlap the others
+  void* grad_out;        // dg, in g's storage; may not overlap the others; null: not wanted
   int64_t n;
 };
 

@@ -16,37 +16,35 @@ __device__ __forceinline__ float silu_slope(float x, float s) { return s * (1.f 
 // A thread per kVec values (a 16-byte pack where the tensors allow, else one value).
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    gate_forward(const T* __restrict__ a, const T* __restrict__ b, int64_t packs, T* __restrict__ y) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    gate_forward(const T* __restrict__ a, const T* __restrict__ b, int64_t n, T* __restrict__ y) {
+  for_each_pack<kVec>(n, [&](int64_t j) {
     float x[kVec], w[kVec];
-    load_pack(a, i * kVec, x);
-    load_pack(b, i * kVec, w);
+    load_pack(a, j, x);
+    load_pack(b, j, w);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) x[m] = x[m] / (1.f + expf(-x[m])) * w[m];  // as torch's silu rounds it
-    store_pack(y, i * kVec, x);
-  }
+    store_pack(y, j, x);
+  });
 }
 
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    gate_backward(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dy, int64_t packs,
+    gate_backward(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dy, int64_t n,
                   T* __restrict__ da, T* __restrict__ db) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+  for_each_pack<kVec>(n, [&](int64_t j) {
     float x[kVec], w[kVec], g[kVec], ga[kVec], gb[kVec];
-    load_pack(a, i * kVec, x);
-    load_pack(b, i * kVec, w);
-    load_pack(dy, i * kVec, g);
+    load_pack(a, j, x);
+    load_pack(b, j, w);
+    load_pack(dy, j, g);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) {
       const float s = sigmoid(x[m]);
       ga[m] = g[m] * w[m] * silu_slope(x[m], s);
       gb[m] = g[m] * (x[m] * s);
     }
-    store_pack(da, i * kVec, ga);
-    store_pack(db, i * kVec, gb);
-  }
+    store_pack(da, j, ga);
+    store_pack(db, j, gb);
+  });
 }
 
 // The gradients of gate_backward's da and db (adjoints u and v; null: zero) with respect to
@@ -55,16 +53,15 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
     gate_double_backward(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dy,
-                         const T* __restrict__ u, const T* __restrict__ v, int64_t packs, T* __restrict__ ga,
+                         const T* __restrict__ u, const T* __restrict__ v, int64_t n, T* __restrict__ ga,
                          T* __restrict__ gb, T* __restrict__ gdy) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+  for_each_pack<kVec>(n, [&](int64_t j) {
     float x[kVec], w[kVec], g[kVec], uv[kVec], vv[kVec], out_a[kVec], out_b[kVec], out_dy[kVec];
-    load_pack(a, i * kVec, x);
-    load_pack(b, i * kVec, w);
-    load_pack(dy, i * kVec, g);
-    load_pack(u, i * kVec, uv);
-    load_pack(v, i * kVec, vv);
+    load_pack(a, j, x);
+    load_pack(b, j, w);
+    load_pack(dy, j, g);
+    load_pack(u, j, uv);
+    load_pack(v, j, vv);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) {
       const float s = sigmoid(x[m]);
@@ -73,10 +70,10 @@ __global__ void __launch_bounds__(kThreads)
       out_b[m] = uv[m] * g[m] * f1;
       out_dy[m] = uv[m] * w[m] * f1 + vv[m] * (x[m] * s);
     }
-    store_pack(ga, i * kVec, out_a);
-    store_pack(gb, i * kVec, out_b);
-    store_pack(gdy, i * kVec, out_dy);
-  }
+    store_pack(ga, j, out_a);
+    store_pack(gb, j, out_b);
+    store_pack(gdy, j, out_dy);
+  });
 }
 
 int blocks_for(int64_t threads) {
@@ -112,7 +109,7 @@ const char* swiglu_gate_forward(const void* a, const void* b, Storage type, int6
     using T = decltype(tag);
     constexpr int kVec = decltype(vec)::value;
     gate_forward<T, kVec><<<blocks_for(n / kVec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(a), static_cast<const T*>(b), n / kVec, static_cast<T*>(y));
+        static_cast<const T*>(a), static_cast<const T*>(b), n, static_cast<T*>(y));
   });
 }
 
@@ -123,7 +120,7 @@ const char* swiglu_gate_backward(const void* a, const void* b, const void* dy, S
     using T = decltype(tag);
     constexpr int kVec = decltype(vec)::value;
     gate_backward<T, kVec><<<blocks_for(n / kVec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(dy), n / kVec, static_cast<T*>(da),
+        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(dy), n, static_cast<T*>(da),
         static_cast<T*>(db));
   });
 }
@@ -136,7 +133,7 @@ const char* swiglu_gate_double_backward(const void* a, const void* b, const void
     constexpr int kVec = decltype(vec)::value;
     gate_double_backward<T, kVec><<<blocks_for(n / kVec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(dy), static_cast<const T*>(u),
-        static_cast<const T*>(v), n / kVec, static_cast<T*>(ga), static_cast<T*>(gb), static_cast<T*>(gdy));
+        static_cast<const T*>(v), n, static_cast<T*>(ga), static_cast<T*>(gb), static_cast<T*>(gdy));
   });
 }
 

@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <cuda_runtime_api.h>
 #endif
@@ -89,10 +90,11 @@ std::optional<DeviceMemory> device_memory(const torch::Device& device) {
 
 std::optional<int64_t> device_total_memory(const torch::Device& device) {
 #if TTT_WITH_CUDA
-  cudaDeviceProp properties{};
-  if (device.is_cuda() &&
-      cudaGetDeviceProperties(&properties, device.has_index() ? device.index() : 0) == cudaSuccess) {
-    return static_cast<int64_t>(properties.totalGlobalMem);
+  // ATen keeps each device's properties once read: no driver call per gradient.
+  if (device.is_cuda()) {
+    return static_cast<int64_t>(
+        at::cuda::getDeviceProperties(device.has_index() ? device.index() : c10::cuda::current_device())
+            ->totalGlobalMem);
   }
 #endif
   (void)device;

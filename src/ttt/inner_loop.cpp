@@ -141,7 +141,7 @@ class ClippedUpdate : public torch::autograd::Function<ClippedUpdate> {
     const std::vector<torch::Tensor> grads(saved.begin(), saved.begin() + static_cast<int64_t>(count));
 #if TTT_WITH_CUDA_KERNELS
     std::vector<torch::Tensor> a_rows;
-    bool serve = sgd_kernels_serve(grads, grads, step_size) && count <= static_cast<size_t>(kernels::kSgdMaxTensors);
+    bool serve = sgd_kernels_serve(grads, grads, step_size);
     for (size_t i = 0; serve && i < count; ++i) {
       a_rows.push_back(adjoints[i].defined() ? adjoints[i].to(torch::kFloat32).contiguous() : torch::Tensor());
       serve = !a_rows.back().defined() ||
@@ -151,9 +151,9 @@ class ClippedUpdate : public torch::autograd::Function<ClippedUpdate> {
       const c10::cuda::CUDAGuard device(step_size.device());
       std::vector<kernels::SgdAdjoint> described;
       for (size_t i = 0; i < count; ++i) {
-        out[count + i] = torch::empty_like(grads[i]);
+        if (want_grads) out[count + i] = torch::empty_like(grads[i]);
         described.push_back({a_rows[i].defined() ? a_rows[i].data_ptr<float>() : nullptr, grads[i].data_ptr(),
-                             out[count + i].data_ptr(), grads[i].numel()});
+                             want_grads ? out[count + i].data_ptr() : nullptr, grads[i].numel()});
       }
       torch::Tensor partials = torch::empty({kernels::clipped_sgd_backward_partials()}, step_size.options());
       torch::Tensor step_grad = want_step ? torch::empty({}, step_size.options()) : torch::Tensor();
@@ -162,7 +162,6 @@ class ClippedUpdate : public torch::autograd::Function<ClippedUpdate> {
                                           step_size.data_ptr<float>(), static_cast<float>(clip),
                                           partials.data_ptr<float>(), want_step ? step_grad.data_ptr<float>() : nullptr,
                                           stream()));
-      for (size_t i = 0; !want_grads && i < count; ++i) out[count + i] = torch::Tensor();
       out[2 * count] = step_grad;
       return out;
     }

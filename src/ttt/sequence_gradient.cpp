@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <tuple>
 
 #include "common/error.h"
 #include "common/host_memory.h"
@@ -535,8 +536,11 @@ torch::Tensor suffix_forward(const Sequence& seq, const Params& suffix, const to
   ScanState state{detach_fast_weights(initial_fast_weights(seq.config, seq.params), false),
                   KvCache::window(seq.config)};
   saved.assign(seq.chunks.size(), {});
+  if (until == 0) {  // the tail is the whole sequence and starts at once: nothing to park
+    saved[0].weights = state.weights;
+    return {};
+  }
   saved[0].weights = seq.keep(state.weights);
-  if (until == 0) return {};
   const Params frozen = detach_params(seq.config, suffix);
   torch::AutoGradMode grad_mode(seq.config.is_ttt());  // only ttt-e2e's inner gradients need a graph here
   ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
@@ -800,6 +804,8 @@ struct GradientGraphs::State {
   GradientSinks sinks;                      // the parameters, and the buffers lent them as .grad
   std::map<int64_t, torch::Tensor> tokens;  // an input buffer per sequence length
   std::map<int64_t, HostParking> parking;   // per graph: the host buffers its copies name
+  // A graph per length and options that shape it: its key in `graphs`.
+  std::map<std::tuple<int64_t, bool, int64_t, int64_t, int64_t, int>, int64_t> keys;
   torch::Tensor step_size, loss_scale, loss;
   GraphReplay graphs;  // destroyed before the buffers
 };
@@ -875,7 +881,12 @@ torch::Tensor GradientGraphs::accumulate(const Params& params, const torch::Tens
   GradientOptions in_graph = options;  // no host callback in a graph
   in_graph.on_chunk = nullptr;
   in_graph.graphs = nullptr;
-  const int64_t key = 2 * n + (options.first_order ? 1 : 0);
+  const int park = options.park_on_host.has_value() ? int{*options.park_on_host} : -1;
+  const int64_t key = s.keys
+                          .emplace(std::make_tuple(n, options.first_order, options.keep_weights_every,
+                                                   options.prefix_span_tokens, options.tail_chunks, park),
+                                   static_cast<int64_t>(s.keys.size()))
+                          .first->second;
   s.graphs.run(key, [&] {
     torch::AutoGradMode grad_mode(true);
     s.loss.copy_(

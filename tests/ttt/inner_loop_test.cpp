@@ -395,7 +395,7 @@ TEST(InnerLoopOnCuda, ClippedSgdKernelsSumTheSquaresAndStep) {
 }
 
 // The backward's kernels on bf16 gradients (which the engine's backward does not meet: its g
-// are fp32), one adjoint null (zero), against the formulas in fp64.
+// are fp32), one adjoint null (zero), against the formulas in fp64; then d(step) alone.
 TEST(InnerLoopOnCuda, ClippedSgdBackwardKernels) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const auto cuda = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
@@ -429,6 +429,16 @@ TEST(InnerLoopOnCuda, ClippedSgdBackwardKernels) {
       const torch::Tensor want0 = coef * f64(grads[0]) - factor * f64(adjoints[0]), want1 = coef * f64(grads[1]);
       EXPECT_TRUE(torch::allclose(f64(out[0]), want0, 1e-2, 1e-2)) << n << " " << clip;  // dg rounded to bf16
       EXPECT_TRUE(torch::allclose(f64(out[1]), want1, 1e-2, 1e-2 * std::abs(coef) + 1e-30)) << n << " " << clip;
+
+      // d(step) alone: no dg asked (null outputs), none written, the same d(step).
+      const torch::Tensor untouched = out[0].clone(), step_grad_alone = torch::full({}, NAN, cuda);
+      for (auto& d : described) d.grad_out = nullptr;
+      check("clipped_sgd_backward",
+            kernels::clipped_sgd_backward(described.data(), 2, kernels::Storage::kBFloat16, step.data_ptr<float>(),
+                                          static_cast<float>(clip), partials.data_ptr<float>(),
+                                          step_grad_alone.data_ptr<float>(), stream()));
+      EXPECT_TRUE(torch::equal(step_grad_alone, step_grad)) << n << " " << clip;
+      EXPECT_TRUE(torch::equal(out[0], untouched)) << n << " " << clip;
     }
   }
 }

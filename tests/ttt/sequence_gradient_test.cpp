@@ -378,5 +378,37 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
   }
 }
 
+// Options that shape the computation (here the tail) get graphs of their own for the same
+// length: a later call with other options neither replays the first capture nor loses it.
+TEST(GradientGraphs, OptionsThatShapeTheGraphGetTheirOwn) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  const ModelConfig c = test::kernel_sized_config(Variant::kTttE2E);
+  const MatmulDtypeGuard matmuls(std::nullopt);
+  const Params graphed = convert_params(c, random_params(c, 7, 0.3), torch::kFloat32, true, cuda);
+  const Params eager = convert_params(c, graphed, torch::kFloat32, true);
+  GradientGraphs graphs(c, graphed);
+  const torch::Tensor tokens = random_tokens(16 * 5 + 7, c.vocab_size, 301, {0, 30}).to(cuda);
+  // tails 1, 1 (captured), 3, 3 (captured), 1 (replayed)
+  for (const int64_t tail : {1, 1, 3, 3, 1}) {
+    SCOPED_TRACE("tail " + std::to_string(tail));
+    for (const Params* side : {&graphed, &eager}) {
+      for (const auto& [name, p] : named_params(c, *side)) p.mutable_grad() = torch::Tensor();
+    }
+    GradientOptions options;
+    options.tail_chunks = tail;
+    const double eager_loss = accumulate_sequence_gradient(c, eager, tokens, options).item<double>();
+    options.graphs = &graphs;
+    const double graphed_loss = accumulate_sequence_gradient(c, graphed, tokens, options).item<double>();
+    EXPECT_NEAR(graphed_loss, eager_loss, 1e-5 * std::abs(eager_loss));
+    const auto expected = grads_of(c, eager), got = grads_of(c, graphed);
+    for (const auto& [name, g] : expected) {
+      EXPECT_LT((got.at(name) - g).abs().max().item<double>(), 1e-4 * g.abs().max().item<double>()) << name;
+    }
+  }
+  EXPECT_EQ(graphs.captures(), 2);
+  EXPECT_EQ(graphs.replays(), 1);
+}
+
 }  // namespace
 }  // namespace ttt
