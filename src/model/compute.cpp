@@ -81,8 +81,7 @@ std::optional<DeviceMemory> device_memory(const torch::Device& device) {
   if (device.is_cuda()) {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
     constexpr size_t kAll = 0;  // StatType::AGGREGATE: every pool
-    return DeviceMemory{stats.allocated_bytes[kAll].peak, stats.reserved_bytes[kAll].peak,
-                        stats.allocated_bytes[kAll].current};
+    return DeviceMemory{stats.allocated_bytes[kAll].peak, stats.reserved_bytes[kAll].peak};
   }
 #endif
   (void)device;

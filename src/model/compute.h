@@ -48,10 +48,9 @@ class MatmulDtypeGuard {
 
 // GPU memory of the caching allocator on `device` since the last reset (or the start): the
 // peak of what tensors held and of what the allocator reserved from the driver (tensors,
-// cached free blocks, CUDA graphs' pools), and what tensors hold now. Unset on the CPU or a
-// build without CUDA.
+// cached free blocks, CUDA graphs' pools). Unset on the CPU or a build without CUDA.
 struct DeviceMemory {
-  int64_t peak_allocated = 0, peak_reserved = 0, allocated = 0;
+  int64_t peak_allocated = 0, peak_reserved = 0;
 };
 std::optional<DeviceMemory> device_memory(const torch::Device& device);
 void reset_device_memory_peaks(const torch::Device& device);

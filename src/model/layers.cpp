@@ -466,16 +466,6 @@ struct BandedProbs {
   int64_t window = 0;
 };
 
-thread_local bool g_lean_attention_graphs = false;
-
-// p as an autograd function keeps it: without the scores where LeanAttentionGraphs asks and
-// the kernels made p (then they are recomputable from q and k).
-bool lean_probs(const BandedProbs& p) { return g_lean_attention_graphs && p.scores.defined(); }
-BandedProbs kept_probs(BandedProbs p, bool lean) {
-  if (lean) p.scores = torch::Tensor();
-  return p;
-}
-
 // P in the softmax's dtype for plain ops. Kernel-made probabilities never reach them: the
 // kernels take every row-wise step of the probabilities they made (same device and dtype, and
 // while autograd records the backward remakes them with plain ops).
@@ -607,23 +597,18 @@ torch::Tensor plus_product(const torch::Tensor& sum, const torch::Tensor& a, con
 // Returns dQ, dK, dV in q's, k's and v's dtypes.
 class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad> {
  public:
-  // `lean`: keep of the [H, Tq, Tk] terms only p's probabilities (LeanAttentionGraphs; p's
-  // scores given, recomputed by the caller).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                                 const torch::Tensor& k, const torch::Tensor& v,
-                                                const torch::Tensor& grad_out, const BandedProbs& p, bool lean) {
+                                                const torch::Tensor& grad_out, const BandedProbs& p) {
     const torch::Dtype dtype = matmul_dtype_for(q);
     const torch::Tensor grad_o = output_by_head(grad_out, q);
     const ProbsBackward b = probs_backward(p, torch::matmul(grad_o, by_head(v, dtype).transpose(1, 2)));
     ctx->save_for_backward({q, k, v, grad_out});
     // Intermediates and inputs outside the graph, never an output: kept as data.
-    save_probs(ctx, kept_probs(p, lean));
-    ctx->saved_data["lean"] = lean;
-    if (!lean) {
-      ctx->saved_data["grad_probs"] = b.grad_probs;
-      ctx->saved_data["dots"] = b.dots;
-      ctx->saved_data["grad_scores"] = b.grad_scores;
-    }
+    save_probs(ctx, p);
+    ctx->saved_data["grad_probs"] = b.grad_probs;
+    ctx->saved_data["dots"] = b.dots;
+    ctx->saved_data["grad_scores"] = b.grad_scores;
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one: no zeros made
     return {query_gradient(torch::matmul(b.grad_scores, by_head(k, dtype)), q),
@@ -633,7 +618,7 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    torch::autograd::variable_list result(6);
+    torch::autograd::variable_list result(5);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return result;
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
@@ -644,16 +629,11 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     // The forward's terms; while autograd records (a third order) recomputed from q, k, v and
     // dO, so that the formulas below differentiate again.
     BandedProbs p = saved_probs(ctx);
-    ProbsBackward b;
+    ProbsBackward b{ctx->saved_data["grad_probs"].toTensor(), ctx->saved_data["dots"].toTensor(),
+                    ctx->saved_data["grad_scores"].toTensor()};
     if (torch::GradMode::is_enabled()) {
       p = banded_probs(attention_scores(q, k), p.window);
       b = probs_backward(p, torch::matmul(grad_o, vh.transpose(1, 2)));
-    } else if (ctx->saved_data["lean"].toBool()) {  // the forward's terms again, the same bits
-      p.scores = attention_scores(q, k);
-      b = probs_backward(p, torch::matmul(grad_o, vh.transpose(1, 2)));
-    } else {
-      b = {ctx->saved_data["grad_probs"].toTensor(), ctx->saved_data["dots"].toTensor(),
-           ctx->saved_data["grad_scores"].toTensor()};
     }
     // The adjoints by head in the matmul dtype (dQ's through its scaling), and G = [s a_Q | Q]
     // [K | a_K]^T as one product over the concatenated inner dimension.
@@ -705,9 +685,7 @@ class BandedAttention : public torch::autograd::Function<BandedAttention> {
                                const torch::Tensor& v, int64_t window) {
     const BandedProbs p = banded_probs(attention_scores(q, k), window);
     ctx->save_for_backward({q, k, v});
-    const bool lean = lean_probs(p);
-    save_probs(ctx, kept_probs(p, lean));  // intermediates (never the output): kept as data
-    ctx->saved_data["lean"] = lean;
+    save_probs(ctx, p);  // intermediates (never the output): kept as data
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);
     return attention_mix(p.narrow, v, q);
@@ -718,14 +696,8 @@ class BandedAttention : public torch::autograd::Function<BandedAttention> {
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    BandedProbs p = saved_probs(ctx);
-    const bool lean = ctx->saved_data["lean"].toBool();
-    if (lean) {  // the forward's scores again, the same bits; data, outside any graph
-      torch::NoGradGuard no_grad;
-      p.scores = attention_scores(saved[0], saved[1]);
-    }
     const torch::autograd::variable_list dq_dk_dv =
-        BandedAttentionGrad::apply(saved[0], saved[1], saved[2], grads[0], p, lean);
+        BandedAttentionGrad::apply(saved[0], saved[1], saved[2], grads[0], saved_probs(ctx));
     return {dq_dk_dv[0], dq_dk_dv[1], dq_dk_dv[2], torch::Tensor()};
   }
 };
@@ -751,10 +723,6 @@ torch::Tensor attend_banded(const torch::Tensor& q, torch::Tensor k, torch::Tens
 }
 
 }  // namespace
-
-LeanAttentionGraphs::LeanAttentionGraphs() : previous_(g_lean_attention_graphs) { g_lean_attention_graphs = true; }
-LeanAttentionGraphs::~LeanAttentionGraphs() { g_lean_attention_graphs = previous_; }
-bool LeanAttentionGraphs::active() { return g_lean_attention_graphs; }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps, std::optional<torch::Dtype> out) {
   return RmsNormFunction::apply(x, gain, eps, static_cast<int64_t>(out.value_or(x.scalar_type())));

@@ -103,25 +103,6 @@ torch::Tensor attend_by_query_blocks(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& query_positions, const torch::Tensor& key_positions,
                                      int64_t window, int64_t block_queries);
 
-// Memory against time for attention differentiated twice (Order::kSecond on CUDA, whose
-// [H, Tq, Tk] terms our kernels make): while a guard lives on the thread that runs the forward
-// pass, the autograd functions it makes keep of those terms only the probabilities, and their
-// backward passes recompute the scores and the backward's own terms from q, k, v and the
-// output's adjoint (two GEMMs and one row pass a block, the same bits): 3 of 10 such tensors a
-// chunk of a ttt-e2e suffix stay alive. For the gradient's tail, where many chunks' graphs are
-// alive together.
-class LeanAttentionGraphs {
- public:
-  LeanAttentionGraphs();
-  ~LeanAttentionGraphs();
-  LeanAttentionGraphs(const LeanAttentionGraphs&) = delete;
-  LeanAttentionGraphs& operator=(const LeanAttentionGraphs&) = delete;
-  static bool active();
-
- private:
-  bool previous_;
-};
-
 // Whether attend_span runs a fused kernel at Order::kFirst for tensors like `like` (CUDA
 // with libtorch 2.x, not fp64): where it does, the blocks before the fast weights run ahead
 // over long spans.

@@ -666,9 +666,6 @@ SpanResult reverse_span(const Sequence& seq, const Params& suffix, const std::ve
   std::vector<torch::Tensor> outputs, adjoints;
   torch::Tensor loss;  // only the tail's is asked for: the forward pass had the others
   const bool tail = last == seq.n_chunks();
-  // Several chunks' graphs alive together: their attention keeps only its probabilities.
-  std::optional<LeanAttentionGraphs> lean;
-  if (last - first > 1) lean.emplace();
   for (int64_t c = first; c < last; ++c) {
     const ChunkSpan& chunk = seq.chunks[c];
     const ChunkStep step =

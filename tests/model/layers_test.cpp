@@ -3,7 +3,6 @@
 
 #include <cmath>
 #include <exception>
-#include <optional>
 #include <thread>
 
 #include "model/compute.h"
@@ -395,49 +394,6 @@ TEST(Layers, AttentionBackwardsKeepTheForwardsMatmulDtypeOnAnotherThread) {
     ASSERT_EQ(here.size(), there.size());
     for (size_t i = 0; i < here.size(); ++i) EXPECT_TRUE(torch::equal(here[i], there[i])) << i;
   }
-}
-
-// LeanAttentionGraphs on the GPU (the kernels' path, which the guard changes): the second
-// order's derivatives are the same bits, and the graph the first order leaves holds less
-// (of its [H, Tq, Tk] terms only the probabilities).
-TEST(Layers, LeanAttentionGraphsGiveTheSameBitsInLessMemory) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
-  const torch::Device cuda(torch::kCUDA, 0);
-  const int64_t cached = 511, Tq = 256, window = 512, H = 4, d = 64;
-  torch::manual_seed(21);
-  const torch::Tensor q = torch::randn({Tq, H, d}, cuda), k = torch::randn({cached + Tq, H, d}, cuda),
-                      v = torch::randn({cached + Tq, H, d}, cuda);
-  const torch::Tensor key_positions = torch::arange(cached + Tq, torch::TensorOptions().device(cuda));
-  const torch::Tensor query_positions = key_positions.narrow(0, cached, Tq);
-  const auto run = [&](bool lean) {
-    std::optional<LeanAttentionGraphs> guard;
-    if (lean) guard.emplace();
-    const MatmulDtypeGuard precision(torch::kBFloat16);
-    const torch::Tensor qs = q.clone().requires_grad_(), ks = k.clone().requires_grad_(),
-                        vs = v.clone().requires_grad_();
-    torch::cuda::synchronize();
-    const int64_t before = device_memory(cuda)->allocated;
-    const torch::Tensor out = attend_span(qs, ks, vs, query_positions, key_positions, window, Order::kSecond);
-    const torch::Tensor probe = torch::linspace(-1, 1, out.numel(), out.options()).reshape(out.sizes());
-    std::vector<torch::Tensor> result =
-        torch::autograd::grad({(out * probe).sum()}, {qs, ks, vs}, {}, /*retain_graph=*/true, /*create_graph=*/true);
-    torch::cuda::synchronize();
-    const int64_t held = device_memory(cuda)->allocated - before;
-    const torch::Tensor objective = (result[0] * result[0]).sum() + (result[1] * result[2]).sum();
-    for (const torch::Tensor& g : torch::autograd::grad({objective}, {qs, ks, vs})) result.push_back(g);
-    return std::make_pair(result, held);
-  };
-  const auto [kept, kept_bytes] = run(false);
-  const auto [lean, lean_bytes] = run(true);
-  ASSERT_EQ(kept.size(), lean.size());
-  for (size_t i = 0; i < kept.size(); ++i) {
-    EXPECT_TRUE(torch::equal(kept[i], lean[i])) << i;
-    EXPECT_GT(kept[i].abs().max().item<double>(), 0) << i;
-  }
-  // Kept: scores and probabilities, the backward's dP and dS (four [H, Tq, Tk] bf16 tensors);
-  // lean: the probabilities.
-  const int64_t term = H * Tq * (cached + Tq) * 2;
-  EXPECT_GE(kept_bytes - lean_bytes, 3 * term) << kept_bytes << " " << lean_bytes;
 }
 
 TEST(Layers, TokenNllAndMaskedMeanLoss) {
