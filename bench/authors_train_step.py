@@ -103,15 +103,18 @@ def one_length(repo, length, steps):
                   loss_masks=jnp.ones((1, 1, length), dtype=bool))
 
     times = []
+    # The first step compiles, and the second again (the first's outputs come back with other
+    # layouts than the freshly made model's): both are warm-up.
+    warm_up = 2
     with (jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh):
-        for step in range(steps + 1):  # the first compiles
+        for step in range(steps + warm_up):
             state = state.set(model.step_index, jnp.array(step, dtype=jnp.int32))
             start = time.perf_counter()
             model, opt_state, loss, _ = train_on_sequence(state, model, opt_state, batch, cfg)
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - start)
     stats = device.memory_stats() or {}
-    step_s = float(np.median(times[1:]))
+    step_s = float(np.median(times[warm_up:]))
     return {"length": length, "step_s": step_s, "tokens_per_s": length / step_s, "compile_and_first_s": times[0],
             "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30, "loss": float(np.asarray(loss).mean()),
             "device": str(device), "jax": jax.__version__}
@@ -121,7 +124,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", required=True, help="a checkout of the authors' repository")
     parser.add_argument("--lengths", default="8192", help="comma-separated sequence lengths")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compiling) one")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after two warm-up (compiling) ones")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process: this length only
     args = parser.parse_args()
     if args.one is not None:
