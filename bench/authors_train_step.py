@@ -103,8 +103,8 @@ def one_length(repo, length, steps):
                   loss_masks=jnp.ones((1, 1, length), dtype=bool))
 
     times = []
-    # The first step compiles, and the second again (the first's outputs come back with other
-    # layouts than the freshly made model's): both are warm-up.
+    # The first step compiles, and on the H200 with JAX 0.11 the second took ~36 s again (a
+    # second compilation): both are warm-up.
     warm_up = 2
     with (jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh):
         for step in range(steps + warm_up):
