@@ -9,8 +9,9 @@ builds the configuration and the batch itself. The model is their 125M ttt-e2e a
 configs/experiment/125m/pretrain/pretrain-125m-e2e.yaml sets it (their extension configs
 set the same model), one sequence a step, random tokens, their default remat settings.
 
-Each length runs in its own process, so that JAX's peak (memory_stats' peak_bytes_in_use)
-is that length's alone:
+Each length runs in its own process, so that JAX's peak (memory_stats' peak_bytes_in_use:
+the process's, its compilations' autotuning included, as `ttt bench` reports its own peak
+allocated over its warm-up and timed runs) is that length's alone:
 
     python3 bench/authors_train_step.py --repo PATH --lengths 8192,32768 [--steps 3]
 """
@@ -110,7 +111,9 @@ def one_length(repo, length, steps):
         for step in range(steps + warm_up):
             state = state.set(model.step_index, jnp.array(step, dtype=jnp.int32))
             start = time.perf_counter()
-            model, opt_state, loss, _ = train_on_sequence(state, model, opt_state, batch, cfg)
+            # Their step donates its arguments, the batch among them: a fresh copy each step.
+            fresh = jax.tree.map(jnp.copy, batch)
+            model, opt_state, loss, _ = train_on_sequence(state, model, opt_state, fresh, cfg)
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - start)
     stats = device.memory_stats() or {}
@@ -127,6 +130,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps after two warm-up (compiling) ones")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process: this length only
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     if args.one is not None:
         print(json.dumps(one_length(os.path.abspath(args.repo), args.one, args.steps)), flush=True)
         return

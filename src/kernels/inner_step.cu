@@ -135,17 +135,19 @@ __global__ void __launch_bounds__(kThreads)
 template <typename G>
 const char* launch_backward(const SgdAdjoints& tensors, const float* step_size, float clip, float* partials,
                             float* step_grad, cudaStream_t stream) {
-  bool packed = true;  // as launch's
+  bool packed = true, writes = false;  // packs as launch's; whether any dg is asked
   for (int t = 0; t < tensors.count; ++t) {
     const SgdAdjoint& x = tensors.at[t];
     packed = packed && packs_fit<float>(x.adjoint, x.n, 4) && packs_fit<G>({x.grad, x.grad_out}, x.n, 4);
+    writes = writes || x.grad_out != nullptr;
   }
+  const int update_blocks = writes ? kBlocks : 1;  // d(step) alone: block 0's
   if (packed) {
     dot_and_squares<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
-    backward_update<G, 4><<<kBlocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip, step_grad);
+    backward_update<G, 4><<<update_blocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip, step_grad);
   } else {
     dot_and_squares<G, 1><<<kBlocks, kThreads, 0, stream>>>(tensors, partials);
-    backward_update<G, 1><<<kBlocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip, step_grad);
+    backward_update<G, 1><<<update_blocks, kThreads, 0, stream>>>(tensors, partials, step_size, clip, step_grad);
   }
   return launched();
 }

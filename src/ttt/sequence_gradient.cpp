@@ -780,8 +780,9 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   const int64_t budget = std::min(kTailBytes, *device_bytes / 4);
   int64_t bytes = 0, tail = 0;
   for (int64_t c = chunks - 1; c >= 0; --c) {
-    const int64_t keys = std::min(c * b, config.window - 1) + b;  // ttt-e2e has a window
-    bytes += b * (9 * config.vocab_size + 3 * suffix_blocks * config.n_heads * keys);
+    const int64_t rows = std::min(b, inputs - c * b);                // a partial last chunk counts its own
+    const int64_t keys = std::min(c * b, config.window - 1) + rows;  // ttt-e2e has a window
+    bytes += rows * (9 * config.vocab_size + 3 * suffix_blocks * config.n_heads * keys);
     if (bytes > budget) break;
     ++tail;
   }

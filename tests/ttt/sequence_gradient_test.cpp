@@ -179,6 +179,7 @@ TEST(TailChunks, LastChunksWhereTheirGraphsFitHalfTheSequence) {
   const int64_t h200 = int64_t{141} << 30, small = int64_t{24} << 30;
   EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, h200), 4);
   EXPECT_EQ(default_tail_chunks(ttt_125m, 4000, h200), 4);
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 8193, h200), 5);  // a 1-token chunk and the 4 before it
   EXPECT_EQ(default_tail_chunks(ttt_125m, 32768, h200), 1);
   EXPECT_EQ(default_tail_chunks(ttt_760m, 8192, h200), 1);
   EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, small), 1);  // 6 GiB: 3 chunks
