@@ -110,9 +110,9 @@ def one_length(repo, length, steps):
     with (jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh):
         for step in range(steps + warm_up):
             state = state.set(model.step_index, jnp.array(step, dtype=jnp.int32))
-            start = time.perf_counter()
             # Their step donates its arguments, the batch among them: a fresh copy each step.
-            fresh = jax.tree.map(jnp.copy, batch)
+            fresh = jax.block_until_ready(jax.tree.map(jnp.copy, batch))
+            start = time.perf_counter()
             model, opt_state, loss, _ = train_on_sequence(state, model, opt_state, fresh, cfg)
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - start)
