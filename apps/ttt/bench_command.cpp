@@ -403,7 +403,8 @@ void add_bench_command(CLI::App& app) {
       ->add_option("--tail-chunks", options->tail_chunks,
                    "train rows: the last chunks that skip the forward pass and run once, as one graph, in\n"
                    "the reverse scan (more: faster, more GPU memory); 0: the engine's choice (ttt-e2e: the\n"
-                   "whole sequence where a rough count of its graphs fits 16 GiB and a quarter of the GPU)")
+                   "last chunks whose graphs fit 8 GiB and a quarter of the GPU by a rough count, where they\n"
+                   "are at least half the sequence)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   command->add_option("--decode-tokens", options->decode_tokens, "tokens timed one by one in the decode mode")

@@ -48,8 +48,8 @@ const std::vector<TrainConfig::Field>& TrainConfig::fields() {
       {"remat", &T::remat, "recompute each chunk in the backward pass (memory flat in the sequence length)", true},
       {"tail_chunks", &T::tail_chunks,
        "with remat: the last chunks of a sequence run once, as one graph (more: faster, more GPU memory; 1: "
-       "the least); 0: the engine's choice (ttt-e2e on a GPU: all, where their graphs fit 16 GiB and a quarter "
-       "of the GPU)",
+       "the least); 0: the engine's choice (ttt-e2e on a GPU: the last chunks whose graphs fit 8 GiB and a "
+       "quarter of the GPU, where they are at least half the sequence)",
        false},
       {"dtype", &T::dtype, "training precision: f32, f64, or bf16 (matmuls in bf16 on fp32 parameters)", true},
       {"device", &T::device, "where to train: cpu, cuda or cuda:N (cuda: each rank of a job on cuda:LOCAL_RANK)",
