@@ -224,6 +224,10 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     // included. Where graphs serve (not fa), the gradient replays as a CUDA graph after an
     // eager run and a capture.
     const torch::Tensor tokens = random_ids(context + 1, config, device);
+    // The gradient in one allocation, cleared by one fill, as the trainer keeps it (the
+    // graphs take its views as their buffers).
+    GradientBuffer gradients;
+    gradients.clear(config, trainable);
     const std::unique_ptr<GradientGraphs> graphs = GradientGraphs::where_supported(config, trainable);
     GradientOptions gradient;
     gradient.graphs = graphs.get();
@@ -236,7 +240,7 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     if (options.tail_chunks > 0) row["tail_chunks"] = options.tail_chunks;
     if (graphs) accumulate_sequence_gradient(config, trainable, tokens, gradient);
     const double s = run_timed([&] {
-      for (const auto& [name, p] : named_params(config, trainable)) p.mutable_grad() = torch::Tensor();
+      gradients.clear(config, trainable);
       accumulate_sequence_gradient(config, trainable, tokens, gradient);
       trainable.embed.grad().sum().item<double>();
     });

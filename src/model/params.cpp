@@ -75,6 +75,40 @@ std::map<std::string, torch::Tensor> named_params(const ModelConfig& config, con
   return named;
 }
 
+bool GradientBuffer::clear(const ModelConfig& config, const Params& params) {
+  torch::NoGradGuard no_grad;
+  const auto named = named_params(config, params);
+  const torch::Tensor& first = named.begin()->second;
+  bool fits = flat_.defined() && views_.size() == named.size() && flat_.device() == first.device() &&
+              flat_.dtype() == first.dtype();
+  int64_t total = 0;
+  size_t i = 0;
+  for (const auto& [name, p] : named) {
+    require(p.dtype() == first.dtype() && p.device() == first.device(),
+            "internal: the parameters differ in dtype or device (" + name + ")");
+    fits = fits && views_[i++].sizes() == p.sizes();
+    total += p.numel();
+  }
+  const bool allocate = !fits || total != flat_.numel();
+  if (allocate) {
+    flat_ = torch::zeros({total}, first.options());
+    views_.clear();
+    int64_t offset = 0;
+    for (const auto& [name, p] : named) {
+      views_.push_back(flat_.narrow(0, offset, p.numel()).view(p.sizes()));
+      offset += p.numel();
+    }
+  } else {
+    flat_.zero_();
+  }
+  i = 0;
+  for (const auto& [name, p] : named) {
+    const torch::Tensor& view = views_[i++];
+    if (!p.grad().is_same(view)) p.mutable_grad() = view;
+  }
+  return allocate;
+}
+
 Params params_from_named(const ModelConfig& config, const std::map<std::string, torch::Tensor>& named,
                          torch::Dtype dtype) {
   Params params;

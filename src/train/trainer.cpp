@@ -285,7 +285,7 @@ std::vector<torch::Tensor> Trainer::batch(int64_t step) const {
 }
 
 std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::function<bool()>& stop_requested) {
-  clear_gradients();
+  if (gradients_.clear(model_.config, model_.params)) gradient_graphs_.reset();  // it held the old views
   const double scale = 1.0 / static_cast<double>(config_.batch_size);
   const double ilr_mult = inner_lr_multiplier(config_, step);
   const MatmulDtypeGuard precision(matmul_dtype(config_));
@@ -323,43 +323,10 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
     ranks_->all_reduce_sum({shared});
     total = shared[0].item<double>();
     stopped = shared[1].item<double>() > 0;
-    if (!stopped) ranks_->all_reduce_sum({gradients_});
+    if (!stopped) ranks_->all_reduce_sum({gradients_.flat()});
   }
   if (stopped) return std::nullopt;
   return total * scale;
-}
-
-void Trainer::clear_gradients() {
-  torch::NoGradGuard no_grad;
-  const auto params = named_params(model_.config, model_.params);
-  const torch::Tensor& first = params.begin()->second;
-  bool fits = gradients_.defined() && gradient_views_.size() == params.size() &&
-              gradients_.device() == first.device() && gradients_.dtype() == first.dtype();
-  int64_t total = 0, i = 0;
-  for (const auto& [name, p] : params) {
-    require(p.dtype() == first.dtype() && p.device() == first.device(),
-            "internal: the parameters differ in dtype or device (" + name + ")");
-    fits = fits && gradient_views_[i++].sizes() == p.sizes();
-    total += p.numel();
-  }
-  if (!fits || total != gradients_.numel()) {
-    gradients_ = torch::zeros({total}, first.options());
-    gradient_views_.clear();
-    int64_t offset = 0;
-    for (const auto& [name, p] : params) {
-      gradient_views_.push_back(gradients_.narrow(0, offset, p.numel()).view(p.sizes()));
-      offset += p.numel();
-    }
-    gradient_graphs_.reset();  // its buffers were views of the old allocation
-  } else {
-    gradients_.zero_();
-  }
-  // The same view objects every step: CUDA graphs of the gradient lend them back as .grad.
-  i = 0;
-  for (const auto& [name, p] : params) {
-    const torch::Tensor& view = gradient_views_[i++];
-    if (!p.grad().is_same(view)) p.mutable_grad() = view;
-  }
 }
 
 double Trainer::validation_loss() const {

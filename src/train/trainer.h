@@ -95,9 +95,6 @@ class Trainer {
   void check_ranks_agree();
   void append_metrics(const StepReport& report) const;
   double elapsed_s() const;
-  // Zeroes gradients_ and points every parameter's .grad at its view of it (again where a .grad
-  // was replaced); makes them at the first call, or anew if the parameters' shapes changed.
-  void clear_gradients();
   // Clips the accumulated gradient to grad_clip, takes the AdamW step; returns the norm before clipping.
   double clip_and_update(double lr);
 
@@ -107,13 +104,9 @@ class Trainer {
   std::unique_ptr<Communicator> ranks_;  // the job's ranks; null for a process of its own
   std::unique_ptr<TokenDataset> train_data_, val_data_;
   std::unique_ptr<AdamW> optimizer_;
-  // Every parameter's gradient in one allocation (llm.c's way): the ranks' all-reduce sends it
-  // whole, with no packing into buckets and back (760M: 11 ms a step on an H200), and a step
-  // clears it with one fill.
-  torch::Tensor gradients_;
-  std::vector<torch::Tensor> gradient_views_;  // one a parameter, in named_params' order
+  GradientBuffer gradients_;
   // On a GPU, the gradient of a sequence replayed as a CUDA graph (made at the first step;
-  // it adds into gradients_, which it takes as its own buffers).
+  // it adds into gradients_' views, which it takes as its own buffers).
   std::unique_ptr<GradientGraphs> gradient_graphs_;
   std::vector<std::string> changed_from_init_;
   int64_t step_ = 0;
