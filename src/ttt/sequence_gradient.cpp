@@ -213,6 +213,7 @@ struct Sequence {
   torch::Tensor loss_scale;   // 0-dim, on the device: the gradient is that of loss_scale * loss
   int64_t weights_every = 1;  // the forward pass keeps the fast weights of every so many chunks
   int64_t tail_chunks = 1;    // the last so many chunks run once, in the reverse scan, as one graph
+  int64_t prefix_span_tokens = 0;  // inputs per span of the prefix's checkpoints
   HostParking* parking;       // null: what the backward pass reads again stays on the device
   torch::Device device;
 
@@ -226,14 +227,12 @@ struct Sequence {
     chunks = plan_chunks(c, n, 0, /*update_last=*/false);
     loss_weights = chunk_loss_weights(c, targets);
     first_suffix = c.is_ttt() ? c.first_suffix_block() : c.n_layers;
-    parking = options.park_on_host.value_or(device.is_cuda() && n_chunks() > kAllKeptUpTo) ? &host : nullptr;
+    const ResolvedGradientOptions resolved = resolve_gradient_options(c, p, n, options);
+    parking = resolved.park_on_host ? &host : nullptr;
     if (parking != nullptr) parking->rewind();
-    weights_every = options.keep_weights_every > 0 ? options.keep_weights_every : auto_weights_every();
-    const bool fused = fused_attention_available(p.final_norm);
-    const int64_t tail = options.tail_chunks > 0 ? options.tail_chunks
-                         : fused                 ? default_tail_chunks(c, n, device_total_memory(device))
-                                                 : 1;
-    tail_chunks = std::min(tail, n_chunks());
+    weights_every = resolved.keep_weights_every;
+    tail_chunks = resolved.tail_chunks;
+    prefix_span_tokens = resolved.prefix_span_tokens;
   }
   // What the backward pass reads again: parked, or copied out of what it came from (a cache
   // view) so that it pins nothing else.
@@ -264,22 +263,6 @@ struct Sequence {
   bool keeps_weights(int64_t c) const {
     return c % weights_every == 0 || c >= (n_chunks() - tail_chunks) / weights_every * weights_every;
   }
-  // Every chunk's weights where they fit: up to 16 chunks on the device (3B: 1.4 GB each), and
-  // parked in host memory as many as a budget holds (125M at 128K: 7 GB); beyond, one in
-  // sqrt(chunks), so what is kept grows as the square root of the length, for one more
-  // forward pass of the suffix (5% of a 125M step at 32K).
-  static constexpr int64_t kAllKeptUpTo = 16;
-  int64_t auto_weights_every() const {
-    const int64_t chunks = n_chunks();
-    int64_t bytes = 0;
-    for (const MlpParams& w : initial_fast_weights(config, params)) {
-      for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) bytes += t->numel() * t->element_size();
-    }
-    const bool all_fit = chunks <= kAllKeptUpTo || (parking != nullptr && bytes * chunks <= parked_weights_budget());
-    return all_fit ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
-  }
-  // 16 GiB, at most a quarter of the memory this process may use (a container's limit).
-  static int64_t parked_weights_budget() { return std::min(int64_t{16} << 30, host_memory_limit() / 4); }
 };
 
 // How many rows a span of `length` inputs leaves for the spans after it to read: all of them
@@ -378,17 +361,10 @@ KvCache rebuilt_cache(const ModelConfig& config, int64_t spans_before, int64_t f
 // first): a sequence of one span is never recomputed.
 class PrefixSpans {
  public:
-  // Inputs per span (whole chunks): `asked` if given, else default_prefix_span_tokens.
-  static int64_t span_tokens(const Sequence& seq, int64_t asked) {
-    require(asked % seq.config.mini_batch == 0, "internal: the prefix's spans are whole chunks");
-    if (asked > 0) return asked;
-    return default_prefix_span_tokens(seq.config, seq.inputs.size(0), fused_attention_available(seq.params.final_norm));
-  }
-
   // Phase 1: h for every input, detached (its gradient is gathered in h_grad()).
-  PrefixSpans(const Sequence& seq, int64_t span_asked) : seq_(seq), fetched_(seq.parking) {
+  explicit PrefixSpans(const Sequence& seq) : seq_(seq), fetched_(seq.parking) {
     RECORD_USER_SCOPE("gradient: prefix forward");  // phases, for ttt bench --profile
-    const int64_t n = seq.inputs.size(0), span = span_tokens(seq, span_asked);
+    const int64_t n = seq.inputs.size(0), span = seq.prefix_span_tokens;
     for (int64_t start = 0; start < n; start += span) {
       spans_.push_back({static_cast<int64_t>(spans_.size()), start, std::min(span, n - start), start, false});
     }
@@ -707,7 +683,7 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
   const auto report = [&](int64_t done) {
     if (options.on_chunk) options.on_chunk(done, 2 * seq.n_chunks());
   };
-  PrefixSpans prefix(seq, options.prefix_span_tokens);
+  PrefixSpans prefix(seq);
   // The suffix reads each chunk's rows of h as a leaf of its own; their gradients, gathered
   // in h_grad, go back through the prefix at the end.
   const torch::Tensor& h = prefix.h();
@@ -789,6 +765,41 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   return 2 * tail >= chunks ? tail : 1;
 }
 
+ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, const Params& params, int64_t inputs,
+                                                 const GradientOptions& options) {
+  const int64_t b = config.mini_batch, chunks = (inputs + b - 1) / b;
+  const torch::Device device = params.final_norm.device();
+  const bool fused = fused_attention_available(params.final_norm);
+  ResolvedGradientOptions r;
+  // Beyond 16 chunks on a GPU, what grows with the length waits in host memory.
+  constexpr int64_t kAllKeptUpTo = 16;
+  r.park_on_host = options.park_on_host.value_or(device.is_cuda() && chunks > kAllKeptUpTo);
+  if (options.keep_weights_every > 0) {
+    r.keep_weights_every = options.keep_weights_every;
+  } else {
+    // Every chunk's weights where they fit: up to 16 chunks on the device (3B: 1.4 GB each),
+    // and parked in host memory as many as a budget holds (16 GiB, at most a quarter of the
+    // memory this process may use; 125M at 128K: 7 GB); beyond, one in sqrt(chunks), so what
+    // is kept grows as the square root of the length, for one more forward pass of the suffix
+    // (5% of a 125M step at 32K).
+    int64_t bytes = 0;
+    for (const MlpParams& w : initial_fast_weights(config, params)) {
+      for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) bytes += t->numel() * t->element_size();
+    }
+    const auto budget = [] { return std::min(int64_t{16} << 30, host_memory_limit() / 4); };
+    const bool all_fit = chunks <= kAllKeptUpTo || (r.park_on_host && bytes * chunks <= budget());
+    r.keep_weights_every = all_fit ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
+  }
+  require(options.prefix_span_tokens % b == 0, "internal: the prefix's spans are whole chunks");
+  r.prefix_span_tokens =
+      options.prefix_span_tokens > 0 ? options.prefix_span_tokens : default_prefix_span_tokens(config, inputs, fused);
+  const int64_t tail = options.tail_chunks > 0 ? options.tail_chunks
+                       : fused                 ? default_tail_chunks(config, inputs, device_total_memory(device))
+                                               : 1;
+  r.tail_chunks = std::min(tail, chunks);
+  return r;
+}
+
 torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                                            const GradientOptions& options) {
   if (options.graphs != nullptr) return options.graphs->accumulate(params, tokens, options);
@@ -811,7 +822,7 @@ struct GradientGraphs::State {
   std::map<int64_t, torch::Tensor> tokens;  // an input buffer per sequence length
   std::map<int64_t, HostParking> parking;   // per graph: the host buffers its copies name
   // A graph per length and options that shape it: its key in `graphs`.
-  std::map<std::tuple<int64_t, bool, int64_t, int64_t, int64_t, int>, int64_t> keys;
+  std::map<std::tuple<int64_t, bool, int64_t, int64_t, int64_t, bool>, int64_t> keys;
   torch::Tensor step_size, loss_scale, loss;
   GraphReplay graphs;  // destroyed before the buffers
 };
@@ -887,10 +898,12 @@ torch::Tensor GradientGraphs::accumulate(const Params& params, const torch::Tens
   GradientOptions in_graph = options;  // no host callback in a graph
   in_graph.on_chunk = nullptr;
   in_graph.graphs = nullptr;
-  const int park = options.park_on_host.has_value() ? int{*options.park_on_host} : -1;
+  // A graph per length and the options as they resolve: an option left to the engine and the
+  // same one asked share a graph.
+  const ResolvedGradientOptions r = resolve_gradient_options(s.config, s.params, n - 1, options);
   const int64_t key = s.keys
-                          .emplace(std::make_tuple(n, options.first_order, options.keep_weights_every,
-                                                   options.prefix_span_tokens, options.tail_chunks, park),
+                          .emplace(std::make_tuple(n, options.first_order, r.keep_weights_every, r.prefix_span_tokens,
+                                                   r.tail_chunks, r.park_on_host),
                                    static_cast<int64_t>(s.keys.size()))
                           .first->second;
   s.graphs.run(key, [&] {

@@ -77,6 +77,17 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
 // sequences, larger models, fa, swa).
 int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::optional<int64_t> device_bytes);
 
+// GradientOptions as a sequence of `inputs` inputs runs them on params' device, every choice
+// left to the engine made (default_prefix_span_tokens, default_tail_chunks, ...). None changes
+// the gradient; together they shape the computation (GradientGraphs keeps a graph per length
+// and resolved options, so an option left to the engine and the same one asked share it).
+struct ResolvedGradientOptions {
+  bool park_on_host = false;
+  int64_t keep_weights_every = 1, prefix_span_tokens = 0, tail_chunks = 1;
+};
+ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, const Params& params, int64_t inputs,
+                                                 const GradientOptions& options);
+
 // Adds d(loss_scale * loss)/d(theta) to the .grad of every tensor of `params` (leaves that
 // require grad) and returns the loss (a detached scalar). `tokens`: [n] int64, n >= 2.
 torch::Tensor accumulate_sequence_gradient(const ModelConfig& config, const Params& params,

@@ -187,6 +187,42 @@ TEST(TailChunks, LastChunksWhereTheirGraphsFitHalfTheSequence) {
   EXPECT_EQ(default_tail_chunks(fa_125m, 8192, h200), 1);
 }
 
+// The engine's choices resolved: on the CPU no parking, every chunk's weights kept up to 16
+// chunks (then one in sqrt(chunks)), one chunk a prefix span, a tail of 1; an option asked
+// passes through (the tail at most the chunks), and the same options asked resolve alike.
+TEST(GradientOptions, ResolvedAsTheEngineChoosesOrAsAsked) {
+  const ModelConfig c = tiny_config(Variant::kTttE2E);
+  const Params params = init_params(c, 3);
+  const int64_t b = c.mini_batch, inputs = 3 * b + 1;  // 4 chunks
+  const ResolvedGradientOptions chosen = resolve_gradient_options(c, params, inputs, {});
+  EXPECT_FALSE(chosen.park_on_host);
+  EXPECT_EQ(chosen.keep_weights_every, 1);
+  EXPECT_EQ(chosen.prefix_span_tokens, b);
+  EXPECT_EQ(chosen.tail_chunks, 1);
+  GradientOptions asked;
+  asked.park_on_host = chosen.park_on_host;
+  asked.keep_weights_every = chosen.keep_weights_every;
+  asked.prefix_span_tokens = chosen.prefix_span_tokens;
+  asked.tail_chunks = chosen.tail_chunks;
+  const ResolvedGradientOptions same = resolve_gradient_options(c, params, inputs, asked);
+  EXPECT_EQ(same.park_on_host, chosen.park_on_host);
+  EXPECT_EQ(same.keep_weights_every, chosen.keep_weights_every);
+  EXPECT_EQ(same.prefix_span_tokens, chosen.prefix_span_tokens);
+  EXPECT_EQ(same.tail_chunks, chosen.tail_chunks);
+
+  asked = {};
+  asked.park_on_host = true;
+  asked.keep_weights_every = 2;
+  asked.prefix_span_tokens = 2 * b;
+  asked.tail_chunks = 9;
+  const ResolvedGradientOptions given = resolve_gradient_options(c, params, inputs, asked);
+  EXPECT_TRUE(given.park_on_host);
+  EXPECT_EQ(given.keep_weights_every, 2);
+  EXPECT_EQ(given.prefix_span_tokens, 2 * b);
+  EXPECT_EQ(given.tail_chunks, 4);
+  EXPECT_EQ(resolve_gradient_options(c, params, 20 * b + 1, {}).keep_weights_every, 5);  // 21 chunks
+}
+
 TEST(SequenceGradientAccumulation, AddsScaledGradients) {
   const ModelConfig c = tiny_config(Variant::kTttE2E);
   const Params params = random_params(c, 211, 0.4);
