@@ -91,8 +91,12 @@ bool GradientBuffer::clear(const ModelConfig& config, const Params& params) {
   }
   const bool allocate = !fits || total != flat_.numel();
   if (allocate) {
-    flat_ = torch::zeros({total}, first.options());
+    // The old gradients (ours or others') go first: they are being replaced, and a 3B model's
+    // are 12 GB.
+    for (const auto& [name, p] : named) p.mutable_grad() = torch::Tensor();
     views_.clear();
+    flat_ = torch::Tensor();
+    flat_ = torch::zeros({total}, first.options());
     int64_t offset = 0;
     for (const auto& [name, p] : named) {
       views_.push_back(flat_.narrow(0, offset, p.numel()).view(p.sizes()));
