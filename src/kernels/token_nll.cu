@@ -98,18 +98,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Two passes over the row: s = <p, u>, then the gradient (the row stays in L2 between them).
+// Two passes over the row: s = <p, u>, then the gradient (the row stays in L2 between them),
+// with the first-order terms of `outer` and `first_order` (either null: none) from the same
+// pass.
 template <typename T, bool kVector>
 __global__ void __launch_bounds__(kThreads)
     nll_double_backward(const T* __restrict__ logits, const int64_t* __restrict__ targets,
                         const float* __restrict__ lse, const float* __restrict__ grad_nll,
-                        const T* __restrict__ adjoint, int64_t vocab, T* __restrict__ grad,
-                        float* __restrict__ grad_scale) {
+                        const T* __restrict__ adjoint, const float* __restrict__ outer, int64_t vocab,
+                        T* __restrict__ grad, T* __restrict__ first_order, float* __restrict__ grad_scale) {
   const int64_t row = blockIdx.x;
   const T* x = logits + row * vocab;
   const T* u = adjoint + row * vocab;
   T* g = grad + row * vocab;
-  const float row_lse = lse[row], scale = grad_nll[row];
+  T* f = first_order != nullptr ? first_order + row * vocab : nullptr;
+  const float row_lse = lse[row], scale = grad_nll[row], outer_scale = outer != nullptr ? outer[row] : 0.f;
+  const int64_t target = targets[row];
   float partial = 0.f;
   if constexpr (kVector) {
     constexpr int kPer = kPerLoad<T>;
@@ -126,27 +130,42 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads) partial += expf(to_float(x[i]) - row_lse) * to_float(u[i]);
   }
   const float s = block_sum<kThreads>(partial);
-  const auto one = [&](float value, float adj) { return scale * expf(value - row_lse) * (adj - s); };
+  // p - [v == target] at probability p of entry v.
+  const auto residual = [&](float p, int64_t v) { return p - (v == target ? 1.f : 0.f); };
+  const auto one = [&](float p, float adj, int64_t v) {
+    const float second = scale * p * (adj - s);
+    return outer != nullptr ? second + outer_scale * residual(p, v) : second;
+  };
   if constexpr (kVector) {
     constexpr int kPer = kPerLoad<T>;
     const uint4* x_packs = reinterpret_cast<const uint4*>(x);
     const uint4* u_packs = reinterpret_cast<const uint4*>(u);
     uint4* out_packs = reinterpret_cast<uint4*>(g);
+    uint4* first_packs = reinterpret_cast<uint4*>(f);
     for (int64_t i = threadIdx.x; i < vocab / kPer; i += kThreads) {
       const uint4 xp = x_packs[i], up = u_packs[i];
       const T* xe = reinterpret_cast<const T*>(&xp);
       const T* ue = reinterpret_cast<const T*>(&up);
-      uint4 out;
+      uint4 out, first;
       T* o = reinterpret_cast<T*>(&out);
+      T* fo = reinterpret_cast<T*>(&first);
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) o[j] = from_float<T>(one(to_float(xe[j]), to_float(ue[j])));
+      for (int j = 0; j < kPer; ++j) {
+        const float p = expf(to_float(xe[j]) - row_lse);
+        o[j] = from_float<T>(one(p, to_float(ue[j]), i * kPer + j));
+        if (f != nullptr) fo[j] = from_float<T>(scale * residual(p, i * kPer + j));
+      }
       out_packs[i] = out;
+      if (f != nullptr) first_packs[i] = first;
     }
   } else {
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(to_float(x[i]), to_float(u[i])));
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      const float p = expf(to_float(x[i]) - row_lse);
+      g[i] = from_float<T>(one(p, to_float(u[i]), i));
+      if (f != nullptr) f[i] = from_float<T>(scale * residual(p, i));
+    }
   }
-  if (threadIdx.x == 0) {
-    const int64_t target = targets[row];
+  if (threadIdx.x == 0 && grad_scale != nullptr) {
     grad_scale[row] = target >= 0 && target < vocab ? s - to_float(u[target]) : NAN;
   }
 }
@@ -184,15 +203,19 @@ const char* backward(const void* logits, const int64_t* targets, const float* ls
 
 template <typename T>
 const char* double_backward(const void* logits, const int64_t* targets, const float* lse, const float* grad_nll,
-                            const void* adjoint, int64_t rows, int64_t vocab, void* grad_logits, float* grad_scale,
-                            cudaStream_t stream) {
+                            const void* adjoint, const float* outer, int64_t rows, int64_t vocab, void* grad_logits,
+                            void* first_order, float* grad_scale, cudaStream_t stream) {
   const T* x = static_cast<const T*>(logits);
   const T* u = static_cast<const T*>(adjoint);
   T* g = static_cast<T*>(grad_logits);
-  if (vectorizable<T>(logits, vocab) && vectorizable<T>(adjoint, vocab) && vectorizable<T>(grad_logits, vocab)) {
-    nll_double_backward<T, true><<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, u, vocab, g, grad_scale);
+  T* f = static_cast<T*>(first_order);
+  if (vectorizable<T>(logits, vocab) && vectorizable<T>(adjoint, vocab) && vectorizable<T>(grad_logits, vocab) &&
+      (f == nullptr || vectorizable<T>(first_order, vocab))) {
+    nll_double_backward<T, true>
+        <<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, u, outer, vocab, g, f, grad_scale);
   } else {
-    nll_double_backward<T, false><<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, u, vocab, g, grad_scale);
+    nll_double_backward<T, false>
+        <<<rows, kThreads, 0, stream>>>(x, targets, lse, grad_nll, u, outer, vocab, g, f, grad_scale);
   }
   return launched();
 }
@@ -230,20 +253,16 @@ const char* token_nll_backward(const void* logits, Storage type, const int64_t* 
 }
 
 const char* token_nll_double_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,
-                                      const float* grad_nll, const void* adjoint, int64_t rows, int64_t vocab,
-                                      void* grad_logits, float* grad_scale, void* stream) {
+                                      const float* grad_nll, const void* adjoint, const float* outer_grad_nll,
+                                      int64_t rows, int64_t vocab, void* grad_logits, void* first_order_grad,
+                                      float* grad_scale, void* stream) {
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  switch (type) {
-    case Storage::kFloat32:
-      return double_backward<float>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits, grad_scale, s);
-    case Storage::kBFloat16:
-      return double_backward<__nv_bfloat16>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits,
-                                            grad_scale, s);
-    case Storage::kFloat16:
-      return double_backward<__half>(logits, targets, lse, grad_nll, adjoint, rows, vocab, grad_logits, grad_scale, s);
-  }
-  return "token_nll_double_backward: unknown logits type";
+  return with_storage_type(type, [&](auto zero) {
+    using T = decltype(zero);
+    return double_backward<T>(logits, targets, lse, grad_nll, adjoint, outer_grad_nll, rows, vocab, grad_logits,
+                              first_order_grad, grad_scale, s);
+  });
 }
 
 }  // namespace ttt::kernels

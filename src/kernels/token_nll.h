@@ -24,9 +24,15 @@ const char* token_nll_backward(const void* logits, Storage type, const int64_t* 
 // The backward of token_nll_backward (the second order, for the exact meta-gradient): with
 // p = softmax(logits[r]), u = the adjoint of grad_logits[r] (in the logits' dtype) and
 // s = <p, u>, writes grad_logits[r, v] = grad_nll[r] * p[v] * (u[v] - s) in the logits'
-// dtype and grad_scale[r] = s - u[targets[r]] (the adjoint of grad_nll[r]) in fp32.
+// dtype and, unless grad_scale is null, grad_scale[r] = s - u[targets[r]] (the adjoint of
+// grad_nll[r]) in fp32. In the same pass, two first-order terms where their pointers are not
+// null: outer_grad_nll[r] * (p[v] - [v == targets[r]]) added to grad_logits (the gradient of
+// a loss that reads the NLL itself, summed with the second-order one before it is rounded),
+// and token_nll_backward's grad_nll[r] * (p[v] - [v == targets[r]]) written to
+// first_order_grad.
 const char* token_nll_double_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,
-                                      const float* grad_nll, const void* adjoint, int64_t rows, int64_t vocab,
-                                      void* grad_logits, float* grad_scale, void* stream);
+                                      const float* grad_nll, const void* adjoint, const float* outer_grad_nll,
+                                      int64_t rows, int64_t vocab, void* grad_logits, void* first_order_grad,
+                                      float* grad_scale, void* stream);
 
 }  // namespace ttt::kernels

@@ -1,5 +1,6 @@
 #include "model/layers.h"
 
+#include <torch/autograd.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -19,7 +20,6 @@
 #if TTT_WITH_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/autograd.h>
 
 #include "kernels/attention_probs.h"
 #include "kernels/decode_attention.h"
@@ -375,8 +375,9 @@ class FusedTokenNllGradient : public torch::autograd::Function<FusedTokenNllGrad
     torch::Tensor grad_scale = torch::empty_like(grad_nll);
     check("token_nll", kernels::token_nll_double_backward(
                            logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
-                           grad_nll.data_ptr<float>(), adjoint.data_ptr(), logits.size(0), logits.size(1),
-                           grad_logits.data_ptr(), grad_scale.data_ptr<float>(), stream()));
+                           grad_nll.data_ptr<float>(), adjoint.data_ptr(), /*outer_grad_nll=*/nullptr, logits.size(0),
+                           logits.size(1), grad_logits.data_ptr(), /*first_order_grad=*/nullptr,
+                           grad_scale.data_ptr<float>(), stream()));
     return {grad_logits, torch::Tensor(), torch::Tensor(), grad_scale};
   }
 };
@@ -400,6 +401,84 @@ class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::Tensor grad_nll = grads[0].to(torch::kFloat32).contiguous();
     return {FusedTokenNllGradient::apply(saved[0], saved[1], saved[2], grad_nll), torch::Tensor()};
+  }
+};
+
+// head_loss's fused form (layers.h): the logits' GEMM, their NLL, the inner loss's logits
+// gradient (weights * (softmax - onehot)) and its product with the head, as one function whose
+// backward takes the adjoints of nll (the outer loss's) and of hidden_grad (the exact
+// meta-gradient's) together. With u = a head (a: hidden_grad's adjoint), the logits' gradient
+// is outer * (p - onehot) + weights * p * (u - <p, u>), one kernel pass rounded once, and the
+// head's gradient is normed^T of it plus a^T times the inner logits gradient (written by that
+// pass, not kept from the forward: [T, V] less a chunk's graph holds, 256 MB at 1K rows of a
+// 128K vocabulary). GEMMs as autograd's chain of the composable form takes them, six a chunk.
+class FusedHeadLoss : public torch::autograd::Function<FusedHeadLoss> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& normed,
+                                                const torch::Tensor& head, const torch::Tensor& targets,
+                                                const torch::Tensor& weights) {
+    const c10::cuda::CUDAGuard device(normed.device());
+    const torch::Tensor logits = torch::mm(normed, head);
+    const int64_t rows = logits.size(0), vocab = logits.size(1);
+    const torch::Tensor nll = torch::empty({rows}, normed.options().dtype(torch::kFloat32));
+    const torch::Tensor lse = torch::empty_like(nll);
+    check("head_loss", kernels::token_nll_forward(logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(),
+                                                  rows, vocab, nll.data_ptr<float>(), lse.data_ptr<float>(), stream()));
+    torch::Tensor inner = torch::empty_like(logits);
+    check("head_loss", kernels::token_nll_backward(logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(),
+                                                   lse.data_ptr<float>(), weights.data_ptr<float>(), rows, vocab,
+                                                   inner.data_ptr(), stream()));
+    const torch::Tensor hidden_grad = torch::mm(inner, head.t());
+    ctx->save_for_backward({normed, head, targets, weights});
+    ctx->saved_data["logits"] = logits;  // an intermediate, kept as data
+    ctx->saved_data["lse"] = lse;
+    ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one
+    return {nll, hidden_grad};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list result(4);
+    const torch::Tensor &grad_nll = grads[0], &a = grads[1];
+    const bool want_normed = ctx->needs_input_grad(0), want_head = ctx->needs_input_grad(1);
+    if ((!grad_nll.defined() && !a.defined()) || (!want_normed && !want_head)) return result;
+    require(!torch::GradMode::is_enabled(), "internal: head_loss's fused backward is not differentiable again");
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &normed = saved[0], &head = saved[1], &targets = saved[2], &weights = saved[3];
+    const torch::Tensor logits = ctx->saved_data["logits"].toTensor(), lse = ctx->saved_data["lse"].toTensor();
+    const c10::cuda::CUDAGuard device(normed.device());
+    const int64_t rows = logits.size(0), vocab = logits.size(1);
+    const torch::Tensor outer = grad_nll.defined() ? grad_nll.to(torch::kFloat32).contiguous() : torch::Tensor();
+    const torch::Tensor adjoint = a.defined() ? a.to(logits.scalar_type()).contiguous() : torch::Tensor();
+    torch::Tensor grad_logits = torch::empty_like(logits), inner;
+    if (adjoint.defined()) {
+      const torch::Tensor u = torch::mm(adjoint, head).contiguous();
+      if (want_head) inner = torch::empty_like(logits);
+      check("head_loss", kernels::token_nll_double_backward(
+                             logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                             weights.data_ptr<float>(), u.data_ptr(),
+                             outer.defined() ? outer.data_ptr<float>() : nullptr, rows, vocab, grad_logits.data_ptr(),
+                             inner.defined() ? inner.data_ptr() : nullptr, /*grad_scale=*/nullptr, stream()));
+    } else {
+      check("head_loss", kernels::token_nll_backward(logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(),
+                                                     lse.data_ptr<float>(), outer.data_ptr<float>(), rows, vocab,
+                                                     grad_logits.data_ptr(), stream()));
+    }
+    if (want_normed) result[0] = torch::mm(grad_logits, head.t());
+    if (want_head) {
+      // In the head's own layout (a tied embedding's transpose is column-major), as autograd's
+      // matmul backward gives it: the sinks then add a contiguous gradient.
+      if (head.stride(0) == 1 && head.stride(1) != 1) {
+        torch::Tensor transposed = torch::mm(grad_logits.t(), normed);
+        if (adjoint.defined()) transposed.addmm_(inner.t(), adjoint);
+        result[1] = transposed.t();
+      } else {
+        torch::Tensor grad_head = torch::mm(normed.t(), grad_logits);
+        if (adjoint.defined()) grad_head.addmm_(adjoint.t(), inner);
+        result[1] = grad_head;
+      }
+    }
+    return result;
   }
 };
 
@@ -1145,6 +1224,31 @@ torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& target
 torch::Tensor masked_mean_loss(const torch::Tensor& nll, const torch::Tensor& targets, int64_t bos_id) {
   const torch::Tensor valid = (targets != bos_id).to(nll.scalar_type());
   return (nll * valid).sum() / valid.sum().clamp_min(1e-10);
+}
+
+torch::Tensor masked_mean_weights(const torch::Tensor& targets, int64_t bos_id, torch::Dtype dtype) {
+  const torch::Tensor valid = (targets != bos_id).to(dtype);
+  return valid / valid.sum().clamp_min(1e-10);
+}
+
+HeadLoss head_loss(const torch::Tensor& normed, const torch::Tensor& head, const torch::Tensor& targets,
+                   const torch::Tensor& weights, Order order) {
+#if TTT_WITH_CUDA_KERNELS
+  const torch::Dtype type = normed.scalar_type();
+  if (normed.is_cuda() && normed.dim() == 2 && !weights.requires_grad() &&
+      (type == torch::kBFloat16 || type == torch::kHalf || type == torch::kFloat32) &&
+      matmul_dtype_for(normed) == type) {
+    const torch::autograd::variable_list out =
+        FusedHeadLoss::apply(normed.contiguous(), head.to(type), targets.to(torch::kInt64).contiguous(),
+                             weights.to(torch::kFloat32).contiguous());
+    return {out[0], out[1]};
+  }
+#endif
+  const torch::Tensor nll = token_nll(project(normed, head), targets);
+  const torch::Tensor inner = (nll * weights.to(nll.scalar_type())).sum();
+  const torch::Tensor hidden_grad = torch::autograd::grad({inner}, {normed}, /*grad_outputs=*/{}, /*retain_graph=*/true,
+                                                          /*create_graph=*/order == Order::kSecond)[0];
+  return {nll, hidden_grad};
 }
 
 }  // namespace ttt

@@ -19,6 +19,7 @@ namespace ttt {
 // Orders the fused paths support, on CUDA:
 //   rms_norm     any (kernels to the second order, plain ops from the third; no argument)
 //   token_nll    2   (its backward is a kernel with a kernel backward; the engine needs no more)
+//   head_loss    2   (hidden_grad once, and nll and hidden_grad at once; the engine needs no more)
 //   rope         any (a rotation: its backward is the inverse rotation)
 //   swiglu gate  any (kernels to the second order, plain ops from the third; no argument)
 //   attention    1 for cuDNN's and flash's kernels; 2 for the composable form, whose backward
@@ -140,5 +141,23 @@ torch::Tensor token_nll(const torch::Tensor& logits, const torch::Tensor& target
 // SPEC section 4: sum(nll * valid) / max(sum(valid), 1e-10), where a target is valid
 // unless it equals bos_id.
 torch::Tensor masked_mean_loss(const torch::Tensor& nll, const torch::Tensor& targets, int64_t bos_id);
+// Its gradient w.r.t. nll, valid / max(sum(valid), 1e-10) in `dtype` (the same values
+// autograd gives it).
+torch::Tensor masked_mean_weights(const torch::Tensor& targets, int64_t bos_id, torch::Dtype dtype);
+
+// The head and the loss of a chunk whose inner step follows (ttt/inner_loop.cpp): the
+// per-token nll = token_nll(project(normed, head), targets), and the inner loss's gradient
+// w.r.t. the head's input, hidden_grad = d(sum_t weights[t] nll[t]) / d normed, from which the
+// inner gradient goes on by autograd. normed: [T, D] (final_normed), head: [D, V]
+// (head_matrix), weights: [T] constants (masked_mean_weights). `order` 2: hidden_grad stays
+// differentiable (the exact meta-gradient differentiates the inner gradient again). On CUDA
+// one autograd function (its backward written out, not differentiable again): the outer
+// loss's gradient of nll and the meta-gradient's of hidden_grad meet in one pass over the
+// logits, and the inner logits gradient is recomputed there, not kept; plain ops elsewhere.
+struct HeadLoss {
+  torch::Tensor nll, hidden_grad;
+};
+HeadLoss head_loss(const torch::Tensor& normed, const torch::Tensor& head, const torch::Tensor& targets,
+                   const torch::Tensor& weights, Order order);
 
 }  // namespace ttt

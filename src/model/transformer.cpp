@@ -92,11 +92,18 @@ torch::Tensor hidden_states(const ModelConfig& c, const Params& params, const to
                     cache, 0, last, prime);
 }
 
+torch::Tensor final_normed(const ModelConfig& c, const Params& params, const torch::Tensor& h) {
+  return rms_norm(h, params.final_norm, c.rms_eps, matmul_dtype_for(h));
+}
+
+torch::Tensor head_matrix(const ModelConfig& c, const Params& params) {
+  return c.tie_embeddings ? params.embed.t() : params.lm_head;
+}
+
 torch::Tensor lm_logits(const ModelConfig& c, const Params& params, const torch::Tensor& h) {
-  const torch::Tensor normed = rms_norm(h, params.final_norm, c.rms_eps, matmul_dtype_for(h));
   // Left in the matmul dtype: the loss reads them in fp32 without a cast of its own, and
   // [T, 128256] fp32 logits would double the head's memory traffic.
-  return project(normed, c.tie_embeddings ? params.embed.t() : params.lm_head);
+  return project(final_normed(c, params, h), head_matrix(c, params));
 }
 
 torch::Tensor forward_span(const ModelConfig& c, const Params& params, const torch::Tensor& tokens,

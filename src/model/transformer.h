@@ -64,8 +64,12 @@ torch::Tensor hidden_states(const ModelConfig& config, const Params& params, con
                             KvCache& cache, BlockPoint last, const FastWeights* prime = nullptr);
 
 // RMSNorm(h; final_norm) @ E^T (or @ lm_head): [T, V], in the matmul dtype if one is set
-// (token_nll reads them in fp32), else in h's.
+// (token_nll reads them in fp32), else in h's. The two factors: the head's input
+// final_normed (in the matmul dtype, or h's) and its matrix head_matrix ([D, V]: E^T, a view,
+// or lm_head).
 torch::Tensor lm_logits(const ModelConfig& config, const Params& params, const torch::Tensor& h);
+torch::Tensor final_normed(const ModelConfig& config, const Params& params, const torch::Tensor& h);
+torch::Tensor head_matrix(const ModelConfig& config, const Params& params);
 
 // Embedding, every block and the head for one span of tokens: logits [T, V].
 torch::Tensor forward_span(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,

@@ -198,25 +198,30 @@ std::vector<torch::Tensor> clipped_update(const ModelConfig& config, const std::
   return ClippedUpdate::apply(torch::TensorList(flat), torch::TensorList(grads), step_size, config.inner_clip);
 }
 
+// autograd::grad's grad_outputs for an inner loss: none for a loss itself.
+std::vector<torch::Tensor> adjoints_of(const InnerLoss& loss) {
+  return loss.adjoint.defined() ? std::vector<torch::Tensor>{loss.adjoint} : std::vector<torch::Tensor>{};
+}
+
 }  // namespace
 
 torch::Tensor inner_step_size(const ModelConfig& config, double ilr_mult, const torch::Tensor& like) {
   return torch::full({}, config.inner_lr * ilr_mult, like.options());
 }
 
-FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
+FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const InnerLoss& loss,
                        const torch::Tensor& step_size, OuterGradient outer) {
   const std::vector<torch::Tensor> flat = flatten(weights);
   const std::vector<torch::Tensor> grads =
-      torch::autograd::grad({loss}, flat, /*grad_outputs=*/{}, /*retain_graph=*/outer != OuterGradient::kNone,
+      torch::autograd::grad({loss.output}, flat, adjoints_of(loss), /*retain_graph=*/outer != OuterGradient::kNone,
                             /*create_graph=*/outer == OuterGradient::kExact);
   return unflatten(clipped_update(config, flat, grads, step_size));
 }
 
 FastWeights inner_step_from_leaves(const ModelConfig& config, const FastWeights& weights, const FastWeights& leaves,
-                                   const torch::Tensor& loss, const torch::Tensor& step_size) {
+                                   const InnerLoss& loss, const torch::Tensor& step_size) {
   const std::vector<torch::Tensor> flat = flatten(weights);
-  const std::vector<torch::Tensor> grads = torch::autograd::grad({loss}, flatten(leaves));
+  const std::vector<torch::Tensor> grads = torch::autograd::grad({loss.output}, flatten(leaves), adjoints_of(loss));
   const torch::NoGradGuard no_grad;
   return unflatten(clipped_update(config, flat, grads, step_size));
 }
@@ -240,11 +245,23 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
   const torch::Tensor h = run_blocks(config, params, hidden, positions, cache, entry, config.n_layers,
                                      &chunk_weights, after_fast_weights);
   ChunkStep step;
-  step.nll = token_nll(lm_logits(config, params, h), targets);
+  if (!update) {
+    step.nll = token_nll(lm_logits(config, params, h), targets);
+    step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
+    step.next_weights = chunk_weights;
+    return step;
+  }
+  // The inner gradient starts at the head's input, from the loss's gradient there (on CUDA
+  // the head and the loss fused with it: layers.h).
+  const torch::Tensor normed = final_normed(config, params, h);
+  const torch::Tensor inner_weights = masked_mean_weights(
+      targets, config.bos_id, normed.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
+  const HeadLoss head = head_loss(normed, head_matrix(config, params), targets, inner_weights, after_fast_weights);
+  step.nll = head.nll;
   step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
-  step.next_weights = !update      ? chunk_weights
-                      : own_leaves ? inner_step_from_leaves(config, weights, chunk_weights, step.loss, step_size)
-                                   : inner_step(config, chunk_weights, step.loss, step_size, outer);
+  const InnerLoss inner(normed, head.hidden_grad);
+  step.next_weights = own_leaves ? inner_step_from_leaves(config, weights, chunk_weights, inner, step_size)
+                                 : inner_step(config, chunk_weights, inner, step_size, outer);
   return step;
 }
 

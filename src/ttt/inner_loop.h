@@ -3,6 +3,7 @@
 // serves evaluation and, kept differentiable, meta-learning (SPEC section 6).
 #pragma once
 #include <functional>
+#include <utility>
 
 #include <torch/types.h>
 
@@ -67,11 +68,20 @@ std::vector<double> chunk_loss_weights(const ModelConfig& config, const torch::T
 SequenceResult run_sequence(const ModelConfig& config, const Params& params, const torch::Tensor& tokens,
                             const SequenceOptions& options = {});
 
+// The inner loss as autograd differentiates it for the inner step: `output` against
+// `adjoint`, i.e. the loss itself (no adjoint), or, as run_chunk takes it, the head's input
+// against the loss's gradient there (head_loss's hidden_grad).
+struct InnerLoss {
+  InnerLoss(torch::Tensor loss) : output(std::move(loss)) {}  // NOLINT: a loss is an inner loss
+  InnerLoss(torch::Tensor output, torch::Tensor adjoint) : output(std::move(output)), adjoint(std::move(adjoint)) {}
+  torch::Tensor output, adjoint;
+};
+
 // One inner SGD step: W - step_size * s * dloss/dW, s = min(1, inner_clip / ||g||)
 // over all fast weights together (s = 1 when inner_clip = 0). Unless `outer` is kNone,
 // the graph of `loss` is kept for the outer backward pass, and the result stays
 // differentiable w.r.t. `weights` (and, for kExact, through g and s too).
-FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const torch::Tensor& loss,
+FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, const InnerLoss& loss,
                        const torch::Tensor& step_size, OuterGradient outer);
 
 // Where nothing differentiates the step (OuterGradient::kNone): the leaves the chunk ran on
@@ -81,6 +91,6 @@ FastWeights inner_step(const ModelConfig& config, const FastWeights& weights, co
 // kernels: kernels/inner_step.h).
 FastWeights fast_weight_leaves(const FastWeights& weights);
 FastWeights inner_step_from_leaves(const ModelConfig& config, const FastWeights& weights, const FastWeights& leaves,
-                                   const torch::Tensor& loss, const torch::Tensor& step_size);
+                                   const InnerLoss& loss, const torch::Tensor& step_size);
 
 }  // namespace ttt

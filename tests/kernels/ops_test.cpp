@@ -174,6 +174,34 @@ Instance token_nll_case(const Shape& s, const Precision& p, const Side& side) {
   return {{logits}, {"logits"}, [logits, targets] { return token_nll(logits, targets); }, torch::kFloat32};
 }
 
+// The head and the loss before an inner step: normed [T, D] and head [D, V] stored in
+// `input` (the engine's matmul dtype), targets uniform over the vocabulary, the masked
+// mean's weights with one target masked. The value compared is nll and hidden_grad side by
+// side (fp32); their derivatives are what the outer backward asks of the fused function
+// (order 1 here: nll's and hidden_grad's adjoints at once). sizes: {T, D, V, tied}; tied 1:
+// the head is the transpose of a [V, D] leaf, as a tied embedding's is.
+Instance head_loss_case(const Shape& s, const Precision& p, const Side& side) {
+  const int64_t T = s.sizes[0], D = s.sizes[1], V = s.sizes[2];
+  const bool tied = s.sizes[3] == 1;
+  torch::manual_seed(6);
+  const torch::Tensor normed = side.leaf(torch::randn({T, D}, kF64), p.input);
+  const double scale = 1.5 / std::sqrt(static_cast<double>(D));
+  const torch::Tensor matrix =
+      side.leaf(torch::randn(tied ? std::vector<int64_t>{V, D} : std::vector<int64_t>{D, V}, kF64) * scale, p.input);
+  torch::Tensor targets = torch::randint(0, V, {T}, torch::kInt64);
+  targets[0] = V - 1;  // masked as bos
+  const torch::Tensor weights = masked_mean_weights(targets, V - 1, kF64);
+  const torch::Tensor w = side.input(weights, torch::kFloat32),
+                      ids = side.reference ? targets : targets.to(side.device);
+  Instance in{{normed, matrix}, {"normed", tied ? "embedding" : "head"}};
+  in.f = [=] {
+    const HeadLoss out = head_loss(normed, tied ? matrix.t() : matrix, ids, w, Order::kSecond);
+    return torch::cat({out.nll, out.hidden_grad.flatten().to(out.nll.scalar_type())});
+  };
+  in.value_dtype = p.output;
+  return in;
+}
+
 // SwiGLU, (silu(x w1) * (x w3)) w2 with x [T, D] stored in `input`, the weights fp32, the
 // product silu(.) * (.) in fp32 (what the gate's kernel serves: the engine's residual dtype),
 // the result in `output`, matmuls in `matmul`. sizes: {T, D, F}.
@@ -313,6 +341,19 @@ const std::vector<Op>& ops() {
                  .reduction = last_size,
                  .build = token_nll_case,
                  .kernel_node = "FusedTokenNll"});
+    // The head's GEMMs are the function's own (cuBLAS), its row-wise work the NLL's kernels.
+    t.push_back(
+        {.name = "head_loss",
+         .max_order = 1,
+         .shapes = {sizes_shape({37, 64, 4096, 1}), sizes_shape({7, 64, 128256, 1}), sizes_shape({5, 16, 1001, 0}),
+                    sizes_shape({33, 32, 97, 0}), sizes_shape({37, 64, 4096, 0})},
+         .precisions = {kF32, bf16},
+         .reduction =
+             [](const Shape& s) {
+               return std::max({s.sizes[0], s.sizes[1], s.sizes[2]});
+             },
+         .build = head_loss_case,
+         .kernel_node = "FusedHeadLoss"});
     t.push_back({.name = "swiglu",
                  .max_order = 2,
                  .shapes = {sizes_shape({37, 32, 48}), sizes_shape({1, 64, 96}), sizes_shape({67, 48, 136}),
