@@ -412,28 +412,38 @@ class FusedTokenNll : public torch::autograd::Function<FusedTokenNll> {
 // head's gradient is normed^T of it plus a^T times the inner logits gradient (written by that
 // pass, not kept from the forward: [T, V] less a chunk's graph holds, 256 MB at 1K rows of a
 // 128K vocabulary). GEMMs as autograd's chain of the composable form takes them, six a chunk.
+struct FusedHead {
+  torch::Tensor nll, hidden_grad, logits, lse;
+};
+FusedHead fused_head_forward(const torch::Tensor& normed, const torch::Tensor& head, const torch::Tensor& targets,
+                             const torch::Tensor& weights) {
+  const c10::cuda::CUDAGuard device(normed.device());
+  FusedHead out;
+  out.logits = torch::mm(normed, head);
+  const int64_t rows = out.logits.size(0), vocab = out.logits.size(1);
+  out.nll = torch::empty({rows}, normed.options().dtype(torch::kFloat32));
+  out.lse = torch::empty_like(out.nll);
+  check("head_loss",
+        kernels::token_nll_forward(out.logits.data_ptr(), storage_of(out.logits), targets.data_ptr<int64_t>(), rows,
+                                   vocab, out.nll.data_ptr<float>(), out.lse.data_ptr<float>(), stream()));
+  torch::Tensor inner = torch::empty_like(out.logits);
+  check("head_loss", kernels::token_nll_backward(out.logits.data_ptr(), storage_of(out.logits),
+                                                 targets.data_ptr<int64_t>(), out.lse.data_ptr<float>(),
+                                                 weights.data_ptr<float>(), rows, vocab, inner.data_ptr(), stream()));
+  out.hidden_grad = torch::mm(inner, head.t());
+  return out;
+}
+
 class FusedHeadLoss : public torch::autograd::Function<FusedHeadLoss> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& normed,
                                                 const torch::Tensor& head, const torch::Tensor& targets,
                                                 const torch::Tensor& weights) {
-    const c10::cuda::CUDAGuard device(normed.device());
-    const torch::Tensor logits = torch::mm(normed, head);
-    const int64_t rows = logits.size(0), vocab = logits.size(1);
-    const torch::Tensor nll = torch::empty({rows}, normed.options().dtype(torch::kFloat32));
-    const torch::Tensor lse = torch::empty_like(nll);
-    check("head_loss", kernels::token_nll_forward(logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(),
-                                                  rows, vocab, nll.data_ptr<float>(), lse.data_ptr<float>(), stream()));
-    torch::Tensor inner = torch::empty_like(logits);
-    check("head_loss", kernels::token_nll_backward(logits.data_ptr(), storage_of(logits), targets.data_ptr<int64_t>(),
-                                                   lse.data_ptr<float>(), weights.data_ptr<float>(), rows, vocab,
-                                                   inner.data_ptr(), stream()));
-    const torch::Tensor hidden_grad = torch::mm(inner, head.t());
-    ctx->save_for_backward({normed, head, targets, weights});
-    ctx->saved_data["logits"] = logits;  // an intermediate, kept as data
-    ctx->saved_data["lse"] = lse;
+    const FusedHead out = fused_head_forward(normed, head, targets, weights);
+    // The logits and their logsumexp saved too (intermediates): released after the backward.
+    ctx->save_for_backward({normed, head, targets, weights, out.logits, out.lse});
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one
-    return {nll, hidden_grad};
+    return {out.nll, out.hidden_grad};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -444,8 +454,8 @@ class FusedHeadLoss : public torch::autograd::Function<FusedHeadLoss> {
     if ((!grad_nll.defined() && !a.defined()) || (!want_normed && !want_head)) return result;
     require(!torch::GradMode::is_enabled(), "internal: head_loss's fused backward is not differentiable again");
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &normed = saved[0], &head = saved[1], &targets = saved[2], &weights = saved[3];
-    const torch::Tensor logits = ctx->saved_data["logits"].toTensor(), lse = ctx->saved_data["lse"].toTensor();
+    const torch::Tensor &normed = saved[0], &head = saved[1], &targets = saved[2], &weights = saved[3],
+                        &logits = saved[4], &lse = saved[5];
     const c10::cuda::CUDAGuard device(normed.device());
     const int64_t rows = logits.size(0), vocab = logits.size(1);
     const torch::Tensor outer = grad_nll.defined() ? grad_nll.to(torch::kFloat32).contiguous() : torch::Tensor();
@@ -1232,22 +1242,27 @@ torch::Tensor masked_mean_weights(const torch::Tensor& targets, int64_t bos_id, 
 }
 
 HeadLoss head_loss(const torch::Tensor& normed, const torch::Tensor& head, const torch::Tensor& targets,
-                   const torch::Tensor& weights, Order order) {
+                   const torch::Tensor& weights, std::optional<Order> order) {
 #if TTT_WITH_CUDA_KERNELS
   const torch::Dtype type = normed.scalar_type();
   if (normed.is_cuda() && normed.dim() == 2 && !weights.requires_grad() &&
       (type == torch::kBFloat16 || type == torch::kHalf || type == torch::kFloat32) &&
       matmul_dtype_for(normed) == type) {
-    const torch::autograd::variable_list out =
-        FusedHeadLoss::apply(normed.contiguous(), head.to(type), targets.to(torch::kInt64).contiguous(),
-                             weights.to(torch::kFloat32).contiguous());
+    const torch::Tensor ids = targets.to(torch::kInt64).contiguous(), w = weights.to(torch::kFloat32).contiguous();
+    if (!order) {  // nothing differentiates the results: no graph, nothing kept
+      const torch::NoGradGuard no_grad;
+      const FusedHead out = fused_head_forward(normed.contiguous(), head.to(type), ids, w);
+      return {out.nll, out.hidden_grad};
+    }
+    const torch::autograd::variable_list out = FusedHeadLoss::apply(normed.contiguous(), head.to(type), ids, w);
     return {out[0], out[1]};
   }
 #endif
   const torch::Tensor nll = token_nll(project(normed, head), targets);
   const torch::Tensor inner = (nll * weights.to(nll.scalar_type())).sum();
-  const torch::Tensor hidden_grad = torch::autograd::grad({inner}, {normed}, /*grad_outputs=*/{}, /*retain_graph=*/true,
-                                                          /*create_graph=*/order == Order::kSecond)[0];
+  const torch::Tensor hidden_grad =
+      torch::autograd::grad({inner}, {normed}, /*grad_outputs=*/{}, /*retain_graph=*/order.has_value(),
+                            /*create_graph=*/order == Order::kSecond)[0];
   return {nll, hidden_grad};
 }
 

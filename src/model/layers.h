@@ -149,15 +149,17 @@ torch::Tensor masked_mean_weights(const torch::Tensor& targets, int64_t bos_id, 
 // per-token nll = token_nll(project(normed, head), targets), and the inner loss's gradient
 // w.r.t. the head's input, hidden_grad = d(sum_t weights[t] nll[t]) / d normed, from which the
 // inner gradient goes on by autograd. normed: [T, D] (final_normed), head: [D, V]
-// (head_matrix), weights: [T] constants (masked_mean_weights). `order` 2: hidden_grad stays
-// differentiable (the exact meta-gradient differentiates the inner gradient again). On CUDA
-// one autograd function (its backward written out, not differentiable again): the outer
-// loss's gradient of nll and the meta-gradient's of hidden_grad meet in one pass over the
-// logits, and the inner logits gradient is recomputed there, not kept; plain ops elsewhere.
+// (head_matrix), weights: [T] constants (masked_mean_weights). `order`: what autograd does
+// with the results afterwards: nothing (unset: evaluation; no graph is kept), differentiate nll
+// once (kFirst; hidden_grad a constant), or hidden_grad once too (kSecond: the exact
+// meta-gradient differentiates the inner gradient again). On CUDA one autograd function (its
+// backward written out, not differentiable again: a third order fails): the outer loss's
+// gradient of nll and the meta-gradient's of hidden_grad meet in one pass over the logits,
+// and the inner logits gradient is recomputed there, not kept; plain ops elsewhere.
 struct HeadLoss {
   torch::Tensor nll, hidden_grad;
 };
 HeadLoss head_loss(const torch::Tensor& normed, const torch::Tensor& head, const torch::Tensor& targets,
-                   const torch::Tensor& weights, Order order);
+                   const torch::Tensor& weights, std::optional<Order> order);
 
 }  // namespace ttt

@@ -256,7 +256,9 @@ ChunkStep run_chunk(const ModelConfig& config, const Params& params, const torch
   const torch::Tensor normed = final_normed(config, params, h);
   const torch::Tensor inner_weights = masked_mean_weights(
       targets, config.bos_id, normed.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
-  const HeadLoss head = head_loss(normed, head_matrix(config, params), targets, inner_weights, after_fast_weights);
+  const std::optional<Order> head_order =
+      outer == OuterGradient::kNone ? std::nullopt : std::optional<Order>(after_fast_weights);
+  const HeadLoss head = head_loss(normed, head_matrix(config, params), targets, inner_weights, head_order);
   step.nll = head.nll;
   step.loss = masked_mean_loss(step.nll, targets, config.bos_id);
   const InnerLoss inner(normed, head.hidden_grad);

@@ -174,31 +174,36 @@ Instance token_nll_case(const Shape& s, const Precision& p, const Side& side) {
   return {{logits}, {"logits"}, [logits, targets] { return token_nll(logits, targets); }, torch::kFloat32};
 }
 
-// The head and the loss before an inner step: normed [T, D] and head [D, V] stored in
-// `input` (the engine's matmul dtype), targets uniform over the vocabulary, the masked
-// mean's weights with one target masked. The value compared is nll and hidden_grad side by
-// side (fp32); their derivatives are what the outer backward asks of the fused function
-// (order 1 here: nll's and hidden_grad's adjoints at once). sizes: {T, D, V, tied}; tied 1:
-// the head is the transpose of a [V, D] leaf, as a tied embedding's is.
+// The head and the loss before an inner step: normed [T, D] stored in the matmul dtype (as
+// the final norm writes it; else in `input`), the head in `input`, targets uniform over the
+// vocabulary, the masked mean's weights with one target masked. sizes: {T, D, V, head,
+// outputs}. head 0: a [D, V] leaf; 1: the transpose of a [V, D] leaf, as a tied embedding's
+// is; 2: a constant (no gradient asked of it). outputs 0: nll and hidden_grad side by side,
+// 1: nll alone (the first-order meta-gradient's use), 2: hidden_grad alone; in fp32 (fp64 for
+// the reference). Their derivatives (order 1) are what the outer backward asks of the fused
+// function: nll's and hidden_grad's adjoints at once, or one of them.
 Instance head_loss_case(const Shape& s, const Precision& p, const Side& side) {
-  const int64_t T = s.sizes[0], D = s.sizes[1], V = s.sizes[2];
-  const bool tied = s.sizes[3] == 1;
+  const int64_t T = s.sizes[0], D = s.sizes[1], V = s.sizes[2], head_kind = s.sizes[3], outputs = s.sizes[4];
   torch::manual_seed(6);
-  const torch::Tensor normed = side.leaf(torch::randn({T, D}, kF64), p.input);
-  const double scale = 1.5 / std::sqrt(static_cast<double>(D));
-  const torch::Tensor matrix =
-      side.leaf(torch::randn(tied ? std::vector<int64_t>{V, D} : std::vector<int64_t>{D, V}, kF64) * scale, p.input);
+  const torch::Tensor normed = side.leaf(torch::randn({T, D}, kF64), p.matmul.value_or(p.input));
+  const std::vector<int64_t> shape = head_kind == 1 ? std::vector<int64_t>{V, D} : std::vector<int64_t>{D, V};
+  const torch::Tensor drawn = torch::randn(shape, kF64) * (1.5 / std::sqrt(static_cast<double>(D)));
+  const torch::Tensor matrix = head_kind == 2 ? side.input(drawn, p.input) : side.leaf(drawn, p.input);
   torch::Tensor targets = torch::randint(0, V, {T}, torch::kInt64);
   targets[0] = V - 1;  // masked as bos
-  const torch::Tensor weights = masked_mean_weights(targets, V - 1, kF64);
-  const torch::Tensor w = side.input(weights, torch::kFloat32),
-                      ids = side.reference ? targets : targets.to(side.device);
-  Instance in{{normed, matrix}, {"normed", tied ? "embedding" : "head"}};
+  const torch::Tensor weights = side.input(masked_mean_weights(targets, V - 1, kF64), torch::kFloat32);
+  const torch::Tensor ids = side.reference ? targets : targets.to(side.device);
+  Instance in{{normed}, {"normed"}};
+  if (head_kind != 2) {
+    in.leaves.push_back(matrix);
+    in.leaf_names.push_back(head_kind == 1 ? "embedding" : "head");
+  }
   in.f = [=] {
-    const HeadLoss out = head_loss(normed, tied ? matrix.t() : matrix, ids, w, Order::kSecond);
-    return torch::cat({out.nll, out.hidden_grad.flatten().to(out.nll.scalar_type())});
+    const HeadLoss out = head_loss(normed, head_kind == 1 ? matrix.t() : matrix, ids, weights, Order::kSecond);
+    const torch::Tensor hidden_grad = out.hidden_grad.flatten().to(out.nll.scalar_type());
+    return outputs == 1 ? out.nll : outputs == 2 ? hidden_grad : torch::cat({out.nll, hidden_grad});
   };
-  in.value_dtype = p.output;
+  in.value_dtype = torch::kFloat32;
   return in;
 }
 
@@ -284,6 +289,9 @@ int64_t rms_norm_reduction(const Shape& s) {  // the row, or the rows for the ga
   for (size_t i = 0; i + 1 < s.sizes.size(); ++i) rows *= s.sizes[i];
   return std::max(rows, s.sizes.back());
 }
+int64_t head_loss_reduction(const Shape& s) {  // over the vocabulary, the width and the rows
+  return std::max({s.sizes[0], s.sizes[1], s.sizes[2]});
+}
 int64_t attention_reduction(const Shape& s) {
   return std::max({s.sizes[0] + s.sizes[1], s.sizes[4]});  // over keys (and queries), over the head
 }
@@ -342,18 +350,18 @@ const std::vector<Op>& ops() {
                  .build = token_nll_case,
                  .kernel_node = "FusedTokenNll"});
     // The head's GEMMs are the function's own (cuBLAS), its row-wise work the NLL's kernels.
-    t.push_back(
-        {.name = "head_loss",
-         .max_order = 1,
-         .shapes = {sizes_shape({37, 64, 4096, 1}), sizes_shape({7, 64, 128256, 1}), sizes_shape({5, 16, 1001, 0}),
-                    sizes_shape({33, 32, 97, 0}), sizes_shape({37, 64, 4096, 0})},
-         .precisions = {kF32, bf16},
-         .reduction =
-             [](const Shape& s) {
-               return std::max({s.sizes[0], s.sizes[1], s.sizes[2]});
-             },
-         .build = head_loss_case,
-         .kernel_node = "FusedHeadLoss"});
+    t.push_back({.name = "head_loss",
+                 .max_order = 1,
+                 .shapes = {sizes_shape({37, 64, 4096, 1, 0}), sizes_shape({7, 64, 128256, 1, 0}),
+                            sizes_shape({5, 16, 1001, 0, 0}), sizes_shape({33, 32, 97, 0, 0}),
+                            sizes_shape({37, 64, 4096, 0, 1}), sizes_shape({37, 64, 4096, 1, 2}),
+                            sizes_shape({37, 64, 4096, 2, 0})},
+                 .precisions = {kF32,
+                                {"bf16_matmul", torch::kFloat32, torch::kFloat32, torch::kBFloat16},
+                                {"bf16_matmul_bf16_io", torch::kBFloat16, torch::kBFloat16, torch::kBFloat16}},
+                 .reduction = head_loss_reduction,
+                 .build = head_loss_case,
+                 .kernel_node = "FusedHeadLoss"});
     t.push_back({.name = "swiglu",
                  .max_order = 2,
                  .shapes = {sizes_shape({37, 32, 48}), sizes_shape({1, 64, 96}), sizes_shape({67, 48, 136}),
