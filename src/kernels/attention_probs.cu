@@ -50,22 +50,22 @@ __global__ void __launch_bounds__(kThreads)
     load_probs(s, j, band, value);
     store_pack(p, j, value);
   }
-  if (threadIdx.x == 0) lse[row] = row_lse;
+  if (threadIdx.x == 0 && lse != nullptr) lse[row] = row_lse;
 }
 
+// The backward kernels read the probabilities the forward wrote (0 outside the band), so the
+// scores need not outlive the forward.
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    backward_rows(const T* __restrict__ scores, const float* __restrict__ lse, const T* __restrict__ grad_probs,
-                  int64_t queries, int64_t keys, int64_t window, T* __restrict__ grad_scores,
-                  float* __restrict__ dots) {
+    backward_rows(const T* __restrict__ probs, const T* __restrict__ grad_probs, int64_t keys,
+                  T* __restrict__ grad_scores, float* __restrict__ dots) {
   const int64_t row = blockIdx.x, base = row * keys;
-  const Band band = band_of(row, queries, keys, window, lse[row]);
-  const T* s = scores + base;
+  const T* p = probs + base;
   const T* dp = grad_probs + base;
   float partial = 0.f;
   for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
     float pv[kVec], dpv[kVec];
-    load_probs(s, j, band, pv);
+    load_pack(p, j, pv);
     load_pack(dp, j, dpv);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) partial += pv[m] * dpv[m];
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads)
   T* out = grad_scores + base;
   for (int64_t j = threadIdx.x * kVec; j < keys; j += kThreads * kVec) {
     float pv[kVec], dpv[kVec];
-    load_probs(s, j, band, pv);
+    load_pack(p, j, pv);
     load_pack(dp, j, dpv);
 #pragma unroll
     for (int m = 0; m < kVec; ++m) dpv[m] = pv[m] * (dpv[m] - d);
@@ -96,19 +96,17 @@ __device__ __forceinline__ RowSums shuffle_xor(RowSums v, int offset) {
 // sum_j P dP = D it is sum_j P A + sum_j P G dP - 2 D E.
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    double_backward_rows(const T* __restrict__ scores, const float* __restrict__ lse, const T* __restrict__ grad_probs,
-                         const float* __restrict__ dots, const T* __restrict__ grad_of_grad_scores,
-                         const T* __restrict__ grad_of_probs, int64_t queries, int64_t keys, int64_t window,
+    double_backward_rows(const T* __restrict__ probs, const T* __restrict__ grad_probs, const float* __restrict__ dots,
+                         const T* __restrict__ grad_of_grad_scores, const T* __restrict__ grad_of_probs, int64_t keys,
                          T* __restrict__ grad_of_grad_probs, T* __restrict__ grad_of_scores) {
   const int64_t row = blockIdx.x, base = row * keys;
-  const Band band = band_of(row, queries, keys, window, lse[row]);
-  const T* s = scores + base;
+  const T* p = probs + base;
   const T* dp = grad_probs + base;
   const T* g = grad_of_grad_scores == nullptr ? nullptr : grad_of_grad_scores + base;
   const T* a = grad_of_probs == nullptr ? nullptr : grad_of_probs + base;
   // The row's terms at j .. j + kVec, read by both passes.
   const auto load_terms = [&](int64_t j, float(&pv)[kVec], float(&dpv)[kVec], float(&gv)[kVec], float(&av)[kVec]) {
-    load_probs(s, j, band, pv);
+    load_pack(p, j, pv);
     load_pack(dp, j, dpv);
     load_pack(g, j, gv);
     load_pack(a, j, av);
@@ -192,36 +190,31 @@ const char* attention_probs_forward(const void* scores, Storage type, int64_t he
   });
 }
 
-const char* attention_probs_backward(const void* scores, const float* lse, const void* grad_probs, Storage type,
-                                     int64_t heads, int64_t queries, int64_t keys, int64_t window, void* grad_scores,
-                                     float* dots, void* stream) {
-  const int64_t rows = heads * queries;
+const char* attention_probs_backward(const void* probs, const void* grad_probs, Storage type, int64_t rows,
+                                     int64_t keys, void* grad_scores, float* dots, void* stream) {
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  return dispatch(type, keys, {scores, grad_probs, grad_scores}, [&](auto layout) {
+  return dispatch(type, keys, {probs, grad_probs, grad_scores}, [&](auto layout) {
     using T = typename decltype(layout)::Type;
-    backward_rows<T, decltype(layout)::kVector>
-        <<<rows, kThreads, 0, s>>>(static_cast<const T*>(scores), lse, static_cast<const T*>(grad_probs), queries, keys,
-                                   window, static_cast<T*>(grad_scores), dots);
+    backward_rows<T, decltype(layout)::kVector><<<rows, kThreads, 0, s>>>(
+        static_cast<const T*>(probs), static_cast<const T*>(grad_probs), keys, static_cast<T*>(grad_scores), dots);
   });
 }
 
-const char* attention_probs_double_backward(const void* scores, const float* lse, const void* grad_probs,
-                                            const float* dots, const void* grad_of_grad_scores,
-                                            const void* grad_of_probs, Storage type, int64_t heads, int64_t queries,
-                                            int64_t keys, int64_t window, void* grad_of_grad_probs,
-                                            void* grad_of_scores, void* stream) {
-  const int64_t rows = heads * queries;
+const char* attention_probs_double_backward(const void* probs, const void* grad_probs, const float* dots,
+                                            const void* grad_of_grad_scores, const void* grad_of_probs, Storage type,
+                                            int64_t rows, int64_t keys, void* grad_of_grad_probs, void* grad_of_scores,
+                                            void* stream) {
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  const std::initializer_list<const void*> rows_of = {scores,        grad_probs,         grad_of_grad_scores,
+  const std::initializer_list<const void*> rows_of = {probs,         grad_probs,         grad_of_grad_scores,
                                                       grad_of_probs, grad_of_grad_probs, grad_of_scores};
   return dispatch(type, keys, rows_of, [&](auto layout) {
     using T = typename decltype(layout)::Type;
-    double_backward_rows<T, decltype(layout)::kVector><<<rows, kThreads, 0, s>>>(
-        static_cast<const T*>(scores), lse, static_cast<const T*>(grad_probs), dots,
-        static_cast<const T*>(grad_of_grad_scores), static_cast<const T*>(grad_of_probs), queries, keys, window,
-        static_cast<T*>(grad_of_grad_probs), static_cast<T*>(grad_of_scores));
+    double_backward_rows<T, decltype(layout)::kVector>
+        <<<rows, kThreads, 0, s>>>(static_cast<const T*>(probs), static_cast<const T*>(grad_probs), dots,
+                                   static_cast<const T*>(grad_of_grad_scores), static_cast<const T*>(grad_of_probs),
+                                   keys, static_cast<T*>(grad_of_grad_probs), static_cast<T*>(grad_of_scores));
   });
 }
 

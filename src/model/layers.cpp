@@ -545,13 +545,12 @@ bool attention_kernels_serve(const torch::Tensor& t) {
 #endif
 
 // The probabilities under the band [H, Tq, Tk]: `narrow` in the scores' dtype (what the
-// products read), and for the row-wise work either `wide`, themselves in the softmax's dtype
-// (plain ops), or, where our kernels made them, the `scores` and each row's logsumexp `lse`
-// [H, Tq] (fp32) under the band of `window`, from which the kernels recompute them in fp32
-// (with bf16 products 4 bytes an element kept where an fp32 copy made 6; with fp32 products
-// the scores are kept besides the probabilities, 8 where 4 were).
+// products read), and `wide`, themselves in the softmax's dtype, where plain ops made them;
+// where our kernels made them (wide undefined) the kernels take every row-wise step from
+// `narrow` (the scores are not kept: with bf16 products the backward reads the probabilities
+// rounded to bf16, as the products do).
 struct BandedProbs {
-  torch::Tensor narrow, wide, scores, lse;
+  torch::Tensor narrow, wide;
   int64_t window = 0;
 };
 
@@ -570,17 +569,15 @@ BandedProbs banded_probs(const torch::Tensor& scores, int64_t window) {  // scor
     const c10::cuda::CUDAGuard device(scores.device());
     const torch::Tensor rows = scores.contiguous();  // a GEMM's output already: no copy
     const torch::Tensor probs = torch::empty_like(rows);
-    const torch::Tensor lse = torch::empty({rows.size(0), Tq}, rows.options().dtype(torch::kFloat32));
-    check("attention_probs",
-          kernels::attention_probs_forward(rows.data_ptr(), storage_of(rows), rows.size(0), Tq, Tk, window,
-                                           lse.data_ptr<float>(), probs.data_ptr(), stream()));
-    return {probs, torch::Tensor(), rows, lse, window};
+    check("attention_probs", kernels::attention_probs_forward(rows.data_ptr(), storage_of(rows), rows.size(0), Tq, Tk,
+                                                              window, /*lse=*/nullptr, probs.data_ptr(), stream()));
+    return {probs, torch::Tensor(), window};
   }
 #endif
   const torch::Tensor keys = torch::arange(Tk, scores.options().dtype(torch::kInt64));
   const torch::Tensor mask = attention_mask(keys.narrow(0, Tk - Tq, Tq), keys, window);
   const torch::Tensor wide = torch::softmax(scores + attention_bias(mask, scores), -1);
-  return {wide.to(scores.scalar_type()), wide, torch::Tensor(), torch::Tensor(), window};
+  return {wide.to(scores.scalar_type()), wide, window};
 }
 
 // The probabilities' backward given their adjoint dP [H, Tq, Tk] (in the matmul dtype):
@@ -592,7 +589,7 @@ struct ProbsBackward {
 #if TTT_WITH_CUDA_KERNELS
 // Whether the kernels take the row-wise work of `p` with `t` (the other operand).
 bool probs_kernels_serve(const BandedProbs& p, const torch::Tensor& t) {
-  return attention_kernels_serve(t) && p.scores.defined() && p.scores.scalar_type() == t.scalar_type();
+  return attention_kernels_serve(t) && !p.wide.defined() && p.narrow.scalar_type() == t.scalar_type();
 }
 #endif
 
@@ -601,12 +598,12 @@ ProbsBackward probs_backward(const BandedProbs& p, const torch::Tensor& grad_pro
   if (probs_kernels_serve(p, grad_probs)) {
     const c10::cuda::CUDAGuard device(grad_probs.device());
     const int64_t H = grad_probs.size(0), Tq = grad_probs.size(1), keys = grad_probs.size(2);
-    const ProbsBackward b{grad_probs.contiguous(), torch::empty({H, Tq, 1}, p.lse.options()),
+    const ProbsBackward b{grad_probs.contiguous(),
+                          torch::empty({H, Tq, 1}, grad_probs.options().dtype(torch::kFloat32)),
                           torch::empty_like(grad_probs, at::MemoryFormat::Contiguous)};
-    check("attention_probs",
-          kernels::attention_probs_backward(p.scores.data_ptr(), p.lse.data_ptr<float>(), b.grad_probs.data_ptr(),
-                                            storage_of(grad_probs), H, Tq, keys, p.window, b.grad_scores.data_ptr(),
-                                            b.dots.data_ptr<float>(), stream()));
+    check("attention_probs", kernels::attention_probs_backward(
+                                 p.narrow.data_ptr(), b.grad_probs.data_ptr(), storage_of(grad_probs), H * Tq, keys,
+                                 b.grad_scores.data_ptr(), b.dots.data_ptr<float>(), stream()));
     return b;
   }
 #endif
@@ -630,11 +627,10 @@ std::pair<torch::Tensor, torch::Tensor> probs_double_backward(const BandedProbs&
     const torch::Tensor of_scores = torch::empty_like(b.grad_probs);
     const auto rows_of = [](const torch::Tensor& t) { return t.defined() ? t.contiguous() : t; };  // GEMMs': no copy
     const torch::Tensor G_rows = rows_of(G), A_rows = rows_of(A);
-    check("attention_probs",
-          kernels::attention_probs_double_backward(
-              p.scores.data_ptr(), p.lse.data_ptr<float>(), b.grad_probs.data_ptr(), b.dots.data_ptr<float>(),
-              data_or_null(G_rows), data_or_null(A_rows), storage_of(dtype), H, Tq, keys, p.window,
-              data_or_null(of_grad_probs), of_scores.data_ptr(), stream()));
+    check("attention_probs", kernels::attention_probs_double_backward(
+                                 p.narrow.data_ptr(), b.grad_probs.data_ptr(), b.dots.data_ptr<float>(),
+                                 data_or_null(G_rows), data_or_null(A_rows), storage_of(dtype), H * Tq, keys,
+                                 data_or_null(of_grad_probs), of_scores.data_ptr(), stream()));
     return {of_grad_probs, of_scores};
   }
 #endif
@@ -654,13 +650,11 @@ std::pair<torch::Tensor, torch::Tensor> probs_double_backward(const BandedProbs&
 void save_probs(torch::autograd::AutogradContext* ctx, const BandedProbs& p) {
   ctx->saved_data["probs"] = p.narrow;
   ctx->saved_data["probs_wide"] = p.wide;
-  ctx->saved_data["scores"] = p.scores;
-  ctx->saved_data["lse"] = p.lse;
   ctx->saved_data["window"] = p.window;
 }
 BandedProbs saved_probs(torch::autograd::AutogradContext* ctx) {
   const auto tensor = [&](const char* name) { return ctx->saved_data[name].toTensor(); };
-  return {tensor("probs"), tensor("probs_wide"), tensor("scores"), tensor("lse"), ctx->saved_data["window"].toInt()};
+  return {tensor("probs"), tensor("probs_wide"), ctx->saved_data["window"].toInt()};
 }
 
 // The adjoint of the merged output [Tq, H * d] by head, in the matmul dtype; and gradients of
