@@ -232,6 +232,79 @@ void CopyStream::restart() {
   join();
 }
 
+struct SideStream::State {
+#if TTT_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> stream;  // set where the work goes to a stream of its own
+  std::optional<at::cuda::CUDAEvent> done;      // recorded on `stream` after the last run()
+
+  c10::cuda::CUDAStream current() const { return c10::cuda::getCurrentCUDAStream(stream->device_index()); }
+#endif
+};
+
+SideStream::SideStream(const torch::Device& device, bool enabled) : state_(std::make_unique<State>()) {
+#if TTT_WITH_CUDA
+  if (enabled && device.is_cuda()) {
+    state_->stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());  // -1: current
+  }
+#else
+  (void)device;
+  (void)enabled;
+#endif
+}
+
+SideStream::~SideStream() {
+  try {
+    wait({});
+  } catch (...) {  // a failed GPU: nothing to wait for
+  }
+}
+
+void SideStream::run(const std::function<void()>& work, const std::vector<torch::Tensor>& shared) {
+#if TTT_WITH_CUDA
+  if (state_->stream) {
+    const c10::cuda::CUDAGuard on(state_->stream->device_index());
+    at::cuda::CUDAEvent queued_so_far;
+    queued_so_far.record(state_->current());
+    queued_so_far.block(*state_->stream);
+    for (const torch::Tensor& t : shared) {
+      if (t.defined() && t.is_cuda()) t.record_stream(*state_->stream);
+    }
+    // The event goes after whatever the work queued, even work that failed midway.
+    const auto mark_done = [&] {
+      state_->done.emplace();
+      state_->done->record(*state_->stream);
+    };
+    try {
+      const c10::cuda::CUDAStreamGuard side(*state_->stream);
+      work();
+    } catch (...) {
+      mark_done();
+      throw;
+    }
+    mark_done();
+    return;
+  }
+#endif
+  (void)shared;
+  work();
+}
+
+void SideStream::wait(const std::vector<torch::Tensor>& results) {
+#if TTT_WITH_CUDA
+  if (state_->stream) {
+    const c10::cuda::CUDAGuard on(state_->stream->device_index());
+    if (state_->done) {
+      state_->done->block(state_->current());
+      state_->done.reset();
+    }
+    for (const torch::Tensor& t : results) {
+      if (t.defined() && t.is_cuda()) t.record_stream(state_->current());
+    }
+  }
+#endif
+  (void)results;
+}
+
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {
   const torch::Dtype matrices = params.embed.scalar_type();
   return matrices == params.final_norm.scalar_type() ? std::nullopt : std::optional<torch::Dtype>(matrices);

@@ -2,6 +2,7 @@
 // in bf16 on fp32 parameters; the fast weights, their gradients and updates, softmax and
 // losses in fp32. Everything else stays in the parameters' dtype.
 #pragma once
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -91,6 +92,29 @@ class CopyStream {
   // the current stream is being captured (a capture that failed before left them), drops it
   // without a CUDA call.
   void restart();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Work queued on a CUDA stream of its own, beside the current stream's: independent work
+// fills what the current stream's small kernels leave of the GPU (the blocks before the fast
+// weights run ahead there while the chunk loop steps). run() queues work after everything
+// the current stream queued so far; wait() makes the current stream wait for all of it. Memory
+// stays safe across the two: tensors made elsewhere that the work reads, writes or frees are
+// named to run(), the results the current stream then uses to wait() (the caching allocator
+// reuses neither's memory before the other stream is done with it). The destructor waits. Where
+// no GPU is involved, or with `enabled` false, run() runs the work in place.
+class SideStream {
+ public:
+  SideStream(const torch::Device& device, bool enabled);
+  ~SideStream();
+  SideStream(const SideStream&) = delete;  // its work in flight belongs to this one
+  SideStream& operator=(const SideStream&) = delete;
+
+  void run(const std::function<void()>& work, const std::vector<torch::Tensor>& shared);
+  void wait(const std::vector<torch::Tensor>& results);
 
  private:
   struct State;

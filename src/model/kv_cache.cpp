@@ -129,6 +129,17 @@ void KvCache::detach() {
   }
 }
 
+std::vector<torch::Tensor> KvCache::tensors(int64_t block) const {
+  const Block& cache = blocks_.at(block);
+  const KvEntries& e = entries(block);
+  std::vector<torch::Tensor> held = {e.keys, e.values, e.positions};
+  if (const auto* growing = std::get_if<Growing>(&cache)) {
+    held.insert(held.end(), {growing->buffers.keys, growing->buffers.values, growing->buffers.positions});
+  }
+  std::erase_if(held, [](const torch::Tensor& t) { return !t.defined(); });
+  return held;
+}
+
 int64_t KvCache::bytes() const {
   const auto bytes_of = [](const torch::Tensor& t) {
     return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0;

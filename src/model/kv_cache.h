@@ -57,6 +57,9 @@ class KvCache {
 
   // Cuts every entry's autograd history (keeps the values).
   void detach();
+  // Every tensor block `block` holds (its rows; a growing cache's buffers too): what work on
+  // another CUDA stream that extends the block reads or frees (SideStream::run).
+  std::vector<torch::Tensor> tensors(int64_t block) const;
   // Bytes held by the rows (not by a growing cache's spare room).
   int64_t bytes() const;
 

@@ -3,7 +3,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
+#include <string>
 
 #include "common/error.h"
 #include "model/transformer.h"
@@ -27,6 +29,35 @@ int64_t run_ahead_tokens(const ModelConfig& config, int64_t n) {
   if (config.variant == Variant::kFullAttention) return n;
   return std::max<int64_t>(1, kTokens / config.mini_batch) * config.mini_batch;
 }
+
+namespace {
+
+// TTT_RUN_AHEAD_STREAM=0 keeps the spans run ahead on the current stream (comparisons).
+bool run_ahead_stream_allowed() {
+  const char* setting = std::getenv("TTT_RUN_AHEAD_STREAM");
+  return setting == nullptr || std::string(setting) != "0";
+}
+
+}  // namespace
+
+ChunkInputs::ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs,
+                         BlockPoint entry, bool with_graph, int64_t span)
+    : source_(source),
+      config_(config),
+      params_(params),
+      inputs_(std::move(inputs)),
+      entry_(entry),
+      with_graph_(with_graph),
+      span_(span) {
+  if (source_ != Source::kAhead) return;
+  // With fast weights after the entry, a chunk loop steps beside the spans: it starts after
+  // one chunk's blocks, and each span, twice the one before, runs while its chunks step.
+  next_span_ = entry_.block < config_->n_layers ? std::min(span_, config_->mini_batch) : span_;
+  side_ = std::make_unique<SideStream>(inputs_.device(), !with_graph_ && run_ahead_stream_allowed());
+}
+
+ChunkInputs::ChunkInputs(ChunkInputs&&) noexcept = default;
+ChunkInputs::~ChunkInputs() = default;
 
 ChunkInputs ChunkInputs::embedded(const Params& params, torch::Tensor inputs) {
   return ChunkInputs(Source::kEmbedded, nullptr, &params, std::move(inputs), 0, false, 0);
@@ -53,15 +84,39 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
       break;
   }
   if (!ahead_.defined() || chunk.start >= ahead_start_ + ahead_.size(0)) {
-    const int64_t n = inputs_.size(0);
-    std::optional<torch::NoGradGuard> no_grad;
-    if (!with_graph_) no_grad.emplace();
-    const int64_t length = std::min(span_, n - chunk.start);
-    ahead_ =
-        hidden_states(*config_, *params_, inputs_.narrow(0, chunk.start, length), chunk.position, cache, entry_);
-    ahead_start_ = chunk.start;
+    if (!next_.defined()) {  // the first span: the chunks wait for it
+      first_position_ = chunk.position - chunk.start;
+      run_span(chunk.start, cache, /*beside=*/false);
+    }
+    require(chunk.start == next_start_, "internal: chunks take the rows run ahead in order");
+    side_->wait({next_});
+    ahead_ = std::move(next_);
+    ahead_start_ = next_start_;
+    next_ = torch::Tensor();
+    const int64_t end = ahead_start_ + ahead_.size(0);
+    if (end < inputs_.size(0)) run_span(end, cache, /*beside=*/true);
   }
   return ahead_.narrow(0, chunk.start - ahead_start_, chunk.length);
+}
+
+void ChunkInputs::run_span(int64_t start, KvCache& cache, bool beside) {
+  const int64_t length = std::min(next_span_, inputs_.size(0) - start);
+  next_span_ = std::min(span_, 2 * next_span_);
+  const auto work = [&] {
+    std::optional<torch::NoGradGuard> no_grad;
+    if (!with_graph_) no_grad.emplace();
+    next_ = hidden_states(*config_, *params_, inputs_.narrow(0, start, length), first_position_ + start, cache, entry_);
+  };
+  next_start_ = start;
+  if (!beside) return work();
+  // What the span reads or replaces that other work made: the token ids and the blocks'
+  // cache rows (the first span's, a session's made by its decode steps).
+  std::vector<torch::Tensor> shared = {inputs_};
+  for (int64_t l = 0; l < std::min(entry_.next_attention(), cache.n_layers()); ++l) {
+    const std::vector<torch::Tensor> held = cache.tensors(l);
+    shared.insert(shared.end(), held.begin(), held.end());
+  }
+  side_->run(work, shared);
 }
 
 ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,

@@ -14,11 +14,13 @@
 // caller keeps of each chunk (a callback).
 #pragma once
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include <torch/types.h>
 
 #include "config/model_config.h"
+#include "model/compute.h"
 #include "model/kv_cache.h"
 #include "model/params.h"
 #include "ttt/inner_loop.h"
@@ -58,29 +60,32 @@ class ChunkInputs {
   // Each chunk's embeddings: every block runs chunk by chunk (the CPU's way, and the exact
   // meta-gradient's reference).
   static ChunkInputs embedded(const Params& params, torch::Tensor inputs);
-  // Blocks [0, entry) over `span` inputs at a time (whole chunks; 0: run_ahead_tokens),
+  // Blocks [0, entry) over spans of at most `span` inputs (whole chunks; 0: run_ahead_tokens),
   // ahead of the chunks and through the scan state's cache; autograd records them only if
-  // `with_graph`.
+  // `with_graph`. Each span runs while the chunks of the one before step: on a GPU, without
+  // a graph, on a CUDA stream of its own (TTT_RUN_AHEAD_STREAM=0: on the current one). With
+  // fast weights after the entry, the spans grow from one chunk, doubling, so that the chunk
+  // loop starts early.
   static ChunkInputs run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
                                BlockPoint entry, bool with_graph, int64_t span = 0);
   // Rows computed already, at `entry` (the meta-gradient's prefix).
   static ChunkInputs given(torch::Tensor hidden, BlockPoint entry);
 
+  ChunkInputs(ChunkInputs&&) noexcept;
+  ~ChunkInputs();  // the current stream waits for a span still running beside it
+
   BlockPoint entry() const { return entry_; }
-  // The chunk's rows; `cache` is the scan state's, which the blocks run ahead extend.
+  // The chunk's rows; `cache` is the scan state's, which the blocks run ahead extend (a span
+  // ahead of the chunks). Chunks come in order.
   torch::Tensor of(const ChunkSpan& chunk, KvCache& cache);
 
  private:
   enum class Source { kEmbedded, kAhead, kGiven };
   ChunkInputs(Source source, const ModelConfig* config, const Params* params, torch::Tensor inputs, BlockPoint entry,
-              bool with_graph, int64_t span)
-      : source_(source),
-        config_(config),
-        params_(params),
-        inputs_(std::move(inputs)),
-        entry_(entry),
-        with_graph_(with_graph),
-        span_(span) {}
+              bool with_graph, int64_t span);
+  // kAhead: the span from input `start` on, through `cache`, into next_: queued on the side
+  // stream if `beside`, else on the current one.
+  void run_span(int64_t start, KvCache& cache, bool beside);
 
   Source source_;
   const ModelConfig* config_;
@@ -88,9 +93,13 @@ class ChunkInputs {
   torch::Tensor inputs_;  // token ids, or the given rows
   BlockPoint entry_;
   bool with_graph_;
-  int64_t span_;         // kAhead: inputs per span
-  torch::Tensor ahead_;  // kAhead: rows of the inputs from ahead_start_ on
-  int64_t ahead_start_ = 0;
+  // kAhead:
+  int64_t span_;                // the most inputs a span takes
+  int64_t next_span_ = 0;       // the inputs the next span takes (growing to span_)
+  int64_t first_position_ = 0;  // the absolute position of input 0
+  torch::Tensor ahead_, next_;  // rows of the span the chunks are in, from ahead_start_; of the next one
+  int64_t ahead_start_ = 0, next_start_ = 0;
+  std::unique_ptr<SideStream> side_;  // where the spans run
 };
 
 struct ScanOptions {

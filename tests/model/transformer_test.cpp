@@ -91,7 +91,12 @@ TEST(Transformer, CachesHoldWhatTheirRegimeKeeps) {
     ASSERT_EQ(e.rows(), swa.window - 1);
     EXPECT_EQ(e.keys.storage().nbytes(), e.keys.numel() * e.keys.element_size()) << "block " << l;
     EXPECT_TRUE(torch::equal(e.positions, torch::arange(17 - (swa.window - 1), 17)));
+    // What another stream's work on the block must keep alive: its three row tensors.
+    const std::vector<torch::Tensor> held = window.tensors(l);
+    ASSERT_EQ(held.size(), 3u);
+    EXPECT_TRUE(held[0].is_same(e.keys) && held[1].is_same(e.values) && held[2].is_same(e.positions));
   }
+  EXPECT_TRUE(KvCache::window(swa).tensors(0).empty()) << "nothing before the first token";
   const ModelConfig fa = tiny_config(Variant::kFullAttention);
   KvCache growing = KvCache::for_inference(fa);
   forward_span(fa, p, tokens.narrow(0, 0, 5), torch::arange(5), growing);
@@ -99,6 +104,11 @@ TEST(Transformer, CachesHoldWhatTheirRegimeKeeps) {
   forward_span(fa, p, tokens.narrow(0, 5, 1), torch::arange(5, 6), growing);
   EXPECT_EQ(growing.entries(0).rows(), 6);
   EXPECT_EQ(growing.entries(0).keys.data_ptr(), storage) << "a token appended in place";
+  // The rows are views of buffers with room: both are held.
+  const std::vector<torch::Tensor> held = growing.tensors(0);
+  ASSERT_EQ(held.size(), 6u);
+  EXPECT_EQ(held[3].data_ptr(), storage);
+  EXPECT_GT(held[3].size(0), 6);
   KvCache none = KvCache::none(fa);
   forward_span(fa, p, tokens, torch::arange(17), none);
   EXPECT_EQ(none.entries(0).rows(), 0);

@@ -3,8 +3,12 @@
 // ahead in spans on the CPU here too, so that path is checked without a GPU.
 #include <gtest/gtest.h>
 
-#include <algorithm>
+#include <torch/cuda.h>
 
+#include <algorithm>
+#include <cstdlib>
+
+#include "model/compute.h"
 #include "model/transformer.h"
 #include "test_util.h"
 #include "ttt/chunk_scan.h"
@@ -105,6 +109,40 @@ TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
     const int64_t made = entry.next_attention();
     for (int64_t l = 0; l < made; ++l) from_given.state.cache.assign(l, prefix.entries(l));
     expect_same(from_given, reference, c);
+  }
+}
+
+// On a GPU the spans run ahead on a CUDA stream of their own while the chunks step on the
+// current one: the same bits as all on the current stream (TTT_RUN_AHEAD_STREAM=0), over
+// spans growing from one chunk to 16 and chunks large enough that the two streams overlap;
+// three times, since a missing wait between the streams would show only now and then.
+TEST(ChunkInputsOnCuda, SpansBesideTheChunksGiveTheSameBits) {
+  ModelConfig c = tiny_config(Variant::kTttE2E);
+  c.vocab_size = 512;
+  c.d_model = 256;
+  c.n_heads = 4;
+  c.d_ff = 512;
+  c.window = 1000;
+  c.mini_batch = 128;
+  c.suffix_len = 1;
+  c.validate();
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device cuda(torch::kCUDA, 0);
+  const MatmulDtypeGuard precision(torch::kBFloat16);
+  const Params p = params_for_inference(c, random_params(c, 3, 0.3, torch::kFloat32), {cuda, torch::kBFloat16});
+  const torch::Tensor tokens = random_tokens(40 * c.mini_batch + 1, c.vocab_size, 11, {0, 700}).to(cuda);
+  const torch::Tensor inputs = tokens.narrow(0, 0, 40 * c.mini_batch);
+  const BlockPoint entry(c.first_suffix_block(), /*past_attention=*/true);
+  const auto scanned = [&](bool side_stream) {
+    if (!side_stream) setenv("TTT_RUN_AHEAD_STREAM", "0", 1);
+    ChunkInputs ahead = ChunkInputs::run_ahead(c, p, inputs, entry, /*with_graph=*/false, 16 * c.mini_batch);
+    unsetenv("TTT_RUN_AHEAD_STREAM");
+    return scan(c, p, tokens, ahead);
+  };
+  const ScanResult one_stream = scanned(false);
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    expect_same(scanned(true), one_stream, c);
   }
 }
 
