@@ -3,6 +3,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <map>
 
 #include "common/error.h"
 #include "ttt_build_features.h"
@@ -232,6 +233,27 @@ void CopyStream::restart() {
   join();
 }
 
+#if TTT_WITH_CUDA
+namespace {
+
+// This thread's side stream on `device`, made at its first use and kept for the process: the
+// caching allocator reuses freed memory only on the stream that freed it (a fresh stream per
+// use would strand each span's), and no other thread's work can land on it (a pool stream
+// might be another thread's CUDA graph capture stream).
+c10::cuda::CUDAStream thread_side_stream(c10::DeviceIndex device) {
+  thread_local std::map<c10::DeviceIndex, cudaStream_t> streams;
+  cudaStream_t& stream = streams[device];
+  if (stream == nullptr) {
+    const c10::cuda::CUDAGuard on(device);
+    const cudaError_t status = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+    require(status == cudaSuccess, std::string("cudaStreamCreateWithFlags: ") + cudaGetErrorString(status));
+  }
+  return c10::cuda::getStreamFromExternal(stream, device);
+}
+
+}  // namespace
+#endif
+
 struct SideStream::State {
 #if TTT_WITH_CUDA
   std::optional<c10::cuda::CUDAStream> stream;  // set where the work goes to a stream of its own
@@ -244,7 +266,7 @@ struct SideStream::State {
 SideStream::SideStream(const torch::Device& device, bool enabled) : state_(std::make_unique<State>()) {
 #if TTT_WITH_CUDA
   if (enabled && device.is_cuda()) {
-    state_->stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());  // -1: current
+    state_->stream = thread_side_stream(device.has_index() ? device.index() : c10::cuda::current_device());
   }
 #else
   (void)device;

@@ -104,8 +104,10 @@ class CopyStream {
 // the current stream queued so far; wait() makes the current stream wait for all of it. Memory
 // stays safe across the two: tensors made elsewhere that the work reads, writes or frees are
 // named to run(), the results the current stream then uses to wait() (the caching allocator
-// reuses neither's memory before the other stream is done with it). The destructor waits. Where
-// no GPU is involved, or with `enabled` false, run() runs the work in place.
+// reuses neither's memory before the other stream is done with it). The stream is the calling
+// thread's own, kept for the process (the allocator keeps freed memory per stream). The
+// destructor waits. Where no GPU is involved, or with `enabled` false, run() runs the work in
+// place.
 class SideStream {
  public:
   SideStream(const torch::Device& device, bool enabled);

@@ -89,7 +89,10 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
       run_span(chunk.start, cache, /*beside=*/false);
     }
     require(chunk.start == next_start_, "internal: chunks take the rows run ahead in order");
-    side_->wait({next_});
+    // The rows and the cache the span left: the current stream reads and frees them from now on.
+    std::vector<torch::Tensor> results = prefix_cache_tensors(cache);
+    results.push_back(next_);
+    side_->wait(results);
     ahead_ = std::move(next_);
     ahead_start_ = next_start_;
     next_ = torch::Tensor();
@@ -111,12 +114,18 @@ void ChunkInputs::run_span(int64_t start, KvCache& cache, bool beside) {
   if (!beside) return work();
   // What the span reads or replaces that other work made: the token ids and the blocks'
   // cache rows (the first span's, a session's made by its decode steps).
-  std::vector<torch::Tensor> shared = {inputs_};
-  for (int64_t l = 0; l < std::min(entry_.next_attention(), cache.n_layers()); ++l) {
-    const std::vector<torch::Tensor> held = cache.tensors(l);
-    shared.insert(shared.end(), held.begin(), held.end());
-  }
+  std::vector<torch::Tensor> shared = prefix_cache_tensors(cache);
+  shared.push_back(inputs_);
   side_->run(work, shared);
+}
+
+std::vector<torch::Tensor> ChunkInputs::prefix_cache_tensors(const KvCache& cache) const {
+  std::vector<torch::Tensor> held;
+  for (int64_t l = 0; l < std::min(entry_.next_attention(), cache.n_layers()); ++l) {
+    const std::vector<torch::Tensor> block = cache.tensors(l);
+    held.insert(held.end(), block.begin(), block.end());
+  }
+  return held;
 }
 
 ChunkStep step_chunk(const ModelConfig& config, const Params& params, const ChunkSpan& chunk,

@@ -86,6 +86,8 @@ class ChunkInputs {
   // kAhead: the span from input `start` on, through `cache`, into next_: queued on the side
   // stream if `beside`, else on the current one.
   void run_span(int64_t start, KvCache& cache, bool beside);
+  // kAhead: what the cache holds of the blocks run ahead.
+  std::vector<torch::Tensor> prefix_cache_tensors(const KvCache& cache) const;
 
   Source source_;
   const ModelConfig* config_;

@@ -7,11 +7,15 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
+#include <string>
 
 #include "model/compute.h"
 #include "model/transformer.h"
 #include "test_util.h"
+#include "ttt/chunk_graphs.h"
 #include "ttt/chunk_scan.h"
+#include "ttt/inner_loop.h"
 
 namespace ttt {
 namespace {
@@ -112,38 +116,67 @@ TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
   }
 }
 
+// TTT_RUN_AHEAD_STREAM set to `value` while it lives (unset if null), restored after.
+class RunAheadStreamSetting {
+ public:
+  explicit RunAheadStreamSetting(const char* value) {
+    if (const char* was = std::getenv(kName)) previous_ = was;
+    value ? setenv(kName, value, 1) : unsetenv(kName);
+  }
+  ~RunAheadStreamSetting() { previous_ ? setenv(kName, previous_->c_str(), 1) : unsetenv(kName); }
+
+ private:
+  static constexpr const char* kName = "TTT_RUN_AHEAD_STREAM";
+  std::optional<std::string> previous_;
+};
+
 // On a GPU the spans run ahead on a CUDA stream of their own while the chunks step on the
 // current one: the same bits as all on the current stream (TTT_RUN_AHEAD_STREAM=0), over
-// spans growing from one chunk to 16 and chunks large enough that the two streams overlap;
-// three times, since a missing wait between the streams would show only now and then.
+// spans growing from one chunk to 16, each long enough (7 blocks of width 1024 over up to
+// 2048 tokens, about a millisecond) that the streams overlap; eagerly and through the chunks'
+// CUDA graphs (captured while a span runs), three times, since a missing wait between the
+// streams would show only now and then.
 TEST(ChunkInputsOnCuda, SpansBesideTheChunksGiveTheSameBits) {
   ModelConfig c = tiny_config(Variant::kTttE2E);
   c.vocab_size = 512;
-  c.d_model = 256;
-  c.n_heads = 4;
-  c.d_ff = 512;
+  c.d_model = 1024;
+  c.n_heads = 16;
+  c.d_ff = 4096;
+  c.n_layers = 8;
+  c.suffix_len = 1;
   c.window = 1000;
   c.mini_batch = 128;
-  c.suffix_len = 1;
   c.validate();
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const torch::Device cuda(torch::kCUDA, 0);
   const MatmulDtypeGuard precision(torch::kBFloat16);
-  const Params p = params_for_inference(c, random_params(c, 3, 0.3, torch::kFloat32), {cuda, torch::kBFloat16});
+  const Params p = params_for_inference(c, random_params(c, 3, 0.02, torch::kFloat32), {cuda, torch::kBFloat16});
   const torch::Tensor tokens = random_tokens(40 * c.mini_batch + 1, c.vocab_size, 11, {0, 700}).to(cuda);
   const torch::Tensor inputs = tokens.narrow(0, 0, 40 * c.mini_batch);
   const BlockPoint entry(c.first_suffix_block(), /*past_attention=*/true);
-  const auto scanned = [&](bool side_stream) {
-    if (!side_stream) setenv("TTT_RUN_AHEAD_STREAM", "0", 1);
+  const auto scanned = [&](const char* stream_setting) {
+    const RunAheadStreamSetting setting(stream_setting);
     ChunkInputs ahead = ChunkInputs::run_ahead(c, p, inputs, entry, /*with_graph=*/false, 16 * c.mini_batch);
-    unsetenv("TTT_RUN_AHEAD_STREAM");
     return scan(c, p, tokens, ahead);
   };
-  const ScanResult one_stream = scanned(false);
+  const auto evaluated = [&](const char* stream_setting, ChunkGraphs& graphs) {
+    const RunAheadStreamSetting setting(stream_setting);
+    SequenceOptions options;
+    options.graphs = &graphs;
+    return run_sequence(c, p, tokens, options).nll;
+  };
+  const ScanResult one_stream = scanned("0");
+  ChunkGraphs graphs(c, p);
+  // Each cache length runs eagerly once, then is captured: from the third sequence on every
+  // full chunk replays (eager and replayed chunks differ in the last bits).
+  for (int warm_up = 0; warm_up < 2; ++warm_up) evaluated("0", graphs);
+  const torch::Tensor one_stream_nll = evaluated("0", graphs);
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
-    expect_same(scanned(true), one_stream, c);
+    expect_same(scanned(nullptr), one_stream, c);
+    EXPECT_TRUE(torch::equal(evaluated(nullptr, graphs), one_stream_nll));
   }
+  EXPECT_GT(graphs.replays(), 0);
 }
 
 // Blocks run in parts meet where one part stops past a block's attention and the next starts
