@@ -248,8 +248,10 @@ TEST_P(DecodeStepOnCuda, SessionsOnThreadsDecodeAsAlone) {
   const Params on_cuda =
       params_for_inference(c, convert_params(c, random_params(c, 8, 0.1), torch::kFloat32), {cuda_, std::nullopt});
   if (!cuda_graphs_enabled()) GTEST_SKIP() << "TTT_CUDA_GRAPHS=0";
-  const int64_t n = 60, prompt = 10, threads = 3;
-  // A prompt, then single tokens: every feed's logits stacked.
+  // A prompt of three chunks and some (the blocks before the fast weights run ahead of its
+  // chunks, the second span on the thread's side stream), then single tokens: every feed's
+  // logits stacked.
+  const int64_t n = 100, prompt = 3 * c.mini_batch + 2, threads = 3;
   const auto decode = [&](Session& session, const torch::Tensor& tokens) {
     std::vector<torch::Tensor> logits = {session.feed(tokens.narrow(0, 0, prompt)).clone()};
     for (int64_t at = prompt; at < n; ++at) logits.push_back(session.feed(tokens.narrow(0, at, 1)).clone());
