@@ -151,6 +151,46 @@ void copy_queued(const torch::Tensor& dst, const torch::Tensor& src) {
   dst.copy_(src);
 }
 
+#if TTT_WITH_CUDA
+namespace {
+
+// A stream of this thread's own on `device` (of the GPU's highest priority, or the default
+// one), made at its first use and kept for the process: the caching allocator reuses freed
+// memory only on the stream that freed it (a fresh stream per use would strand it), and no
+// other thread's work can land on it (a pool stream might be another thread's CUDA graph
+// capture stream).
+c10::cuda::CUDAStream thread_stream(const torch::Device& on, bool high_priority) {
+  const c10::DeviceIndex device = on.has_index() ? on.index() : c10::cuda::current_device();
+  thread_local std::map<std::pair<c10::DeviceIndex, bool>, cudaStream_t> streams;
+  cudaStream_t& stream = streams[{device, high_priority}];
+  if (stream == nullptr) {
+    const c10::cuda::CUDAGuard guard(device);
+    int least = 0, greatest = 0;
+    cudaError_t status = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    if (status == cudaSuccess) {
+      status = cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, high_priority ? greatest : least);
+    }
+    require(status == cudaSuccess, std::string("cudaStreamCreateWithPriority: ") + cudaGetErrorString(status));
+  }
+  return c10::cuda::getStreamFromExternal(stream, device);
+}
+
+// Makes `stream` wait for everything queued on `on_top_of` so far.
+void wait_for_queued(const c10::cuda::CUDAStream& stream, const c10::cuda::CUDAStream& on_top_of) {
+  at::cuda::CUDAEvent queued_so_far;
+  queued_so_far.record(on_top_of);
+  queued_so_far.block(stream);
+}
+
+void record_on(const std::vector<torch::Tensor>& tensors, const c10::cuda::CUDAStream& stream) {
+  for (const torch::Tensor& t : tensors) {
+    if (t.defined() && t.is_cuda()) t.record_stream(stream);
+  }
+}
+
+}  // namespace
+#endif
+
 struct CopyStream::State {
   std::vector<torch::Tensor> queued, settling;  // held since the last settle(), and the one before
 #if TTT_WITH_CUDA
@@ -176,9 +216,7 @@ void CopyStream::copy(const torch::Tensor& dst, const torch::Tensor& src) {
     if (!state_->stream) state_->stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
     require(state_->stream->device_index() == device, "internal: a CopyStream serves one GPU");
     const c10::cuda::CUDAGuard on(device);
-    at::cuda::CUDAEvent queued_so_far;
-    queued_so_far.record(state_->current());
-    queued_so_far.block(*state_->stream);
+    wait_for_queued(*state_->stream, state_->current());
     const c10::cuda::CUDAStreamGuard side(*state_->stream);
     copy_queued(dst, src);
     state_->queued.insert(state_->queued.end(), {dst, src});
@@ -233,27 +271,6 @@ void CopyStream::restart() {
   join();
 }
 
-#if TTT_WITH_CUDA
-namespace {
-
-// This thread's side stream on `device`, made at its first use and kept for the process: the
-// caching allocator reuses freed memory only on the stream that freed it (a fresh stream per
-// use would strand each span's), and no other thread's work can land on it (a pool stream
-// might be another thread's CUDA graph capture stream).
-c10::cuda::CUDAStream thread_side_stream(c10::DeviceIndex device) {
-  thread_local std::map<c10::DeviceIndex, cudaStream_t> streams;
-  cudaStream_t& stream = streams[device];
-  if (stream == nullptr) {
-    const c10::cuda::CUDAGuard on(device);
-    const cudaError_t status = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-    require(status == cudaSuccess, std::string("cudaStreamCreateWithFlags: ") + cudaGetErrorString(status));
-  }
-  return c10::cuda::getStreamFromExternal(stream, device);
-}
-
-}  // namespace
-#endif
-
 struct SideStream::State {
 #if TTT_WITH_CUDA
   std::optional<c10::cuda::CUDAStream> stream;  // set where the work goes to a stream of its own
@@ -266,7 +283,7 @@ struct SideStream::State {
 SideStream::SideStream(const torch::Device& device, bool enabled) : state_(std::make_unique<State>()) {
 #if TTT_WITH_CUDA
   if (enabled && device.is_cuda()) {
-    state_->stream = thread_side_stream(device.has_index() ? device.index() : c10::cuda::current_device());
+    state_->stream = thread_stream(device, /*high_priority=*/false);
   }
 #else
   (void)device;
@@ -285,12 +302,8 @@ void SideStream::run(const std::function<void()>& work, const std::vector<torch:
 #if TTT_WITH_CUDA
   if (state_->stream) {
     const c10::cuda::CUDAGuard on(state_->stream->device_index());
-    at::cuda::CUDAEvent queued_so_far;
-    queued_so_far.record(state_->current());
-    queued_so_far.block(*state_->stream);
-    for (const torch::Tensor& t : shared) {
-      if (t.defined() && t.is_cuda()) t.record_stream(*state_->stream);
-    }
+    wait_for_queued(*state_->stream, state_->current());
+    record_on(shared, *state_->stream);
     // The event goes after whatever the work queued, even work that failed midway.
     const auto mark_done = [&] {
       state_->done.emplace();
@@ -319,12 +332,57 @@ void SideStream::wait(const std::vector<torch::Tensor>& results) {
       state_->done->block(state_->current());
       state_->done.reset();
     }
-    for (const torch::Tensor& t : results) {
-      if (t.defined() && t.is_cuda()) t.record_stream(state_->current());
-    }
+    record_on(results, state_->current());
   }
 #endif
   (void)results;
+}
+
+bool SideStream::separate() const {
+#if TTT_WITH_CUDA
+  return state_->stream.has_value();
+#else
+  return false;
+#endif
+}
+
+struct PriorityStream::State {
+#if TTT_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> replaced, stream;
+  std::optional<c10::cuda::CUDAStreamGuard> current;
+#endif
+};
+
+PriorityStream::PriorityStream(const torch::Device& device, bool enabled, const std::vector<torch::Tensor>& shared)
+    : state_(std::make_unique<State>()) {
+#if TTT_WITH_CUDA
+  if (enabled && device.is_cuda()) {
+    const c10::cuda::CUDAStream stream = thread_stream(device, /*high_priority=*/true);
+    const c10::cuda::CUDAGuard on(stream.device_index());
+    state_->replaced = c10::cuda::getCurrentCUDAStream(stream.device_index());
+    wait_for_queued(stream, *state_->replaced);
+    record_on(shared, stream);
+    state_->stream = stream;
+    state_->current.emplace(stream);
+  }
+#else
+  (void)device;
+  (void)enabled;
+  (void)shared;
+#endif
+}
+
+PriorityStream::~PriorityStream() {
+#if TTT_WITH_CUDA
+  if (state_->stream) {
+    try {
+      state_->current.reset();  // the replaced stream is current again
+      const c10::cuda::CUDAGuard on(state_->stream->device_index());
+      wait_for_queued(*state_->replaced, *state_->stream);
+    } catch (...) {  // a failed GPU: nothing to wait for
+    }
+  }
+#endif
 }
 
 std::optional<torch::Dtype> inference_matmul_dtype(const Params& params) {

@@ -131,7 +131,8 @@ class RunAheadStreamSetting {
 };
 
 // On a GPU the spans run ahead on a CUDA stream of their own while the chunks step on the
-// current one: the same bits as all on the current stream (TTT_RUN_AHEAD_STREAM=0), over
+// current one (=side) or one of high priority (the default): the same bits as all on the
+// current stream (TTT_RUN_AHEAD_STREAM=0), over
 // spans growing from one chunk to 16, each long enough (7 blocks of width 1024 over up to
 // 2048 tokens, about a millisecond) that the streams overlap; eagerly and through the chunks'
 // CUDA graphs (captured while a span runs), three times, since a missing wait between the
@@ -172,9 +173,11 @@ TEST(ChunkInputsOnCuda, SpansBesideTheChunksGiveTheSameBits) {
   for (int warm_up = 0; warm_up < 2; ++warm_up) evaluated("0", graphs);
   const torch::Tensor one_stream_nll = evaluated("0", graphs);
   for (int round = 0; round < 3; ++round) {
-    SCOPED_TRACE("round " + std::to_string(round));
-    expect_same(scanned(nullptr), one_stream, c);
-    EXPECT_TRUE(torch::equal(evaluated(nullptr, graphs), one_stream_nll));
+    for (const char* setting : {"side", static_cast<const char*>(nullptr)}) {  // nullptr: the default
+      SCOPED_TRACE(std::string("round ") + std::to_string(round) + ", " + (setting ? setting : "default"));
+      expect_same(scanned(setting), one_stream, c);
+      EXPECT_TRUE(torch::equal(evaluated(setting, graphs), one_stream_nll));
+    }
   }
   EXPECT_GT(graphs.replays(), 0);
 }
