@@ -35,9 +35,14 @@ namespace {
 // Where the spans run ahead and the chunks run on a GPU: TTT_RUN_AHEAD_STREAM=0 keeps both on
 // the current stream, =side puts the spans on a side stream and the chunks on the current one;
 // unset, the chunks go first on a stream of high priority (comparisons).
-std::string run_ahead_streams() {
+enum class RunAheadStreams { kOne, kSide, kSidePrioritized };
+RunAheadStreams run_ahead_streams() {
   const char* setting = std::getenv("TTT_RUN_AHEAD_STREAM");
-  return setting == nullptr ? "prioritized" : setting;
+  const std::string value = setting == nullptr ? "" : setting;
+  if (value.empty()) return RunAheadStreams::kSidePrioritized;
+  if (value == "0") return RunAheadStreams::kOne;
+  require(value == "side", "TTT_RUN_AHEAD_STREAM is \"" + value + "\": use 0, side, or leave it unset");
+  return RunAheadStreams::kSide;
 }
 
 }  // namespace
@@ -55,7 +60,7 @@ ChunkInputs::ChunkInputs(Source source, const ModelConfig* config, const Params*
   // With fast weights after the entry, a chunk loop steps beside the spans: it starts after
   // one chunk's blocks, and each span, twice the one before, runs while its chunks step.
   next_span_ = entry_.block < config_->n_layers ? std::min(span_, config_->mini_batch) : span_;
-  side_ = std::make_unique<SideStream>(inputs_.device(), !with_graph_ && run_ahead_streams() != "0");
+  side_ = std::make_unique<SideStream>(inputs_.device(), !with_graph_ && run_ahead_streams() != RunAheadStreams::kOne);
 }
 
 ChunkInputs::ChunkInputs(ChunkInputs&&) noexcept = default;
@@ -160,7 +165,8 @@ void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& i
     const std::vector<torch::Tensor> held = state.cache.tensors(l);
     given.insert(given.end(), held.begin(), held.end());
   }
-  const PriorityStream first(targets.device(), inputs.spans_beside() && run_ahead_streams() == "prioritized", given);
+  const PriorityStream first(targets.device(),
+                             inputs.spans_beside() && run_ahead_streams() == RunAheadStreams::kSidePrioritized, given);
   for (const ChunkSpan& chunk : chunks) {
     const torch::Tensor hidden = inputs.of(chunk, state.cache);
     const ChunkStep step = step_chunk(config, params, chunk, hidden, inputs.entry(),

@@ -130,6 +130,21 @@ class RunAheadStreamSetting {
   std::optional<std::string> previous_;
 };
 
+// The switch takes what it documents and refuses anything else, naming itself.
+TEST(ChunkInputs, RunAheadStreamSwitchRefusesAnUnknownValue) {
+  const ModelConfig c = tiny_config(Variant::kTttE2E);
+  const Params p = random_params(c, 5, 0.3);
+  const torch::Tensor inputs = random_tokens(9, c.vocab_size, 6);
+  const BlockPoint entry(c.first_suffix_block());
+  for (const char* accepted : {"0", "side", ""}) {
+    const RunAheadStreamSetting setting(accepted);
+    EXPECT_NO_THROW(ChunkInputs::run_ahead(c, p, inputs, entry, /*with_graph=*/false)) << accepted;
+  }
+  const RunAheadStreamSetting setting("1");
+  test::expect_error([&] { ChunkInputs::run_ahead(c, p, inputs, entry, /*with_graph=*/false); },
+                     {"TTT_RUN_AHEAD_STREAM is \"1\"", "0, side"});
+}
+
 // On a GPU the spans run ahead on a CUDA stream of their own while the chunks step on the
 // current one (=side) or one of high priority (the default): the same bits as all on the
 // current stream (TTT_RUN_AHEAD_STREAM=0), over
