@@ -275,6 +275,7 @@ struct SideStream::State {
 #if TTT_WITH_CUDA
   std::optional<c10::cuda::CUDAStream> stream;  // set where the work goes to a stream of its own
   std::optional<at::cuda::CUDAEvent> done;      // recorded on `stream` after the last run()
+  std::optional<at::cuda::CUDAEvent> marked;    // recorded on the current stream at mark()
 
   c10::cuda::CUDAStream current() const { return c10::cuda::getCurrentCUDAStream(stream->device_index()); }
 #endif
@@ -302,7 +303,12 @@ void SideStream::run(const std::function<void()>& work, const std::vector<torch:
 #if TTT_WITH_CUDA
   if (state_->stream) {
     const c10::cuda::CUDAGuard on(state_->stream->device_index());
-    wait_for_queued(*state_->stream, state_->current());
+    if (state_->marked) {
+      state_->marked->block(*state_->stream);
+      state_->marked.reset();
+    } else {
+      wait_for_queued(*state_->stream, state_->current());
+    }
     record_on(shared, *state_->stream);
     // The event goes after whatever the work queued, even work that failed midway.
     const auto mark_done = [&] {
@@ -336,6 +342,16 @@ void SideStream::wait(const std::vector<torch::Tensor>& results) {
   }
 #endif
   (void)results;
+}
+
+void SideStream::mark() {
+#if TTT_WITH_CUDA
+  if (state_->stream) {
+    const c10::cuda::CUDAGuard on(state_->stream->device_index());
+    state_->marked.emplace();
+    state_->marked->record(state_->current());
+  }
+#endif
 }
 
 bool SideStream::separate() const {

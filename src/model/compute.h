@@ -101,7 +101,8 @@ class CopyStream {
 // Work queued on a CUDA stream of its own, beside the current stream's: independent work
 // fills what the current stream's small kernels leave of the GPU (the blocks before the fast
 // weights run ahead there while the chunk loop steps). run() queues work after everything
-// the current stream queued so far; wait() makes the current stream wait for all of it. Memory
+// the current stream queued up to the last mark() since the previous run() (without one:
+// so far); wait() makes the current stream wait for all of it. Memory
 // stays safe across the two: tensors made elsewhere that the work reads, writes or frees are
 // named to run(), the results the current stream then uses to wait() (the caching allocator
 // reuses neither's memory before the other stream is done with it). The stream is the calling
@@ -117,6 +118,7 @@ class SideStream {
 
   // Whether work goes to a stream of its own.
   bool separate() const;
+  void mark();
   void run(const std::function<void()>& work, const std::vector<torch::Tensor>& shared);
   void wait(const std::vector<torch::Tensor>& results);
 

@@ -91,7 +91,9 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
       break;
   }
   if (!ahead_.defined() || chunk.start >= ahead_start_ + ahead_.size(0)) {
-    if (!next_.defined()) {  // the first span: the chunks wait for it
+    if (next_due_) {
+      queue_ahead(cache);           // the caller did not queue it: the chunks wait for it
+    } else if (!next_.defined()) {  // the first span: the chunks wait for it
       first_position_ = chunk.position - chunk.start;
       run_span(chunk.start, cache, /*beside=*/false);
     }
@@ -103,10 +105,17 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
     ahead_ = std::move(next_);
     ahead_start_ = next_start_;
     next_ = torch::Tensor();
-    const int64_t end = ahead_start_ + ahead_.size(0);
-    if (end < inputs_.size(0)) run_span(end, cache, /*beside=*/true);
+    // The next span needs nothing the chunks queued from here on: it starts after this point.
+    side_->mark();
+    next_due_ = ahead_start_ + ahead_.size(0) < inputs_.size(0);
   }
   return ahead_.narrow(0, chunk.start - ahead_start_, chunk.length);
+}
+
+void ChunkInputs::queue_ahead(KvCache& cache) {
+  if (!next_due_) return;
+  next_due_ = false;
+  run_span(ahead_start_ + ahead_.size(0), cache, /*beside=*/true);
 }
 
 void ChunkInputs::run_span(int64_t start, KvCache& cache, bool beside) {
@@ -171,6 +180,7 @@ void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& i
     const torch::Tensor hidden = inputs.of(chunk, state.cache);
     const ChunkStep step = step_chunk(config, params, chunk, hidden, inputs.entry(),
                                       targets.narrow(0, chunk.start, chunk.length), state, options);
+    inputs.queue_ahead(state.cache);  // behind the chunk's own work on the host
     if (on_chunk) on_chunk(chunk, step);
   }
 }

@@ -81,6 +81,10 @@ class ChunkInputs {
   // The chunk's rows; `cache` is the scan state's, which the blocks run ahead extend (a span
   // ahead of the chunks). Chunks come in order.
   torch::Tensor of(const ChunkSpan& chunk, KvCache& cache);
+  // Queues the span after the one of() last entered, if not yet queued: a caller calls it once
+  // it has queued its work on that span's first rows, so that this work starts first (the span
+  // runs beside it; of() queues a span not queued before it waits for it).
+  void queue_ahead(KvCache& cache);
 
  private:
   enum class Source { kEmbedded, kAhead, kGiven };
@@ -104,6 +108,7 @@ class ChunkInputs {
   int64_t first_position_ = 0;  // the absolute position of input 0
   torch::Tensor ahead_, next_;  // rows of the span the chunks are in, from ahead_start_; of the next one
   int64_t ahead_start_ = 0, next_start_ = 0;
+  bool next_due_ = false;             // the span after ahead_ is still to be queued
   std::unique_ptr<SideStream> side_;  // where the spans run
 };
 

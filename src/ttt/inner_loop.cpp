@@ -337,6 +337,7 @@ SequenceResult run_sequence(const ModelConfig& config, const Params& params, con
       rows.length = chunks[end - 1].start + chunks[end - 1].length - rows.start;
       const torch::Tensor nll = token_nll(lm_logits(config, params, chunk_inputs.of(rows, state.cache)),
                                           targets.narrow(0, rows.start, rows.length));
+      chunk_inputs.queue_ahead(state.cache);  // the next span beside the head's work (on a GPU)
       for (size_t i = first; i < end; ++i) {
         ChunkStep step;
         step.nll = nll.narrow(0, chunks[i].start - rows.start, chunks[i].length);

@@ -106,7 +106,17 @@ TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
       expect_same(scan(c, p, tokens, ahead), reference, c);
     }
     KvCache prefix = KvCache::window(c);
-    ChunkInputs given = ChunkInputs::given(hidden_states(c, p, inputs, 0, prefix, entry), entry);
+    const torch::Tensor whole = hidden_states(c, p, inputs, 0, prefix, entry);
+    // A caller that never queues the next span ahead (of() queues it when the chunks get there).
+    {
+      ChunkInputs ahead = ChunkInputs::run_ahead(c, p, inputs, entry, /*with_graph=*/false, 2 * c.mini_batch);
+      KvCache cache = KvCache::window(c);
+      for (const ChunkSpan& chunk : plan_chunks(c, inputs.size(0), 0, false)) {
+        EXPECT_TRUE(torch::allclose(ahead.of(chunk, cache), whole.narrow(0, chunk.start, chunk.length), 1e-12, 1e-12))
+            << "chunk " << chunk.index;
+      }
+    }
+    ChunkInputs given = ChunkInputs::given(whole, entry);
     ScanResult from_given = scan(c, p, tokens, given);
     // The given rows bring no cache of the blocks that made them: those blocks' rows come
     // from the pass that did.
