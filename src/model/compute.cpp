@@ -154,23 +154,19 @@ void copy_queued(const torch::Tensor& dst, const torch::Tensor& src) {
 #if TTT_WITH_CUDA
 namespace {
 
-// A stream of this thread's own on `device` (of the GPU's highest priority, or the default
-// one), made at its first use and kept for the process: the caching allocator reuses freed
-// memory only on the stream that freed it (a fresh stream per use would strand it), and no
-// other thread's work can land on it (a pool stream might be another thread's CUDA graph
-// capture stream).
-c10::cuda::CUDAStream thread_stream(const torch::Device& on, bool high_priority) {
+// A stream of this thread's own on `device`, made at its first use and kept for the process
+// (a thread that ends leaves it, and the allocator's blocks cached for it, behind): the
+// caching allocator reuses freed memory only on the stream that freed it (a fresh stream per
+// use would strand it), and no other thread's work can land on it (a pool stream might be
+// another thread's CUDA graph capture stream).
+c10::cuda::CUDAStream thread_stream(const torch::Device& on) {
   const c10::DeviceIndex device = on.has_index() ? on.index() : c10::cuda::current_device();
-  thread_local std::map<std::pair<c10::DeviceIndex, bool>, cudaStream_t> streams;
-  cudaStream_t& stream = streams[{device, high_priority}];
+  thread_local std::map<c10::DeviceIndex, cudaStream_t> streams;
+  cudaStream_t& stream = streams[device];
   if (stream == nullptr) {
     const c10::cuda::CUDAGuard guard(device);
-    int least = 0, greatest = 0;
-    cudaError_t status = cudaDeviceGetStreamPriorityRange(&least, &greatest);
-    if (status == cudaSuccess) {
-      status = cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, high_priority ? greatest : least);
-    }
-    require(status == cudaSuccess, std::string("cudaStreamCreateWithPriority: ") + cudaGetErrorString(status));
+    const cudaError_t status = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+    require(status == cudaSuccess, std::string("cudaStreamCreateWithFlags: ") + cudaGetErrorString(status));
   }
   return c10::cuda::getStreamFromExternal(stream, device);
 }
@@ -284,7 +280,7 @@ struct SideStream::State {
 SideStream::SideStream(const torch::Device& device, bool enabled) : state_(std::make_unique<State>()) {
 #if TTT_WITH_CUDA
   if (enabled && device.is_cuda()) {
-    state_->stream = thread_stream(device, /*high_priority=*/false);
+    state_->stream = thread_stream(device);
   }
 #else
   (void)device;
@@ -350,53 +346,6 @@ void SideStream::mark() {
     const c10::cuda::CUDAGuard on(state_->stream->device_index());
     state_->marked.emplace();
     state_->marked->record(state_->current());
-  }
-#endif
-}
-
-bool SideStream::separate() const {
-#if TTT_WITH_CUDA
-  return state_->stream.has_value();
-#else
-  return false;
-#endif
-}
-
-struct PriorityStream::State {
-#if TTT_WITH_CUDA
-  std::optional<c10::cuda::CUDAStream> replaced, stream;
-  std::optional<c10::cuda::CUDAStreamGuard> current;
-#endif
-};
-
-PriorityStream::PriorityStream(const torch::Device& device, bool enabled, const std::vector<torch::Tensor>& shared)
-    : state_(std::make_unique<State>()) {
-#if TTT_WITH_CUDA
-  if (enabled && device.is_cuda()) {
-    const c10::cuda::CUDAStream stream = thread_stream(device, /*high_priority=*/true);
-    const c10::cuda::CUDAGuard on(stream.device_index());
-    state_->replaced = c10::cuda::getCurrentCUDAStream(stream.device_index());
-    wait_for_queued(stream, *state_->replaced);
-    record_on(shared, stream);
-    state_->stream = stream;
-    state_->current.emplace(stream);
-  }
-#else
-  (void)device;
-  (void)enabled;
-  (void)shared;
-#endif
-}
-
-PriorityStream::~PriorityStream() {
-#if TTT_WITH_CUDA
-  if (state_->stream) {
-    try {
-      state_->current.reset();  // the replaced stream is current again
-      const c10::cuda::CUDAGuard on(state_->stream->device_index());
-      wait_for_queued(*state_->replaced, *state_->stream);
-    } catch (...) {  // a failed GPU: nothing to wait for
-    }
   }
 #endif
 }

@@ -116,30 +116,9 @@ class SideStream {
   SideStream(const SideStream&) = delete;  // its work in flight belongs to this one
   SideStream& operator=(const SideStream&) = delete;
 
-  // Whether work goes to a stream of its own.
-  bool separate() const;
   void mark();
   void run(const std::function<void()>& work, const std::vector<torch::Tensor>& shared);
   void wait(const std::vector<torch::Tensor>& results);
-
- private:
-  struct State;
-  std::unique_ptr<State> state_;
-};
-
-// The current stream switched, while this lives, to the calling thread's own stream of the
-// GPU's highest priority: the GPU's block scheduler then gives the work queued meanwhile (the
-// chunk loop, the critical path) the SMs before a SideStream's (whose large GEMMs would
-// otherwise hold them wave after wave). It starts after the work queued on the stream it
-// replaces, which waits for it at the end. `shared`: tensors made elsewhere that the work
-// meanwhile reads and frees (their memory is not reused, by another thread's work on the
-// stream they came from, before it is done). Nothing where not enabled or no GPU is involved.
-class PriorityStream {
- public:
-  PriorityStream(const torch::Device& device, bool enabled, const std::vector<torch::Tensor>& shared);
-  ~PriorityStream();
-  PriorityStream(const PriorityStream&) = delete;
-  PriorityStream& operator=(const PriorityStream&) = delete;
 
  private:
   struct State;

@@ -32,17 +32,13 @@ int64_t run_ahead_tokens(const ModelConfig& config, int64_t n) {
 
 namespace {
 
-// Where the spans run ahead and the chunks run on a GPU: TTT_RUN_AHEAD_STREAM=0 keeps both on
-// the current stream, =side puts the spans on a side stream and the chunks on the current one;
-// unset, the chunks go first on a stream of high priority (comparisons).
-enum class RunAheadStreams { kOne, kSide, kSidePrioritized };
-RunAheadStreams run_ahead_streams() {
+// TTT_RUN_AHEAD_STREAM=0 keeps the spans run ahead on the current stream (comparisons);
+// anything else but unset is refused.
+bool run_ahead_stream_allowed() {
   const char* setting = std::getenv("TTT_RUN_AHEAD_STREAM");
   const std::string value = setting == nullptr ? "" : setting;
-  if (value.empty()) return RunAheadStreams::kSidePrioritized;
-  if (value == "0") return RunAheadStreams::kOne;
-  require(value == "side", "TTT_RUN_AHEAD_STREAM is \"" + value + "\": use 0, side, or leave it unset");
-  return RunAheadStreams::kSide;
+  require(value.empty() || value == "0", "TTT_RUN_AHEAD_STREAM is \"" + value + "\": use 0, or leave it unset");
+  return value.empty();
 }
 
 }  // namespace
@@ -60,7 +56,7 @@ ChunkInputs::ChunkInputs(Source source, const ModelConfig* config, const Params*
   // With fast weights after the entry, a chunk loop steps beside the spans: it starts after
   // one chunk's blocks, and each span, twice the one before, runs while its chunks step.
   next_span_ = entry_.block < config_->n_layers ? std::min(span_, config_->mini_batch) : span_;
-  side_ = std::make_unique<SideStream>(inputs_.device(), !with_graph_ && run_ahead_streams() != RunAheadStreams::kOne);
+  side_ = std::make_unique<SideStream>(inputs_.device(), !with_graph_ && run_ahead_stream_allowed());
 }
 
 ChunkInputs::ChunkInputs(ChunkInputs&&) noexcept = default;
@@ -162,20 +158,9 @@ ChunkStep step_chunk(const ModelConfig& config, const Params& params, const Chun
   return step;
 }
 
-bool ChunkInputs::spans_beside() const { return side_ && side_->separate(); }
-
 void scan_chunks(const ModelConfig& config, const Params& params, ChunkInputs& inputs, const torch::Tensor& targets,
                  const std::vector<ChunkSpan>& chunks, ScanState& state, const ScanOptions& options,
                  const std::function<void(const ChunkSpan&, const ChunkStep&)>& on_chunk) {
-  // While spans run beside them, the chunks (the critical path) go first on the GPU. What the
-  // loop frees of the state it was given was made on the stream it leaves.
-  std::vector<torch::Tensor> given = flatten(state.weights);
-  for (int64_t l = 0; l < state.cache.n_layers(); ++l) {
-    const std::vector<torch::Tensor> held = state.cache.tensors(l);
-    given.insert(given.end(), held.begin(), held.end());
-  }
-  const PriorityStream first(targets.device(),
-                             inputs.spans_beside() && run_ahead_streams() == RunAheadStreams::kSidePrioritized, given);
   for (const ChunkSpan& chunk : chunks) {
     const torch::Tensor hidden = inputs.of(chunk, state.cache);
     const ChunkStep step = step_chunk(config, params, chunk, hidden, inputs.entry(),

@@ -63,8 +63,7 @@ class ChunkInputs {
   // Blocks [0, entry) over spans of at most `span` inputs (whole chunks; 0: run_ahead_tokens),
   // ahead of the chunks and through the scan state's cache; autograd records them only if
   // `with_graph`. Each span runs while the chunks of the one before step: on a GPU, without
-  // a graph, on a CUDA stream of its own, scan_chunks' chunks then on one of high priority
-  // (TTT_RUN_AHEAD_STREAM=0: all on the current stream; =side: the chunks on the current one).
+  // a graph, on the thread's own CUDA stream (TTT_RUN_AHEAD_STREAM=0: on the current one).
   // With fast weights after the entry, the spans grow from one chunk, doubling, so that the
   // chunk loop starts early.
   static ChunkInputs run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
@@ -76,8 +75,6 @@ class ChunkInputs {
   ~ChunkInputs();  // the current stream waits for a span still running beside it
 
   BlockPoint entry() const { return entry_; }
-  // Whether spans run on a CUDA stream beside the chunks.
-  bool spans_beside() const;
   // The chunk's rows; `cache` is the scan state's, which the blocks run ahead extend (a span
   // ahead of the chunks). Chunks come in order.
   torch::Tensor of(const ChunkSpan& chunk, KvCache& cache);
