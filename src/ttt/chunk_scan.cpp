@@ -110,8 +110,8 @@ torch::Tensor ChunkInputs::of(const ChunkSpan& chunk, KvCache& cache) {
 
 void ChunkInputs::queue_ahead(KvCache& cache) {
   if (!next_due_) return;
-  next_due_ = false;
   run_span(ahead_start_ + ahead_.size(0), cache, /*beside=*/true);
+  next_due_ = false;  // after the span: one that failed is not taken for the first
 }
 
 void ChunkInputs::run_span(int64_t start, KvCache& cache, bool beside) {

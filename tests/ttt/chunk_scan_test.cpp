@@ -115,6 +115,11 @@ TEST_P(ChunkInputsAgree, HoweverTheHiddenStatesAreMade) {
         EXPECT_TRUE(torch::allclose(ahead.of(chunk, cache), whole.narrow(0, chunk.start, chunk.length), 1e-12, 1e-12))
             << "chunk " << chunk.index;
       }
+      for (int64_t l = 0; l < entry.next_attention(); ++l) {
+        ASSERT_EQ(cache.entries(l).rows(), prefix.entries(l).rows()) << "block " << l;
+        EXPECT_TRUE(torch::allclose(cache.entries(l).keys, prefix.entries(l).keys, 1e-12, 1e-12)) << "block " << l;
+        EXPECT_TRUE(torch::allclose(cache.entries(l).values, prefix.entries(l).values, 1e-12, 1e-12)) << "block " << l;
+      }
     }
     ChunkInputs given = ChunkInputs::given(whole, entry);
     ScanResult from_given = scan(c, p, tokens, given);
@@ -159,7 +164,7 @@ TEST(ChunkInputs, RunAheadStreamSwitchRefusesAnUnknownValue) {
 // current one: the same bits as all on the current stream (TTT_RUN_AHEAD_STREAM=0), over
 // spans growing from one chunk to 16, each long enough (7 blocks of width 1024 over up to
 // 2048 tokens, about a millisecond) that the streams overlap; eagerly, and through the
-// chunks' CUDA graphs, captured while a span runs beside them; three times, since a missing
+// chunks' CUDA graphs, replayed while spans run beside them; three times, since a missing
 // wait between the streams would show only now and then.
 TEST(ChunkInputsOnCuda, SpansBesideTheChunksGiveTheSameBits) {
   ModelConfig c = tiny_config(Variant::kTttE2E);
