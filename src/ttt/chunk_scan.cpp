@@ -53,9 +53,6 @@ ChunkInputs::ChunkInputs(Source source, const ModelConfig* config, const Params*
       with_graph_(with_graph),
       span_(span) {
   if (source_ != Source::kAhead) return;
-  // With fast weights after the entry, a chunk loop steps beside the spans: it starts after
-  // one chunk's blocks, and each span, twice the one before, runs while its chunks step.
-  next_span_ = entry_.block < config_->n_layers ? std::min(span_, config_->mini_batch) : span_;
   side_ = std::make_unique<SideStream>(inputs_.device(), !with_graph_ && run_ahead_stream_allowed());
 }
 
@@ -115,8 +112,7 @@ void ChunkInputs::queue_ahead(KvCache& cache) {
 }
 
 void ChunkInputs::run_span(int64_t start, KvCache& cache, bool beside) {
-  const int64_t length = std::min(next_span_, inputs_.size(0) - start);
-  next_span_ = std::min(span_, 2 * next_span_);
+  const int64_t length = std::min(span_, inputs_.size(0) - start);
   const auto work = [&] {
     std::optional<torch::NoGradGuard> no_grad;
     if (!with_graph_) no_grad.emplace();

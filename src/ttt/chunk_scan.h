@@ -64,8 +64,6 @@ class ChunkInputs {
   // ahead of the chunks and through the scan state's cache; autograd records them only if
   // `with_graph`. Each span runs while the chunks of the one before step: on a GPU, without
   // a graph, on the thread's own CUDA stream (TTT_RUN_AHEAD_STREAM=0: on the current one).
-  // With fast weights after the entry, the spans grow from one chunk, doubling, so that the
-  // chunk loop starts early.
   static ChunkInputs run_ahead(const ModelConfig& config, const Params& params, torch::Tensor inputs,
                                BlockPoint entry, bool with_graph, int64_t span = 0);
   // Rows computed already, at `entry` (the meta-gradient's prefix).
@@ -100,8 +98,7 @@ class ChunkInputs {
   BlockPoint entry_;
   bool with_graph_;
   // kAhead:
-  int64_t span_;                // the most inputs a span takes
-  int64_t next_span_ = 0;       // the inputs the next span takes (growing to span_)
+  int64_t span_;                // inputs per span
   int64_t first_position_ = 0;  // the absolute position of input 0
   torch::Tensor ahead_, next_;  // rows of the span the chunks are in, from ahead_start_; of the next one
   int64_t ahead_start_ = 0, next_start_ = 0;

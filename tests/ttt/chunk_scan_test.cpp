@@ -162,10 +162,10 @@ TEST(ChunkInputs, RunAheadStreamSwitchRefusesAnUnknownValue) {
 
 // On a GPU the spans run ahead on a CUDA stream of their own while the chunks step on the
 // current one: the same bits as all on the current stream (TTT_RUN_AHEAD_STREAM=0), over
-// spans growing from one chunk to 16, each long enough (7 blocks of width 1024 over up to
-// 2048 tokens, about a millisecond) that the streams overlap; eagerly, and through the
-// chunks' CUDA graphs, replayed while spans run beside them; three times, since a missing
-// wait between the streams would show only now and then.
+// spans long enough (7 blocks of width 1024 over 2048 tokens, about a millisecond) that the
+// streams overlap; eagerly, and through the chunks' CUDA graphs (evaluation's spans of 16K
+// tokens, then 2K), replayed while a span runs beside them; three times, since a missing wait
+// between the streams would show only now and then.
 TEST(ChunkInputsOnCuda, SpansBesideTheChunksGiveTheSameBits) {
   ModelConfig c = tiny_config(Variant::kTttE2E);
   c.vocab_size = 512;
@@ -181,8 +181,9 @@ TEST(ChunkInputsOnCuda, SpansBesideTheChunksGiveTheSameBits) {
   const torch::Device cuda(torch::kCUDA, 0);
   const MatmulDtypeGuard precision(torch::kBFloat16);
   const Params p = params_for_inference(c, random_params(c, 3, 0.02, torch::kFloat32), {cuda, torch::kBFloat16});
-  const torch::Tensor tokens = random_tokens(40 * c.mini_batch + 1, c.vocab_size, 11, {0, 700}).to(cuda);
-  const torch::Tensor inputs = tokens.narrow(0, 0, 40 * c.mini_batch);
+  const int64_t chunks = run_ahead_tokens(c, 0) / c.mini_batch + 16;
+  const torch::Tensor tokens = random_tokens(chunks * c.mini_batch + 1, c.vocab_size, 11, {0, 700}).to(cuda);
+  const torch::Tensor inputs = tokens.narrow(0, 0, chunks * c.mini_batch);
   const BlockPoint entry(c.first_suffix_block(), /*past_attention=*/true);
   const auto scanned = [&](const char* stream_setting) {
     const RunAheadStreamSetting setting(stream_setting);
@@ -200,7 +201,7 @@ TEST(ChunkInputsOnCuda, SpansBesideTheChunksGiveTheSameBits) {
     options.graphs = &graphs;
     std::vector<torch::Tensor> nlls;
     for (int sequence = 0; sequence < 3; ++sequence) nlls.push_back(run_sequence(c, p, tokens, options).nll);
-    EXPECT_EQ(graphs.replays(), 38 + 39 + 39) << "39 updating chunks a sequence, the first eager";
+    EXPECT_EQ(graphs.replays(), 3 * (chunks - 1) - 1) << "all chunks but the last update, the first eagerly";
     return nlls;
   };
   const ScanResult one_stream = scanned("0");
