@@ -745,12 +745,12 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   const int64_t b = config.mini_batch, chunks = (inputs + b - 1) / b;
   // Measured for ttt-e2e only; fa's and swa's chunks (the head alone) keep the forward pass.
   if (!device_bytes || chunks <= 1 || !config.is_ttt()) return 1;
-  // A chunk's graph by a rough count, from 125M's measured peaks at 8K (1.3 GiB a chunk on
-  // average): about nine bytes a token for each of the head's vocabulary entries and, per
-  // suffix block, three a head for each query and key the band spans. The last chunks that fit
+  // A chunk's graph by a rough count, from 125M's measured peaks at 8K (0.9 to 1.1 GiB a
+  // chunk): about seven bytes a token for each of the head's vocabulary entries and, per
+  // suffix block, two a head for each query and key the band spans. The last chunks that fit
   // the budget, where they are at least half the sequence: a tail spares its chunks' forward
-  // pass, which pays at 8K (125M: 4 of 8 chunks 8% faster in 12.6 GiB, the authors' code
-  // peaks at 12.7) and hardly at 32K (4 of 32: 1.7% for 5.8 GiB).
+  // pass, which pays at 8K (125M: 6 of 8 chunks 5% faster than 4, in 12.3 GiB; the authors'
+  // code peaks at 12.7) and hardly at 32K (4 of 32: 1.7% for 5.8 GiB).
   const int64_t suffix_blocks = config.n_layers - config.first_suffix_block();
   constexpr int64_t kTailBytes = int64_t{8} << 30;
   const int64_t budget = std::min(kTailBytes, *device_bytes / 4);
@@ -758,7 +758,7 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   for (int64_t c = chunks - 1; c >= 0; --c) {
     const int64_t rows = std::min(b, inputs - c * b);                // a partial last chunk counts its own
     const int64_t keys = std::min(c * b, config.window - 1) + rows;  // ttt-e2e has a window
-    bytes += rows * (9 * config.vocab_size + 3 * suffix_blocks * config.n_heads * keys);
+    bytes += rows * (7 * config.vocab_size + 2 * suffix_blocks * config.n_heads * keys);
     if (bytes > budget) break;
     ++tail;
   }

@@ -72,9 +72,9 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
 // The tail's chunks (GradientOptions::tail_chunks) for a sequence of `inputs` tokens when the
 // options ask none, on a GPU of `device_bytes` (unset: 1) where the fused kernels serve (the
 // caller asks only there): for ttt-e2e the last chunks whose graphs fit 8 GiB and a quarter of
-// the device by a rough count, where they are at least half the sequence (125M at 8K: 4 of 8
-// chunks, a step 8% faster for a GPU peak of 12.6 GiB against 8.2, measured), else 1 (longer
-// sequences, larger models, fa, swa).
+// the device by a rough count, where they are at least half the sequence (125M at 8K: 6 of 8
+// chunks, a step 5% faster than with 4 for a GPU peak of 12.3 GiB against 10.3, measured),
+// else 1 (longer sequences, larger models, fa, swa).
 int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::optional<int64_t> device_bytes);
 
 // GradientOptions as a sequence of `inputs` inputs runs them on params' device, every choice

@@ -168,21 +168,21 @@ TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 131072, true), 4096);
 }
 
-// The tail (the last chunks run once, as one graph): the last 4 of 125M ttt-e2e's 8 chunks at
-// 8K on an H200 (the rough count: 7.1 GiB, 8.7 with a fifth), a short sequence whole, one
+// The tail (the last chunks run once, as one graph): the last 6 of 125M ttt-e2e's 8 chunks at
+// 8K on an H200 (the rough count: 7.5 GiB, 8.5 with a seventh), a short sequence whole, one
 // where the chunks that fit are fewer than half (longer contexts, larger models, smaller
 // devices), on the CPU and for fa.
 TEST(TailChunks, LastChunksWhereTheirGraphsFitHalfTheSequence) {
   const ModelConfig ttt_125m = paper_config(Variant::kTttE2E, 768, 12, 1664),
                     ttt_760m = paper_config(Variant::kTttE2E, 1536, 24, 3328),
                     fa_125m = paper_config(Variant::kFullAttention, 768, 12, 2048);
-  const int64_t h200 = int64_t{141} << 30, small = int64_t{24} << 30;
-  EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, h200), 4);
+  const int64_t h200 = int64_t{141} << 30, small = int64_t{12} << 30;
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, h200), 6);
   EXPECT_EQ(default_tail_chunks(ttt_125m, 4000, h200), 4);
-  EXPECT_EQ(default_tail_chunks(ttt_125m, 8193, h200), 5);  // a 1-token chunk and the 4 before it
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 8193, h200), 7);  // a 1-token chunk and the 6 before it
   EXPECT_EQ(default_tail_chunks(ttt_125m, 32768, h200), 1);
   EXPECT_EQ(default_tail_chunks(ttt_760m, 8192, h200), 1);
-  EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, small), 1);  // 6 GiB: 3 chunks
+  EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, small), 1);  // 3 GiB: 2 chunks
   EXPECT_EQ(default_tail_chunks(ttt_125m, 8192, std::nullopt), 1);
   EXPECT_EQ(default_tail_chunks(fa_125m, 8192, h200), 1);
 }
