@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A same-machine A/B on the lent GPU machine, second half (there): the working tree against
-# the baseline scripts/ab_base.sh REV put into .ab_base/ (carried along). Builds the
-# baseline's `ttt` in the background while scripts/gpu.sh builds and tests the working tree,
-# then runs `ttt bench FLAGS` for both, alternating (working tree first), --rounds times each,
-# and prints each row's tokens/s and GPU peak for both with their ratio (medians over rounds).
-# Logs and JSON go to $OUT.
+# the baselines scripts/ab_base.sh REV... put into .ab_base/ (carried along). Builds the
+# baselines' `ttt` in the background while scripts/gpu.sh builds and tests the working tree,
+# then runs `ttt bench FLAGS` for each, alternating (working tree first, then the baselines in
+# the order named), --rounds times each, and prints each row's tokens/s and GPU peak for all
+# with the ratio working tree / baseline (medians over rounds). In $OUT: ab.txt (that table),
+# ab-runs.tgz (every round's JSON and output, the baselines' build logs) and gpu.sh's files:
+# few files, since a call brings back at most 8.
 #   scripts/gpu_ab.sh [--rounds N] [--no-test | --tests REGEX] -- BENCH FLAGS...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,25 +23,38 @@ while [[ $# -gt 0 && "$1" != "--" ]]; do
 done
 [[ "${1:-}" == "--" ]] && shift
 [[ $# -gt 0 ]] || { echo "gpu_ab: give the bench flags after --" >&2; exit 2; }
-[[ -f .ab_base/rev ]] || { echo "gpu_ab: no .ab_base/ (run scripts/ab_base.sh REV first, carry .ab_base)" >&2; exit 2; }
+[[ -s .ab_base/revs ]] || { echo "gpu_ab: no .ab_base/ (run scripts/ab_base.sh REV... first, carry .ab_base)" >&2; exit 2; }
+mapfile -t revs <.ab_base/revs
 mkdir -p "$out"
-base=/tmp/ab-base
-(
-  rm -rf "$base" && mkdir -p "$base"
-  cp -r CMakeLists.txt src apps tests bench fuzz scripts .deps "$base"/
-  cp -r .ab_base/tree/. "$base"/
-  while read -r path; do [[ -n $path ]] && rm -f "$base/$path"; done <.ab_base/removed
-  cd "$base"
-  prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
-    -DCMAKE_INCLUDE_PATH="$PWD/.deps/include" -DTTT_GTEST_SOURCE_DIR="$PWD/.deps/googletest"
-  cmake --build build --parallel "$(nproc)" --target ttt
-) >"$out/ab-base-build.log" 2>&1 &
-base_build=$!
-scripts/gpu.sh "${test_flags[@]}"
-wait "$base_build" || { echo "gpu_ab: the baseline did not build:" >&2; tail -30 "$out/ab-base-build.log" >&2; exit 1; }
-for ((i = 1; i <= rounds; ++i)); do
-  build-gpu/ttt bench --json "$out/ab-new-$i.json" "$@" >"$out/ab-new-$i.txt" 2>&1
-  "$base/build/ttt" bench --json "$out/ab-base-$i.json" "$@" >"$out/ab-base-$i.txt" 2>&1
+runs=/tmp/ab-runs
+rm -rf "$runs" && mkdir -p "$runs"
+prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+builds=()
+for rev in "${revs[@]}"; do
+  (
+    base=/tmp/ab-base-$rev
+    rm -rf "$base" && mkdir -p "$base"
+    cp -r CMakeLists.txt src apps tests bench fuzz scripts .deps "$base"/
+    cp -r ".ab_base/$rev/tree/." "$base"/
+    while read -r path; do [[ -n $path ]] && rm -f "$base/$path"; done <".ab_base/$rev/removed"
+    cd "$base"
+    cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
+      -DCMAKE_INCLUDE_PATH="$PWD/.deps/include" -DTTT_GTEST_SOURCE_DIR="$PWD/.deps/googletest"
+    cmake --build build --parallel "$(nproc)" --target ttt
+  ) >"$runs/build-$rev.log" 2>&1 &
+  builds+=($!)
 done
-python3 scripts/ab_summary.py "$(cat .ab_base/rev)" "$out"/ab-new-*.json -- "$out"/ab-base-*.json | tee "$out/ab.txt"
+scripts/gpu.sh "${test_flags[@]}"
+for i in "${!revs[@]}"; do
+  wait "${builds[$i]}" || { echo "gpu_ab: baseline ${revs[$i]} did not build:" >&2; tail -30 "$runs/build-${revs[$i]}.log" >&2; exit 1; }
+done
+for ((i = 1; i <= rounds; ++i)); do
+  build-gpu/ttt bench --json "$runs/new-$i.json" "$@" >"$runs/new-$i.txt" 2>&1
+  for rev in "${revs[@]}"; do
+    "/tmp/ab-base-$rev/build/ttt" bench --json "$runs/$rev-$i.json" "$@" >"$runs/$rev-$i.txt" 2>&1
+  done
+done
+summary=("$runs"/new-*.json)
+for rev in "${revs[@]}"; do summary+=(-- "$rev" "$runs/$rev"-*.json); done
+tar -czf "$out/ab-runs.tgz" -C "$runs" .
+python3 scripts/ab_summary.py "${summary[@]}" | tee "$out/ab.txt"
