@@ -675,39 +675,58 @@ torch::Tensor plus_product(const torch::Tensor& sum, const torch::Tensor& a, con
   return b.defined() ? torch::baddbmm(sum, a, b) : sum;
 }
 
-// attend's backward as a function of q, k, v and the output's adjoint dO, given the forward's
-// probabilities (values: their dependence on q and k is in the formulas of the backward).
-// Returns dQ, dK, dV in q's, k's and v's dtypes.
+// The columns of keys `from` on of an [H, Tq, Tk] term (a view).
+torch::Tensor key_columns(const torch::Tensor& t, int64_t from) {
+  return from == 0 ? t : t.narrow(2, from, t.size(2) - from);
+}
+
+// The keys (or values) before the span's and the span's own, joined: [S + Tq, H, d].
+torch::Tensor joined_rows(const torch::Tensor& cached, const torch::Tensor& span) { return torch::cat({cached, span}); }
+
+// attend's backward as a function of q, the keys and values in two parts (the cache's, then
+// the span's own, as BandedAttention takes them) and the output's adjoint dO, given the
+// forward's probabilities (values: their dependence on q and k is in the formulas of the
+// backward). Returns dQ, and dK, dV of the joined keys from row `key_from` on (those whose
+// gradient is asked for: an inner gradient asks none of the cache's), in the inputs' dtypes.
 class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                                                const torch::Tensor& cached_k, const torch::Tensor& cached_v,
                                                 const torch::Tensor& k, const torch::Tensor& v,
-                                                const torch::Tensor& grad_out, const BandedProbs& p) {
+                                                const torch::Tensor& grad_out, const BandedProbs& p, int64_t key_from) {
     const torch::Dtype dtype = matmul_dtype_for(q);
+    const torch::Tensor keys = joined_rows(cached_k, k), values = joined_rows(cached_v, v);
     const torch::Tensor grad_o = output_by_head(grad_out, q);
-    const ProbsBackward b = probs_backward(p, torch::matmul(grad_o, by_head(v, dtype).transpose(1, 2)));
-    ctx->save_for_backward({q, k, v, grad_out});
+    const ProbsBackward b = probs_backward(p, torch::matmul(grad_o, by_head(values, dtype).transpose(1, 2)));
+    ctx->save_for_backward({q, cached_k, cached_v, k, v, grad_out});  // the parts: no joined copy kept
     // Intermediates and inputs outside the graph, never an output: kept as data.
     save_probs(ctx, p);
     ctx->saved_data["grad_probs"] = b.grad_probs;
     ctx->saved_data["dots"] = b.dots;
     ctx->saved_data["grad_scores"] = b.grad_scores;
+    ctx->saved_data["key_from"] = key_from;
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one: no zeros made
-    return {query_gradient(torch::matmul(b.grad_scores, by_head(k, dtype)), q),
-            key_gradient(torch::matmul(b.grad_scores.transpose(1, 2), scaled_queries(q)), k),
-            key_gradient(torch::matmul(p.narrow.transpose(1, 2), grad_o), v)};
+    const auto asked = [&](const torch::Tensor& t) { return key_columns(t, key_from); };
+    return {query_gradient(torch::matmul(b.grad_scores, by_head(keys, dtype)), q),
+            key_gradient(torch::matmul(asked(b.grad_scores).transpose(1, 2), scaled_queries(q)), k),
+            key_gradient(torch::matmul(asked(p.narrow).transpose(1, 2), grad_o), v)};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    torch::autograd::variable_list result(5);
+    torch::autograd::variable_list result(8);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return result;
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &grad_out = saved[3];
+    const torch::Tensor &q = saved[0], &cached_k = saved[1], &cached_v = saved[2], &k = saved[3], &v = saved[4],
+                        &grad_out = saved[5];
+    // Joined again (recorded where autograd records: a third order reaches both parts).
+    const torch::Tensor keys = joined_rows(cached_k, k), values = joined_rows(cached_v, v);
+    const int64_t cached = cached_k.size(0), key_from = ctx->saved_data["key_from"].toInt();
     const torch::Dtype dtype = matmul_dtype_for(q);
-    const torch::Tensor qs = scaled_queries(q), kh = by_head(k, dtype), vh = by_head(v, dtype);
+    const auto asked = [&](const torch::Tensor& t) { return key_columns(t, key_from); };
+    const torch::Tensor qs = scaled_queries(q), kh = by_head(keys, dtype), vh = by_head(values, dtype);
     const torch::Tensor grad_o = output_by_head(grad_out, q);
     // The forward's terms; while autograd records (a third order) recomputed from q, k, v and
     // dO, so that the formulas below differentiate again.
@@ -715,7 +734,7 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     ProbsBackward b{ctx->saved_data["grad_probs"].toTensor(), ctx->saved_data["dots"].toTensor(),
                     ctx->saved_data["grad_scores"].toTensor()};
     if (torch::GradMode::is_enabled()) {
-      p = banded_probs(attention_scores(q, k), p.window);
+      p = banded_probs(attention_scores(q, keys), p.window);
       b = probs_backward(p, torch::matmul(grad_o, vh.transpose(1, 2)));
     }
     // The adjoints by head in the matmul dtype (dQ's through its scaling), and G = [s a_Q | Q]
@@ -725,6 +744,14 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     };
     const torch::Tensor a_q = adjoint(grads[0], attention_scale(q)), a_k = adjoint(grads[1], 1.0),
                         a_v = adjoint(grads[2], 1.0);
+    // The adjoints of dK and dV over every key (zero before key_from), where a product needs
+    // them so.
+    const auto all_keys = [&](const torch::Tensor& rows) {
+      if (!rows.defined() || key_from == 0) return rows;
+      std::vector<int64_t> shape = rows.sizes().vec();
+      shape[1] = key_from;
+      return torch::cat({torch::zeros(shape, rows.options()), rows}, 1);
+    };
     std::vector<torch::Tensor> left, right;
     if (a_q.defined()) {
       left.push_back(a_q);
@@ -732,62 +759,95 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     }
     if (a_k.defined()) {
       left.push_back(qs);
-      right.push_back(a_k);
+      right.push_back(all_keys(a_k));
     }
     const auto joined = [](const std::vector<torch::Tensor>& parts) {
       return parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
     };
     const torch::Tensor grad_of_grad_scores =
         left.empty() ? torch::Tensor() : torch::matmul(joined(left), joined(right).transpose(1, 2));
-    const torch::Tensor grad_of_probs = a_v.defined() ? torch::matmul(grad_o, a_v.transpose(1, 2)) : torch::Tensor();
+    const torch::Tensor grad_of_probs =
+        a_v.defined() ? torch::matmul(grad_o, all_keys(a_v).transpose(1, 2)) : torch::Tensor();
     const auto [grad_of_grad_probs, grad_of_scores] = probs_double_backward(p, b, grad_of_grad_scores, grad_of_probs);
     if (ctx->needs_input_grad(0)) {
-      result[0] = query_gradient(plus_product(torch::matmul(grad_of_scores, kh), b.grad_scores, a_k), q);
+      result[0] = query_gradient(plus_product(torch::matmul(grad_of_scores, kh), asked(b.grad_scores), a_k), q);
     }
-    if (ctx->needs_input_grad(1)) {
-      result[1] = key_gradient(
-          plus_product(torch::matmul(grad_of_scores.transpose(1, 2), qs), b.grad_scores.transpose(1, 2), a_q), k);
+    // The joined keys' and values' gradients, handed to the parts they came from.
+    const auto to_parts = [&](const torch::Tensor& joined_grad, size_t first) {
+      result[first] = joined_grad.narrow(0, 0, cached);
+      result[first + 2] = joined_grad.narrow(0, cached, k.size(0));
+    };
+    if (ctx->needs_input_grad(1) || ctx->needs_input_grad(3)) {
+      const torch::Tensor of_keys =
+          plus_product(torch::matmul(grad_of_scores.transpose(1, 2), qs), b.grad_scores.transpose(1, 2), a_q);
+      to_parts(key_gradient(of_keys, k), 1);
     }
-    if (ctx->needs_input_grad(2) && grad_of_grad_probs.defined()) {
-      result[2] = key_gradient(torch::matmul(grad_of_grad_probs.transpose(1, 2), grad_o), v);
+    if ((ctx->needs_input_grad(2) || ctx->needs_input_grad(4)) && grad_of_grad_probs.defined()) {
+      to_parts(key_gradient(torch::matmul(grad_of_grad_probs.transpose(1, 2), grad_o), v), 2);
     }
-    if (ctx->needs_input_grad(3)) {
+    if (ctx->needs_input_grad(5)) {
       const torch::Tensor of_grad_o = grad_of_grad_probs.defined()
-                                          ? plus_product(torch::matmul(grad_of_grad_probs, vh), p.narrow, a_v)
-                                          : torch::matmul(p.narrow, a_v);  // a_v is defined then
-      result[3] = merged_heads(of_grad_o).to(grad_out.scalar_type());
+                                          ? plus_product(torch::matmul(grad_of_grad_probs, vh), asked(p.narrow), a_v)
+                                          : torch::matmul(asked(p.narrow), a_v);  // a_v is defined then
+      result[5] = merged_heads(of_grad_o).to(grad_out.scalar_type());
     }
     return result;
   }
 };
 
-// The attention itself; its backward is BandedAttentionGrad.
+// The attention itself over keys and values given in two parts, those before the span's (the
+// cache) and the span's own, as separate inputs: its backward is BandedAttentionGrad's forward,
+// which computes the cache rows' dK and dV only where they are asked for (an inner gradient,
+// taken with respect to fast weights the cache does not depend on, asks none: 8 of 9 keys
+// at a full window with chunks of 1024).
 class BandedAttention : public torch::autograd::Function<BandedAttention> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                               const torch::Tensor& cached_k, const torch::Tensor& cached_v, const torch::Tensor& k,
                                const torch::Tensor& v, int64_t window) {
-    const BandedProbs p = banded_probs(attention_scores(q, k), window);
-    ctx->save_for_backward({q, k, v});
+    const BandedProbs p = banded_probs(attention_scores(q, joined_rows(cached_k, k)), window);
+    ctx->save_for_backward({q, cached_k, cached_v, k, v});
     save_probs(ctx, p);  // intermediates (never the output): kept as data
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);
-    return attention_mix(p.narrow, v, q);
+    return attention_mix(p.narrow, joined_rows(cached_v, v), q);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    torch::autograd::variable_list result(6);
+    if (!grads[0].defined()) return result;
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const torch::autograd::variable_list dq_dk_dv =
-        BandedAttentionGrad::apply(saved[0], saved[1], saved[2], grads[0], saved_probs(ctx));
-    return {dq_dk_dv[0], dq_dk_dv[1], dq_dk_dv[2], torch::Tensor()};
+    const torch::Tensor &cached_k = saved[1], &k = saved[3];
+    const int64_t cached = cached_k.size(0);
+    const bool cache_asked = ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
+    const int64_t key_from = cache_asked ? 0 : cached;
+    const torch::autograd::variable_list grad =
+        BandedAttentionGrad::apply(saved[0], cached_k, saved[2], k, saved[4], grads[0], saved_probs(ctx), key_from);
+    result[0] = grad[0];
+    for (const size_t i : {1, 2}) {  // dK, dV of the joined rows from key_from on
+      if (cache_asked) result[i] = grad[i].narrow(0, 0, cached);
+      result[i + 2] = grad[i].narrow(0, cached - key_from, k.size(0));
+    }
+    return result;
   }
 };
 
 // attend for attend_span's layout, with the band computed from it instead of a mask. Same
-// numbers as attend.
-torch::Tensor attend_banded(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, int64_t window) {
+// numbers as attend. With `parts` the cache's keys and values and the span's own are
+// BandedAttention's separate inputs (k and v their concatenation); without, k and v are the
+// span's part, after an empty cache.
+torch::Tensor attend_banded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window,
+                            const SpanKeys* parts) {
+  const bool split = parts != nullptr && parts->keys.defined() && parts->keys.size(0) == q.size(0) &&
+                     parts->cached_keys.defined() && parts->cached_keys.size(0) + q.size(0) == k.size(0);
+  const auto none = [](const torch::Tensor& like) {
+    std::vector<int64_t> sizes = like.sizes().vec();
+    sizes[0] = 0;
+    return torch::empty(sizes, like.options());
+  };
+  torch::Tensor cached_k = split ? parts->cached_keys : none(k), cached_v = split ? parts->cached_values : none(v);
   // cuBLAS takes its slow unaligned kernels (2-3x, a fifth of a 32K training step) unless the
   // keys' count, the scores' row stride, is a multiple of 8; a full window's cache has
   // window - 1 keys. Leading zero keys pad it: behind a full window they lie outside every
@@ -799,10 +859,10 @@ torch::Tensor attend_banded(const torch::Tensor& q, torch::Tensor k, torch::Tens
       sizes[0] = pad;
       return torch::cat({torch::zeros(sizes, t.options()), t});
     };
-    k = padded(k);
-    v = padded(v);
+    cached_k = padded(cached_k);
+    cached_v = padded(cached_v);
   }
-  return BandedAttention::apply(q, k, v, window);
+  return BandedAttention::apply(q, cached_k, cached_v, split ? parts->keys : k, split ? parts->values : v, window);
 }
 
 }  // namespace
@@ -1090,7 +1150,7 @@ constexpr int64_t kWindowByPartsMinQueries = 2048;
 
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
-                          Order order) {
+                          Order order, const SpanKeys* parts) {
 #if TORCH_VERSION_MAJOR >= 2
   if (order == Order::kFirst && fused_attention_available(q)) {
     const int64_t Tq = q.size(0), Tk = k.size(0), H = q.size(1), d = q.size(2);
@@ -1160,7 +1220,7 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
   }
   // Differentiable twice, with its backward and double backward written out (on CUDA the
   // row-wise work in our kernels).
-  return attend_banded(q, k, v, window);
+  return attend_banded(q, k, v, window, parts);
 }
 
 namespace {

@@ -119,10 +119,17 @@ bool fused_attention_available(const torch::Tensor& like);
 // double backward are written out (on CUDA its row-wise work in our kernels; on the CPU a
 // forward, gradient and second-order gradient took 0.81-0.95x the time of `attend`'s at the
 // tests' shapes, fp64 and fp32). The mask is only built where needed. Returns what `attend`
-// returns, in the same dtype.
+// returns, in the same dtype. `parts`, where given, holds k and v as the two tensors they
+// were joined from (the cache's rows, then the span's): the composable form takes them apart,
+// so that a gradient that asks nothing of the cache (the inner loop's, of fast weights)
+// computes nothing for its keys.
+struct SpanKeys {
+  torch::Tensor cached_keys, cached_values;  // [S, H, d]
+  torch::Tensor keys, values;                // [Tq, H, d]
+};
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& query_positions, const torch::Tensor& key_positions, int64_t window,
-                          Order order = Order::kFirst);
+                          Order order = Order::kFirst, const SpanKeys* parts = nullptr);
 
 // One query's attention over a decode step's ring (infer/decode_step.h): q [1, H, d], keys
 // and values [C, H, d] in slots whose token positions are slot_positions [C] (int64), seen

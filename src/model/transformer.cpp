@@ -75,8 +75,13 @@ torch::Tensor run_blocks(const ModelConfig& c, const Params& params, torch::Tens
                          Order after_fast_weights) {
   const BlockAttention through_cache = [&](int64_t block, const torch::Tensor& q, const torch::Tensor& k,
                                            const torch::Tensor& v, Order order) {
+    const KvEntries cached = cache.entries(block);
     const KvEntries seen = cache.extend(block, {k, v, positions});
-    return attend_span(q, seen.keys, seen.values, positions, seen.positions, c.attention_window(), order);
+    if (cached.rows() == 0 || cached.rows() + k.size(0) != seen.rows()) {
+      return attend_span(q, seen.keys, seen.values, positions, seen.positions, c.attention_window(), order);
+    }
+    const SpanKeys parts{cached.keys, cached.values, k, v};  // seen's rows, as they were joined
+    return attend_span(q, seen.keys, seen.values, positions, seen.positions, c.attention_window(), order, &parts);
   };
   const RopeTable rotation = rope_table(positions, c.head_dim(), c.rope_theta, h.scalar_type());
   return run_blocks(c, params, std::move(h), rotation, through_cache, first, last, prime, after_fast_weights);

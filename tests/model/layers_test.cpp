@@ -351,6 +351,69 @@ TEST(Layers, BandedAttentionsDoubleBackwardTakesUndefinedAdjoints) {
   }
 }
 
+// The banded attention with the cache's keys and values as inputs of their own (attend_span's
+// `parts`, as the scan passes them) against attend over their concatenation, in fp64: the
+// value and its derivatives with respect to q, both parts of k and v (and the probes) to the
+// third order, and an inner loop's second order: a first gradient that asks nothing of the
+// cache (taken with respect to q and the span's keys and values, as the fast weights' is),
+// differentiated again with respect to everything, the cache included.
+TEST(Layers, BandedAttentionTakesTheCacheApart) {
+  for (const BandedCase& c : kBandedCases) {
+    if (c.cached == 0) continue;
+    SCOPED_TRACE(describe(c));
+    const BandedInputs in(c);
+    struct Leaves {
+      torch::Tensor q, cached_k, cached_v, k, v;
+      std::vector<torch::Tensor> all() const { return {q, cached_k, cached_v, k, v}; }
+    };
+    const auto leaves = [&] {
+      const auto leaf = [](const torch::Tensor& t) { return t.clone().requires_grad_(); };
+      return Leaves{leaf(in.q), leaf(in.k.narrow(0, 0, c.cached)), leaf(in.v.narrow(0, 0, c.cached)),
+                    leaf(in.k.narrow(0, c.cached, c.Tq)), leaf(in.v.narrow(0, c.cached, c.Tq))};
+    };
+    const auto attention = [&](const Leaves& l, bool apart) {
+      const torch::Tensor k = torch::cat({l.cached_k, l.k}), v = torch::cat({l.cached_v, l.v});
+      if (!apart) return attend(l.q, k, v, attention_mask(in.query_positions, in.key_positions, c.window));
+      const SpanKeys parts{l.cached_k, l.cached_v, l.k, l.v};
+      const torch::Tensor out =
+          attend_span(l.q, k, v, in.query_positions, in.key_positions, c.window, Order::kSecond, &parts);
+      EXPECT_NE(out.grad_fn()->name().find("BandedAttention"), std::string::npos);
+      return out;
+    };
+    const auto orders = [&](bool apart) {
+      const Leaves l = leaves();
+      return test::derivatives([&] { return attention(l, apart); }, l.all(), 3, 9);
+    };
+    const std::vector<torch::Tensor> reference = orders(false), apart = orders(true);
+    ASSERT_EQ(apart.size(), reference.size());
+    for (size_t i = 0; i < reference.size(); ++i) {
+      ASSERT_EQ(apart[i].sizes(), reference[i].sizes()) << i;
+      EXPECT_TRUE(torch::allclose(apart[i], reference[i], 0, 1e-12)) << i;
+    }
+    const auto inner_loops = [&](bool apart) {
+      torch::manual_seed(13);
+      const Leaves l = leaves();
+      const torch::Tensor out = attention(l, apart);
+      const torch::Tensor probe = torch::randn(out.sizes(), torch::kFloat64).requires_grad_();
+      const std::vector<torch::Tensor> first = torch::autograd::grad({(out * probe).sum()}, {l.q, l.k, l.v}, {},
+                                                                     /*retain_graph=*/true, /*create_graph=*/true);
+      torch::Tensor objective = torch::zeros({}, torch::kFloat64);
+      for (const torch::Tensor& g : first) objective = objective + (g * torch::randn(g.sizes(), torch::kFloat64)).sum();
+      std::vector<torch::Tensor> wrt = l.all();
+      wrt.push_back(probe);
+      std::vector<torch::Tensor> result = first;
+      for (const torch::Tensor& g : test::gradients_or_zeros(objective, wrt)) result.push_back(g);
+      return result;
+    };
+    const std::vector<torch::Tensor> inner_reference = inner_loops(false), inner_apart = inner_loops(true);
+    ASSERT_EQ(inner_apart.size(), inner_reference.size());
+    for (size_t i = 0; i < inner_reference.size(); ++i) {
+      EXPECT_GT(inner_reference[i].abs().max().item<double>(), 1e-3) << i;  // the cache's too
+      EXPECT_TRUE(torch::allclose(inner_apart[i], inner_reference[i], 0, 1e-12)) << i;
+    }
+  }
+}
+
 // Autograd runs a CUDA graph's backward on a device thread of its own, outside the forward's
 // MatmulDtypeGuard (thread-local): the attention Functions keep their forward's matmul dtype.
 // Here the backward runs on a thread of the test's own, against the same on the forward's.
