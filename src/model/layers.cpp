@@ -680,50 +680,73 @@ torch::Tensor key_columns(const torch::Tensor& t, int64_t from) {
   return from == 0 ? t : t.narrow(2, from, t.size(2) - from);
 }
 
-// The keys (or values) before the span's and the span's own, joined: [S + Tq, H, d].
-torch::Tensor joined_rows(const torch::Tensor& cached, const torch::Tensor& span) { return torch::cat({cached, span}); }
+// The keys and values the banded attention attends over, [pad zeros | cache | span's own]
+// ([pad + S + Tk, H, d]), as data made once outside the graph (the scan's cache joined them
+// already); the graph's inputs are the parts. `pad` leading zero keys make the count a
+// multiple of 8 (see attend_banded).
+struct JoinedKeys {
+  torch::Tensor keys, values;
+  int64_t pad = 0;
+};
+
+// n zero rows shaped like t's.
+torch::Tensor zero_rows(int64_t n, const torch::Tensor& t) {
+  std::vector<int64_t> sizes = t.sizes().vec();
+  sizes[0] = n;
+  return torch::zeros(sizes, t.options());
+}
+
+// The parts joined again while autograd records (a third order reaches both parts).
+torch::Tensor recorded_rows(int64_t pad, const torch::Tensor& cached, const torch::Tensor& span) {
+  return torch::cat({zero_rows(pad, span), cached, span});
+}
 
 // attend's backward as a function of q, the keys and values in two parts (the cache's, then
 // the span's own, as BandedAttention takes them) and the output's adjoint dO, given the
 // forward's probabilities (values: their dependence on q and k is in the formulas of the
-// backward). Returns dQ, and dK, dV of the joined keys from row `key_from` on (those whose
+// backward). Returns dQ, and dK, dV of the joined rows from `key_from` on (those whose
 // gradient is asked for: an inner gradient asks none of the cache's), in the inputs' dtypes.
 class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                                 const torch::Tensor& cached_k, const torch::Tensor& cached_v,
                                                 const torch::Tensor& k, const torch::Tensor& v,
-                                                const torch::Tensor& grad_out, const BandedProbs& p, int64_t key_from) {
+                                                const torch::Tensor& grad_out, const BandedProbs& p,
+                                                const JoinedKeys& joined, int64_t key_from) {
     const torch::Dtype dtype = matmul_dtype_for(q);
-    const torch::Tensor keys = joined_rows(cached_k, k), values = joined_rows(cached_v, v);
     const torch::Tensor grad_o = output_by_head(grad_out, q);
-    const ProbsBackward b = probs_backward(p, torch::matmul(grad_o, by_head(values, dtype).transpose(1, 2)));
-    ctx->save_for_backward({q, cached_k, cached_v, k, v, grad_out});  // the parts: no joined copy kept
+    const ProbsBackward b = probs_backward(p, torch::matmul(grad_o, by_head(joined.values, dtype).transpose(1, 2)));
+    ctx->save_for_backward({q, cached_k, cached_v, k, v, grad_out});
     // Intermediates and inputs outside the graph, never an output: kept as data.
     save_probs(ctx, p);
     ctx->saved_data["grad_probs"] = b.grad_probs;
     ctx->saved_data["dots"] = b.dots;
     ctx->saved_data["grad_scores"] = b.grad_scores;
+    ctx->saved_data["keys"] = joined.keys;
+    ctx->saved_data["values"] = joined.values;
+    ctx->saved_data["pad"] = joined.pad;
     ctx->saved_data["key_from"] = key_from;
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);  // an undefined adjoint is a zero one: no zeros made
     const auto asked = [&](const torch::Tensor& t) { return key_columns(t, key_from); };
-    return {query_gradient(torch::matmul(b.grad_scores, by_head(keys, dtype)), q),
+    return {query_gradient(torch::matmul(b.grad_scores, by_head(joined.keys, dtype)), q),
             key_gradient(torch::matmul(asked(b.grad_scores).transpose(1, 2), scaled_queries(q)), k),
             key_gradient(torch::matmul(asked(p.narrow).transpose(1, 2), grad_o), v)};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    torch::autograd::variable_list result(8);
+    torch::autograd::variable_list result(9);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return result;
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::Tensor &q = saved[0], &cached_k = saved[1], &cached_v = saved[2], &k = saved[3], &v = saved[4],
                         &grad_out = saved[5];
-    // Joined again (recorded where autograd records: a third order reaches both parts).
-    const torch::Tensor keys = joined_rows(cached_k, k), values = joined_rows(cached_v, v);
-    const int64_t cached = cached_k.size(0), key_from = ctx->saved_data["key_from"].toInt();
+    const int64_t pad = ctx->saved_data["pad"].toInt(), cached = cached_k.size(0),
+                  key_from = ctx->saved_data["key_from"].toInt();
+    const bool recording = torch::GradMode::is_enabled();
+    const torch::Tensor keys = recording ? recorded_rows(pad, cached_k, k) : ctx->saved_data["keys"].toTensor();
+    const torch::Tensor values = recording ? recorded_rows(pad, cached_v, v) : ctx->saved_data["values"].toTensor();
     const torch::Dtype dtype = matmul_dtype_for(q);
     const auto asked = [&](const torch::Tensor& t) { return key_columns(t, key_from); };
     const torch::Tensor qs = scaled_queries(q), kh = by_head(keys, dtype), vh = by_head(values, dtype);
@@ -733,7 +756,7 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     BandedProbs p = saved_probs(ctx);
     ProbsBackward b{ctx->saved_data["grad_probs"].toTensor(), ctx->saved_data["dots"].toTensor(),
                     ctx->saved_data["grad_scores"].toTensor()};
-    if (torch::GradMode::is_enabled()) {
+    if (recording) {
       p = banded_probs(attention_scores(q, keys), p.window);
       b = probs_backward(p, torch::matmul(grad_o, vh.transpose(1, 2)));
     }
@@ -745,7 +768,7 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
     const torch::Tensor a_q = adjoint(grads[0], attention_scale(q)), a_k = adjoint(grads[1], 1.0),
                         a_v = adjoint(grads[2], 1.0);
     // The adjoints of dK and dV over every key (zero before key_from), where a product needs
-    // them so.
+    // them so: [H, key_from, d] zeros, small beside the [H, Tq, Tk] products they enter.
     const auto all_keys = [&](const torch::Tensor& rows) {
       if (!rows.defined() || key_from == 0) return rows;
       std::vector<int64_t> shape = rows.sizes().vec();
@@ -761,21 +784,21 @@ class BandedAttentionGrad : public torch::autograd::Function<BandedAttentionGrad
       left.push_back(qs);
       right.push_back(all_keys(a_k));
     }
-    const auto joined = [](const std::vector<torch::Tensor>& parts) {
+    const auto concatenated = [](const std::vector<torch::Tensor>& parts) {
       return parts.size() == 1 ? parts[0] : torch::cat(parts, -1);
     };
     const torch::Tensor grad_of_grad_scores =
-        left.empty() ? torch::Tensor() : torch::matmul(joined(left), joined(right).transpose(1, 2));
+        left.empty() ? torch::Tensor() : torch::matmul(concatenated(left), concatenated(right).transpose(1, 2));
     const torch::Tensor grad_of_probs =
         a_v.defined() ? torch::matmul(grad_o, all_keys(a_v).transpose(1, 2)) : torch::Tensor();
     const auto [grad_of_grad_probs, grad_of_scores] = probs_double_backward(p, b, grad_of_grad_scores, grad_of_probs);
     if (ctx->needs_input_grad(0)) {
       result[0] = query_gradient(plus_product(torch::matmul(grad_of_scores, kh), asked(b.grad_scores), a_k), q);
     }
-    // The joined keys' and values' gradients, handed to the parts they came from.
+    // The joined rows' gradients, handed to the parts they came from (the pad's dropped).
     const auto to_parts = [&](const torch::Tensor& joined_grad, size_t first) {
-      result[first] = joined_grad.narrow(0, 0, cached);
-      result[first + 2] = joined_grad.narrow(0, cached, k.size(0));
+      result[first] = joined_grad.narrow(0, pad, cached);
+      result[first + 2] = joined_grad.narrow(0, pad + cached, k.size(0));
     };
     if (ctx->needs_input_grad(1) || ctx->needs_input_grad(3)) {
       const torch::Tensor of_keys =
@@ -804,65 +827,63 @@ class BandedAttention : public torch::autograd::Function<BandedAttention> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                const torch::Tensor& cached_k, const torch::Tensor& cached_v, const torch::Tensor& k,
-                               const torch::Tensor& v, int64_t window) {
-    const BandedProbs p = banded_probs(attention_scores(q, joined_rows(cached_k, k)), window);
+                               const torch::Tensor& v, const JoinedKeys& joined, int64_t window) {
+    const BandedProbs p = banded_probs(attention_scores(q, joined.keys), window);
     ctx->save_for_backward({q, cached_k, cached_v, k, v});
     save_probs(ctx, p);  // intermediates (never the output): kept as data
+    ctx->saved_data["keys"] = joined.keys;
+    ctx->saved_data["values"] = joined.values;
+    ctx->saved_data["pad"] = joined.pad;
     save_matmul_dtype(ctx);
     ctx->set_materialize_grads(false);
-    return attention_mix(p.narrow, joined_rows(cached_v, v), q);
+    return attention_mix(p.narrow, joined.values, q);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    torch::autograd::variable_list result(6);
+    torch::autograd::variable_list result(7);
     if (!grads[0].defined()) return result;
     const MatmulDtypeGuard precision = forwards_matmul_dtype(ctx);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const torch::Tensor &cached_k = saved[1], &k = saved[3];
+    const JoinedKeys joined{ctx->saved_data["keys"].toTensor(), ctx->saved_data["values"].toTensor(),
+                            ctx->saved_data["pad"].toInt()};
     const int64_t cached = cached_k.size(0);
     const bool cache_asked = ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
-    const int64_t key_from = cache_asked ? 0 : cached;
-    const torch::autograd::variable_list grad =
-        BandedAttentionGrad::apply(saved[0], cached_k, saved[2], k, saved[4], grads[0], saved_probs(ctx), key_from);
+    const int64_t key_from = cache_asked ? 0 : joined.pad + cached;
+    const torch::autograd::variable_list grad = BandedAttentionGrad::apply(
+        saved[0], cached_k, saved[2], k, saved[4], grads[0], saved_probs(ctx), joined, key_from);
     result[0] = grad[0];
     for (const size_t i : {1, 2}) {  // dK, dV of the joined rows from key_from on
-      if (cache_asked) result[i] = grad[i].narrow(0, 0, cached);
-      result[i + 2] = grad[i].narrow(0, cached - key_from, k.size(0));
+      if (cache_asked) result[i] = grad[i].narrow(0, joined.pad, cached);
+      result[i + 2] = grad[i].narrow(0, joined.pad + cached - key_from, k.size(0));
     }
     return result;
   }
 };
 
 // attend for attend_span's layout, with the band computed from it instead of a mask. Same
-// numbers as attend. With `parts` the cache's keys and values and the span's own are
-// BandedAttention's separate inputs (k and v their concatenation); without, k and v are the
-// span's part, after an empty cache.
+// numbers as attend. k and v are every key and value the queries attend over (the cache's
+// rows, then the span's); `parts`, where given, the two tensors they were joined from, which
+// become BandedAttention's separate inputs (without, the cache is taken as empty and k and v
+// as the span's own).
 torch::Tensor attend_banded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window,
                             const SpanKeys* parts) {
-  const bool split = parts != nullptr && parts->keys.defined() && parts->keys.size(0) == q.size(0) &&
-                     parts->cached_keys.defined() && parts->cached_keys.size(0) + q.size(0) == k.size(0);
-  const auto none = [](const torch::Tensor& like) {
-    std::vector<int64_t> sizes = like.sizes().vec();
-    sizes[0] = 0;
-    return torch::empty(sizes, like.options());
-  };
-  torch::Tensor cached_k = split ? parts->cached_keys : none(k), cached_v = split ? parts->cached_values : none(v);
+  const bool split = parts != nullptr && parts->keys.defined() && parts->cached_keys.defined() &&
+                     parts->cached_keys.size(0) + parts->keys.size(0) == k.size(0);
   // cuBLAS takes its slow unaligned kernels (2-3x, a fifth of a 32K training step) unless the
   // keys' count, the scores' row stride, is a multiple of 8; a full window's cache has
   // window - 1 keys. Leading zero keys pad it: behind a full window they lie outside every
   // query's band (the band ends window - 1 keys before a query's own), so nothing changes.
-  const int64_t pad = (8 - k.size(0) % 8) % 8;
-  if (pad > 0 && window > 0 && k.size(0) - q.size(0) >= window - 1) {
-    const auto padded = [pad](const torch::Tensor& t) {
-      std::vector<int64_t> sizes = t.sizes().vec();
-      sizes[0] = pad;
-      return torch::cat({torch::zeros(sizes, t.options()), t});
-    };
-    cached_k = padded(cached_k);
-    cached_v = padded(cached_v);
-  }
-  return BandedAttention::apply(q, cached_k, cached_v, split ? parts->keys : k, split ? parts->values : v, window);
+  const int64_t pad_to_8 = (8 - k.size(0) % 8) % 8;
+  const int64_t pad = window > 0 && k.size(0) - q.size(0) >= window - 1 ? pad_to_8 : 0;
+  const auto joined_data = [pad](const torch::Tensor& t) {
+    return pad == 0 ? t.detach() : torch::cat({zero_rows(pad, t), t.detach()});
+  };
+  const JoinedKeys joined{joined_data(k), joined_data(v), pad};
+  if (!split) return BandedAttention::apply(q, zero_rows(0, k), zero_rows(0, v), k, v, joined, window);
+  return BandedAttention::apply(q, parts->cached_keys, parts->cached_values, parts->keys, parts->values, joined,
+                                window);
 }
 
 }  // namespace
