@@ -765,30 +765,43 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   return 2 * tail >= chunks ? tail : 1;
 }
 
+// Up to so many chunks, what grows with the sequence stays on the device.
+constexpr int64_t kAllKeptUpTo = 16;
+
+int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
+                                   int64_t host_bytes) {
+  if (chunks <= kAllKeptUpTo) return 1;
+  const int64_t sqrt_every = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
+  if (!parked_rows_bytes || weight_bytes <= 0) return sqrt_every;
+  // Pinned memory the OS cannot page out: 60% of the host at most, rows and weights together
+  // (760M at 128K: 19 GB of rows and 58 GB of weights on a host of 128 GiB).
+  const int64_t budget = host_bytes / 5 * 3 - *parked_rows_bytes;
+  if (budget < weight_bytes) return sqrt_every;
+  const int64_t kept_at_most = budget / weight_bytes;  // >= 1
+  return std::min(sqrt_every, (chunks + kept_at_most - 1) / kept_at_most);
+}
+
 ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, const Params& params, int64_t inputs,
                                                  const GradientOptions& options) {
   const int64_t b = config.mini_batch, chunks = (inputs + b - 1) / b;
   const torch::Device device = params.final_norm.device();
   const bool fused = fused_attention_available(params.final_norm);
   ResolvedGradientOptions r;
-  // Beyond 16 chunks on a GPU, what grows with the length waits in host memory.
-  constexpr int64_t kAllKeptUpTo = 16;
+  // Beyond kAllKeptUpTo chunks on a GPU, what grows with the length waits in host memory.
   r.park_on_host = options.park_on_host.value_or(device.is_cuda() && chunks > kAllKeptUpTo);
   if (options.keep_weights_every > 0) {
     r.keep_weights_every = options.keep_weights_every;
   } else {
-    // Every chunk's weights where they fit: up to 16 chunks on the device (3B: 1.4 GB each),
-    // and parked in host memory as many as a budget holds (16 GiB, at most a quarter of the
-    // memory this process may use; 125M at 128K: 7 GB); beyond, one in sqrt(chunks), so what
-    // is kept grows as the square root of the length, for one more forward pass of the suffix
-    // (5% of a 125M step at 32K).
-    int64_t bytes = 0;
+    int64_t weight_bytes = 0;
     for (const MlpParams& w : initial_fast_weights(config, params)) {
-      for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) bytes += t->numel() * t->element_size();
+      for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) weight_bytes += t->numel() * t->element_size();
     }
-    const auto budget = [] { return std::min(int64_t{16} << 30, host_memory_limit() / 4); };
-    const bool all_fit = chunks <= kAllKeptUpTo || (r.park_on_host && bytes * chunks <= budget());
-    r.keep_weights_every = all_fit ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
+    std::optional<int64_t> parked_rows_bytes;
+    if (r.park_on_host) {  // every block's keys and values of every input, as the matmuls leave them
+      const int64_t element_bytes = torch::elementSize(matmul_dtype().value_or(params.final_norm.scalar_type()));
+      parked_rows_bytes = inputs * config.n_layers * 2 * config.d_model * element_bytes;
+    }
+    r.keep_weights_every = default_keep_weights_every(chunks, weight_bytes, parked_rows_bytes, host_memory_limit());
   }
   require(options.prefix_span_tokens % b == 0, "internal: the prefix's spans are whole chunks");
   r.prefix_span_tokens =

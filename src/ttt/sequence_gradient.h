@@ -77,6 +77,16 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
 // else 1 (longer sequences, larger models, fa, swa).
 int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::optional<int64_t> device_bytes);
 
+// How often the forward pass keeps the fast weights (GradientOptions::keep_weights_every) when
+// the options ask none, for `chunks` chunks whose fast weights take `weight_bytes` a chunk:
+// every chunk's up to 16 chunks (on the device), and where they are parked (`parked_rows_bytes`
+// set: the cache rows parked beside them) as many as fit 60% of `host_bytes` with those rows;
+// else one in k, k the fewest that fit, at most ceil(sqrt(chunks)) (the reverse scan refills
+// k - 1 chunks' weights on the device at a time). The chunks refilled cost one more forward
+// pass of the suffix each (760M at 128K with k = 12: ~15% of a step by the model FLOPs).
+int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
+                                   int64_t host_bytes);
+
 // GradientOptions as a sequence of `inputs` inputs runs them on params' device, every choice
 // left to the engine made (default_prefix_span_tokens, default_tail_chunks, ...). None changes
 // the gradient; together they shape the computation (GradientGraphs keeps a graph per length

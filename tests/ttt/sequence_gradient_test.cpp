@@ -187,6 +187,21 @@ TEST(TailChunks, LastChunksWhereTheirGraphsFitHalfTheSequence) {
   EXPECT_EQ(default_tail_chunks(fa_125m, 8192, h200), 1);
 }
 
+// The fast weights kept: all up to 16 chunks; parked, as many as 60% of the host holds beside
+// the parked rows (760M at 128K: 128 chunks of 453 MB and 19 GB of rows on a host of 128 GiB
+// keep all, on one of 64 GiB one in 3); where none fit, or not parked, one in ceil(sqrt(chunks)).
+TEST(GradientOptions, KeepsAsManyFastWeightsAsTheHostHolds) {
+  const int64_t gib = int64_t{1} << 30, weights = 453'000'000, rows = 19'300'000'000;
+  EXPECT_EQ(default_keep_weights_every(16, weights, std::nullopt, 128 * gib), 1);
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 128 * gib), 1);
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 64 * gib), 3);  // 48 of 128 fit
+  EXPECT_EQ(default_keep_weights_every(128, weights, std::nullopt, 128 * gib), 12);
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 32 * gib), 12);  // the rows alone fill it
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 40 * gib), 10);  // 14 fit
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 35 * gib), 12);  // 7 fit: one in 19 > sqrt
+  EXPECT_EQ(default_keep_weights_every(17, weights, int64_t{0}, gib), 5);   // 1 fits: sqrt
+}
+
 // The engine's choices resolved: on the CPU no parking, every chunk's weights kept up to 16
 // chunks (then one in sqrt(chunks)), one chunk a prefix span, a tail of 1; an option asked
 // passes through (the tail at most the chunks), and the same options asked resolve alike.
