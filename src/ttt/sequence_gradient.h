@@ -38,8 +38,8 @@ struct GradientOptions {
   double loss_scale = 1.0;   // the gradient accumulated is that of loss_scale * loss
   bool first_order = false;  // inner gradients as constants (for comparison only)
   // The forward pass keeps the fast weights of every so many chunks, and the reverse scan
-  // recomputes the others from them (ttt-e2e); 0: every chunk's up to 16 chunks, then one in
-  // sqrt(chunks). The gradient is the same whatever it is.
+  // recomputes the others from them (ttt-e2e); 0: default_keep_weights_every (below). The
+  // gradient is the same whatever it is.
   int64_t keep_weights_every = 0;
   // Inputs per span of the prefix's checkpoints (whole chunks); 0: default_prefix_span_tokens
   // (below). The gradient is the same whatever it is.
