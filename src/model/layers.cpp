@@ -1167,6 +1167,14 @@ constexpr int64_t kWindowByPartsMinQueries = 2048;
   }();
   return enabled;
 }
+// TTT_CUDNN_WINDOW=0 keeps spans off cuDNN's band (comparisons).
+[[maybe_unused]] bool cudnn_window_enabled() {  // unused before libtorch 2
+  static const bool enabled = [] {
+    const char* setting = std::getenv("TTT_CUDNN_WINDOW");
+    return setting == nullptr || std::string(setting) != "0";
+  }();
+  return enabled;
+}
 }  // namespace
 
 torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -1191,14 +1199,21 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                         .squeeze(0)
                         .transpose(0, 1));
     }
+    const torch::Tensor qd = q.to(dtype), kd = k.to(dtype), vd = v.to(dtype);
+    // A span of whole blocks after a cache (evaluation's chunks, the prefix's spans, full
+    // attention's spans): cuDNN's kernel with its own band, which skips the tiles outside it.
+    if (flash && cudnn_window_enabled()) {
+      if (cudnn_window_attention_refusal(qd, kd, vd, window).empty()) {
+        return merged(cudnn_window_attention(qd, kd, vd, window));
+      }
+    }
     // A span after a full window cache (the prefix's spans): cuDNN's kernel by parts. A span
     // longer than the window by blocks of window - 1 queries, each after the keys it sees: two
     // causal squares a block (its cache is as long as it), in the fewest calls (evaluation's
     // 16K spans: 5% faster at 32K than blocks of 4096, BENCHMARKS).
     if (flash && window_attention_by_parts_enabled() && window - 1 >= kWindowByPartsMinQueries) {
       if (window_attention_by_parts_serves(Tq, Tk, window, kWindowByPartsMinQueries)) {
-        const auto rows = [&](const torch::Tensor& t) { return t.to(dtype); };
-        return merged(window_attention_by_parts(rows(q), rows(k), rows(v), window));
+        return merged(window_attention_by_parts(qd, kd, vd, window));
       }
       if (Tq > window - 1) {
         const int64_t block = window - 1, cached = Tk - Tq;
@@ -1216,15 +1231,16 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
     if (flash) {
       // The flash kernel's causal mask is aligned to the last key, as the layout above is,
       // and its window skips whole tiles outside the band: no mask, no wasted tiles.
-      const auto batch = [&](const torch::Tensor& t) { return t.to(dtype).unsqueeze(0); };  // [1, T, H, d]
+      const auto batch = [&](const torch::Tensor& t) { return t.unsqueeze(0); };  // [1, T, H, d]
       const std::optional<int64_t> left = window > 0 ? std::optional<int64_t>(window - 1) : std::nullopt;
       const std::optional<int64_t> right = window > 0 ? std::optional<int64_t>(0) : std::nullopt;
-      const auto outputs = at::_flash_attention_forward(batch(q), batch(k), batch(v), std::nullopt, std::nullopt, Tq, Tk,
-                                                        /*dropout_p=*/0.0, /*is_causal=*/true,
-                                                        /*return_debug_mask=*/false, /*scale=*/std::nullopt, left, right);
+      const auto outputs =
+          at::_flash_attention_forward(batch(qd), batch(kd), batch(vd), std::nullopt, std::nullopt, Tq, Tk,
+                                       /*dropout_p=*/0.0, /*is_causal=*/true,
+                                       /*return_debug_mask=*/false, /*scale=*/std::nullopt, left, right);
       return merged(std::get<0>(outputs).squeeze(0));
     }
-    return merged(at::scaled_dot_product_attention(heads(q), heads(k), heads(v),
+    return merged(at::scaled_dot_product_attention(heads(qd), heads(kd), heads(vd),
                                                    attention_mask(query_positions, key_positions, window))
                       .squeeze(0)
                       .transpose(0, 1));

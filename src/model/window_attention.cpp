@@ -4,17 +4,21 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "common/error.h"
-#include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS: our own kernels were built
+#include "ttt_build_features.h"  // TTT_WITH_CUDA_KERNELS, TTT_WITH_CUDNN_WINDOW: what was built
 
 #if TTT_WITH_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/window_merge.h"
 #include "model/kernel_launch.h"
+#endif
+#if TTT_WITH_CUDNN_WINDOW
+#include "kernels/cudnn_window.h"
 #endif
 
 namespace ttt {
@@ -253,6 +257,100 @@ torch::Tensor window_attention_by_parts(const torch::Tensor& q, const torch::Ten
               k.scalar_type() == v.scalar_type() && window_attention_by_parts_serves(q.size(0), k.size(0), window, 1),
           "internal: window_attention_by_parts needs q [Tq, H, d] and k, v [window - 1 + Tq, H, d] of one dtype");
   return WindowAttentionByParts::apply(q, k, v, window);
+}
+
+namespace {
+#if TTT_WITH_CUDNN_WINDOW
+kernels::CudnnWindowShape cudnn_shape(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                      int64_t window) {
+  return {storage_of(q), q.size(1),   q.size(0),   k.size(0),   q.size(2),   window,
+          q.stride(0),   q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1)};
+}
+
+// A workspace of `bytes` on the current stream (a CUDA graph's pool while one is captured).
+torch::Tensor workspace_of(int64_t bytes, const torch::Tensor& like) {
+  return torch::empty({std::max<int64_t>(bytes, 1)}, like.options().dtype(torch::kUInt8));
+}
+
+class CudnnWindowAttention : public torch::autograd::Function<CudnnWindowAttention> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, int64_t window) {
+    const kernels::CudnnWindowShape shape = cudnn_shape(q, k, v, window);
+    const c10::cuda::CUDAGuard device(q.device());
+    torch::Tensor out = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+    torch::Tensor lse = torch::empty({q.size(1), q.size(0)}, q.options().dtype(torch::kFloat32));
+    const torch::Tensor workspace = workspace_of(kernels::cudnn_window_workspace(shape, /*backward=*/false), q);
+    check("cudnn_window_forward",
+          kernels::cudnn_window_forward(shape, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                                        lse.data_ptr<float>(), workspace.data_ptr(), stream()));
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["window"] = window;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const kernels::CudnnWindowShape shape = cudnn_shape(q, k, v, ctx->saved_data["window"].toInt());
+    const c10::cuda::CUDAGuard device(q.device());
+    const torch::Tensor grad = grads[0].to(q.scalar_type()).contiguous();
+    torch::Tensor dq = torch::empty(q.sizes(), q.options()), dk = torch::empty(k.sizes(), k.options()),
+                  dv = torch::empty(v.sizes(), v.options());
+    const torch::Tensor workspace = workspace_of(kernels::cudnn_window_workspace(shape, /*backward=*/true), q);
+    check("cudnn_window_backward",
+          kernels::cudnn_window_backward(shape, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                                         grad.data_ptr(), lse.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(),
+                                         dv.data_ptr(), workspace.data_ptr(), stream()));
+    return {dq, dk, dv, torch::Tensor()};
+  }
+};
+
+// Rows cuDNN reads 16 bytes at a time: head_dim contiguous, the start and the strides of rows
+// and heads in whole 16 bytes.
+bool packed_rows(const torch::Tensor& t) {
+  const int64_t pack = 16 / t.element_size();
+  return t.stride(2) == 1 && t.stride(0) % pack == 0 && t.stride(1) % pack == 0 &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+#endif
+}  // namespace
+
+bool cudnn_window_sizes_served(int64_t queries, int64_t keys, int64_t window) {
+  const int64_t cached = keys - queries;
+  return queries > 1 && queries % 64 == 0 && cached >= 0 && (cached % 64 == 0 || (window > 0 && cached == window - 1));
+}
+
+std::string cudnn_window_attention_refusal(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           int64_t window) {
+  if (q.dim() != 3 || k.dim() != 3 || k.sizes() != v.sizes() || q.size(1) != k.size(1) || q.size(2) != k.size(2)) {
+    return "operands not [T, heads, head_dim] alike";
+  }
+  if (!cudnn_window_sizes_served(q.size(0), k.size(0), window)) return "not a span of whole blocks of 64 rows";
+#if TTT_WITH_CUDNN_WINDOW
+  if (!q.is_cuda() || !k.is_cuda() || !v.is_cuda()) return "not on CUDA";
+  if ((q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kHalf) || k.scalar_type() != q.scalar_type() ||
+      v.scalar_type() != q.scalar_type()) {
+    return "not bf16 or fp16 alike";
+  }
+  if (!packed_rows(q) || !packed_rows(k) || !packed_rows(v)) return "rows not packed in 16 bytes";
+  const c10::cuda::CUDAGuard device(q.device());
+  const char* refusal = kernels::cudnn_window_refusal(cudnn_shape(q, k, v, window));
+  return refusal == nullptr ? std::string() : std::string("cuDNN: ") + refusal;
+#else
+  return "built without cuDNN's frontend";
+#endif
+}
+
+torch::Tensor cudnn_window_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     int64_t window) {
+#if TTT_WITH_CUDNN_WINDOW
+  return CudnnWindowAttention::apply(q, k, v, window);
+#else
+  (void)q, (void)k, (void)v, (void)window;
+  throw Error("internal: cudnn_window_attention in a build without cuDNN's frontend");
+#endif
 }
 
 }  // namespace ttt

@@ -13,6 +13,7 @@
 // ops, which the tests hold to `attend` in fp64. Differentiable once (Order::kFirst).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include <torch/types.h>
 
@@ -25,5 +26,24 @@ bool window_attention_by_parts_serves(int64_t queries, int64_t keys, int64_t win
 // q [Tq, H, d], k and v [window - 1 + Tq, H, d], one dtype -> [Tq, H, d] in that dtype.
 torch::Tensor window_attention_by_parts(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                         int64_t window);
+
+// cuDNN's fused attention with its own band (kernels/cudnn_window.h) for attend_span's layout:
+// q [Tq, H, d] the last Tq of the keys k, v [Tk, H, d], each query seeing the `window` keys
+// ending at it (window 0: every key up to it). Differentiable once (Order::kFirst).
+//
+// The sizes it takes: cuDNN plans a kernel per shape on the host, so only spans of whole blocks,
+// as chunks and the prefix's spans are: more than one query, a multiple of 64, after a cache of
+// a multiple of 64 keys or of a full window's (window - 1). Pure sizes, no device.
+bool cudnn_window_sizes_served(int64_t queries, int64_t keys, int64_t window);
+
+// Empty where cuDNN runs these operands, else why not (the sizes, the dtype: bf16 or fp16,
+// CUDA, rows packed in 16 bytes, a build without cuDNN's frontend, or cuDNN's own reason). Plans
+// the shape's kernels at its first call.
+std::string cudnn_window_attention_refusal(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           int64_t window);
+
+// The attention, [Tq, H, d] in q's dtype; needs an empty refusal.
+torch::Tensor cudnn_window_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     int64_t window);
 
 }  // namespace ttt

@@ -1,11 +1,14 @@
 // window_attention_by_parts (model/window_attention.h): the three rectangles merged by their
 // logsumexps give `attend` under the window's mask, forward and gradients, in fp64 on the CPU
 // (plain ops for the parts); on a GPU in bf16 (cuDNN's kernel for the parts) within bf16
-// rounding of the fp32 composable form.
+// rounding of the fp32 composable form. cudnn_window_attention (cuDNN's own band) likewise on a
+// GPU, and the sizes it takes on any machine.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -109,6 +112,89 @@ TEST(WindowAttentionOnCuda, LongSpansGoByBlocksWithinRounding) {
     const torch::Tensor reference = attend(q, k, v, attention_mask(query_positions, key_positions, window));
     EXPECT_LT(relative_error(fused, reference), 1e-2);
   }
+}
+
+TEST(WindowAttention, CudnnWindowTakesOnlyWholeBlocks) {
+  EXPECT_TRUE(cudnn_window_sizes_served(1024, 8191 + 1024, 8192));   // a chunk after a full window's cache
+  EXPECT_TRUE(cudnn_window_sizes_served(1024, 3072 + 1024, 8192));   // after a cache of whole blocks
+  EXPECT_TRUE(cudnn_window_sizes_served(16384, 16384, 8192));        // a sequence's first span
+  EXPECT_TRUE(cudnn_window_sizes_served(2048, 4096, 0));             // full attention after a cache
+  EXPECT_FALSE(cudnn_window_sizes_served(1000, 8191 + 1000, 8192));  // queries not whole blocks
+  EXPECT_FALSE(cudnn_window_sizes_served(1024, 1000 + 1024, 8192));  // a cache not whole blocks, not full
+  EXPECT_FALSE(cudnn_window_sizes_served(1024, 8191 + 1024, 0));     // no window: 8191 is not full
+  EXPECT_FALSE(cudnn_window_sizes_served(1, 8192, 8192));            // a decoded token
+  EXPECT_FALSE(cudnn_window_sizes_served(1024, 512, 8192));          // fewer keys than queries
+  const torch::Tensor cpu = torch::zeros({1024, 2, 64});
+  EXPECT_FALSE(cudnn_window_attention_refusal(cpu, cpu, cpu, 8192).empty());  // not on CUDA (or not built)
+}
+
+// cudnn_window_attention's output and gradients in bf16 within rounding of the fp32 composable
+// form: chunks after a full cache and after a partial one, a span longer than the window, full
+// attention after a cache, head sizes of the 760M and 3B models, q a view of a fused projection.
+TEST(WindowAttentionOnCuda, CudnnWindowInBf16IsTheWindowsAttentionWithinRounding) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  if (!TTT_WITH_CUDNN_WINDOW) GTEST_SKIP() << "built without cuDNN's frontend";
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0);
+  struct Case {
+    int64_t cached, Tq, window, H, d;
+    bool strided_q;
+  };
+  for (const Case& c : std::vector<Case>{{8191, 1024, 8192, 2, 64, false},
+                                         {3072, 1024, 8192, 2, 64, true},
+                                         {4095, 8192, 4096, 2, 64, false},
+                                         {2048, 1024, 0, 2, 64, false},
+                                         {1023, 512, 1024, 3, 80, true},
+                                         {1023, 512, 1024, 2, 128, false}}) {
+    SCOPED_TRACE("cached " + std::to_string(c.cached) + ", queries " + std::to_string(c.Tq) + ", window " +
+                 std::to_string(c.window) + ", head_dim " + std::to_string(c.d));
+    const int64_t Tk = c.cached + c.Tq;
+    torch::manual_seed(5);
+    const torch::Tensor q0 = torch::randn({c.Tq, 3, c.H, c.d}, gpu), k0 = torch::randn({Tk, c.H, c.d}, gpu),
+                        v0 = torch::randn({Tk, c.H, c.d}, gpu);
+    const torch::Tensor weights = torch::randn({c.Tq, c.H * c.d}, gpu);
+    const torch::Tensor key_positions = torch::arange(Tk, gpu.dtype(torch::kInt64));
+    const torch::Tensor mask = attention_mask(key_positions.narrow(0, c.cached, c.Tq), key_positions, c.window);
+    Attended got, want;
+    for (const bool cudnn : {true, false}) {
+      const auto leaf = [&](const torch::Tensor& t) {
+        return t.to(cudnn ? torch::kBFloat16 : torch::kFloat32).requires_grad_();
+      };
+      const torch::Tensor fused = leaf(q0), k = leaf(k0), v = leaf(v0);
+      const torch::Tensor q = c.strided_q ? fused.select(1, 1) : fused.select(1, 1).contiguous();
+      torch::Tensor out;
+      if (cudnn) {
+        const std::string refusal = cudnn_window_attention_refusal(q, k, v, c.window);
+        ASSERT_TRUE(refusal.empty()) << refusal;
+        out = cudnn_window_attention(q, k, v, c.window).reshape({c.Tq, c.H * c.d});
+      } else {
+        out = attend(q, k, v, mask);
+      }
+      const torch::Tensor loss = (out.to(torch::kFloat32) * weights).sum();
+      Attended& result = cudnn ? got : want;
+      result.out = out.detach();
+      result.grads = torch::autograd::grad({loss}, {fused, k, v});
+    }
+    EXPECT_LT(relative_error(got.out, want.out), 1e-2);
+    for (int i = 0; i < 3; ++i) EXPECT_LT(relative_error(got.grads[i], want.grads[i]), 1e-2) << "input " << i;
+  }
+}
+
+// attend_span sends a chunk after a full cache to cuDNN's band unless TTT_CUDNN_WINDOW=0: the
+// same bits as cudnn_window_attention called directly.
+TEST(WindowAttentionOnCuda, AttendSpanTakesChunksToCudnnWindow) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  if (!TTT_WITH_CUDNN_WINDOW) GTEST_SKIP() << "built without cuDNN's frontend";
+  const char* setting = std::getenv("TTT_CUDNN_WINDOW");
+  if (setting != nullptr && std::string(setting) == "0") GTEST_SKIP() << "TTT_CUDNN_WINDOW=0";
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0).dtype(torch::kBFloat16);
+  const int64_t cached = 4095, Tq = 1024, window = 4096, H = 2, d = 64, Tk = cached + Tq;
+  torch::manual_seed(9);
+  const torch::Tensor q = torch::randn({Tq, H, d}, gpu), k = torch::randn({Tk, H, d}, gpu),
+                      v = torch::randn({Tk, H, d}, gpu);
+  const torch::Tensor key_positions = torch::arange(Tk, gpu.dtype(torch::kInt64));
+  const torch::Tensor spanned =
+      attend_span(q, k, v, key_positions.narrow(0, cached, Tq), key_positions, window, Order::kFirst);
+  EXPECT_TRUE(torch::equal(spanned, cudnn_window_attention(q, k, v, window).reshape({Tq, H * d})));
 }
 
 #if TTT_WITH_CUDA_KERNELS
