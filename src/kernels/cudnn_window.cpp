@@ -18,12 +18,16 @@ using TensorRef = std::shared_ptr<fe::graph::Tensor_attributes>;
 
 enum Uid : int64_t { kQ = 1, kK, kV, kOut, kStats, kGrad, kDq, kDk, kDv, kSeqQ, kSeqKv };
 
-// Both passes' plans for one shape, or why cuDNN refused it.
-struct Plans {
-  std::shared_ptr<fe::graph::Graph> forward, backward;
-  int64_t forward_workspace = 0, backward_workspace = 0;
+// One pass's plan for one shape (built at its first use), or why cuDNN refused it.
+struct Plan {
+  bool tried = false;
+  std::shared_ptr<fe::graph::Graph> graph;
+  int64_t workspace = 0;
   int32_t* lengths = nullptr;  // device {queries, keys}, where the backward names them itself
   std::string refusal;
+};
+struct Plans {
+  Plan forward, backward;
 };
 
 thread_local std::string last_error;
@@ -99,26 +103,24 @@ std::string built(fe::graph::Graph& graph, cudnnHandle_t handle, int64_t* worksp
   return status.is_good() ? std::string() : status.get_message();
 }
 
-Plans build_plans(const CudnnWindowShape& s, cudnnHandle_t handle) {
-  Plans plans;
-  if (s.type != Storage::kBFloat16 && s.type != Storage::kFloat16) {
-    plans.refusal = "cuDNN's window attention takes bf16 or fp16";
-    return plans;
-  }
-  {
-    auto graph = new_graph(s);
-    const TensorRef q = rows_tensor(*graph, "q", kQ, s, s.queries, s.q_row, s.q_head);
-    const TensorRef k = rows_tensor(*graph, "k", kK, s, s.keys, s.k_row, s.k_head);
-    const TensorRef v = rows_tensor(*graph, "v", kV, s, s.keys, s.v_row, s.v_head);
-    auto options = fe::graph::SDPA_attributes().set_name("window").set_generate_stats(true);
-    set_band(options, s);
-    auto [out, stats] = graph->sdpa(q, k, v, options);
-    contiguous_rows(out, kOut, s, s.queries);
-    stats_layout(*stats, s).set_output(true);
-    plans.refusal = built(*graph, handle, &plans.forward_workspace);
-    if (!plans.refusal.empty()) return plans;
-    plans.forward = graph;
-  }
+Plan forward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
+  Plan plan;
+  auto graph = new_graph(s);
+  const TensorRef q = rows_tensor(*graph, "q", kQ, s, s.queries, s.q_row, s.q_head);
+  const TensorRef k = rows_tensor(*graph, "k", kK, s, s.keys, s.k_row, s.k_head);
+  const TensorRef v = rows_tensor(*graph, "v", kV, s, s.keys, s.v_row, s.v_head);
+  auto options = fe::graph::SDPA_attributes().set_name("window").set_generate_stats(true);
+  set_band(options, s);
+  auto [out, stats] = graph->sdpa(q, k, v, options);
+  contiguous_rows(out, kOut, s, s.queries);
+  stats_layout(*stats, s).set_output(true);
+  plan.refusal = built(*graph, handle, &plan.workspace);
+  if (plan.refusal.empty()) plan.graph = graph;
+  return plan;
+}
+
+Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
+  Plan plan;
   auto graph = new_graph(s);
   const TensorRef q = rows_tensor(*graph, "q", kQ, s, s.queries, s.q_row, s.q_head);
   const TensorRef k = rows_tensor(*graph, "k", kK, s, s.keys, s.k_row, s.k_head);
@@ -135,11 +137,11 @@ Plans build_plans(const CudnnWindowShape& s, cudnnHandle_t handle) {
   // name them here, in device memory written once.
   if (s.keys % 128 != 0 && cudnnGetVersion() <= 91500) {
     const int32_t lengths[2] = {static_cast<int32_t>(s.queries), static_cast<int32_t>(s.keys)};
-    cudaError_t status = cudaMalloc(&plans.lengths, sizeof(lengths));
-    if (status == cudaSuccess) status = cudaMemcpy(plans.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
+    cudaError_t status = cudaMalloc(&plan.lengths, sizeof(lengths));
+    if (status == cudaSuccess) status = cudaMemcpy(plan.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
     if (status != cudaSuccess) {
-      plans.refusal = "sequence lengths: " + cuda_text(status);
-      return plans;
+      plan.refusal = "sequence lengths: " + cuda_text(status);
+      return plan;
     }
     const auto length = [&](const char* name, Uid uid) {
       return graph->tensor(fe::graph::Tensor_attributes()
@@ -155,19 +157,19 @@ Plans build_plans(const CudnnWindowShape& s, cudnnHandle_t handle) {
   contiguous_rows(dq, kDq, s, s.queries);
   contiguous_rows(dk, kDk, s, s.keys);
   contiguous_rows(dv, kDv, s, s.keys);
-  plans.refusal = built(*graph, handle, &plans.backward_workspace);
-  if (plans.refusal.empty()) plans.backward = graph;
-  return plans;
+  plan.refusal = built(*graph, handle, &plan.workspace);
+  if (plan.refusal.empty()) plan.graph = graph;
+  return plan;
 }
 
 struct Context {
   cudnnHandle_t handle = nullptr;
-  const Plans* plans = nullptr;
-  std::string error;  // no handle or no device
+  const Plan* plan = nullptr;
+  std::string error;  // no device, no handle
 };
 
-// The handle and the shape's plans on the current device (built at the first call).
-Context context_for(const CudnnWindowShape& s) {
+// The handle and the shape's plan for one pass on the current device, built at its first use.
+Context context_for(const CudnnWindowShape& s, bool backward) {
   Context context;
   int device = 0;
   if (const cudaError_t status = cudaGetDevice(&device); status != cudaSuccess) {
@@ -185,52 +187,62 @@ Context context_for(const CudnnWindowShape& s) {
                 s.q_head, s.k_row,
                 s.k_head, s.v_row,
                 s.v_head};
-  auto found = cache->find(key);
-  if (found == cache->end()) found = cache->emplace(key, build_plans(s, context.handle)).first;
-  context.plans = &found->second;
+  Plans& plans = (*cache)[key];
+  Plan& plan = backward ? plans.backward : plans.forward;
+  if (!plan.tried) {
+    if (s.type != Storage::kBFloat16 && s.type != Storage::kFloat16) {
+      plan.refusal = "cuDNN's window attention takes bf16 or fp16";
+    } else {
+      plan = backward ? backward_plan(s, context.handle) : forward_plan(s, context.handle);
+    }
+    plan.tried = true;
+  }
+  context.plan = &plan;
   return context;
 }
 
-const char* executed(const Context& context, const fe::graph::Graph& graph, std::unordered_map<int64_t, void*>& pack,
-                     void* workspace, void* stream) {
+const char* executed(const Context& context, std::unordered_map<int64_t, void*>& pack, void* workspace,
+                     void* stream) {
   if (const cudnnStatus_t status = cudnnSetStream(context.handle, static_cast<cudaStream_t>(stream));
       status != CUDNN_STATUS_SUCCESS) {
     return failed(std::string("cudnnSetStream: ") + cudnnGetErrorString(status));
   }
-  fe::error_t status = graph.execute(context.handle, pack, workspace);
+  fe::error_t status = context.plan->graph->execute(context.handle, pack, workspace);
   return status.is_good() ? nullptr : failed("cuDNN: " + status.get_message());
 }
 
 // The context's error or refusal, where it has one.
 const char* unusable(const Context& context) {
   if (!context.error.empty()) return failed(context.error);
-  if (!context.plans->refusal.empty()) return failed(context.plans->refusal);
+  if (!context.plan->refusal.empty()) return failed(context.plan->refusal);
   return nullptr;
 }
 
 }  // namespace
 
-const char* cudnn_window_refusal(const CudnnWindowShape& shape) { return unusable(context_for(shape)); }
+const char* cudnn_window_refusal(const CudnnWindowShape& shape, bool backward) {
+  if (const char* error = unusable(context_for(shape, false))) return error;
+  return backward ? unusable(context_for(shape, true)) : nullptr;
+}
 
 int64_t cudnn_window_workspace(const CudnnWindowShape& shape, bool backward) {
-  const Context context = context_for(shape);
-  if (unusable(context) != nullptr) return 0;
-  return backward ? context.plans->backward_workspace : context.plans->forward_workspace;
+  const Context context = context_for(shape, backward);
+  return unusable(context) == nullptr ? context.plan->workspace : 0;
 }
 
 const char* cudnn_window_forward(const CudnnWindowShape& shape, const void* q, const void* k, const void* v, void* out,
                                  float* lse, void* workspace, void* stream) {
-  const Context context = context_for(shape);
+  const Context context = context_for(shape, false);
   if (const char* error = unusable(context)) return error;
   std::unordered_map<int64_t, void*> pack{
       {kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kOut, out}, {kStats, lse}};
-  return executed(context, *context.plans->forward, pack, workspace, stream);
+  return executed(context, pack, workspace, stream);
 }
 
 const char* cudnn_window_backward(const CudnnWindowShape& shape, const void* q, const void* k, const void* v,
                                   const void* out, const void* grad, const float* lse, void* dq, void* dk, void* dv,
                                   void* workspace, void* stream) {
-  const Context context = context_for(shape);
+  const Context context = context_for(shape, true);
   if (const char* error = unusable(context)) return error;
   std::unordered_map<int64_t, void*> pack{{kQ, const_cast<void*>(q)},
                                           {kK, const_cast<void*>(k)},
@@ -241,8 +253,8 @@ const char* cudnn_window_backward(const CudnnWindowShape& shape, const void* q, 
                                           {kDq, dq},
                                           {kDk, dk},
                                           {kDv, dv}};
-  if (int32_t* lengths = context.plans->lengths) pack.insert({{kSeqQ, lengths}, {kSeqKv, lengths + 1}});
-  return executed(context, *context.plans->backward, pack, workspace, stream);
+  if (int32_t* lengths = context.plan->lengths) pack.insert({{kSeqQ, lengths}, {kSeqKv, lengths + 1}});
+  return executed(context, pack, workspace, stream);
 }
 
 }  // namespace ttt::kernels

@@ -2,8 +2,8 @@
 // kernel), through cuDNN's graph API (the header-only cudnn-frontend, third_party/): the band
 // is cuDNN's own mask, aligned to the last key (query i of Tq is key Tk - Tq + i and sees the
 // `window` keys ending at it; window 0: every key up to it), so the kernel skips whole tiles
-// outside it. cuDNN plans a kernel per shape on the host (once per shape, device and thread;
-// the plans are kept for the process). Plain launchers without torch headers: the model's
+// outside it. cuDNN plans a kernel per shape and pass on the host (once per shape, pass,
+// device and thread; the plans are kept for the process). Plain launchers without torch headers: the model's
 // wrapper (model/window_attention.h) allocates the outputs and the workspace.
 #pragma once
 #include <cstdint>
@@ -20,9 +20,9 @@ struct CudnnWindowShape {
   int64_t q_row, q_head, k_row, k_head, v_row, v_head;
 };
 
-// Null where cuDNN runs this shape forward and backward (both plans are built here), else why
-// not (cuDNN's reason).
-const char* cudnn_window_refusal(const CudnnWindowShape& shape);
+// Null where cuDNN runs this shape forward, and backward if asked, else why not (cuDNN's
+// reason). Builds the plans asked for (about a quarter of a second each on an H100).
+const char* cudnn_window_refusal(const CudnnWindowShape& shape, bool backward);
 
 // Bytes of device workspace the forward or the backward takes (a shape cuDNN runs).
 int64_t cudnn_window_workspace(const CudnnWindowShape& shape, bool backward);

@@ -318,8 +318,7 @@ bool packed_rows(const torch::Tensor& t) {
 }  // namespace
 
 bool cudnn_window_sizes_served(int64_t queries, int64_t keys, int64_t window) {
-  const int64_t cached = keys - queries;
-  return queries > 1 && queries % 64 == 0 && cached >= 0 && (cached % 64 == 0 || (window > 0 && cached == window - 1));
+  return window > 1 && queries > 1 && queries % 64 == 0 && keys - queries == window - 1;
 }
 
 std::string cudnn_window_attention_refusal(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -327,7 +326,9 @@ std::string cudnn_window_attention_refusal(const torch::Tensor& q, const torch::
   if (q.dim() != 3 || k.dim() != 3 || k.sizes() != v.sizes() || q.size(1) != k.size(1) || q.size(2) != k.size(2)) {
     return "operands not [T, heads, head_dim] alike";
   }
-  if (!cudnn_window_sizes_served(q.size(0), k.size(0), window)) return "not a span of whole blocks of 64 rows";
+  if (!cudnn_window_sizes_served(q.size(0), k.size(0), window)) {
+    return "not a span of whole blocks of 64 rows after a full window's cache";
+  }
 #if TTT_WITH_CUDNN_WINDOW
   if (!q.is_cuda() || !k.is_cuda() || !v.is_cuda()) return "not on CUDA";
   if ((q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kHalf) || k.scalar_type() != q.scalar_type() ||
@@ -336,7 +337,8 @@ std::string cudnn_window_attention_refusal(const torch::Tensor& q, const torch::
   }
   if (!packed_rows(q) || !packed_rows(k) || !packed_rows(v)) return "rows not packed in 16 bytes";
   const c10::cuda::CUDAGuard device(q.device());
-  const char* refusal = kernels::cudnn_window_refusal(cudnn_shape(q, k, v, window));
+  const bool backward = torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  const char* refusal = kernels::cudnn_window_refusal(cudnn_shape(q, k, v, window), backward);
   return refusal == nullptr ? std::string() : std::string("cuDNN: ") + refusal;
 #else
   return "built without cuDNN's frontend";

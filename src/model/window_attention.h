@@ -29,16 +29,18 @@ torch::Tensor window_attention_by_parts(const torch::Tensor& q, const torch::Ten
 
 // cuDNN's fused attention with its own band (kernels/cudnn_window.h) for attend_span's layout:
 // q [Tq, H, d] the last Tq of the keys k, v [Tk, H, d], each query seeing the `window` keys
-// ending at it (window 0: every key up to it). Differentiable once (Order::kFirst).
+// ending at it. Differentiable once (Order::kFirst).
 //
-// The sizes it takes: cuDNN plans a kernel per shape on the host, so only spans of whole blocks,
-// as chunks and the prefix's spans are: more than one query, a multiple of 64, after a cache of
-// a multiple of 64 keys or of a full window's (window - 1). Pure sizes, no device.
+// The sizes it takes: cuDNN plans a kernel per shape on the host (about a quarter of a second
+// each: a process that met a dozen shapes paid seconds), so only the shapes that recur: a span
+// of more than one query, a multiple of 64, after a full window's cache (window - 1 keys), as
+// evaluation's chunks and the prefix's spans are once the window is full. Not full attention
+// (window 0), whose cache grows with every span. Pure sizes, no device.
 bool cudnn_window_sizes_served(int64_t queries, int64_t keys, int64_t window);
 
 // Empty where cuDNN runs these operands, else why not (the sizes, the dtype: bf16 or fp16,
 // CUDA, rows packed in 16 bytes, a build without cuDNN's frontend, or cuDNN's own reason). Plans
-// the shape's kernels at its first call.
+// the shape's forward kernel at its first call, and its backward where autograd will ask for it.
 std::string cudnn_window_attention_refusal(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            int64_t window);
 

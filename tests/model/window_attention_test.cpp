@@ -114,23 +114,22 @@ TEST(WindowAttentionOnCuda, LongSpansGoByBlocksWithinRounding) {
   }
 }
 
-TEST(WindowAttention, CudnnWindowTakesOnlyWholeBlocks) {
-  EXPECT_TRUE(cudnn_window_sizes_served(1024, 8191 + 1024, 8192));   // a chunk after a full window's cache
-  EXPECT_TRUE(cudnn_window_sizes_served(1024, 3072 + 1024, 8192));   // after a cache of whole blocks
-  EXPECT_TRUE(cudnn_window_sizes_served(16384, 16384, 8192));        // a sequence's first span
-  EXPECT_TRUE(cudnn_window_sizes_served(2048, 4096, 0));             // full attention after a cache
-  EXPECT_FALSE(cudnn_window_sizes_served(1000, 8191 + 1000, 8192));  // queries not whole blocks
-  EXPECT_FALSE(cudnn_window_sizes_served(1024, 1000 + 1024, 8192));  // a cache not whole blocks, not full
-  EXPECT_FALSE(cudnn_window_sizes_served(1024, 8191 + 1024, 0));     // no window: 8191 is not full
-  EXPECT_FALSE(cudnn_window_sizes_served(1, 8192, 8192));            // a decoded token
-  EXPECT_FALSE(cudnn_window_sizes_served(1024, 512, 8192));          // fewer keys than queries
+TEST(WindowAttention, CudnnWindowTakesOnlyChunksAfterAFullCache) {
+  EXPECT_TRUE(cudnn_window_sizes_served(1024, 8191 + 1024, 8192));    // a chunk after a full window's cache
+  EXPECT_TRUE(cudnn_window_sizes_served(16384, 8191 + 16384, 8192));  // a prefix span longer than the window
+  EXPECT_FALSE(cudnn_window_sizes_served(1024, 3072 + 1024, 8192));   // a cache not full: a shape of its own
+  EXPECT_FALSE(cudnn_window_sizes_served(16384, 16384, 8192));        // a sequence's first span
+  EXPECT_FALSE(cudnn_window_sizes_served(2048, 4096, 0));             // full attention: its cache grows
+  EXPECT_FALSE(cudnn_window_sizes_served(1000, 8191 + 1000, 8192));   // queries not whole blocks
+  EXPECT_FALSE(cudnn_window_sizes_served(1, 8192, 8192));             // a decoded token
   const torch::Tensor cpu = torch::zeros({1024, 2, 64});
-  EXPECT_FALSE(cudnn_window_attention_refusal(cpu, cpu, cpu, 8192).empty());  // not on CUDA (or not built)
+  const torch::Tensor cache = torch::zeros({8191 + 1024, 2, 64});
+  EXPECT_FALSE(cudnn_window_attention_refusal(cpu, cache, cache, 8192).empty());  // not on CUDA (or not built)
 }
 
 // cudnn_window_attention's output and gradients in bf16 within rounding of the fp32 composable
-// form: chunks after a full cache and after a partial one, a span longer than the window, full
-// attention after a cache, head sizes of the 760M and 3B models, q a view of a fused projection.
+// form, after a full window's cache: chunks, a span longer than the window, several head
+// counts and head sizes (the 760M and 3B models'), q a view of a fused projection.
 TEST(WindowAttentionOnCuda, CudnnWindowInBf16IsTheWindowsAttentionWithinRounding) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
   if (!TTT_WITH_CUDNN_WINDOW) GTEST_SKIP() << "built without cuDNN's frontend";
@@ -140,9 +139,9 @@ TEST(WindowAttentionOnCuda, CudnnWindowInBf16IsTheWindowsAttentionWithinRounding
     bool strided_q;
   };
   for (const Case& c : std::vector<Case>{{8191, 1024, 8192, 2, 64, false},
-                                         {3072, 1024, 8192, 2, 64, true},
+                                         {4095, 1024, 4096, 4, 64, true},
                                          {4095, 8192, 4096, 2, 64, false},
-                                         {2048, 1024, 0, 2, 64, false},
+                                         {2047, 64, 2048, 1, 64, false},
                                          {1023, 512, 1024, 3, 80, true},
                                          {1023, 512, 1024, 2, 128, false}}) {
     SCOPED_TRACE("cached " + std::to_string(c.cached) + ", queries " + std::to_string(c.Tq) + ", window " +
