@@ -201,8 +201,7 @@ Context context_for(const CudnnWindowShape& s, bool backward) {
   return context;
 }
 
-const char* executed(const Context& context, std::unordered_map<int64_t, void*>& pack, void* workspace,
-                     void* stream) {
+const char* executed(const Context& context, std::unordered_map<int64_t, void*>& pack, void* workspace, void* stream) {
   if (const cudnnStatus_t status = cudnnSetStream(context.handle, static_cast<cudaStream_t>(stream));
       status != CUDNN_STATUS_SUCCESS) {
     return failed(std::string("cudnnSetStream: ") + cudnnGetErrorString(status));
