@@ -97,34 +97,43 @@ void set_band(Attributes& attributes, const CudnnWindowShape& s) {
   if (s.window > 0) attributes.set_diagonal_band_left_bound(static_cast<int>(s.window));
 }
 
-std::string built(fe::graph::Graph& graph, cudnnHandle_t handle, int64_t* workspace) {
-  fe::error_t status = graph.build(handle, {fe::HeurMode_t::A});
-  if (status.is_good()) status = graph.get_workspace_size(*workspace);
-  return status.is_good() ? std::string() : status.get_message();
+// The graph's plan built into `plan`, or cuDNN's reason in its refusal.
+void build_into(Plan& plan, const std::shared_ptr<fe::graph::Graph>& graph, cudnnHandle_t handle) {
+  fe::error_t status = graph->build(handle, {fe::HeurMode_t::A});
+  if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
+  if (status.is_good()) {
+    plan.graph = graph;
+  } else {
+    plan.refusal = status.get_message();
+  }
+}
+
+struct Inputs {
+  TensorRef q, k, v;
+};
+Inputs inputs_of(fe::graph::Graph& graph, const CudnnWindowShape& s) {
+  return {rows_tensor(graph, "q", kQ, s, s.queries, s.q_row, s.q_head),
+          rows_tensor(graph, "k", kK, s, s.keys, s.k_row, s.k_head),
+          rows_tensor(graph, "v", kV, s, s.keys, s.v_row, s.v_head)};
 }
 
 Plan forward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   Plan plan;
   auto graph = new_graph(s);
-  const TensorRef q = rows_tensor(*graph, "q", kQ, s, s.queries, s.q_row, s.q_head);
-  const TensorRef k = rows_tensor(*graph, "k", kK, s, s.keys, s.k_row, s.k_head);
-  const TensorRef v = rows_tensor(*graph, "v", kV, s, s.keys, s.v_row, s.v_head);
+  const Inputs in = inputs_of(*graph, s);
   auto options = fe::graph::SDPA_attributes().set_name("window").set_generate_stats(true);
   set_band(options, s);
-  auto [out, stats] = graph->sdpa(q, k, v, options);
+  auto [out, stats] = graph->sdpa(in.q, in.k, in.v, options);
   contiguous_rows(out, kOut, s, s.queries);
   stats_layout(*stats, s).set_output(true);
-  plan.refusal = built(*graph, handle, &plan.workspace);
-  if (plan.refusal.empty()) plan.graph = graph;
+  build_into(plan, graph, handle);
   return plan;
 }
 
 Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   Plan plan;
   auto graph = new_graph(s);
-  const TensorRef q = rows_tensor(*graph, "q", kQ, s, s.queries, s.q_row, s.q_head);
-  const TensorRef k = rows_tensor(*graph, "k", kK, s, s.keys, s.k_row, s.k_head);
-  const TensorRef v = rows_tensor(*graph, "v", kV, s, s.keys, s.v_row, s.v_head);
+  const Inputs in = inputs_of(*graph, s);
   const int64_t packed = s.heads * s.head_dim;
   const TensorRef out = rows_tensor(*graph, "out", kOut, s, s.queries, packed, s.head_dim);
   const TensorRef grad = rows_tensor(*graph, "grad", kGrad, s, s.queries, packed, s.head_dim);
@@ -153,12 +162,11 @@ Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
     };
     options.set_padding_mask(true).set_seq_len_q(length("seq_q", kSeqQ)).set_seq_len_kv(length("seq_kv", kSeqKv));
   }
-  auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, out, grad, stats, options);
+  auto [dq, dk, dv] = graph->sdpa_backward(in.q, in.k, in.v, out, grad, stats, options);
   contiguous_rows(dq, kDq, s, s.queries);
   contiguous_rows(dk, kDk, s, s.keys);
   contiguous_rows(dv, kDv, s, s.keys);
-  plan.refusal = built(*graph, handle, &plan.workspace);
-  if (plan.refusal.empty()) plan.graph = graph;
+  build_into(plan, graph, handle);
   return plan;
 }
 
