@@ -149,6 +149,8 @@ Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
     cudaError_t status = cudaMalloc(&plan.lengths, sizeof(lengths));
     if (status == cudaSuccess) status = cudaMemcpy(plan.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
     if (status != cudaSuccess) {
+      cudaFree(plan.lengths);
+      plan.lengths = nullptr;
       plan.refusal = "sequence lengths: " + cuda_text(status);
       return plan;
     }
@@ -167,6 +169,10 @@ Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   contiguous_rows(dk, kDk, s, s.keys);
   contiguous_rows(dv, kDv, s, s.keys);
   build_into(plan, graph, handle);
+  if (!plan.refusal.empty() && plan.lengths != nullptr) {
+    cudaFree(plan.lengths);
+    plan.lengths = nullptr;
+  }
   return plan;
 }
 

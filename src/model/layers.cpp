@@ -1221,8 +1221,8 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
         for (int64_t first = 0; first < Tq; first += block) {
           const int64_t rows = std::min(block, Tq - first), end = cached + first + rows;
           const int64_t start = std::max<int64_t>(0, cached + first - (window - 1));
-          blocks.push_back(attend_span(q.narrow(0, first, rows), k.narrow(0, start, end - start),
-                                       v.narrow(0, start, end - start), query_positions.narrow(0, first, rows),
+          blocks.push_back(attend_span(qd.narrow(0, first, rows), kd.narrow(0, start, end - start),
+                                       vd.narrow(0, start, end - start), query_positions.narrow(0, first, rows),
                                        key_positions.narrow(0, start, end - start), window, order));
         }
         return torch::cat(blocks);

@@ -272,6 +272,14 @@ torch::Tensor workspace_of(int64_t bytes, const torch::Tensor& like) {
   return torch::empty({std::max<int64_t>(bytes, 1)}, like.options().dtype(torch::kUInt8));
 }
 
+// Rows cuDNN reads 16 bytes at a time: head_dim contiguous, the start and the strides of rows
+// and heads in whole 16 bytes.
+bool packed_rows(const torch::Tensor& t) {
+  const int64_t pack = 16 / t.element_size();
+  return t.stride(2) == 1 && t.stride(0) > 0 && t.stride(1) > 0 && t.stride(0) % pack == 0 && t.stride(1) % pack == 0 &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
 class CudnnWindowAttention : public torch::autograd::Function<CudnnWindowAttention> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
@@ -295,7 +303,8 @@ class CudnnWindowAttention : public torch::autograd::Function<CudnnWindowAttenti
     const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
     const kernels::CudnnWindowShape shape = cudnn_shape(q, k, v, ctx->saved_data["window"].toInt());
     const c10::cuda::CUDAGuard device(q.device());
-    const torch::Tensor grad = grads[0].to(q.scalar_type()).contiguous();
+    torch::Tensor grad = grads[0].to(q.scalar_type()).contiguous();
+    if (!packed_rows(grad)) grad = grad.clone();  // a view at an odd offset: cuDNN reads 16 bytes at a time
     torch::Tensor dq = torch::empty(q.sizes(), q.options()), dk = torch::empty(k.sizes(), k.options()),
                   dv = torch::empty(v.sizes(), v.options());
     const torch::Tensor workspace = workspace_of(kernels::cudnn_window_workspace(shape, /*backward=*/true), q);
@@ -307,13 +316,6 @@ class CudnnWindowAttention : public torch::autograd::Function<CudnnWindowAttenti
   }
 };
 
-// Rows cuDNN reads 16 bytes at a time: head_dim contiguous, the start and the strides of rows
-// and heads in whole 16 bytes.
-bool packed_rows(const torch::Tensor& t) {
-  const int64_t pack = 16 / t.element_size();
-  return t.stride(2) == 1 && t.stride(0) % pack == 0 && t.stride(1) % pack == 0 &&
-         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
 #endif
 }  // namespace
 

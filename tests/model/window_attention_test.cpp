@@ -178,6 +178,25 @@ TEST(WindowAttentionOnCuda, CudnnWindowInBf16IsTheWindowsAttentionWithinRounding
   }
 }
 
+// Exactly the keys of the window: with q = 0 every visible key weighs 1 / window, and v one-hot
+// by key (head h, dimension m: key h * d + m) shows which keys each query saw, where a key too
+// many or too few would move the outputs by about 1 / window, within the rounding above.
+TEST(WindowAttentionOnCuda, CudnnWindowSeesExactlyTheWindowsKeys) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  if (!TTT_WITH_CUDNN_WINDOW) GTEST_SKIP() << "built without cuDNN's frontend";
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA, 0).dtype(torch::kBFloat16);
+  const int64_t window = 65, Tq = 64, Tk = window - 1 + Tq, H = 2, d = 64;  // H * d = Tk: a dimension per key
+  const torch::Tensor q = torch::zeros({Tq, H, d}, gpu), k = torch::randn({Tk, H, d}, gpu);
+  const torch::Tensor v = torch::eye(Tk, gpu).reshape({Tk, H, d});
+  const std::string refusal = cudnn_window_attention_refusal(q, k, v, window);
+  ASSERT_TRUE(refusal.empty()) << refusal;
+  const torch::Tensor out = cudnn_window_attention(q, k, v, window).reshape({Tq, Tk}).to(torch::kFloat32).cpu();
+  const torch::Tensor key_positions = torch::arange(Tk, torch::kInt64);
+  const torch::Tensor visible = attention_mask(key_positions.narrow(0, Tk - Tq, Tq), key_positions, window);
+  EXPECT_TRUE(torch::equal(out > 0, visible));
+  EXPECT_LT((out - visible.to(torch::kFloat32) / window).abs().max().item<double>(), 1e-4);
+}
+
 // attend_span sends a chunk after a full cache to cuDNN's band unless TTT_CUDNN_WINDOW=0: the
 // same bits as cudnn_window_attention called directly.
 TEST(WindowAttentionOnCuda, AttendSpanTakesChunksToCudnnWindow) {
