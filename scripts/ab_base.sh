@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 for rev in "$@"; do
   git rev-parse --verify -q "$rev^{commit}" >/dev/null || { echo "ab_base: no commit '$rev'" >&2; exit 2; }
 done
-dirs=(CMakeLists.txt src apps tests bench fuzz)
+dirs=(CMakeLists.txt src apps tests bench fuzz third_party/cudnn-frontend)
 rm -rf .ab_base && mkdir -p .ab_base
 : >.ab_base/revs
 for rev in "$@"; do

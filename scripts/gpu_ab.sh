@@ -39,7 +39,7 @@ for rev in "${revs[@]}"; do
   (
     base=/tmp/ab-base-$rev
     rm -rf "$base" && mkdir -p "$base"
-    cp -r CMakeLists.txt src apps tests bench fuzz scripts .deps "$base"/
+    cp -r CMakeLists.txt src apps tests bench fuzz scripts third_party .deps "$base"/
     cp -r ".ab_base/$rev/tree/." "$base"/
     while read -r path; do [[ -n $path ]] && rm -f "$base/$path"; done <".ab_base/$rev/removed"
     cd "$base"
