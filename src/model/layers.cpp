@@ -1157,22 +1157,21 @@ bool fused_attention_available(const torch::Tensor& like) {
 }
 
 namespace {
+// A comparison switch: on unless the variable `name` is 0.
+[[maybe_unused]] bool switched_on(const char* name) {  // unused before libtorch 2
+  const char* setting = std::getenv(name);
+  return setting == nullptr || std::string(setting) != "0";
+}
 // Spans of fewer queries stay on FA2's window: cuDNN's parts pay from about 2048 queries
 // (bench/attention_by_parts.py). TTT_WINDOW_BY_PARTS=0 keeps FA2 everywhere (comparisons).
 constexpr int64_t kWindowByPartsMinQueries = 2048;
-[[maybe_unused]] bool window_attention_by_parts_enabled() {  // unused before libtorch 2
-  static const bool enabled = [] {
-    const char* setting = std::getenv("TTT_WINDOW_BY_PARTS");
-    return setting == nullptr || std::string(setting) != "0";
-  }();
+[[maybe_unused]] bool window_attention_by_parts_enabled() {
+  static const bool enabled = switched_on("TTT_WINDOW_BY_PARTS");
   return enabled;
 }
 // TTT_CUDNN_WINDOW=0 keeps spans off cuDNN's band (comparisons).
-[[maybe_unused]] bool cudnn_window_enabled() {  // unused before libtorch 2
-  static const bool enabled = [] {
-    const char* setting = std::getenv("TTT_CUDNN_WINDOW");
-    return setting == nullptr || std::string(setting) != "0";
-  }();
+[[maybe_unused]] bool cudnn_window_enabled() {
+  static const bool enabled = switched_on("TTT_CUDNN_WINDOW");
   return enabled;
 }
 }  // namespace
@@ -1200,8 +1199,8 @@ torch::Tensor attend_span(const torch::Tensor& q, const torch::Tensor& k, const 
                         .transpose(0, 1));
     }
     const torch::Tensor qd = q.to(dtype), kd = k.to(dtype), vd = v.to(dtype);
-    // A span of whole blocks after a cache (evaluation's chunks, the prefix's spans, full
-    // attention's spans): cuDNN's kernel with its own band, which skips the tiles outside it.
+    // A span of whole blocks after a full window's cache (evaluation's chunks, the prefix's
+    // spans): cuDNN's kernel with its own band, which skips the tiles outside it.
     if (flash && cudnn_window_enabled()) {
       if (cudnn_window_attention_refusal(qd, kd, vd, window).empty()) {
         return merged(cudnn_window_attention(qd, kd, vd, window));
