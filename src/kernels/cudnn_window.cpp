@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 
@@ -143,17 +144,9 @@ Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   set_band(options, s);
   // The frontend masks keys past a count that is not a multiple of 128 on cuDNN <= 9.15 with
   // sequence lengths it copies from the host at every call, which a CUDA graph cannot replay:
-  // name them here, in device memory written once.
-  if (s.keys % 128 != 0 && cudnnGetVersion() <= 91500) {
-    const int32_t lengths[2] = {static_cast<int32_t>(s.queries), static_cast<int32_t>(s.keys)};
-    cudaError_t status = cudaMalloc(&plan.lengths, sizeof(lengths));
-    if (status == cudaSuccess) status = cudaMemcpy(plan.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
-    if (status != cudaSuccess) {
-      cudaFree(plan.lengths);
-      plan.lengths = nullptr;
-      plan.refusal = "sequence lengths: " + cuda_text(status);
-      return plan;
-    }
+  // name them here, in device memory written once the plan is built.
+  const bool names_lengths = s.keys % 128 != 0 && cudnnGetVersion() <= 91500;
+  if (names_lengths) {
     const auto length = [&](const char* name, Uid uid) {
       return graph->tensor(fe::graph::Tensor_attributes()
                                .set_name(name)
@@ -169,9 +162,15 @@ Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   contiguous_rows(dk, kDk, s, s.keys);
   contiguous_rows(dv, kDv, s, s.keys);
   build_into(plan, graph, handle);
-  if (!plan.refusal.empty() && plan.lengths != nullptr) {
-    cudaFree(plan.lengths);
-    plan.lengths = nullptr;
+  if (names_lengths && plan.refusal.empty()) {
+    const int32_t lengths[2] = {static_cast<int32_t>(s.queries), static_cast<int32_t>(s.keys)};
+    cudaError_t status = cudaMalloc(&plan.lengths, sizeof(lengths));
+    if (status == cudaSuccess) status = cudaMemcpy(plan.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
+    if (status != cudaSuccess) {
+      cudaFree(plan.lengths);
+      plan = Plan{};
+      plan.refusal = "sequence lengths: " + cuda_text(status);
+    }
   }
   return plan;
 }
@@ -192,8 +191,12 @@ Context context_for(const CudnnWindowShape& s, bool backward) {
   }
   context.handle = handle_for(device, &context.error);
   if (context.handle == nullptr) return context;
+  // One cache for the process: cuDNN's plans are not bound to the handle they were built with
+  // (the frontend builds them without one), so the backward that autograd's device thread runs
+  // finds the plan the forward's thread built when it asked whether the backward is served.
   using Key = std::array<int64_t, 13>;
-  thread_local auto* cache = new std::map<Key, Plans>();
+  static std::mutex mutex;
+  static auto* cache = new std::map<Key, Plans>();  // nodes stay put: plans are handed out by address
   const Key key{device,   static_cast<int64_t>(s.type),
                 s.heads,  s.queries,
                 s.keys,   s.head_dim,
@@ -201,6 +204,7 @@ Context context_for(const CudnnWindowShape& s, bool backward) {
                 s.q_head, s.k_row,
                 s.k_head, s.v_row,
                 s.v_head};
+  const std::lock_guard<std::mutex> lock(mutex);
   Plans& plans = (*cache)[key];
   Plan& plan = backward ? plans.backward : plans.forward;
   if (!plan.tried) {

@@ -2,9 +2,10 @@
 // kernel), through cuDNN's graph API (the header-only cudnn-frontend, third_party/): the band
 // is cuDNN's own mask, aligned to the last key (query i of Tq is key Tk - Tq + i and sees the
 // `window` keys ending at it; window 0: every key up to it), so the kernel skips whole tiles
-// outside it. cuDNN plans a kernel per shape and pass on the host (once per shape, pass,
-// device and thread; the plans are kept for the process). Plain launchers without torch headers: the model's
-// wrapper (model/window_attention.h) allocates the outputs and the workspace.
+// outside it. cuDNN plans a kernel per shape and pass on the host (once per shape, pass and
+// device in the process, whichever thread asks; the plans are kept). Plain launchers without
+// torch headers: the model's wrapper (model/window_attention.h) allocates the outputs and the
+// workspace.
 #pragma once
 #include <cstdint>
 
