@@ -30,22 +30,34 @@ fi
 
 # Each run: a 5 s limit per input, 1 GiB of memory (a header that makes the parser allocate
 # more is a finding), the corpus grown in a scratch folder, crashes written to the regressions.
+# Harnesses run side by side, one per core (each libFuzzer process uses one), so CI's fuzzing
+# takes seconds x harnesses / cores.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+fuzz_one() {
+  local name=$1 regressions=tests/fuzz_regressions/$1
+  mkdir -p "$work/$name" "$regressions"
+  if ! build-fuzz/fuzz/${name}_fuzzer -max_total_time="$seconds" -timeout=5 -rss_limit_mb=1024 \
+      -malloc_limit_mb=1024 -artifact_prefix="$regressions/" -print_final_stats=1 \
+      "$work/$name" "fuzz/corpus/$name" "$regressions" >"$work/$name.log" 2>&1; then
+    touch "$work/$name.failed"
+  fi
+}
+cores=$(nproc)
+for name in "${harnesses[@]}"; do
+  while (($(jobs -rp | wc -l) >= cores)); do wait -n || true; done
+  fuzz_one "$name" &
+done
+wait
 failed=()
 for name in "${harnesses[@]}"; do
-  regressions=tests/fuzz_regressions/$name
-  mkdir -p "$work/$name" "$regressions"
-  corpora=("$work/$name" "fuzz/corpus/$name" "$regressions")
-  if ! build-fuzz/fuzz/${name}_fuzzer -max_total_time="$seconds" -timeout=5 -rss_limit_mb=1024 \
-      -malloc_limit_mb=1024 -artifact_prefix="$regressions/" -print_final_stats=1 "${corpora[@]}" \
-      >"$work/$name.log" 2>&1; then
+  if [[ -f "$work/$name.failed" ]]; then
     failed+=("$name")
     tail -40 "$work/$name.log"
   fi
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$name.log" | grep -o '[0-9]*$' || echo "?")
-  echo "fuzz: $name: $runs executions in ${seconds}s$([[ " ${failed[*]} " == *" $name "* ]] && echo ", FAILED")"
-  rmdir "$regressions" 2>/dev/null || true  # only harnesses with findings keep a folder
+  echo "fuzz: $name: $runs executions in ${seconds}s$([[ -f "$work/$name.failed" ]] && echo ", FAILED")"
+  rmdir "tests/fuzz_regressions/$name" 2>/dev/null || true  # only harnesses with findings keep a folder
 done
 if ((${#failed[@]})); then
   echo "fuzz: findings in ${failed[*]}: inputs saved under tests/fuzz_regressions/" >&2

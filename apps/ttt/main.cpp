@@ -5,7 +5,7 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "commands.h"
 #include "run_app.h"

@@ -5,7 +5,7 @@
 #include <fstream>
 
 #include <ATen/Context.h>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 namespace ttt {
 

@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "common/error.h"
 #include "data/prepare_manifest.h"

@@ -5,7 +5,7 @@
 #include <numeric>
 #include <unordered_set>
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "common/error.h"
 

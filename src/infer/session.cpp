@@ -6,7 +6,7 @@
 #include <map>
 #include <sstream>
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "common/error.h"
 #include "infer/decode_step.h"

@@ -1,6 +1,6 @@
 #include "model/transformer.h"
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "common/error.h"
 #include "model/compute.h"

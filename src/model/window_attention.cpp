@@ -1,7 +1,7 @@
 #include "model/window_attention.h"
 
 #include <torch/autograd.h>
-#include <torch/torch.h>
+#include <torch/types.h>
 #include <torch/version.h>
 
 #include <algorithm>

@@ -12,7 +12,7 @@
 #include <random>
 
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "common/error.h"
 #include "infer/sampler.h"

@@ -2,7 +2,7 @@
 
 #include <cstdlib>
 
-#include <torch/torch.h>
+#include <torch/types.h>
 #include <torch/version.h>
 
 #include "common/error.h"

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "common/error.h"
 #include "io/atomic_file.h"

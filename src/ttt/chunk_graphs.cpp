@@ -1,6 +1,6 @@
 #include "ttt/chunk_graphs.h"
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <algorithm>
 #include <optional>

@@ -1,6 +1,6 @@
 #include "ttt/chunk_scan.h"
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <algorithm>
 #include <cstdlib>

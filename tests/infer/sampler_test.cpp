@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "infer/sampler.h"
 #include "test_util.h"

@@ -2,7 +2,7 @@
 // feeds, the predictions are those of run_sequence; the state stays constant in size.
 #include <gtest/gtest.h>
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "infer/session.h"
 #include "io/safetensors.h"

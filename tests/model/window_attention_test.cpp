@@ -5,7 +5,7 @@
 // GPU, and the sizes it takes on any machine.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <cstdlib>
 #include <string>

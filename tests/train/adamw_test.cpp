@@ -6,7 +6,8 @@
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/version.h>
 
 #include "test_util.h"
 #include "train/adamw.h"

@@ -13,7 +13,7 @@
 // sensitivity tests at the end show that plausible mistakes in the reference do break the
 // comparison, so the agreement means something.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <algorithm>
 #include <cmath>
