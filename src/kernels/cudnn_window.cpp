@@ -8,7 +8,6 @@
 #include <cmath>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 
@@ -19,12 +18,15 @@ using TensorRef = std::shared_ptr<fe::graph::Tensor_attributes>;
 
 enum Uid : int64_t { kQ = 1, kK, kV, kOut, kStats, kGrad, kDq, kDk, kDv, kSeqQ, kSeqKv };
 
-// One pass's plan for one shape (built at its first use), or why cuDNN refused it.
+// One pass's plan for one shape, in two stages: checked (cuDNN has an engine for it; no kernel
+// built yet) and built (its kernel ready to run: the quarter of a second), or why cuDNN refused
+// it.
 struct Plan {
-  bool tried = false;
+  bool checked = false, built = false;
   std::shared_ptr<fe::graph::Graph> graph;
   int64_t workspace = 0;
-  int32_t* lengths = nullptr;  // device {queries, keys}, where the backward names them itself
+  bool names_lengths = false;  // the backward's padding mask, with lengths of its own
+  int32_t* lengths = nullptr;  // device {queries, keys}, where it names them
   std::string refusal;
 };
 struct Plans {
@@ -98,15 +100,42 @@ void set_band(Attributes& attributes, const CudnnWindowShape& s) {
   if (s.window > 0) attributes.set_diagonal_band_left_bound(static_cast<int>(s.window));
 }
 
-// The graph's plan built into `plan`, or cuDNN's reason in its refusal.
-void build_into(Plan& plan, const std::shared_ptr<fe::graph::Graph>& graph, cudnnHandle_t handle) {
-  fe::error_t status = graph->build(handle, {fe::HeurMode_t::A});
-  if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
+// The graph checked into `plan` (cuDNN's engines queried, none built), or cuDNN's reason in its
+// refusal.
+void check_into(Plan& plan, const std::shared_ptr<fe::graph::Graph>& graph, cudnnHandle_t handle) {
+  fe::error_t status = graph->validate();
+  if (status.is_good()) status = graph->build_operation_graph(handle);
+  if (status.is_good()) status = graph->create_execution_plans({fe::HeurMode_t::A});
+  if (status.is_good()) status = graph->check_support();
   if (status.is_good()) {
     plan.graph = graph;
   } else {
     plan.refusal = status.get_message();
   }
+  plan.checked = true;
+}
+
+// A checked plan's kernel built, its workspace sized and, where the backward names them, its
+// sequence lengths written to the device (once: a CUDA graph replays their address); or why not.
+void build(Plan& plan, const CudnnWindowShape& s) {
+  fe::error_t status = plan.graph->build_plans();
+  if (status.is_good()) status = plan.graph->get_workspace_size(plan.workspace);
+  if (!status.is_good()) {
+    plan.refusal = status.get_message();
+    return;
+  }
+  if (plan.names_lengths) {
+    const int32_t lengths[2] = {static_cast<int32_t>(s.queries), static_cast<int32_t>(s.keys)};
+    cudaError_t copied = cudaMalloc(&plan.lengths, sizeof(lengths));
+    if (copied == cudaSuccess) copied = cudaMemcpy(plan.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
+    if (copied != cudaSuccess) {
+      cudaFree(plan.lengths);
+      plan.lengths = nullptr;
+      plan.refusal = "sequence lengths: " + cuda_text(copied);
+      return;
+    }
+  }
+  plan.built = true;
 }
 
 struct Inputs {
@@ -127,7 +156,7 @@ Plan forward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   auto [out, stats] = graph->sdpa(in.q, in.k, in.v, options);
   contiguous_rows(out, kOut, s, s.queries);
   stats_layout(*stats, s).set_output(true);
-  build_into(plan, graph, handle);
+  check_into(plan, graph, handle);
   return plan;
 }
 
@@ -144,9 +173,9 @@ Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   set_band(options, s);
   // The frontend masks keys past a count that is not a multiple of 128 on cuDNN <= 9.15 with
   // sequence lengths it copies from the host at every call, which a CUDA graph cannot replay:
-  // name them here, in device memory written once the plan is built.
-  const bool names_lengths = s.keys % 128 != 0 && cudnnGetVersion() <= 91500;
-  if (names_lengths) {
+  // name them here, in device memory written once (build).
+  plan.names_lengths = s.keys % 128 != 0 && cudnnGetVersion() <= 91500;
+  if (plan.names_lengths) {
     const auto length = [&](const char* name, Uid uid) {
       return graph->tensor(fe::graph::Tensor_attributes()
                                .set_name(name)
@@ -161,17 +190,7 @@ Plan backward_plan(const CudnnWindowShape& s, cudnnHandle_t handle) {
   contiguous_rows(dq, kDq, s, s.queries);
   contiguous_rows(dk, kDk, s, s.keys);
   contiguous_rows(dv, kDv, s, s.keys);
-  build_into(plan, graph, handle);
-  if (names_lengths && plan.refusal.empty()) {
-    const int32_t lengths[2] = {static_cast<int32_t>(s.queries), static_cast<int32_t>(s.keys)};
-    cudaError_t status = cudaMalloc(&plan.lengths, sizeof(lengths));
-    if (status == cudaSuccess) status = cudaMemcpy(plan.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
-    if (status != cudaSuccess) {
-      cudaFree(plan.lengths);
-      plan = Plan{};
-      plan.refusal = "sequence lengths: " + cuda_text(status);
-    }
-  }
+  check_into(plan, graph, handle);
   return plan;
 }
 
@@ -181,8 +200,12 @@ struct Context {
   std::string error;  // no device, no handle
 };
 
-// The handle and the shape's plan for one pass on the current device, built at its first use.
-Context context_for(const CudnnWindowShape& s, bool backward) {
+// The handle and the shape's plan for one pass on the current device, checked at its first use
+// and built where `run` asks for a kernel to run. Plans are kept per thread, as PyTorch keeps
+// its cuDNN attention's: cuDNN does not promise every engine's plans are safe to share across
+// threads. So the forward's thread only checks the backward (whether autograd may take this
+// path), and autograd's device thread, which runs it, builds it: one build per pass and shape.
+Context context_for(const CudnnWindowShape& s, bool backward, bool run) {
   Context context;
   int device = 0;
   if (const cudaError_t status = cudaGetDevice(&device); status != cudaSuccess) {
@@ -191,12 +214,8 @@ Context context_for(const CudnnWindowShape& s, bool backward) {
   }
   context.handle = handle_for(device, &context.error);
   if (context.handle == nullptr) return context;
-  // One cache for the process: cuDNN's plans are not bound to the handle they were built with
-  // (the frontend builds them without one), so the backward that autograd's device thread runs
-  // finds the plan the forward's thread built when it asked whether the backward is served.
   using Key = std::array<int64_t, 13>;
-  static std::mutex mutex;
-  static auto* cache = new std::map<Key, Plans>();  // nodes stay put: plans are handed out by address
+  thread_local auto* cache = new std::map<Key, Plans>();
   const Key key{device,   static_cast<int64_t>(s.type),
                 s.heads,  s.queries,
                 s.keys,   s.head_dim,
@@ -204,17 +223,17 @@ Context context_for(const CudnnWindowShape& s, bool backward) {
                 s.q_head, s.k_row,
                 s.k_head, s.v_row,
                 s.v_head};
-  const std::lock_guard<std::mutex> lock(mutex);
   Plans& plans = (*cache)[key];
   Plan& plan = backward ? plans.backward : plans.forward;
-  if (!plan.tried) {
+  if (!plan.checked) {
     if (s.type != Storage::kBFloat16 && s.type != Storage::kFloat16) {
       plan.refusal = "cuDNN's window attention takes bf16 or fp16";
+      plan.checked = true;
     } else {
       plan = backward ? backward_plan(s, context.handle) : forward_plan(s, context.handle);
     }
-    plan.tried = true;
   }
+  if (run && plan.refusal.empty() && !plan.built) build(plan, s);
   context.plan = &plan;
   return context;
 }
@@ -238,18 +257,18 @@ const char* unusable(const Context& context) {
 }  // namespace
 
 const char* cudnn_window_refusal(const CudnnWindowShape& shape, bool backward) {
-  if (const char* error = unusable(context_for(shape, false))) return error;
-  return backward ? unusable(context_for(shape, true)) : nullptr;
+  if (const char* error = unusable(context_for(shape, false, true))) return error;
+  return backward ? unusable(context_for(shape, true, false)) : nullptr;
 }
 
 int64_t cudnn_window_workspace(const CudnnWindowShape& shape, bool backward) {
-  const Context context = context_for(shape, backward);
+  const Context context = context_for(shape, backward, true);
   return unusable(context) == nullptr ? context.plan->workspace : 0;
 }
 
 const char* cudnn_window_forward(const CudnnWindowShape& shape, const void* q, const void* k, const void* v, void* out,
                                  float* lse, void* workspace, void* stream) {
-  const Context context = context_for(shape, false);
+  const Context context = context_for(shape, false, true);
   if (const char* error = unusable(context)) return error;
   std::unordered_map<int64_t, void*> pack{
       {kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)}, {kV, const_cast<void*>(v)}, {kOut, out}, {kStats, lse}};
@@ -259,7 +278,7 @@ const char* cudnn_window_forward(const CudnnWindowShape& shape, const void* q, c
 const char* cudnn_window_backward(const CudnnWindowShape& shape, const void* q, const void* k, const void* v,
                                   const void* out, const void* grad, const float* lse, void* dq, void* dk, void* dv,
                                   void* workspace, void* stream) {
-  const Context context = context_for(shape, true);
+  const Context context = context_for(shape, true, true);
   if (const char* error = unusable(context)) return error;
   std::unordered_map<int64_t, void*> pack{{kQ, const_cast<void*>(q)},
                                           {kK, const_cast<void*>(k)},

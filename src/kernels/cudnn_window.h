@@ -2,9 +2,9 @@
 // kernel), through cuDNN's graph API (the header-only cudnn-frontend, third_party/): the band
 // is cuDNN's own mask, aligned to the last key (query i of Tq is key Tk - Tq + i and sees the
 // `window` keys ending at it; window 0: every key up to it), so the kernel skips whole tiles
-// outside it. cuDNN plans a kernel per shape and pass on the host (once per shape, pass and
-// device in the process, whichever thread asks; the plans are kept). Plain launchers without
-// torch headers: the model's wrapper (model/window_attention.h) allocates the outputs and the
+// outside it. cuDNN plans a kernel per shape and pass on the host (once per shape, pass, device
+// and thread that runs it; the plans are kept for the process). Plain launchers without torch
+// headers: the model's wrapper (model/window_attention.h) allocates the outputs and the
 // workspace.
 #pragma once
 #include <cstdint>
@@ -22,7 +22,8 @@ struct CudnnWindowShape {
 };
 
 // Null where cuDNN runs this shape forward, and backward if asked, else why not (cuDNN's
-// reason). Builds the plans asked for (about a quarter of a second each on an H100).
+// reason). Builds the forward's plan (about a quarter of a second on an H100) and only checks
+// the backward's: autograd runs the backward on a thread of its own, which builds it there.
 const char* cudnn_window_refusal(const CudnnWindowShape& shape, bool backward);
 
 // Bytes of device workspace the forward or the backward takes (a shape cuDNN runs).
