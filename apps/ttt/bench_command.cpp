@@ -231,9 +231,6 @@ void measure(const BenchOptions& options, const ModelConfig& config, const Param
     const std::unique_ptr<GradientGraphs> graphs = GradientGraphs::where_supported(config, trainable);
     GradientOptions gradient;
     gradient.graphs = graphs.get();
-    require(options.prefix_span % config.mini_batch == 0, "--prefix-span " + std::to_string(options.prefix_span) +
-                                                              " is not a whole number of chunks (" +
-                                                              std::to_string(config.mini_batch) + " tokens)");
     gradient.prefix_span_tokens = options.prefix_span;
     if (options.prefix_span > 0) row["prefix_span_tokens"] = options.prefix_span;
     gradient.tail_chunks = options.tail_chunks;
@@ -313,6 +310,15 @@ void run_bench(const BenchOptions& options) {
                                      : half                     ? peak_half_precision_flops(device)
                                                                 : std::nullopt;
   if (peak) std::printf("%s: MFU against a matmul peak of %.0f TFLOP/s\n", device.c_str(), *peak / 1e12);
+  // Flags that depend on the config checked for every one before any weights are drawn.
+  for (const std::string& size : split(options.sizes)) {
+    for (const std::string& variant : split(options.variants)) {
+      const int64_t chunk = bench_config(shape_named(size), variant_or_error(variant)).mini_batch;
+      require(options.prefix_span % chunk == 0, "--prefix-span " + std::to_string(options.prefix_span) +
+                                                    " is not a whole number of chunks (" + std::to_string(chunk) +
+                                                    " tokens)");
+    }
+  }
   json rows = json::array();
   std::printf("%-5s %-8s %-8s %8s  result\n", "size", "variant", "mode", "context");
   for (const std::string& size : split(options.sizes)) {

@@ -176,9 +176,12 @@ TEST(Cli, BenchTakesThePrefixSpanOfTrainRows) {
   const nlohmann::json& row = out.at("rows").at(0);
   EXPECT_EQ(row.at("prefix_span_tokens").get<int64_t>(), 2048);
   EXPECT_GT(row.at("tokens_per_s").get<double>(), 0);
+  // Refused before any weights are drawn: no row runs.
   const CliRun odd = bench_on_cpu("--modes train --train-contexts 16 --prefix-span 1000", &out);
+  EXPECT_NE(odd.exit_code, 0);
   EXPECT_NE(odd.output.find("--prefix-span 1000 is not a whole number of chunks (1024 tokens)"), std::string::npos)
       << odd.output;
+  EXPECT_EQ(odd.output.find("variant"), std::string::npos) << odd.output;
 }
 
 TEST(Cli, InitStoresEveryDtypeAndInfoReadsIt) {
