@@ -46,14 +46,14 @@ fuzz_one() {
 cores=$(nproc)
 for name in "${harnesses[@]}"; do
   while (($(jobs -rp | wc -l) >= cores)); do wait -n || true; done
-  fuzz_one "$name" &
+  { fuzz_one "$name" || touch "$work/$name.failed"; } &
 done
 wait
 failed=()
 for name in "${harnesses[@]}"; do
   if [[ -f "$work/$name.failed" ]]; then
     failed+=("$name")
-    tail -40 "$work/$name.log"
+    tail -40 "$work/$name.log" 2>/dev/null || true
   fi
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$name.log" | grep -o '[0-9]*$' || echo "?")
   echo "fuzz: $name: $runs executions in ${seconds}s$([[ -f "$work/$name.failed" ]] && echo ", FAILED")"

@@ -311,7 +311,9 @@ void run_bench(const BenchOptions& options) {
                                                                 : std::nullopt;
   if (peak) std::printf("%s: MFU against a matmul peak of %.0f TFLOP/s\n", device.c_str(), *peak / 1e12);
   // Flags that depend on the config checked for every one before any weights are drawn.
-  for (const std::string& size : split(options.sizes)) {
+  const std::vector<std::string> all_modes = split(options.modes);
+  const bool trains = std::find(all_modes.begin(), all_modes.end(), "train") != all_modes.end();
+  for (const std::string& size : trains ? split(options.sizes) : std::vector<std::string>()) {
     for (const std::string& variant : split(options.variants)) {
       const int64_t chunk = bench_config(shape_named(size), variant_or_error(variant)).mini_batch;
       require(options.prefix_span % chunk == 0, "--prefix-span " + std::to_string(options.prefix_span) +

@@ -130,6 +130,7 @@ void build(Plan& plan, const CudnnWindowShape& s) {
     if (copied == cudaSuccess) copied = cudaMemcpy(plan.lengths, lengths, sizeof(lengths), cudaMemcpyHostToDevice);
     if (copied != cudaSuccess) {
       cudaFree(plan.lengths);
+      cudaGetLastError();  // cleared: the next kernel's launch check must not report it
       plan.lengths = nullptr;
       plan.refusal = "sequence lengths: " + cuda_text(copied);
       return;

@@ -307,8 +307,10 @@ class CudnnWindowAttention : public torch::autograd::Function<CudnnWindowAttenti
     if (!packed_rows(grad)) grad = grad.clone();  // a view at an odd offset: cuDNN reads 16 bytes at a time
     torch::Tensor dq = torch::empty(q.sizes(), q.options()), dk = torch::empty(k.sizes(), k.options()),
                   dv = torch::empty(v.sizes(), v.options());
+    // The forward's refusal check only asked cuDNN for an engine; this thread builds the kernel,
+    // which cuDNN may still refuse: then the error says how to run without it.
     const torch::Tensor workspace = workspace_of(kernels::cudnn_window_workspace(shape, /*backward=*/true), q);
-    check("cudnn_window_backward",
+    check("cudnn_window_backward (TTT_CUDNN_WINDOW=0 runs without it)",
           kernels::cudnn_window_backward(shape, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                                          grad.data_ptr(), lse.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(),
                                          dv.data_ptr(), workspace.data_ptr(), stream()));
