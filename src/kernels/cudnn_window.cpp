@@ -112,7 +112,6 @@ void check_into(Plan& plan, const std::shared_ptr<fe::graph::Graph>& graph, cudn
   } else {
     plan.refusal = status.get_message();
   }
-  plan.checked = true;
 }
 
 // A checked plan's kernel built, its workspace sized and, where the backward names them, its
@@ -229,10 +228,10 @@ Context context_for(const CudnnWindowShape& s, bool backward, bool run) {
   if (!plan.checked) {
     if (s.type != Storage::kBFloat16 && s.type != Storage::kFloat16) {
       plan.refusal = "cuDNN's window attention takes bf16 or fp16";
-      plan.checked = true;
     } else {
       plan = backward ? backward_plan(s, context.handle) : forward_plan(s, context.handle);
     }
+    plan.checked = true;
   }
   if (run && plan.refusal.empty() && !plan.built) build(plan, s);
   context.plan = &plan;
