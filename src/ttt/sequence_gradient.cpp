@@ -127,19 +127,28 @@ class HostParking {
   }
 
   torch::Tensor park(const torch::Tensor& t) {
-    const int64_t bytes = t.numel() * t.element_size();
     if (next_ == buffers_.size()) buffers_.emplace_back();
-    torch::Tensor& buffer = buffers_[next_++];
-    if (!buffer.defined() || buffer.numel() < bytes) buffer = host_buffer(bytes, t);
-    torch::Tensor parked = torch::from_blob(buffer.data_ptr(), t.sizes(), t.options().device(torch::kCPU));
-    // A snapshot on a GPU: the computation goes on while the copy reads it.
-    copies_.copy(parked, t.is_cuda() ? t.clone(at::MemoryFormat::Contiguous) : t.contiguous());
-    return parked;
+    return park_into(buffers_[next_++], t);
   }
   KvEntries park(const KvEntries& e) { return {park(e.keys), park(e.values), e.positions.clone()}; }
   FastWeights park(const FastWeights& weights) {
     FastWeights out;
     for (const MlpParams& w : weights) out.push_back({park(w.w1), park(w.w2), park(w.w3)});
+    return out;
+  }
+  // Fast weights the reverse scan recomputed, into slot `slot` of buffers that every such
+  // recomputation reuses (3B at 128K: 1.4 GB a set, several sets each time, 25 times a step),
+  // so that they take fixed host memory. Safe: the scan fetches one recomputation's weights
+  // before it parks the next one's, and the copies run in order on one stream.
+  FastWeights park_recomputed(const FastWeights& weights, size_t slot) {
+    const size_t per_set = 3 * weights.size();
+    if (recomputed_.size() < (slot + 1) * per_set) recomputed_.resize((slot + 1) * per_set);
+    torch::Tensor* buffer = &recomputed_[slot * per_set];
+    FastWeights out;
+    for (const MlpParams& w : weights) {
+      out.push_back({park_into(buffer[0], w.w1), park_into(buffer[1], w.w2), park_into(buffer[2], w.w3)});
+      buffer += 3;
+    }
     return out;
   }
 
@@ -165,7 +174,17 @@ class HostParking {
   void join() { copies_.join(); }
 
  private:
+  torch::Tensor park_into(torch::Tensor& buffer, const torch::Tensor& t) {
+    const int64_t bytes = t.numel() * t.element_size();
+    if (!buffer.defined() || buffer.numel() < bytes) buffer = host_buffer(bytes, t);
+    torch::Tensor parked = torch::from_blob(buffer.data_ptr(), t.sizes(), t.options().device(torch::kCPU));
+    // A snapshot on a GPU: the computation goes on while the copy reads it.
+    copies_.copy(parked, t.is_cuda() ? t.clone(at::MemoryFormat::Contiguous) : t.contiguous());
+    return parked;
+  }
+
   std::vector<torch::Tensor> buffers_;
+  std::vector<torch::Tensor> recomputed_;  // park_recomputed's slots, 3 tensors a block each
   size_t next_ = 0;
   CopyStream copies_;
 };
@@ -238,6 +257,9 @@ struct Sequence {
   // view) so that it pins nothing else.
   KvEntries keep(const KvEntries& rows) const { return parking != nullptr ? parking->park(rows) : rows.cloned(); }
   FastWeights keep(const FastWeights& weights) const { return parking != nullptr ? parking->park(weights) : weights; }
+  FastWeights keep_recomputed(const FastWeights& weights, size_t slot) const {
+    return parking != nullptr ? parking->park_recomputed(weights, slot) : weights;
+  }
   // Kept weights on the device: parked ones fetched, readable after join_copies() (prefetch)
   // or at once (fetched).
   FastWeights prefetch(const FastWeights& weights) const {
@@ -556,7 +578,9 @@ void prefetch_chunk(const Sequence& seq, std::vector<SavedChunk>& saved, Fetched
 
 // The fast weights chunk c starts from, where suffix_forward did not keep them: the scan
 // run again, without an outer graph, from the last chunk whose weights it kept, refilling
-// the weights of every chunk from there to c (the reverse scan reaches them next).
+// the weights of every chunk from there to c (the reverse scan reaches them next). Chunk c's
+// stay on the device; the others wait parked, if the sequence parks, until the scan
+// prefetches them: one set at a time on the device, not weights_every - 1.
 void refill_weights(const Sequence& seq, const Params& suffix, const torch::Tensor& h, std::vector<SavedChunk>& saved,
                     FetchedRows& fetched, int64_t c) {
   RECORD_USER_SCOPE("gradient: fast weights recomputed");
@@ -572,7 +596,15 @@ void refill_weights(const Sequence& seq, const Params& suffix, const torch::Tens
   ChunkInputs hidden_rows = ChunkInputs::given(h, seq.first_suffix);
   const std::vector<ChunkSpan> chunks(seq.chunks.begin() + from, seq.chunks.begin() + c);
   scan_chunks(seq.config, frozen, hidden_rows, seq.targets, chunks, state, {OuterGradient::kNone, seq.step_size},
-              [&](const ChunkSpan& chunk, const ChunkStep&) { saved[chunk.index + 1].weights = state.weights; });
+              [&](const ChunkSpan& chunk, const ChunkStep&) {
+                const int64_t next = chunk.index + 1;
+                if (next == c) {
+                  saved[next].weights = state.weights;
+                } else {
+                  saved[next].weights = seq.keep_recomputed(state.weights, next - from - 1);
+                  seq.settle_copies();
+                }
+              });
 }
 
 // What a recomputed chunk is differentiated for, and, of the same shape, its gradients: by

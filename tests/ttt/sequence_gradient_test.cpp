@@ -121,6 +121,8 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"fa_prefix_spans_of_2_chunks", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2},
         // What the backward pass reads again parked, and fetched back once per span and chunk.
         Case{"ttt_parked", Variant::kTttE2E, 29, 8, 0, 1.0, true, false, 3, 2, true},
+        // Recomputed weights parked in reused slots: two a recomputation, two recomputations.
+        Case{"ttt_parked_weights_every_4", Variant::kTttE2E, 29, 8, 0, 1.0, true, false, 4, 2, true},
         Case{"swa_parked", Variant::kSlidingWindow, 29, 5, 0, 0.0, true, false, 0, 3, true},
         Case{"fa_parked", Variant::kFullAttention, 29, 0, 0, 0.0, true, false, 0, 2, true},
         // The last chunks run once, as one graph, in the reverse scan (the forward pass stops
@@ -382,13 +384,14 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
   // The eager gradient runs without any of these: they do not change the gradient, but in
   // bf16 other spans round differently (2e-2 of the largest entry), so spans only in fp32.
   // The tail, unlike those, is given to both sides: rows that park or keep weights every 2
-  // need a forward pass (a tail of one chunk) to exercise them.
+  // need a forward pass (a tail of one chunk) to exercise them. Parked with weights every 3,
+  // a recomputed set waits in the slot that every recomputation reuses.
   for (const auto& [variant, precision, parked, span_chunks, weights_every, tail] :
        {Row{Variant::kTttE2E, bf16, false, 0, 0, 0}, Row{Variant::kTttE2E, f32, false, 0, 0, 1},
         Row{Variant::kSlidingWindow, bf16, false, 0, 0, 0}, Row{Variant::kTttE2E, f32, true, 0, 0, 1},
         Row{Variant::kTttE2E, f32, false, 2, 0, 1}, Row{Variant::kTttE2E, f32, false, 0, 2, 1},
         Row{Variant::kSlidingWindow, bf16, true, 0, 0, 0}, Row{Variant::kSlidingWindow, f32, true, 2, 0, 0},
-        Row{Variant::kTttE2E, f32, true, 2, 2, 1}, Row{Variant::kTttE2E, f32, true, 0, 2, 3}}) {
+        Row{Variant::kTttE2E, f32, true, 2, 3, 1}, Row{Variant::kTttE2E, f32, true, 0, 2, 3}}) {
     SCOPED_TRACE(std::string(variant == Variant::kTttE2E ? "ttt-e2e" : "swa") + (precision ? " bf16" : " f32") +
                  (parked ? " parked" : "") + " spans " + std::to_string(span_chunks) + " weights every " +
                  std::to_string(weights_every) + " tail " + std::to_string(tail));
