@@ -60,12 +60,6 @@ __device__ __forceinline__ void for_each_row_pack(const uint4* packs, int64_t co
   }
 }
 
-// A row's NLL from its logsumexp: NaN for a target outside the vocabulary.
-template <typename T>
-__device__ __forceinline__ float row_nll(const T* row_logits, int64_t target, int64_t vocab, float lse) {
-  return target >= 0 && target < vocab ? lse - to_float(row_logits[target]) : NAN;
-}
-
 // The NLL's gradient at one logit: scale * (softmax - [it is the target]).
 __device__ __forceinline__ float nll_gradient(float value, float lse, float scale, bool is_target) {
   return scale * (expf(value - lse) - (is_target ? 1.f : 0.f));
@@ -90,8 +84,9 @@ __global__ void __launch_bounds__(kThreads)
   acc = block_reduce<kThreads>(acc, merge, MaxSum{-INFINITY, 0.f});
   if (threadIdx.x == 0) {
     const float row_lse = acc.max + logf(acc.sum);
+    const int64_t target = targets[row];
     lse[row] = row_lse;
-    nll[row] = row_nll(x, targets[row], vocab, row_lse);
+    nll[row] = target >= 0 && target < vocab ? row_lse - to_float(x[target]) : NAN;
   }
 }
 
@@ -149,7 +144,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
   const int64_t target = targets[row];
   if (threadIdx.x == 0) {
     lse[row] = row_lse;
-    nll[row] = row_nll(logits + row * vocab, target, vocab, row_lse);
+    nll[row] = target >= 0 && target < vocab ? row_lse - to_float(logits[row * vocab + target]) : NAN;
   }
   uint4* out_packs = reinterpret_cast<uint4*>(grad + row * vocab);
   for (int64_t i = threadIdx.x; i < count; i += kFusedThreads) {
