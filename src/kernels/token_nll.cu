@@ -40,26 +40,6 @@ __device__ __forceinline__ void accumulate_pack(const uint4& pack, MaxSum& acc) 
   acc = {m, sum};
 }
 
-// f(i, pack) for the packs [0, count) of a row a block of kStride threads deals out in turn,
-// two loads in flight a thread.
-template <int kStride, typename F>
-__device__ __forceinline__ void for_each_row_pack(const uint4* packs, int64_t count, F&& f) {
-  constexpr int kUnroll = 2;
-  for (int64_t first = threadIdx.x; first < count; first += kUnroll * kStride) {
-    uint4 loaded[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t i = first + u * kStride;
-      loaded[u] = i < count ? packs[i] : uint4{};
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (first + u * kStride >= count) break;
-      f(first + u * kStride, loaded[u]);
-    }
-  }
-}
-
 // The NLL's gradient at one logit: scale * (softmax - [it is the target]).
 __device__ __forceinline__ float nll_gradient(float value, float lse, float scale, bool is_target) {
   return scale * (expf(value - lse) - (is_target ? 1.f : 0.f));
@@ -73,8 +53,23 @@ __global__ void __launch_bounds__(kThreads)
   const T* x = logits + row * vocab;
   MaxSum acc{-INFINITY, 0.f};
   if constexpr (kVector) {
-    for_each_row_pack<kThreads>(reinterpret_cast<const uint4*>(x), vocab / kPerLoad<T>,
-                                [&](int64_t, const uint4& pack) { accumulate_pack<T>(pack, acc); });
+    // Two packs in flight a thread; the running maximum rescales the sum only when it grows.
+    constexpr int kPer = kPerLoad<T>, kUnroll = 2;
+    const uint4* packs = reinterpret_cast<const uint4*>(x);
+    const int64_t count = vocab / kPer;
+    for (int64_t first = threadIdx.x; first < count; first += kUnroll * kThreads) {
+      uint4 loaded[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = first + u * kThreads;
+        loaded[u] = i < count ? packs[i] : uint4{};
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (first + u * kThreads >= count) break;
+        accumulate_pack<T>(loaded[u], acc);
+      }
+    }
   } else {
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
       const float value = to_float(x[i]);
@@ -135,10 +130,22 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
   const int64_t row = blockIdx.x, count = vocab / kPer;
   const uint4* packs = reinterpret_cast<const uint4*>(logits + row * vocab);
   MaxSum acc{-INFINITY, 0.f};
-  for_each_row_pack<kFusedThreads>(packs, count, [&](int64_t i, const uint4& pack) {
-    if (i < staged) stage[i] = pack;  // read back by this thread alone
-    accumulate_pack<T>(pack, acc);
-  });
+  constexpr int kUnroll = 2;  // packs in flight a thread
+  for (int64_t first = threadIdx.x; first < count; first += kUnroll * kFusedThreads) {
+    uint4 loaded[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = first + u * kFusedThreads;
+      loaded[u] = i < count ? packs[i] : uint4{};
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = first + u * kFusedThreads;
+      if (i >= count) break;
+      if (i < staged) stage[i] = loaded[u];  // read back by this thread alone
+      accumulate_pack<T>(loaded[u], acc);
+    }
+  }
   acc = block_reduce<kFusedThreads>(acc, merge, MaxSum{-INFINITY, 0.f});
   const float row_lse = acc.max + logf(acc.sum), scale = grad_nll[row];
   const int64_t target = targets[row];
