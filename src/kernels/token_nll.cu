@@ -18,33 +18,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <typename T>
 constexpr int kPerLoad = 16 / sizeof(T);
 
-// A 16-byte pack of logits merged into the running (max, sum of exponentials): the sum
-// rescaled only when the maximum grows.
-template <typename T>
-__device__ __forceinline__ void accumulate_pack(const uint4& pack, MaxSum& acc) {
-  constexpr int kPer = kPerLoad<T>;
-  const T* e = reinterpret_cast<const T*>(&pack);
-  float values[kPer], m = acc.max;
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) {
-    values[j] = to_float(e[j]);
-    m = fmaxf(m, values[j]);
-  }
-  if (m == -INFINITY) return;
-  float sum = m == acc.max ? acc.sum : acc.sum * expf(acc.max - m);  // exp(-inf) = 0: no sum yet
-  // exp(v - m) as 2^(v log2(e) - m log2(e)): one FMA and the hardware's exp2 a value (the
-  // instruction count, not memory, bounds this loop).
-  const float shift = m * kLog2e;
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) sum += exp2f(fmaf(values[j], kLog2e, -shift));
-  acc = {m, sum};
-}
-
-// The NLL's gradient at one logit: scale * (softmax - [it is the target]).
-__device__ __forceinline__ float nll_gradient(float value, float lse, float scale, bool is_target) {
-  return scale * (expf(value - lse) - (is_target ? 1.f : 0.f));
-}
-
 template <typename T, bool kVector>
 __global__ void __launch_bounds__(kThreads)
     nll_forward(const T* __restrict__ logits, const int64_t* __restrict__ targets, int64_t vocab,
@@ -67,7 +40,21 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         if (first + u * kThreads >= count) break;
-        accumulate_pack<T>(loaded[u], acc);
+        const T* e = reinterpret_cast<const T*>(&loaded[u]);
+        float values[kPer], m = acc.max;
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) {
+          values[j] = to_float(e[j]);
+          m = fmaxf(m, values[j]);
+        }
+        if (m == -INFINITY) continue;
+        float sum = m == acc.max ? acc.sum : acc.sum * expf(acc.max - m);  // exp(-inf) = 0: no sum yet
+        // exp(v - m) as 2^(v log2(e) - m log2(e)): one FMA and the hardware's exp2 a value (the
+        // instruction count, not memory, bounds this loop).
+        const float shift = m * kLog2e;
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) sum += exp2f(fmaf(values[j], kLog2e, -shift));
+        acc = {m, sum};
       }
     }
   } else {
@@ -94,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
   T* g = grad + row * vocab;
   const float row_lse = lse[row], scale = grad_nll[row];
   const int64_t target = targets[row];
-  const auto one = [&](float value, int64_t v) { return nll_gradient(value, row_lse, scale, v == target); };
+  const auto one = [&](float value, int64_t v) { return scale * (expf(value - row_lse) - (v == target ? 1.f : 0.f)); };
   if constexpr (kVector) {
     constexpr int kPer = kPerLoad<T>;
     const uint4* packs = reinterpret_cast<const uint4*>(x);
@@ -130,21 +117,19 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
   const int64_t row = blockIdx.x, count = vocab / kPer;
   const uint4* packs = reinterpret_cast<const uint4*>(logits + row * vocab);
   MaxSum acc{-INFINITY, 0.f};
-  constexpr int kUnroll = 2;  // packs in flight a thread
-  for (int64_t first = threadIdx.x; first < count; first += kUnroll * kFusedThreads) {
-    uint4 loaded[kUnroll];
+  for (int64_t i = threadIdx.x; i < count; i += kFusedThreads) {
+    const uint4 pack = packs[i];
+    if (i < staged) stage[i] = pack;  // read back by this thread alone
+    const T* e = reinterpret_cast<const T*>(&pack);
+    float m = acc.max;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t i = first + u * kFusedThreads;
-      loaded[u] = i < count ? packs[i] : uint4{};
-    }
+    for (int j = 0; j < kPer; ++j) m = fmaxf(m, to_float(e[j]));
+    if (m == -INFINITY) continue;
+    float sum = m == acc.max ? acc.sum : acc.sum * expf(acc.max - m);
+    const float shift = m * kLog2e;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t i = first + u * kFusedThreads;
-      if (i >= count) break;
-      if (i < staged) stage[i] = loaded[u];  // read back by this thread alone
-      accumulate_pack<T>(loaded[u], acc);
-    }
+    for (int j = 0; j < kPer; ++j) sum += exp2f(fmaf(to_float(e[j]), kLog2e, -shift));
+    acc = {m, sum};
   }
   acc = block_reduce<kFusedThreads>(acc, merge, MaxSum{-INFINITY, 0.f});
   const float row_lse = acc.max + logf(acc.sum), scale = grad_nll[row];
@@ -160,8 +145,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
     uint4 out;
     T* o = reinterpret_cast<T*>(&out);
 #pragma unroll
-    for (int j = 0; j < kPer; ++j)
-      o[j] = from_float<T>(nll_gradient(to_float(e[j]), row_lse, scale, i * kPer + j == target));
+    for (int j = 0; j < kPer; ++j) {
+      const int64_t v = i * kPer + j;
+      o[j] = from_float<T>(scale * (expf(to_float(e[j]) - row_lse) - (v == target ? 1.f : 0.f)));
+    }
     out_packs[i] = out;
   }
 }
