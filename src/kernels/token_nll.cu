@@ -1,5 +1,3 @@
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "kernels/common.cuh"
@@ -97,59 +95,6 @@ __global__ void __launch_bounds__(kThreads)
     }
   } else {
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads) g[i] = from_float<T>(one(to_float(x[i]), i));
-  }
-}
-
-// token_nll_forward then token_nll_backward in one launch, for the head's loss before an
-// inner step: one block of 1024 threads a row and one row an SM (its shared memory), the
-// row's first `staged` packs kept there from the first pass (max and sum) for the second
-// (the gradient), the rest read again right after its first read (L2). The logits are read
-// from memory once, where the two launches read them twice.
-constexpr int kFusedThreads = 1024;
-
-template <typename T>
-__global__ void __launch_bounds__(kFusedThreads, 1)
-    nll_forward_backward(const T* __restrict__ logits, const int64_t* __restrict__ targets,
-                         const float* __restrict__ grad_nll, int64_t vocab, int64_t staged, float* __restrict__ nll,
-                         float* __restrict__ lse, T* __restrict__ grad) {
-  extern __shared__ uint4 stage[];
-  constexpr int kPer = kPerLoad<T>;
-  const int64_t row = blockIdx.x, count = vocab / kPer;
-  const uint4* packs = reinterpret_cast<const uint4*>(logits + row * vocab);
-  MaxSum acc{-INFINITY, 0.f};
-  for (int64_t i = threadIdx.x; i < count; i += kFusedThreads) {
-    const uint4 pack = packs[i];
-    if (i < staged) stage[i] = pack;  // read back by this thread alone
-    const T* e = reinterpret_cast<const T*>(&pack);
-    float m = acc.max;
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) m = fmaxf(m, to_float(e[j]));
-    if (m == -INFINITY) continue;
-    float sum = m == acc.max ? acc.sum : acc.sum * expf(acc.max - m);
-    const float shift = m * kLog2e;
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) sum += exp2f(fmaf(to_float(e[j]), kLog2e, -shift));
-    acc = {m, sum};
-  }
-  acc = block_reduce<kFusedThreads>(acc, merge, MaxSum{-INFINITY, 0.f});
-  const float row_lse = acc.max + logf(acc.sum), scale = grad_nll[row];
-  const int64_t target = targets[row];
-  if (threadIdx.x == 0) {
-    lse[row] = row_lse;
-    nll[row] = target >= 0 && target < vocab ? row_lse - to_float(logits[row * vocab + target]) : NAN;
-  }
-  uint4* out_packs = reinterpret_cast<uint4*>(grad + row * vocab);
-  for (int64_t i = threadIdx.x; i < count; i += kFusedThreads) {
-    const uint4 pack = i < staged ? stage[i] : packs[i];
-    const T* e = reinterpret_cast<const T*>(&pack);
-    uint4 out;
-    T* o = reinterpret_cast<T*>(&out);
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      const int64_t v = i * kPer + j;
-      o[j] = from_float<T>(scale * (expf(to_float(e[j]) - row_lse) - (v == target ? 1.f : 0.f)));
-    }
-    out_packs[i] = out;
   }
 }
 
@@ -256,44 +201,6 @@ const char* backward(const void* logits, const int64_t* targets, const float* ls
   return launched();
 }
 
-// The fused kernel where the rows take 16-byte packs, else the two launches. Its shared
-// memory is the most a block may opt into on the device (one block an SM either way): an
-// attribute of the kernel, set at its first launch on each device (threads that race there
-// set the same value).
-template <typename T>
-const char* forward_backward(const void* logits, const int64_t* targets, const float* grad_nll, int64_t rows,
-                             int64_t vocab, float* nll, float* lse, void* grad_logits, cudaStream_t stream) {
-  if (!vectorizable<T>(logits, vocab) || !vectorizable<T>(grad_logits, vocab)) {
-    if (const char* error = forward<T>(logits, targets, rows, vocab, nll, lse, stream)) return error;
-    return backward<T>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, stream);
-  }
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> stage_bytes[kMaxDevices] = {};  // 0: not set yet
-  int device = 0;
-  if (const cudaError_t error = cudaGetDevice(&device); error != cudaSuccess) return cudaGetErrorString(error);
-  if (device >= kMaxDevices) return "token_nll: more devices than the fused kernel's table";
-  if (stage_bytes[device].load() == 0) {
-    int optin = 0;
-    if (const cudaError_t error = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-        error != cudaSuccess) {
-      return cudaGetErrorString(error);
-    }
-    // Room for block_reduce's slots (static shared memory) besides the stage.
-    const int bytes = (optin - 1024) / 16 * 16;
-    if (const cudaError_t error =
-            cudaFuncSetAttribute(nll_forward_backward<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-        error != cudaSuccess) {
-      return cudaGetErrorString(error);
-    }
-    stage_bytes[device] = bytes;
-  }
-  const int64_t packs = vocab / kPerLoad<T>;
-  const int64_t staged = std::min<int64_t>(packs, stage_bytes[device].load() / 16);
-  nll_forward_backward<T><<<rows, kFusedThreads, staged * 16, stream>>>(
-      static_cast<const T*>(logits), targets, grad_nll, vocab, staged, nll, lse, static_cast<T*>(grad_logits));
-  return launched();
-}
-
 template <typename T>
 const char* double_backward(const void* logits, const int64_t* targets, const float* lse, const float* grad_nll,
                             const void* adjoint, const float* outer, int64_t rows, int64_t vocab, void* grad_logits,
@@ -343,17 +250,6 @@ const char* token_nll_backward(const void* logits, Storage type, const int64_t* 
       return backward<__half>(logits, targets, lse, grad_nll, rows, vocab, grad_logits, s);
   }
   return "token_nll_backward: unknown logits type";
-}
-
-const char* token_nll_forward_backward(const void* logits, Storage type, const int64_t* targets, const float* grad_nll,
-                                       int64_t rows, int64_t vocab, float* nll, float* lse, void* grad_logits,
-                                       void* stream) {
-  if (rows == 0) return nullptr;
-  const auto s = static_cast<cudaStream_t>(stream);
-  return with_storage_type(type, [&](auto zero) {
-    using T = decltype(zero);
-    return forward_backward<T>(logits, targets, grad_nll, rows, vocab, nll, lse, grad_logits, s);
-  });
 }
 
 const char* token_nll_double_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,

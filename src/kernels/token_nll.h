@@ -21,12 +21,6 @@ const char* token_nll_forward(const void* logits, Storage type, const int64_t* t
 const char* token_nll_backward(const void* logits, Storage type, const int64_t* targets, const float* lse,
                                const float* grad_nll, int64_t rows, int64_t vocab, void* grad_logits, void* stream);
 
-// token_nll_forward and token_nll_backward at once (nll, lse and grad_logits as they write
-// them), reading the logits from memory once where their rows take 16-byte loads.
-const char* token_nll_forward_backward(const void* logits, Storage type, const int64_t* targets, const float* grad_nll,
-                                       int64_t rows, int64_t vocab, float* nll, float* lse, void* grad_logits,
-                                       void* stream);
-
 // The backward of token_nll_backward (the second order, for the exact meta-gradient): with
 // p = softmax(logits[r]), u = the adjoint of grad_logits[r] (in the logits' dtype) and
 // s = <p, u>, writes grad_logits[r, v] = grad_nll[r] * p[v] * (u[v] - s) in the logits'

@@ -423,11 +423,13 @@ FusedHead fused_head_forward(const torch::Tensor& normed, const torch::Tensor& h
   const int64_t rows = out.logits.size(0), vocab = out.logits.size(1);
   out.nll = torch::empty({rows}, normed.options().dtype(torch::kFloat32));
   out.lse = torch::empty_like(out.nll);
-  torch::Tensor inner = torch::empty_like(out.logits);
   check("head_loss",
-        kernels::token_nll_forward_backward(out.logits.data_ptr(), storage_of(out.logits), targets.data_ptr<int64_t>(),
-                                            weights.data_ptr<float>(), rows, vocab, out.nll.data_ptr<float>(),
-                                            out.lse.data_ptr<float>(), inner.data_ptr(), stream()));
+        kernels::token_nll_forward(out.logits.data_ptr(), storage_of(out.logits), targets.data_ptr<int64_t>(), rows,
+                                   vocab, out.nll.data_ptr<float>(), out.lse.data_ptr<float>(), stream()));
+  torch::Tensor inner = torch::empty_like(out.logits);
+  check("head_loss", kernels::token_nll_backward(out.logits.data_ptr(), storage_of(out.logits),
+                                                 targets.data_ptr<int64_t>(), out.lse.data_ptr<float>(),
+                                                 weights.data_ptr<float>(), rows, vocab, inner.data_ptr(), stream()));
   out.hidden_grad = torch::mm(inner, head.t());
   return out;
 }
