@@ -2,10 +2,10 @@
 # Checks the CUDA sources compile (syntax and types, host and device sides) on a machine
 # without nvcc or a GPU, before device time is spent on a build that fails: src/kernels/*.cu
 # through clang-14's CUDA front end (sm_86: bf16 and fp16 served), src/kernels/cudnn_window.cpp
-# against cuDNN's frontend, and the CUDA-guarded torch code (CUDA_FILES below) with every
-# TTT_WITH_* feature on, against Debian's libtorch 1.13 (so torch 2.x-only calls still fail
-# there: graph_replay.cpp and distributed.cpp are left out). CUDA's headers come from
-# CUDA_INCLUDE (a CUDA 12 include/ folder: cuda_runtime.h, cuda_bf16.h, cudnn.h not needed).
+# against cuDNN's frontend, and the files guarded by TTT_WITH_CUDA* or TTT_WITH_CUDNN* with
+# every TTT_WITH_* feature on but the collectives, against Debian's libtorch 1.13 (so torch
+# 2.x-only calls would fail there: graph_replay.cpp and distributed.cpp are left out). CUDA's
+# headers come from CUDA_INCLUDE (a CUDA 12 include/ folder; cuDNN's own headers not needed).
 #   CUDA_INCLUDE=/path/to/cuda/include scripts/cuda_syntax.sh [FILE...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
