@@ -234,6 +234,7 @@ struct Sequence {
   int64_t tail_chunks = 1;    // the last so many chunks run once, in the reverse scan, as one graph
   int64_t prefix_span_tokens = 0;  // inputs per span of the prefix's checkpoints
   HostParking* parking;       // null: what the backward pass reads again stays on the device
+  bool park_recomputed = false;  // the weights refill_weights recomputes wait parked too
   torch::Device device;
 
   Sequence(const ModelConfig& c, const Params& p, const torch::Tensor& tokens, const torch::Tensor& inner_step,
@@ -248,6 +249,7 @@ struct Sequence {
     first_suffix = c.is_ttt() ? c.first_suffix_block() : c.n_layers;
     const ResolvedGradientOptions resolved = resolve_gradient_options(c, p, n, options);
     parking = resolved.park_on_host ? &host : nullptr;
+    park_recomputed = resolved.park_recomputed;
     if (parking != nullptr) parking->rewind();
     weights_every = resolved.keep_weights_every;
     tail_chunks = resolved.tail_chunks;
@@ -258,7 +260,7 @@ struct Sequence {
   KvEntries keep(const KvEntries& rows) const { return parking != nullptr ? parking->park(rows) : rows.cloned(); }
   FastWeights keep(const FastWeights& weights) const { return parking != nullptr ? parking->park(weights) : weights; }
   FastWeights keep_recomputed(const FastWeights& weights, size_t slot) const {
-    return parking != nullptr ? parking->park_recomputed(weights, slot) : weights;
+    return park_recomputed ? parking->park_recomputed(weights, slot) : weights;
   }
   // Kept weights on the device: parked ones fetched, readable after join_copies() (prefetch)
   // or at once (fetched).
@@ -579,8 +581,9 @@ void prefetch_chunk(const Sequence& seq, std::vector<SavedChunk>& saved, Fetched
 // The fast weights chunk c starts from, where suffix_forward did not keep them: the scan
 // run again, without an outer graph, from the last chunk whose weights it kept, refilling
 // the weights of every chunk from there to c (the reverse scan reaches them next). Chunk c's
-// stay on the device; the others wait parked, if the sequence parks, until the scan
-// prefetches them: one set at a time on the device, not weights_every - 1.
+// stay on the device; the others wait parked where their slots fit the host
+// (Sequence::park_recomputed) until the scan prefetches them: one set at a time on the
+// device, not weights_every - 1.
 void refill_weights(const Sequence& seq, const Params& suffix, const torch::Tensor& h, std::vector<SavedChunk>& saved,
                     FetchedRows& fetched, int64_t c) {
   RECORD_USER_SCOPE("gradient: fast weights recomputed");
@@ -800,17 +803,36 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
 // Up to so many chunks, what grows with the sequence stays on the device.
 constexpr int64_t kAllKeptUpTo = 16;
 
+// Pinned memory the OS cannot page out: 60% of the host at most, rows and weights together
+// (760M at 128K: 19 GB of rows and 58 GB of weights on a host of 128 GiB); how many fast
+// weight sets fit beside the parked rows.
+int64_t pinned_weight_sets(int64_t weight_bytes, int64_t parked_rows_bytes, int64_t host_bytes) {
+  const int64_t budget = host_bytes / 5 * 3 - parked_rows_bytes;
+  return weight_bytes > 0 && budget > 0 ? budget / weight_bytes : 0;
+}
+
+// The fast weight sets parked with every k-th chunk's kept: those, and the k - 2 slots a
+// recomputation parks the others in (HostParking::park_recomputed).
+int64_t parked_weight_sets(int64_t chunks, int64_t every) {
+  return (chunks + every - 1) / every + std::max<int64_t>(0, every - 2);
+}
+
 int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
                                    int64_t host_bytes) {
   if (chunks <= kAllKeptUpTo) return 1;
   const int64_t sqrt_every = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
-  if (!parked_rows_bytes || weight_bytes <= 0) return sqrt_every;
-  // Pinned memory the OS cannot page out: 60% of the host at most, rows and weights together
-  // (760M at 128K: 19 GB of rows and 58 GB of weights on a host of 128 GiB).
-  const int64_t budget = host_bytes / 5 * 3 - *parked_rows_bytes;
-  if (budget < weight_bytes) return sqrt_every;
-  const int64_t kept_at_most = budget / weight_bytes;  // >= 1
-  return std::min(sqrt_every, (chunks + kept_at_most - 1) / kept_at_most);
+  if (!parked_rows_bytes) return sqrt_every;
+  const int64_t fit = pinned_weight_sets(weight_bytes, *parked_rows_bytes, host_bytes);
+  for (int64_t every = 1; every < sqrt_every; ++every) {
+    if (parked_weight_sets(chunks, every) <= fit) return every;
+  }
+  return sqrt_every;
+}
+
+bool recomputed_weights_fit(int64_t chunks, int64_t keep_weights_every, int64_t weight_bytes, int64_t parked_rows_bytes,
+                            int64_t host_bytes) {
+  return parked_weight_sets(chunks, keep_weights_every) <=
+         pinned_weight_sets(weight_bytes, parked_rows_bytes, host_bytes);
 }
 
 ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, const Params& params, int64_t inputs,
@@ -821,20 +843,22 @@ ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, cons
   ResolvedGradientOptions r;
   // Beyond kAllKeptUpTo chunks on a GPU, what grows with the length waits in host memory.
   r.park_on_host = options.park_on_host.value_or(device.is_cuda() && chunks > kAllKeptUpTo);
-  if (options.keep_weights_every > 0) {
-    r.keep_weights_every = options.keep_weights_every;
-  } else {
-    int64_t weight_bytes = 0;
-    for (const MlpParams& w : initial_fast_weights(config, params)) {
-      for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) weight_bytes += t->numel() * t->element_size();
-    }
-    std::optional<int64_t> parked_rows_bytes;
-    if (r.park_on_host) {  // every block's keys and values of every input, as the matmuls leave them
-      const int64_t element_bytes = torch::elementSize(matmul_dtype().value_or(params.final_norm.scalar_type()));
-      parked_rows_bytes = inputs * config.n_layers * 2 * config.d_model * element_bytes;
-    }
-    r.keep_weights_every = default_keep_weights_every(chunks, weight_bytes, parked_rows_bytes, host_memory_limit());
+  int64_t weight_bytes = 0;
+  for (const MlpParams& w : initial_fast_weights(config, params)) {
+    for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) weight_bytes += t->numel() * t->element_size();
   }
+  std::optional<int64_t> parked_rows_bytes;
+  if (r.park_on_host) {  // every block's keys and values of every input, as the matmuls leave them
+    const int64_t element_bytes = torch::elementSize(matmul_dtype().value_or(params.final_norm.scalar_type()));
+    parked_rows_bytes = inputs * config.n_layers * 2 * config.d_model * element_bytes;
+  }
+  const int64_t host_bytes = host_memory_limit();
+  r.keep_weights_every = options.keep_weights_every > 0
+                             ? options.keep_weights_every
+                             : default_keep_weights_every(chunks, weight_bytes, parked_rows_bytes, host_bytes);
+  r.park_recomputed =
+      parked_rows_bytes && r.keep_weights_every > 2 &&
+      recomputed_weights_fit(chunks, r.keep_weights_every, weight_bytes, *parked_rows_bytes, host_bytes);
   require(options.prefix_span_tokens % b == 0, "internal: the prefix's spans are whole chunks");
   r.prefix_span_tokens =
       options.prefix_span_tokens > 0 ? options.prefix_span_tokens : default_prefix_span_tokens(config, inputs, fused);

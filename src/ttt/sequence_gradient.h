@@ -81,11 +81,18 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
 // the options ask none, for `chunks` chunks whose fast weights take `weight_bytes` a chunk:
 // every chunk's up to 16 chunks (on the device), and where they are parked (`parked_rows_bytes`
 // set: the cache rows parked beside them) as many as fit 60% of `host_bytes` with those rows;
-// else one in k, k the fewest that fit, at most ceil(sqrt(chunks)) (the reverse scan refills
-// k - 1 chunks' weights on the device at a time). The chunks refilled cost one more forward
-// pass of the suffix each (760M at 128K with k = 12: ~15% of a step by the model FLOPs).
+// else one in k, k the fewest whose kept sets fit with the k - 2 slots the reverse scan parks
+// the others in when it recomputes them, at most ceil(sqrt(chunks)). The chunks recomputed
+// cost one more forward pass of the suffix each (760M at 128K with k = 12: ~15% of a step by
+// the model FLOPs).
 int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
                                    int64_t host_bytes);
+
+// Whether, with every keep_weights_every-th chunk's fast weights parked, the k - 2 sets a
+// recomputation parks at a time (in slots it reuses) fit the same 60% of `host_bytes` too;
+// where they do not (no k fits), they stay on the device as the scan recomputes them.
+bool recomputed_weights_fit(int64_t chunks, int64_t keep_weights_every, int64_t weight_bytes, int64_t parked_rows_bytes,
+                            int64_t host_bytes);
 
 // GradientOptions as a sequence of `inputs` inputs runs them on params' device, every choice
 // left to the engine made (default_prefix_span_tokens, default_tail_chunks, ...). None changes
@@ -93,6 +100,9 @@ int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::op
 // and resolved options, so an option left to the engine and the same one asked share it).
 struct ResolvedGradientOptions {
   bool park_on_host = false;
+  // Parked, the fast weights the reverse scan recomputes wait in host slots too
+  // (recomputed_weights_fit), else on the device.
+  bool park_recomputed = false;
   int64_t keep_weights_every = 1, prefix_span_tokens = 0, tail_chunks = 1;
 };
 ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, const Params& params, int64_t inputs,

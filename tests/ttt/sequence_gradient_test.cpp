@@ -190,17 +190,26 @@ TEST(TailChunks, LastChunksWhereTheirGraphsFitHalfTheSequence) {
 }
 
 // The fast weights kept: all up to 16 chunks; parked, as many as 60% of the host holds beside
-// the parked rows (760M at 128K: 128 chunks of 453 MB and 19 GB of rows on a host of 128 GiB
-// keep all, on one of 64 GiB one in 3); where none fit, or not parked, one in ceil(sqrt(chunks)).
+// the parked rows, with the k - 2 slots a recomputation parks the others in (760M at 128K: 128
+// chunks of 453 MB and 19 GB of rows on a host of 128 GiB keep all, on one of 64 GiB one in
+// 3); where no k fits, or not parked, one in ceil(sqrt(chunks)), and the recomputed weights
+// stay on the device.
 TEST(GradientOptions, KeepsAsManyFastWeightsAsTheHostHolds) {
   const int64_t gib = int64_t{1} << 30, weights = 453'000'000, rows = 19'300'000'000;
   EXPECT_EQ(default_keep_weights_every(16, weights, std::nullopt, 128 * gib), 1);
   EXPECT_EQ(default_keep_weights_every(128, weights, rows, 128 * gib), 1);
-  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 64 * gib), 3);  // 48 of 128 fit
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 64 * gib), 3);  // 48 fit: 43 kept, 1 slot
+  EXPECT_TRUE(recomputed_weights_fit(128, 3, weights, rows, 64 * gib));
+  // 28 fit: one in 5 would keep 26 and park 3 more (29); one in 6 keeps 22 beside 4 slots.
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 50 * gib), 6);
+  EXPECT_TRUE(recomputed_weights_fit(128, 6, weights, rows, 50 * gib));
+  EXPECT_FALSE(recomputed_weights_fit(128, 5, weights, rows, 50 * gib));
   EXPECT_EQ(default_keep_weights_every(128, weights, std::nullopt, 128 * gib), 12);
   EXPECT_EQ(default_keep_weights_every(128, weights, rows, 32 * gib), 12);  // the rows alone fill it
-  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 40 * gib), 10);  // 14 fit
-  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 35 * gib), 12);  // 7 fit: one in 19 > sqrt
+  // 14 fit, but no k's kept sets and slots do (at best 21): sqrt, the recomputed on the device.
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 40 * gib), 12);
+  EXPECT_FALSE(recomputed_weights_fit(128, 12, weights, rows, 40 * gib));
+  EXPECT_EQ(default_keep_weights_every(128, weights, rows, 35 * gib), 12);  // 7 fit
   EXPECT_EQ(default_keep_weights_every(17, weights, int64_t{0}, gib), 5);   // 1 fits: sqrt
 }
 
@@ -213,6 +222,7 @@ TEST(GradientOptions, ResolvedAsTheEngineChoosesOrAsAsked) {
   const int64_t b = c.mini_batch, inputs = 3 * b + 1;  // 4 chunks
   const ResolvedGradientOptions chosen = resolve_gradient_options(c, params, inputs, {});
   EXPECT_FALSE(chosen.park_on_host);
+  EXPECT_FALSE(chosen.park_recomputed);
   EXPECT_EQ(chosen.keep_weights_every, 1);
   EXPECT_EQ(chosen.prefix_span_tokens, b);
   EXPECT_EQ(chosen.tail_chunks, 1);
@@ -237,6 +247,11 @@ TEST(GradientOptions, ResolvedAsTheEngineChoosesOrAsAsked) {
   EXPECT_EQ(given.keep_weights_every, 2);
   EXPECT_EQ(given.prefix_span_tokens, 2 * b);
   EXPECT_EQ(given.tail_chunks, 4);
+  EXPECT_FALSE(given.park_recomputed);  // one in 2: nothing recomputed waits
+  asked.keep_weights_every = 3;         // one recomputed set a time waits parked (tiny: it fits)
+  EXPECT_TRUE(resolve_gradient_options(c, params, inputs, asked).park_recomputed);
+  asked.park_on_host = false;
+  EXPECT_FALSE(resolve_gradient_options(c, params, inputs, asked).park_recomputed);
   EXPECT_EQ(resolve_gradient_options(c, params, 20 * b + 1, {}).keep_weights_every, 5);  // 21 chunks
 }
 
@@ -380,21 +395,24 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
     int64_t span_chunks;     // the prefix by spans of so many chunks (0: one span here)
     int64_t weights_every;   // fast weights kept every so many chunks (0: all here)
     int64_t tail;            // chunks that skip the forward pass (0: the default, here all)
+    int64_t full_chunks = 5;  // of 16 tokens, and a partial one after them
   };
   // The eager gradient runs without any of these: they do not change the gradient, but in
   // bf16 other spans round differently (2e-2 of the largest entry), so spans only in fp32.
   // The tail, unlike those, is given to both sides: rows that park or keep weights every 2
-  // need a forward pass (a tail of one chunk) to exercise them. Parked with weights every 3,
-  // a recomputed set waits in the slot that every recomputation reuses.
-  for (const auto& [variant, precision, parked, span_chunks, weights_every, tail] :
+  // need a forward pass (a tail of one chunk) to exercise them. Parked with weights every 3
+  // over 9 chunks, two recomputations park a set each in the slot they share.
+  for (const auto& [variant, precision, parked, span_chunks, weights_every, tail, full_chunks] :
        {Row{Variant::kTttE2E, bf16, false, 0, 0, 0}, Row{Variant::kTttE2E, f32, false, 0, 0, 1},
         Row{Variant::kSlidingWindow, bf16, false, 0, 0, 0}, Row{Variant::kTttE2E, f32, true, 0, 0, 1},
         Row{Variant::kTttE2E, f32, false, 2, 0, 1}, Row{Variant::kTttE2E, f32, false, 0, 2, 1},
         Row{Variant::kSlidingWindow, bf16, true, 0, 0, 0}, Row{Variant::kSlidingWindow, f32, true, 2, 0, 0},
-        Row{Variant::kTttE2E, f32, true, 2, 3, 1}, Row{Variant::kTttE2E, f32, true, 0, 2, 3}}) {
+        Row{Variant::kTttE2E, f32, true, 2, 2, 1}, Row{Variant::kTttE2E, f32, true, 0, 2, 3},
+        Row{Variant::kTttE2E, f32, true, 2, 3, 1, 8}}) {
     SCOPED_TRACE(std::string(variant == Variant::kTttE2E ? "ttt-e2e" : "swa") + (precision ? " bf16" : " f32") +
                  (parked ? " parked" : "") + " spans " + std::to_string(span_chunks) + " weights every " +
-                 std::to_string(weights_every) + " tail " + std::to_string(tail));
+                 std::to_string(weights_every) + " tail " + std::to_string(tail) + " full chunks " +
+                 std::to_string(full_chunks));
     const ModelConfig c = test::kernel_sized_config(variant);
     const MatmulDtypeGuard matmuls(precision);
     const Params graphed = convert_params(c, random_params(c, 7, 0.3), torch::kFloat32, true, cuda);
@@ -407,8 +425,8 @@ TEST(GradientGraphs, ReplaysGiveTheEagerGradients) {
     for (const Params* side : {&graphed, &eager})
       side->final_norm.mutable_grad() = torch::full_like(side->final_norm, 0.5);
     for (int sequence = 0; sequence < 4; ++sequence) {
-      // 5 full chunks and a partial one; caches of 0, 16 and 31 rows (a full window).
-      const torch::Tensor tokens = random_tokens(16 * 5 + 7, c.vocab_size, 300 + sequence, {0, 30}).to(cuda);
+      // Full chunks and a partial one; caches of 0, 16 and 31 rows (a full window).
+      const torch::Tensor tokens = random_tokens(16 * full_chunks + 7, c.vocab_size, 300 + sequence, {0, 30}).to(cuda);
       GradientOptions options;
       options.ilr_mult = 0.4 + 0.2 * sequence;
       options.loss_scale = sequence % 2 == 0 ? 1.0 : 0.25;
