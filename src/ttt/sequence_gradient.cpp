@@ -137,7 +137,7 @@ class HostParking {
     return out;
   }
   // Fast weights the reverse scan recomputed, into slot `slot` of buffers that every such
-  // recomputation reuses (3B at 128K: 1.4 GB a set, several sets each time, 25 times a step),
+  // recomputation reuses (3B at 128K: 1.4 GB a set, 4 sets each time, ~20 times a step),
   // so that they take fixed host memory. Safe: the scan fetches one recomputation's weights
   // before it parks the next one's, and the copies run in order on one stream.
   FastWeights park_recomputed(const FastWeights& weights, size_t slot) {
