@@ -817,22 +817,21 @@ int64_t parked_weight_sets(int64_t chunks, int64_t every) {
   return (chunks + every - 1) / every + std::max<int64_t>(0, every - 2);
 }
 
+bool recomputed_weights_fit(int64_t chunks, int64_t keep_weights_every, int64_t weight_bytes, int64_t parked_rows_bytes,
+                            int64_t host_bytes) {
+  return parked_weight_sets(chunks, keep_weights_every) <=
+         pinned_weight_sets(weight_bytes, parked_rows_bytes, host_bytes);
+}
+
 int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
                                    int64_t host_bytes) {
   if (chunks <= kAllKeptUpTo) return 1;
   const int64_t sqrt_every = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
   if (!parked_rows_bytes) return sqrt_every;
-  const int64_t fit = pinned_weight_sets(weight_bytes, *parked_rows_bytes, host_bytes);
   for (int64_t every = 1; every < sqrt_every; ++every) {
-    if (parked_weight_sets(chunks, every) <= fit) return every;
+    if (recomputed_weights_fit(chunks, every, weight_bytes, *parked_rows_bytes, host_bytes)) return every;
   }
   return sqrt_every;
-}
-
-bool recomputed_weights_fit(int64_t chunks, int64_t keep_weights_every, int64_t weight_bytes, int64_t parked_rows_bytes,
-                            int64_t host_bytes) {
-  return parked_weight_sets(chunks, keep_weights_every) <=
-         pinned_weight_sets(weight_bytes, parked_rows_bytes, host_bytes);
 }
 
 ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, const Params& params, int64_t inputs,
