@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/blas.h"
+#include "common/device_allocator.h"
 #include "common/malloc_tuning.h"
 #include "config/model_config.h"
 
@@ -30,9 +31,10 @@ inline double peak_resident_mb() {
   return static_cast<double>(usage.ru_maxrss) / 1024;  // KiB on Linux
 }
 
-// Benchmarks run on one thread with the allocator tuned as `ttt` tunes it.
+// Benchmarks run on one thread with the allocators tuned as `ttt` tunes them.
 inline void setup_process() {
   tune_malloc_for_tensors();
+  prefer_expandable_device_segments();
   set_cpu_threads(1);
 }
 

@@ -372,6 +372,7 @@ void run_bench(const BenchOptions& options) {
                      {"dtype", options.compute.dtype},
                      {"rows", rows}};
             if (peak) out["peak_flops"] = *peak;
+            if (compute.device.is_cuda()) out["expandable_segments"] = device_segments_expandable();
             io::write_text_file(options.json_path, out.dump(1) + "\n");
           }
         }

@@ -11,10 +11,12 @@
 #include "run_app.h"
 #include "common/blas.h"
 #include "common/error.h"
+#include "common/device_allocator.h"
 #include "common/malloc_tuning.h"
 
 int main(int argc, char** argv) {
   ttt::tune_malloc_for_tensors();
+  ttt::prefer_expandable_device_segments();
   CLI::App app{
       "ttt: long-context language models that learn while they read (TTT-E2E).\n"
       "Models are fa (full attention), swa (sliding window) or ttt-e2e (sliding window plus\n"

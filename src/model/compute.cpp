@@ -9,6 +9,7 @@
 #include "ttt_build_features.h"
 
 #if TTT_WITH_CUDA
+#include <c10/cuda/CUDAAllocatorConfig.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -100,6 +101,14 @@ std::optional<int64_t> device_total_memory(const torch::Device& device) {
 #endif
   (void)device;
   return std::nullopt;
+}
+
+bool device_segments_expandable() {
+#if TTT_WITH_CUDA
+  return c10::cuda::CUDACachingAllocator::CUDAAllocatorConfig::expandable_segments();
+#else
+  return false;
+#endif
 }
 
 void reset_device_memory_peaks(const torch::Device& device) {

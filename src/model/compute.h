@@ -57,6 +57,9 @@ std::optional<DeviceMemory> device_memory(const torch::Device& device);
 void reset_device_memory_peaks(const torch::Device& device);
 // The device's whole memory in bytes (CUDA); unset elsewhere.
 std::optional<int64_t> device_total_memory(const torch::Device& device);
+// Whether CUDA's caching allocator grows its segments in place (common/device_allocator.h);
+// false on a build without CUDA.
+bool device_segments_expandable();
 // Hands the caching allocator's free blocks on `device` back to the driver (CUDA; nothing
 // elsewhere): work that follows differently shaped work starts unfragmented.
 void release_cached_device_memory(const torch::Device& device);

@@ -761,17 +761,22 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
 
 }  // namespace
 
-int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused) {
+int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused,
+                                   std::optional<int64_t> device_bytes) {
   const int64_t b = config.mini_batch;
   if (!fused) return b;
-  // Enough rows for large GEMMs, few enough that a span's graph stays small (3B: about 25 GB at 4K).
-  constexpr int64_t kFusedTokens = 4096;
-  const int64_t span = std::max<int64_t>(1, kFusedTokens / b) * b;
   // A span's graph by a rough count (bf16 rows kept for the backward: about 8 of the model's
-  // width and 3 of the MLP's a block of the prefix); the real one is a few times larger.
-  constexpr int64_t kOneSpanGraphBytes = int64_t{3} << 30;
+  // width and 3 of the MLP's a block of the prefix); the real one is larger (3B: 4.5 GiB more
+  // for 1024 tokens more, 2.6 times the count).
   const int64_t prefix_blocks = config.first_suffix_block();
   const int64_t graph_bytes_per_token = prefix_blocks * (8 * config.d_model + 3 * config.d_ff) * 2;
+  // Enough rows for large GEMMs, and a graph of at most a fifth of the device by 2.5 times the
+  // count: 3B's 4K tokens left an 80 GB H100 no room for the reverse scan at 128K, where 3K
+  // trained (docs/BENCHMARKS.md); an H200 keeps 4K.
+  constexpr int64_t kFusedTokens = 4096;
+  int64_t span = std::max<int64_t>(1, kFusedTokens / b) * b;
+  while (device_bytes && span > b && span * graph_bytes_per_token / 2 * 5 > *device_bytes / 5) span -= b;
+  constexpr int64_t kOneSpanGraphBytes = int64_t{3} << 30;
   const int64_t whole = (inputs + b - 1) / b * b;
   return whole <= 2 * span && whole * graph_bytes_per_token <= kOneSpanGraphBytes ? whole : span;
 }
@@ -859,8 +864,9 @@ ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, cons
       parked_rows_bytes && r.keep_weights_every > 2 &&
       recomputed_weights_fit(chunks, r.keep_weights_every, weight_bytes, *parked_rows_bytes, host_bytes);
   require(options.prefix_span_tokens % b == 0, "internal: the prefix's spans are whole chunks");
-  r.prefix_span_tokens =
-      options.prefix_span_tokens > 0 ? options.prefix_span_tokens : default_prefix_span_tokens(config, inputs, fused);
+  r.prefix_span_tokens = options.prefix_span_tokens > 0
+                             ? options.prefix_span_tokens
+                             : default_prefix_span_tokens(config, inputs, fused, device_total_memory(device));
   const int64_t tail = options.tail_chunks > 0 ? options.tail_chunks
                        : fused                 ? default_tail_chunks(config, inputs, device_total_memory(device))
                                                : 1;

@@ -63,11 +63,13 @@ struct GradientOptions {
 };
 
 // Inputs per span of the prefix's checkpoints (whole chunks) for a sequence of `inputs` tokens
-// when GradientOptions asks none: where the fused kernels serve (`fused`, a GPU) 4K tokens, and a
-// sequence of at most two such spans as one where that span's graph is small by a rough count
-// (nothing is recomputed then: 125M at 8K, a step 10% faster for 0.8 GB more; 760M does not
-// qualify); elsewhere one chunk, like the scan.
-int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused);
+// when GradientOptions asks none: where the fused kernels serve (`fused`, a GPU of
+// `device_bytes`) 4K tokens, fewer where such a span's graph would take more than a fifth of
+// the device by a rough count (3B on an 80 GB H100: 3K), and a sequence of at most two spans
+// as one where that span's graph is small (nothing is recomputed then: 125M at 8K, a step 10%
+// faster for 0.8 GB more; 760M does not qualify); elsewhere one chunk, like the scan.
+int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused,
+                                   std::optional<int64_t> device_bytes = std::nullopt);
 
 // The tail's chunks (GradientOptions::tail_chunks) for a sequence of `inputs` tokens when the
 // options ask none, on a GPU of `device_bytes` (unset: 1) where the fused kernels serve (the

@@ -137,10 +137,6 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"fa", Variant::kFullAttention, 17, 0, 0, 0.0, false, false}),
     [](const auto& info) { return info.param.name; });
 
-// Gradients of several sequences add up, each scaled: what a batch with accumulation needs.
-// The prefix's default spans: one chunk without the fused kernels; 4K tokens with them, and a
-// sequence of at most two such spans as one where that span's rough graph count (2 bytes x
-// (8 d_model + 3 d_ff) a token and prefix block) is at most 3 GiB.
 // The paper's model shapes (SPEC section 2) with its 128K vocabulary.
 ModelConfig paper_config(Variant variant, int64_t d_model, int64_t n_layers, int64_t d_ff) {
   ModelConfig c = tiny_config(variant);
@@ -156,6 +152,9 @@ ModelConfig paper_config(Variant variant, int64_t d_model, int64_t n_layers, int
   return c;
 }
 
+// The prefix's default spans: one chunk without the fused kernels; 4K tokens with them, and a
+// sequence of at most two such spans as one where that span's rough graph count (2 bytes x
+// (8 d_model + 3 d_ff) a token and prefix block) is at most 3 GiB.
 TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
   const auto paper = paper_config;
   const ModelConfig ttt_125m = paper(Variant::kTttE2E, 768, 12, 1664),
@@ -168,6 +167,19 @@ TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 3000, true), 3072);  // whole chunks
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8193, true), 4096);  // more than two spans
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 131072, true), 4096);
+  // On a device, a span's graph (2.5 times the count) within a fifth of its memory: 3B's 4K
+  // tokens (18.4 GB) fit an H200's fifth, not an 80 GB H100's (17.0 GB), where 3K (13.8 GB)
+  // does; 760M keeps 4K (8.2 GB) on both; no span is less than a chunk.
+  const ModelConfig ttt_3b = paper(Variant::kTttE2E, 2560, 32, 5632);
+  const int64_t h100 = int64_t{85029158912}, h200 = int64_t{150754820096};
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true), 4096);  // no device named
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, h200), 4096);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, h100), 3072);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 8192, true, h100), 3072);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_760m, 131072, true, h100), 4096);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8192, true, h100), 8192);  // one span still
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, int64_t{8} << 30), 1024);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, /*fused=*/false, h100), 1024);
 }
 
 // The tail (the last chunks run once, as one graph): the last 6 of 125M ttt-e2e's 8 chunks at
@@ -255,6 +267,7 @@ TEST(GradientOptions, ResolvedAsTheEngineChoosesOrAsAsked) {
   EXPECT_EQ(resolve_gradient_options(c, params, 20 * b + 1, {}).keep_weights_every, 5);  // 21 chunks
 }
 
+// Gradients of several sequences add up, each scaled: what a batch with accumulation needs.
 TEST(SequenceGradientAccumulation, AddsScaledGradients) {
   const ModelConfig c = tiny_config(Variant::kTttE2E);
   const Params params = random_params(c, 211, 0.4);
