@@ -372,7 +372,9 @@ void run_bench(const BenchOptions& options) {
                      {"dtype", options.compute.dtype},
                      {"rows", rows}};
             if (peak) out["peak_flops"] = *peak;
-            if (compute.device.is_cuda()) out["expandable_segments"] = device_segments_expandable();
+            if (const std::optional<bool> expandable = device_segments_expandable(compute.device)) {
+              out["expandable_segments"] = *expandable;
+            }
             io::write_text_file(options.json_path, out.dump(1) + "\n");
           }
         }

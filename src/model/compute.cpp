@@ -9,7 +9,6 @@
 #include "ttt_build_features.h"
 
 #if TTT_WITH_CUDA
-#include <c10/cuda/CUDAAllocatorConfig.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -103,12 +102,21 @@ std::optional<int64_t> device_total_memory(const torch::Device& device) {
   return std::nullopt;
 }
 
-bool device_segments_expandable() {
+std::optional<bool> device_segments_expandable(const torch::Device& device) {
 #if TTT_WITH_CUDA
-  return c10::cuda::CUDACachingAllocator::CUDAAllocatorConfig::expandable_segments();
-#else
-  return false;
+  // From the allocator's segments: its settings' own getter is inline in PyTorch's headers and
+  // built here without the driver API it tests for, so it would answer false.
+  if (device.is_cuda()) {
+    const int index = device.has_index() ? device.index() : c10::cuda::current_device();
+    std::optional<bool> expandable;
+    for (const auto& segment : c10::cuda::CUDACachingAllocator::snapshot().segments) {
+      if (segment.device == index) expandable = expandable.value_or(false) || segment.is_expandable;
+    }
+    return expandable;
+  }
 #endif
+  (void)device;
+  return std::nullopt;
 }
 
 void reset_device_memory_peaks(const torch::Device& device) {

@@ -57,9 +57,10 @@ std::optional<DeviceMemory> device_memory(const torch::Device& device);
 void reset_device_memory_peaks(const torch::Device& device);
 // The device's whole memory in bytes (CUDA); unset elsewhere.
 std::optional<int64_t> device_total_memory(const torch::Device& device);
-// Whether CUDA's caching allocator grows its segments in place (common/device_allocator.h);
-// false on a build without CUDA.
-bool device_segments_expandable();
+// Whether CUDA's caching allocator grows its segments on `device` in place
+// (common/device_allocator.h), as the segments it holds there tell; unset where it holds none,
+// on the CPU or a build without CUDA.
+std::optional<bool> device_segments_expandable(const torch::Device& device);
 // Hands the caching allocator's free blocks on `device` back to the driver (CUDA; nothing
 // elsewhere): work that follows differently shaped work starts unfragmented.
 void release_cached_device_memory(const torch::Device& device);

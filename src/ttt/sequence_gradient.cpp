@@ -759,6 +759,9 @@ torch::Tensor gradient_into(const ModelConfig& config, const Params& params, con
   return loss;
 }
 
+// Up to so many chunks, what grows with the sequence stays on the device.
+constexpr int64_t kAllKeptUpTo = 16;
+
 }  // namespace
 
 int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused,
@@ -770,12 +773,14 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
   // for 1024 tokens more, 2.6 times the count).
   const int64_t prefix_blocks = config.first_suffix_block();
   const int64_t graph_bytes_per_token = prefix_blocks * (8 * config.d_model + 3 * config.d_ff) * 2;
-  // Enough rows for large GEMMs, and a graph of at most a fifth of the device by 2.5 times the
+  // Enough rows for large GEMMs and, for a sequence long enough to park what grows with it
+  // (beyond kAllKeptUpTo chunks), a graph of at most a fifth of the device by 2.5 times the
   // count: 3B's 4K tokens left an 80 GB H100 no room for the reverse scan at 128K, where 3K
-  // trained (docs/BENCHMARKS.md); an H200 keeps 4K.
+  // trained; at 8K 4K fits and is 5% faster (docs/BENCHMARKS.md). An H200 keeps 4K.
   constexpr int64_t kFusedTokens = 4096;
   int64_t span = std::max<int64_t>(1, kFusedTokens / b) * b;
-  while (device_bytes && span > b && span * graph_bytes_per_token / 2 * 5 > *device_bytes / 5) span -= b;
+  const bool parks = (inputs + b - 1) / b > kAllKeptUpTo;
+  while (parks && device_bytes && span > b && span * graph_bytes_per_token / 2 * 5 > *device_bytes / 5) span -= b;
   constexpr int64_t kOneSpanGraphBytes = int64_t{3} << 30;
   const int64_t whole = (inputs + b - 1) / b * b;
   return whole <= 2 * span && whole * graph_bytes_per_token <= kOneSpanGraphBytes ? whole : span;
@@ -804,9 +809,6 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   }
   return 2 * tail >= chunks ? tail : 1;
 }
-
-// Up to so many chunks, what grows with the sequence stays on the device.
-constexpr int64_t kAllKeptUpTo = 16;
 
 // Pinned memory the OS cannot page out: 60% of the host at most, rows and weights together
 // (760M at 128K: 19 GB of rows and 58 GB of weights on a host of 128 GiB); how many fast

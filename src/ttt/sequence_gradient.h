@@ -64,10 +64,11 @@ struct GradientOptions {
 
 // Inputs per span of the prefix's checkpoints (whole chunks) for a sequence of `inputs` tokens
 // when GradientOptions asks none: where the fused kernels serve (`fused`, a GPU of
-// `device_bytes`) 4K tokens, fewer where such a span's graph would take more than a fifth of
-// the device by a rough count (3B on an 80 GB H100: 3K), and a sequence of at most two spans
-// as one where that span's graph is small (nothing is recomputed then: 125M at 8K, a step 10%
-// faster for 0.8 GB more; 760M does not qualify); elsewhere one chunk, like the scan.
+// `device_bytes`) 4K tokens, fewer beyond 16 chunks where such a span's graph would take more
+// than a fifth of the device by a rough count (3B on an 80 GB H100: 3K), and a sequence of at
+// most two spans as one where that span's graph is small (nothing is recomputed then: 125M at
+// 8K, a step 10% faster for 0.8 GB more; 760M does not qualify); elsewhere one chunk, like the
+// scan.
 int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused,
                                    std::optional<int64_t> device_bytes = std::nullopt);
 

@@ -68,9 +68,11 @@ TEST(DeviceAllocatorOnCuda, TakesExpandableSegmentsAskedForAtStart) {
   if (read_env(kCudaConf) != "expandable_segments:True" || read_env(kConf)) {
     GTEST_SKIP() << "the allocator's settings were chosen outside the program";
   }
-  const torch::Tensor t = torch::ones({1024}, torch::TensorOptions().device(torch::kCUDA));
+  const torch::Device device(torch::kCUDA, 0);
+  const torch::Tensor t = torch::ones({1024}, torch::TensorOptions().device(device));
   EXPECT_EQ(t.sum().item<float>(), 1024.0F);
-  EXPECT_TRUE(device_segments_expandable());
+  EXPECT_EQ(device_segments_expandable(device), true);  // a segment holds t
+  EXPECT_EQ(device_segments_expandable(torch::Device(torch::kCPU)), std::nullopt);
 }
 
 }  // namespace

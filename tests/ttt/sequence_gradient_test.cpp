@@ -167,15 +167,17 @@ TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 3000, true), 3072);  // whole chunks
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8193, true), 4096);  // more than two spans
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 131072, true), 4096);
-  // On a device, a span's graph (2.5 times the count) within a fifth of its memory: 3B's 4K
-  // tokens (18.4 GB) fit an H200's fifth, not an 80 GB H100's (17.0 GB), where 3K (13.8 GB)
-  // does; 760M keeps 4K (8.2 GB) on both; no span is less than a chunk.
+  // On a device, beyond 16 chunks, a span's graph (2.5 times the count) within a fifth of its
+  // memory: 3B's 4K tokens (18.4 GB) fit an H200's fifth, not an 80 GB H100's (17.0 GB), where
+  // 3K (13.8 GB) does; 760M keeps 4K (8.2 GB) on both; no span is less than a chunk.
   const ModelConfig ttt_3b = paper(Variant::kTttE2E, 2560, 32, 5632);
   const int64_t h100 = int64_t{85029158912}, h200 = int64_t{150754820096};
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true), 4096);  // no device named
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, h200), 4096);
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, h100), 3072);
-  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 8192, true, h100), 3072);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 16 * 1024 + 1, true, h100), 3072);  // 17 chunks
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 16 * 1024, true, h100), 4096);      // kept on the device
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 8192, true, h100), 4096);
   EXPECT_EQ(default_prefix_span_tokens(ttt_760m, 131072, true, h100), 4096);
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8192, true, h100), 8192);  // one span still
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, int64_t{8} << 30), 1024);
