@@ -769,8 +769,8 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
   const int64_t b = config.mini_batch;
   if (!fused) return b;
   // A span's graph by a rough count (bf16 rows kept for the backward: about 8 of the model's
-  // width and 3 of the MLP's a block of the prefix); the real one is larger (3B: 4.5 GiB more
-  // for 1024 tokens more, 2.6 times the count).
+  // width and 3 of the MLP's a block of the prefix); the real one is larger (3B at 8K on an
+  // H100: 4.0 GiB more for 1024 tokens more, 2.3 times the count).
   const int64_t prefix_blocks = config.first_suffix_block();
   const int64_t graph_bytes_per_token = prefix_blocks * (8 * config.d_model + 3 * config.d_ff) * 2;
   // Enough rows for large GEMMs and, for a sequence long enough to park what grows with it
