@@ -773,14 +773,12 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
   // H100: 4.0 GiB more for 1024 tokens more, 2.3 times the count).
   const int64_t prefix_blocks = config.first_suffix_block();
   const int64_t graph_bytes_per_token = prefix_blocks * (8 * config.d_model + 3 * config.d_ff) * 2;
-  // Enough rows for large GEMMs and, for a sequence long enough to park what grows with it
-  // (beyond kAllKeptUpTo chunks), a graph of at most a fifth of the device by 2.5 times the
-  // count: 3B's 4K tokens left an 80 GB H100 no room for the reverse scan at 128K, where 3K
-  // trained; at 8K 4K fits and is 5% faster (docs/BENCHMARKS.md). An H200 keeps 4K.
+  // Enough rows for large GEMMs and, on a device to share, a graph of at most a fifth of it by
+  // 2.5 times the count: 3B's 4K tokens left an 80 GB H100 no room for the reverse scan at
+  // 128K, where 3K trained (docs/BENCHMARKS.md). An H200 keeps 4K.
   constexpr int64_t kFusedTokens = 4096;
   int64_t span = std::max<int64_t>(1, kFusedTokens / b) * b;
-  const bool parks = (inputs + b - 1) / b > kAllKeptUpTo;
-  while (parks && device_bytes && span > b && span * graph_bytes_per_token / 2 * 5 > *device_bytes / 5) span -= b;
+  while (device_bytes && span > b && span * graph_bytes_per_token / 2 * 5 > *device_bytes / 5) span -= b;
   constexpr int64_t kOneSpanGraphBytes = int64_t{3} << 30;
   const int64_t whole = (inputs + b - 1) / b * b;
   return whole <= 2 * span && whole * graph_bytes_per_token <= kOneSpanGraphBytes ? whole : span;
@@ -830,6 +828,10 @@ bool recomputed_weights_fit(int64_t chunks, int64_t keep_weights_every, int64_t 
          pinned_weight_sets(weight_bytes, parked_rows_bytes, host_bytes);
 }
 
+bool default_park_on_host(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> device_bytes) {
+  return device_bytes && (chunks > kAllKeptUpTo || chunks * weight_bytes > *device_bytes / 6);
+}
+
 int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
                                    int64_t host_bytes) {
   if (chunks <= kAllKeptUpTo) return 1;
@@ -846,13 +848,13 @@ ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, cons
   const int64_t b = config.mini_batch, chunks = (inputs + b - 1) / b;
   const torch::Device device = params.final_norm.device();
   const bool fused = fused_attention_available(params.final_norm);
+  const std::optional<int64_t> device_bytes = device_total_memory(device);
   ResolvedGradientOptions r;
-  // Beyond kAllKeptUpTo chunks on a GPU, what grows with the length waits in host memory.
-  r.park_on_host = options.park_on_host.value_or(device.is_cuda() && chunks > kAllKeptUpTo);
   int64_t weight_bytes = 0;
   for (const MlpParams& w : initial_fast_weights(config, params)) {
     for (const torch::Tensor* t : {&w.w1, &w.w2, &w.w3}) weight_bytes += t->numel() * t->element_size();
   }
+  r.park_on_host = options.park_on_host.value_or(default_park_on_host(chunks, weight_bytes, device_bytes));
   std::optional<int64_t> parked_rows_bytes;
   if (r.park_on_host) {  // every block's keys and values of every input, as the matmuls leave them
     const int64_t element_bytes = torch::elementSize(matmul_dtype().value_or(params.final_norm.scalar_type()));
@@ -866,11 +868,14 @@ ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, cons
       parked_rows_bytes && r.keep_weights_every > 2 &&
       recomputed_weights_fit(chunks, r.keep_weights_every, weight_bytes, *parked_rows_bytes, host_bytes);
   require(options.prefix_span_tokens % b == 0, "internal: the prefix's spans are whole chunks");
-  r.prefix_span_tokens = options.prefix_span_tokens > 0
-                             ? options.prefix_span_tokens
-                             : default_prefix_span_tokens(config, inputs, fused, device_total_memory(device));
+  // A parked sequence's span shares the device with the reverse scan; a short one's fits as it
+  // is (3B at 8K on an 80 GB H100: 4K tokens, 5.3% faster than 3K).
+  r.prefix_span_tokens =
+      options.prefix_span_tokens > 0
+          ? options.prefix_span_tokens
+          : default_prefix_span_tokens(config, inputs, fused, r.park_on_host ? device_bytes : std::nullopt);
   const int64_t tail = options.tail_chunks > 0 ? options.tail_chunks
-                       : fused                 ? default_tail_chunks(config, inputs, device_total_memory(device))
+                       : fused                 ? default_tail_chunks(config, inputs, device_bytes)
                                                : 1;
   r.tail_chunks = std::min(tail, chunks);
   return r;

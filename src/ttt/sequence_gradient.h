@@ -15,8 +15,9 @@
 // starts by running them once, as one graph. Last, the gradient of h goes back through the
 // prefix span by span from the last, each span recomputed with the rows before it as leaves
 // (DESIGN.md).
-// On a GPU beyond 16 chunks, the saved rows and fast weights wait in pinned host memory
-// (park_on_host), so the device keeps per token only h and its gradient.
+// On a GPU beyond 16 chunks (or where the fast weights of every chunk would crowd it), the
+// saved rows and fast weights wait in pinned host memory (park_on_host), so the device keeps
+// per token only h and its gradient.
 // The result equals differentiating run_sequence with OuterGradient::kExact (or
 // kFirstOrder), which keeps every chunk's graph instead (tests/ttt/sequence_gradient_test.cpp).
 #pragma once
@@ -49,8 +50,8 @@ struct GradientOptions {
   // same whatever it is, up to rounding (the tail sums its chunks' gradients before the sinks).
   int64_t tail_chunks = 0;
   // Whether what grows with the sequence until the backward pass reads it again (the cache
-  // rows every span and chunk leaves, the fast weights kept) waits in host memory; unset: on
-  // a GPU beyond 16 chunks, so that the device's peak stays flat in the length. The
+  // rows every span and chunk leaves, the fast weights kept) waits in host memory; unset:
+  // default_park_on_host (below), so that the device's peak stays flat in the length. The
   // gradient is the same whatever it is.
   std::optional<bool> park_on_host;
   // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks),
@@ -63,12 +64,12 @@ struct GradientOptions {
 };
 
 // Inputs per span of the prefix's checkpoints (whole chunks) for a sequence of `inputs` tokens
-// when GradientOptions asks none: where the fused kernels serve (`fused`, a GPU of
-// `device_bytes`) 4K tokens, fewer beyond 16 chunks where such a span's graph would take more
-// than a fifth of the device by a rough count (3B on an 80 GB H100: 3K), and a sequence of at
-// most two spans as one where that span's graph is small (nothing is recomputed then: 125M at
-// 8K, a step 10% faster for 0.8 GB more; 760M does not qualify); elsewhere one chunk, like the
-// scan.
+// when GradientOptions asks none: where the fused kernels serve (`fused`, a GPU) 4K tokens,
+// fewer where such a span's graph would take more than a fifth of `device_bytes` by a rough
+// count (the device a parked sequence's span shares with the reverse scan: 3B on an 80 GB
+// H100 takes 3K; unset: no limit), and a sequence of at most two spans as one where that span's graph is small (nothing
+// is recomputed then: 125M at 8K, a step 10% faster for 0.8 GB more; 760M does not qualify); elsewhere one chunk, like
+// the scan.
 int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused,
                                    std::optional<int64_t> device_bytes = std::nullopt);
 
@@ -80,9 +81,16 @@ int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bo
 // else 1 (longer sequences, larger models, fa, swa).
 int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::optional<int64_t> device_bytes);
 
+// Whether what grows with the sequence waits in host memory (GradientOptions::park_on_host)
+// when the options say nothing, for `chunks` chunks whose fast weights take `weight_bytes` a
+// chunk on a GPU of `device_bytes` (unset: the CPU, never): beyond 16 chunks, or where every
+// chunk's fast weights would take more than a sixth of the device (3B at 16K on an 80 GB
+// H100: 22 GB of 85, which ran out of memory kept there).
+bool default_park_on_host(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> device_bytes);
+
 // How often the forward pass keeps the fast weights (GradientOptions::keep_weights_every) when
 // the options ask none, for `chunks` chunks whose fast weights take `weight_bytes` a chunk:
-// every chunk's up to 16 chunks (on the device), and where they are parked (`parked_rows_bytes`
+// every chunk's up to 16 chunks, and where they are parked (`parked_rows_bytes`
 // set: the cache rows parked beside them) as many as fit 60% of `host_bytes` with those rows;
 // else one in k, k the fewest whose kept sets fit with the k - 2 slots the reverse scan parks
 // the others in when it recomputes them, at most ceil(sqrt(chunks)). The chunks recomputed

@@ -167,21 +167,33 @@ TEST(PrefixSpans, DefaultSpansByLengthAndModel) {
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 3000, true), 3072);  // whole chunks
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8193, true), 4096);  // more than two spans
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 131072, true), 4096);
-  // On a device, beyond 16 chunks, a span's graph (2.5 times the count) within a fifth of its
-  // memory: 3B's 4K tokens (18.4 GB) fit an H200's fifth, not an 80 GB H100's (17.0 GB), where
-  // 3K (13.8 GB) does; 760M keeps 4K (8.2 GB) on both; no span is less than a chunk.
+  // On a device to share, a span's graph (2.5 times the count) within a fifth of its memory:
+  // 3B's 4K tokens (18.4 GB) fit an H200's fifth, not an 80 GB H100's (17.0 GB), where 3K
+  // (13.8 GB) does; 760M keeps 4K (8.2 GB) on both; no span is less than a chunk.
   const ModelConfig ttt_3b = paper(Variant::kTttE2E, 2560, 32, 5632);
   const int64_t h100 = int64_t{85029158912}, h200 = int64_t{150754820096};
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true), 4096);  // no device named
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, h200), 4096);
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, h100), 3072);
-  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 16 * 1024 + 1, true, h100), 3072);  // 17 chunks
-  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 16 * 1024, true, h100), 4096);      // kept on the device
-  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 8192, true, h100), 4096);
+  EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 16384, true, h100), 3072);
   EXPECT_EQ(default_prefix_span_tokens(ttt_760m, 131072, true, h100), 4096);
   EXPECT_EQ(default_prefix_span_tokens(ttt_125m, 8192, true, h100), 8192);  // one span still
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, true, int64_t{8} << 30), 1024);
   EXPECT_EQ(default_prefix_span_tokens(ttt_3b, 131072, /*fused=*/false, h100), 1024);
+}
+
+// What grows with the sequence is parked beyond 16 chunks on a GPU, or where every chunk's fast
+// weights would take more than a sixth of it; never on the CPU.
+TEST(ParkOnHost, BeyondSixteenChunksOrWhereTheFastWeightsCrowdTheDevice) {
+  const int64_t h100 = int64_t{85029158912}, h200 = int64_t{150754820096};
+  const int64_t weights_3b = int64_t{1384120320}, weights_760m = int64_t{368050176};  // a chunk's, fp32
+  EXPECT_FALSE(default_park_on_host(8, weights_3b, h100));   // 11.1 GB of a sixth's 14.2: 8K keeps them
+  EXPECT_TRUE(default_park_on_host(16, weights_3b, h100));   // 22.1 GB: 16K parks (it ran out of memory)
+  EXPECT_FALSE(default_park_on_host(16, weights_3b, h200));  // a sixth of an H200: 25.1 GB
+  EXPECT_FALSE(default_park_on_host(16, weights_760m, h100));
+  EXPECT_TRUE(default_park_on_host(17, weights_760m, h100));
+  EXPECT_TRUE(default_park_on_host(17, 0, h200));  // fa and swa: their rows
+  EXPECT_FALSE(default_park_on_host(128, weights_3b, std::nullopt));
 }
 
 // The tail (the last chunks run once, as one graph): the last 6 of 125M ttt-e2e's 8 chunks at
