@@ -20,6 +20,13 @@ std::string describe(const std::exception& e) {
   }
   // Keep the first line only: libtorch appends context and traces on later lines.
   if (const auto newline = text.find('\n'); newline != std::string::npos) text.resize(newline);
+  // PyTorch's out-of-memory text ends by advising expandable segments, which `ttt` already asks
+  // for (common/device_allocator.h): the advice goes where they are on.
+  const char* settings = std::getenv("PYTORCH_CUDA_ALLOC_CONF");
+  if (const auto advice = text.find(" If reserved but unallocated memory is large try setting");
+      advice != std::string::npos && settings && std::strstr(settings, "expandable_segments:True")) {
+    text.resize(advice);
+  }
   return text;
 }
 

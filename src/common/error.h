@@ -17,7 +17,8 @@ inline void require(bool condition, const std::string& message) {
 }
 
 // A one-line description of any exception, without libtorch's C++ backtraces (all of it,
-// backtraces included, when TORCH_SHOW_CPP_STACKTRACES=1).
+// backtraces included, when TORCH_SHOW_CPP_STACKTRACES=1), and without PyTorch's advice to
+// ask for expandable segments where they are asked for.
 std::string describe(const std::exception& e);
 
 }  // namespace ttt
