@@ -17,9 +17,17 @@ torch::Tensor gradient_or_zeros(const torch::Tensor& p) { return p.grad().define
 
 AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
     : params_(std::move(params)), options_(options) {
+  moments_on_host_ = options_.moments_on_host && !params_.empty();
+  for (const auto& [name, p] : params_) moments_on_host_ = moments_on_host_ && p.is_cuda();
   for (const auto& [name, p] : params_) {
-    m_.emplace(name, torch::zeros_like(p, torch::MemoryFormat::Contiguous).detach());
-    v_.emplace(name, torch::zeros_like(p, torch::MemoryFormat::Contiguous).detach());
+    // On the host in pageable memory: the pinned memory's budget goes to the gradient's parked
+    // rows and fast weights (ttt/sequence_gradient.h), copied far more often.
+    const auto zeros = [&] {
+      return moments_on_host_ ? torch::zeros(p.sizes(), p.options().device(torch::kCPU)).detach()
+                              : torch::zeros_like(p, torch::MemoryFormat::Contiguous).detach();
+    };
+    m_.emplace(name, zeros());
+    v_.emplace(name, zeros());
   }
   bool fused = options_.fused && TORCH_VERSION_MAJOR >= 2 && !params_.empty();
   for (const auto& [name, p] : params_) {
@@ -36,35 +44,53 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   ++steps_;
-  if (step_counts_.defined()) return fused_step(lr);
+  if (!moments_on_host_) return update(lr, m_, v_);
+  // The moments to the parameters' device for the update, and back (all at once: the update
+  // runs after the gradient has freed its memory).
+  Moments m, v;
+  for (const auto& [name, p] : params_) {
+    m.emplace(name, m_.at(name).to(p.device()));
+    v.emplace(name, v_.at(name).to(p.device()));
+  }
+  update(lr, m, v);
+  for (const auto& [name, p] : params_) {
+    m_.at(name).copy_(m.at(name));
+    v_.at(name).copy_(v.at(name));
+  }
+}
+
+void AdamW::update(double lr, Moments& m_of, Moments& v_of) {
+  if (step_counts_.defined()) return fused_update(lr, m_of, v_of);
   const double b1 = options_.beta1, b2 = options_.beta2;
   const double correction1 = 1 - std::pow(b1, static_cast<double>(steps_));
   const double correction2 = 1 - std::pow(b2, static_cast<double>(steps_));
   for (auto& [name, p] : params_) {
-    torch::Tensor& m = m_.at(name);
-    torch::Tensor& v = v_.at(name);
+    torch::Tensor& m = m_of.at(name);
+    torch::Tensor& v = v_of.at(name);
     const torch::Tensor g = gradient_or_zeros(p);
     m.mul_(b1).add_(g, 1 - b1);
     v.mul_(b2).addcmul_(g, g, 1 - b2);
-    const torch::Tensor update = (m / correction1) / ((v / correction2).sqrt() + options_.eps);
-    p.sub_(lr * (update + options_.weight_decay * p));
+    const torch::Tensor direction = (m / correction1) / ((v / correction2).sqrt() + options_.eps);
+    p.sub_(lr * (direction + options_.weight_decay * p));
   }
 }
 
-void AdamW::fused_step(double lr) {
+void AdamW::fused_update(double lr, Moments& m_of, Moments& v_of) {
 #if TORCH_VERSION_MAJOR >= 2
   std::vector<torch::Tensor> params, grads, m, v;
   step_counts_.fill_(static_cast<double>(steps_));
   for (auto& [name, p] : params_) {
     params.push_back(p);
     grads.push_back(gradient_or_zeros(p));
-    m.push_back(m_.at(name));
-    v.push_back(v_.at(name));
+    m.push_back(m_of.at(name));
+    v.push_back(v_of.at(name));
   }
   at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, step_count_views_, lr, options_.beta1, options_.beta2,
                     options_.weight_decay, options_.eps, /*amsgrad=*/false, /*maximize=*/false);
 #else
   (void)lr;
+  (void)m_of;
+  (void)v_of;
   throw Error("internal: the fused AdamW needs PyTorch 2");
 #endif
 }

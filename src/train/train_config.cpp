@@ -51,6 +51,10 @@ const std::vector<TrainConfig::Field>& TrainConfig::fields() {
        "the least); 0: the engine's choice (ttt-e2e on a GPU: the last chunks whose graphs fit 8 GiB and a "
        "quarter of the GPU, where they are at least half the sequence)",
        false},
+      {"moments_on_host", &T::moments_on_host,
+       "on a GPU: AdamW's moments wait in host memory between updates, the GPU's memory left to the gradient "
+       "(3B: 21.6 GiB more; two copies of 23 GB a step); the same numbers",
+       false},
       {"dtype", &T::dtype, "training precision: f32, f64, or bf16 (matmuls in bf16 on fp32 parameters)", true},
       {"device", &T::device, "where to train: cpu, cuda or cuda:N (cuda: each rank of a job on cuda:LOCAL_RANK)",
        false},

@@ -112,7 +112,8 @@ Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std
     ranks_ = Communicator::connect(*job, model_.params.embed.device(), config_.dist_backend, timeout);
   }
   open_data();
-  const AdamWOptions adam{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
+  AdamWOptions adam{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
+  adam.moments_on_host = config_.moments_on_host;
   optimizer_ = std::make_unique<AdamW>(named_params(model_.config, model_.params), adam);
 }
 

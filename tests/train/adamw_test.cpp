@@ -66,6 +66,63 @@ TEST(AdamW, RestoredStateContinuesIdentically) {
   test::expect_error([&] { second.load_state(state, 1); }, {"'m.w'", "shape"});
 }
 
+// On the CPU the moments are in host memory already: the option changes nothing.
+TEST(AdamW, MomentsOnHostOnlyForParametersOnAGpu) {
+  AdamWOptions o;
+  o.moments_on_host = true;
+  torch::Tensor p = torch::randn({3}, torch::kFloat64).requires_grad_();
+  AdamW adam({{"p", p}}, o);
+  EXPECT_FALSE(adam.moments_on_host());
+  p.mutable_grad() = torch::ones({3}, torch::kFloat64);
+  adam.step(1e-2);
+  EXPECT_TRUE(adam.state().at("m.p").equal(torch::full({3}, 1 - o.beta1, torch::kFloat64)));  // (1 - b1) g
+}
+
+// Moments waiting in host memory between updates give the same bits as moments on the GPU,
+// fused update or plain, and a state that restores either way.
+TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  const torch::Tensor w = torch::randn({64, 48}, options), b = torch::randn({48}, options);
+  for (const bool fused : {true, false}) {
+    std::map<std::string, torch::Tensor> on_device{{"w", w.clone()}, {"b", b.clone()}},
+        on_host{{"w", w.clone()}, {"b", b.clone()}};
+    AdamWOptions o;
+    o.fused = fused;
+    AdamW device_moments(on_device, o);
+    o.moments_on_host = true;
+    AdamW host_moments(on_host, o);
+    ASSERT_TRUE(host_moments.moments_on_host());
+    ASSERT_FALSE(device_moments.moments_on_host());
+    for (const double lr : {1e-2, 3e-3}) {
+      for (const std::string name : {"w", "b"}) {
+        const torch::Tensor g = torch::randn_like(on_device[name]);
+        on_device[name].mutable_grad() = g.clone();
+        on_host[name].mutable_grad() = g.clone();
+      }
+      device_moments.step(lr);
+      host_moments.step(lr);
+      for (const std::string name : {"w", "b"}) EXPECT_TRUE(torch::equal(on_device[name], on_host[name])) << name;
+    }
+    for (const auto& [key, moment] : host_moments.state()) {
+      EXPECT_TRUE(moment.device().is_cpu()) << key;
+      EXPECT_TRUE(torch::equal(moment, device_moments.state().at(key).cpu())) << key;
+    }
+    std::map<std::string, torch::Tensor> restored{{"w", on_host["w"].detach().clone()},
+                                                  {"b", on_host["b"].detach().clone()}};
+    AdamW resumed(restored, o);
+    resumed.load_state(device_moments.state(), device_moments.steps_taken());  // from GPU moments to host ones
+    for (const std::string name : {"w", "b"}) {
+      const torch::Tensor g = torch::randn_like(on_host[name]);
+      on_host[name].mutable_grad() = g.clone();
+      restored[name].mutable_grad() = g.clone();
+    }
+    host_moments.step(1e-3);
+    resumed.step(1e-3);
+    for (const std::string name : {"w", "b"}) EXPECT_TRUE(torch::equal(on_host[name], restored[name])) << name;
+  }
+}
+
 TEST(AdamWOnCuda, FusedUpdateMatchesThePlainOne) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);

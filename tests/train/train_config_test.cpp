@@ -101,7 +101,8 @@ TEST(TrainConfig, OnlyReportingKeysMayChangeOnResume) {
   b.val_tokens = "other.u32";
   b.dist_backend = "gloo";  // a job may resume on other machines, with other ranks
   b.dist_timeout = 60;
-  b.tail_chunks = 3;  // the same gradient, in another memory
+  b.tail_chunks = 3;         // the same gradient, in another memory
+  b.moments_on_host = true;  // the same update, the moments elsewhere between steps
   EXPECT_TRUE(a.training_differences(b).empty());
   b.seq_len = 2 * a.seq_len;
   b.lr = 1.0;
