@@ -67,9 +67,11 @@ class ProgressPrinter {
     const int bar_width = 24;
     const int filled = static_cast<int>(bar_width * r.step / r.total_steps);
     char line[256];
-    std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f%s | %.0f tok/s | lr %.2e | elapsed %s ETA %s",
+    char memory[32] = "";
+    if (r.gpu_peak_gib) std::snprintf(memory, sizeof memory, " | GPU %.1f GiB", *r.gpu_peak_gib);
+    std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f%s | %.0f tok/s%s | lr %.2e | elapsed %s ETA %s",
                   static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss,
-                  r.val_loss ? (" val " + format(*r.val_loss)).c_str() : "", r.tokens_per_s, r.lr,
+                  r.val_loss ? (" val " + format(*r.val_loss)).c_str() : "", r.tokens_per_s, memory, r.lr,
                   duration(r.elapsed_s).c_str(), duration(eta).c_str());
     if (terminal_) {
       std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(filled, '#').c_str(),

@@ -396,6 +396,7 @@ void Trainer::append_metrics(const StepReport& r) const {
                {"ilr_mult", r.ilr_mult},   {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
                {"elapsed_s", r.elapsed_s}};
   if (r.val_loss) line["val_loss"] = *r.val_loss;
+  if (r.gpu_peak_gib) line["gpu_peak_gib"] = *r.gpu_peak_gib;
   std::ofstream out(metrics_path(out_dir_), std::ios::app);
   out << line.dump() << "\n";
   out.flush();
@@ -404,8 +405,10 @@ void Trainer::append_metrics(const StepReport& r) const {
 
 Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_step,
                               const std::function<bool()>& stop_requested) {
+  const torch::Device device = model_.params.embed.device();
   while (step_ < config_.steps) {
     const auto step_start = std::chrono::steady_clock::now();
+    reset_device_memory_peaks(device);
     const std::optional<double> loss = accumulate_gradients(step_, stop_requested);
     if (!loss) {
       save_checkpoint();
@@ -426,6 +429,9 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
     report.loss = *loss;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
     report.tokens_per_s = static_cast<double>(config_.batch_size * config_.seq_len) / std::max(seconds, 1e-9);
+    if (const std::optional<DeviceMemory> memory = device_memory(device)) {
+      report.gpu_peak_gib = static_cast<double>(memory->peak_allocated) / (1 << 30);
+    }
     const bool last = step_ == config_.steps;
     if (val_data_ && (last || (config_.eval_every > 0 && step_ % config_.eval_every == 0))) {
       report.val_loss = validation_loss();

@@ -44,6 +44,7 @@ struct StepReport {
   double tokens_per_s = 0;
   double elapsed_s = 0;  // since the run began, across resumes
   std::optional<double> val_loss;
+  std::optional<double> gpu_peak_gib;  // the step's peak GPU memory held by tensors (on a GPU)
 };
 
 class Trainer {

@@ -219,6 +219,21 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   EXPECT_EQ(resumed->steps_done(), 8);
   EXPECT_TRUE(resumed->model().params.embed.is_cuda());
   EXPECT_NEAR(resumed->validation_loss(), val_b, 1e-6 * val_b);
+  EXPECT_FALSE(a[0].contains("gpu_peak_gib"));
+  EXPECT_GT(b[0].at("gpu_peak_gib").get<double>(), 0.0);
+
+  // AdamW's moments in host memory between updates: the same run (up to the GPU's
+  // run-to-run rounding), and a checkpoint that resumes.
+  TrainConfig moments_on_host = on_gpu;
+  moments_on_host.moments_on_host = true;
+  ASSERT_EQ(Trainer::start(moments_on_host, dir.path("host"))->run({}, {}), Trainer::Outcome::kFinished);
+  const auto c = read_metrics(dir.path("host"));
+  ASSERT_EQ(c.size(), b.size());
+  for (size_t i = 0; i < c.size(); ++i) {
+    EXPECT_NEAR(c[i].at("loss").get<double>(), b[i].at("loss").get<double>(), 1e-4 * b[i].at("loss").get<double>())
+        << "step " << i + 1;
+  }
+  EXPECT_EQ(Trainer::resume(dir.path("host"), json::object())->steps_done(), 8);
 }
 
 // The gradients live in one allocation (the ranks' all-reduce sends it whole), a slice a
