@@ -1,6 +1,7 @@
 #include "model/compute.h"
 
 #include <torch/cuda.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <map>
@@ -103,14 +104,18 @@ std::optional<int64_t> device_total_memory(const torch::Device& device) {
 }
 
 std::optional<bool> device_segments_expandable(const torch::Device& device) {
-#if TTT_WITH_CUDA
+#if TTT_WITH_CUDA && TORCH_VERSION_MAJOR >= 2
   // From the allocator's segments: its settings' own getter is inline in PyTorch's headers and
   // built here without the driver API it tests for, so it would answer false.
   if (device.is_cuda()) {
     const int index = device.has_index() ? device.index() : c10::cuda::current_device();
     std::optional<bool> expandable;
-    for (const auto& segment : c10::cuda::CUDACachingAllocator::snapshot().segments) {
-      if (segment.device == index) expandable = expandable.value_or(false) || segment.is_expandable;
+    try {
+      for (const auto& segment : c10::cuda::CUDACachingAllocator::snapshot().segments) {
+        if (segment.device == index) expandable = expandable.value_or(false) || segment.is_expandable;
+      }
+    } catch (const c10::Error&) {  // a backend without segments (backend:cudaMallocAsync)
+      return std::nullopt;
     }
     return expandable;
   }

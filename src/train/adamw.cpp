@@ -43,15 +43,18 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
 
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
-  ++steps_;
-  if (!moments_on_host_) return update(lr, m_, v_);
+  if (!moments_on_host_) {
+    ++steps_;
+    return update(lr, m_, v_);
+  }
   // The moments to the parameters' device for the update, and back (all at once: the update
-  // runs after the gradient has freed its memory).
+  // runs after the gradient has freed its memory); counted as a step once they are there.
   Moments m, v;
   for (const auto& [name, p] : params_) {
     m.emplace(name, m_.at(name).to(p.device()));
     v.emplace(name, v_.at(name).to(p.device()));
   }
+  ++steps_;
   update(lr, m, v);
   for (const auto& [name, p] : params_) {
     m_.at(name).copy_(m.at(name));

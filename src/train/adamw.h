@@ -19,7 +19,8 @@ struct AdamWOptions {
   bool fused = true;
   // Where the parameters are on a GPU: the moments wait in host memory between updates and
   // come to the GPU for each one (3B: 21.6 GiB of the GPU left to the gradient, for two copies
-  // of 23 GB a step). The same update.
+  // of 23 GB a step). The same update. Pageable memory, outside the pinned budget of
+  // ttt/sequence_gradient.h: the host needs room for both.
   bool moments_on_host = false;
 };
 

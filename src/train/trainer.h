@@ -80,6 +80,7 @@ class Trainer {
 
   const TrainConfig& config() const { return config_; }
   const Model& model() const { return model_; }
+  const AdamW& optimizer() const { return *optimizer_; }
   // The model config's keys that differ from those of the `init` checkpoint, as
   // "key old -> new" (empty for a fresh model or the checkpoint's own config).
   const std::vector<std::string>& changed_from_init() const { return changed_from_init_; }

@@ -834,7 +834,9 @@ bool default_park_on_host(int64_t chunks, int64_t weight_bytes, std::optional<in
 
 int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
                                    int64_t host_bytes) {
-  if (chunks <= kAllKeptUpTo) return 1;
+  const bool all_fit =
+      !parked_rows_bytes || recomputed_weights_fit(chunks, 1, weight_bytes, *parked_rows_bytes, host_bytes);
+  if (chunks <= kAllKeptUpTo && all_fit) return 1;
   const int64_t sqrt_every = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(chunks))));
   if (!parked_rows_bytes) return sqrt_every;
   for (int64_t every = 1; every < sqrt_every; ++every) {

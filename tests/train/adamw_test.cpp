@@ -120,6 +120,13 @@ TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
     host_moments.step(1e-3);
     resumed.step(1e-3);
     for (const std::string name : {"w", "b"}) EXPECT_TRUE(torch::equal(on_host[name], restored[name])) << name;
+    o.moments_on_host = false;  // and from host moments to GPU ones
+    AdamW on_gpu_again(restored, o);
+    on_gpu_again.load_state(host_moments.state(), host_moments.steps_taken());
+    for (const auto& [key, moment] : on_gpu_again.state()) {
+      EXPECT_TRUE(moment.is_cuda()) << key;
+      EXPECT_TRUE(torch::equal(moment.cpu(), host_moments.state().at(key))) << key;
+    }
   }
 }
 

@@ -226,14 +226,20 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   // run-to-run rounding), and a checkpoint that resumes.
   TrainConfig moments_on_host = on_gpu;
   moments_on_host.moments_on_host = true;
-  ASSERT_EQ(Trainer::start(moments_on_host, dir.path("host"))->run({}, {}), Trainer::Outcome::kFinished);
+  auto host = Trainer::start(moments_on_host, dir.path("host"));
+  EXPECT_TRUE(host->optimizer().moments_on_host());
+  EXPECT_FALSE(gpu->optimizer().moments_on_host());
+  ASSERT_EQ(host->run({}, {}), Trainer::Outcome::kFinished);
   const auto c = read_metrics(dir.path("host"));
   ASSERT_EQ(c.size(), b.size());
   for (size_t i = 0; i < c.size(); ++i) {
     EXPECT_NEAR(c[i].at("loss").get<double>(), b[i].at("loss").get<double>(), 1e-4 * b[i].at("loss").get<double>())
         << "step " << i + 1;
   }
-  EXPECT_EQ(Trainer::resume(dir.path("host"), json::object())->steps_done(), 8);
+  auto host_resumed = Trainer::resume(dir.path("host"), json::object());
+  EXPECT_EQ(host_resumed->steps_done(), 8);
+  EXPECT_TRUE(host_resumed->optimizer().moments_on_host());
+  EXPECT_NEAR(host_resumed->validation_loss(), c.back().at("val_loss").get<double>(), 1e-6 * val_b);
 }
 
 // The gradients live in one allocation (the ranks' all-reduce sends it whole), a slice a

@@ -215,11 +215,11 @@ TEST(TailChunks, LastChunksWhereTheirGraphsFitHalfTheSequence) {
   EXPECT_EQ(default_tail_chunks(fa_125m, 8192, h200), 1);
 }
 
-// The fast weights kept: all up to 16 chunks; parked, as many as 60% of the host holds beside
-// the parked rows, with the k - 2 slots a recomputation parks the others in (760M at 128K: 128
-// chunks of 453 MB and 19 GB of rows on a host of 128 GiB keep all, on one of 64 GiB one in
-// 3); where no k fits, or not parked, one in ceil(sqrt(chunks)), and the recomputed weights
-// stay on the device.
+// The fast weights kept: all up to 16 chunks (parked, where they fit); parked, as many as 60%
+// of the host holds beside the parked rows, with the k - 2 slots a recomputation parks the
+// others in (760M at 128K: 128 chunks of 453 MB and 19 GB of rows on a host of 128 GiB keep
+// all, on one of 64 GiB one in 3); where no k fits, or not parked, one in ceil(sqrt(chunks)),
+// and the recomputed weights stay on the device.
 TEST(GradientOptions, KeepsAsManyFastWeightsAsTheHostHolds) {
   const int64_t gib = int64_t{1} << 30, weights = 453'000'000, rows = 19'300'000'000;
   EXPECT_EQ(default_keep_weights_every(16, weights, std::nullopt, 128 * gib), 1);
@@ -237,6 +237,14 @@ TEST(GradientOptions, KeepsAsManyFastWeightsAsTheHostHolds) {
   EXPECT_FALSE(recomputed_weights_fit(128, 12, weights, rows, 40 * gib));
   EXPECT_EQ(default_keep_weights_every(128, weights, rows, 35 * gib), 12);  // 7 fit
   EXPECT_EQ(default_keep_weights_every(17, weights, int64_t{0}, gib), 5);   // 1 fits: sqrt
+  // 16 chunks parked (3B at 16K on an 80 GB GPU: 1.38 GB a chunk, 5.4 GB of rows): all on a
+  // host of 128 GiB; on one of 24 GiB (7 sets fit) one in 3 (6 kept, 1 slot); on one of 16 GiB
+  // (3 fit) one in 4, the most (sqrt), the recomputed on the device.
+  const int64_t weights_3b = 1'384'120'320, rows_3b = 5'368'709'120;
+  EXPECT_EQ(default_keep_weights_every(16, weights_3b, rows_3b, 128 * gib), 1);
+  EXPECT_EQ(default_keep_weights_every(16, weights_3b, rows_3b, 16 * gib), 4);
+  EXPECT_FALSE(recomputed_weights_fit(16, 4, weights_3b, rows_3b, 16 * gib));
+  EXPECT_EQ(default_keep_weights_every(16, weights_3b, rows_3b, 24 * gib), 3);
 }
 
 // The engine's choices resolved: on the CPU no parking, every chunk's weights kept up to 16
