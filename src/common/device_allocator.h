@@ -13,4 +13,8 @@ namespace ttt {
 // program start. Returns whether it set them.
 bool prefer_expandable_device_segments();
 
+// Whether PYTORCH_CUDA_ALLOC_CONF, the setting PyTorch reads first, asks for expandable
+// segments (as prefer_expandable_device_segments does).
+bool expandable_device_segments_asked();
+
 }  // namespace ttt

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/device_allocator.h"
+
 namespace ttt {
 
 std::string describe(const std::exception& e) {
@@ -22,9 +24,8 @@ std::string describe(const std::exception& e) {
   if (const auto newline = text.find('\n'); newline != std::string::npos) text.resize(newline);
   // PyTorch's out-of-memory text ends by advising expandable segments, which `ttt` already asks
   // for (common/device_allocator.h): the advice goes where they are on.
-  const char* settings = std::getenv("PYTORCH_CUDA_ALLOC_CONF");
   if (const auto advice = text.find(" If reserved but unallocated memory is large try setting");
-      advice != std::string::npos && settings && std::strstr(settings, "expandable_segments:True")) {
+      advice != std::string::npos && expandable_device_segments_asked()) {
     text.resize(advice);
   }
   return text;

@@ -63,13 +63,13 @@ struct GradientOptions {
   GradientGraphs* graphs = nullptr;
 };
 
-// Inputs per span of the prefix's checkpoints (whole chunks) for a sequence of `inputs` tokens
-// when GradientOptions asks none: where the fused kernels serve (`fused`, a GPU) 4K tokens,
-// fewer where such a span's graph would take more than a fifth of `device_bytes` by 2.5
-// times a rough count (the device a parked sequence's span shares with the reverse scan: 3B on an 80 GB
-// H100 takes 3K; unset: no limit), and a sequence of at most two spans as one where that
-// span's graph is small (nothing is recomputed then: 125M at 8K, a step 10% faster for 0.8 GB
-// more; 760M does not qualify); elsewhere one chunk, like the scan.
+// Inputs per span of the prefix's checkpoints (whole chunks) for a sequence of `inputs` tokens when
+// GradientOptions asks none: where the fused kernels serve (`fused`, a GPU) 4K tokens, fewer where
+// such a span's graph would take more than a fifth of `device_bytes` by 2.5 times a rough count
+// (the device a parked sequence's span shares with the reverse scan: 3B on an 80 GB H100 takes 3K;
+// unset: no limit), and a sequence of at most two spans as one where that span's graph is small
+// (nothing is recomputed then: 125M at 8K, a step 10% faster for 0.8 GB more; 760M does not
+// qualify); elsewhere one chunk, like the scan.
 int64_t default_prefix_span_tokens(const ModelConfig& config, int64_t inputs, bool fused,
                                    std::optional<int64_t> device_bytes = std::nullopt);
 
@@ -88,15 +88,14 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
 // H100: 22 GB of 85, which ran out of memory kept there).
 bool default_park_on_host(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> device_bytes);
 
-// How often the forward pass keeps the fast weights (GradientOptions::keep_weights_every) when
-// the options ask none, for `chunks` chunks whose fast weights take `weight_bytes` a chunk:
-// every chunk's up to 16 chunks (where they are parked, if they fit as below), and where they
-// are parked (`parked_rows_bytes` set: the cache rows parked beside them) as many as fit 60% of
-// `host_bytes` with those rows;
-// else one in k, k the fewest whose kept sets fit with the k - 2 slots the reverse scan parks
-// the others in when it recomputes them, at most ceil(sqrt(chunks)). The chunks recomputed
-// cost one more forward pass of the suffix each (760M at 128K with k = 12: ~15% of a step by
-// the model FLOPs).
+// How often the forward pass keeps the fast weights (GradientOptions::keep_weights_every) when the
+// options ask none, for `chunks` chunks whose fast weights take `weight_bytes` a chunk: every
+// chunk's up to 16 chunks (where they are parked, if they fit as below), and where they are parked
+// (`parked_rows_bytes` set: the cache rows parked beside them) as many as fit 60% of `host_bytes`
+// with those rows; else one in k, k the fewest whose kept sets fit with the k - 2 slots the reverse
+// scan parks the others in when it recomputes them, at most ceil(sqrt(chunks)). The chunks
+// recomputed cost one more forward pass of the suffix each (760M at 128K with k = 12: ~15% of a
+// step by the model FLOPs).
 int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
                                    int64_t host_bytes);
 

@@ -46,6 +46,7 @@ TEST_F(AllocatorEnv, AsksForExpandableSegmentsWhereNothingIsSet) {
   EXPECT_EQ(read_env(kConf), std::nullopt);
   EXPECT_FALSE(prefer_expandable_device_segments());  // asked once: nothing more to set
   EXPECT_EQ(read_env(kCudaConf), "expandable_segments:True");
+  EXPECT_TRUE(expandable_device_segments_asked());
 }
 
 TEST_F(AllocatorEnv, LeavesTheUsersSettingAlone) {
@@ -53,12 +54,14 @@ TEST_F(AllocatorEnv, LeavesTheUsersSettingAlone) {
   unsetenv(kConf);
   EXPECT_FALSE(prefer_expandable_device_segments());
   EXPECT_EQ(read_env(kCudaConf), "expandable_segments:False");
+  EXPECT_FALSE(expandable_device_segments_asked());
 
   unsetenv(kCudaConf);
   setenv(kConf, "max_split_size_mb:64", 1);  // PyTorch's newer name counts as a choice too
   EXPECT_FALSE(prefer_expandable_device_segments());
   EXPECT_EQ(read_env(kCudaConf), std::nullopt);
   EXPECT_EQ(read_env(kConf), "max_split_size_mb:64");
+  EXPECT_FALSE(expandable_device_segments_asked());
 }
 
 // The test program asks for expandable segments at its start, as `ttt` does: on a GPU the
