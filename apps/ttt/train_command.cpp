@@ -67,8 +67,8 @@ class ProgressPrinter {
     const int bar_width = 24;
     const int filled = static_cast<int>(bar_width * r.step / r.total_steps);
     char line[256];
-    char memory[32] = "";
-    if (r.gpu_peak_gib) std::snprintf(memory, sizeof memory, " | GPU %.1f GiB", *r.gpu_peak_gib);
+    char memory[32] = "";  // what the process held of the GPU: the figure to set beside its size
+    if (r.gpu_reserved_gib) std::snprintf(memory, sizeof memory, " | GPU %.1f GiB", *r.gpu_reserved_gib);
     std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f%s | %.0f tok/s%s | lr %.2e | elapsed %s ETA %s",
                   static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss,
                   r.val_loss ? (" val " + format(*r.val_loss)).c_str() : "", r.tokens_per_s, memory, r.lr,

@@ -91,8 +91,8 @@ std::string Metrics::render(const Gauges& gauges) const {
   single("ttt_session_state_bytes", "gauge", "Bytes of the state of the sessions in memory.",
          double(gauges.session_state_bytes));
   single("ttt_resident_memory_bytes", "gauge", "Resident memory of the server process.", double(gauges.resident_bytes));
-  single("ttt_device_memory_bytes", "gauge", "Accelerator memory in tensors (0 on the CPU).",
-         double(gauges.device_bytes));
+  single("ttt_device_memory_bytes", "gauge",
+         "Peak accelerator memory in tensors since the server started (0 on the CPU).", double(gauges.device_bytes));
   describe(out, "ttt_prefill_seconds", "histogram", "Time to read a request's prompt (to the first token).");
   out << prefill_.render("ttt_prefill_seconds");
   describe(out, "ttt_token_seconds", "histogram", "Time per generated token.");

@@ -1,6 +1,7 @@
 #include "train/adamw.h"
 
 #include <cmath>
+#include <vector>
 
 #include <torch/types.h>
 #include <torch/version.h>
@@ -37,7 +38,8 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
   if (fused) {
     step_counts_ = torch::zeros({static_cast<int64_t>(params_.size())},
                                 torch::TensorOptions().dtype(torch::kFloat32).device(params_.begin()->second.device()));
-    for (int64_t i = 0; i < step_counts_.size(0); ++i) step_count_views_.push_back(step_counts_[i]);
+    int64_t i = 0;
+    for (const auto& [name, p] : params_) step_count_views_.emplace(name, step_counts_[i++]);
   }
 }
 
@@ -47,19 +49,26 @@ void AdamW::step(double lr) {
     ++steps_;
     return update(lr, m_, v_);
   }
-  // The moments to the parameters' device for the update, and back (all at once: the update
-  // runs after the gradient has freed its memory); counted as a step once they are there.
+  // The moments come to the parameters' device a group at a time and go back; counted as a step
+  // from here on.
+  ++steps_;
   Moments m, v;
+  int64_t group_bytes = 0;
+  const auto update_group = [&] {
+    update(lr, m, v);
+    for (const auto& [name, moment] : m) m_.at(name).copy_(moment);
+    for (const auto& [name, moment] : v) v_.at(name).copy_(moment);
+    m.clear();
+    v.clear();
+    group_bytes = 0;
+  };
   for (const auto& [name, p] : params_) {
     m.emplace(name, m_.at(name).to(p.device()));
     v.emplace(name, v_.at(name).to(p.device()));
+    group_bytes += p.numel() * p.element_size();
+    if (group_bytes >= options_.host_moment_group_bytes) update_group();
   }
-  ++steps_;
-  update(lr, m, v);
-  for (const auto& [name, p] : params_) {
-    m_.at(name).copy_(m.at(name));
-    v_.at(name).copy_(v.at(name));
-  }
+  if (!m.empty()) update_group();
 }
 
 void AdamW::update(double lr, Moments& m_of, Moments& v_of) {
@@ -67,8 +76,8 @@ void AdamW::update(double lr, Moments& m_of, Moments& v_of) {
   const double b1 = options_.beta1, b2 = options_.beta2;
   const double correction1 = 1 - std::pow(b1, static_cast<double>(steps_));
   const double correction2 = 1 - std::pow(b2, static_cast<double>(steps_));
-  for (auto& [name, p] : params_) {
-    torch::Tensor& m = m_of.at(name);
+  for (auto& [name, m] : m_of) {
+    torch::Tensor& p = params_.at(name);
     torch::Tensor& v = v_of.at(name);
     const torch::Tensor g = gradient_or_zeros(p);
     m.mul_(b1).add_(g, 1 - b1);
@@ -80,15 +89,17 @@ void AdamW::update(double lr, Moments& m_of, Moments& v_of) {
 
 void AdamW::fused_update(double lr, Moments& m_of, Moments& v_of) {
 #if TORCH_VERSION_MAJOR >= 2
-  std::vector<torch::Tensor> params, grads, m, v;
+  std::vector<torch::Tensor> params, grads, m, v, step_counts;
   step_counts_.fill_(static_cast<double>(steps_));
-  for (auto& [name, p] : params_) {
+  for (auto& [name, moment] : m_of) {
+    const torch::Tensor& p = params_.at(name);
     params.push_back(p);
     grads.push_back(gradient_or_zeros(p));
-    m.push_back(m_of.at(name));
+    m.push_back(moment);
     v.push_back(v_of.at(name));
+    step_counts.push_back(step_count_views_.at(name));
   }
-  at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, step_count_views_, lr, options_.beta1, options_.beta2,
+  at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, step_counts, lr, options_.beta1, options_.beta2,
                     options_.weight_decay, options_.eps, /*amsgrad=*/false, /*maximize=*/false);
 #else
   (void)lr;

@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <map>
 #include <string>
-#include <vector>
 
 #include <torch/types.h>
 
@@ -22,6 +21,10 @@ struct AdamWOptions {
   // of 23 GB a step). The same update. Pageable memory, outside the pinned budget of
   // ttt/sequence_gradient.h: the host needs room for both.
   bool moments_on_host = false;
+  // With moments on the host: the parameters are updated in groups of about this many bytes,
+  // the GPU holding one group's moments at a time (3B at 128K: the captured chunk graphs keep
+  // 47 GiB of their pool through the update, too much beside all of them).
+  int64_t host_moment_group_bytes = int64_t{1} << 30;
 };
 
 class AdamW {
@@ -45,7 +48,7 @@ class AdamW {
 
  private:
   using Moments = std::map<std::string, torch::Tensor>;
-  // The update of every parameter with moments `m` and `v` on the parameters' devices.
+  // The update of the parameters named in `m` with moments `m` and `v` on their devices.
   void update(double lr, Moments& m, Moments& v);
   void fused_update(double lr, Moments& m, Moments& v);
 
@@ -57,7 +60,7 @@ class AdamW {
   // The fused update's step count, an entry a parameter (views of one tensor, filled each
   // step); undefined where the update is the plain one.
   torch::Tensor step_counts_;
-  std::vector<torch::Tensor> step_count_views_;
+  std::map<std::string, torch::Tensor> step_count_views_;
 };
 
 }  // namespace ttt

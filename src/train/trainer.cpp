@@ -397,6 +397,7 @@ void Trainer::append_metrics(const StepReport& r) const {
                {"elapsed_s", r.elapsed_s}};
   if (r.val_loss) line["val_loss"] = *r.val_loss;
   if (r.gpu_peak_gib) line["gpu_peak_gib"] = *r.gpu_peak_gib;
+  if (r.gpu_reserved_gib) line["gpu_reserved_gib"] = *r.gpu_reserved_gib;
   std::ofstream out(metrics_path(out_dir_), std::ios::app);
   out << line.dump() << "\n";
   out.flush();
@@ -431,6 +432,7 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
     report.tokens_per_s = static_cast<double>(config_.batch_size * config_.seq_len) / std::max(seconds, 1e-9);
     if (const std::optional<DeviceMemory> memory = device_memory(device)) {
       report.gpu_peak_gib = static_cast<double>(memory->peak_allocated) / (1 << 30);
+      report.gpu_reserved_gib = static_cast<double>(memory->peak_reserved) / (1 << 30);
     }
     const bool last = step_ == config_.steps;
     if (val_data_ && (last || (config_.eval_every > 0 && step_ % config_.eval_every == 0))) {

@@ -44,7 +44,10 @@ struct StepReport {
   double tokens_per_s = 0;
   double elapsed_s = 0;  // since the run began, across resumes
   std::optional<double> val_loss;
-  std::optional<double> gpu_peak_gib;  // the step's peak GPU memory held by tensors (on a GPU)
+  // On a GPU: the step's peak memory held by tensors, and the peak the process held of the GPU
+  // (tensors, the allocator's cache and the captured chunk graphs' pools, whose tensors the
+  // first figure counts only in the step that captures them): the one to set beside the GPU's size.
+  std::optional<double> gpu_peak_gib, gpu_reserved_gib;
 };
 
 class Trainer {

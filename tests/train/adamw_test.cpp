@@ -4,11 +4,13 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/types.h>
 #include <torch/version.h>
 
+#include "model/compute.h"
 #include "test_util.h"
 #include "train/adamw.h"
 
@@ -79,16 +81,22 @@ TEST(AdamW, MomentsOnHostOnlyForParametersOnAGpu) {
 }
 
 // Moments waiting in host memory between updates give the same bits as moments on the GPU,
-// fused update or plain, and a state that restores either way.
+// fused update or plain, all parameters in one group or each in its own, and a state that
+// restores either way.
 TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
   const torch::Tensor w = torch::randn({64, 48}, options), b = torch::randn({48}, options);
-  for (const bool fused : {true, false}) {
+  for (const auto& [fused, group_bytes] :
+       std::vector<std::pair<bool, int64_t>>{{true, AdamWOptions().host_moment_group_bytes},
+                                             {false, AdamWOptions().host_moment_group_bytes},
+                                             {true, 1}}) {
+    SCOPED_TRACE("fused " + std::to_string(fused) + ", groups of " + std::to_string(group_bytes) + " bytes");
     std::map<std::string, torch::Tensor> on_device{{"w", w.clone()}, {"b", b.clone()}},
         on_host{{"w", w.clone()}, {"b", b.clone()}};
     AdamWOptions o;
     o.fused = fused;
+    o.host_moment_group_bytes = group_bytes;
     AdamW device_moments(on_device, o);
     o.moments_on_host = true;
     AdamW host_moments(on_host, o);
@@ -128,6 +136,33 @@ TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
       EXPECT_TRUE(torch::equal(moment.cpu(), host_moments.state().at(key))) << key;
     }
   }
+}
+
+// The GPU holds one group's moments at a time: the update of four 16 MiB parameters in groups of
+// one needs two moments' room beyond the parameters and gradients, in one group all eight.
+TEST(AdamWOnCuda, HostMomentsComeAGroupAtATime) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const torch::Device device(torch::kCUDA);
+  const int64_t bytes = int64_t{16} << 20;
+  const auto extra_memory = [&](int64_t group_bytes) {
+    std::map<std::string, torch::Tensor> params;
+    for (const std::string name : {"a", "b", "c", "d"}) {
+      params[name] = torch::randn({bytes / 4}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+      params[name].mutable_grad() = torch::randn_like(params[name]);
+    }
+    AdamWOptions o;
+    o.moments_on_host = true;
+    o.host_moment_group_bytes = group_bytes;
+    AdamW adam(params, o);
+    torch::cuda::synchronize();
+    reset_device_memory_peaks(device);
+    const int64_t before = device_memory(device)->peak_allocated;
+    adam.step(1e-3);
+    torch::cuda::synchronize();
+    return device_memory(device)->peak_allocated - before;
+  };
+  EXPECT_LE(extra_memory(1), 2 * bytes);
+  EXPECT_GE(extra_memory(AdamWOptions().host_moment_group_bytes), 8 * bytes);
 }
 
 TEST(AdamWOnCuda, FusedUpdateMatchesThePlainOne) {
