@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -31,6 +32,19 @@ bool is_directory(const std::string& path) {
 bool exists(const std::string& path) {
   struct stat info {};
   return ::stat(path.c_str(), &info) == 0;
+}
+
+uint64_t file_size_or_zero(const std::string& path) {
+  struct stat info {};
+  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) ? static_cast<uint64_t>(info.st_size) : 0;
+}
+
+std::optional<uint64_t> free_disk_bytes(const std::string& path) {
+  std::string existing = path.empty() ? "." : path;
+  while (!exists(existing) && existing != "." && existing != "/") existing = parent_directory(existing);
+  struct statvfs info {};
+  if (::statvfs(existing.c_str(), &info) != 0) return std::nullopt;
+  return static_cast<uint64_t>(info.f_bavail) * info.f_frsize;
 }
 
 namespace {

@@ -1,10 +1,13 @@
 #include "train/trainer.h"
 
-#include <cstdlib>
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -99,7 +102,39 @@ json rank_setup(const TrainConfig& config, const ModelConfig& model, int64_t ste
   return setup;
 }
 
+std::string gigabytes(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GB", static_cast<double>(bytes) / 1e9);
+  return text;
+}
+
 }  // namespace
+
+uint64_t disk_needed_for_saves(const SaveSizes& sizes, int64_t saves) {
+  const auto c = static_cast<int64_t>(sizes.checkpoint), m = static_cast<int64_t>(sizes.model);
+  const auto ec = static_cast<int64_t>(sizes.existing_checkpoint), em = static_cast<int64_t>(sizes.existing_model);
+  if (saves <= 0) return 0;
+  // The checkpoint's temporary beside the old checkpoint; then, that one gone, the model's.
+  int64_t needed = std::max(c, c - ec + m);
+  // What the first save leaves taken, then room for the larger temporary of the next.
+  if (saves > 1) needed = std::max(needed, (c - ec) + (m - em) + std::max(c, m));
+  return static_cast<uint64_t>(std::max<int64_t>(needed, 0));
+}
+
+void check_room_to_save(const std::string& dir, const SaveSizes& sizes, int64_t saves, uint64_t free_bytes,
+                        const std::string& context) {
+  const uint64_t needed = disk_needed_for_saves(sizes, saves);
+  if (needed <= free_bytes) return;
+  std::string message = context + dir + " has " + gigabytes(free_bytes) + " free, but " +
+                        (saves > 1 ? "this run's saves need " : "saving needs ") + gigabytes(needed) +
+                        " there (each writes a checkpoint of " + gigabytes(sizes.checkpoint) +
+                        ", weights and optimiser state, then a model of " + gigabytes(sizes.model) +
+                        ", each whole beside the file it replaces); free some space or choose another directory";
+  if (saves > 1 && disk_needed_for_saves(sizes, 1) <= free_bytes) {
+    message += ", or save only at the end (--checkpoint-every 0)";
+  }
+  throw Error(message);
+}
 
 Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job)
     : config_(std::move(config)), model_(std::move(model)), out_dir_(std::move(out_dir)) {
@@ -141,6 +176,7 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   trainer->changed_from_init_ = std::move(changed);
   trainer->check_ranks_agree();
   if (trainer->is_main_rank()) {
+    trainer->check_disk_room(trainer->saves_ahead(), "");
     io::make_directories(out_dir);
     io::write_text_file(out_dir + "/config.json", config.to_json().dump(2) + "\n");
     io::write_text_file(metrics_path(out_dir), "");
@@ -221,6 +257,7 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   // A run killed while saving left the temporary of that save.
   io::remove_stale_temporaries(path);
   io::remove_stale_temporaries(out_dir + "/model.safetensors");
+  trainer->check_disk_room(trainer->saves_ahead(), "");
   io::write_text_file(out_dir + "/config.json", requested.to_json().dump(2) + "\n");
 
   // Steps after the checkpoint will be taken again: their metrics go.
@@ -376,6 +413,7 @@ void Trainer::save_checkpoint() const {
   // Every rank has finished the step (the weights are the same on all of them): rank 0 writes.
   if (ranks_) ranks_->barrier();
   if (!is_main_rank()) return;
+  check_disk_room(1, "cannot save step " + std::to_string(step_) + " (nothing written; the run's files are intact): ");
   std::map<std::string, torch::Tensor> tensors;
   for (const auto& [name, p] : named_params(model_.config, model_.params)) tensors.emplace(name, p.detach());
   for (const auto& [name, moment] : optimizer_->state()) tensors.emplace(kOptimizerPrefix + name, moment);
@@ -389,6 +427,36 @@ void Trainer::save_checkpoint() const {
                          {"step", std::to_string(step_)},
                          {"elapsed_s", elapsed.str()}});
   save_model(out_dir_ + "/model.safetensors", model_, torch::kFloat32);
+}
+
+int64_t Trainer::saves_ahead() const {
+  if (step_ >= config_.steps) return 0;
+  const int64_t every = config_.checkpoint_every;
+  // Those at multiples of checkpoint_every before the last step, and the last.
+  return (every > 0 ? (config_.steps - 1) / every - step_ / every : 0) + 1;
+}
+
+SaveSizes Trainer::save_sizes() const {
+  // The files' headers (names, shapes, the configs) take well under this.
+  constexpr uint64_t kHeaderBytes = 1 << 20;
+  SaveSizes sizes;
+  sizes.checkpoint = sizes.model = kHeaderBytes;
+  for (const auto& [name, p] : named_params(model_.config, model_.params)) {
+    sizes.checkpoint += static_cast<uint64_t>(p.numel() * p.element_size());
+    sizes.model += static_cast<uint64_t>(p.numel()) * sizeof(float);  // save_model writes fp32
+  }
+  for (const auto& [name, moment] : optimizer_->state()) {
+    sizes.checkpoint += static_cast<uint64_t>(moment.numel() * moment.element_size());
+  }
+  sizes.existing_checkpoint = io::file_size_or_zero(checkpoint_path(out_dir_));
+  sizes.existing_model = io::file_size_or_zero(out_dir_ + "/model.safetensors");
+  return sizes;
+}
+
+void Trainer::check_disk_room(int64_t saves, const std::string& context) const {
+  if (const std::optional<uint64_t> free_bytes = io::free_disk_bytes(out_dir_)) {
+    check_room_to_save(out_dir_, save_sizes(), saves, *free_bytes, context);
+  }
 }
 
 void Trainer::append_metrics(const StepReport& r) const {

@@ -50,6 +50,20 @@ struct StepReport {
   std::optional<double> gpu_peak_gib, gpu_reserved_gib;
 };
 
+// The files a run's save writes, and those its directory holds now (0: none).
+struct SaveSizes {
+  uint64_t checkpoint = 0, model = 0;
+  uint64_t existing_checkpoint = 0, existing_model = 0;
+};
+// Bytes the run directory's filesystem needs free for the next `saves` saves: each writes the
+// checkpoint, then the model, whole beside the file it then replaces, so from the second save
+// on both files are there twice for a while.
+uint64_t disk_needed_for_saves(const SaveSizes& sizes, int64_t saves);
+// Throws ttt::Error starting with `context` where `free_bytes` falls short of that, naming
+// `dir`, the sizes and the room missing: before hours of training, not at their end.
+void check_room_to_save(const std::string& dir, const SaveSizes& sizes, int64_t saves, uint64_t free_bytes,
+                        const std::string& context);
+
 class Trainer {
  public:
   // A new run in `out_dir` (created if missing). A directory that already holds a
@@ -80,6 +94,9 @@ class Trainer {
   // Mean loss of the validation sequences by the model's own procedure (inner LR multiplier 1).
   double validation_loss() const;
   void save_checkpoint() const;
+  // What a save writes (its files' sizes, a little over, for their headers) and what the run
+  // directory holds now.
+  SaveSizes save_sizes() const;
 
   const TrainConfig& config() const { return config_; }
   const Model& model() const { return model_; }
@@ -98,6 +115,11 @@ class Trainer {
   void open_data();
   // Fails naming the first setting the ranks disagree on, then gives every rank rank 0's weights.
   void check_ranks_agree();
+  // The saves left in the run (every checkpoint_every steps and the last), and whether the
+  // disk holds the next `saves` of them (see check_room_to_save; no check where the system
+  // cannot tell the free space).
+  int64_t saves_ahead() const;
+  void check_disk_room(int64_t saves, const std::string& context) const;
   void append_metrics(const StepReport& report) const;
   double elapsed_s() const;
   // Clips the accumulated gradient to grad_clip, takes the AdamW step; returns the norm before clipping.

@@ -306,7 +306,7 @@ TEST(Niah, SpecKeepsEverySeed) {
     spec.seed = seed;
     EXPECT_EQ(Spec::from_json(spec.to_json(), "spec.json").seed, seed);
   }
-  for (const std::string& seed : {"-1", "2.5", "\"7\""}) {
+  for (const std::string seed : {"-1", "2.5", "\"7\""}) {
     nlohmann::json j = nlohmann::json::parse(spec.to_json());
     j["seed"] = nlohmann::json::parse(seed);
     expect_error([&] { Spec::from_json(j.dump(), "spec.json"); },

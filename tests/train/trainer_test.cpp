@@ -341,6 +341,63 @@ TEST(Trainer, ExtensionStartsFromAnotherRunsWeights) {
   expect_error([&] { Trainer::start(longer, dir.path("z")); }, {"'init'", "nothing_here", "does not exist"});
 }
 
+// A save writes the checkpoint, then the model, each whole beside the file it replaces.
+TEST(Trainer, DiskNeededForSaves) {
+  SaveSizes fresh;
+  fresh.checkpoint = 10;
+  fresh.model = 4;
+  EXPECT_EQ(disk_needed_for_saves(fresh, 0), 0u);
+  EXPECT_EQ(disk_needed_for_saves(fresh, 1), 14u);  // both files, none there yet
+  EXPECT_EQ(disk_needed_for_saves(fresh, 2), 24u);  // then a checkpoint's temporary beside them
+  EXPECT_EQ(disk_needed_for_saves(fresh, 5), 24u);  // and so on, no more
+  SaveSizes again = fresh;
+  again.existing_checkpoint = 10;
+  again.existing_model = 4;
+  EXPECT_EQ(disk_needed_for_saves(again, 1), 10u);
+  EXPECT_EQ(disk_needed_for_saves(again, 2), 10u);
+  SaveSizes larger_model;  // a model larger than the checkpoint: its temporary is the larger one
+  larger_model.checkpoint = 3;
+  larger_model.model = 5;
+  EXPECT_EQ(disk_needed_for_saves(larger_model, 1), 8u);
+  EXPECT_EQ(disk_needed_for_saves(larger_model, 2), 13u);
+
+  const SaveSizes gb{34'800'000'000, 11'600'000'000, 0, 0};  // 3B: weights and moments, and its model
+  EXPECT_NO_THROW(check_room_to_save("/runs/a", gb, 2, 81'200'000'000, ""));
+  expect_error([&] { check_room_to_save("/runs/a", gb, 2, 68'000'000'000, "ctx: "); },
+               {"ctx: /runs/a has 68.0 GB free", "this run's saves need 81.2 GB", "checkpoint of 34.8 GB",
+                "model of 11.6 GB", "--checkpoint-every 0"});
+  expect_error([&] { check_room_to_save("/runs/a", gb, 1, 40'000'000'000, ""); },
+               {"40.0 GB free", "saving needs 46.4 GB", "choose another directory"});
+  bool refused = false;
+  try {
+    check_room_to_save("/runs/a", gb, 2, 40'000'000'000, "");
+  } catch (const Error& e) {
+    refused = true;
+    EXPECT_EQ(std::string(e.what()).find("--checkpoint-every"), std::string::npos) << "one save does not fit either";
+  }
+  EXPECT_TRUE(refused);
+}
+
+// The sizes the disk check counts are those of the files a save writes (headers a little over).
+TEST(Trainer, SaveSizesAreTheFilesSizes) {
+  test::ScratchDir dir;
+  TrainConfig c = small_run(Variant::kTttE2E);
+  c.steps = 1;
+  auto trainer = Trainer::start(c, dir.path("run"));
+  const SaveSizes before = trainer->save_sizes();
+  EXPECT_EQ(before.existing_checkpoint, 0u);
+  EXPECT_EQ(before.existing_model, 0u);
+  ASSERT_EQ(trainer->run({}, {}), Trainer::Outcome::kFinished);
+  const SaveSizes after = trainer->save_sizes();
+  EXPECT_EQ(after.checkpoint, before.checkpoint);
+  for (const auto& [estimate, written] :
+       {std::pair{after.checkpoint, after.existing_checkpoint}, std::pair{after.model, after.existing_model}}) {
+    EXPECT_GT(written, 0u);
+    EXPECT_GE(estimate, written);
+    EXPECT_LE(estimate, written + (1u << 20));
+  }
+}
+
 TEST(Trainer, BadInputGetsClearErrors) {
   test::ScratchDir dir;
   TrainConfig c = small_run(Variant::kTttE2E);
