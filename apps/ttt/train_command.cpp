@@ -69,15 +69,15 @@ class ProgressPrinter {
     char line[256];
     char memory[32] = "";  // what the process held of the GPU: the figure to set beside its size
     if (r.gpu_reserved_gib) std::snprintf(memory, sizeof memory, " | GPU %.1f GiB", *r.gpu_reserved_gib);
-    std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f%s | %.0f tok/s%s | lr %.2e | elapsed %s ETA %s",
+    std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f%s | %.0f tok/s%s | lr %.2e | elapsed %s ETA %s%s",
                   static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss,
                   r.val_loss ? (" val " + format(*r.val_loss)).c_str() : "", r.tokens_per_s, memory, r.lr,
-                  duration(r.elapsed_s).c_str(), duration(eta).c_str());
+                  duration(r.elapsed_s).c_str(), duration(eta).c_str(), r.saving ? " | saving a checkpoint" : "");
     if (terminal_) {
       std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(filled, '#').c_str(),
                    std::string(bar_width - filled, '.').c_str(), line);
       if (r.val_loss || r.step == r.total_steps) std::fprintf(stderr, "\n");
-    } else if (r.step % log_every_ == 0 || r.step == r.total_steps || r.val_loss) {
+    } else if (r.step % log_every_ == 0 || r.step == r.total_steps || r.val_loss || r.saving) {
       std::fprintf(stderr, "%s\n", line);
     }
     std::fflush(stderr);

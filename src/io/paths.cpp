@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -43,8 +44,10 @@ std::optional<uint64_t> free_disk_bytes(const std::string& path) {
   std::string existing = path.empty() ? "." : path;
   while (!exists(existing) && existing != "." && existing != "/") existing = parent_directory(existing);
   struct statvfs info {};
-  if (::statvfs(existing.c_str(), &info) != 0) return std::nullopt;
-  return static_cast<uint64_t>(info.f_bavail) * info.f_frsize;
+  // Some network and FUSE filesystems report no blocks at all: they cannot tell.
+  if (::statvfs(existing.c_str(), &info) != 0 || info.f_blocks == 0) return std::nullopt;
+  // Root may also write the blocks kept back for it.
+  return static_cast<uint64_t>(::geteuid() == 0 ? info.f_bfree : info.f_bavail) * info.f_frsize;
 }
 
 namespace {

@@ -16,8 +16,8 @@ bool is_directory(const std::string& path);
 bool exists(const std::string& path);
 // The size of the regular file at `path`; 0 where there is none.
 uint64_t file_size_or_zero(const std::string& path);
-// Bytes a user without privileges may still write on the filesystem that holds `path` (its
-// nearest existing parent where `path` does not exist yet); unset where the system cannot tell.
+// Bytes this process may still write on the filesystem that holds `path` (its nearest existing
+// parent where `path` does not exist yet); unset where the system cannot tell.
 std::optional<uint64_t> free_disk_bytes(const std::string& path);
 
 // The names of the regular files in `dir` that end in `suffix`, sorted; throws ttt::Error

@@ -49,8 +49,8 @@ void AdamW::step(double lr) {
     ++steps_;
     return update(lr, m_, v_);
   }
-  // The moments come to the parameters' device a group at a time and go back; counted as a step
-  // from here on.
+  // The moments come to the parameters' device a group at a time and go back; every group's
+  // update takes this step's count.
   ++steps_;
   Moments m, v;
   int64_t group_bytes = 0;

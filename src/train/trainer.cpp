@@ -122,18 +122,24 @@ uint64_t disk_needed_for_saves(const SaveSizes& sizes, int64_t saves) {
 }
 
 void check_room_to_save(const std::string& dir, const SaveSizes& sizes, int64_t saves, uint64_t free_bytes,
-                        const std::string& context) {
+                        const std::string& context, const std::string& remedy) {
   const uint64_t needed = disk_needed_for_saves(sizes, saves);
   if (needed <= free_bytes) return;
   std::string message = context + dir + " has " + gigabytes(free_bytes) + " free, but " +
                         (saves > 1 ? "this run's saves need " : "saving needs ") + gigabytes(needed) +
                         " there (each writes a checkpoint of " + gigabytes(sizes.checkpoint) +
                         ", weights and optimiser state, then a model of " + gigabytes(sizes.model) +
-                        ", each whole beside the file it replaces); free some space or choose another directory";
+                        ", each whole beside the file it replaces); " + remedy;
   if (saves > 1 && disk_needed_for_saves(sizes, 1) <= free_bytes) {
     message += ", or save only at the end (--checkpoint-every 0)";
   }
   throw Error(message);
+}
+
+int64_t planned_saves(int64_t steps, int64_t steps_done, int64_t checkpoint_every) {
+  if (steps_done >= steps) return 0;
+  // Those at multiples of checkpoint_every before the last step, and the last.
+  return (checkpoint_every > 0 ? (steps - 1) / checkpoint_every - steps_done / checkpoint_every : 0) + 1;
 }
 
 Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job)
@@ -175,8 +181,9 @@ std::unique_ptr<Trainer> Trainer::start(const TrainConfig& requested, const std:
   std::unique_ptr<Trainer> trainer(new Trainer(config, std::move(model), out_dir, job));
   trainer->changed_from_init_ = std::move(changed);
   trainer->check_ranks_agree();
+  trainer->check_disk_room(planned_saves(config.steps, 0, config.checkpoint_every), "",
+                           "free some space or choose another directory");
   if (trainer->is_main_rank()) {
-    trainer->check_disk_room(trainer->saves_ahead(), "");
     io::make_directories(out_dir);
     io::write_text_file(out_dir + "/config.json", config.to_json().dump(2) + "\n");
     io::write_text_file(metrics_path(out_dir), "");
@@ -250,14 +257,17 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   model.params = trainable(model, requested, training_device(requested, job));
   std::unique_ptr<Trainer> trainer(new Trainer(requested, std::move(model), out_dir, job));
   trainer->step_ = step;
+  trainer->saved_step_ = step;
   trainer->elapsed_before_ = elapsed_s.get<double>();
   trainer->optimizer_->load_state(optimizer_state, trainer->step_);
   trainer->check_ranks_agree();
+  if (trainer->is_main_rank()) {
+    // A run killed while saving left the temporary of that save.
+    io::remove_stale_temporaries(path);
+    io::remove_stale_temporaries(out_dir + "/model.safetensors");
+  }
+  trainer->check_disk_room(planned_saves(requested.steps, step, requested.checkpoint_every), "", "free some space");
   if (!trainer->is_main_rank()) return trainer;
-  // A run killed while saving left the temporary of that save.
-  io::remove_stale_temporaries(path);
-  io::remove_stale_temporaries(out_dir + "/model.safetensors");
-  trainer->check_disk_room(trainer->saves_ahead(), "");
   io::write_text_file(out_dir + "/config.json", requested.to_json().dump(2) + "\n");
 
   // Steps after the checkpoint will be taken again: their metrics go.
@@ -409,11 +419,20 @@ double Trainer::elapsed_s() const {
   return elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - session_start_).count();
 }
 
-void Trainer::save_checkpoint() const {
+void Trainer::save_checkpoint() {
   // Every rank has finished the step (the weights are the same on all of them): rank 0 writes.
   if (ranks_) ranks_->barrier();
-  if (!is_main_rank()) return;
-  check_disk_room(1, "cannot save step " + std::to_string(step_) + " (nothing written; the run's files are intact): ");
+  check_disk_room(
+      1,
+      "cannot save step " + std::to_string(step_) + ", nothing written (" +
+          (saved_step_ ? "the checkpoint of step " + std::to_string(*saved_step_) + " stays; --resume continues from it"
+                       : "no checkpoint saved yet") +
+          "): ",
+      "free some space");
+  if (!is_main_rank()) {
+    saved_step_ = step_;
+    return;
+  }
   std::map<std::string, torch::Tensor> tensors;
   for (const auto& [name, p] : named_params(model_.config, model_.params)) tensors.emplace(name, p.detach());
   for (const auto& [name, moment] : optimizer_->state()) tensors.emplace(kOptimizerPrefix + name, moment);
@@ -427,13 +446,7 @@ void Trainer::save_checkpoint() const {
                          {"step", std::to_string(step_)},
                          {"elapsed_s", elapsed.str()}});
   save_model(out_dir_ + "/model.safetensors", model_, torch::kFloat32);
-}
-
-int64_t Trainer::saves_ahead() const {
-  if (step_ >= config_.steps) return 0;
-  const int64_t every = config_.checkpoint_every;
-  // Those at multiples of checkpoint_every before the last step, and the last.
-  return (every > 0 ? (config_.steps - 1) / every - step_ / every : 0) + 1;
+  saved_step_ = step_;
 }
 
 SaveSizes Trainer::save_sizes() const {
@@ -453,10 +466,16 @@ SaveSizes Trainer::save_sizes() const {
   return sizes;
 }
 
-void Trainer::check_disk_room(int64_t saves, const std::string& context) const {
-  if (const std::optional<uint64_t> free_bytes = io::free_disk_bytes(out_dir_)) {
-    check_room_to_save(out_dir_, save_sizes(), saves, *free_bytes, context);
+void Trainer::check_disk_room(int64_t saves, const std::string& context, const std::string& remedy) const {
+  std::string refusal;
+  const std::optional<uint64_t> free_bytes = is_main_rank() ? io::free_disk_bytes(out_dir_) : std::nullopt;
+  try {
+    if (free_bytes) check_room_to_save(out_dir_, save_sizes(), saves, *free_bytes, context, remedy);
+  } catch (const Error& e) {
+    refusal = e.what();
   }
+  if (ranks_) refusal = ranks_->all_gather_text("disk room " + std::to_string(disk_checks_++), refusal).front();
+  if (!refusal.empty()) throw Error(refusal);
 }
 
 void Trainer::append_metrics(const StepReport& r) const {
@@ -507,9 +526,10 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
       report.val_loss = validation_loss();
     }
     report.elapsed_s = elapsed_s();
+    report.saving = last || (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0);
     if (is_main_rank()) append_metrics(report);
     if (on_step) on_step(report);
-    if (last || (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0)) save_checkpoint();
+    if (report.saving) save_checkpoint();
   }
   return Outcome::kFinished;
 }

@@ -44,10 +44,13 @@ struct StepReport {
   double tokens_per_s = 0;
   double elapsed_s = 0;  // since the run began, across resumes
   std::optional<double> val_loss;
-  // On a GPU: the step's peak memory held by tensors, and the peak the process held of the GPU
-  // (tensors, the allocator's cache and the captured chunk graphs' pools, whose tensors the
-  // first figure counts only in the step that captures them): the one to set beside the GPU's size.
+  // On a GPU: the step's peak memory held by tensors, and the peak held through PyTorch's
+  // allocator (tensors, its cache and the captured chunk graphs' pools, whose tensors the first
+  // figure counts only in the step that captures them): the one to set beside the GPU's size,
+  // less the CUDA context's few hundred MiB.
   std::optional<double> gpu_peak_gib, gpu_reserved_gib;
+  // A checkpoint is saved after this report (3B's takes about a minute).
+  bool saving = false;
 };
 
 // The files a run's save writes, and those its directory holds now (0: none).
@@ -59,10 +62,14 @@ struct SaveSizes {
 // checkpoint, then the model, whole beside the file it then replaces, so from the second save
 // on both files are there twice for a while.
 uint64_t disk_needed_for_saves(const SaveSizes& sizes, int64_t saves);
-// Throws ttt::Error starting with `context` where `free_bytes` falls short of that, naming
-// `dir`, the sizes and the room missing: before hours of training, not at their end.
+// Throws ttt::Error where `free_bytes` falls short of that: `context`, then `dir`, the sizes
+// and the room missing, then `remedy` (and, where one save fits but not two, saving only at
+// the end). So a run learns it before hours of training, not at their end.
 void check_room_to_save(const std::string& dir, const SaveSizes& sizes, int64_t saves, uint64_t free_bytes,
-                        const std::string& context);
+                        const std::string& context, const std::string& remedy);
+// The saves a run of `steps` steps makes after `steps_done`: every `checkpoint_every` steps
+// (0: none) and at the last.
+int64_t planned_saves(int64_t steps, int64_t steps_done, int64_t checkpoint_every);
 
 class Trainer {
  public:
@@ -93,7 +100,7 @@ class Trainer {
   std::optional<double> accumulate_gradients(int64_t step, const std::function<bool()>& stop_requested = {});
   // Mean loss of the validation sequences by the model's own procedure (inner LR multiplier 1).
   double validation_loss() const;
-  void save_checkpoint() const;
+  void save_checkpoint();
   // What a save writes (its files' sizes, a little over, for their headers) and what the run
   // directory holds now.
   SaveSizes save_sizes() const;
@@ -115,11 +122,10 @@ class Trainer {
   void open_data();
   // Fails naming the first setting the ranks disagree on, then gives every rank rank 0's weights.
   void check_ranks_agree();
-  // The saves left in the run (every checkpoint_every steps and the last), and whether the
-  // disk holds the next `saves` of them (see check_room_to_save; no check where the system
-  // cannot tell the free space).
-  int64_t saves_ahead() const;
-  void check_disk_room(int64_t saves, const std::string& context) const;
+  // Whether the disk holds the next `saves` saves (check_room_to_save; no check where the
+  // system cannot tell the free space). Rank 0 looks; every rank of a job throws its verdict,
+  // rather than the others waiting for rank 0 in the next collective.
+  void check_disk_room(int64_t saves, const std::string& context, const std::string& remedy) const;
   void append_metrics(const StepReport& report) const;
   double elapsed_s() const;
   // Clips the accumulated gradient to grad_clip, takes the AdamW step; returns the norm before clipping.
@@ -137,7 +143,9 @@ class Trainer {
   std::unique_ptr<GradientGraphs> gradient_graphs_;
   std::vector<std::string> changed_from_init_;
   int64_t step_ = 0;
-  double elapsed_before_ = 0;  // seconds spent by earlier sessions of this run
+  std::optional<int64_t> saved_step_;  // the step of the run directory's checkpoint, if any
+  mutable int64_t disk_checks_ = 0;    // names each check's exchange between the ranks
+  double elapsed_before_ = 0;          // seconds spent by earlier sessions of this run
   std::chrono::steady_clock::time_point session_start_ = std::chrono::steady_clock::now();
 };
 

@@ -167,6 +167,12 @@ TEST(TrainCli, CtrlCSavesAndResumeContinuesExactly) {
 
   const Finished whole = run_ttt(with(args, {"--out", dir.path("whole")}));
   ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  // The last step's line says a save follows (3B's takes a minute); no other step saves.
+  const size_t last_line = whole.output.find("step 30/30 ");
+  ASSERT_NE(last_line, std::string::npos) << whole.output;
+  EXPECT_NE(whole.output.find(" | saving a checkpoint", last_line), std::string::npos) << whole.output;
+  EXPECT_EQ(whole.output.find(" | saving a checkpoint"), whole.output.find(" | saving a checkpoint", last_line))
+      << whole.output;
 
   const std::string log = temp_path("log.txt");
   const pid_t pid = spawn_ttt(with(args, {"--out", dir.path("split")}), log);

@@ -90,7 +90,8 @@ TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
   for (const auto& [fused, group_bytes] :
        std::vector<std::pair<bool, int64_t>>{{true, AdamWOptions().host_moment_group_bytes},
                                              {false, AdamWOptions().host_moment_group_bytes},
-                                             {true, 1}}) {
+                                             {true, 1},
+                                             {false, 1}}) {
     SCOPED_TRACE("fused " + std::to_string(fused) + ", groups of " + std::to_string(group_bytes) + " bytes");
     std::map<std::string, torch::Tensor> on_device{{"w", w.clone()}, {"b", b.clone()}},
         on_host{{"w", w.clone()}, {"b", b.clone()}};

@@ -355,6 +355,13 @@ TEST(Trainer, DiskNeededForSaves) {
   again.existing_model = 4;
   EXPECT_EQ(disk_needed_for_saves(again, 1), 10u);
   EXPECT_EQ(disk_needed_for_saves(again, 2), 10u);
+  SaveSizes smaller = fresh;  // files there larger than the new ones: their room is reused
+  smaller.existing_checkpoint = 30;
+  smaller.existing_model = 20;
+  EXPECT_EQ(disk_needed_for_saves(smaller, 1), 10u);
+  EXPECT_EQ(disk_needed_for_saves(smaller, 2), 10u);
+  smaller.checkpoint = 1;
+  EXPECT_EQ(disk_needed_for_saves(smaller, 2), 1u);
   SaveSizes larger_model;  // a model larger than the checkpoint: its temporary is the larger one
   larger_model.checkpoint = 3;
   larger_model.model = 5;
@@ -362,20 +369,33 @@ TEST(Trainer, DiskNeededForSaves) {
   EXPECT_EQ(disk_needed_for_saves(larger_model, 2), 13u);
 
   const SaveSizes gb{34'800'000'000, 11'600'000'000, 0, 0};  // 3B: weights and moments, and its model
-  EXPECT_NO_THROW(check_room_to_save("/runs/a", gb, 2, 81'200'000'000, ""));
-  expect_error([&] { check_room_to_save("/runs/a", gb, 2, 68'000'000'000, "ctx: "); },
+  EXPECT_NO_THROW(check_room_to_save("/runs/a", gb, 2, 81'200'000'000, "", "free some space"));
+  expect_error([&] { check_room_to_save("/runs/a", gb, 2, 68'000'000'000, "ctx: ", "free some space"); },
                {"ctx: /runs/a has 68.0 GB free", "this run's saves need 81.2 GB", "checkpoint of 34.8 GB",
                 "model of 11.6 GB", "--checkpoint-every 0"});
-  expect_error([&] { check_room_to_save("/runs/a", gb, 1, 40'000'000'000, ""); },
-               {"40.0 GB free", "saving needs 46.4 GB", "choose another directory"});
+  expect_error([&] { check_room_to_save("/runs/a", gb, 1, 40'000'000'000, "", "free X or Y"); },
+               {"40.0 GB free", "saving needs 46.4 GB", "replaces); free X or Y"});
   bool refused = false;
   try {
-    check_room_to_save("/runs/a", gb, 2, 40'000'000'000, "");
+    check_room_to_save("/runs/a", gb, 2, 40'000'000'000, "", "free some space");
   } catch (const Error& e) {
     refused = true;
     EXPECT_EQ(std::string(e.what()).find("--checkpoint-every"), std::string::npos) << "one save does not fit either";
   }
   EXPECT_TRUE(refused);
+}
+
+TEST(Trainer, PlannedSaves) {
+  EXPECT_EQ(planned_saves(10, 0, 0), 1);    // only the last
+  EXPECT_EQ(planned_saves(10, 0, 100), 1);  // checkpoint_every beyond the run
+  EXPECT_EQ(planned_saves(10, 0, 10), 1);   // its one multiple is the last step
+  EXPECT_EQ(planned_saves(10, 0, 9), 2);    // 9 and 10
+  EXPECT_EQ(planned_saves(10, 0, 5), 2);    // 5 and 10
+  EXPECT_EQ(planned_saves(10, 0, 3), 4);    // 3, 6, 9, 10
+  EXPECT_EQ(planned_saves(10, 5, 5), 1);    // resumed at 5: 10
+  EXPECT_EQ(planned_saves(10, 4, 5), 2);    // resumed at 4: 5 and 10
+  EXPECT_EQ(planned_saves(10, 9, 1), 1);
+  EXPECT_EQ(planned_saves(10, 10, 1), 0);  // finished
 }
 
 // The sizes the disk check counts are those of the files a save writes (headers a little over).
