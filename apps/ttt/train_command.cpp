@@ -74,7 +74,7 @@ class ProgressPrinter {
     const int bar_width = 24;
     const int filled = static_cast<int>(bar_width * r.step / r.total_steps);
     char line[256];
-    char memory[32] = "";  // what the process held of the GPU: the figure to set beside its size
+    char memory[32] = "";  // what PyTorch's allocator held of the GPU (StepReport::gpu_reserved_gib)
     if (r.gpu_reserved_gib) std::snprintf(memory, sizeof memory, " | GPU %.1f GiB", *r.gpu_reserved_gib);
     std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f%s | %.0f tok/s%s | lr %.2e | elapsed %s ETA %s%s",
                   static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss,
