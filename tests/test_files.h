@@ -2,6 +2,8 @@
 // torch-free test program (ttt_text_tests) uses it too.
 #pragma once
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -101,6 +103,19 @@ inline std::string temp_path(const std::string& name) {
   static ScratchDir dir;
   static int counter = 0;
   return dir.path(std::to_string(counter++) + "_" + name);
+}
+
+// A loopback TCP port that was free a moment ago (the kernel's pick), for a server started later.
+inline int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  close(fd);
+  return ntohs(address.sin_port);
 }
 
 // Expects `action` to throw ttt::Error with a one-line message containing every one of `parts`.

@@ -234,9 +234,11 @@ void Communicator::broadcast_from_rank0(const std::vector<torch::Tensor>& tensor
   }
 }
 
-void Communicator::barrier() {
-  // An all-reduce of one number: c10d's own barrier on NCCL guesses the device from the rank.
-  all_reduce_sum({torch::zeros({1}, torch::TensorOptions().device(impl_->device))});
+bool Communicator::any(bool flag) {
+  // Not c10d's barrier: on NCCL it guesses the device from the rank.
+  const torch::Tensor count = torch::full({1}, flag ? 1.0 : 0.0, torch::TensorOptions().device(impl_->device));
+  all_reduce_sum({count});
+  return count.item<double>() > 0;
 }
 
 std::vector<std::string> Communicator::all_gather_text(const std::string& name, const std::string& text) {

@@ -47,7 +47,9 @@ class Communicator {
   void all_reduce_sum(const std::vector<torch::Tensor>& tensors);
   // Rank 0's values into every rank's tensors (contiguous, on the communicator's device).
   void broadcast_from_rank0(const std::vector<torch::Tensor>& tensors);
-  void barrier();
+  // Whether any rank passed true: an all-reduce of one number, so it is also a barrier, and a
+  // rank that died fails it at once (a wait on the store would last the whole timeout).
+  bool any(bool flag);
   // Every rank's `text` under `name`, in rank order: small data through the store, not tensors.
   std::vector<std::string> all_gather_text(const std::string& name, const std::string& text);
 

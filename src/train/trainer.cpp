@@ -420,8 +420,8 @@ double Trainer::elapsed_s() const {
 }
 
 void Trainer::save_checkpoint() {
-  // Every rank has finished the step (the weights are the same on all of them): rank 0 writes.
-  if (ranks_) ranks_->barrier();
+  // check_disk_room waits for every rank to finish the step (the weights are then the same on all
+  // of them): rank 0 writes.
   check_disk_room(
       1,
       "cannot save step " + std::to_string(step_) + ", nothing written (" +
@@ -474,7 +474,9 @@ void Trainer::check_disk_room(int64_t saves, const std::string& context, const s
   } catch (const Error& e) {
     refusal = e.what();
   }
-  if (ranks_) refusal = ranks_->all_gather_text("disk room " + std::to_string(disk_checks_++), refusal).front();
+  // The verdict goes as a flag, which fails at once where a rank died; the store, which carries
+  // the text, would wait out the timeout for it. A refusal ends the run: one exchange at most.
+  if (ranks_ && ranks_->any(!refusal.empty())) refusal = ranks_->all_gather_text("disk room", refusal).front();
   if (!refusal.empty()) throw Error(refusal);
 }
 

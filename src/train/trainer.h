@@ -124,7 +124,7 @@ class Trainer {
   void check_ranks_agree();
   // Whether the disk holds the next `saves` saves (check_room_to_save; no check where the
   // system cannot tell the free space). Rank 0 looks; every rank of a job throws its verdict,
-  // rather than the others waiting for rank 0 in the next collective.
+  // rather than the others waiting for rank 0 in the next collective. A barrier of the job's ranks.
   void check_disk_room(int64_t saves, const std::string& context, const std::string& remedy) const;
   void append_metrics(const StepReport& report) const;
   double elapsed_s() const;
@@ -144,7 +144,6 @@ class Trainer {
   std::vector<std::string> changed_from_init_;
   int64_t step_ = 0;
   std::optional<int64_t> saved_step_;  // the step of the run directory's checkpoint, if any
-  mutable int64_t disk_checks_ = 0;    // names each check's exchange between the ranks
   double elapsed_before_ = 0;          // seconds spent by earlier sessions of this run
   std::chrono::steady_clock::time_point session_start_ = std::chrono::steady_clock::now();
 };

@@ -4,9 +4,7 @@
 // or ranks started as torchrun starts them) train as one process does, and fail cleanly.
 #include <gtest/gtest.h>
 
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -468,18 +466,6 @@ Environment rank_environment(int rank, int world, int port) {
           {"MASTER_PORT", std::to_string(port)}};
 }
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  close(fd);
-  return ntohs(address.sin_port);
-}
-
 // Waits until `run_dir` has `lines` metrics lines (steps done); false after a minute.
 bool wait_for_steps(const std::string& run_dir, int64_t lines) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -594,7 +580,7 @@ TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
     std::string log;
   };
   const auto start_ranks = [&](const std::vector<std::vector<std::string>>& extra, const std::string& run) {
-    const int port = free_port();
+    const int port = test::free_port();
     std::vector<Started> ranks;
     for (size_t r = 0; r < extra.size(); ++r) {
       const std::string log = temp_path("rank" + std::to_string(r) + ".txt");
