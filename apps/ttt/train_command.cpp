@@ -184,6 +184,13 @@ void add_train_command(CLI::App& app) {
       std::cerr << "data parallel: " << job->world_size << " ranks, " << trainer->config().batch_size / job->world_size
                 << " sequences each per step\n";
     }
+    if (trainer->optimizer().moments_on_host() && trainer->is_main_rank()) {
+      std::cerr << "AdamW's moments wait in "
+                << (trainer->optimizer().host_moments_pinned()
+                        ? "pinned host memory"
+                        : "pageable host memory (the host's pinned memory goes to the sequences' parking)")
+                << "\n";
+    }
     // Rank 0 speaks for the job; the other ranks print only their errors.
     const bool main_rank = trainer->is_main_rank();
 

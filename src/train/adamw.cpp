@@ -3,10 +3,12 @@
 #include <cmath>
 #include <vector>
 
+#include <torch/cuda.h>
 #include <torch/types.h>
 #include <torch/version.h>
 
 #include "common/error.h"
+#include "model/compute.h"
 
 namespace ttt {
 namespace {
@@ -21,11 +23,10 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
   moments_on_host_ = options_.moments_on_host && !params_.empty();
   for (const auto& [name, p] : params_) moments_on_host_ = moments_on_host_ && p.is_cuda();
   for (const auto& [name, p] : params_) {
-    // On the host in pageable memory: the pinned memory's budget goes to the gradient's parked
-    // rows and fast weights (ttt/sequence_gradient.h), copied far more often.
     const auto zeros = [&] {
-      return moments_on_host_ ? torch::zeros(p.sizes(), p.options().device(torch::kCPU)).detach()
-                              : torch::zeros_like(p, torch::MemoryFormat::Contiguous).detach();
+      if (!moments_on_host_) return torch::zeros_like(p, torch::MemoryFormat::Contiguous).detach();
+      if (!host_moments_pinned()) return torch::zeros(p.sizes(), p.options().device(torch::kCPU)).detach();
+      return host_buffer(p.numel() * p.element_size(), p).view(p.scalar_type()).view(p.sizes()).zero_();
     };
     m_.emplace(name, zeros());
     v_.emplace(name, zeros());
@@ -50,25 +51,48 @@ void AdamW::step(double lr) {
     return update(lr, m_, v_);
   }
   // The moments come to the parameters' device a group at a time and go back; every group's
-  // update takes this step's count.
+  // update takes this step's count. Pinned, the copies are queued: a group comes on the
+  // current stream while the one before goes back on a stream of its own (a copy engine
+  // each way), which keeps the group it returns until the next group's update is queued.
   ++steps_;
+  const bool pinned = host_moments_pinned();
+  CopyStream going_back;
   Moments m, v;
   int64_t group_bytes = 0;
+  const auto to_device = [&](const torch::Tensor& host, const torch::Tensor& p) {
+    if (!pinned) return host.to(p.device());
+    const torch::Tensor moment = torch::empty(host.sizes(), host.options().device(p.device()));
+    copy_queued(moment, host);
+    return moment;
+  };
   const auto update_group = [&] {
     update(lr, m, v);
-    for (const auto& [name, moment] : m) m_.at(name).copy_(moment);
-    for (const auto& [name, moment] : v) v_.at(name).copy_(moment);
-    m.clear();
-    v.clear();
+    for (Moments* group : {&m, &v}) {
+      Moments& host = group == &m ? m_ : v_;
+      for (const auto& [name, moment] : *group) {
+        if (pinned) {
+          going_back.copy(host.at(name), moment);
+        } else {
+          host.at(name).copy_(moment);
+        }
+      }
+      group->clear();
+    }
+    going_back.settle();
     group_bytes = 0;
   };
   for (const auto& [name, p] : params_) {
-    m.emplace(name, m_.at(name).to(p.device()));
-    v.emplace(name, v_.at(name).to(p.device()));
+    m.emplace(name, to_device(m_.at(name), p));
+    v.emplace(name, to_device(v_.at(name), p));
     group_bytes += p.numel() * p.element_size();
     if (group_bytes >= options_.host_moment_group_bytes) update_group();
   }
   if (!m.empty()) update_group();
+  if (pinned) {
+    // The host's moments are whole when step() returns (a checkpoint may read them next).
+    going_back.join();
+    torch::cuda::synchronize(params_.begin()->second.device().index());
+  }
 }
 
 void AdamW::update(double lr, Moments& m_of, Moments& v_of) {

@@ -18,9 +18,13 @@ struct AdamWOptions {
   bool fused = true;
   // Where the parameters are on a GPU: the moments wait in host memory between updates and
   // come to the GPU for each one (3B: 21.6 GiB of the GPU left to the gradient, for two copies
-  // of 23 GB a step). The same update. Pageable memory, outside the pinned budget of
-  // ttt/sequence_gradient.h: the host needs room for both.
+  // of 23 GB a step). The same update.
   bool moments_on_host = false;
+  // With moments on the host: in pinned memory, so that their copies run at the link's speed,
+  // queued, a group's moments going back while the next group's come (the GPU then holds two
+  // groups' moments); else pageable, each copy waited for. Pinned memory is the host's to
+  // spare: the trainer pins where the gradient parks nothing there (pin_host_moments).
+  bool pin_host_moments = false;
   // With moments on the host: the parameters are updated in groups of about this many bytes,
   // the GPU holding one group's moments at a time (3B at 128K: the captured chunk graphs keep
   // 47 GiB of their pool through the update, too much beside all of them).
@@ -40,6 +44,8 @@ class AdamW {
   // Whether the moments wait in host memory between updates (AdamWOptions::moments_on_host,
   // for parameters on a GPU).
   bool moments_on_host() const { return moments_on_host_; }
+  // Whether those are in pinned memory (AdamWOptions::pin_host_moments).
+  bool host_moments_pinned() const { return moments_on_host_ && options_.pin_host_moments; }
 
   // The moments by name ("m.<param>", "v.<param>"), for checkpoints.
   std::map<std::string, torch::Tensor> state() const;

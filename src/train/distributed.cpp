@@ -71,7 +71,11 @@ std::optional<JobRank> JobRank::from_environment() {
   job.world_size = integer_variable("WORLD_SIZE", std::nullopt);
   job.rank = integer_variable("RANK", std::nullopt);
   job.local_rank = integer_variable("LOCAL_RANK", job.rank);
+  job.local_world_size = integer_variable("LOCAL_WORLD_SIZE", job.world_size);
   require(job.world_size >= 1, "$WORLD_SIZE must be at least 1");
+  require(job.local_world_size >= 1 && job.local_world_size <= job.world_size,
+          "$LOCAL_WORLD_SIZE (" + std::to_string(job.local_world_size) + ") must be between 1 and $WORLD_SIZE (" +
+              std::to_string(job.world_size) + ")");
   require(job.rank < job.world_size, "$RANK (" + std::to_string(job.rank) + ") must be less than $WORLD_SIZE (" +
                                          std::to_string(job.world_size) + ")");
   if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) job.master_addr = addr;

@@ -15,6 +15,7 @@ namespace ttt {
 // This process's place in a job, from the variables torchrun gives its workers.
 struct JobRank {
   int rank = 0, world_size = 1, local_rank = 0;
+  int local_world_size = 1;  // the job's ranks on this host (all of them where unsaid)
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   // torchrun's agent serves the store at master_addr:master_port (TORCHELASTIC_USE_AGENT_STORE);
@@ -23,7 +24,7 @@ struct JobRank {
   // Keys of this attempt of the job (torchrun counts restarts in TORCHELASTIC_RESTART_COUNT).
   std::string store_prefix = "ttt/0/";
 
-  // RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; nothing when WORLD_SIZE is unset (a
+  // RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; nothing when WORLD_SIZE is unset (a
   // process of its own). A malformed or missing value is a ttt::Error naming the variable.
   static std::optional<JobRank> from_environment();
 };

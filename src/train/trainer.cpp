@@ -14,6 +14,7 @@
 #include <torch/types.h>
 
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "io/atomic_file.h"
 #include "io/input_file.h"
 #include "io/json_input.h"
@@ -142,6 +143,10 @@ int64_t planned_saves(int64_t steps, int64_t steps_done, int64_t checkpoint_ever
   return (checkpoint_every > 0 ? (steps - 1) / checkpoint_every - steps_done / checkpoint_every : 0) + 1;
 }
 
+bool pin_host_moments(bool gradient_parks, int64_t moment_bytes, int64_t ranks_here, int64_t host_bytes) {
+  return !gradient_parks && moment_bytes * ranks_here <= host_bytes / 5 * 3;
+}
+
 Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job)
     : config_(std::move(config)), model_(std::move(model)), out_dir_(std::move(out_dir)) {
   config_.validate_for(model_.config);
@@ -151,10 +156,22 @@ Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std
                 ") must be divisible by the number of ranks (" + std::to_string(job->world_size) + ")");
     const auto timeout = std::chrono::milliseconds(std::llround(config_.dist_timeout * 1000));
     ranks_ = Communicator::connect(*job, model_.params.embed.device(), config_.dist_backend, timeout);
+    ranks_on_host_ = job->local_world_size;
   }
   open_data();
   AdamWOptions adam{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
   adam.moments_on_host = config_.moments_on_host;
+  if (adam.moments_on_host) {
+    int64_t moment_bytes = 0;
+    for (const auto& [name, p] : named_params(model_.config, model_.params))
+      moment_bytes += 2 * p.numel() * p.element_size();
+    GradientOptions gradient;
+    gradient.tail_chunks = config_.tail_chunks;
+    gradient.processes_on_host = ranks_on_host_;
+    const bool parks =
+        config_.remat && resolve_gradient_options(model_.config, model_.params, config_.seq_len, gradient).park_on_host;
+    adam.pin_host_moments = pin_host_moments(parks, moment_bytes, ranks_on_host_, host_memory_limit());
+  }
   optimizer_ = std::make_unique<AdamW>(named_params(model_.config, model_.params), adam);
 }
 
@@ -354,6 +371,7 @@ std::optional<double> Trainer::accumulate_gradients(int64_t step, const std::fun
       options.loss_scale = scale;
       options.first_order = config_.first_order;
       options.tail_chunks = config_.tail_chunks;
+      options.processes_on_host = ranks_on_host_;
       total += accumulate_sequence_gradient(model_.config, model_.params, tokens, options).item<double>();
     } else {
       SequenceOptions options;

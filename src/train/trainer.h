@@ -71,6 +71,13 @@ void check_room_to_save(const std::string& dir, const SaveSizes& sizes, int64_t 
 // (0: none) and at the last.
 int64_t planned_saves(int64_t steps, int64_t steps_done, int64_t checkpoint_every);
 
+// Whether AdamW's moments, kept on the host (--moments-on-host), go in pinned memory
+// (AdamWOptions::pin_host_moments; 3B: ~4 s of copies a step in pageable memory): where the
+// sequence's gradient parks nothing there (the pinned budget of ttt/sequence_gradient.h goes
+// unused) and the moments of `ranks_here` ranks take at most 60% of `host_bytes`, the parking's
+// own bound.
+bool pin_host_moments(bool gradient_parks, int64_t moment_bytes, int64_t ranks_here, int64_t host_bytes);
+
 class Trainer {
  public:
   // A new run in `out_dir` (created if missing). A directory that already holds a
@@ -135,6 +142,7 @@ class Trainer {
   Model model_;
   std::string out_dir_;
   std::unique_ptr<Communicator> ranks_;  // the job's ranks; null for a process of its own
+  int64_t ranks_on_host_ = 1;            // the job's ranks on this host, sharing its memory
   std::unique_ptr<TokenDataset> train_data_, val_data_;
   std::unique_ptr<AdamW> optimizer_;
   GradientBuffer gradients_;

@@ -862,7 +862,8 @@ ResolvedGradientOptions resolve_gradient_options(const ModelConfig& config, cons
     const int64_t element_bytes = torch::elementSize(matmul_dtype().value_or(params.final_norm.scalar_type()));
     parked_rows_bytes = inputs * config.n_layers * 2 * config.d_model * element_bytes;
   }
-  const int64_t host_bytes = host_memory_limit();
+  require(options.processes_on_host >= 1, "internal: processes_on_host must be at least 1");
+  const int64_t host_bytes = host_memory_limit() / options.processes_on_host;
   r.keep_weights_every = options.keep_weights_every > 0
                              ? options.keep_weights_every
                              : default_keep_weights_every(chunks, weight_bytes, parked_rows_bytes, host_bytes);

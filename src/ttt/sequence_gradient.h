@@ -54,6 +54,9 @@ struct GradientOptions {
   // default_park_on_host (below), so that the device's peak stays flat in the length. The
   // gradient is the same whatever it is.
   std::optional<bool> park_on_host;
+  // Processes that share this host's memory for their parking (a job's ranks on it): each
+  // takes its part of the budget below.
+  int64_t processes_on_host = 1;
   // Called after each chunk of the forward pass and of the reverse scan: (done, 2 * chunks),
   // the tail's 2 * tail_chunks calls at once after it; not where graphs replay the whole
   // sequence.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -87,12 +88,16 @@ TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
   const torch::Tensor w = torch::randn({64, 48}, options), b = torch::randn({48}, options);
-  for (const auto& [fused, group_bytes] :
-       std::vector<std::pair<bool, int64_t>>{{true, AdamWOptions().host_moment_group_bytes},
-                                             {false, AdamWOptions().host_moment_group_bytes},
-                                             {true, 1},
-                                             {false, 1}}) {
-    SCOPED_TRACE("fused " + std::to_string(fused) + ", groups of " + std::to_string(group_bytes) + " bytes");
+  for (const auto& [fused, group_bytes, pinned] :
+       std::vector<std::tuple<bool, int64_t, bool>>{{true, AdamWOptions().host_moment_group_bytes, false},
+                                                    {false, AdamWOptions().host_moment_group_bytes, false},
+                                                    {true, 1, false},
+                                                    {false, 1, false},
+                                                    {true, AdamWOptions().host_moment_group_bytes, true},
+                                                    {true, 1, true},
+                                                    {false, 1, true}}) {
+    SCOPED_TRACE("fused " + std::to_string(fused) + ", groups of " + std::to_string(group_bytes) + " bytes, pinned " +
+                 std::to_string(pinned));
     std::map<std::string, torch::Tensor> on_device{{"w", w.clone()}, {"b", b.clone()}},
         on_host{{"w", w.clone()}, {"b", b.clone()}};
     AdamWOptions o;
@@ -100,8 +105,10 @@ TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
     o.host_moment_group_bytes = group_bytes;
     AdamW device_moments(on_device, o);
     o.moments_on_host = true;
+    o.pin_host_moments = pinned;
     AdamW host_moments(on_host, o);
     ASSERT_TRUE(host_moments.moments_on_host());
+    ASSERT_EQ(host_moments.host_moments_pinned(), pinned);
     ASSERT_FALSE(device_moments.moments_on_host());
     for (const double lr : {1e-2, 3e-3}) {
       for (const std::string name : {"w", "b"}) {
@@ -115,6 +122,7 @@ TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
     }
     for (const auto& [key, moment] : host_moments.state()) {
       EXPECT_TRUE(moment.device().is_cpu()) << key;
+      EXPECT_EQ(moment.is_pinned(), pinned) << key;
       EXPECT_TRUE(torch::equal(moment, device_moments.state().at(key).cpu())) << key;
     }
     std::map<std::string, torch::Tensor> restored{{"w", on_host["w"].detach().clone()},
@@ -139,13 +147,14 @@ TEST(AdamWOnCuda, MomentsOnHostGiveTheSameUpdate) {
   }
 }
 
-// The GPU holds one group's moments at a time: the update of four 16 MiB parameters in groups of
-// one needs two moments' room beyond the parameters and gradients, in one group all eight.
+// The GPU holds one group's moments at a time (two, pinned: one comes while one goes back): the
+// update of four 16 MiB parameters in groups of one needs two moments' room beyond the
+// parameters and gradients (four pinned), in one group all eight.
 TEST(AdamWOnCuda, HostMomentsComeAGroupAtATime) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU visible";
   const torch::Device device(torch::kCUDA);
   const int64_t bytes = int64_t{16} << 20;
-  const auto extra_memory = [&](int64_t group_bytes) {
+  const auto extra_memory = [&](int64_t group_bytes, bool pinned) {
     std::map<std::string, torch::Tensor> params;
     for (const std::string name : {"a", "b", "c", "d"}) {
       params[name] = torch::randn({bytes / 4}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
@@ -154,6 +163,7 @@ TEST(AdamWOnCuda, HostMomentsComeAGroupAtATime) {
     AdamWOptions o;
     o.moments_on_host = true;
     o.host_moment_group_bytes = group_bytes;
+    o.pin_host_moments = pinned;
     AdamW adam(params, o);
     torch::cuda::synchronize();
     reset_device_memory_peaks(device);
@@ -162,8 +172,10 @@ TEST(AdamWOnCuda, HostMomentsComeAGroupAtATime) {
     torch::cuda::synchronize();
     return device_memory(device)->peak_allocated - before;
   };
-  EXPECT_LE(extra_memory(1), 2 * bytes);
-  EXPECT_GE(extra_memory(AdamWOptions().host_moment_group_bytes), 8 * bytes);
+  EXPECT_LE(extra_memory(1, false), 2 * bytes);
+  EXPECT_LE(extra_memory(1, true), 4 * bytes);
+  EXPECT_GE(extra_memory(AdamWOptions().host_moment_group_bytes, false), 8 * bytes);
+  EXPECT_GE(extra_memory(AdamWOptions().host_moment_group_bytes, true), 8 * bytes);
 }
 
 TEST(AdamWOnCuda, FusedUpdateMatchesThePlainOne) {

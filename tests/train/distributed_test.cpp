@@ -1,11 +1,14 @@
-// The job's ranks as threads of one process, on Gloo: what `Communicator` promises its callers.
+// A rank's place in its job, and the job's ranks as threads of one process on Gloo: what
+// `Communicator` promises its callers.
 #include "train/distributed.h"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <future>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +48,36 @@ std::vector<Result> on_ranks(int world, const std::function<Result(int, std::uni
   std::vector<Result> results;
   for (std::future<Result>& r : running) results.push_back(r.get());
   return results;
+}
+
+// The variables torchrun sets, as a rank reads them; each test process sets its own.
+TEST(JobRank, FromTheEnvironment) {
+  for (const char* name : {"WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) {
+    unsetenv(name);
+  }
+  EXPECT_FALSE(JobRank::from_environment().has_value());  // a process of its own
+  setenv("WORLD_SIZE", "4", 1);
+  setenv("RANK", "3", 1);
+  std::optional<JobRank> job = JobRank::from_environment();
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->rank, 3);
+  EXPECT_EQ(job->local_rank, 3);
+  EXPECT_EQ(job->local_world_size, 4);  // unsaid: every rank on this host
+  setenv("LOCAL_RANK", "1", 1);
+  setenv("LOCAL_WORLD_SIZE", "2", 1);
+  setenv("MASTER_PORT", "29400", 1);
+  job = JobRank::from_environment();
+  EXPECT_EQ(job->local_rank, 1);
+  EXPECT_EQ(job->local_world_size, 2);
+  EXPECT_EQ(job->master_port, 29400);
+  setenv("LOCAL_WORLD_SIZE", "5", 1);
+  test::expect_error([] { JobRank::from_environment(); }, {"$LOCAL_WORLD_SIZE (5)", "$WORLD_SIZE (4)"});
+  setenv("LOCAL_WORLD_SIZE", "two", 1);
+  test::expect_error([] { JobRank::from_environment(); }, {"$LOCAL_WORLD_SIZE", "'two'"});
+  setenv("LOCAL_WORLD_SIZE", "2", 1);
+  setenv("RANK", "4", 1);
+  test::expect_error([] { JobRank::from_environment(); }, {"$RANK (4)"});
+  for (const char* name : {"WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"}) unsetenv(name);
 }
 
 TEST(Communicator, AnyIsTrueOnEveryRankWhereOneRankSaysSo) {

@@ -232,6 +232,7 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   moments_on_host.moments_on_host = true;
   auto host = Trainer::start(moments_on_host, dir.path("host"));
   EXPECT_TRUE(host->optimizer().moments_on_host());
+  EXPECT_TRUE(host->optimizer().host_moments_pinned());  // a tiny model's sequences park nothing
   EXPECT_FALSE(gpu->optimizer().moments_on_host());
   ASSERT_EQ(host->run({}, {}), Trainer::Outcome::kFinished);
   const auto c = read_metrics(dir.path("host"));
@@ -243,6 +244,12 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   auto host_resumed = Trainer::resume(dir.path("host"), json::object());
   EXPECT_EQ(host_resumed->steps_done(), 8);
   EXPECT_TRUE(host_resumed->optimizer().moments_on_host());
+  // Where the sequence parks, the host's pinned memory is the parking's: the moments stay pageable.
+  TrainConfig parked = moments_on_host;
+  parked.seq_len = 17 * parked.model->mini_batch;  // beyond 16 chunks a GPU parks
+  auto pageable = Trainer::start(parked, dir.path("pageable"));
+  EXPECT_TRUE(pageable->optimizer().moments_on_host());
+  EXPECT_FALSE(pageable->optimizer().host_moments_pinned());
   EXPECT_NEAR(host_resumed->validation_loss(), c.back().at("val_loss").get<double>(), 1e-6 * val_b);
 }
 
@@ -396,6 +403,18 @@ TEST(Trainer, PlannedSaves) {
   EXPECT_EQ(planned_saves(10, 4, 5), 2);    // resumed at 4: 5 and 10
   EXPECT_EQ(planned_saves(10, 9, 1), 1);
   EXPECT_EQ(planned_saves(10, 10, 1), 0);  // finished
+}
+
+// 3B's moments (21.6 GiB) on a host of 128 GiB: pinned where the gradient parks nothing and
+// the host's ranks' moments take at most 60% of it.
+TEST(Trainer, PinHostMoments) {
+  const int64_t gib = int64_t{1} << 30, moments_3b = 21.6 * gib, host = 128 * gib;
+  EXPECT_TRUE(pin_host_moments(false, moments_3b, 1, host));
+  EXPECT_FALSE(pin_host_moments(true, moments_3b, 1, host));  // the parking's budget
+  EXPECT_TRUE(pin_host_moments(false, moments_3b, 3, host));  // 64.8 of 76.8 GiB
+  EXPECT_FALSE(pin_host_moments(false, moments_3b, 4, host));
+  EXPECT_TRUE(pin_host_moments(false, host / 5 * 3, 1, host));
+  EXPECT_FALSE(pin_host_moments(false, host / 5 * 3 + 1, 1, host));
 }
 
 // The sizes the disk check counts are those of the files a save writes (headers a little over).

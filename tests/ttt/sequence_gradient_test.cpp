@@ -6,6 +6,7 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/cuda.h>
 
+#include "common/host_memory.h"
 #include "model/compute.h"
 #include "test_util.h"
 #include "ttt/inner_loop.h"
@@ -287,6 +288,14 @@ TEST(GradientOptions, ResolvedAsTheEngineChoosesOrAsAsked) {
   asked.park_on_host = false;
   EXPECT_FALSE(resolve_gradient_options(c, params, inputs, asked).park_recomputed);
   EXPECT_EQ(resolve_gradient_options(c, params, 20 * b + 1, {}).keep_weights_every, 5);  // 21 chunks
+
+  // Parked, every chunk's weights are kept where the host's budget holds them; processes that
+  // share the host share it, so with very many each keeps fewer.
+  asked = {};
+  asked.park_on_host = true;
+  EXPECT_EQ(resolve_gradient_options(c, params, inputs, asked).keep_weights_every, 1);
+  asked.processes_on_host = host_memory_limit();  // about a byte each
+  EXPECT_GT(resolve_gradient_options(c, params, inputs, asked).keep_weights_every, 1);
 }
 
 // Gradients of several sequences add up, each scaled: what a batch with accumulation needs.
