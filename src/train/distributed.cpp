@@ -256,6 +256,9 @@ std::vector<std::string> Communicator::all_gather_text(const std::string& name, 
   } catch (const std::exception& e) {
     fail("exchanging the " + name, impl_->rank, e);
   }
+  // Every rank has read every text before any goes on: a rank that throws on what it read
+  // (rank 0 serves the store) must not take the store down under a rank still reading.
+  any(false);
   return texts;
 }
 

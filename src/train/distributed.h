@@ -52,6 +52,7 @@ class Communicator {
   // rank that died fails it at once (a wait on the store would last the whole timeout).
   bool any(bool flag);
   // Every rank's `text` under `name`, in rank order: small data through the store, not tensors.
+  // Returns on every rank once every rank has read them all.
   std::vector<std::string> all_gather_text(const std::string& name, const std::string& text);
 
  private:

@@ -279,9 +279,12 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& out_dir, const json&
   trainer->optimizer_->load_state(optimizer_state, trainer->step_);
   trainer->check_ranks_agree();
   if (trainer->is_main_rank()) {
-    // A run killed while saving left the temporary of that save.
-    io::remove_stale_temporaries(path);
-    io::remove_stale_temporaries(out_dir + "/model.safetensors");
+    // A run killed while saving (or while a resume rewrote its config and metrics) left the
+    // temporary of that write.
+    for (const std::string& file :
+         {path, out_dir + "/model.safetensors", out_dir + "/config.json", metrics_path(out_dir)}) {
+      io::remove_stale_temporaries(file);
+    }
   }
   trainer->check_disk_room(planned_saves(requested.steps, step, requested.checkpoint_every), "", "free some space");
   if (!trainer->is_main_rank()) return trainer;

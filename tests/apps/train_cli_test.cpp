@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iostream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <type_traits>
@@ -36,10 +37,26 @@ using test::temp_path;
 
 using Environment = std::vector<std::pair<std::string, std::string>>;
 
-// Starts `ttt args...` single-threaded with `environment` set, stdout and stderr into `log`.
+// The spawned processes not yet waited for. Those a failed assertion leaves running are killed
+// with all they started (a launcher's ranks) when the test's process ends, rather than loading
+// the machine under the tests that run next.
+struct Spawned {
+  std::set<pid_t> running;
+  ~Spawned() {
+    for (const pid_t pid : running) {
+      kill(-pid, SIGKILL);  // its process group
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+Spawned spawned;
+
+// Starts `ttt args...` single-threaded with `environment` set, stdout and stderr into `log`, in
+// a process group of its own.
 pid_t spawn_ttt(const std::vector<std::string>& args, const std::string& log, const Environment& environment = {}) {
   const pid_t pid = fork();
   if (pid == 0) {
+    setpgid(0, 0);
     setenv("OMP_NUM_THREADS", "1", 1);
     for (const auto& [name, value] : environment) setenv(name.c_str(), value.c_str(), 1);
     if (!freopen(log.c_str(), "w", stdout) || dup2(fileno(stdout), STDERR_FILENO) < 0) _exit(127);
@@ -49,6 +66,8 @@ pid_t spawn_ttt(const std::vector<std::string>& args, const std::string& log, co
     execv(TTT_BINARY, argv.data());
     _exit(127);
   }
+  setpgid(pid, 0);  // also here: whichever runs first
+  spawned.running.insert(pid);
   return pid;
 }
 
@@ -60,6 +79,7 @@ struct Finished {
 Finished wait_for(pid_t pid, const std::string& log) {
   int status = 0;
   waitpid(pid, &status, 0);
+  spawned.running.erase(pid);
   std::ifstream in(log);
   std::stringstream text;
   text << in.rdbuf();
@@ -240,10 +260,13 @@ TEST(TrainCli, SigkillAnywhereLeavesACheckpointThatResumesExactly) {
     const std::string log = temp_path("log.txt");
     const bool resuming = test::file_size(checkpoint) >= 0;
     const int64_t saved = resuming ? std::stoll(io::read_safetensors(checkpoint).metadata.at("step")) : 0;
+    // A kill inside a save leaves a step's metrics beyond the checkpoint: the resume drops them
+    // and takes the step again, so a new step shows only past what is there now.
+    const int64_t shown = std::max(saved, line_count(split.path("metrics.jsonl")));
     const pid_t pid = spawn_ttt(
         resuming ? std::vector<std::string>{"train", "--resume", split.dir()} : joined(start, {split.dir()}), log);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (line_count(split.path("metrics.jsonl")) <= saved && std::chrono::steady_clock::now() < deadline) {
+    while (line_count(split.path("metrics.jsonl")) <= shown && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     std::this_thread::sleep_for(std::chrono::duration<double>(moment(random)));
@@ -606,7 +629,8 @@ TEST(DataParallel, RanksThatDisagreeOrHangAreNamed) {
       << uneven.output;
 
   // A rank that stops answering: the other gives up after dist_timeout.
-  const std::vector<Started> hang = start_ranks({{"--dist-timeout", "2"}, {"--dist-timeout", "2"}}, "hang");
+  // The timeout covers the start too (the rendezvous, a slow disk's first save) under CI's load.
+  const std::vector<Started> hang = start_ranks({{"--dist-timeout", "10"}, {"--dist-timeout", "10"}}, "hang");
   ASSERT_TRUE(wait_for_steps(dir.path("hang"), 1));
   kill(hang[1].pid, SIGSTOP);
   const auto stopped_at = std::chrono::steady_clock::now();
