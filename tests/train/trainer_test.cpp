@@ -128,7 +128,12 @@ TEST(Trainer, InterruptedRunResumesExactly) {
   first.reset();
   // A kill while a later step's metrics were appended leaves a torn last line: resuming drops it.
   std::ofstream(dir.path("split/metrics.jsonl"), std::ios::app) << "{\"step\":4,\"loss\":5.";
+  // Kills inside writes leave temporaries: of a save, or of a resume's config and metrics.
+  const std::vector<std::string> files = {"checkpoint.safetensors", "model.safetensors", "config.json",
+                                          "metrics.jsonl"};
+  for (const std::string& file : files) std::ofstream(dir.path("split/" + file + ".tmp.99999.0")) << "torn";
   auto second = Trainer::resume(dir.path("split"), json::object());
+  for (const std::string& file : files) EXPECT_EQ(test::file_size(dir.path("split/" + file + ".tmp.99999.0")), -1);
   EXPECT_EQ(second->steps_done(), 3);
   EXPECT_EQ(read_metrics(dir.path("split")).size(), 3u);
   ASSERT_EQ(second->run({}, {}), Trainer::Outcome::kFinished);
