@@ -38,13 +38,13 @@ using test::temp_path;
 using Environment = std::vector<std::pair<std::string, std::string>>;
 
 // The spawned processes not yet waited for. Those a failed assertion leaves running are killed
-// with all they started (a launcher's ranks) when the test's process ends, rather than loading
-// the machine under the tests that run next.
+// when the test's process ends, rather than loading the machine under the tests that run next
+// (a launcher's ranks, in a group of their own, end with it: they get SIGTERM).
 struct Spawned {
   std::set<pid_t> running;
   ~Spawned() {
     for (const pid_t pid : running) {
-      kill(-pid, SIGKILL);  // its process group
+      kill(-pid, SIGKILL);  // its process group: what it started in its own
       waitpid(pid, nullptr, 0);
     }
   }
