@@ -144,7 +144,7 @@ int64_t planned_saves(int64_t steps, int64_t steps_done, int64_t checkpoint_ever
 }
 
 bool pin_host_moments(bool gradient_parks, int64_t moment_bytes, int64_t ranks_here, int64_t host_bytes) {
-  return !gradient_parks && moment_bytes * ranks_here <= host_bytes / 5 * 3;
+  return !gradient_parks && moment_bytes * ranks_here <= pinned_host_budget(host_bytes);
 }
 
 Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job)

@@ -808,11 +808,13 @@ int64_t default_tail_chunks(const ModelConfig& config, int64_t inputs, std::opti
   return 2 * tail >= chunks ? tail : 1;
 }
 
-// Pinned memory the OS cannot page out: 60% of the host at most, rows and weights together
+int64_t pinned_host_budget(int64_t host_bytes) { return host_bytes / 5 * 3; }
+
+// Pinned memory the OS cannot page out: pinned_host_budget at most, rows and weights together
 // (760M at 128K: 19 GB of rows and 58 GB of weights on a host of 128 GiB); how many fast
 // weight sets fit beside the parked rows.
 int64_t pinned_weight_sets(int64_t weight_bytes, int64_t parked_rows_bytes, int64_t host_bytes) {
-  const int64_t budget = host_bytes / 5 * 3 - parked_rows_bytes;
+  const int64_t budget = pinned_host_budget(host_bytes) - parked_rows_bytes;
   return weight_bytes > 0 && budget > 0 ? budget / weight_bytes : 0;
 }
 

@@ -102,6 +102,10 @@ bool default_park_on_host(int64_t chunks, int64_t weight_bytes, std::optional<in
 int64_t default_keep_weights_every(int64_t chunks, int64_t weight_bytes, std::optional<int64_t> parked_rows_bytes,
                                    int64_t host_bytes);
 
+// The pinned host memory a process may hold, of the `host_bytes` it has: 60% (the OS cannot
+// page it out). The parking's rows and weights fit in it, and the trainer's pinned moments.
+int64_t pinned_host_budget(int64_t host_bytes);
+
 // Whether, with every keep_weights_every-th chunk's fast weights parked, the k - 2 sets a
 // recomputation parks at a time (in slots it reuses) fit the same 60% of `host_bytes` too;
 // where they do not (no k fits), they stay on the device as the scan recomputes them.
