@@ -189,6 +189,10 @@ void add_train_command(CLI::App& app) {
                 << (trainer->optimizer().host_moments_pinned()
                         ? "pinned host memory"
                         : "pageable host memory (the host's pinned memory goes to the sequences' parking)")
+                << (trainer->config().moments_on_host == "auto"
+                        ? " (--moments-on-host auto: the parameters, their gradients and the moments would take more "
+                          "than 45% of the GPU)"
+                        : "")
                 << "\n";
     }
     // Rank 0 speaks for the job; the other ranks print only their errors.

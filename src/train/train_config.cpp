@@ -53,7 +53,9 @@ const std::vector<TrainConfig::Field>& TrainConfig::fields() {
        false},
       {"moments_on_host", &T::moments_on_host,
        "on a GPU: AdamW's moments wait in host memory between updates, the GPU's memory left to the gradient "
-       "(3B: 21.6 GiB more; two copies of 23 GB a step); the same numbers",
+       "(3B: 21.6 GiB more; two copies of 23 GB a step), the same numbers: true, false, or auto (where the "
+       "parameters, their gradients and the moments would take more than 45% of the GPU: 3B on an 80 GB H100, "
+       "not on an H200)",
        false},
       {"dtype", &T::dtype, "training precision: f32, f64, or bf16 (matmuls in bf16 on fp32 parameters)", true},
       {"device", &T::device, "where to train: cpu, cuda or cuda:N (cuda: each rank of a job on cuda:LOCAL_RANK)",
@@ -101,6 +103,10 @@ TrainConfig TrainConfig::from_json(const json& j) {
               require(value.is_number(), key_error(key, "must be a number, got " + value.dump()));
             } else if constexpr (std::is_same_v<Value, bool>) {
               require(value.is_boolean(), key_error(key, "must be true or false, got " + value.dump()));
+            } else if (key == "moments_on_host" && value.is_boolean()) {
+              // Run directories' config.json held it as a boolean before "auto".
+              config.*member = value.get<bool>() ? "true" : "false";
+              return;
             } else {
               require(value.is_string(), key_error(key, "must be a string, got " + value.dump()));
             }
@@ -165,6 +171,8 @@ void TrainConfig::validate() const {
   require(dist_backend == "auto" || dist_backend == "gloo" || dist_backend == "nccl",
           key_error("dist_backend", "must be \"auto\", \"gloo\" or \"nccl\", got \"" + dist_backend + "\""));
   require(std::isfinite(dist_timeout) && dist_timeout > 0, key_error("dist_timeout", "must be a finite number > 0"));
+  require(moments_on_host == "auto" || moments_on_host == "true" || moments_on_host == "false",
+          key_error("moments_on_host", "must be \"auto\", \"true\" or \"false\", got \"" + moments_on_host + "\""));
   require(dtype == "f32" || dtype == "f64" || dtype == "bf16",
           key_error("dtype", "must be \"f32\", \"f64\" or \"bf16\", got \"" + dtype + "\""));
 }

@@ -40,7 +40,7 @@ struct TrainConfig {
   bool first_order = false;
   bool remat = true;
   int64_t tail_chunks = 0;
-  bool moments_on_host = false;
+  std::string moments_on_host = "auto";  // "auto", "true" or "false"
   std::string dtype = "f32";
   std::string device = "cpu";
   std::string dist_backend = "auto";

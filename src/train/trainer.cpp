@@ -147,6 +147,10 @@ bool pin_host_moments(bool gradient_parks, int64_t moment_bytes, int64_t ranks_h
   return !gradient_parks && moment_bytes * ranks_here <= pinned_host_budget(host_bytes);
 }
 
+bool moments_on_host_by_default(int64_t training_state_bytes, std::optional<int64_t> device_bytes) {
+  return device_bytes && training_state_bytes > *device_bytes / 20 * 9;
+}
+
 Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job)
     : config_(std::move(config)), model_(std::move(model)), out_dir_(std::move(out_dir)) {
   config_.validate_for(model_.config);
@@ -160,11 +164,15 @@ Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std
   }
   open_data();
   AdamWOptions adam{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
-  adam.moments_on_host = config_.moments_on_host;
+  int64_t moment_bytes = 0;
+  for (const auto& [name, p] : named_params(model_.config, model_.params))
+    moment_bytes += 2 * p.numel() * p.element_size();
+  // The parameters and their gradients take as much as the two moments.
+  adam.moments_on_host =
+      config_.moments_on_host == "true" ||
+      (config_.moments_on_host == "auto" &&
+       moments_on_host_by_default(2 * moment_bytes, device_total_memory(model_.params.embed.device())));
   if (adam.moments_on_host) {
-    int64_t moment_bytes = 0;
-    for (const auto& [name, p] : named_params(model_.config, model_.params))
-      moment_bytes += 2 * p.numel() * p.element_size();
     GradientOptions gradient;
     gradient.tail_chunks = config_.tail_chunks;
     gradient.processes_on_host = ranks_on_host_;

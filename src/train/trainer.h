@@ -77,6 +77,11 @@ int64_t planned_saves(int64_t steps, int64_t steps_done, int64_t checkpoint_ever
 // unused) and the moments of `ranks_here` ranks take at most 60% of `host_bytes`, the parking's
 // own bound.
 bool pin_host_moments(bool gradient_parks, int64_t moment_bytes, int64_t ranks_here, int64_t host_bytes);
+// moments_on_host "auto": whether the moments wait on the host, given the bytes of the
+// parameters, their gradients and AdamW's two moments and the GPU's memory (none: not a GPU).
+// Where those take more than 45% of it, the sequence's gradient (3B at 8K: about 46 GiB beside
+// them) would not fit beside the moments: 3B on an 80 GB H100 (54%), not on an H200 (31%).
+bool moments_on_host_by_default(int64_t training_state_bytes, std::optional<int64_t> device_bytes);
 
 class Trainer {
  public:

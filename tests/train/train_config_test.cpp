@@ -48,7 +48,17 @@ TEST(TrainConfig, BadKeysAndValuesNameTheKey) {
   expect_error([] { TrainConfig::from_json({{"dist_backend", "mpi"}}); }, {"'dist_backend'", "gloo"});
   expect_error([] { TrainConfig::from_json({{"dist_timeout", 0}}); }, {"'dist_timeout'", "> 0"});
   expect_error([] { TrainConfig::from_json({{"tail_chunks", -1}}); }, {"'tail_chunks'", ">= 0"});
+  expect_error([] { TrainConfig::from_json({{"moments_on_host", "yes"}}); }, {"'moments_on_host'", "auto"});
+  expect_error([] { TrainConfig::from_json({{"moments_on_host", 1}}); }, {"'moments_on_host'", "string"});
   expect_error([] { TrainConfig::from_json({{"model", {{"variant", "rnn"}}}}); }, {"'model'", "variant"});
+}
+
+// Run directories' config.json held moments_on_host as a boolean before "auto": they resume.
+TEST(TrainConfig, MomentsOnHostReadsTheOlderBoolean) {
+  EXPECT_EQ(TrainConfig().moments_on_host, "auto");
+  EXPECT_EQ(TrainConfig::from_json({{"moments_on_host", true}}).moments_on_host, "true");
+  EXPECT_EQ(TrainConfig::from_json({{"moments_on_host", false}}).moments_on_host, "false");
+  EXPECT_EQ(TrainConfig::from_json({{"moments_on_host", "false"}}).to_json().at("moments_on_host"), "false");
 }
 
 TEST(TrainConfig, TttSequencesHoldWholeChunks) {
@@ -102,7 +112,7 @@ TEST(TrainConfig, OnlyReportingKeysMayChangeOnResume) {
   b.dist_backend = "gloo";  // a job may resume on other machines, with other ranks
   b.dist_timeout = 60;
   b.tail_chunks = 3;         // the same gradient, in another memory
-  b.moments_on_host = true;  // the same update, the moments elsewhere between steps
+  b.moments_on_host = "true";  // the same update, the moments elsewhere between steps
   EXPECT_TRUE(a.training_differences(b).empty());
   b.seq_len = 2 * a.seq_len;
   b.lr = 1.0;

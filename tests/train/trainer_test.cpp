@@ -234,11 +234,11 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   // AdamW's moments in host memory between updates: the same run (up to the GPU's
   // run-to-run rounding), and a checkpoint that resumes.
   TrainConfig moments_on_host = on_gpu;
-  moments_on_host.moments_on_host = true;
+  moments_on_host.moments_on_host = "true";
   auto host = Trainer::start(moments_on_host, dir.path("host"));
   EXPECT_TRUE(host->optimizer().moments_on_host());
   EXPECT_TRUE(host->optimizer().host_moments_pinned());  // a tiny model's sequences park nothing
-  EXPECT_FALSE(gpu->optimizer().moments_on_host());
+  EXPECT_FALSE(gpu->optimizer().moments_on_host());      // "auto": a tiny model's fit the GPU
   ASSERT_EQ(host->run({}, {}), Trainer::Outcome::kFinished);
   const auto c = read_metrics(dir.path("host"));
   ASSERT_EQ(c.size(), b.size());
@@ -420,6 +420,18 @@ TEST(Trainer, PinHostMoments) {
   EXPECT_FALSE(pin_host_moments(false, moments_3b, 4, host));
   EXPECT_TRUE(pin_host_moments(false, host / 5 * 3, 1, host));
   EXPECT_FALSE(pin_host_moments(false, host / 5 * 3 + 1, 1, host));
+}
+
+// moments_on_host "auto": the parameters, gradients and moments (fp32) against the GPU.
+TEST(Trainer, MomentsOnHostByDefault) {
+  const int64_t gib = int64_t{1} << 30, state_3b = 43.2 * gib, state_760m = 11.3 * gib;
+  const int64_t h100 = 81559 * (int64_t{1} << 20), h200 = 143771 * (int64_t{1} << 20);
+  EXPECT_TRUE(moments_on_host_by_default(state_3b, h100));
+  EXPECT_FALSE(moments_on_host_by_default(state_3b, h200));
+  EXPECT_FALSE(moments_on_host_by_default(state_760m, h100));
+  EXPECT_FALSE(moments_on_host_by_default(state_3b, std::nullopt));  // the CPU: nowhere else to go
+  EXPECT_FALSE(moments_on_host_by_default(h100 / 20 * 9, h100));
+  EXPECT_TRUE(moments_on_host_by_default(h100 / 20 * 9 + 1, h100));
 }
 
 // The sizes the disk check counts are those of the files a save writes (headers a little over).
