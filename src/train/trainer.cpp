@@ -151,6 +151,20 @@ bool moments_on_host_by_default(int64_t training_state_bytes, std::optional<int6
   return device_bytes && training_state_bytes > *device_bytes / 20 * 9;
 }
 
+std::string out_of_memory_advice(const TrainConfig& config, bool ttt_e2e, bool moments_on_host, int64_t moment_bytes) {
+  std::string advice = "To fit: ";
+  if (!moments_on_host) {
+    advice += "--moments-on-host true (AdamW's moments, " + gigabytes(static_cast<uint64_t>(moment_bytes)) +
+              ", wait in host memory between updates); ";
+  }
+  if (ttt_e2e && config.tail_chunks != 1) {
+    advice += "--tail-chunks 1 (the last chunks' graphs, alive together, take up to 8 GiB); ";
+  }
+  return advice +
+         "a shorter --seq-len, a smaller model or a GPU with more memory (--batch-size does not matter: a step's "
+         "sequences run one at a time)";
+}
+
 Trainer::Trainer(TrainConfig config, Model model, std::string out_dir, const std::optional<JobRank>& job)
     : config_(std::move(config)), model_(std::move(model)), out_dir_(std::move(out_dir)) {
   config_.validate_for(model_.config);
@@ -525,10 +539,23 @@ void Trainer::append_metrics(const StepReport& r) const {
 Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_step,
                               const std::function<bool()>& stop_requested) {
   const torch::Device device = model_.params.embed.device();
+  // Where the GPU runs out of memory, the error says what to change (the step's text alone names
+  // only the allocation that failed).
+  const auto fitting = [&](const auto& work) {
+    try {
+      return work();
+    } catch (const c10::OutOfMemoryError& e) {
+      int64_t moment_bytes = 0;
+      for (const auto& [name, moment] : optimizer_->state()) moment_bytes += moment.numel() * moment.element_size();
+      throw Error(describe(e) + " (step " + std::to_string(step_ + 1) + "; the last checkpoint in " + out_dir_ +
+                  " is intact). " +
+                  out_of_memory_advice(config_, model_.config.is_ttt(), optimizer_->moments_on_host(), moment_bytes));
+    }
+  };
   while (step_ < config_.steps) {
     const auto step_start = std::chrono::steady_clock::now();
     reset_device_memory_peaks(device);
-    const std::optional<double> loss = accumulate_gradients(step_, stop_requested);
+    const std::optional<double> loss = fitting([&] { return accumulate_gradients(step_, stop_requested); });
     if (!loss) {
       save_checkpoint();
       return Outcome::kStopped;
@@ -540,7 +567,7 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
     StepReport report;
     report.lr = learning_rate(config_, step_);
     report.ilr_mult = inner_lr_multiplier(config_, step_);
-    report.grad_norm = clip_and_update(report.lr);
+    report.grad_norm = fitting([&] { return clip_and_update(report.lr); });
     ++step_;
 
     report.step = step_;
@@ -554,7 +581,7 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
     }
     const bool last = step_ == config_.steps;
     if (val_data_ && (last || (config_.eval_every > 0 && step_ % config_.eval_every == 0))) {
-      report.val_loss = validation_loss();
+      report.val_loss = fitting([&] { return validation_loss(); });
     }
     report.elapsed_s = elapsed_s();
     report.saving = last || (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0);

@@ -82,6 +82,10 @@ bool pin_host_moments(bool gradient_parks, int64_t moment_bytes, int64_t ranks_h
 // Where those take more than 45% of it, the sequence's gradient (3B at 8K: about 46 GiB beside
 // them) would not fit beside the moments: 3B on an 80 GB H100 (54%), not on an H200 (31%).
 bool moments_on_host_by_default(int64_t training_state_bytes, std::optional<int64_t> device_bytes);
+// What a run of `config` that ran out of GPU memory in a step may change to fit, as a sentence:
+// its moments (`moment_bytes`) in host memory where they are not (`moments_on_host`), ttt-e2e's
+// tail of one chunk where it is longer or left to the engine, then a shorter sequence.
+std::string out_of_memory_advice(const TrainConfig& config, bool ttt_e2e, bool moments_on_host, int64_t moment_bytes);
 
 class Trainer {
  public:

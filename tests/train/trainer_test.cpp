@@ -434,6 +434,22 @@ TEST(Trainer, MomentsOnHostByDefault) {
   EXPECT_TRUE(moments_on_host_by_default(h100 / 20 * 9 + 1, h100));
 }
 
+// What a run that ran out of GPU memory is told to change.
+TEST(Trainer, OutOfMemoryAdvice) {
+  TrainConfig c;
+  const int64_t moments_3b = 23'200'000'000;
+  const std::string all = out_of_memory_advice(c, true, false, moments_3b);
+  for (const char* part : {"--moments-on-host true", "23.2 GB", "--tail-chunks 1", "--seq-len", "--batch-size"})
+    EXPECT_NE(all.find(part), std::string::npos) << part << " in: " << all;
+  const std::string moved = out_of_memory_advice(c, true, true, moments_3b);
+  EXPECT_EQ(moved.find("--moments-on-host"), std::string::npos) << moved;
+  EXPECT_NE(moved.find("--tail-chunks 1"), std::string::npos) << moved;
+  c.tail_chunks = 1;
+  EXPECT_EQ(out_of_memory_advice(c, true, true, moments_3b).find("--tail-chunks"), std::string::npos);
+  c.tail_chunks = 0;
+  EXPECT_EQ(out_of_memory_advice(c, false, true, moments_3b).find("--tail-chunks"), std::string::npos);  // fa, swa
+}
+
 // The sizes the disk check counts are those of the files a save writes (headers a little over).
 TEST(Trainer, SaveSizesAreTheFilesSizes) {
   test::ScratchDir dir;
