@@ -451,11 +451,15 @@ double Trainer::clip_and_update(double lr) {
   // took ~4.6 ms a step at 125M on an H200 (kernel launches, ~110 tensors).
   const double grad_norm = grads.empty() ? 0.0 : torch::stack(at::_foreach_norm(grads)).norm().item<double>();
   require(std::isfinite(grad_norm), "training diverged at step " + std::to_string(step_ + 1) +
-                                        " (the gradient is not finite); the last checkpoint in " + out_dir_ +
-                                        " is intact; a smaller lr may help");
+                                        " (the gradient is not finite); " + saved_so_far() + "; a smaller lr may help");
   if (config_.grad_clip > 0 && grad_norm > config_.grad_clip) at::_foreach_mul_(grads, config_.grad_clip / grad_norm);
   optimizer_->step(lr);
   return grad_norm;
+}
+
+std::string Trainer::saved_so_far() const {
+  return io::exists(checkpoint_path(out_dir_)) ? "the last checkpoint in " + out_dir_ + " is intact"
+                                               : "nothing was saved (no checkpoint yet)";
 }
 
 double Trainer::elapsed_s() const {
@@ -547,8 +551,7 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
     } catch (const c10::OutOfMemoryError& e) {
       int64_t moment_bytes = 0;
       for (const auto& [name, moment] : optimizer_->state()) moment_bytes += moment.numel() * moment.element_size();
-      throw Error(describe(e) + " (step " + std::to_string(step_ + 1) + "; the last checkpoint in " + out_dir_ +
-                  " is intact). " +
+      throw Error(describe(e) + " (step " + std::to_string(step_ + 1) + "; " + saved_so_far() + "). " +
                   out_of_memory_advice(config_, model_.config.is_ttt(), optimizer_->moments_on_host(), moment_bytes));
     }
   };
@@ -561,8 +564,7 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
       return Outcome::kStopped;
     }
     require(std::isfinite(*loss), "training diverged at step " + std::to_string(step_ + 1) + " (loss " +
-                                      std::to_string(*loss) + "); the last checkpoint in " + out_dir_ +
-                                      " is intact; a smaller lr may help");
+                                      std::to_string(*loss) + "); " + saved_so_far() + "; a smaller lr may help");
 
     StepReport report;
     report.lr = learning_rate(config_, step_);

@@ -144,6 +144,8 @@ class Trainer {
   void check_disk_room(int64_t saves, const std::string& context, const std::string& remedy) const;
   void append_metrics(const StepReport& report) const;
   double elapsed_s() const;
+  // For a run that fails: whether a checkpoint stays to resume from.
+  std::string saved_so_far() const;
   // Clips the accumulated gradient to grad_clip, takes the AdamW step; returns the norm before clipping.
   double clip_and_update(double lr);
 

@@ -470,6 +470,26 @@ TEST(Trainer, SaveSizesAreTheFilesSizes) {
   }
 }
 
+// A run that diverges says whether a checkpoint stays to resume from.
+TEST(Trainer, DivergenceSaysWhatWasSaved) {
+  test::ScratchDir dir;
+  TrainConfig c = small_run(Variant::kSlidingWindow);
+  c.steps = 3;
+  c.lr = 1e30;  // the first update leaves no finite weight
+  c.warmup_frac = 0;
+  c.checkpoint_every = 1;
+  c.val_tokens.clear();
+  auto trainer = Trainer::start(c, dir.path("saved"));
+  expect_error([&] { trainer->run({}, {}); }, {"diverged at step 2", "the last checkpoint in", "is intact"});
+  EXPECT_EQ(Trainer::resume(dir.path("saved"), json::object())->steps_done(), 1);
+
+  c = small_run(Variant::kTttE2E);
+  c.model->inner_lr = 1e30;  // the inner steps diverge: the first step's loss is not finite
+  c.model->inner_clip = 0;
+  auto at_once = Trainer::start(c, dir.path("unsaved"));
+  expect_error([&] { at_once->run({}, {}); }, {"diverged at step 1", "nothing was saved"});
+}
+
 TEST(Trainer, BadInputGetsClearErrors) {
   test::ScratchDir dir;
   TrainConfig c = small_run(Variant::kTttE2E);
