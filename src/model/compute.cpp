@@ -209,6 +209,102 @@ void record_on(const std::vector<torch::Tensor>& tensors, const c10::cuda::CUDAS
 }  // namespace
 #endif
 
+struct PageableCopies::State {
+  int64_t slot_bytes;
+  struct Slot {
+    torch::Tensor buffer;  // pinned, made at first use
+#if TTT_WITH_CUDA
+    std::optional<at::cuda::CUDAEvent> copied;  // the slot's last copy, on the current stream
+#endif
+    torch::Tensor pending;  // where the slot's piece goes on the host once copied (to_host)
+  };
+  std::vector<Slot> slots;
+  size_t next = 0;
+
+  // The slot after the last one, its previous piece done with: copied, and on the host.
+  Slot& take(const torch::Tensor& on_gpu) {
+    Slot& slot = slots[next];
+    next = (next + 1) % slots.size();
+    settle(slot);
+    if (!slot.buffer.defined()) slot.buffer = host_buffer(slot_bytes, on_gpu);
+    return slot;
+  }
+  static void settle(Slot& slot) {
+#if TTT_WITH_CUDA
+    if (slot.copied) slot.copied->synchronize();
+    slot.copied.reset();
+#endif
+    if (slot.pending.defined()) slot.pending.copy_(slot.buffer.narrow(0, 0, slot.pending.numel()));
+    slot.pending = torch::Tensor();
+  }
+  static void mark_copied(Slot& slot, const torch::Tensor& on_gpu) {
+#if TTT_WITH_CUDA
+    slot.copied.emplace();
+    slot.copied->record(c10::cuda::getCurrentCUDAStream(on_gpu.get_device()));
+#else
+    (void)slot;
+    (void)on_gpu;
+#endif
+  }
+};
+
+namespace {
+
+// A contiguous tensor's bytes, flat.
+torch::Tensor bytes_of(const torch::Tensor& t) { return t.reshape({-1}).view(torch::kUInt8); }
+
+void require_copyable(const torch::Tensor& dst, const torch::Tensor& src) {
+  require(dst.is_contiguous() && src.is_contiguous() && dst.scalar_type() == src.scalar_type() &&
+              dst.numel() == src.numel(),
+          "internal: PageableCopies needs contiguous tensors of one dtype and size");
+}
+
+}  // namespace
+
+PageableCopies::PageableCopies(int64_t slot_bytes, int slots) : state_(std::make_unique<State>()) {
+  require(slot_bytes > 0 && slots > 0, "internal: PageableCopies needs slots of some bytes");
+  state_->slot_bytes = slot_bytes;
+  state_->slots.resize(static_cast<size_t>(slots));
+}
+
+PageableCopies::~PageableCopies() {
+  try {
+    finish();
+  } catch (...) {  // a failed GPU: nothing to wait for
+  }
+}
+
+void PageableCopies::to_device(const torch::Tensor& dst, const torch::Tensor& src) {
+  require_copyable(dst, src);
+  if (!dst.is_cuda() || src.is_cuda()) return void(dst.copy_(src));
+  const torch::Tensor to = bytes_of(dst), from = bytes_of(src);
+  for (int64_t at = 0; at < from.numel(); at += state_->slot_bytes) {
+    const int64_t n = std::min(state_->slot_bytes, from.numel() - at);
+    State::Slot& slot = state_->take(dst);
+    const torch::Tensor piece = slot.buffer.narrow(0, 0, n);
+    piece.copy_(from.narrow(0, at, n));
+    copy_queued(to.narrow(0, at, n), piece);
+    State::mark_copied(slot, dst);
+  }
+}
+
+void PageableCopies::to_host(const torch::Tensor& dst, const torch::Tensor& src) {
+  require_copyable(dst, src);
+  if (!src.is_cuda() || dst.is_cuda()) return void(dst.copy_(src));
+  const torch::Tensor to = bytes_of(dst), from = bytes_of(src);
+  for (int64_t at = 0; at < from.numel(); at += state_->slot_bytes) {
+    const int64_t n = std::min(state_->slot_bytes, from.numel() - at);
+    State::Slot& slot = state_->take(src);
+    copy_queued(slot.buffer.narrow(0, 0, n), from.narrow(0, at, n));
+    State::mark_copied(slot, src);
+    slot.pending = to.narrow(0, at, n);
+  }
+}
+
+void PageableCopies::finish() {
+  for (State::Slot& slot : state_->slots) State::settle(slot);
+}
+
 struct CopyStream::State {
   std::vector<torch::Tensor> queued, settling;  // held since the last settle(), and the one before
 #if TTT_WITH_CUDA

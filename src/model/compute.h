@@ -102,6 +102,29 @@ class CopyStream {
   std::unique_ptr<State> state_;
 };
 
+// Copies between pageable host memory and a GPU through a few pinned buffers of its own: the
+// host copies a piece into one (on all its cores) while the link carries the piece before,
+// where a copy from pageable memory goes at the driver's pace (an H100: 9.4 GiB/s to the GPU
+// and 14.2 back, against 51 from and to pinned memory). The copies are queued on the current
+// stream, pieces of `slot_bytes` through `slots` buffers in turn; those to the host are
+// whole once finish() (or the destructor) returns, those to the GPU are queued by then. Both
+// tensors contiguous, of one dtype and size. Plain copies where no GPU is involved.
+class PageableCopies {
+ public:
+  explicit PageableCopies(int64_t slot_bytes = int64_t{64} << 20, int slots = 4);
+  ~PageableCopies();
+  PageableCopies(const PageableCopies&) = delete;  // its pieces in flight belong to this one
+  PageableCopies& operator=(const PageableCopies&) = delete;
+
+  void to_device(const torch::Tensor& dst, const torch::Tensor& src);
+  void to_host(const torch::Tensor& dst, const torch::Tensor& src);
+  void finish();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 // Work queued on a CUDA stream of its own, beside the current stream's: independent work
 // fills what the current stream's small kernels leave of the GPU (the blocks before the fast
 // weights run ahead there while the chunk loop steps). run() queues work after everything

@@ -54,15 +54,20 @@ void AdamW::step(double lr) {
   // update takes this step's count. Pinned, the copies are queued: a group comes on the
   // current stream while the one before goes back on a stream of its own (a copy engine
   // each way), which keeps the group it returns until the next group's update is queued.
+  // Pageable, they go through a few pinned buffers on the current stream (PageableCopies).
   ++steps_;
   const bool pinned = host_moments_pinned();
   CopyStream going_back;
+  PageableCopies pageable;
   Moments m, v;
   int64_t group_bytes = 0;
   const auto to_device = [&](const torch::Tensor& host, const torch::Tensor& p) {
-    if (!pinned) return host.to(p.device());
     const torch::Tensor moment = torch::empty(host.sizes(), host.options().device(p.device()));
-    copy_queued(moment, host);
+    if (pinned) {
+      copy_queued(moment, host);
+    } else {
+      pageable.to_device(moment, host);
+    }
     return moment;
   };
   const auto update_group = [&] {
@@ -73,7 +78,7 @@ void AdamW::step(double lr) {
         if (pinned) {
           going_back.copy(host.at(name), moment);
         } else {
-          host.at(name).copy_(moment);
+          pageable.to_host(host.at(name), moment);
         }
       }
       group->clear();
@@ -88,10 +93,12 @@ void AdamW::step(double lr) {
     if (group_bytes >= options_.host_moment_group_bytes) update_group();
   }
   if (!m.empty()) update_group();
+  // The host's moments are whole when step() returns (a checkpoint may read them next).
   if (pinned) {
-    // The host's moments are whole when step() returns (a checkpoint may read them next).
     going_back.join();
     torch::cuda::synchronize(params_.begin()->second.device().index());
+  } else {
+    pageable.finish();
   }
 }
 

@@ -22,8 +22,10 @@ struct AdamWOptions {
   bool moments_on_host = false;
   // With moments on the host: in pinned memory, so that their copies run at the link's speed,
   // queued, a group's moments going back while the next group's come (the GPU then holds two
-  // groups' moments); else pageable, each copy waited for. Pinned memory is the host's to
-  // spare: the trainer pins where the gradient parks nothing there (pin_host_moments).
+  // groups' moments); else pageable, their copies through 256 MiB of pinned buffers
+  // (PageableCopies, rather than at the driver's pace from pageable memory). Pinned
+  // memory is the host's to spare: the trainer pins where the gradient parks nothing there
+  // (pin_host_moments).
   bool pin_host_moments = false;
   // With moments on the host: the parameters are updated in groups of about this many bytes,
   // the GPU holding one group's moments at a time (3B at 128K: the captured chunk graphs keep

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 #include <torch/types.h>
 
 #include "common/error.h"
@@ -528,9 +529,9 @@ void Trainer::check_disk_room(int64_t saves, const std::string& context, const s
 }
 
 void Trainer::append_metrics(const StepReport& r) const {
-  json line = {{"step", r.step},           {"loss", r.loss},       {"lr", r.lr},
-               {"ilr_mult", r.ilr_mult},   {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
-               {"elapsed_s", r.elapsed_s}};
+  json line = {{"step", r.step},         {"loss", r.loss},           {"lr", r.lr},
+               {"ilr_mult", r.ilr_mult}, {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+               {"update_s", r.update_s}, {"elapsed_s", r.elapsed_s}};
   if (r.val_loss) line["val_loss"] = *r.val_loss;
   if (r.gpu_peak_gib) line["gpu_peak_gib"] = *r.gpu_peak_gib;
   if (r.gpu_reserved_gib) line["gpu_reserved_gib"] = *r.gpu_reserved_gib;
@@ -569,7 +570,10 @@ Trainer::Outcome Trainer::run(const std::function<void(const StepReport&)>& on_s
     StepReport report;
     report.lr = learning_rate(config_, step_);
     report.ilr_mult = inner_lr_multiplier(config_, step_);
+    const auto update_start = std::chrono::steady_clock::now();
     report.grad_norm = fitting([&] { return clip_and_update(report.lr); });
+    if (device.is_cuda()) torch::cuda::synchronize(device.index());  // the update's kernels in its time
+    report.update_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - update_start).count();
     ++step_;
 
     report.step = step_;

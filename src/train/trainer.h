@@ -42,6 +42,9 @@ struct StepReport {
   double ilr_mult = 1;
   double grad_norm = 0;  // before clipping
   double tokens_per_s = 0;
+  // Seconds of the step's update: clipping and AdamW, their GPU work and the moments' copies
+  // with host moments included.
+  double update_s = 0;
   double elapsed_s = 0;  // since the run began, across resumes
   std::optional<double> val_loss;
   // On a GPU: the step's peak memory held by tensors, and the peak held through PyTorch's

@@ -99,6 +99,10 @@ TEST_P(TrainVariant, LossFallsOnRealText) {
   EXPECT_EQ(reports, 40);
   const std::vector<json> metrics = read_metrics(dir.path("run"));
   ASSERT_EQ(metrics.size(), 40u);
+  for (const json& step : metrics) {  // the update's share of the step
+    EXPECT_GT(step.at("update_s").get<double>(), 0.0);
+    EXPECT_LT(step.at("update_s").get<double>(), step.at("elapsed_s").get<double>());
+  }
   const double after = metrics.back().at("val_loss").get<double>();
   EXPECT_LT(after, before - 1.5) << "validation loss " << before << " -> " << after;
   EXPECT_NEAR(after, trainer->validation_loss(), 1e-9);
@@ -229,6 +233,8 @@ TEST(Trainer, TrainsOnCudaInBf16) {
   for (const json& step : b) {
     EXPECT_GT(step.at("gpu_peak_gib").get<double>(), 0.0);
     EXPECT_GE(step.at("gpu_reserved_gib").get<double>(), step.at("gpu_peak_gib").get<double>());
+    EXPECT_GT(step.at("update_s").get<double>(), 0.0);
+    EXPECT_LT(step.at("update_s").get<double>(), step.at("elapsed_s").get<double>());
   }
 
   // AdamW's moments in host memory between updates: the same run (up to the GPU's
