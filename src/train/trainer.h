@@ -75,7 +75,7 @@ void check_room_to_save(const std::string& dir, const SaveSizes& sizes, int64_t 
 int64_t planned_saves(int64_t steps, int64_t steps_done, int64_t checkpoint_every);
 
 // Whether AdamW's moments, kept on the host (--moments-on-host), go in pinned memory
-// (AdamWOptions::pin_host_moments; 3B: ~4 s of copies a step in pageable memory): where the
+// (AdamWOptions::pin_host_moments; 3B at 8K: 1.65 s a step against 5.59 pageable): where the
 // sequence's gradient parks nothing there (the pinned budget of ttt/sequence_gradient.h goes
 // unused) and the moments of `ranks_here` ranks take at most 60% of `host_bytes`, the parking's
 // own bound.
