@@ -159,7 +159,7 @@ std::string out_of_memory_advice(const TrainConfig& config, bool ttt_e2e, bool m
               ", wait in host memory between updates); ";
   }
   if (ttt_e2e && config.tail_chunks != 1) {
-    advice += "--tail-chunks 1 (the last chunks' graphs, alive together, take up to 8 GiB); ";
+    advice += "--tail-chunks 1 (the last chunks' graphs, alive together, take up to 8 GiB by default); ";
   }
   return advice +
          "a shorter --seq-len, a smaller model or a GPU with more memory (--batch-size does not matter: a step's "
