@@ -31,6 +31,7 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
     m_.emplace(name, zeros());
     v_.emplace(name, zeros());
   }
+  if (moments_on_host_ && !host_moments_pinned()) pageable_ = std::make_unique<PageableCopies>();
   bool fused = options_.fused && TORCH_VERSION_MAJOR >= 2 && !params_.empty();
   for (const auto& [name, p] : params_) {
     // The fused update wants p, g, m and v of one layout: the moments and gradients are contiguous.
@@ -43,6 +44,8 @@ AdamW::AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options)
     for (const auto& [name, p] : params_) step_count_views_.emplace(name, step_counts_[i++]);
   }
 }
+
+AdamW::~AdamW() = default;
 
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
@@ -58,7 +61,6 @@ void AdamW::step(double lr) {
   ++steps_;
   const bool pinned = host_moments_pinned();
   CopyStream going_back;
-  PageableCopies pageable;
   Moments m, v;
   int64_t group_bytes = 0;
   const auto to_device = [&](const torch::Tensor& host, const torch::Tensor& p) {
@@ -66,7 +68,7 @@ void AdamW::step(double lr) {
     if (pinned) {
       copy_queued(moment, host);
     } else {
-      pageable.to_device(moment, host);
+      pageable_->to_device(moment, host);
     }
     return moment;
   };
@@ -78,7 +80,7 @@ void AdamW::step(double lr) {
         if (pinned) {
           going_back.copy(host.at(name), moment);
         } else {
-          pageable.to_host(host.at(name), moment);
+          pageable_->to_host(host.at(name), moment);
         }
       }
       group->clear();
@@ -98,7 +100,7 @@ void AdamW::step(double lr) {
     going_back.join();
     torch::cuda::synchronize(params_.begin()->second.device().index());
   } else {
-    pageable.finish();
+    pageable_->finish();
   }
 }
 

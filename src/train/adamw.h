@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 
 #include <torch/types.h>
@@ -33,10 +34,13 @@ struct AdamWOptions {
   int64_t host_moment_group_bytes = int64_t{1} << 30;
 };
 
+class PageableCopies;
+
 class AdamW {
  public:
   // `params` are the tensors to update in place (by name); their .grad is the gradient.
   AdamW(std::map<std::string, torch::Tensor> params, AdamWOptions options);
+  ~AdamW();
 
   // One update with learning rate `lr`; a parameter without a gradient counts as g = 0.
   void step(double lr);
@@ -69,6 +73,8 @@ class AdamW {
   // step); undefined where the update is the plain one.
   torch::Tensor step_counts_;
   std::map<std::string, torch::Tensor> step_count_views_;
+  // Pageable host moments' copies, its pinned buffers kept from step to step.
+  std::unique_ptr<PageableCopies> pageable_;
 };
 
 }  // namespace ttt
