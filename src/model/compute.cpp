@@ -154,10 +154,19 @@ torch::Tensor host_buffer(int64_t bytes, const torch::Tensor& like) {
   return torch::empty({bytes}, torch::kUInt8);
 }
 
-void copy_queued(const torch::Tensor& dst, const torch::Tensor& src) {
+namespace {
+
+// What copy_queued and PageableCopies (`who`) copy between: contiguous tensors of one dtype and size.
+void require_copyable(const torch::Tensor& dst, const torch::Tensor& src, const char* who) {
   require(dst.is_contiguous() && src.is_contiguous() && dst.scalar_type() == src.scalar_type() &&
               dst.numel() == src.numel(),
-          "internal: copy_queued needs contiguous tensors of one dtype and size");
+          std::string("internal: ") + who + " needs contiguous tensors of one dtype and size");
+}
+
+}  // namespace
+
+void copy_queued(const torch::Tensor& dst, const torch::Tensor& src) {
+  require_copyable(dst, src, "copy_queued");
 #if TTT_WITH_CUDA
   if (dst.is_cuda() || src.is_cuda()) {
     const auto kind =
@@ -253,12 +262,6 @@ namespace {
 // A contiguous tensor's bytes, flat.
 torch::Tensor bytes_of(const torch::Tensor& t) { return t.reshape({-1}).view(torch::kUInt8); }
 
-void require_copyable(const torch::Tensor& dst, const torch::Tensor& src) {
-  require(dst.is_contiguous() && src.is_contiguous() && dst.scalar_type() == src.scalar_type() &&
-              dst.numel() == src.numel(),
-          "internal: PageableCopies needs contiguous tensors of one dtype and size");
-}
-
 }  // namespace
 
 PageableCopies::PageableCopies(int64_t slot_bytes, int slots) : state_(std::make_unique<State>()) {
@@ -275,7 +278,7 @@ PageableCopies::~PageableCopies() {
 }
 
 void PageableCopies::to_device(const torch::Tensor& dst, const torch::Tensor& src) {
-  require_copyable(dst, src);
+  require_copyable(dst, src, "PageableCopies");
   if (!dst.is_cuda() || src.is_cuda()) return void(dst.copy_(src));
   const torch::Tensor to = bytes_of(dst), from = bytes_of(src);
   for (int64_t at = 0; at < from.numel(); at += state_->slot_bytes) {
@@ -289,7 +292,7 @@ void PageableCopies::to_device(const torch::Tensor& dst, const torch::Tensor& sr
 }
 
 void PageableCopies::to_host(const torch::Tensor& dst, const torch::Tensor& src) {
-  require_copyable(dst, src);
+  require_copyable(dst, src, "PageableCopies");
   if (!src.is_cuda() || dst.is_cuda()) return void(dst.copy_(src));
   const torch::Tensor to = bytes_of(dst), from = bytes_of(src);
   for (int64_t at = 0; at < from.numel(); at += state_->slot_bytes) {
